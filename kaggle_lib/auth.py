@@ -1,0 +1,148 @@
+"""Hugging Face token from the environment or Kaggle Secrets, and redaction of every secret.
+
+Order: `HF_TOKEN` in the environment, else the Kaggle secret labelled `HF_TOKEN` when running
+on Kaggle, else none. Values are registered for redaction the moment they are read; they are
+never printed, logged, written to evidence or passed to papermill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+
+HF_SECRET_LABEL = "HF_TOKEN"
+
+# Token shapes redacted even when the value was never registered (e.g. pasted into a config).
+# Kaggle legacy keys are 32 hex characters; hex digests of that length are common in evidence
+# (hashes), so those are redacted by value only, not by shape.
+TOKEN_PATTERNS = (
+    re.compile(r"hf_[A-Za-z0-9]{30,}"),  # Hugging Face user access tokens
+    re.compile(r"KGAT_[A-Za-z0-9]{16,}"),  # Kaggle API tokens
+)
+REDACTED = "[REDACTED]"
+
+_secret_values: set[str] = set()
+
+
+class AuthError(RuntimeError):
+    """A gated model needs a token that is missing or was refused."""
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so that `redact` removes it from any text."""
+    if value and len(value) >= 8:
+        _secret_values.add(value)
+
+
+def registered_secrets() -> frozenset[str]:
+    return frozenset(_secret_values)
+
+
+def redact(text: str) -> str:
+    for value in sorted(_secret_values, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    for pattern in TOKEN_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Logging filter that redacts secrets from every record passing through a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Attach the redacting filter to the root logger's handlers and to absl's."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        from absl import logging as absl_logging
+
+        handlers.append(absl_logging.get_absl_handler())
+    except ImportError:
+        pass
+    for handler in handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    value: str | None = dataclasses.field(repr=False)
+    source: str  # "env:HF_TOKEN" | "kaggle-secrets:HF_TOKEN" | "none"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+def _kaggle_secret(label: str) -> str:
+    """Read a Kaggle secret. Uses kaggle_secrets when present (Kaggle only), else its protocol."""
+    try:
+        from kaggle_secrets import UserSecretsClient  # type: ignore[import-not-found]
+
+        return UserSecretsClient().get_secret(label)
+    except ImportError:
+        pass
+    import requests
+
+    base = os.environ.get("KAGGLE_URL_BASE", "https://www.kaggle.com").rstrip("/")
+    jwe = os.environ.get("KAGGLE_USER_SECRETS_TOKEN")
+    if not jwe:
+        raise AuthError(
+            f"Kaggle Secrets are not available in this session (KAGGLE_USER_SECRETS_TOKEN unset); "
+            f"attach the secret '{label}' in the notebook editor (Add-ons -> Secrets)."
+        )
+    response = requests.post(
+        f"{base}/requests/GetUserSecretByLabelRequest",
+        json={"Label": label, "JWE": jwe},
+        headers={"X-Kaggle-Authorization": f"Bearer {jwe}"},
+        timeout=30,
+    )
+    payload = response.json() if response.content else {}
+    if response.status_code != 200 or not payload.get("wasSuccessful"):
+        errors = payload.get("errors") or [response.text[:200]]
+        raise AuthError(
+            f"Kaggle secret '{label}' could not be read ({'; '.join(map(str, errors))}). "
+            f"Attach it in the notebook editor: Add-ons -> Secrets -> '{label}', then re-run."
+        )
+    return payload["result"]["secret"]
+
+
+def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
+    """HF token by precedence; raises AuthError if `required` and none is found."""
+    value = os.environ.get("HF_TOKEN")
+    if value:
+        register_secret(value)
+        return Token(value, "env:HF_TOKEN")
+    if on_kaggle:
+        try:
+            value = _kaggle_secret(HF_SECRET_LABEL)
+        except AuthError:
+            if required:
+                raise
+            value = None
+        if value:
+            register_secret(value)
+            return Token(value, f"kaggle-secrets:{HF_SECRET_LABEL}")
+    if required:
+        where = (
+            "attach the Kaggle secret 'HF_TOKEN' (Add-ons -> Secrets)"
+            if on_kaggle
+            else "export HF_TOKEN in the shell that runs `make run`"
+        )
+        raise AuthError(f"This model is gated and no Hugging Face token was found: {where}.")
+    return Token(None, "none")
+
+
+def register_environment_secrets() -> None:
+    """Register secrets that live in the environment (Kaggle key/token) for redaction."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        register_secret(os.environ.get(var))

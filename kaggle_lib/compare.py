@@ -1,0 +1,449 @@
+"""Compare the scores of two runs: side-by-side tables, regressed items, a baseline gate, a chart.
+
+A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation`).
+By default the "trained" stage of each run is compared; a single run can also be compared with
+itself (baseline stage vs trained stage).
+
+CLI (routed from `python -m kaggle_lib compare ...`; `main` gets the arguments after `compare`):
+
+    compare A B [--threshold T] [--png out.png]       run B against run A
+    compare RUN [--png out.png]                       RUN's baseline stage vs its trained stage
+    compare --baseline RUN [--evidence-root DIR]      RUN against the marked baseline run
+    compare --mark-baseline RUN [--evidence-root DIR] mark RUN as the regression baseline
+
+Exit codes: 0 no regression, 1 overall accuracy dropped by more than the threshold, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib.evaluation import (
+    DELTA_METRICS,
+    GROUP_FIELDS,
+    STAGES,
+    fmt_number,
+    fmt_rate,
+    fmt_rate_delta,
+    format_table,
+    read_predictions,
+    scorecard_delta,
+)
+
+SUMMARY_FILE = "eval_summary.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+BASELINE_FILE = "baseline.json"
+DEFAULT_THRESHOLD = 0.02
+
+
+class CompareError(ValueError):
+    """Bad input to a comparison (missing/invalid files, unknown stage, bad threshold)."""
+
+
+@dataclass
+class CompareResult:
+    """Outcome of comparing run B against run A (`delta` is B minus A)."""
+
+    a_label: str
+    b_label: str
+    a_scorecard: dict[str, Any]
+    b_scorecard: dict[str, Any]
+    delta: dict[str, Any]
+    accuracy_a: float
+    accuracy_b: float
+    threshold: float
+    regressed: bool
+    regressed_items: list[dict[str, Any]]
+    unmatched_ids: list[Any] = field(default_factory=list)  # scored in A but absent from B
+    table: str = ""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def load_run_scores(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read `(eval_summary.json, predictions.jsonl records)` of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CompareError(f"run directory not found: {run_dir}")
+    summary_path, predictions_path = run_dir / SUMMARY_FILE, run_dir / PREDICTIONS_FILE
+    missing = [p.name for p in (summary_path, predictions_path) if not p.is_file()]
+    if missing:
+        raise CompareError(
+            f"run directory {run_dir} lacks {' and '.join(missing)} "
+            f"(a scored run has {SUMMARY_FILE} and {PREDICTIONS_FILE}; did its eval stage run?)"
+        )
+    summary = _read_json(summary_path)
+    if not isinstance(summary, dict) or not any(k in summary for k in STAGES):
+        raise CompareError(
+            f"{summary_path}: expected an object with a 'baseline' and/or 'trained' scorecard"
+        )
+    try:
+        predictions = read_predictions(predictions_path)
+    except ValueError as exc:
+        raise CompareError(str(exc)) from None
+    return summary, predictions
+
+
+def _stage_scorecard(summary: Mapping[str, Any], stage: str, source: Path) -> dict[str, Any]:
+    if stage not in STAGES:
+        raise CompareError(f"stage must be one of {STAGES}, got {stage!r}")
+    card = summary.get(stage)
+    if card is None:
+        present = [s for s in STAGES if summary.get(s) is not None]
+        raise CompareError(
+            f"{source / SUMMARY_FILE}: field {stage!r} is empty; stages present: {present}"
+        )
+    overall = card.get("overall") if isinstance(card, dict) else None
+    if not isinstance(overall, dict) or not isinstance(overall.get("accuracy"), int | float):
+        raise CompareError(
+            f"{source / SUMMARY_FILE}: field '{stage}.overall.accuracy' must be a number "
+            f"(a scorecard of at least one item)"
+        )
+    return card
+
+
+def _stage_predictions(
+    records: Sequence[Mapping[str, Any]], stage: str, source: Path
+) -> dict[Any, Mapping[str, Any]]:
+    by_id: dict[Any, Mapping[str, Any]] = {}
+    for index, record in enumerate(records, start=1):
+        if record.get("stage") not in STAGES:
+            raise CompareError(
+                f"{source / PREDICTIONS_FILE}: record {index} has 'stage' "
+                f"{record.get('stage')!r}; allowed: {list(STAGES)}"
+            )
+        if record["stage"] != stage:
+            continue
+        for name in ("id", "correct"):
+            if name not in record:
+                raise CompareError(
+                    f"{source / PREDICTIONS_FILE}: record {index} lacks field {name!r}"
+                )
+        if record["id"] in by_id:
+            raise CompareError(
+                f"{source / PREDICTIONS_FILE}: id {record['id']!r} appears twice in stage {stage!r}"
+            )
+        by_id[record["id"]] = record
+    return by_id
+
+
+def _run_label(summary: Mapping[str, Any], run_dir: Path, stage: str) -> str:
+    meta = summary.get("meta") or {}
+    run_id = meta.get("run_id") if isinstance(meta, dict) else None
+    return f"{run_id or run_dir.name} [{stage}]"
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def _metric_cell(metric: str, value: float | None) -> str:
+    return fmt_number(value) if metric == "mean_tokens" else fmt_rate(value)
+
+
+def _delta_cell(metric: str, value: float | None) -> str:
+    if metric == "mean_tokens":
+        return "-" if value is None else f"{value:+.1f}"
+    return fmt_rate_delta(value)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def format_comparison(result: CompareResult) -> str:
+    """Side-by-side text: overall metrics, then accuracy per section / category / difficulty."""
+    a, b = result.a_scorecard, result.b_scorecard
+    parts = [f"A: {result.a_label}", f"B: {result.b_label}", ""]
+    rows = [["n", str(a["overall"]["n"]), str(b["overall"]["n"]), ""]]
+    for metric in DELTA_METRICS:
+        va, vb = a["overall"].get(metric), b["overall"].get(metric)
+        rows.append([metric, _metric_cell(metric, va), _metric_cell(metric, vb),
+                     _delta_cell(metric, _diff(va, vb))])
+    parts.append(format_table(["overall", "A", "B", "delta"], rows))
+    for key in GROUP_FIELDS:
+        ga, gb = a.get(key, {}), b.get(key, {})
+        rows = []
+        for name in sorted(set(ga) | set(gb)):
+            ma, mb = ga.get(name, {}), gb.get(name, {})
+            va, vb = ma.get("accuracy"), mb.get("accuracy")
+            rows.append([name, str(ma.get("n", "-")), str(mb.get("n", "-")),
+                         fmt_rate(va), fmt_rate(vb), fmt_rate_delta(_diff(va, vb))])
+        if rows:
+            parts += ["", format_table([f"accuracy {key}", "n A", "n B", "A", "B", "delta"], rows)]
+    return "\n".join(parts)
+
+
+def compare_runs(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    a_stage: str = "trained",
+    b_stage: str = "trained",
+) -> CompareResult:
+    """Compare run B against run A.
+
+    `regressed` is True when B's overall accuracy is below A's by more than `threshold`
+    (absolute, e.g. 0.02 = 2 points). `regressed_items` are the ids correct in A and wrong in
+    B, matched by id; ids scored in A but missing from B are listed in `unmatched_ids`.
+    """
+    if not 0 <= threshold < 1:
+        raise CompareError(f"threshold must be in [0, 1) (absolute accuracy), got {threshold}")
+    a_dir, b_dir = Path(a_dir), Path(b_dir)
+    summary_a, preds_a = load_run_scores(a_dir)
+    summary_b, preds_b = (summary_a, preds_a) if a_dir == b_dir else load_run_scores(b_dir)
+    card_a = _stage_scorecard(summary_a, a_stage, a_dir)
+    card_b = _stage_scorecard(summary_b, b_stage, b_dir)
+    items_a = _stage_predictions(preds_a, a_stage, a_dir)
+    items_b = _stage_predictions(preds_b, b_stage, b_dir)
+
+    regressed_items = []
+    for item_id, rec_a in items_a.items():
+        rec_b = items_b.get(item_id)
+        if rec_b is not None and rec_a["correct"] and not rec_b["correct"]:
+            regressed_items.append({
+                "id": item_id,
+                "section": rec_a.get("section"),
+                "category": rec_a.get("category"),
+                "difficulty": rec_a.get("difficulty"),
+                "expected": rec_a.get("answer"),
+                "a_answer": rec_a.get("parsed_answer"),
+                "b_answer": rec_b.get("parsed_answer"),
+            })
+    unmatched = [item_id for item_id in items_a if item_id not in items_b]
+
+    acc_a, acc_b = card_a["overall"]["accuracy"], card_b["overall"]["accuracy"]
+    result = CompareResult(
+        a_label=_run_label(summary_a, a_dir, a_stage),
+        b_label=_run_label(summary_b, b_dir, b_stage),
+        a_scorecard=card_a,
+        b_scorecard=card_b,
+        delta=scorecard_delta(card_a, card_b),
+        accuracy_a=acc_a,
+        accuracy_b=acc_b,
+        threshold=threshold,
+        # A tiny epsilon so a drop of exactly `threshold` (float noise) does not count.
+        regressed=(acc_a - acc_b) > threshold + 1e-12,
+        regressed_items=regressed_items,
+        unmatched_ids=unmatched,
+    )
+    result.table = format_comparison(result)
+    return result
+
+
+# --------------------------------------------------------------------------- baseline gate
+
+
+def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
+    """Record `run_dir` as the regression baseline in `evidence_root/baseline.json`.
+
+    The run must be scoreable (its trained stage is loaded first). The path is stored
+    relative to `evidence_root` when the run lives under it, so the evidence tree can move.
+    """
+    run_dir, evidence_root = Path(run_dir), Path(evidence_root)
+    summary, _ = load_run_scores(run_dir)
+    card = _stage_scorecard(summary, "trained", run_dir)
+    try:
+        stored = run_dir.resolve().relative_to(evidence_root.resolve()).as_posix()
+    except ValueError:
+        stored = str(run_dir.resolve())
+    meta = summary.get("meta") or {}
+    record = {
+        "run_id": (meta.get("run_id") if isinstance(meta, dict) else None) or run_dir.name,
+        "path": stored,
+        "accuracy": card["overall"]["accuracy"],
+        "marked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    evidence_root.mkdir(parents=True, exist_ok=True)
+    out = evidence_root / BASELINE_FILE
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def baseline_run_dir(evidence_root: str | Path) -> Path:
+    """The run directory recorded by `mark_baseline`."""
+    evidence_root = Path(evidence_root)
+    path = evidence_root / BASELINE_FILE
+    if not path.is_file():
+        raise CompareError(
+            f"no baseline marked: {path} not found (mark one with `compare --mark-baseline RUN`)"
+        )
+    record = _read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        raise CompareError(f"{path}: field 'path' must be a string (the baseline run directory)")
+    run_dir = Path(record["path"])
+    return run_dir if run_dir.is_absolute() else evidence_root / run_dir
+
+
+def compare_to_baseline(
+    run_dir: str | Path, evidence_root: str | Path, threshold: float = DEFAULT_THRESHOLD
+) -> CompareResult:
+    """Compare `run_dir` (B) against the marked baseline run (A)."""
+    return compare_runs(baseline_run_dir(evidence_root), run_dir, threshold=threshold)
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def _chart_series(
+    source: CompareResult | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    if isinstance(source, CompareResult):
+        return source.a_label, source.a_scorecard, source.b_label, source.b_scorecard
+    if isinstance(source, Mapping):  # one eval_summary: baseline vs trained
+        if source.get("baseline") is None or source.get("trained") is None:
+            raise CompareError("a single summary needs both 'baseline' and 'trained' scorecards")
+        return "baseline", source["baseline"], "trained", source["trained"]
+    if isinstance(source, Sequence) and len(source) == 2:  # two summaries: trained vs trained
+        cards = []
+        for side, summary in zip("AB", source, strict=True):
+            if not isinstance(summary, Mapping) or summary.get("trained") is None:
+                raise CompareError(f"summary {side} has no 'trained' scorecard")
+            cards.append(summary["trained"])
+        return "A", cards[0], "B", cards[1]
+    raise CompareError(
+        "plot_category_accuracy takes a CompareResult, one summary or a pair of summaries"
+    )
+
+
+def plot_category_accuracy(
+    result_or_summaries: CompareResult | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    out_png: str | Path,
+) -> Path:
+    """Grouped bar chart of per-category accuracy (A vs B, or baseline vs trained) as a PNG."""
+    # Figure + Agg canvas instead of pyplot: no global backend switch, so calling this from a
+    # notebook does not break its inline plotting.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    label_a, card_a, label_b, card_b = _chart_series(result_or_summaries)
+    cats_a, cats_b = card_a.get("by_category", {}), card_b.get("by_category", {})
+    names = sorted(set(cats_a) | set(cats_b))
+    if not names:
+        raise CompareError("no per-category scores to plot")
+
+    def values(cats: Mapping[str, Any]) -> list[float]:
+        # A category missing on one side is drawn as 0 height; its label still shows.
+        return [100 * (cats.get(n, {}).get("accuracy") or 0.0) for n in names]
+
+    fig = Figure(figsize=(max(6.0, 0.9 * len(names) + 2), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = range(len(names))
+    width = 0.4
+    for offset, label, cats in ((-width / 2, label_a, cats_a), (width / 2, label_b, cats_b)):
+        bars = ax.bar([x + offset for x in xs], values(cats), width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    # Head room above 100 so the legend and bar labels do not cover full bars.
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("Accuracy per category")
+    ax.legend(loc="upper left", ncol=2, fontsize=9)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def format_regressions(result: CompareResult, limit: int = 50) -> str:
+    """Lines listing items correct in A and wrong in B (at most `limit`)."""
+    if not result.regressed_items:
+        lines = ["no regressed items (nothing correct in A is wrong in B)"]
+    else:
+        lines = [f"{len(result.regressed_items)} regressed item(s) (correct in A, wrong in B):"]
+        for item in result.regressed_items[:limit]:
+            lines.append(
+                f"  {item['id']} [{item['section']}/{item['category']}] expected "
+                f"{item['expected']!r}, A {item['a_answer']!r}, B {item['b_answer']!r}"
+            )
+        if len(result.regressed_items) > limit:
+            lines.append(f"  ... and {len(result.regressed_items) - limit} more")
+    if result.unmatched_ids:
+        lines.append(f"{len(result.unmatched_ids)} id(s) scored in A are missing from B")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kaggle_lib compare",
+        description="Compare evaluation scores of runs (exit 1 when accuracy regressed).",
+    )
+    parser.add_argument("runs", nargs="*", help="A B (B against A) or one RUN (baseline vs trained)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="allowed absolute drop in overall accuracy (default 0.02)")
+    parser.add_argument("--png", help="write a per-category accuracy chart here")
+    parser.add_argument("--baseline", metavar="RUN", help="compare RUN against the marked baseline")
+    parser.add_argument("--mark-baseline", metavar="RUN", help="mark RUN as the baseline")
+    parser.add_argument("--evidence-root", default="evidence",
+                        help="where baseline.json lives (default: evidence)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry; `argv` are the arguments after `compare`. Returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+
+    modes = sum([bool(args.runs), args.baseline is not None, args.mark_baseline is not None])
+    if modes != 1 or len(args.runs) > 2:
+        parser.print_usage(sys.stderr)
+        print("error: give A B, one RUN, --baseline RUN or --mark-baseline RUN", file=sys.stderr)
+        return 2
+    try:
+        if args.mark_baseline is not None:
+            out = mark_baseline(args.mark_baseline, args.evidence_root)
+            print(f"baseline marked: {args.mark_baseline} -> {out}")
+            return 0
+        if args.baseline is not None:
+            result = compare_to_baseline(args.baseline, args.evidence_root, args.threshold)
+        elif len(args.runs) == 2:
+            result = compare_runs(args.runs[0], args.runs[1], threshold=args.threshold)
+        else:
+            result = compare_runs(args.runs[0], args.runs[0], threshold=args.threshold,
+                                  a_stage="baseline", b_stage="trained")
+        print(result.table)
+        print()
+        print(format_regressions(result))
+        if args.png:
+            print(f"chart: {plot_category_accuracy(result, args.png)}")
+    except (CompareError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    drop = result.accuracy_a - result.accuracy_b
+    if result.regressed:
+        print(f"REGRESSION: accuracy {fmt_rate(result.accuracy_a)} -> "
+              f"{fmt_rate(result.accuracy_b)} (drop {100 * drop:.1f}pp > "
+              f"threshold {100 * result.threshold:.1f}pp)")
+        return 1
+    print(f"OK: accuracy {fmt_rate(result.accuracy_a)} -> {fmt_rate(result.accuracy_b)} "
+          f"(threshold {100 * result.threshold:.1f}pp)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

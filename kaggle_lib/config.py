@@ -1,0 +1,283 @@
+"""Run configuration: YAML files validated into a typed, frozen `RunConfig`.
+
+Every mistake in a config file becomes one `ConfigError` that names the file, the key, the
+value and what is allowed, so a run fails before any model work.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+class ConfigError(ValueError):
+    """A config file (or override) is invalid; the message says where and what is allowed."""
+
+
+def parse_duration(text: str | int | float | None) -> float | None:
+    """'8h30m' / '90s' / 3600 -> seconds."""
+    if text is None:
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    match = _DURATION_RE.match(text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration like '8h30m', '45m' or '90s'")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    name: str = Field(description="Key of the model registry, e.g. gemma3-270m, gemma2-2b.")
+    source: Literal["auto", "random", "hf", "kaggle", "local", "pypi"] = "auto"
+    path: str | None = Field(None, description="Directory for source 'local'.")
+    revision: str | None = Field(None, description="Overrides the registry's pinned HF revision.")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+class MeshSection(_Section):
+    # 0 means "choose from the device count": all devices on fsdp, then tp.
+    fsdp: int = Field(0, ge=0)
+    tp: int = Field(1, ge=1)
+
+
+class DataSection(_Section):
+    train: str = "builtin:train"
+    eval: str = "builtin:eval"
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+    max_seq_len: int = Field(256, ge=16, le=32768)
+
+
+class LoraSection(_Section):
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32.0, gt=0)
+    # Regex over module paths, as qwix's LoraProvider expects.
+    target_modules: str = ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
+
+
+class SftSection(_Section):
+    mode: Literal["lora", "full"] = "lora"
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-4, gt=0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    # Tokens per cross-entropy chunk: the loss never holds [B*T, vocab] logits at once.
+    loss_chunk_size: int = Field(512, ge=16)
+    lora: LoraSection = LoraSection()
+
+
+class GrpoSection(_Section):
+    max_steps: int = Field(10, ge=1)
+    batch_size: int = Field(2, ge=1)
+    num_generations: int = Field(4, ge=2)
+    num_iterations: int = Field(1, ge=1)
+    beta: float = Field(0.04, ge=0)
+    epsilon: float = Field(0.2, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, le=1.0)
+    max_prompt_len: int = Field(256, ge=8)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.9, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+
+
+class TrainSection(_Section):
+    stages: list[Literal["sft", "grpo"]] = ["sft"]
+    sft: SftSection = SftSection()
+    grpo: GrpoSection = GrpoSection()
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    # "auto": continue from this run's checkpoint directory if it has one.
+    resume: Literal["auto", "never"] = "auto"
+    resume_from: str | None = None
+    max_wall_time: str | None = Field(None, description="e.g. '8h30m'; stops cleanly with a checkpoint.")
+    log_every: int = Field(1, ge=1)
+
+    @field_validator("max_wall_time")
+    @classmethod
+    def _check_duration(cls, value: str | None) -> str | None:
+        parse_duration(value)
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _check_stages(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"stages {value} repeat a stage")
+        if value == ["grpo", "sft"]:
+            raise ValueError("stages must run sft before grpo")
+        return value
+
+    @property
+    def max_wall_time_s(self) -> float | None:
+        return parse_duration(self.max_wall_time)
+
+
+class SampleSection(_Section):
+    prompts: list[str] = []
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class EvalSection(_Section):
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    baseline: bool = True
+
+
+class EvidenceSection(_Section):
+    root: str = "evidence/runs"
+    wandb: bool = False
+    tensorboard: bool = True
+
+
+class RunConfig(_Section):
+    run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    device: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
+    seed: int = 0
+    # Overrides the memory preflight's refusal (with a loud warning).
+    force: bool = False
+    model: ModelSection
+    mesh: MeshSection = MeshSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    sample: SampleSection = SampleSection()
+    eval: EvalSection = EvalSection()
+    evidence: EvidenceSection = EvidenceSection()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        if self.model.source == "local" and not self.model.path:
+            raise ValueError("model.path is required when model.source is 'local'")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the resolved config (canonical JSON)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _allowed_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at `loc` (the parent of an unknown key)."""
+    cls: Any = model_cls
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(
+            field.annotation, BaseModel
+        ):
+            return []
+        cls = field.annotation
+    return sorted(cls.model_fields)
+
+
+def _describe(errors: list[dict[str, Any]], source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in errors:
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(RunConfig, loc[:-1])
+            lines.append(f"  {key}: unknown key (value {value!r}); allowed keys here: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key} = {value!r}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge overrides into a raw config tree. Keys may be dotted ('train.sft.max_steps')."""
+    merged = copy.deepcopy(tree)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and "." not in key and isinstance(merged.get(key), dict):
+            merged[key] = apply_overrides(merged[key], value)
+        else:
+            _set_dotted(merged, key, value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (configs live in configs/*.yaml)")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
+def validate_config(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors(), source)) from None
+
+
+def check_files(config: RunConfig, source: str) -> None:
+    """Files a config names must exist before the run starts."""
+    problems = []
+    for key, spec in (("data.train", config.data.train), ("data.eval", config.data.eval)):
+        if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_file():
+            problems.append(f"  {key} = {spec!r}: file does not exist")
+    if config.model.source == "local" and config.model.path and not Path(config.model.path).is_dir():
+        problems.append(f"  model.path = {config.model.path!r}: directory does not exist")
+    if config.train.resume_from and not Path(config.train.resume_from).is_dir():
+        problems.append(f"  train.resume_from = {config.train.resume_from!r}: directory does not exist")
+    if problems:
+        raise ConfigError("\n".join([f"invalid config {source}:", *problems]))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, merge overrides into, and validate a YAML run config."""
+    tree = apply_overrides(read_yaml(path), overrides)
+    source = str(path) + (" (with overrides)" if overrides else "")
+    config = validate_config(tree, source)
+    check_files(config, source)
+    return config

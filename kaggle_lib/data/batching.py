@@ -1,0 +1,358 @@
+"""Tokenization with response-only loss masks, and length-bucketed, resumable SFT batches.
+
+Batch layout (numpy, right-padded with the pad id)::
+
+    input_tokens  int32[B, T]  [bos] prompt target [eos] pad...
+    input_mask    int32[B, T]  1 on target tokens and the final eos: the LOSS mask. Tunix's
+                               default loss uses input_mask[:, 1:] as the mask of targets.
+    segment_mask  int32[B, T]  1 on every real (non-pad) token: the padding mask from which
+                               positions (`tunix.sft.utils.build_positions_from_mask`) and the
+                               causal mask (`make_causal_attn_mask`) must be built. Building them
+                               from input_mask instead would hide the prompt from attention.
+
+Why bucketing and not packing: packing several examples into one row needs a block-diagonal
+attention mask and positions that restart per example; Tunix 0.1.7 builds both from a plain
+padding mask, so packing would need our own mask/position code in the model input function.
+Sorting by length inside shuffled windows gets padding low (see :func:`padding_stats`) while
+every row stays one example, so the stock Tunix helpers stay correct.
+
+Determinism: the batches of epoch ``e`` are a pure function of ``(seed, e)``, and step ``s`` is
+batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. ``batch_at(s)`` and
+``iter_from(s)`` rebuild any step without replaying earlier ones. Note that Tunix 0.1.7's
+PeftTrainer, when it restores a checkpoint at step K, itself skips the first K batches of the
+iterator it is given: hand it ``iter_from(0)`` (or the object itself), not ``iter_from(K)``.
+
+Every distinct padded length T is a new shape, i.e. one more XLA compilation of the train
+step. ``pad_multiple`` bounds the count at ``max_len / pad_multiple``; ``length_buckets``
+(e.g. ``(128, 256, 512)``) bounds it to a few shapes at the price of some padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kaggle_lib.data.template import format_prompt, format_target
+
+
+class TokenizerLike(Protocol):
+    """What batching needs from a tokenizer (Gemma: pad 0, eos 1, bos 2)."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def bos_id(self) -> int: ...
+    def eos_id(self) -> int: ...
+    def pad_id(self) -> int: ...
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for tests and statistics: UTF-8 bytes shifted past the special ids.
+
+    Ids follow Gemma's specials (pad 0, eos 1, bos 2, unk 3); byte ``b`` is id ``b + 4``.
+    Byte-level lengths are about 3-4x those of Gemma's SentencePiece tokenizer on English.
+    """
+
+    OFFSET = 4
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.OFFSET for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i - self.OFFSET for i in ids if i >= self.OFFSET).decode("utf-8", "replace")
+
+    def bos_id(self) -> int:
+        return 2
+
+    def eos_id(self) -> int:
+        return 1
+
+    def pad_id(self) -> int:
+        return 0
+
+
+def tokenize_example(
+    tok: TokenizerLike, prompt: str, target: str, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos).
+
+    Prompt and target are encoded separately so that the mask boundary is exact and the
+    prompt tokens are those the sampler will see. Sequences longer than ``max_len`` keep
+    their first ``max_len`` tokens (the end of the target, and its eos, are cut);
+    :func:`tokenize_items` counts such cases. Returns two int32 arrays of equal length.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2, got {max_len}")
+    prompt_ids = list(tok.encode(prompt))
+    target_ids = list(tok.encode(target))
+    tokens = [tok.bos_id(), *prompt_ids, *target_ids, tok.eos_id()]
+    mask = [0] * (1 + len(prompt_ids)) + [1] * (len(target_ids) + 1)
+    return (np.asarray(tokens[:max_len], dtype=np.int32),
+            np.asarray(mask[:max_len], dtype=np.int32))
+
+
+@dataclass
+class TokenizedSet:
+    """Tokenized examples plus what happened to overlong ones."""
+
+    tokens: list[np.ndarray]
+    loss_masks: list[np.ndarray]
+    ids: list[str]
+    max_len: int
+    n_truncated: int = 0  # longer than max_len; kept with the end of the target cut
+    n_dropped: int = 0  # nothing of the target left after truncation, or drop_truncated
+    full_lengths: list[int] = field(default_factory=list)  # untruncated lengths of all input items
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.asarray([len(t) for t in self.tokens], dtype=np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        lengths = self.lengths
+        return {
+            "examples": len(self.tokens),
+            "truncated": self.n_truncated,
+            "dropped": self.n_dropped,
+            "max_len": self.max_len,
+            "mean_len": float(lengths.mean()) if len(lengths) else 0.0,
+            "p95_len": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
+            "longest_untruncated": max(self.full_lengths, default=0),
+            "loss_token_fraction": (
+                float(sum(int(m.sum()) for m in self.loss_masks) / lengths.sum())
+                if len(lengths) else 0.0
+            ),
+        }
+
+
+def tokenize_items(
+    tok: TokenizerLike,
+    items: Sequence[Mapping[str, Any]],
+    max_len: int,
+    *,
+    instruct: bool,
+    drop_truncated: bool = False,
+) -> TokenizedSet:
+    """Tokenize training items (``prompt``, ``reasoning``, ``answer``) with the shared template.
+
+    Overlong examples are truncated and counted; those with no target token left (or all of
+    them with ``drop_truncated``) are dropped, because they would add compute but no loss.
+    """
+    out = TokenizedSet(tokens=[], loss_masks=[], ids=[], max_len=max_len)
+    for i, item in enumerate(items):
+        missing = [k for k in ("prompt", "reasoning", "answer") if not item.get(k)]
+        if missing:
+            raise ValueError(
+                f"item {i} (id {item.get('id')!r}): missing {', '.join(missing)}; SFT items need "
+                "prompt, reasoning and answer"
+            )
+        prompt = format_prompt(item["prompt"], instruct=instruct)
+        target = format_target(item["reasoning"], item["answer"], instruct=instruct)
+        full = len(tok.encode(prompt)) + len(tok.encode(target)) + 2
+        out.full_lengths.append(full)
+        tokens, mask = tokenize_example(tok, prompt, target, max_len)
+        if full > max_len:
+            out.n_truncated += 1
+            if drop_truncated or not mask.any():
+                out.n_dropped += 1
+                continue
+        out.tokens.append(tokens)
+        out.loss_masks.append(mask)
+        out.ids.append(str(item.get("id", i)))
+    return out
+
+
+def padded_length(
+    longest: int, max_len: int, *, pad_multiple: int = 16,
+    length_buckets: Sequence[int] | None = None,
+) -> int:
+    """Row length for a batch whose longest example has ``longest`` tokens."""
+    if length_buckets:
+        for bucket in sorted(length_buckets):
+            if bucket >= longest:
+                return int(bucket)
+        raise ValueError(f"no length bucket >= {longest} in {sorted(length_buckets)}")
+    return min(max_len, pad_multiple * math.ceil(longest / pad_multiple))
+
+
+def plan_epoch(
+    lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int, bucketing: bool = True,
+    window_batches: int = 32, drop_remainder: bool = True,
+) -> list[np.ndarray]:
+    """Example indices of every batch of one epoch; a pure function of its arguments.
+
+    Shuffle all examples with ``(seed, epoch)``; with ``bucketing``, sort each window of
+    ``window_batches * batch_size`` examples by length, cut it into batches, and shuffle the
+    batch order so that long and short batches alternate. Windows (rather than one global
+    sort) keep every batch a random sample of nearby lengths and keep epochs different.
+    Without ``drop_remainder`` the last batch may be short (the caller pads it with empty rows).
+    """
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    usable = (n // batch_size) * batch_size if drop_remainder else n
+    order = order[:usable]
+    if not bucketing:
+        return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
+    window = max(1, window_batches) * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, usable, window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    if not drop_remainder:  # keep the one short batch last so all others are full
+        full = [b for b in batches if len(b) == batch_size]
+        short = [b for b in batches if len(b) < batch_size]
+        return [full[i] for i in rng.permutation(len(full))] + short
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class SFTBatches:
+    """Deterministic, re-iterable, seeded SFT batches (see the module docstring).
+
+    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it).
+    """
+
+    def __init__(
+        self,
+        data: TokenizedSet,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        num_epochs: int | None = None,
+        bucketing: bool = True,
+        window_batches: int = 32,
+        pad_multiple: int = 16,
+        length_buckets: Sequence[int] | None = None,
+        fixed_length: bool = False,
+        drop_remainder: bool = True,
+        pad_id: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(data.tokens) < batch_size and drop_remainder:
+            raise ValueError(
+                f"{len(data.tokens)} examples cannot fill one batch of {batch_size}; lower "
+                "batch_size or set drop_remainder=False"
+            )
+        if not data.tokens:
+            raise ValueError("no examples to batch")
+        if length_buckets and max(length_buckets) < data.max_len:
+            raise ValueError(
+                f"length_buckets {sorted(length_buckets)} must include a bucket >= max_len "
+                f"{data.max_len}"
+            )
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_epochs = num_epochs
+        self.bucketing = bucketing
+        self.window_batches = window_batches
+        self.pad_multiple = pad_multiple
+        self.length_buckets = tuple(length_buckets) if length_buckets else None
+        self.fixed_length = fixed_length
+        self.drop_remainder = drop_remainder
+        self.pad_id = pad_id
+        self._lengths = data.lengths
+        self._plan_cache: tuple[int, list[np.ndarray]] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self._lengths)
+        return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
+
+    def __len__(self) -> int:
+        if self.total_steps is None:
+            raise TypeError("SFTBatches with num_epochs=None is infinite; use steps_per_epoch")
+        return self.total_steps
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        # One epoch's plan is reused for all its steps (sequential reads hit the cache).
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
+                              bucketing=self.bucketing, window_batches=self.window_batches,
+                              drop_remainder=self.drop_remainder)
+            self._plan_cache = (epoch, plan)
+        return self._plan_cache[1]
+
+    def indices_at(self, step: int) -> np.ndarray:
+        """Example indices of global step ``step``."""
+        if step < 0 or (self.total_steps is not None and step >= self.total_steps):
+            raise IndexError(f"step {step} out of range (total_steps={self.total_steps})")
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self._plan(epoch)[k]
+
+    def row_length(self, indices: np.ndarray) -> int:
+        if self.fixed_length:
+            return self.data.max_len
+        longest = int(self._lengths[indices].max())
+        return padded_length(longest, self.data.max_len, pad_multiple=self.pad_multiple,
+                             length_buckets=self.length_buckets)
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """The batch of global step ``step`` (same result however it is reached)."""
+        indices = self.indices_at(step)
+        width = self.row_length(indices)
+        shape = (self.batch_size, width)
+        tokens = np.full(shape, self.pad_id, dtype=np.int32)
+        loss = np.zeros(shape, dtype=np.int32)
+        segment = np.zeros(shape, dtype=np.int32)
+        for row, i in enumerate(indices):
+            t, m = self.data.tokens[i], self.data.loss_masks[i]
+            tokens[row, :len(t)] = t
+            loss[row, :len(t)] = m
+            segment[row, :len(t)] = 1
+        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
+
+    def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Batches from global step ``step`` on (forever when ``num_epochs`` is None)."""
+        s = step
+        while self.total_steps is None or s < self.total_steps:
+            yield self.batch_at(s)
+            s += 1
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.iter_from(0)
+
+
+def padding_stats(
+    lengths: Sequence[int] | np.ndarray,
+    batch_size: int,
+    max_len: int,
+    *,
+    seed: int = 0,
+    epochs: int = 1,
+    window_batches: int = 32,
+    pad_multiple: int = 16,
+    length_buckets: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Fraction of padded tokens per strategy, over ``epochs`` epochs of batches.
+
+    ``fixed``: random batches padded to ``max_len`` (the naive baseline);
+    ``random_dynamic``: random batches padded to their longest row (rounded as configured);
+    ``bucketed``: length-bucketed batches padded the same way.
+    ``shapes_*`` counts distinct padded lengths, i.e. XLA compilations of the train step.
+    """
+    lens = np.minimum(np.asarray(lengths, dtype=np.int64), max_len)
+    out: dict[str, Any] = {"examples": len(lens), "batch_size": batch_size, "max_len": max_len}
+    for name, bucketing, fixed in (("fixed", False, True), ("random_dynamic", False, False),
+                                   ("bucketed", True, False)):
+        real = padded = 0
+        shapes: set[int] = set()
+        for epoch in range(epochs):
+            for idx in plan_epoch(lens, batch_size, seed=seed, epoch=epoch, bucketing=bucketing,
+                                  window_batches=window_batches):
+                width = max_len if fixed else padded_length(
+                    int(lens[idx].max()), max_len, pad_multiple=pad_multiple,
+                    length_buckets=length_buckets)
+                shapes.add(width)
+                real += int(lens[idx].sum())
+                padded += width * len(idx)
+        out[name] = 1.0 - real / padded if padded else 0.0
+        out[f"shapes_{name}"] = len(shapes)
+    return out

@@ -1,0 +1,461 @@
+"""Scoring of model outputs: tag parsing, answer matching, scorecards and the eval files.
+
+Everything here is pure Python (no model, no JAX) so it can be tested and re-run on saved
+outputs. The pipeline generates text elsewhere and hands it to `score_item`.
+
+Files written:
+- `predictions.jsonl`: one `score_item` record per line (with a `"stage"` field,
+  `"baseline"` or `"trained"`).
+- `eval_summary.json`: the `summarize` structure
+  `{"baseline": scorecard|null, "trained": scorecard|null, "delta": ...|null, "meta": {...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+STAGES = ("baseline", "trained")
+ITEM_FIELDS = ("id", "section", "category", "difficulty", "prompt", "answer")
+GROUP_FIELDS = {"by_section": "section", "by_category": "category", "by_difficulty": "difficulty"}
+# Metrics that `summarize` / `compare` difference between two scorecards (n is not a metric).
+DELTA_METRICS = ("accuracy", "format_exact", "format_approx", "mean_tokens", "truncation_rate")
+RECORD_FIELDS = (
+    "id", "section", "category", "difficulty", "prompt", "answer", "output", "parsed_answer",
+    "correct", "exact_match", "numeric_match", "format_exact", "format_approx", "token_count",
+    "truncated",
+)
+
+# Stop markers the sampler may leave at the end of a decoded output.
+_STOP_MARKERS = ("<end_of_turn>", "<eos>")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """What `parse_output` found in one model output."""
+
+    reasoning: str | None
+    answer: str | None
+    format_exact: bool
+    format_approx: bool
+
+
+def _tag_res(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    # Lenient tags: any case, whitespace inside the angle brackets.
+    return (
+        re.compile(rf"<\s*{name}\s*>", re.IGNORECASE),
+        re.compile(rf"<\s*/\s*{name}\s*>", re.IGNORECASE),
+    )
+
+
+_REASONING_OPEN, _REASONING_CLOSE = _tag_res("reasoning")
+_ANSWER_OPEN, _ANSWER_CLOSE = _tag_res("answer")
+_ANY_TAG = re.compile(r"<\s*/?\s*(?:reasoning|answer)\s*>", re.IGNORECASE)
+_EXACT = re.compile(r"<reasoning>(.*?)</reasoning>\s*<answer>(.*?)</answer>", re.DOTALL)
+_APPROX = re.compile(
+    r"<\s*reasoning\s*>.*?<\s*/\s*reasoning\s*>.*?<\s*answer\s*>.*?<\s*/\s*answer\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _strip_stop_markers(text: str) -> str:
+    text = text.strip()
+    changed = True
+    while changed:  # e.g. "...</answer><end_of_turn>\n<eos>"
+        changed = False
+        for marker in _STOP_MARKERS:
+            if text.endswith(marker):
+                text = text[: -len(marker)].rstrip()
+                changed = True
+    return text
+
+
+def _last_pair(text: str, open_re: re.Pattern[str], close_re: re.Pattern[str]) -> str | None:
+    """Content of the last opening tag that is closed later (innermost for nested tags).
+
+    An unclosed final tag (typically a truncated output) is skipped rather than read to the
+    end of the text: a half-written answer should not be scored.
+    """
+    for opening in reversed(list(open_re.finditer(text))):
+        closing = close_re.search(text, opening.end())
+        if closing is not None:
+            return text[opening.end() : closing.start()].strip()
+    return None
+
+
+def parse_output(text: str) -> ParsedOutput:
+    """Split a model output into reasoning and answer and judge its format.
+
+    - `format_exact`: after stripping whitespace and trailing `<end_of_turn>`/`<eos>`, the
+      output is exactly `<reasoning>R</reasoning>` then `<answer>A</answer>` (lowercase tags,
+      only whitespace between the two blocks, nothing before or after), with non-empty R and A
+      and no further reasoning/answer tags inside them. Empty blocks do not count because a
+      format reward must not pay for `<reasoning></reasoning><answer></answer>`.
+    - `format_approx`: both tag pairs appear in order, tags matched case-insensitively with
+      whitespace allowed inside them, any text around them.
+    - `answer` / `reasoning`: stripped content of the last closed tag pair (see `_last_pair`);
+      None when there is no closed pair.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_output expects the decoded output as str, got {type(text).__name__}")
+    body = _strip_stop_markers(text)
+    answer = _last_pair(body, _ANSWER_OPEN, _ANSWER_CLOSE)
+    reasoning = _last_pair(body, _REASONING_OPEN, _REASONING_CLOSE)
+
+    exact = False
+    match = _EXACT.fullmatch(body)
+    if match is not None:
+        inner_reasoning, inner_answer = match.group(1), match.group(2)
+        exact = (
+            bool(inner_reasoning.strip())
+            and bool(inner_answer.strip())
+            and not _ANY_TAG.search(inner_reasoning)
+            and not _ANY_TAG.search(inner_answer)
+        )
+    approx = _APPROX.search(body) is not None
+    return ParsedOutput(reasoning=reasoning, answer=answer, format_exact=exact, format_approx=approx)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def normalize_answer(text: str) -> str:
+    """Strip, casefold, collapse whitespace and drop trailing periods."""
+    text = " ".join(str(text).split()).casefold()
+    return text.rstrip(".").rstrip()
+
+
+_PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?", re.IGNORECASE)
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+_FRACTION = re.compile(r"(?:(\d+)\s+)?(\d+)\s*/\s*(\d+)")
+_CURRENCY = "$£€¥"
+
+
+def parse_number(text: str) -> float | None:
+    """Parse an answer that is a single number, or return None.
+
+    Accepted: `12`, `-12.5`, `1e3`, `1,234` (thousands groups only), `$12` / `-$12` / `$-12`,
+    `3/4`, `1 3/4` (mixed number), `50%` (read as 50: answers state percentages as the
+    number of percent, so `50%` matches `50`, not `0.5`), a trailing period. Anything with
+    extra words (`12 apples`, `x = 12`) is not a number; such answers can still match exactly.
+    """
+    s = str(text).strip().replace("\u2212", "-").rstrip(".").strip()
+    sign = 1.0
+    if s and s[0] in "+-":
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:].strip()
+    if s and s[0] in _CURRENCY:
+        s = s[1:].strip()
+        if s and s[0] in "+-" and sign == 1.0:  # "$-12"
+            sign = -1.0 if s[0] == "-" else 1.0
+            s = s[1:].strip()
+    if s.endswith("%"):
+        s = s[:-1].strip()
+    if not s:
+        return None
+    if "," in s:
+        if not _THOUSANDS.fullmatch(s):
+            return None  # "1,2" or "1,23,456" is a list or a locale we do not guess
+        s = s.replace(",", "")
+    fraction = _FRACTION.fullmatch(s)
+    if fraction is not None:
+        whole, num, den = fraction.groups()
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den)) + (int(whole) if whole else 0)
+        return sign * float(value)
+    # The regex guard keeps float() from accepting "nan", "inf" or "1_000".
+    if _PLAIN_NUMBER.fullmatch(s):
+        return sign * float(s)
+    return None
+
+
+def answers_match(
+    predicted: str | None, expected: str | int | float, rel_tol: float = 1e-4
+) -> tuple[bool, bool]:
+    """Return `(exact, numeric)`; an answer is correct when either is True.
+
+    exact: equal after `normalize_answer`. numeric: both parse with `parse_number` and
+    agree within `rel_tol` (relative to the larger magnitude; 0 only matches 0).
+    """
+    if rel_tol < 0:
+        raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
+    if predicted is None:
+        return False, False
+    exact = normalize_answer(predicted) == normalize_answer(str(expected))
+    a, b = parse_number(predicted), parse_number(str(expected))
+    numeric = a is not None and b is not None and math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    return exact, numeric
+
+
+# --------------------------------------------------------------------------- records
+
+
+def score_item(
+    item: Mapping[str, Any],
+    output: str,
+    token_count: int,
+    truncated: bool,
+    *,
+    stage: str | None = None,
+    rel_tol: float = 1e-4,
+) -> dict[str, Any]:
+    """Score one generated output against its evaluation item -> a `predictions.jsonl` record.
+
+    `stage` ("baseline" or "trained"), when given, is stored in the record so baseline and
+    trained predictions can share one file.
+    """
+    if not isinstance(item, Mapping):
+        raise TypeError(f"evaluation item must be a dict, got {type(item).__name__}")
+    item_id = item.get("id", "<no id>")
+    for field in ITEM_FIELDS:
+        if field not in item:
+            raise ValueError(
+                f"evaluation item {item_id!r} is missing field {field!r} "
+                f"(required: {', '.join(ITEM_FIELDS)})"
+            )
+    if isinstance(token_count, bool) or not isinstance(token_count, int) or token_count < 0:
+        raise ValueError(
+            f"evaluation item {item_id!r}: token_count must be an int >= 0, got {token_count!r}"
+        )
+    if not isinstance(truncated, bool):
+        raise ValueError(
+            f"evaluation item {item_id!r}: truncated must be a bool, got {truncated!r}"
+        )
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+    parsed = parse_output(output)
+    exact, numeric = answers_match(parsed.answer, item["answer"], rel_tol=rel_tol)
+    record: dict[str, Any] = {} if stage is None else {"stage": stage}
+    record.update(
+        {
+            "id": item["id"],
+            "section": item["section"],
+            "category": item["category"],
+            "difficulty": item["difficulty"],
+            "prompt": item["prompt"],
+            "answer": item["answer"],
+            "output": output,
+            "parsed_answer": parsed.answer,
+            "correct": exact or numeric,
+            "exact_match": exact,
+            "numeric_match": numeric,
+            "format_exact": parsed.format_exact,
+            "format_approx": parsed.format_approx,
+            "token_count": token_count,
+            "truncated": truncated,
+        }
+    )
+    return record
+
+
+# --------------------------------------------------------------------------- scorecards
+
+
+def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    if n == 0:
+        return {"n": 0, **{m: None for m in DELTA_METRICS}}
+
+    def rate(field: str) -> float:
+        return sum(bool(r[field]) for r in records) / n
+
+    return {
+        "n": n,
+        "accuracy": rate("correct"),
+        "format_exact": rate("format_exact"),
+        "format_approx": rate("format_approx"),
+        "mean_tokens": sum(r["token_count"] for r in records) / n,
+        "truncation_rate": rate("truncated"),
+    }
+
+
+_SCORED_FIELDS = (
+    "section", "category", "difficulty", "correct", "format_exact", "format_approx",
+    "token_count", "truncated",
+)
+
+
+def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics overall and per section / category / difficulty.
+
+    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...}`
+    where `m = {"n", "accuracy", "format_exact", "format_approx", "mean_tokens",
+    "truncation_rate"}` (rates in [0, 1], None when n == 0). Group names are strings (so the
+    scorecard survives a JSON round trip unchanged) in sorted order.
+    """
+    records = list(records)
+    for index, record in enumerate(records):
+        for field in _SCORED_FIELDS:
+            if field not in record:
+                raise ValueError(
+                    f"prediction record {index} (id {record.get('id', '<no id>')!r}) is missing "
+                    f"field {field!r} (records come from score_item)"
+                )
+    card: dict[str, Any] = {"overall": _metrics(records)}
+    for key, field in GROUP_FIELDS.items():
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for record in records:
+            groups.setdefault(str(record[field]), []).append(record)
+        card[key] = {name: _metrics(groups[name]) for name in sorted(groups)}
+    return card
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def scorecard_delta(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """`b - a` for each metric in `DELTA_METRICS`, overall and for groups present in both."""
+
+    def metric_delta(ma: Mapping[str, Any], mb: Mapping[str, Any]) -> dict[str, float | None]:
+        return {m: _diff(ma.get(m), mb.get(m)) for m in DELTA_METRICS}
+
+    delta: dict[str, Any] = {"overall": metric_delta(a["overall"], b["overall"])}
+    for key in GROUP_FIELDS:
+        ga, gb = a.get(key, {}), b.get(key, {})
+        delta[key] = {name: metric_delta(ga[name], gb[name]) for name in ga if name in gb}
+    return delta
+
+
+def summarize(
+    baseline_records: Iterable[Mapping[str, Any]] | None,
+    trained_records: Iterable[Mapping[str, Any]] | None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the `eval_summary.json` structure; either stage may be missing (None).
+
+    `delta` is trained minus baseline and is None unless both stages are present.
+    """
+    if baseline_records is None and trained_records is None:
+        raise ValueError("summarize needs baseline_records, trained_records or both; got neither")
+    baseline = None if baseline_records is None else scorecard(baseline_records)
+    trained = None if trained_records is None else scorecard(trained_records)
+    delta = None if baseline is None or trained is None else scorecard_delta(baseline, trained)
+    return {"baseline": baseline, "trained": trained, "delta": delta, "meta": dict(meta or {})}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_predictions(
+    path: str | Path,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    stage: str | None = None,
+    append: bool = False,
+) -> Path:
+    """Write records as JSON lines. `stage` stamps every record (the input is not modified);
+    `append=True` adds to an existing file (e.g. trained after baseline)."""
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w", encoding="utf-8") as handle:
+        for record in records:
+            row = dict(record)
+            if stage is not None:  # stage first so the file reads well; overrides any old one
+                row = {"stage": stage, **{k: v for k, v in row.items() if k != "stage"}}
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Read a `predictions.jsonl`; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+            records.append(record)
+    return records
+
+
+def write_summary(path: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write `eval_summary.json` (indented; NaN is refused so the file stays strict JSON)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- text tables
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table: first column left-aligned, the rest right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cells[0].ljust(widths[0])]
+        parts += [cell.rjust(w) for cell, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_rate_delta(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}pp"
+
+
+def fmt_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_scorecard_table(summary: Mapping[str, Any]) -> str:
+    """Overall + per-section table of an `eval_summary.json` structure, for the notebook."""
+    baseline, trained = summary.get("baseline"), summary.get("trained")
+    if baseline is None and trained is None:
+        raise ValueError("summary has neither a 'baseline' nor a 'trained' scorecard")
+    empty: dict[str, Any] = {}
+
+    def group(card: Mapping[str, Any] | None, name: str | None) -> Mapping[str, Any]:
+        if card is None:
+            return empty
+        return card["overall"] if name is None else card["by_section"].get(name, empty)
+
+    names = sorted(set((baseline or empty).get("by_section", {}))
+                   | set((trained or empty).get("by_section", {})))
+    rows = []
+    for label, name in [("overall", None), *((f"  {s}", s) for s in names)]:
+        b, t = group(baseline, name), group(trained, name)
+        n = t.get("n", b.get("n"))
+        rows.append([
+            label,
+            "-" if n is None else str(n),
+            fmt_rate(b.get("accuracy")),
+            fmt_rate(t.get("accuracy")),
+            fmt_rate_delta(_diff(b.get("accuracy"), t.get("accuracy"))),
+            fmt_rate(b.get("format_exact")),
+            fmt_rate(t.get("format_exact")),
+            fmt_number(t.get("mean_tokens", b.get("mean_tokens"))),
+        ])
+    headers = ["group", "n", "acc base", "acc trained", "delta", "fmt base", "fmt trained",
+               "tokens"]
+    return format_table(headers, rows)

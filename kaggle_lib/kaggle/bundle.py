@@ -1,0 +1,566 @@
+"""Build the self-contained notebook that is pushed to Kaggle.
+
+Choice: `kaggle_lib` (and `configs/`) of this commit travel *inlined in the pushed notebook*,
+as a base64 zip checked by sha256 and extracted to a temporary directory at run time.
+One push then carries code and notebook together, so the version that runs is always the one
+that was pushed; a Kaggle utility script or a wheel in a dataset would be a second artefact
+with its own version to publish, attach and keep in step (and a dataset upload needs more API
+calls and permissions). The cost is notebook size (the package is pure Python: a few hundred kB).
+
+The built notebook, in order: an info cell; an install cell (exact pins from
+`requirements-kaggle.txt`, `--no-deps` so Kaggle's jax/libtpu stay); the bundle cell (extract,
+import, record the git sha); the original `parameters` cell with the chosen config baked in;
+a cell that resolves repo-relative config paths inside the bundle; then the notebook's own cells.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+import pprint
+import re
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib.kaggle.metadata import (
+    METADATA_FILE,
+    TPU_SHAPE,
+    MetadataError,
+    check_notebook_metadata,
+    load_metadata,
+    split_id,
+    validate_metadata,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PINS_FILE = "requirements-kaggle.txt"
+LOCK_FILE = "requirements.lock"
+DEFAULT_CONFIG = "configs/tpu_gemma3_1b.yaml"
+# Kaggle's TPU image pairs these with its TPU runtime; nothing we install may replace them.
+KEEP_PACKAGES = ("jax", "jaxlib", "libtpu")
+PARAMETER_NAMES = ("config_path", "overrides", "run_name", "run_dir")
+# Inlined zip above this size gets a warning: the notebook editor gets slow and the push API
+# limit for notebook text is not documented.
+SIZE_WARN_BYTES = 2 * 1024 * 1024
+_B64_LINE = 4096
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same files give the same sha256
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
+_BLOCKING_CALL_RE = re.compile(r"(?<![\w.])(input|getpass\.getpass|getpass)\s*\(")
+
+
+class BundleError(ValueError):
+    """The bundle cannot be built; the message names the file, the field and what is allowed."""
+
+
+def normalize(name: str) -> str:
+    """PEP 503 project-name normalisation."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclasses.dataclass
+class BundleOptions:
+    """What to build. Paths in `config` are relative to `repo_root`."""
+
+    path: Path  # folder holding kernel-metadata.json
+    out_dir: Path | None = None  # default: <repo>/build/kaggle/<slug>
+    config: str = DEFAULT_CONFIG
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run_name: str = ""
+    owner: str | None = None  # replaces the owner part of the metadata id
+    skip_install: bool = False
+    repo_root: Path = REPO_ROOT
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A built bundle folder, ready for `kaggle kernels push -p <dir>`."""
+
+    dir: Path
+    metadata: dict[str, Any]
+    notebook: Path
+    info: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def kernel_id(self) -> str:
+        return str(self.metadata["id"])
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """`name==version` lines (comments allowed) -> {name: version}; anything else is an error."""
+    if not path.is_file():
+        raise BundleError(f"{path}: file not found (exact pins installed on Kaggle)")
+    pins: dict[str, str] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = _PIN_RE.match(line)
+        if not match:
+            raise BundleError(f"{path}:{lineno}: {line!r} is not an exact pin; allowed: "
+                              "'name==version' (installed with --no-deps, so it must be exact)")
+        name, version = match.groups()
+        if normalize(name) in KEEP_PACKAGES or normalize(name).startswith("libtpu"):
+            raise BundleError(f"{path}:{lineno}: {name} must not be pinned: Kaggle's preinstalled "
+                              "jax/jaxlib/libtpu match its TPU runtime and must stay")
+        pins[name] = version
+    if not pins:
+        raise BundleError(f"{path}: no pins; it must pin at least google-tunix")
+    return pins
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """requirements.lock (pip freeze) -> {normalized name: version}."""
+    out: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            match = _PIN_RE.match(line.split("#", 1)[0].strip().split(";")[0].strip())
+            if match:
+                out[normalize(match.group(1).split("[")[0])] = match.group(2)
+    return out
+
+
+def check_pins_against_lock(pins: dict[str, str], lock: dict[str, str], pins_file: Path) -> None:
+    """Kaggle must run the versions the tests ran: every pin equals requirements.lock."""
+    wrong = [f"{n}=={v} (lock has {lock.get(normalize(n))})" for n, v in pins.items()
+             if lock and lock.get(normalize(n)) != v]
+    if wrong:
+        raise BundleError(f"{pins_file}: pins differ from {LOCK_FILE}: {', '.join(wrong)}; "
+                          "make them equal so Kaggle runs what the tests ran")
+
+
+def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
+    """kaggle_lib's dependencies that are not pinned: Kaggle's image must already have them."""
+    pyproject = repo_root / "pyproject.toml"
+    deps: list[str] = []
+    if pyproject.is_file():
+        data = tomllib.loads(pyproject.read_text())
+        deps = data.get("project", {}).get("dependencies", [])
+    pinned = {normalize(n) for n in pins}
+    names = []
+    for dep in deps:
+        name = normalize(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0])
+        if name and name not in pinned and name not in names:
+            names.append(name)
+    return names
+
+
+def git_info(repo_root: Path) -> dict[str, Any]:
+    """Commit sha and whether the bundled paths differ from it (CI: GITHUB_SHA as fallback)."""
+    import os
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True,
+                                 text=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    sha = git("rev-parse", "HEAD")
+    if not sha:
+        return {"sha": os.environ.get("GITHUB_SHA", "unknown"), "dirty": None, "dirty_files": []}
+    status = git("status", "--porcelain", "--", "kaggle_lib", "configs", PINS_FILE) or ""
+    dirty_files = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"sha": sha, "dirty": bool(dirty_files), "dirty_files": dirty_files[:50]}
+
+
+def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
+    files: list[tuple[str, Path]] = []
+    for top, pattern in (("kaggle_lib", "**/*"), ("configs", "*.yaml")):
+        base = repo_root / top
+        if not base.is_dir():
+            if top == "kaggle_lib":
+                raise BundleError(f"{base}: package folder not found (repo_root={repo_root})")
+            continue
+        for path in base.glob(pattern):
+            rel = path.relative_to(repo_root)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc":
+                files.append((rel.as_posix(), path))
+    return sorted(files)
+
+
+def make_archive(repo_root: Path) -> bytes:
+    """Deterministic zip of kaggle_lib/ and configs/*.yaml."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, path in _bundled_files(repo_root):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Validate the chosen config with kaggle_lib.config; return facts the push checks use."""
+    rel = Path(config)
+    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("configs",):
+        raise BundleError(f"--config {config!r}: must be a path under configs/ (it is shipped "
+                          "inside the bundle and resolved there)")
+    path = repo_root / rel
+    if not path.is_file():
+        available = sorted(p.name for p in (repo_root / "configs").glob("*.yaml"))
+        raise BundleError(f"--config {config!r}: file not found; available: "
+                          f"{', '.join(available) or 'none'}")
+    from kaggle_lib import config as cfg
+
+    try:
+        tree = cfg.apply_overrides(cfg.read_yaml(path), overrides)
+        run_config = cfg.validate_config(tree, str(rel) + (" (with overrides)" if overrides else ""))
+    except cfg.ConfigError as exc:
+        raise BundleError(str(exc)) from None
+    for key in ("train", "eval"):
+        spec = getattr(run_config.data, key)
+        if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_absolute():
+            raise BundleError(f"{rel}: data.{key} = {spec!r} is a repo-relative file the bundle "
+                              "does not carry; use builtin: data or an absolute /kaggle/input path")
+    return {"device": run_config.device, "model": run_config.model.name,
+            "model_source": run_config.model.source, "hash": run_config.hash}
+
+
+def _check_device(meta: dict[str, Any], device: str, source: str) -> list[str]:
+    """The session's accelerator must be the one the config trains on."""
+    shape = meta.get("machine_shape")
+    if device == "tpu" and (shape != TPU_SHAPE or meta.get("enable_tpu") is not True):
+        raise BundleError(f"{source}: the config trains on device tpu, so machine_shape must be "
+                          f"{TPU_SHAPE!r} with enable_tpu: true (got machine_shape={shape!r}, "
+                          f"enable_tpu={meta.get('enable_tpu')!r})")
+    if device == "gpu" and meta.get("enable_gpu") is not True:
+        raise BundleError(f"{source}: the config trains on device gpu, so enable_gpu must be true")
+    if device == "cpu" and (meta.get("enable_tpu") or meta.get("enable_gpu")):
+        return [f"the config runs on cpu but {source} asks for an accelerator ({shape}); "
+                "the accelerator session would sit idle"]
+    return []
+
+
+def _model_source_warning(meta: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    if facts.get("model_source") not in ("kaggle", "auto"):
+        return []
+    try:
+        from kaggle_lib.models.registry import get_spec  # type: ignore[attr-defined]
+
+        handle = get_spec(facts["model"]).kaggle_handle
+    except Exception:  # registry API not available: nothing to compare against
+        return []
+    if facts["model_source"] == "kaggle" and handle and handle not in (meta.get("model_sources") or []):
+        return [f"model {facts['model']} loads from Kaggle ({handle}) but model_sources does not "
+                "attach it; it will be downloaded at run time instead"]
+    return []
+
+
+def _find_parameters_cell(cells: list[Any], source: str) -> int:
+    tagged = [i for i, c in enumerate(cells)
+              if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    if len(tagged) != 1:
+        raise BundleError(f"{source}: needs exactly one code cell tagged 'parameters', found "
+                          f"{len(tagged)}")
+    if cells[tagged[0]].get("cell_type") != "code":
+        raise BundleError(f"{source}: the cell tagged 'parameters' must be a code cell")
+    return tagged[0]
+
+
+def bake_parameters(cell_source: str, values: dict[str, Any], source: str) -> str:
+    """Replace top-level `name = ...` assignments in the parameters cell with literal values."""
+    try:
+        tree = ast.parse(cell_source)
+    except SyntaxError as exc:
+        raise BundleError(f"{source}: parameters cell is not valid Python: {exc}") from None
+    lines = cell_source.splitlines()
+    spans: dict[str, tuple[int, int]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    spans[target.id] = (node.lineno, node.end_lineno or node.lineno)
+    missing = [name for name in values if name not in spans]
+    if missing:
+        raise BundleError(f"{source}: parameters cell does not assign {', '.join(missing)}; "
+                          f"it must define {', '.join(PARAMETER_NAMES)}")
+    # Replace from the bottom so earlier line numbers stay valid.
+    for name, (start, end) in sorted(spans.items(), key=lambda kv: -kv[1][0]):
+        if name in values:
+            lines[start - 1:end] = [f"{name} = {values[name]!r}  # baked in by kaggle_lib bundle"]
+    return "\n".join(lines)
+
+
+def _check_blocking_calls(cells: list[Any], source: str) -> None:
+    """A batch session has no stdin: input()/getpass() would hang until the 9-hour limit."""
+    for i, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        for line in str(cell.get("source", "")).splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            if _BLOCKING_CALL_RE.search(line):
+                raise BundleError(f"{source}: cell {i} calls {line.strip()!r}; a Kaggle batch run "
+                                  "has no stdin and would hang. Read values from config or secrets")
+
+
+def _install_cell(pins: dict[str, str], required: list[str]) -> str:
+    # pformat writes Python literals (True/None), unlike json.dumps.
+    return _INSTALL_TEMPLATE.format(
+        pins=pprint.pformat(pins, width=96), required=pprint.pformat(required, width=96),
+        keep=pprint.pformat(KEEP_PACKAGES))
+
+
+def _bundle_cell(info: dict[str, Any], archive: bytes) -> str:
+    b64 = base64.b64encode(archive).decode()
+    chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))
+    return _BUNDLE_TEMPLATE.format(info=pprint.pformat(info, width=96), chunks=chunks)
+
+
+def _info_markdown(info: dict[str, Any]) -> str:
+    dirty = " (uncommitted changes were bundled)" if info["git"].get("dirty") else ""
+    return (f"**Built by `kaggle_lib` bundle** from commit `{info['git']['sha']}`{dirty}, "
+            f"config `{info['config']}`. The package travels inside this notebook; the next cells "
+            "install exact pins (keeping Kaggle's jax/libtpu) and unpack it. Edit the repository, "
+            "not this notebook.")
+
+
+def build_bundle(opts: BundleOptions) -> Bundle:
+    """Validate metadata, notebook, config and pins; write the bundle folder; return it."""
+    import nbformat
+
+    folder = opts.path.resolve()
+    repo = opts.repo_root.resolve()
+    meta_path = folder / METADATA_FILE
+    meta = load_metadata(meta_path)
+    if opts.owner:
+        _, slug = split_id(str(meta.get("id", "")))
+        meta["id"] = f"{opts.owner}/{slug}"
+    warnings = validate_metadata(meta, source=str(meta_path), folder=folder)
+    if meta.get("kernel_type") != "notebook" or meta.get("language") != "python":
+        raise MetadataError(f"{meta_path}: kernel_type must be 'notebook' and language 'python' "
+                            "for the kaggle_lib bundle")
+
+    pins_file = repo / PINS_FILE
+    pins = read_pins(pins_file)
+    check_pins_against_lock(pins, read_lock(repo / LOCK_FILE), pins_file)
+    if not opts.skip_install and meta.get("enable_internet") is False:
+        raise BundleError(f"{meta_path}: enable_internet is false, but the install cell needs "
+                          "internet for pip; set it true (or build with --skip-install on an image "
+                          "that already has the pins)")
+
+    facts = _check_config(repo, opts.config, opts.overrides)
+    warnings += _check_device(meta, facts["device"], str(meta_path))
+    warnings += _model_source_warning(meta, facts)
+
+    nb_path = folder / meta["code_file"]
+    try:
+        nb = nbformat.read(str(nb_path), as_version=4)
+    except Exception as exc:  # nbformat raises several types for unreadable files
+        raise BundleError(f"{nb_path}: not a readable notebook: {exc}") from None
+    check_notebook_metadata(nb, str(nb_path))
+    cells = nb.cells
+    p_index = _find_parameters_cell(cells, str(nb_path))
+    _check_blocking_calls(cells, str(nb_path))
+
+    archive = make_archive(repo)
+    info = {
+        "kernel_id": meta["id"],
+        "git": git_info(repo),
+        "config": opts.config,
+        "config_hash": facts["hash"],
+        "device": facts["device"],
+        "overrides": opts.overrides,
+        "run_name": opts.run_name,
+        "zip_sha256": hashlib.sha256(archive).hexdigest(),
+        "zip_bytes": len(archive),
+        "pins": pins,
+        "install_cell": not opts.skip_install,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": sys.version.split()[0],
+    }
+    if len(archive) > SIZE_WARN_BYTES:
+        warnings.append(f"the inlined package is {len(archive) / 2**20:.1f} MiB; check for data "
+                        "files that do not belong in kaggle_lib/")
+
+    # Baked parameters: exactly what the run uses; secrets are never parameters.
+    baked = {"config_path": opts.config, "overrides": opts.overrides, "run_name": opts.run_name}
+    params = cells[p_index]
+    params.source = bake_parameters(str(params.source), baked, str(nb_path))
+    params.outputs, params.execution_count = [], None
+
+    new = nbformat.v4
+    head = [new.new_markdown_cell(_info_markdown(info), metadata={"tags": ["kaggle-bundle-info"]})]
+    if not opts.skip_install:
+        head.append(new.new_code_cell(_install_cell(pins, required_preinstalled(repo, pins)),
+                                      metadata={"tags": ["kaggle-install"]}))
+    head.append(new.new_code_cell(_bundle_cell(info, archive), metadata={"tags": ["kaggle-bundle"]}))
+    resolve = new.new_code_cell(_RESOLVE_SOURCE, metadata={"tags": ["kaggle-bundle-resolve"]})
+    # The bundle must run before any code cell: insert ahead of the first one.
+    first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
+    body = list(cells)
+    body.insert(p_index + 1, resolve)
+    body[first_code:first_code] = head
+    for cell in body:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.pop("id", None)
+    nb.cells = body
+    nb.metadata.pop("kaggle", None)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for cell in nb.cells:  # nbformat 4.5 wants cell ids; make them stable (no random ids)
+        cell["id"] = hashlib.sha1(str(cell.source).encode()).hexdigest()[:12]
+    _dedupe_ids(nb.cells)
+    nbformat.validate(nb)
+
+    _, slug = split_id(str(meta["id"]))
+    out = (opts.out_dir or repo / "build" / "kaggle" / slug).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.ipynb"):
+        stale.unlink()
+    nb_out = out / f"{slug}.ipynb"
+    nbformat.write(nb, str(nb_out))
+    bundled_meta = dict(meta, code_file=nb_out.name)
+    (out / METADATA_FILE).write_text(json.dumps(bundled_meta, indent=2) + "\n")
+    (out / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # What is pushed must pass the same checks as what was written.
+    validate_metadata(bundled_meta, source=str(out / METADATA_FILE), folder=out)
+    check_notebook_metadata(json.loads(nb_out.read_text()), str(nb_out))
+    return Bundle(dir=out, metadata=bundled_meta, notebook=nb_out, info=info, warnings=warnings)
+
+
+def _dedupe_ids(cells: list[Any]) -> None:
+    seen: set[str] = set()
+    for i, cell in enumerate(cells):
+        if cell["id"] in seen:
+            cell["id"] = f"{cell['id'][:8]}-{i:03d}"
+        seen.add(cell["id"])
+
+
+_INSTALL_TEMPLATE = '''\
+# kaggle_lib install: exact pins from requirements-kaggle.txt, installed with --no-deps so pip
+# cannot replace Kaggle's jax / jaxlib / libtpu (they match the TPU runtime). Skipped when every
+# pin is already installed at its version (a re-run, or the local Kaggle-like test).
+import importlib
+import importlib.metadata as _kl_md
+import subprocess
+import sys
+
+_KL_PINS = {pins}
+_KL_REQUIRED = {required}  # kaggle_lib dependencies the image must already have
+_KL_KEEP = {keep}
+
+
+def _kl_version(name):
+    try:
+        return _kl_md.version(name)
+    except _kl_md.PackageNotFoundError:
+        return None
+
+
+_kl_before = {{n: _kl_version(n) for n in _KL_KEEP}}
+_kl_todo = [f"{{n}}=={{v}}" for n, v in _KL_PINS.items() if _kl_version(n) != v]
+if _kl_todo:
+    print("installing (--no-deps):", " ".join(_kl_todo), flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *_kl_todo],
+                   check=True)
+    importlib.invalidate_caches()
+else:
+    print("all pinned packages already installed")
+_kl_wrong = {{n: _kl_version(n) for n, v in _KL_PINS.items() if _kl_version(n) != v}}
+if _kl_wrong:
+    raise RuntimeError(f"pinned packages not at their versions after install: {{_kl_wrong}}")
+_kl_after = {{n: _kl_version(n) for n in _KL_KEEP}}
+if _kl_after != _kl_before:
+    raise RuntimeError(f"the install changed {{_KL_KEEP}}: {{_kl_before}} -> {{_kl_after}}")
+_kl_missing = [n for n in _KL_REQUIRED if _kl_version(n) is None]
+if _kl_missing:
+    raise RuntimeError(f"this image lacks {{_kl_missing}}; add exact pins for them to "
+                       "requirements-kaggle.txt (and requirements.lock) and push again")
+print("kept:", _kl_after, "| pinned:", {{n: _kl_version(n) for n in _KL_PINS}})
+'''
+
+_BUNDLE_TEMPLATE = '''\
+# kaggle_lib bundle: the package and configs/ of the commit below travel inside this notebook
+# as a zip. It is checked against its sha256, unpacked outside /kaggle/working (so it is not
+# saved as an output) and put first on sys.path.
+import base64
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+_KL_BUNDLE = {info}
+_KL_ZIP_B64 = (
+{chunks}
+)
+
+
+def _kl_unpack():
+    data = base64.b64decode(_KL_ZIP_B64)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != _KL_BUNDLE["zip_sha256"]:
+        raise RuntimeError(f"bundle corrupted: sha256 {{digest}} != {{_KL_BUNDLE['zip_sha256']}}")
+    root = Path(tempfile.gettempdir()) / "kaggle_lib_bundle" / digest[:16]
+    if not (root / ".complete").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix="kaggle_lib_bundle_"))
+        zipfile.ZipFile(io.BytesIO(data)).extractall(tmp)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not root.exists():
+            tmp.rename(root)
+        (root / ".complete").write_text(digest)
+    return root
+
+
+_KL_ROOT = _kl_unpack()
+sys.path.insert(0, str(_KL_ROOT))
+# A kaggle_lib imported earlier (another version) must not shadow the bundled one.
+for _kl_name in [m for m in sys.modules if m == "kaggle_lib" or m.startswith("kaggle_lib.")]:
+    del sys.modules[_kl_name]
+import kaggle_lib  # noqa: E402
+
+if not Path(kaggle_lib.__file__).resolve().is_relative_to(_KL_ROOT.resolve()):
+    raise RuntimeError(f"kaggle_lib imports from {{kaggle_lib.__file__}}, not the bundle {{_KL_ROOT}}")
+os.environ["KAGGLE_LIB_GIT_SHA"] = _KL_BUNDLE["git"]["sha"]
+os.environ["KAGGLE_LIB_BUNDLE_ROOT"] = str(_KL_ROOT)
+try:
+    from kaggle_lib.runtime import detect_environment
+
+    _kl_working = detect_environment().working_dir
+except Exception:  # older runtime API: outputs go to the current directory
+    _kl_working = Path.cwd()
+_kl_info_path = Path(_kl_working) / "evidence" / "kaggle_bundle.json"
+_kl_info_path.parent.mkdir(parents=True, exist_ok=True)
+_kl_info_path.write_text(json.dumps(_KL_BUNDLE, indent=2))
+os.environ["KAGGLE_LIB_BUNDLE_INFO"] = str(_kl_info_path)
+
+
+def _kl_resolve_config(path):
+    """Repo-relative config paths resolve inside the bundled copy of the repository."""
+    p = Path(path)
+    if p.is_absolute() or p.is_file():
+        return str(p)
+    if (_KL_ROOT / p).is_file():
+        return str(_KL_ROOT / p)
+    shipped = sorted(q.name for q in (_KL_ROOT / "configs").glob("*.yaml"))
+    raise FileNotFoundError(f"config {{path!r}} is neither a file here nor in the bundle; "
+                            f"bundled configs: {{shipped}}")
+
+
+print(f"kaggle_lib from {{_KL_ROOT}} | commit {{_KL_BUNDLE['git']['sha']}}"
+      f"{{' (dirty)' if _KL_BUNDLE['git'].get('dirty') else ''}} | config {{_KL_BUNDLE['config']}}")
+'''
+
+_RESOLVE_SOURCE = '''\
+# kaggle_lib bundle: configs/... paths resolve inside the bundled repository copy.
+config_path = _kl_resolve_config(config_path)'''

@@ -1,0 +1,503 @@
+"""Push a bundle through the kaggle client library, wait for that version, fetch its outputs.
+
+The `kaggle` CLI exits 0 when the server rejects a push and when a run ends in ERROR, and
+`kernels status` / `kernels output` ask for the latest version rather than the one just
+pushed. So this module calls the client library (`KaggleApi.kernels_push`, then kagglesdk
+requests carrying `version_label`) and checks every response itself.
+
+Exit codes of `main`: 0 done; 1 missing/refused credentials, push rejected, run ended in
+ERROR or was cancelled, timeout, download failed; 2 invalid input (metadata, notebook,
+config, pins, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from kaggle_lib.kaggle.bundle import (
+    DEFAULT_CONFIG,
+    REPO_ROOT,
+    Bundle,
+    BundleError,
+    BundleOptions,
+    build_bundle,
+)
+from kaggle_lib.kaggle.metadata import MetadataError, load_metadata, split_id, validate_metadata
+
+PLACEHOLDER_OWNER = "your-kaggle-username"
+TERMINAL_OK = ("COMPLETE",)
+TERMINAL_FAILED = ("ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")
+DEFAULT_TIMEOUT_S = 9.5 * 3600  # a Kaggle session stops at 9 h (TPU); a little slack for queueing
+DEFAULT_POLL_S = 30.0
+DEFAULT_MAX_POLL_S = 300.0
+BACKOFF = 1.5
+# Right after a push the new version may not be known to the status endpoint yet.
+MAX_NOT_FOUND = 5
+
+NO_CREDENTIALS = (
+    "no Kaggle credentials found. Provide one of: KAGGLE_API_TOKEN (a token, or the path of a "
+    "file holding it); ~/.kaggle/access_token; KAGGLE_USERNAME and KAGGLE_KEY; or kaggle.json "
+    "with username and key in $KAGGLE_CONFIG_DIR or ~/.kaggle (create a token at "
+    "https://www.kaggle.com/settings/api). In CI, set them as repository secrets. See docs/KAGGLE.md."
+)
+
+
+class PushFailure(RuntimeError):
+    """The push, the run or the download failed (exit code 1)."""
+
+
+class CredentialsError(PushFailure):
+    """No usable Kaggle credentials."""
+
+
+class WaitTimeout(PushFailure):
+    """The version did not finish before the timeout."""
+
+
+@dataclasses.dataclass
+class PushResult:
+    kernel_id: str
+    version: int
+    url: str
+
+
+@dataclasses.dataclass
+class StatusResult:
+    status: str
+    failure_message: str
+    waited_s: float
+    polls: int
+
+
+def _log(msg: str) -> None:
+    print(f"[kaggle] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- credentials
+
+
+def _nonempty_file(path: Path) -> bool:
+    try:
+        return path.is_file() and bool(path.read_text().strip())
+    except OSError:
+        return False
+
+
+def _kaggle_json_path(env: dict[str, str], home: Path) -> Path:
+    """Where kaggle 2.2.x looks for kaggle.json (KaggleApi.config_dir)."""
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    legacy = home / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+        return xdg / "kaggle" / "kaggle.json"
+    return legacy / "kaggle.json"
+
+
+def find_credentials(env: dict[str, str] | None = None, home: Path | None = None) -> str | None:
+    """Name the credential source the kaggle client will use, or None. Never reads it out."""
+    env = dict(os.environ if env is None else env)
+    home = home or Path(env.get("HOME") or Path.home())
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    for name in ("access_token", "access_token.txt"):
+        if _nonempty_file(home / ".kaggle" / name):
+            return f"~/.kaggle/{name}"
+    file_values: dict[str, Any] = {}
+    json_path = _kaggle_json_path(env, home)
+    if json_path.is_file():
+        try:
+            loaded = json.loads(json_path.read_text())
+            file_values = loaded if isinstance(loaded, dict) else {}
+        except (OSError, json.JSONDecodeError):
+            file_values = {}
+    username = env.get("KAGGLE_USERNAME") or file_values.get("username")
+    key = env.get("KAGGLE_KEY") or file_values.get("key")
+    if username and key:
+        if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+            return "KAGGLE_USERNAME/KAGGLE_KEY"
+        return str(json_path)
+    if _nonempty_file(home / ".kaggle" / "credentials.json"):
+        return "~/.kaggle/credentials.json (OAuth)"
+    return None
+
+
+def connect() -> Any:
+    """Check credentials, then import the kaggle client (it authenticates on import)."""
+    source = find_credentials()
+    if source is None:
+        raise CredentialsError(NO_CREDENTIALS)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
+        import kaggle
+    api = kaggle.api
+    if not getattr(api, "_authenticated", False):
+        raise CredentialsError(f"the kaggle client could not authenticate with the credentials "
+                               f"from {source} (refused, malformed, or Kaggle unreachable)")
+    _log(f"authenticated with credentials from {source}")
+    return api
+
+
+# ---------------------------------------------------------------------------- HTTP helpers
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return True
+    status = _http_status(exc)
+    return status is not None and (status >= 500 or status == 429)
+
+
+def _describe_http(exc: BaseException) -> str:
+    status = _http_status(exc)
+    if status in (401, 403):
+        return f"HTTP {status}: Kaggle refused the credentials or the kernel is not yours ({exc})"
+    return f"HTTP {status}: {exc}" if status else str(exc)
+
+
+# ---------------------------------------------------------------------------- push
+
+
+def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
+    """Push one new version; every server-side rejection becomes a PushFailure."""
+    import requests
+
+    try:
+        response = api.kernels_push(str(bundle_dir))
+    except requests.RequestException as exc:
+        raise PushFailure(f"push of {kernel_id} failed: {_describe_http(exc)}") from None
+    except ValueError as exc:  # the client's own metadata checks
+        raise PushFailure(f"the kaggle client refused {bundle_dir}: {exc}") from None
+    if response is None:
+        raise PushFailure(f"push of {kernel_id}: the server returned no response")
+    if response.error:
+        hint = ""
+        if split_id(kernel_id)[0] == PLACEHOLDER_OWNER:
+            hint = " (the id still has the placeholder owner: pass --owner or set KAGGLE_USERNAME)"
+        raise PushFailure(f"Kaggle rejected the push of {kernel_id}: {response.error}{hint}")
+    invalid = {
+        "model_sources": list(response.invalid_model_sources or []),
+        "dataset_sources": list(response.invalid_dataset_sources or []),
+        "kernel_sources": list(response.invalid_kernel_sources or []),
+        "competition_sources": list(response.invalid_competition_sources or []),
+    }
+    invalid = {k: v for k, v in invalid.items() if v}
+    if invalid:
+        raise PushFailure(
+            f"Kaggle pushed {kernel_id} but could not attach {invalid}; the run would miss "
+            "them. For Gemma models accept the licence on the model's Kaggle page with the "
+            "pushing account, and check the versions exist.")
+    if not response.version_number:
+        raise PushFailure(f"push of {kernel_id}: the server returned no version number "
+                          f"(url {response.url!r}); cannot follow this version")
+    if response.invalid_tags:
+        _log(f"warning: keywords not accepted by Kaggle: {list(response.invalid_tags)}")
+    return PushResult(kernel_id=kernel_id, version=int(response.version_number),
+                      url=response.url or "")
+
+
+# ---------------------------------------------------------------------------- wait
+
+
+def get_status(api: Any, owner: str, slug: str, version: int) -> tuple[str, str]:
+    """(status name, failure message) of one version (not the latest)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+    request = ApiGetKernelSessionStatusRequest()
+    request.user_name = owner
+    request.kernel_slug = slug
+    request.version_label = str(version)
+    with api.build_kaggle_client() as client:
+        response = client.kernels.kernels_api_client.get_kernel_session_status(request)
+    status = response.status
+    return getattr(status, "name", str(status)), response.failure_message or ""
+
+
+def wait_for_version(
+    fetch_status: Callable[[], tuple[str, str]],
+    *,
+    label: str,
+    timeout_s: float,
+    poll_s: float = DEFAULT_POLL_S,
+    max_poll_s: float = DEFAULT_MAX_POLL_S,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> StatusResult:
+    """Poll until a terminal status, backing off from poll_s to max_poll_s; raise on timeout.
+
+    Transient errors (connection, 5xx, 429, and a few 404s right after the push) are retried
+    until the deadline; other HTTP errors end the wait.
+    """
+    start = clock()
+    deadline = start + timeout_s
+    delay = poll_s
+    polls = not_found = 0
+    last = "UNKNOWN"
+    while True:
+        polls += 1
+        try:
+            status, failure = fetch_status()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            code = _http_status(exc)
+            if code == 404 and not_found < MAX_NOT_FOUND:
+                not_found += 1
+                _log(f"{label}: not found yet (HTTP 404), retrying")
+            elif _is_transient(exc):
+                _log(f"{label}: transient error while polling ({_describe_http(exc)}), retrying")
+            else:
+                raise PushFailure(f"{label}: status request failed: {_describe_http(exc)}") from None
+        else:
+            if status != last:
+                _log(f"{label}: {status} after {clock() - start:.0f} s")
+            last = status
+            if status in TERMINAL_OK or status in TERMINAL_FAILED:
+                return StatusResult(status, failure, clock() - start, polls)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise WaitTimeout(f"{label} is still {last} after {timeout_s:g} s (--timeout); it "
+                              "keeps running on Kaggle. Fetch it later with --version")
+        sleep(min(delay, remaining))
+        delay = min(delay * BACKOFF, max_poll_s)
+
+
+# ---------------------------------------------------------------------------- fetch
+
+
+def _safe_target(dest: Path, name: str) -> Path:
+    """Output names come from the server: refuse anything that would leave `dest`."""
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        raise PushFailure(f"refusing output file name {name!r}: not a relative path inside the "
+                          "output folder")
+    target = dest.joinpath(*rel.parts)
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise PushFailure(f"refusing output file name {name!r}: it leaves {dest}")
+    return target
+
+
+def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path) -> list[str]:
+    """Download every output file of one version (and its log) into dest; return names."""
+    import requests
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    dest.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    token: str | None = None
+    first = True
+    while True:
+        request = ApiListKernelSessionOutputRequest()
+        request.user_name = owner
+        request.kernel_slug = slug
+        request.version_label = str(version)
+        request.page_size = 100
+        if token:
+            request.page_token = token
+        try:
+            with api.build_kaggle_client() as client:
+                response = client.kernels.kernels_api_client.list_kernel_session_output(request)
+        except requests.RequestException as exc:
+            raise PushFailure(f"listing outputs of {owner}/{slug} v{version} failed: "
+                              f"{_describe_http(exc)}") from None
+        for item in response.files or []:
+            target = _safe_target(dest, item.file_name or "")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # Output URLs are pre-signed: no Kaggle credentials go with this request.
+                with requests.get(item.url, stream=True, timeout=(30, 600)) as got:
+                    got.raise_for_status()
+                    with open(target, "wb") as fh:
+                        for chunk in got.iter_content(chunk_size=1 << 20):
+                            fh.write(chunk)
+            except requests.RequestException as exc:
+                raise PushFailure(f"downloading output {item.file_name!r} failed: "
+                                  f"{_describe_http(exc)}") from None
+            names.append(item.file_name)
+        if first and response.log:
+            (dest / f"{slug}.log").write_text(response.log, encoding="utf-8")
+            names.append(f"{slug}.log")
+        first = False
+        token = response.next_page_token or None
+        if not token:
+            return names
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BundleError(f"--set {item!r}: expected KEY=VALUE, e.g. train.sft.max_steps=3")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of the push command (shared by scripts/kaggle_push.py and `kaggle_lib push`)."""
+    parser.add_argument("--path", type=Path, default=Path("."),
+                        help="folder holding kernel-metadata.json (default: .)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"config under configs/ baked into the notebook (default {DEFAULT_CONFIG})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override baked in as a parameter (repeatable; YAML value)")
+    parser.add_argument("--run-name", default="", help="run name baked in as a parameter")
+    parser.add_argument("--owner", default=None,
+                        help="Kaggle username for the kernel id (default: $KAGGLE_USERNAME, "
+                             "else the owner in kernel-metadata.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="bundle folder (default: build/kaggle/<slug>)")
+    parser.add_argument("--skip-install", action="store_true",
+                        help="leave out the pip install cell (images that already have the pins)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and build the bundle only; no credentials, no network")
+    parser.add_argument("--wait", action="store_true",
+                        help="poll the new version until it ends, then download its outputs")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds to wait with --wait (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--version", type=int, default=None,
+                        help="do not push: wait for / fetch this existing version")
+    parser.add_argument("--evidence-dir", type=Path, default=REPO_ROOT / "evidence" / "kaggle",
+                        help="outputs go to <dir>/<slug>/v<N>/ (default evidence/kaggle)")
+    parser.add_argument("--repo-root", type=Path, default=REPO_ROOT,
+                        help="repository whose kaggle_lib/, configs/ and pins are bundled "
+                             "(default: the one this kaggle_lib comes from)")
+    parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_S,
+                        help="first poll interval in seconds; it grows x1.5 per poll")
+    parser.add_argument("--max-poll-interval", type=float, default=DEFAULT_MAX_POLL_S)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaggle_push.py",
+        description="Validate and build the self-contained Kaggle bundle, push it as a new "
+                    "kernel version, optionally wait for it and download its outputs.")
+    return add_push_arguments(parser)
+
+
+def _owner(args: argparse.Namespace) -> str | None:
+    return args.owner or os.environ.get("KAGGLE_USERNAME") or None
+
+
+def _write_record(dest: Path, record: dict[str, Any]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "push.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """The push command; returns the exit code."""
+    try:
+        return _run(args)
+    except (MetadataError, BundleError) as exc:
+        print(f"kaggle_push: invalid input: {exc}", file=sys.stderr)
+        return 2
+    except PushFailure as exc:
+        print(f"kaggle_push: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0 or args.poll_interval <= 0 or args.max_poll_interval <= 0:
+        raise BundleError("--timeout, --poll-interval and --max-poll-interval must be positive")
+    owner = _owner(args)
+    bundle: Bundle | None = None
+    if args.version is None:
+        bundle = build_bundle(BundleOptions(
+            path=args.path, out_dir=args.out, config=args.config,
+            overrides=_parse_set(args.overrides), run_name=args.run_name, owner=owner,
+            skip_install=args.skip_install, repo_root=args.repo_root))
+        for warning in bundle.warnings:
+            _log(f"warning: {warning}")
+        info = bundle.info
+        _log(f"bundle {bundle.dir}: {bundle.kernel_id}, commit {info['git']['sha']}"
+             f"{' (dirty)' if info['git'].get('dirty') else ''}, config {info['config']}, "
+             f"package zip {info['zip_bytes'] / 1024:.0f} KiB, notebook "
+             f"{bundle.notebook.stat().st_size / 1024:.0f} KiB")
+        kernel_id = bundle.kernel_id
+    else:
+        meta = load_metadata(args.path)
+        if owner:
+            meta["id"] = f"{owner}/{split_id(str(meta.get('id', '')))[1]}"
+        validate_metadata(meta, source=str(Path(args.path) / "kernel-metadata.json"))
+        kernel_id = str(meta["id"])
+    kernel_owner, slug = split_id(kernel_id)
+    if args.dry_run:
+        if kernel_owner == PLACEHOLDER_OWNER:
+            _log(f"warning: the id has the placeholder owner {PLACEHOLDER_OWNER!r}; a real push "
+                 "needs --owner or KAGGLE_USERNAME")
+        _log("dry run: metadata, notebook, config and pins are valid; nothing was pushed")
+        return 0
+    if kernel_owner == PLACEHOLDER_OWNER:
+        raise BundleError(f"kernel id {kernel_id!r} has the placeholder owner; pass --owner "
+                          "or set KAGGLE_USERNAME to your Kaggle username")
+
+    api = connect()
+    record: dict[str, Any] = {"kernel_id": kernel_id,
+                              "bundle": bundle.info if bundle else None}
+    if bundle is not None:
+        result = push_bundle(api, bundle.dir, kernel_id)
+        _log(f"pushed {kernel_id} version {result.version}: {result.url}")
+        version = result.version
+        record.update(version=version, url=result.url, pushed_at=time.time())
+    else:
+        version = int(args.version)
+        record.update(version=version, url=None)
+    dest = args.evidence_dir / slug / f"v{version}"
+    if not args.wait:
+        _write_record(dest, dict(record, status="PUSHED"))
+        _log(f"not waiting; follow it with --version {version} --wait")
+        return 0
+
+    label = f"{kernel_id} v{version}"
+    try:
+        status = wait_for_version(
+            lambda: get_status(api, kernel_owner, slug, version), label=label,
+            timeout_s=args.timeout, poll_s=args.poll_interval, max_poll_s=args.max_poll_interval)
+    except WaitTimeout:
+        _write_record(dest, dict(record, status="TIMEOUT"))
+        raise
+    record.update(status=status.status, failure_message=status.failure_message,
+                  waited_s=round(status.waited_s, 1), polls=status.polls)
+    try:
+        files = fetch_outputs(api, kernel_owner, slug, version, dest)
+    except PushFailure as exc:
+        if status.status in TERMINAL_OK:
+            _write_record(dest, dict(record, fetch_error=str(exc)))
+            raise
+        files = []  # the run already failed; its error message matters more
+        record["fetch_error"] = str(exc)
+    record["files"] = files
+    _write_record(dest, record)
+    if status.status not in TERMINAL_OK:
+        what = "was cancelled" if status.status.startswith("CANCEL") else "failed"
+        raise PushFailure(f"{label} {what} ({status.status}): "
+                          f"{status.failure_message or 'no failure message'}; "
+                          f"log and outputs in {dest}")
+    _log(f"{label} COMPLETE; {len(files)} file(s) in {dest}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of scripts/kaggle_push.py."""
+    return run_push(build_parser().parse_args(argv))

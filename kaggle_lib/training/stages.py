@@ -1,0 +1,135 @@
+"""Run the configured training stages in order (SFT, then GRPO) for a pipeline Run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib import auth
+
+
+def checkpoint_dir(run: Any, stage: str) -> Path:
+    """The run's own checkpoint directory (on Kaggle the run dir is under /kaggle/working)."""
+    return run.run_dir / "checkpoints" / stage
+
+
+def _seed_from_previous(resume_from: str, target: Path) -> int | None:
+    """Copy the latest step of a previous run's checkpoints into this run (inputs on Kaggle
+    are read-only, and the record of each run stays self-contained)."""
+    source = Path(resume_from)
+    steps = sorted((int(p.name), p) for p in source.iterdir() if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"train.resume_from = {resume_from!r} holds no step directories")
+    step, path = steps[-1]
+    if not (target / str(step)).exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(path, target / str(step))
+    return step
+
+
+def _training_log(run: Any, line: str) -> None:
+    with (run.run_dir / "training_log.txt").open("a") as fh:
+        fh.write(auth.redact(line) + "\n")
+
+
+def run_sft_stage(run: Any) -> dict[str, Any]:
+    from kaggle_lib.data.batching import SFTBatches, padding_stats, tokenize_items
+    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.training.sft import apply_lora, run_sft
+
+    cfg = run.cfg
+    sft = cfg.train.sft
+    loaded = run.loaded
+    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    tokenized = tokenize_items(loaded.tokenizer, items, cfg.data.max_seq_len,
+                               instruct=loaded.spec.instruct)
+    buckets = length_buckets(cfg.data.max_seq_len)
+    batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
+                         pad_id=loaded.tokenizer.pad_id())
+    padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
+                            seed=cfg.seed, length_buckets=buckets)
+    stats = {**tokenized.summary(), "length_buckets": list(buckets),
+             "padding_fraction_fixed": round(padding["fixed"], 4),
+             "padding_fraction_bucketed": round(padding["bucketed"], 4)}
+    run.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
+    print(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
+          f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
+          f"{list(buckets)})")
+
+    def tokens_per_step(step: int) -> int:
+        indices = batches.indices_at(step)
+        return int(tokenized.lengths[indices].sum())
+
+    if sft.mode == "lora":
+        loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
+                                  target_modules=sft.lora.target_modules, mesh=run.mesh, seed=cfg.seed)
+    ckpt_dir = checkpoint_dir(run, "sft")
+    if cfg.train.resume == "never" and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    if cfg.train.resume_from:
+        step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
+        print(f"resume: continuing from step {step} of {cfg.train.resume_from}")
+
+    def on_step(record: dict[str, Any]) -> None:
+        run.record.log_metrics(record)
+        if record["step"] % cfg.train.log_every == 0 or record["step"] == sft.max_steps:
+            _training_log(run, (
+                f"sft step {record['step']:>5}/{sft.max_steps} loss {record['loss']:.4f} "
+                f"lr {record['learning_rate'] or 0:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
+                f"{record['step_time_s']:.2f}s/step {record['tokens_per_s'] or 0:.0f} tok/s"))
+        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
+        if steps:
+            run.last_checkpoint = str(ckpt_dir / str(max(steps)))
+
+    started = time.monotonic()
+    result = run_sft(
+        loaded.model, batches, mesh=run.mesh, max_steps=sft.max_steps,
+        learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps, optimizer=sft.optimizer,
+        weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
+        grad_accum_steps=sft.grad_accum_steps, loss_chunk_size=sft.loss_chunk_size,
+        checkpoint_dir=ckpt_dir, checkpoint_every=cfg.train.checkpoint_every,
+        keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=cfg.train.max_wall_time_s,
+        on_step=on_step, tokens_per_step=tokens_per_step, log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
+        wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
+    )
+    if result.last_checkpoint_step is not None:
+        run.last_checkpoint = str(ckpt_dir / str(result.last_checkpoint_step))
+    losses = result.losses
+    summary = {
+        "steps": result.steps_done, "start_step": result.start_step,
+        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
+        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
+        "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
+        "mode": sft.mode,
+    }
+    print(f"sft: {summary}")
+    return summary
+
+
+def length_buckets(max_len: int) -> tuple[int, ...]:
+    """Three row lengths: few shapes means few XLA compilations, bucketing keeps padding low."""
+    quarter = max(16, (max_len // 4 + 15) // 16 * 16)
+    half = max(quarter, (max_len // 2 + 15) // 16 * 16)
+    return tuple(sorted({quarter, half, max_len}))
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 5) if values else None
+
+
+def run_stages(run: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in run.cfg.train.stages:
+        if name == "sft":
+            results["sft"] = run_sft_stage(run)
+        elif name == "grpo":
+            from kaggle_lib.training.grpo import run_grpo_stage
+
+            results["grpo"] = run_grpo_stage(run)
+        run.record.update_manifest(training={name: results[name]})
+    from kaggle_lib import report
+
+    report.plot_loss(run)
+    return results

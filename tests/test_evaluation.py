@@ -1,0 +1,297 @@
+"""Tests for kaggle_lib.evaluation: parsing, matching, records, scorecards, summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kaggle_lib.evaluation import (
+    RECORD_FIELDS,
+    answers_match,
+    format_scorecard_table,
+    parse_number,
+    parse_output,
+    read_predictions,
+    score_item,
+    scorecard,
+    summarize,
+    write_predictions,
+    write_summary,
+)
+
+GOOD = "<reasoning>2 + 2 is 4.</reasoning><answer>4</answer>"
+
+
+# --------------------------------------------------------------------------- parse_output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD,
+        "  \n" + GOOD + "\n",
+        GOOD + "<end_of_turn>",
+        GOOD + "<end_of_turn>\n<eos>",
+        "<reasoning>\nline one\nline two\n</reasoning>\n\n<answer> 4 </answer>",
+    ],
+)
+def test_exact_format_accepted(text: str) -> None:
+    parsed = parse_output(text)
+    assert parsed.format_exact and parsed.format_approx
+    assert parsed.answer == "4"
+    assert parsed.reasoning is not None and parsed.reasoning.startswith(("2 + 2", "line one"))
+
+
+@pytest.mark.parametrize(
+    ("text", "approx"),
+    [
+        ("Sure! " + GOOD, True),  # text before
+        (GOOD + " Hope that helps.", True),  # text after
+        ("<REASONING>x</Reasoning><Answer>4</ANSWER>", True),  # case
+        ("< reasoning >x</ reasoning ><answer >4< /answer>", True),  # whitespace in tags
+        ("<reasoning>x</reasoning> and so <answer>4</answer>", True),  # text between blocks
+        ("<reasoning>x</reasoning><answer>3</answer><answer>4</answer>", True),  # duplicate
+        ("<reasoning>a<reasoning>b</reasoning></reasoning><answer>4</answer>", True),  # nested
+        ("<reasoning>x<answer>3</answer></reasoning><answer>4</answer>", True),  # answer inside
+        ("<reasoning></reasoning><answer>4</answer>", True),  # empty reasoning
+        ("<answer>4</answer><reasoning>x</reasoning>", False),  # wrong order
+        ("<reasoning>x</reasoning>", False),  # no answer
+        ("<answer>4</answer>", False),  # no reasoning
+        ("<reasoning>x</reasoning><answer>4", False),  # truncated
+    ],
+)
+def test_not_exact(text: str, approx: bool) -> None:
+    parsed = parse_output(text)
+    assert not parsed.format_exact
+    assert parsed.format_approx is approx
+
+
+def test_answer_extraction_rules() -> None:
+    assert parse_output("The answer is 4.").answer is None
+    assert parse_output("").answer is None
+    assert parse_output("<reasoning>x</reasoning><answer>4").answer is None  # unclosed
+    # Last closed pair wins; an unclosed trailing tag falls back to the previous pair.
+    assert parse_output("<answer>3</answer> no wait <answer>5</answer>").answer == "5"
+    assert parse_output("<answer>3</answer> no wait <answer>5").answer == "3"
+    # Nested: the innermost (last opened) pair.
+    assert parse_output("<answer><answer> 7 </answer></answer>").answer == "7"
+    assert parse_output("<Answer>\n  42 \n</ANSWER>").answer == "42"
+    assert parse_output("<reasoning> why </reasoning>").reasoning == "why"
+    assert parse_output("<answer>4</answer>").reasoning is None
+
+
+def test_parse_output_rejects_non_text() -> None:
+    with pytest.raises(TypeError, match="str"):
+        parse_output(None)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("12", 12.0), ("12.0", 12.0), ("-3.5", -3.5), ("+2", 2.0), (".5", 0.5), ("1e3", 1000.0),
+        ("1,234", 1234.0), ("1,234,567.5", 1234567.5), ("$12", 12.0), ("-$12", -12.0),
+        ("$-12", -12.0), ("$1,000.50", 1000.5), ("3/4", 0.75), ("1 1/2", 1.5), ("-3/4", -0.75),
+        ("50%", 50.0), ("12.", 12.0), ("\u22127", -7.0), (" 8 ", 8.0),
+    ],
+)
+def test_parse_number_accepts(text: str, value: float) -> None:
+    assert parse_number(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "12 apples", "x = 12", "1,2", "12,34", "nan", "inf", "1_000", "3/0", "$",
+             "--5", "1.2.3"],
+)
+def test_parse_number_rejects(text: str) -> None:
+    assert parse_number(text) is None
+
+
+def test_answers_match() -> None:
+    assert answers_match("Paris", " paris. ") == (True, False)
+    assert answers_match("New   York", "new york") == (True, False)
+    assert answers_match("1,234", "1234") == (False, True)
+    assert answers_match("12", "12") == (True, True)
+    assert answers_match("12.0", 12) == (False, True)  # JSON ints as expected answers
+    assert answers_match("$12", "12") == (False, True)
+    assert answers_match("0.75", "3/4") == (False, True)
+    assert answers_match("London", "Paris") == (False, False)
+    assert answers_match(None, "4") == (False, False)
+    assert answers_match("0", "0") == (True, True)
+    assert answers_match("0.0", "0") == (False, True)
+
+
+def test_numeric_tolerance() -> None:
+    # rel_tol is relative to the larger magnitude.
+    assert answers_match("100.009", "100")[1]  # 9e-5 relative
+    assert not answers_match("100.02", "100")[1]  # 2e-4 relative
+    assert answers_match("100.02", "100", rel_tol=1e-3)[1]
+    assert not answers_match("0.33", "1/3")[1]
+    assert answers_match("0.33333", "1/3")[1]
+    assert not answers_match("1e-9", "0")[1]  # zero only matches zero
+    with pytest.raises(ValueError, match="rel_tol"):
+        answers_match("1", "1", rel_tol=-1)
+
+
+# --------------------------------------------------------------------------- score_item
+
+
+def _item(i: int = 1, **over: object) -> dict:
+    item = {"id": f"q{i}", "section": "math", "category": "arith", "difficulty": 1,
+            "prompt": "What is 2+2?", "answer": "4"}
+    item.update(over)
+    return item
+
+
+def test_score_item_record() -> None:
+    record = score_item(_item(), GOOD + "<end_of_turn>", 17, False, stage="trained")
+    assert set(record) == {"stage", *RECORD_FIELDS}
+    assert record["stage"] == "trained"
+    assert record["parsed_answer"] == "4"
+    assert record["correct"] and record["exact_match"] and record["numeric_match"]
+    assert record["format_exact"] and record["format_approx"]
+    assert record["token_count"] == 17 and record["truncated"] is False
+    assert record["answer"] == "4" and record["prompt"] == "What is 2+2?"
+
+    wrong = score_item(_item(), "I think 5", 3, True)
+    assert "stage" not in wrong
+    assert wrong["parsed_answer"] is None
+    assert not wrong["correct"] and not wrong["format_approx"] and wrong["truncated"]
+
+    numeric = score_item(_item(answer="1234"), "<reasoning>r</reasoning><answer>1,234</answer>",
+                         5, False)
+    assert numeric["correct"] and not numeric["exact_match"] and numeric["numeric_match"]
+
+
+def test_score_item_bad_input() -> None:
+    bad = _item()
+    del bad["category"]
+    with pytest.raises(ValueError, match=r"'q1'.*'category'"):
+        score_item(bad, GOOD, 1, False)
+    with pytest.raises(ValueError, match="token_count"):
+        score_item(_item(), GOOD, -1, False)
+    with pytest.raises(ValueError, match="truncated"):
+        score_item(_item(), GOOD, 1, "no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stage"):
+        score_item(_item(), GOOD, 1, False, stage="final")
+
+
+# --------------------------------------------------------------------------- scorecards
+
+
+def _rec(i: int, section: str, category: str, difficulty: int, correct: bool,
+         fmt_exact: bool, fmt_approx: bool, tokens: int, truncated: bool) -> dict:
+    return {"id": f"q{i}", "section": section, "category": category, "difficulty": difficulty,
+            "correct": correct, "format_exact": fmt_exact, "format_approx": fmt_approx,
+            "token_count": tokens, "truncated": truncated}
+
+
+RECORDS = [
+    _rec(1, "math", "arith", 1, True, True, True, 10, False),
+    _rec(2, "math", "arith", 2, False, False, True, 30, True),
+    _rec(3, "math", "algebra", 2, True, True, True, 20, False),
+    _rec(4, "logic", "puzzle", 1, False, False, False, 40, True),
+    _rec(5, "logic", "puzzle", 3, True, False, True, 50, False),
+]
+
+
+def test_scorecard_overall_and_groups() -> None:
+    card = scorecard(RECORDS)
+    assert card["overall"] == {"n": 5, "accuracy": 3 / 5, "format_exact": 2 / 5,
+                               "format_approx": 4 / 5, "mean_tokens": 150 / 5,
+                               "truncation_rate": 2 / 5}
+    assert list(card["by_section"]) == ["logic", "math"]
+    assert card["by_section"]["math"] == {"n": 3, "accuracy": 2 / 3, "format_exact": 2 / 3,
+                                          "format_approx": 1.0, "mean_tokens": 20.0,
+                                          "truncation_rate": 1 / 3}
+    assert card["by_section"]["logic"]["accuracy"] == 0.5
+    assert card["by_category"]["arith"]["n"] == 2
+    assert card["by_category"]["algebra"]["accuracy"] == 1.0
+    assert card["by_category"]["puzzle"]["mean_tokens"] == 45.0
+    # Difficulty keys are strings so the scorecard survives JSON unchanged.
+    assert set(card["by_difficulty"]) == {"1", "2", "3"}
+    assert card["by_difficulty"]["2"]["accuracy"] == 0.5
+    assert card["by_difficulty"]["1"]["truncation_rate"] == 0.5
+    assert json.loads(json.dumps(card)) == card
+
+
+def test_scorecard_empty_and_bad() -> None:
+    card = scorecard([])
+    assert card["overall"]["n"] == 0 and card["overall"]["accuracy"] is None
+    assert card["by_section"] == {}
+    broken = dict(RECORDS[0])
+    del broken["truncated"]
+    with pytest.raises(ValueError, match=r"record 1 .*'q1'.*'truncated'"):
+        scorecard([RECORDS[0], broken])
+
+
+def test_summarize_deltas() -> None:
+    baseline = [dict(r, correct=False) for r in RECORDS]
+    baseline[0]["correct"] = True  # baseline: 1/5 correct, trained: 3/5
+    summary = summarize(baseline, RECORDS, {"run_id": "r1"})
+    assert summary["meta"] == {"run_id": "r1"}
+    assert summary["baseline"]["overall"]["accuracy"] == pytest.approx(0.2)
+    delta = summary["delta"]
+    assert delta["overall"]["accuracy"] == pytest.approx(0.4)
+    assert delta["overall"]["mean_tokens"] == 0.0
+    assert delta["by_section"]["math"]["accuracy"] == pytest.approx(2 / 3 - 1 / 3)
+    assert delta["by_section"]["logic"]["accuracy"] == pytest.approx(0.5)
+    assert delta["by_difficulty"]["3"]["accuracy"] == pytest.approx(1.0)
+
+    # Groups present on one side only are left out of the delta.
+    extra = [*RECORDS, _rec(6, "code", "py", 1, True, True, True, 5, False)]
+    assert "code" not in summarize(baseline, extra)["delta"]["by_section"]
+
+
+def test_summarize_one_stage() -> None:
+    only_trained = summarize(None, RECORDS, {})
+    assert only_trained["baseline"] is None and only_trained["delta"] is None
+    assert only_trained["trained"]["overall"]["n"] == 5
+    only_baseline = summarize(RECORDS, None)
+    assert only_baseline["trained"] is None and only_baseline["meta"] == {}
+    with pytest.raises(ValueError, match="neither"):
+        summarize(None, None, {})
+
+
+def test_files_round_trip(tmp_path) -> None:
+    records = [score_item(_item(i), GOOD, 5, False) for i in range(3)]
+    path = write_predictions(tmp_path / "run" / "predictions.jsonl", records, stage="baseline")
+    write_predictions(path, records, stage="trained", append=True)
+    back = read_predictions(path)
+    assert [r["stage"] for r in back] == ["baseline"] * 3 + ["trained"] * 3
+    assert back[0] == {"stage": "baseline", **records[0]}
+    assert "stage" not in records[0]  # input not modified
+
+    summary = summarize(records, records, {"run_id": "x"})
+    out = write_summary(tmp_path / "run" / "eval_summary.json", summary)
+    assert json.loads(out.read_text()) == summary
+    with pytest.raises(ValueError):
+        write_summary(tmp_path / "nan.json", {"x": float("nan")})
+
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        read_predictions(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_predictions(tmp_path / "missing.jsonl")
+
+
+def test_format_scorecard_table() -> None:
+    baseline = [dict(r, correct=False) for r in RECORDS]
+    text = format_scorecard_table(summarize(baseline, RECORDS))
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["group", "n"]
+    overall = next(line for line in lines if line.startswith("overall"))
+    assert overall.split() == ["overall", "5", "0.0%", "60.0%", "+60.0pp", "40.0%", "40.0%",
+                               "30.0"]
+    math_row = next(line for line in lines if line.strip().startswith("math"))
+    assert "66.7%" in math_row and "+66.7pp" in math_row
+    assert any(line.strip().startswith("logic") for line in lines)
+
+    one = format_scorecard_table(summarize(None, RECORDS))
+    assert next(line for line in one.splitlines() if line.startswith("overall")).split()[2:5] == [
+        "-", "60.0%", "-"]
+    with pytest.raises(ValueError, match="neither"):
+        format_scorecard_table({"baseline": None, "trained": None})

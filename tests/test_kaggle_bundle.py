@@ -1,0 +1,233 @@
+"""The self-contained notebook bundle (kaggle_lib.kaggle.bundle)."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from fake_kaggle_server import make_standin_repo, standin_metadata, standin_notebook
+
+from kaggle_lib.kaggle.bundle import (
+    BundleError,
+    BundleOptions,
+    bake_parameters,
+    build_bundle,
+    read_pins,
+)
+from kaggle_lib.kaggle.metadata import MetadataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    return make_standin_repo(tmp_path / "repo", REPO)
+
+
+def _build(repo: Path, tmp_path: Path, **kwargs):
+    opts = dict(path=repo, repo_root=repo, config="configs/tpu_standin.yaml", out_dir=tmp_path / "out")
+    opts.update(kwargs)
+    return build_bundle(BundleOptions(**opts))
+
+
+def _tags(nb) -> list[list[str]]:
+    return [c.metadata.get("tags", []) for c in nb.cells]
+
+
+def _zip_of(nb) -> bytes:
+    """Decode the inlined package zip from the bundle cell, as the notebook does."""
+    cell = next(c for c in nb.cells if "kaggle-bundle" in c.metadata.get("tags", []))
+    tree = ast.parse(cell.source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "_KL_ZIP_B64":
+            return base64.b64decode(ast.literal_eval(node.value))
+    raise AssertionError("no _KL_ZIP_B64 in the bundle cell")
+
+
+def test_bundle_layout_parameters_and_package(repo: Path, tmp_path: Path) -> None:
+    bundle = _build(repo, tmp_path, overrides={"train.sft.max_steps": 3}, run_name="ci-run")
+    nb = nbformat.read(str(bundle.notebook), as_version=4)
+    nbformat.validate(nb)
+    tags = _tags(nb)
+    # markdown title first, then info, install, bundle, parameters, resolve, then the notebook's own
+    assert tags[1:6] == [["kaggle-bundle-info"], ["kaggle-install"], ["kaggle-bundle"],
+                         ["parameters"], ["kaggle-bundle-resolve"]]
+    params = nb.cells[4].source
+    assert "config_path = 'configs/tpu_standin.yaml'" in params
+    assert "overrides = {'train.sft.max_steps': 3}" in params
+    assert "run_name = 'ci-run'" in params
+    assert 'run_dir = ""' in params  # not baked: stays as the notebook had it
+    assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
+    assert "kaggle" not in nb.metadata and nb.metadata.kernelspec.name == "python3"
+
+    meta = json.loads((bundle.dir / "kernel-metadata.json").read_text())
+    assert meta["code_file"] == bundle.notebook.name == "gemma-tunix-reasoning.ipynb"
+    assert meta["machine_shape"] == "TpuV5E8" and "docker_image" not in meta
+
+    data = _zip_of(nb)
+    assert hashlib.sha256(data).hexdigest() == bundle.info["zip_sha256"]
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert "kaggle_lib/__init__.py" in names and "kaggle_lib/kaggle/bundle.py" in names
+    assert "configs/tpu_standin.yaml" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert bundle.info["git"]["sha"]  # "unknown" outside git, a sha inside
+    assert json.loads((bundle.dir / "bundle.json").read_text())["zip_sha256"] == bundle.info["zip_sha256"]
+
+
+def test_bundle_zip_is_deterministic(repo: Path, tmp_path: Path) -> None:
+    first = _build(repo, tmp_path, out_dir=tmp_path / "a").info["zip_sha256"]
+    assert _build(repo, tmp_path, out_dir=tmp_path / "b").info["zip_sha256"] == first
+
+
+def test_install_cell_pins_with_no_deps_and_keeps_jax(repo: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(str(_build(repo, tmp_path).notebook), as_version=4)
+    install = nb.cells[2].source
+    assert '"--no-deps"' in install
+    assert "'google-tunix': '0.1.7'" in install
+    assert "_KL_KEEP = ('jax', 'jaxlib', 'libtpu')" in install
+    ast.parse(install)
+    pins = read_pins(REPO / "requirements-kaggle.txt")
+    assert pins["google-tunix"] == "0.1.7"
+    assert not {"jax", "jaxlib", "libtpu"} & set(pins)
+
+
+def test_skip_install_leaves_out_the_install_cell(repo: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(str(_build(repo, tmp_path, skip_install=True).notebook), as_version=4)
+    assert ["kaggle-install"] not in _tags(nb)
+
+
+def test_bundle_runs_without_the_repository(repo: Path, tmp_path: Path) -> None:
+    """Execute the built notebook's code cells in a bare interpreter outside the repo.
+
+    The interpreter cannot import the checkout's kaggle_lib (isolated mode, cwd elsewhere), so
+    the stand-in's last cell only works if the bundle cell unpacked and imported its own copy.
+    """
+    bundle = _build(repo, tmp_path, config="configs/cpu_standin.yaml", run_name="r1")
+    nb = nbformat.read(str(bundle.notebook), as_version=4)
+    script = "\n\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    (tmp_path / "nb.py").write_text(script)
+    work = tmp_path / "root" / "kaggle" / "working"
+    work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "PYTHON"))}
+    env.update(KAGGLE_KERNEL_RUN_TYPE="Batch", KAGGLE_LIB_KAGGLE_ROOT=str(tmp_path / "root"),
+               TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    # -I -S: no PYTHONPATH, no cwd, no .pth files, so the venv's editable kaggle_lib finder is
+    # not installed; site-packages is added as a plain path for the third-party packages.
+    purelib = sysconfig.get_paths()["purelib"]
+    code = ("import importlib.util, sys\n"
+            f"sys.path.append({purelib!r})\n"
+            "assert importlib.util.find_spec('kaggle_lib') is None, 'repo kaggle_lib visible'\n"
+            f"exec(compile(open({str(tmp_path / 'nb.py')!r}).read(), 'nb.py', 'exec'))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((work / "standin.json").read_text())
+    bundle_root = tmp_path / "tmp" / "kaggle_lib_bundle"
+    assert Path(out["kl_file"]).resolve().is_relative_to(bundle_root.resolve())
+    assert Path(out["config_path"]) == bundle_root / bundle.info["zip_sha256"][:16] / "configs" / "cpu_standin.yaml"
+    assert out["run_name"] == "r1" and out["overrides"] == {}
+    assert out["sha"] == bundle.info["git"]["sha"]
+    recorded = json.loads((work / "evidence" / "kaggle_bundle.json").read_text())
+    assert recorded["zip_sha256"] == bundle.info["zip_sha256"]
+    assert "all pinned packages already installed" in proc.stdout
+
+
+def test_corrupted_bundle_is_refused(repo: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(str(_build(repo, tmp_path).notebook), as_version=4)
+    cell = next(c for c in nb.cells if "kaggle-bundle" in c.metadata.get("tags", []))
+    tampered = cell.source.replace("'zip_sha256': '", "'zip_sha256': '0", 1)
+    (tmp_path / "cell.py").write_text(tampered)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "bundle corrupted" in proc.stderr
+
+
+def test_pins_must_be_exact_and_leave_jax_alone(tmp_path: Path) -> None:
+    pins = tmp_path / "requirements-kaggle.txt"
+    pins.write_text("# comment\ngoogle-tunix>=0.1.7\n")
+    with pytest.raises(BundleError, match=r"requirements-kaggle.txt:2: 'google-tunix>=0.1.7' is not an exact pin"):
+        read_pins(pins)
+    pins.write_text("google-tunix==0.1.7\njax==0.6.2\n")
+    with pytest.raises(BundleError, match="jax must not be pinned"):
+        read_pins(pins)
+
+
+def test_pins_must_match_the_lock(repo: Path, tmp_path: Path) -> None:
+    (repo / "requirements-kaggle.txt").write_text("google-tunix==0.1.6\n")
+    with pytest.raises(BundleError, match=r"google-tunix==0.1.6 \(lock has 0.1.7\)"):
+        _build(repo, tmp_path)
+
+
+def test_notebook_rules(repo: Path, tmp_path: Path) -> None:
+    nb_path = repo / "notebooks" / "submission.ipynb"
+    nb = nbformat.from_dict(standin_notebook(["name = input('token? ')"]))
+    nbformat.write(nb, str(nb_path))
+    with pytest.raises(BundleError, match="has no stdin and would hang"):
+        _build(repo, tmp_path)
+
+    nb = nbformat.from_dict(standin_notebook())
+    nb.metadata["kaggle"] = {"accelerator": "nvidiaTeslaT4", "dockerImageVersionId": 1}
+    nbformat.write(nb, str(nb_path))
+    with pytest.raises(MetadataError, match="metadata.kaggle has accelerator"):
+        _build(repo, tmp_path)
+
+    nb = nbformat.from_dict(standin_notebook())
+    nb.cells[1].metadata["tags"] = []
+    nbformat.write(nb, str(nb_path))
+    with pytest.raises(BundleError, match="exactly one code cell tagged 'parameters', found 0"):
+        _build(repo, tmp_path)
+
+
+def test_config_rules(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="available: cpu_standin.yaml, tpu_standin.yaml"):
+        _build(repo, tmp_path, config="configs/nope.yaml")
+    with pytest.raises(BundleError, match="must be a path under configs/"):
+        _build(repo, tmp_path, config="/etc/passwd")
+    with pytest.raises(BundleError, match=r"invalid config configs/tpu_standin.yaml \(with overrides\)"):
+        _build(repo, tmp_path, overrides={"train.sft.max_steps": 0})
+
+
+def test_device_and_metadata_must_agree(tmp_path: Path) -> None:
+    meta = standin_metadata(enable_tpu=False, machine_shape=None)
+    repo = make_standin_repo(tmp_path / "repo", REPO, metadata=meta)
+    with pytest.raises(BundleError, match="the config trains on device tpu, so machine_shape must be 'TpuV5E8'"):
+        _build(repo, tmp_path)
+    bundle = _build(make_standin_repo(tmp_path / "repo2", REPO), tmp_path,
+                    config="configs/cpu_standin.yaml")
+    assert any("accelerator session would sit idle" in w for w in bundle.warnings)
+
+
+def test_internet_is_needed_for_the_install_cell(tmp_path: Path) -> None:
+    repo = make_standin_repo(tmp_path / "repo", REPO,
+                             metadata=standin_metadata(enable_internet=False))
+    with pytest.raises(BundleError, match="enable_internet is false, but the install cell needs"):
+        _build(repo, tmp_path)
+    assert _build(repo, tmp_path, skip_install=True).metadata["enable_internet"] is False
+
+
+def test_owner_override(repo: Path, tmp_path: Path) -> None:
+    bundle = _build(repo, tmp_path, owner="someone")
+    assert bundle.kernel_id == "someone/gemma-tunix-reasoning"
+    assert json.loads((bundle.dir / "kernel-metadata.json").read_text())["id"] == bundle.kernel_id
+
+
+def test_bake_parameters_replaces_multiline_values_and_names_missing_ones() -> None:
+    src = 'config_path = "a"\noverrides = {\n    "x": 1,\n}\nrun_name = ""\n'
+    out = bake_parameters(src, {"overrides": {"y": [1, 2]}, "run_name": "n"}, "nb")
+    assert ast.literal_eval(out.split("overrides = ")[1].split("  #")[0]) == {"y": [1, 2]}
+    assert "run_name = 'n'" in out and 'config_path = "a"' in out
+    with pytest.raises(BundleError, match="parameters cell does not assign run_dir"):
+        bake_parameters(src, {"run_dir": "x"}, "nb")

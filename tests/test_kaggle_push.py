@@ -1,0 +1,314 @@
+"""Push / wait / fetch through the real kaggle client against a fake Kaggle on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_kaggle_server import (
+    FakeKaggleServer,
+    Scenario,
+    make_standin_repo,
+    standin_metadata,
+)
+
+from kaggle_lib.kaggle import push as kp
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "kaggle_push.py"
+OUTPUTS = {
+    "evidence/runs/r1/manifest.json": b'{"status": "complete"}',
+    "evidence/runs/r1/metrics.jsonl": b'{"step": 1, "loss": 2.5}\n',
+    "evidence/kaggle_bundle.json": b"{}",
+}
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    return make_standin_repo(tmp_path / "repo", REPO)
+
+
+def _home(tmp_path: Path, sc: Scenario, with_credentials: bool = True) -> Path:
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+    if with_credentials:
+        cred = home / ".kaggle" / "kaggle.json"
+        cred.write_text(json.dumps({"username": sc.username, "key": sc.key}))
+        cred.chmod(0o600)
+    return home
+
+
+def _run(args: list[str], env_extra: dict[str, str], timeout: float = 60):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KAGGLE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"))}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _push(tmp_path: Path, repo: Path, sc: Scenario, *extra: str, credentials: bool = True,
+          timeout_s: str = "10"):
+    home = _home(tmp_path, sc, credentials)
+    with FakeKaggleServer(sc, max_lifetime_s=60) as srv:
+        proc = _run(["--path", str(repo), "--repo-root", str(repo),
+                     "--config", "configs/tpu_standin.yaml", "--out", str(tmp_path / "bundle"),
+                     "--evidence-dir", str(tmp_path / "evidence"), "--timeout", timeout_s,
+                     "--poll-interval", "0.02", "--max-poll-interval", "0.05", *extra],
+                    {**srv.client_env(), "HOME": str(home)})
+    return proc, srv
+
+
+def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(outputs=OUTPUTS, statuses=["QUEUED", "RUNNING", "RUNNING", "COMPLETE"])
+    proc, srv = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 0, proc.stderr
+    for status in ("QUEUED", "RUNNING", "COMPLETE"):
+        assert f"v3: {status}" in proc.stdout
+
+    (saved,) = srv.pushed
+    assert saved["slug"] == "tester/gemma-tunix-reasoning"
+    assert saved["machineShape"] == "TpuV5E8" and saved["enableTpu"] is True
+    assert "dockerImage" not in saved
+    assert saved["modelDataSources"] == ["google/gemma-3/flax/gemma3-1b-it/1"]
+    pushed_nb = json.loads(saved["text"])
+    assert "kaggle" not in pushed_nb["metadata"]
+    assert any("kaggle-bundle" in c["metadata"].get("tags", []) for c in pushed_nb["cells"])
+
+    status_calls = srv.calls_to("GetKernelSessionStatus")
+    assert len(status_calls) == 4
+    assert {c["body"]["versionLabel"] for c in status_calls} == {"3"}  # the new version only
+    assert all(c["auth"] for c in srv.calls if c["path"].startswith("/api/"))
+    downloads = [c for c in srv.calls if c["method"] == "GET"]
+    assert len(downloads) == 3 and not any(c["auth"] for c in downloads)  # no creds to file URLs
+
+    dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
+    for name, content in OUTPUTS.items():
+        assert (dest / name).read_bytes() == content
+    assert "hello from the fake kernel" in (dest / "gemma-tunix-reasoning.log").read_text()
+    record = json.loads((dest / "push.json").read_text())
+    assert record["status"] == "COMPLETE" and record["version"] == 3
+    assert record["bundle"]["zip_sha256"] and sorted(record["files"]) == sorted(
+        [*OUTPUTS, "gemma-tunix-reasoning.log"])
+    everything = proc.stdout + proc.stderr + "".join(
+        p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
+        and "home" not in p.parts)
+    assert sc.key not in everything  # the Kaggle key is never printed or written
+
+
+def test_push_without_wait_reports_version(tmp_path: Path, repo: Path) -> None:
+    proc, srv = _push(tmp_path, repo, Scenario())
+    assert proc.returncode == 0, proc.stderr
+    assert "pushed tester/gemma-tunix-reasoning version 3" in proc.stdout
+    assert not srv.calls_to("GetKernelSessionStatus")
+
+
+def test_server_side_push_error_exits_1(tmp_path: Path, repo: Path) -> None:
+    proc, srv = _push(tmp_path, repo, Scenario(push_error="Notebook not found or access denied"),
+                      "--wait")
+    assert proc.returncode == 1
+    assert ("Kaggle rejected the push of tester/gemma-tunix-reasoning: Notebook not found or "
+            "access denied") in proc.stderr
+    assert not srv.calls_to("GetKernelSessionStatus")
+
+
+def test_http_500_on_push_exits_1(tmp_path: Path, repo: Path) -> None:
+    proc, _ = _push(tmp_path, repo, Scenario(push_http_status=500))
+    assert proc.returncode == 1
+    assert "push of tester/gemma-tunix-reasoning failed: HTTP 500" in proc.stderr
+
+
+def test_unattached_model_source_exits_1(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(invalid_model_sources=["google/gemma-3/flax/gemma3-1b-it/1"])
+    proc, _ = _push(tmp_path, repo, sc)
+    assert proc.returncode == 1
+    assert "could not attach" in proc.stderr and "accept the licence" in proc.stderr
+
+
+def test_error_status_exits_1_with_failure_message(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(statuses=["RUNNING", ("ERROR", "CellExecutionError: out of HBM")],
+                  outputs={"evidence/runs/r1/failure.json": b"{}"})
+    proc, _ = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 1
+    assert "v3 failed (ERROR): CellExecutionError: out of HBM" in proc.stderr
+    dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
+    assert (dest / "gemma-tunix-reasoning.log").is_file()  # the log comes back for debugging
+    assert json.loads((dest / "push.json").read_text())["failure_message"] == \
+        "CellExecutionError: out of HBM"
+
+
+def test_cancelled_run_exits_1(tmp_path: Path, repo: Path) -> None:
+    proc, _ = _push(tmp_path, repo, Scenario(statuses=["CANCEL_ACKNOWLEDGED"]), "--wait")
+    assert proc.returncode == 1 and "was cancelled (CANCEL_ACKNOWLEDGED)" in proc.stderr
+
+
+def test_run_that_never_finishes_times_out(tmp_path: Path, repo: Path) -> None:
+    start = time.monotonic()
+    proc, srv = _push(tmp_path, repo, Scenario(statuses=["RUNNING"]), "--wait", timeout_s="0.6")
+    assert proc.returncode == 1
+    assert "v3 is still RUNNING after 0.6 s (--timeout)" in proc.stderr
+    assert len(srv.calls_to("GetKernelSessionStatus")) >= 3  # it did poll, with backoff
+    assert time.monotonic() - start < 20
+    record = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3" / "push.json"
+    assert json.loads(record.read_text())["status"] == "TIMEOUT"
+
+
+def test_missing_credentials_exit_1_before_any_request(tmp_path: Path, repo: Path) -> None:
+    proc, srv = _push(tmp_path, repo, Scenario(), "--wait", credentials=False)
+    assert proc.returncode == 1
+    assert "no Kaggle credentials found" in proc.stderr and "KAGGLE_API_TOKEN" in proc.stderr
+    assert srv.calls == []
+
+
+def test_wrong_credentials_are_refused(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario()
+    home = _home(tmp_path, sc)
+    (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "tester", "key": "bad"}))
+    with FakeKaggleServer(sc, max_lifetime_s=60) as srv:
+        proc = _run(["--path", str(repo), "--repo-root", str(repo), "--config",
+                     "configs/tpu_standin.yaml", "--out", str(tmp_path / "b")],
+                    {**srv.client_env(), "HOME": str(home)})
+    assert proc.returncode == 1 and "HTTP 401" in proc.stderr and "bad" not in proc.stdout
+
+
+def test_version_flag_follows_an_existing_version(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(version=7, outputs={"a.txt": b"A"}, statuses=["COMPLETE"])
+    proc, srv = _push(tmp_path, repo, sc, "--version", "7", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    assert srv.pushed == []
+    assert (tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7" / "a.txt").read_bytes() == b"A"
+
+
+def test_dry_run_needs_no_credentials_and_no_network(tmp_path: Path, repo: Path) -> None:
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise AssertionError('network used in --dry-run')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from kaggle_lib.kaggle.push import main\n"
+        f"rc = main(['--path', {str(repo)!r}, '--repo-root', {str(repo)!r}, '--dry-run',\n"
+        f"           '--config', 'configs/tpu_standin.yaml', '--out', {str(tmp_path / 'b')!r}])\n"
+        "assert 'kaggle' not in sys.modules, 'the kaggle client was imported'\n"
+        "sys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env["HOME"] = str(tmp_path / "empty-home")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: metadata, notebook, config and pins are valid" in proc.stdout
+    assert (tmp_path / "b" / "gemma-tunix-reasoning.ipynb").is_file()
+
+
+def test_dry_run_validates_the_shipped_metadata_and_notebook(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    proc = _run(["--path", str(REPO), "--dry-run", "--out", str(tmp_path / "b")], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "config configs/tpu_gemma3_1b.yaml" in proc.stdout
+    meta = json.loads((tmp_path / "b" / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "TpuV5E8" and meta["code_file"].endswith(".ipynb")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"id": "tester/gtr", "title": "Gtr"}, "slug 'gtr' is shorter than 5 characters"),
+    ({"docker_image": "gcr.io/kaggle-images/python@sha256:1"}, "docker_image = "),
+    ({"model_sources": ["google/gemma-3/flax/gemma3-1b-it"]}, "model_sources[0] = "
+     "'google/gemma-3/flax/gemma3-1b-it': no version"),
+    ({"machine_shape": "TpuV38"}, "TpuV38 is retired; the server would run TpuV5E8"),
+])
+def test_dry_run_rejects_bad_metadata(tmp_path: Path, change: dict, message: str) -> None:
+    repo = make_standin_repo(tmp_path / "repo", REPO, metadata=standin_metadata(**change))
+    proc = _run(["--path", str(repo), "--repo-root", str(repo), "--dry-run", "--config",
+                 "configs/tpu_standin.yaml", "--out", str(tmp_path / "b")], {"HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "invalid input:" in proc.stderr and "kernel-metadata.json" in proc.stderr
+    assert message in proc.stderr
+
+
+def test_placeholder_owner_is_refused_for_a_real_push(tmp_path: Path) -> None:
+    repo = make_standin_repo(tmp_path / "repo", REPO, metadata=standin_metadata(
+        id="your-kaggle-username/gemma-tunix-reasoning"))
+    proc = _run(["--path", str(repo), "--repo-root", str(repo), "--config",
+                 "configs/tpu_standin.yaml", "--out", str(tmp_path / "b")], {"HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "placeholder owner" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- in-process units
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _HTTPError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"HTTP {code}")
+        self.response = type("R", (), {"status_code": code})()
+
+
+def test_wait_backs_off_and_times_out() -> None:
+    clock = _Clock()
+    with pytest.raises(kp.WaitTimeout, match="still RUNNING after 100 s"):
+        kp.wait_for_version(lambda: ("RUNNING", ""), label="k v1", timeout_s=100, poll_s=10,
+                            max_poll_s=30, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps[:4] == [10, 15, 22.5, 30]
+    assert max(clock.sleeps) == 30 and sum(clock.sleeps) == pytest.approx(100)
+
+
+def test_wait_retries_transient_errors_but_not_client_errors() -> None:
+    clock = _Clock()
+    answers = iter([_HTTPError(503), _HTTPError(404), ("RUNNING", ""), ("COMPLETE", "")])
+
+    def status():
+        item = next(answers)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    result = kp.wait_for_version(status, label="k v1", timeout_s=100, poll_s=1,
+                                 sleep=clock.sleep, clock=clock)
+    assert (result.status, result.polls) == ("COMPLETE", 4)
+
+    def forbidden():
+        raise _HTTPError(403)
+
+    with pytest.raises(kp.PushFailure, match="HTTP 403"):
+        kp.wait_for_version(forbidden, label="k v1", timeout_s=100, poll_s=1,
+                            sleep=clock.sleep, clock=clock)
+
+
+def test_output_names_cannot_escape(tmp_path: Path) -> None:
+    assert kp._safe_target(tmp_path, "evidence/a.json") == tmp_path / "evidence" / "a.json"
+    for bad in ("../x", "/etc/passwd", "a/../../x", ""):
+        with pytest.raises(kp.PushFailure, match="refusing output file name"):
+            kp._safe_target(tmp_path, bad)
+
+
+def test_find_credentials_sources(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    (home / ".kaggle").mkdir(parents=True)
+    assert kp.find_credentials({}, home) is None
+    assert kp.find_credentials({"KAGGLE_API_TOKEN": "x"}, home) == "KAGGLE_API_TOKEN"
+    assert kp.find_credentials({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, home) == \
+        "KAGGLE_USERNAME/KAGGLE_KEY"
+    assert kp.find_credentials({"KAGGLE_USERNAME": "u"}, home) is None
+    (home / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert kp.find_credentials({}, home).endswith("kaggle.json")
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    assert kp.find_credentials({"KAGGLE_CONFIG_DIR": str(cfg)}, home) is None
+    (home / ".kaggle" / "access_token").write_text("tok\n")
+    assert kp.find_credentials({}, home) == "~/.kaggle/access_token"
