@@ -60,7 +60,7 @@ def stage(name: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(run: Run, *args: Any, **kwargs: Any) -> Any:
-            label = name if not args else f"{name}:{args[0]}"
+            label = f"{name}:{args[0]}" if args and isinstance(args[0], str) else name
             if run.failed_stage:
                 raise RuntimeError(
                     f"not running {label}: the run already failed in stage {run.failed_stage} "
@@ -210,8 +210,27 @@ def _eval_items(run: Run) -> list[dict[str, Any]]:
     from kaggle_lib.data.datasets import load_items
 
     if not run.eval_items:
-        run.eval_items = load_items(run.cfg.data.eval, limit=run.cfg.data.eval_limit)
+        items = load_items(run.cfg.data.eval)
+        run.eval_items = stratified(items, run.cfg.data.eval_limit)
     return run.eval_items
+
+
+def stratified(items: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` items taken round-robin over (section, category, difficulty), so a
+    small evaluation still covers every group; order within a group is the file's order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for item in items:
+        key = (str(item.get("section")), str(item.get("category")), str(item.get("difficulty")))
+        groups.setdefault(key, []).append(item)
+    queues = [list(reversed(g)) for g in groups.values()]
+    picked: list[dict[str, Any]] = []
+    while len(picked) < limit:
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop())
+    return picked
 
 
 def _prompts(run: Run, questions: list[str]) -> list[str]:
@@ -264,7 +283,7 @@ def _write_samples(run: Run) -> None:
 
 
 @stage("evaluate")
-def evaluate(run: Run, which: str = "trained") -> dict[str, Any]:
+def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl. Baseline also samples."""
     from kaggle_lib import evaluation as ev
 
@@ -273,7 +292,7 @@ def evaluate(run: Run, which: str = "trained") -> dict[str, Any]:
     cfg = run.cfg
     if which == "baseline" and not cfg.eval.baseline:
         print("baseline evaluation disabled (eval.baseline: false)")
-        return {}
+        return
     items = _eval_items(run)
     generator = _generator(run, max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens))
     started = time.monotonic()
@@ -295,7 +314,6 @@ def evaluate(run: Run, which: str = "trained") -> dict[str, Any]:
           f"format exact {card['overall']['format_exact']:.3f}, approx {card['overall']['format_approx']:.3f}")
     if which == "baseline":
         _generate_samples(run, "baseline", generator)
-    return card
 
 
 def _write_summary(run: Run) -> dict[str, Any]:
@@ -309,13 +327,11 @@ def _write_summary(run: Run) -> dict[str, Any]:
 
 
 @stage("train")
-def train(run: Run) -> dict[str, Any]:
+def train(run: Run) -> None:
     """Run the configured stages (SFT, then GRPO) on the loaded model, in place."""
     from kaggle_lib.training import stages
 
-    results = stages.run_stages(run)
-    run.train_results.update(results)
-    return results
+    run.train_results.update(stages.run_stages(run))
 
 
 @stage("sample")
@@ -326,7 +342,7 @@ def sample(run: Run) -> None:
 
 
 @stage("finish")
-def finish(run: Run) -> dict[str, Any]:
+def finish(run: Run) -> None:
     """Summaries, plots, secret scan, README; status succeeded."""
     from kaggle_lib import evaluation as ev
     from kaggle_lib import report
@@ -338,4 +354,3 @@ def finish(run: Run) -> dict[str, Any]:
     run.record.update_manifest(metrics=headline)
     report.finalize(run, status="succeeded")
     print(json.dumps(headline, indent=2))
-    return headline

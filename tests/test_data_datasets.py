@@ -67,7 +67,8 @@ def test_load_jsonl_reads_valid_items_and_keeps_extra_fields() -> None:
         ({**GOOD, "section": "Math Problems"},
          r"bad.jsonl:2: field 'section' = 'Math Problems' is not allowed; use a lower-case label"),
         ({**GOOD, "prompt": "  "}, r"bad.jsonl:2: field 'prompt' is empty"),
-        ({**GOOD, "reasoning": ["x"]}, r"bad.jsonl:2: field 'reasoning' must be a string, got list"),
+        ({**GOOD, "reasoning": ["x"]},
+         r"bad.jsonl:2: field 'reasoning' must be a string, got list"),
         ('{"id": "a-2", ', r"bad.jsonl:2: not valid JSON"),
         ('["a list"]', r"bad.jsonl:2: expected a JSON object, got list"),
         ({**GOOD}, r"bad.jsonl:2: duplicate id 'a-1' \(first on line 1\)"),
@@ -91,7 +92,7 @@ def test_load_jsonl_missing_and_empty_files(tmp_path: Path) -> None:
 
 def test_load_builtin_and_limit() -> None:
     assert len(load_builtin("eval", limit=7)) == 7
-    with pytest.raises(DataError, match="builtin split 'test' is not allowed; allowed: train, eval"):
+    with pytest.raises(DataError, match="split 'test' is not allowed; allowed: train, eval"):
         load_builtin("test")
 
 
@@ -126,7 +127,8 @@ def test_parse_spec(spec: str, parsed: DataSpec) -> None:
         ("hf:", r"use hf:<repo>\[:<config>\]\[@<split>\]"),
         ("hf:openai/gsm8k:@test", r"use hf:<repo>"),
         ("hf:openai/gsm8k@", r"use hf:<repo>"),
-        ("kaggle:acme/mini/train.csv", r"kaggle:<owner>/<dataset>/versions/<N>/<file> \(the version"),
+        ("kaggle:acme/mini/train.csv",
+         r"kaggle:<owner>/<dataset>/versions/<N>/<file> \(the version"),
         ("kaggle:acme/mini/versions/latest/train.csv", r"versions/<N>/<file>"),
         ("kaggle:acme/mini/versions/3", r"versions/<N>/<file>"),
         ("s3:bucket/x", r"unknown kind 's3'"),
@@ -149,8 +151,11 @@ def test_load_items_builtin_and_jsonl() -> None:
 
 
 def test_split_gsm8k_answer_strips_annotations_and_commas() -> None:
-    reasoning, answer = split_gsm8k_answer("It holds 1200+1400 = <<1200+1400=2600>>2,600.\n#### 2,600")
+    text = "It holds 1200+1400 = <<1200+1400=2600>>2,600.\n#### 2,600"
+    reasoning, answer = split_gsm8k_answer(text)
     assert (reasoning, answer) == ("It holds 1200+1400 = 2,600.", "2600")
+    bare = map_record({"question": "2 + 2?", "answer": "#### 4"}, source="x", index=0)
+    assert bare["answer"] == "4" and "reasoning" not in bare
     with pytest.raises(DataError, match="no '#### <final answer>' line"):
         split_gsm8k_answer("no final line")
 
@@ -170,11 +175,13 @@ def test_map_record_math_style_and_unknown_layout() -> None:
 
 def _gsm8k_like_repo(root: Path) -> Path:
     """A local copy of the openai/gsm8k repo layout holding the fixture records."""
-    records = [json.loads(line) for line in (FIXTURES / "gsm8k_sample.jsonl").read_text().splitlines()]
+    lines = (FIXTURES / "gsm8k_sample.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     repo = root / "gsm8k"
     (repo / "main").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(records[:3]), repo / "main" / "train-00000-of-00001.parquet")
-    pq.write_table(pa.Table.from_pylist(records[3:]), repo / "main" / "test-00000-of-00001.parquet")
+    shards = repo / "main"
+    pq.write_table(pa.Table.from_pylist(records[:3]), shards / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(records[3:]), shards / "test-00000-of-00001.parquet")
     (repo / "README.md").write_text(
         "---\nlicense: mit\nconfigs:\n- config_name: main\n  data_files:\n"
         "  - split: train\n    path: main/train-*\n  - split: test\n    path: main/test-*\n---\n"
@@ -203,7 +210,8 @@ def test_hf_loader_maps_gsm8k_configs_and_splits(hf_offline: Path) -> None:
     assert first["prompt"].startswith("Natalia sold clips to 48")
     assert first["reasoning"] == ("Natalia sold 48/2 = 24 clips in May.\n"
                                   "Natalia sold 48+24 = 72 clips altogether in April and May.")
-    assert (first["section"], first["category"], first["difficulty"]) == ("math", "gsm8k", "unrated")
+    labels = (first["section"], first["category"], first["difficulty"])
+    assert labels == ("math", "gsm8k", "unrated")
     assert len({it["id"] for it in train}) == 3
     test = load_items(f"hf:{repo}:main@test")
     assert [it["answer"] for it in test] == ["-2"]
@@ -250,7 +258,8 @@ def test_kaggle_loader_reads_a_cached_versioned_file(kaggle_offline: Path) -> No
                         "difficulty": "unrated",
                         "prompt": "I have keys but open no locks, what am I?",
                         "answer": "a piano", "reasoning": "Keys with no locks, as on a piano."}
-    assert len(load_items("kaggle:acme/reasoning-mini/versions/3/kaggle_reasoning.csv", limit=1)) == 1
+    spec = "kaggle:acme/reasoning-mini/versions/3/kaggle_reasoning.csv"
+    assert len(load_items(spec, limit=1)) == 1
 
 
 def test_kaggle_loader_gsm8k_jsonl_and_bad_file_type(kaggle_offline: Path) -> None:

@@ -57,7 +57,8 @@ def test_normalize_prompt_ignores_case_spacing_and_punctuation() -> None:
 
 
 def test_shipped_files_match_the_generator(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_datasets", REPO / "scripts" / "make_datasets.py")
+    script = REPO / "scripts" / "make_datasets.py"
+    spec = importlib.util.spec_from_file_location("make_datasets", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--check", "--out", str(FILES_DIR)]) == 0

@@ -330,6 +330,9 @@ def test_canonical_number() -> None:
 
 def test_generator_space_exhaustion_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(synthetic, "_MAX_ATTEMPTS", 3)
-    monkeypatch.setitem(synthetic.GENERATORS, "sequence", lambda rng, d: ("same?", "1 + 1 = 2", "2"))
+    def same(rng: object, difficulty: str) -> tuple[str, str, str]:
+        return "same?", "1 + 1 = 2", "2"
+
+    monkeypatch.setitem(synthetic.GENERATORS, "sequence", same)
     with pytest.raises(RuntimeError, match="no new prompt"):
         generate_items(2, seed=0, categories=["sequence"], difficulties=["easy"])

@@ -36,7 +36,8 @@ def repo(tmp_path: Path) -> Path:
 
 
 def _build(repo: Path, tmp_path: Path, **kwargs):
-    opts = dict(path=repo, repo_root=repo, config="configs/tpu_standin.yaml", out_dir=tmp_path / "out")
+    opts = dict(path=repo, repo_root=repo, config="configs/tpu_standin.yaml",
+                out_dir=tmp_path / "out")
     opts.update(kwargs)
     return build_bundle(BundleOptions(**opts))
 
@@ -80,9 +81,12 @@ def test_bundle_layout_parameters_and_package(repo: Path, tmp_path: Path) -> Non
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "kaggle_lib/__init__.py" in names and "kaggle_lib/kaggle/bundle.py" in names
     assert "configs/tpu_standin.yaml" in names
+    build_info = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("kaggle_lib/_build_info.json"))
+    assert build_info["git_sha"] == bundle.info["git"]["sha"]  # read by kaggle_lib.evidence
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert bundle.info["git"]["sha"]  # "unknown" outside git, a sha inside
-    assert json.loads((bundle.dir / "bundle.json").read_text())["zip_sha256"] == bundle.info["zip_sha256"]
+    written = json.loads((bundle.dir / "bundle.json").read_text())
+    assert written["zip_sha256"] == bundle.info["zip_sha256"]
 
 
 def test_bundle_zip_is_deterministic(repo: Path, tmp_path: Path) -> None:
@@ -136,7 +140,8 @@ def test_bundle_runs_without_the_repository(repo: Path, tmp_path: Path) -> None:
     out = json.loads((work / "standin.json").read_text())
     bundle_root = tmp_path / "tmp" / "kaggle_lib_bundle"
     assert Path(out["kl_file"]).resolve().is_relative_to(bundle_root.resolve())
-    assert Path(out["config_path"]) == bundle_root / bundle.info["zip_sha256"][:16] / "configs" / "cpu_standin.yaml"
+    unpacked = bundle_root / bundle.info["zip_sha256"][:16]
+    assert Path(out["config_path"]) == unpacked / "configs" / "cpu_standin.yaml"
     assert out["run_name"] == "r1" and out["overrides"] == {}
     assert out["sha"] == bundle.info["git"]["sha"]
     recorded = json.loads((work / "evidence" / "kaggle_bundle.json").read_text())
@@ -158,7 +163,8 @@ def test_corrupted_bundle_is_refused(repo: Path, tmp_path: Path) -> None:
 def test_pins_must_be_exact_and_leave_jax_alone(tmp_path: Path) -> None:
     pins = tmp_path / "requirements-kaggle.txt"
     pins.write_text("# comment\ngoogle-tunix>=0.1.7\n")
-    with pytest.raises(BundleError, match=r"requirements-kaggle.txt:2: 'google-tunix>=0.1.7' is not an exact pin"):
+    with pytest.raises(BundleError, match=r"requirements-kaggle.txt:2: 'google-tunix>=0.1.7' "
+                                          "is not an exact pin"):
         read_pins(pins)
     pins.write_text("google-tunix==0.1.7\njax==0.6.2\n")
     with pytest.raises(BundleError, match="jax must not be pinned"):
@@ -196,14 +202,16 @@ def test_config_rules(repo: Path, tmp_path: Path) -> None:
         _build(repo, tmp_path, config="configs/nope.yaml")
     with pytest.raises(BundleError, match="must be a path under configs/"):
         _build(repo, tmp_path, config="/etc/passwd")
-    with pytest.raises(BundleError, match=r"invalid config configs/tpu_standin.yaml \(with overrides\)"):
+    with pytest.raises(BundleError,
+                       match=r"invalid config configs/tpu_standin.yaml \(with overrides\)"):
         _build(repo, tmp_path, overrides={"train.sft.max_steps": 0})
 
 
 def test_device_and_metadata_must_agree(tmp_path: Path) -> None:
     meta = standin_metadata(enable_tpu=False, machine_shape=None)
     repo = make_standin_repo(tmp_path / "repo", REPO, metadata=meta)
-    with pytest.raises(BundleError, match="the config trains on device tpu, so machine_shape must be 'TpuV5E8'"):
+    with pytest.raises(BundleError,
+                       match="the config trains on device tpu, so machine_shape must be 'TpuV5E8'"):
         _build(repo, tmp_path)
     bundle = _build(make_standin_repo(tmp_path / "repo2", REPO), tmp_path,
                     config="configs/cpu_standin.yaml")

@@ -100,7 +100,8 @@ def test_id_with_version_and_title_mismatch() -> None:
 
 
 def test_placeholder_owner_from_kaggle_template_is_rejected() -> None:
-    assert "not a Kaggle username" in _error(standin_metadata(id="INSERT_USERNAME/gemma-tunix-reasoning"))
+    msg = _error(standin_metadata(id="INSERT_USERNAME/gemma-tunix-reasoning"))
+    assert "not a Kaggle username" in msg
 
 
 def test_types_and_unknown_keys() -> None:
@@ -137,7 +138,8 @@ def test_notebook_accelerator_metadata_is_rejected() -> None:
                                   "isInternetEnabled": True}}, "cells": []}
     with pytest.raises(MetadataError) as info:
         check_notebook_metadata(nb, "nb.ipynb")
-    assert "nb.ipynb: notebook metadata.kaggle has accelerator, dockerImageVersionId" in str(info.value)
+    assert "nb.ipynb: notebook metadata.kaggle has accelerator, dockerImageVersionId" in str(
+        info.value)
     check_notebook_metadata({"metadata": {"kaggle": {"isInternetEnabled": True}}}, "ok.ipynb")
 
 

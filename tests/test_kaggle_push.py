@@ -45,7 +45,8 @@ def _home(tmp_path: Path, sc: Scenario, with_credentials: bool = True) -> Path:
 
 def _run(args: list[str], env_extra: dict[str, str], timeout: float = 60):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAGGLE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"))}
+           if not k.startswith(("KAGGLE_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                "https_proxy"))}
     env.update(env_extra)
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -47,7 +47,7 @@ _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
 class DataError(ValueError):
-    """Bad data or a bad data spec; the message names the file/spec, the field and what is allowed."""
+    """Bad data or data spec; the message names the file or spec, the field and what is allowed."""
 
 
 # ------------------------------------------------------------------------------------- schema
@@ -104,7 +104,8 @@ def validate_items(
         where = f"{source}: item {i}"
         checked = validate_item(item, where=where, require_reasoning=require_reasoning)
         if checked["id"] in seen:
-            raise DataError(f"{where}: duplicate id {checked['id']!r} (first at item {seen[checked['id']]})")
+            first = seen[checked["id"]]
+            raise DataError(f"{where}: duplicate id {checked['id']!r} (first at item {first})")
         seen[checked["id"]] = i
         out.append(checked)
     return out
@@ -158,7 +159,9 @@ def write_jsonl(path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]
 def load_builtin(split: str, *, limit: int | None = None) -> list[dict[str, Any]]:
     """The shipped synthetic data: ``"train"`` (with reasoning) or ``"eval"``."""
     if split not in BUILTIN_SPLITS:
-        raise DataError(f"builtin split {split!r} is not allowed; allowed: {', '.join(BUILTIN_SPLITS)}")
+        raise DataError(
+            f"builtin split {split!r} is not allowed; allowed: {', '.join(BUILTIN_SPLITS)}"
+        )
     return load_jsonl(FILES_DIR / f"{split}.jsonl", require_reasoning=split == "train", limit=limit)
 
 
@@ -223,9 +226,10 @@ def map_record(record: Mapping[str, Any], *, source: str, index: int) -> dict[st
     default_id = f"{_slug(source)}-{index:05d}"
     if {"question", "answer"} <= keys and "####" in str(record["answer"]):
         reasoning, answer = split_gsm8k_answer(str(record["answer"]))
-        return {"id": str(record.get("id", default_id)), "section": "math", "category": "gsm8k",
-                "difficulty": "unrated", "prompt": str(record["question"]).strip(),
-                "answer": answer, "reasoning": reasoning}
+        mapped = {"id": str(record.get("id", default_id)), "section": "math",
+                  "category": "gsm8k", "difficulty": "unrated",
+                  "prompt": str(record["question"]).strip(), "answer": answer}
+        return {**mapped, "reasoning": reasoning} if reasoning else mapped
     if {"problem", "solution"} <= keys:
         solution = str(record["solution"])
         answer = record.get("answer")
@@ -324,7 +328,9 @@ def _read_table(path: Path) -> Iterator[dict[str, Any]]:
 
         yield from pq.read_table(path).to_pylist()
     else:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; allowed: {', '.join(_KAGGLE_SUFFIXES)}")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; allowed: {', '.join(_KAGGLE_SUFFIXES)}"
+        )
 
 
 def load_kaggle(handle: str, file: str, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -371,7 +377,9 @@ def parse_spec(spec: str) -> DataSpec:
     kind, _, body = spec.partition(":")
     if kind == "builtin":
         if body not in BUILTIN_SPLITS:
-            raise DataError(f"data spec {spec!r}: builtin split must be one of {', '.join(BUILTIN_SPLITS)}")
+            raise DataError(
+                f"data spec {spec!r}: builtin split must be one of {', '.join(BUILTIN_SPLITS)}"
+            )
         return DataSpec("builtin", body)
     if kind == "jsonl":
         if not body:

@@ -115,7 +115,7 @@ _SHOP_ITEMS = (("notebook", "notebooks", 2, 9), ("pen", "pens", 1, 4),
                ("book", "books", 4, 18), ("plant", "plants", 3, 12),
                ("mug", "mugs", 2, 10), ("ball", "balls", 3, 11))
 _RATE_THINGS = (("machine", "toys"), ("printer", "pages"), ("bakery", "loaves"),
-                ("factory line", "bottles"), ("team", "boxes"), ("robot", "parts"))
+                ("factory line", "bottles"), ("team", "kites"), ("robot", "parts"))
 
 
 def _arith_story(rng: random.Random, steps: int, difficulty: str) -> tuple[str, str, str]:
@@ -222,7 +222,7 @@ def _arith_rate(rng: random.Random, steps: int, difficulty: str) -> tuple[str, s
         text += f" It works for {h1} hours."
     total = rate * hours
     lines.append(f"{_cap(things)} made: {rate} * {hours} = {total}.")
-    if steps == 1 or steps == 2:
+    if steps <= 2:
         return text + f" How many {things} does it make?", "\n".join(lines), _num(total)
     box = rng.choice([4, 5, 6, 8, 10])
     rejects = total % box + box * rng.randint(0 if total % box else 1, 2)
@@ -246,16 +246,17 @@ def _gen_arithmetic(rng: random.Random, difficulty: str) -> tuple[str, str, str]
 
 # ---------------------------------------------------------------------------- unit conversion
 
-# (from, to, factor): value_in_to = value_in_from * factor. Units as (singular, plural).
+# Unit names (singular, plural) by code; _BASIC: value_in_small = value_in_big * factor.
 _UNITS = {
-    "km": ("kilometer", "kilometers"), "m": ("meter", "meters"), "cm": ("centimeter",
-    "centimeters"), "mm": ("millimeter", "millimeters"), "kg": ("kilogram", "kilograms"),
-    "g": ("gram", "grams"), "L": ("liter", "liters"), "mL": ("milliliter", "milliliters"),
+    "km": ("kilometer", "kilometers"), "m": ("meter", "meters"),
+    "cm": ("centimeter", "centimeters"), "mm": ("millimeter", "millimeters"),
+    "kg": ("kilogram", "kilograms"), "g": ("gram", "grams"), "t": ("tonne", "tonnes"),
+    "L": ("liter", "liters"), "mL": ("milliliter", "milliliters"),
     "h": ("hour", "hours"), "min": ("minute", "minutes"), "s": ("second", "seconds"),
-    "day": ("day", "days"), "week": ("week", "weeks"), "ft": ("foot", "feet"),
-    "in": ("inch", "inches"), "yd": ("yard", "yards"), "lb": ("pound", "pounds"),
-    "oz": ("ounce", "ounces"), "gal": ("gallon", "gallons"), "qt": ("quart", "quarts"),
-    "t": ("tonne", "tonnes"), "mi": ("mile", "miles"),
+    "day": ("day", "days"), "week": ("week", "weeks"),
+    "ft": ("foot", "feet"), "in": ("inch", "inches"), "yd": ("yard", "yards"),
+    "mi": ("mile", "miles"), "lb": ("pound", "pounds"), "oz": ("ounce", "ounces"),
+    "gal": ("gallon", "gallons"), "qt": ("quart", "quarts"),
 }
 _BASIC = {  # one-hop facts "1 <big> = <n> <small>"
     ("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
@@ -314,7 +315,10 @@ def _gen_unit_conversion(rng: random.Random, difficulty: str) -> tuple[str, str,
                      f"{v} * {_num(factor)} = {_num(result)}."]
             prompt = ask.format(v=_unit(src, v), to="centimeters")
             return prompt, "\n".join(lines), _num(result)
-        (big, small), factor = rng.choice(sorted(_BASIC.items()))
+        # Feet to miles (/5280) gives decimals like 1.39375: keep that one to "down".
+        pairs = sorted(_BASIC.items()) if mode == "down" else [
+            (pair, f) for pair, f in sorted(_BASIC.items()) if pair != ("mi", "ft")]
+        (big, small), factor = rng.choice(pairs)
         if mode == "down":  # a decimal amount of the big unit
             v = Fraction(rng.randint(11, 99), rng.choice([2, 4, 10]))
             if v.denominator == 1:
@@ -362,7 +366,8 @@ def _gen_unit_conversion(rng: random.Random, difficulty: str) -> tuple[str, str,
         return prompt, "\n".join(lines), _num(result)
     big, small = rng.choice(_MIXED)
     f = _BASIC[(big, small)]
-    a1, b1, a2, b2 = rng.randint(1, 9), rng.randint(1, f - 1), rng.randint(1, 9), rng.randint(1, f - 1)
+    a1, a2 = rng.randint(1, 9), rng.randint(1, 9)
+    b1, b2 = rng.randint(1, f - 1), rng.randint(1, f - 1)
     t1, t2 = a1 * f + b1, a2 * f + b2
     lines = [f"1 {_UNITS[big][0]} = {f} {_UNITS[small][1]}.",
              f"First: {a1} * {f} + {b1} = {t1} {_UNITS[small][1]}.",
@@ -395,8 +400,8 @@ def _add_days_lines(start: dt.date, n: int) -> tuple[list[str], dt.date]:
     if n <= left:
         end = start + dt.timedelta(days=n)
         return [f"Day of month: {start.day} + {n} = {end.day}."], end
-    lines = [f"{_month_label(start.year, start.month)}: {dim} - {start.day} = {left} days reach "
-             f"the end of the month; {n} - {left} = {n - left} days remain."]
+    lines = [f"{_month_label(start.year, start.month)}: {dim} - {start.day} = {left} days to "
+             f"its end, and {n} - {left} = {n - left} days are left."]
     remaining, year, month = n - left, start.year, start.month
     while True:
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
@@ -405,8 +410,7 @@ def _add_days_lines(start: dt.date, n: int) -> tuple[list[str], dt.date]:
             end = dt.date(year, month, remaining)
             lines.append(f"That lands on day {remaining} of {calendar.month_name[month]} {year}.")
             return lines, end
-        lines.append(f"{_month_label(year, month)}: {remaining} - {dim} = {remaining - dim} "
-                     "days remain.")
+        lines.append(f"{_month_label(year, month)}: {remaining} - {dim} = {remaining - dim} left.")
         remaining -= dim
 
 
@@ -418,13 +422,18 @@ def _between_lines(a: dt.date, b: dt.date) -> tuple[list[str], int]:
     dim = _month_days(a.year, a.month)
     parts = [dim - a.day]
     lines = [f"{_month_label(a.year, a.month)}: {dim} - {a.day} = {dim - a.day} days to its end."]
+    full = []
     year, month = a.year, a.month
     while True:
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
         if (year, month) == (b.year, b.month):
             break
-        parts.append(_month_days(year, month))
-        lines.append(f"{_month_label(year, month)}.")
+        days = _month_days(year, month)
+        parts.append(days)
+        leap = ", leap year" if month == 2 and days == 29 else ""
+        full.append(f"{calendar.month_name[month]} {year} ({days}{leap})")
+    if full:
+        lines.append(f"Full months in between: {', '.join(full)}.")
     parts.append(b.day)
     lines.append(f"Then {b.day} days into {calendar.month_name[b.month]}.")
     total = sum(parts)
@@ -448,7 +457,7 @@ def _gen_date_time(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
     kind = rng.choice(kinds)
     if kind == "add_days":
         start = _rand_date(rng)
-        n = rng.randint(*{"easy": (2, 20), "medium": (20, 90), "hard": (100, 400)}[difficulty])
+        n = rng.randint(*{"easy": (2, 20), "medium": (20, 90), "hard": (90, 200)}[difficulty])
         lines, end = _add_days_lines(start, n)
         prompt = (f"What is the date {n} days after {start.isoformat()}? Answer in YYYY-MM-DD "
                   "format.")
@@ -456,7 +465,7 @@ def _gen_date_time(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
         return prompt, "\n".join(lines), end.isoformat()
     if kind in ("between", "weekday"):
         a = _rand_date(rng)
-        span = {"medium": (10, 100), "hard": (60, 300)}[difficulty]
+        span = {"medium": (10, 100), "hard": (60, 250)}[difficulty]
         b = a + dt.timedelta(days=rng.randint(*span))
         lines, n = _between_lines(a, b)
         if kind == "between":
@@ -465,8 +474,9 @@ def _gen_date_time(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
         wa = _WEEKDAYS[a.weekday()]
         wb = _WEEKDAYS[(a.weekday() + n) % 7]
         weeks, rest = divmod(n, 7)
-        lines.append(f"{weeks} * 7 + {rest} = {n}, so the weekday moves {rest} days ahead.")
-        lines.append(f"{rest} days after {wa} is {wb}.")
+        days = "day" if rest == 1 else "days"
+        lines.append(f"{weeks} * 7 + {rest} = {n}, so the weekday moves {rest} {days} ahead.")
+        lines.append(f"{rest} {days} after {wa} is {wb}.")
         prompt = f"{a.isoformat()} is a {wa}. What day of the week is {b.isoformat()}?"
         return prompt, "\n".join(lines), wb
     if kind == "duration":
@@ -758,13 +768,7 @@ def _statement_true(kind: str, x: str, y: str, knight: dict[str, bool]) -> bool:
 
 def _gen_knights_knaves(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
     n = 2 if difficulty == "easy" else 3
-    # Distinct initials keep the case lines short; K and N are taken by knight/knave.
-    people: list[str] = []
-    for name in rng.sample(_NAMES, len(_NAMES)):
-        if name[0] not in {p[0] for p in people} | {"K", "N"}:
-            people.append(name)
-        if len(people) == n:
-            break
+    people = rng.sample(_NAMES, n)
     kinds = _COMPOUND if difficulty == "hard" else _SIMPLE + _COMPOUND
     statements = []
     for speaker in people:
@@ -777,29 +781,30 @@ def _gen_knights_knaves(rng: random.Random, difficulty: str) -> tuple[str, str, 
             x, y = sorted(rng.sample(people, 2), key=people.index)
         statements.append((speaker, kind, x, y))
     solutions = []
-    key = ", ".join(f"{p[0]} = {p}" for p in people)
-    lines = [f"Check all {2**n} cases (K = knight, N = knave; {key})."]
+    # One short line per case keeps the hard puzzles within ~256 Gemma tokens.
+    lines = [f"Check all {2**n} cases for {', '.join(people)} in that order "
+             "(K = knight, N = knave)."]
     for values in itertools.product([True, False], repeat=n):
         knight = dict(zip(people, values, strict=True))
-        label = " ".join(f"{p[0]}:{'K' if knight[p] else 'N'}" for p in people)
+        label = " ".join("K" if v else "N" for v in values)
         bad = next((s for s, k, x, y in statements
                     if _statement_true(k, x, y, knight) != knight[s]), None)
         if bad is None:
             solutions.append(knight)
-            lines.append(f"{label} - every statement fits. Possible.")
+            lines.append(f"{label}: all statements fit. Yes.")
         elif knight[bad]:
-            lines.append(f"{label} - {bad} would be a knight saying something false. No.")
+            lines.append(f"{label}: {bad}, a knight, would lie. No.")
         else:
-            lines.append(f"{label} - {bad} would be a knave saying something true. No.")
+            lines.append(f"{label}: {bad}, a knave, would tell the truth. No.")
     if len(solutions) != 1:
         raise _Retry(f"{len(solutions)} solutions")
     knights = sorted(p for p in people if solutions[0][p])
     answer = ", ".join(knights) if knights else "none"
     lines.append(f"Only one case works, so the knights are: {answer}.")
     said = " ".join(f'{s} says: "{_statement_text(k, x, y, s)}"' for s, k, x, y in statements)
-    prompt = (f"On an island, knights always tell the truth and knaves always lie. You meet "
+    prompt = (f"Knights always tell the truth and knaves always lie. You meet "
               f"{', '.join(people[:-1])} and {people[-1]}. {said} Which of them are knights? "
-              "Answer with their names in alphabetical order separated by commas, or none.")
+              "Give the names in alphabetical order, separated by commas, or none.")
     return prompt, "\n".join(lines), answer
 
 

@@ -43,6 +43,7 @@ from kaggle_lib.kaggle.metadata import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = "requirements-kaggle.txt"
+BUILD_INFO = "kaggle_lib/_build_info.json"  # only inside the bundle, never in the repository
 LOCK_FILE = "requirements.lock"
 DEFAULT_CONFIG = "configs/tpu_gemma3_1b.yaml"
 # Kaggle's TPU image pairs these with its TPU runtime; nothing we install may replace them.
@@ -184,20 +185,23 @@ def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
             continue
         for path in base.glob(pattern):
             rel = path.relative_to(repo_root)
-            if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc":
+            if (path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc"
+                    and rel.as_posix() != BUILD_INFO):
                 files.append((rel.as_posix(), path))
     return sorted(files)
 
 
-def make_archive(repo_root: Path) -> bytes:
-    """Deterministic zip of kaggle_lib/ and configs/*.yaml."""
+def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}."""
+    files = {name: path.read_bytes() for name, path in _bundled_files(repo_root)}
+    files.update(extra or {})
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for name, path in _bundled_files(repo_root):
+        for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, path.read_bytes())
+            zf.writestr(info, files[name])
     return buf.getvalue()
 
 
@@ -216,7 +220,8 @@ def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> di
 
     try:
         tree = cfg.apply_overrides(cfg.read_yaml(path), overrides)
-        run_config = cfg.validate_config(tree, str(rel) + (" (with overrides)" if overrides else ""))
+        source = str(rel) + (" (with overrides)" if overrides else "")
+        run_config = cfg.validate_config(tree, source)
     except cfg.ConfigError as exc:
         raise BundleError(str(exc)) from None
     for key in ("train", "eval"):
@@ -252,7 +257,8 @@ def _model_source_warning(meta: dict[str, Any], facts: dict[str, Any]) -> list[s
         handle = get_spec(facts["model"]).kaggle_handle
     except Exception:  # registry API not available: nothing to compare against
         return []
-    if facts["model_source"] == "kaggle" and handle and handle not in (meta.get("model_sources") or []):
+    attached = meta.get("model_sources") or []
+    if facts["model_source"] == "kaggle" and handle and handle not in attached:
         return [f"model {facts['model']} loads from Kaggle ({handle}) but model_sources does not "
                 "attach it; it will be downloaded at run time instead"]
     return []
@@ -366,10 +372,14 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     p_index = _find_parameters_cell(cells, str(nb_path))
     _check_blocking_calls(cells, str(nb_path))
 
-    archive = make_archive(repo)
+    git = git_info(repo)
+    # kaggle_lib.evidence reads this when the code runs outside a git checkout (on Kaggle).
+    build_info = {"git_sha": git["sha"], "git_dirty": git["dirty"], "kernel_id": meta["id"],
+                  "config": opts.config}
+    archive = make_archive(repo, {BUILD_INFO: json.dumps(build_info, indent=2).encode()})
     info = {
         "kernel_id": meta["id"],
-        "git": git_info(repo),
+        "git": git,
         "config": opts.config,
         "config_hash": facts["hash"],
         "device": facts["device"],
@@ -397,7 +407,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     if not opts.skip_install:
         head.append(new.new_code_cell(_install_cell(pins, required_preinstalled(repo, pins)),
                                       metadata={"tags": ["kaggle-install"]}))
-    head.append(new.new_code_cell(_bundle_cell(info, archive), metadata={"tags": ["kaggle-bundle"]}))
+    head.append(new.new_code_cell(_bundle_cell(info, archive),
+                                  metadata={"tags": ["kaggle-bundle"]}))
     resolve = new.new_code_cell(_RESOLVE_SOURCE, metadata={"tags": ["kaggle-bundle-resolve"]})
     # The bundle must run before any code cell: insert ahead of the first one.
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
@@ -410,7 +421,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         cell.pop("id", None)
     nb.cells = body
     nb.metadata.pop("kaggle", None)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.nbformat, nb.nbformat_minor = 4, 5
     for cell in nb.cells:  # nbformat 4.5 wants cell ids; make them stable (no random ids)
@@ -530,7 +542,8 @@ for _kl_name in [m for m in sys.modules if m == "kaggle_lib" or m.startswith("ka
 import kaggle_lib  # noqa: E402
 
 if not Path(kaggle_lib.__file__).resolve().is_relative_to(_KL_ROOT.resolve()):
-    raise RuntimeError(f"kaggle_lib imports from {{kaggle_lib.__file__}}, not the bundle {{_KL_ROOT}}")
+    raise RuntimeError(f"kaggle_lib imports from {{kaggle_lib.__file__}}, "
+                       f"not the bundle {{_KL_ROOT}}")
 os.environ["KAGGLE_LIB_GIT_SHA"] = _KL_BUNDLE["git"]["sha"]
 os.environ["KAGGLE_LIB_BUNDLE_ROOT"] = str(_KL_ROOT)
 try:

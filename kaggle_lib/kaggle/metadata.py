@@ -40,7 +40,8 @@ LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
 PINNING_TYPES = ("original", "latest")
 BOOL_KEYS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
-LIST_KEYS = ("dataset_sources", "competition_sources", "kernel_sources", "model_sources", "keywords")
+LIST_KEYS = ("dataset_sources", "competition_sources", "kernel_sources", "model_sources",
+             "keywords")
 
 TPU_SHAPE = "TpuV5E8"
 # Shapes that are not retired (kaggle-cli's retired-accelerator tests, 2026): "NvidiaTeslaT4" is
@@ -155,7 +156,8 @@ def validate_metadata(
 
     unknown = sorted(set(meta) - set(KNOWN_KEYS))
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(KNOWN_KEYS)}")
+        problems.append(f"unknown key(s) {', '.join(unknown)}; "
+                        f"allowed keys: {', '.join(KNOWN_KEYS)}")
 
     kernel_id = meta.get("id")
     if not isinstance(kernel_id, str) or not kernel_id:
@@ -175,8 +177,8 @@ def validate_metadata(
                 problems.append(f"id = {kernel_id!r}: slug {slug!r} is shorter than {SLUG_MIN} "
                                 "characters (Kaggle's minimum)")
             elif not _SLUG_RE.match(slug):
-                problems.append(f"id = {kernel_id!r}: slug {slug!r} may only hold lowercase letters, "
-                                "digits and single dashes between them")
+                problems.append(f"id = {kernel_id!r}: slug {slug!r} may only hold lowercase "
+                                "letters, digits and single dashes between them")
             elif len(slug) > SOFT_MAX:
                 warnings.append(f"id: slug {slug!r} is longer than {SOFT_MAX} characters")
 
@@ -225,7 +227,8 @@ def validate_metadata(
                         "image, kaggle-cli issue 1197)")
     pinning = meta.get("docker_image_pinning_type")
     if pinning is not None and pinning not in PINNING_TYPES:
-        problems.append(f"docker_image_pinning_type = {pinning!r}: allowed: {', '.join(PINNING_TYPES)}")
+        problems.append(f"docker_image_pinning_type = {pinning!r}: "
+                        f"allowed: {', '.join(PINNING_TYPES)}")
 
     shape = meta.get("machine_shape")
     enable_tpu = meta.get("enable_tpu") is True

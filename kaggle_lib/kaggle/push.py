@@ -50,7 +50,8 @@ NO_CREDENTIALS = (
     "no Kaggle credentials found. Provide one of: KAGGLE_API_TOKEN (a token, or the path of a "
     "file holding it); ~/.kaggle/access_token; KAGGLE_USERNAME and KAGGLE_KEY; or kaggle.json "
     "with username and key in $KAGGLE_CONFIG_DIR or ~/.kaggle (create a token at "
-    "https://www.kaggle.com/settings/api). In CI, set them as repository secrets. See docs/KAGGLE.md."
+    "https://www.kaggle.com/settings/api). In CI, set them as repository secrets. "
+    "See docs/KAGGLE.md."
 )
 
 
@@ -264,7 +265,8 @@ def wait_for_version(
             elif _is_transient(exc):
                 _log(f"{label}: transient error while polling ({_describe_http(exc)}), retrying")
             else:
-                raise PushFailure(f"{label}: status request failed: {_describe_http(exc)}") from None
+                raise PushFailure(
+                    f"{label}: status request failed: {_describe_http(exc)}") from None
         else:
             if status != last:
                 _log(f"{label}: {status} after {clock() - start:.0f} s")
@@ -358,7 +360,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--path", type=Path, default=Path("."),
                         help="folder holding kernel-metadata.json (default: .)")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"config under configs/ baked into the notebook (default {DEFAULT_CONFIG})")
+                        help="config under configs/ baked into the notebook "
+                             f"(default {DEFAULT_CONFIG})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override baked in as a parameter (repeatable; YAML value)")
     parser.add_argument("--run-name", default="", help="run name baked in as a parameter")

@@ -187,7 +187,7 @@ def build_tiny_tokenizer(
     """Train a small Gemma-style SentencePiece BPE model; returns `<out_dir>/tokenizer.model`.
 
     Ids follow Gemma (pad 0, eos 1, bos 2, unk 3), bytes fall back to <0x..> pieces, digits
-    are split, and text is not normalised. Single-threaded, so the result is deterministic.
+    are split (each digit is a piece), and text is not normalised. Single-threaded, so the result is deterministic.
     """
     if not corpus or not any(line.strip() for line in corpus):
         raise TokenizerError("build_tiny_tokenizer: corpus is empty; give at least one non-blank line.")
@@ -201,6 +201,27 @@ def build_tiny_tokenizer(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
+    try:
+        _train(corpus, buf, vocab_size, user_symbols)
+    except RuntimeError as exc:
+        # e.g. "Vocabulary size is smaller than required_chars": every distinct character
+        # of the corpus needs its own piece on top of the specials and the 256 bytes.
+        raise TokenizerError(
+            f"build_tiny_tokenizer: sentencepiece could not train with vocab_size={vocab_size}: "
+            f"{exc}. Allowed: a vocab_size of at least 4 + 256 + {len(user_symbols)} + the number "
+            "of distinct characters in the corpus."
+        ) from exc
+    path = out / "tokenizer.model"
+    tmp = path.with_suffix(".model.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    load_tokenizer(path, expected=GEMMA_SPECIAL_IDS)
+    return path
+
+
+def _train(
+    corpus: Sequence[str], buf: io.BytesIO, vocab_size: int, user_symbols: Sequence[str]
+) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter([line for line in corpus if line.strip()]),
         model_writer=buf,
@@ -211,6 +232,8 @@ def build_tiny_tokenizer(
         byte_fallback=True,
         character_coverage=1.0,
         split_digits=True,
+        # Every digit gets its own piece even if the corpus lacks it (arithmetic answers).
+        required_chars="0123456789",
         normalization_rule_name="identity",
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
@@ -229,9 +252,3 @@ def build_tiny_tokenizer(
         input_sentence_size=0,
         minloglevel=2,
     )
-    path = out / "tokenizer.model"
-    tmp = path.with_suffix(".model.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    load_tokenizer(path, expected=GEMMA_SPECIAL_IDS)
-    return path

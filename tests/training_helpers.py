@@ -1,0 +1,129 @@
+"""Shared pieces of the training tests, and a subprocess entry point for the resume test.
+
+Tiny random Gemma models built once and copied onto any mesh (so every run starts from the
+same weights), the tiny SentencePiece tokenizer, and seeded SFTBatches over the shipped data.
+
+Run as a script (``python tests/training_helpers.py --ckpt DIR --steps N --every K
+--metrics FILE``) it trains the tiny Gemma 3 with `run_sft` and appends every step's metrics
+to FILE as JSON lines: the resume test kills it with SIGKILL and starts it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer() -> Any:
+    from kaggle_lib.models import loader
+    from kaggle_lib.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(loader._tiny_tokenizer_dir() / "tokenizer.model",  # noqa: SLF001
+                          expected={"pad": 0, "eos": 1, "bos": 2})
+
+
+def tiny_config(family: str = "gemma3", **changes: Any) -> Any:
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from kaggle_lib.models import registry
+
+    config = registry.tiny_config(family, tiny_tokenizer().vocab_size)
+    if hasattr(config, "param_dtype"):
+        changes.setdefault("param_dtype", jnp.float32)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def build_model(config: Any, family: str = "gemma3", seed: int = 0) -> Any:
+    """A random model on the default device (copy it onto a mesh with `on_mesh`)."""
+    from flax import nnx
+
+    from kaggle_lib.models import registry
+
+    return registry.tunix_model_class(family)(config, rngs=nnx.Rngs(params=seed))
+
+
+def on_mesh(base: Any, mesh: Any) -> Any:
+    """An independent copy of `base` placed per its sharding annotations on `mesh`."""
+    from flax import nnx
+
+    from kaggle_lib.models.loader import shard_model
+
+    return shard_model(nnx.clone(base), mesh)
+
+
+def single_device_mesh() -> Any:
+    import jax
+
+    from kaggle_lib.mesh import make_mesh
+
+    return make_mesh(1, 1, devices=[jax.devices()[0]])
+
+
+def tiny_batches(batch_size: int = 8, max_len: int = 128, n_items: int = 64, seed: int = 0) -> Any:
+    from kaggle_lib.data.batching import SFTBatches, tokenize_items
+    from kaggle_lib.data.datasets import load_items
+
+    items = load_items("builtin:train", limit=n_items)
+    data = tokenize_items(tiny_tokenizer(), items, max_len, instruct=False)
+    return SFTBatches(data, batch_size, seed=seed, length_buckets=(max_len,),
+                      pad_id=0)
+
+
+def train_tiny(
+    mesh: Any, base: Any, *, steps: int, checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 1000, on_step: Any = None, lora: bool = True,
+    learning_rate: float = 3e-3, chunk: int = 128, **kwargs: Any,
+) -> Any:
+    """LoRA SFT of a copy of `base` on `mesh` through the real `run_sft`."""
+    from kaggle_lib.config import LoraSection
+    from kaggle_lib.training.sft import apply_lora, run_sft
+
+    model = on_mesh(base, mesh)
+    if lora:
+        model = apply_lora(model, rank=4, alpha=8.0, target_modules=LoraSection().target_modules,
+                           seed=0, mesh=mesh)
+    return model, run_sft(
+        model, tiny_batches(), mesh=mesh, max_steps=steps, learning_rate=learning_rate,
+        warmup_steps=1, loss_chunk_size=chunk, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, on_step=on_step or (lambda record: None), **kwargs,
+    )
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--every", type=int, required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from kaggle_lib.mesh import make_mesh
+
+    mesh = make_mesh()
+    base = build_model(tiny_config())
+
+    def on_step(record: dict[str, Any]) -> None:
+        with open(args.metrics, "a") as fh:
+            fh.write(json.dumps({**record, "pid": os.getpid()}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _, result = train_tiny(mesh, base, steps=args.steps, checkpoint_dir=Path(args.ckpt),
+                           checkpoint_every=args.every, on_step=on_step)
+    print(json.dumps({"done": result.steps_done, "start": result.start_step}), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
