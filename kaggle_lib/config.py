@@ -45,7 +45,12 @@ class ModelSection(_Section):
     source: Literal["auto", "random", "hf", "kaggle", "local", "pypi"] = "auto"
     path: str | None = Field(None, description="Directory for source 'local'.")
     revision: str | None = Field(None, description="Overrides the registry's pinned HF revision.")
+    repo: str | None = Field(
+        None, description="Overrides the registry's HF repo id (org/name) or Kaggle handle "
+        "(owner/model/framework/variation/VERSION) for the same architecture.")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    gated: bool | None = Field(
+        None, description="Whether the hub needs a token; None = the registry's answer.")
 
 
 class MeshSection(_Section):

@@ -2,11 +2,16 @@
 
 Files: executed.ipynb (written by papermill), config.yaml, run_manifest.json, metrics.jsonl,
 failure_analysis.md when failed, and what later stages add (eval, samples, checkpoints).
+
+`run_manifest.json` follows `kaggle_lib/schemas/run_manifest.schema.json` and is validated on
+every write: a write that would break the schema raises `ManifestError` and leaves the file as
+it was, except the write that records a failure, which is never lost (see `RunRecord.fail`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -20,6 +25,13 @@ from typing import Any
 MANIFEST = "run_manifest.json"
 METRICS = "metrics.jsonl"
 FAILURE = "failure_analysis.md"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "run_manifest.schema.json"
+SCHEMA_VERSION = 1
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class ManifestError(ValueError):
+    """A manifest write that does not match run_manifest.schema.json."""
 
 # Versions recorded in every manifest: what decides numerics and behaviour.
 TRACKED_PACKAGES = (
@@ -30,7 +42,41 @@ TRACKED_PACKAGES = (
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one manifest timestamp to another (None if either is missing or odd)."""
+    try:
+        t0 = dt.datetime.strptime(str(start), TIME_FORMAT)
+        t1 = dt.datetime.strptime(str(end), TIME_FORMAT)
+    except ValueError:
+        return None
+    return max(0.0, (t1 - t0).total_seconds())
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def manifest_errors(manifest: dict[str, Any]) -> list[str]:
+    """Schema violations as 'field.path: message' lines (empty when the manifest is valid)."""
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(map(str, e.path)))
+    return [f"{'.'.join(map(str, e.path)) or '<top level>'}: {e.message}" for e in errors]
+
+
+def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
+    """Raise ManifestError naming the file, each bad field and what the schema allows."""
+    errors = manifest_errors(manifest)
+    if errors:
+        raise ManifestError(
+            f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(errors[:20])
+        )
 
 
 def make_run_id(config_hash: str, when: dt.datetime | None = None) -> str:
@@ -81,22 +127,58 @@ _HINTS = {
     "ConfigError": "Fix the config key named above (the message lists what is allowed), then re-run.",
     "DeviceError": "Set `device: auto` (or the platform that is present) or run where that "
     "accelerator exists. On Kaggle: Settings -> Accelerator -> TPU v5e-8.",
-    "AuthError": "Attach the secret named above (Kaggle: Add-ons -> Secrets; locally: export it) "
-    "and accept the model licence on its hub page with the same account.",
+    "AuthError": "Provide a Hugging Face token as the secret `HF_TOKEN`. On Kaggle: notebook "
+    "editor -> Add-ons -> Secrets -> add a secret labelled `HF_TOKEN`, tick it for this notebook, "
+    "then run again (secrets cannot be attached to a pushed batch run from outside the editor). "
+    "Locally: `export HF_TOKEN=hf_...` in the shell that runs `make run`. The token's account "
+    "must have accepted the model licence on its Hugging Face page.",
     "PreflightError": "Choose a training mode that fits (see the arithmetic above), add devices, "
     "or set `force: true` to try anyway.",
     "NonFiniteLossError": "Lower train.sft.learning_rate, keep max_grad_norm set, check the data "
     "for empty responses; the last good checkpoint is listed below and `resume: auto` continues from it.",
     "SecretLeakError": "A secret value reached an output. The offending text was redacted; find "
     "what printed it and remove that print before sharing the run.",
+    "ManifestError": "A stage wrote a manifest field the schema does not allow (named above); fix "
+    "that stage or kaggle_lib/schemas/run_manifest.schema.json.",
+    "PapermillExecutionError": "A notebook cell raised before the run record could note it; the "
+    "cell and the error are above and in executed.ipynb.",
     "TokenizerError": "The tokenizer's special ids are missing; rebuild it with bos/eos/pad pieces set.",
     "DeadKernelError": "The notebook kernel died, usually out of host memory: reduce "
     "data.max_seq_len or the batch size, or use LoRA.",
     "XlaRuntimeError": "If the message says RESOURCE_EXHAUSTED, the device ran out of memory: "
     "reduce batch size or max_seq_len, use LoRA, or shard over more devices.",
-    "TimeoutError": "The run hit its time limit; resume from the last checkpoint with `resume: auto`.",
+    "TimeoutError": "The run hit its time limit; resume from the last checkpoint with `resume: auto` "
+    "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
+    "CellTimeoutError": "A notebook cell ran past its time limit; resume from the last checkpoint "
+    "with `resume: auto` and set train.max_wall_time below the limit.",
     "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
 }
+
+
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+
+
+def hint_for(kind: str, message: str) -> str:
+    """What to do next for an error type (out-of-memory is recognised by its message too)."""
+    if kind not in ("DeadKernelError",) and any(m in message for m in _OOM_MARKERS):
+        return _HINTS["XlaRuntimeError"]
+    return _HINTS.get(kind, "Read the traceback below; the stage and the error say where it broke.")
+
+
+def last_good_checkpoint(run_dir: Path) -> str | None:
+    """The newest completely written checkpoint step under <run_dir>/checkpoints/<stage>/."""
+    root = Path(run_dir) / "checkpoints"
+    best: tuple[float, str] | None = None
+    if not root.is_dir():
+        return None
+    for stage_dir in (p for p in root.iterdir() if p.is_dir()):
+        for step_dir in (p for p in stage_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+            # Orbax writes into a temporary name and renames when the step is committed.
+            if not any((step_dir / m).exists() for m in ("_CHECKPOINT_METADATA", "commit_success.txt")):
+                continue
+            key = (step_dir.stat().st_mtime, str(step_dir))
+            best = key if best is None or key > best else best
+    return best[1] if best else None
 
 
 class RunRecord:
@@ -116,13 +198,21 @@ class RunRecord:
         return {}
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` (dicts one level deep) and write; raises ManifestError, leaving the
+        file untouched, if the result does not match the schema."""
+        manifest = self._merged(fields)
+        validate_manifest(manifest, str(self.manifest_path))
+        self._write_json(self.manifest_path, manifest)
+        return manifest
+
+    def _merged(self, fields: dict[str, Any]) -> dict[str, Any]:
+        # A JSON round trip so that what is validated is exactly what is written.
         manifest = self.read_manifest()
-        for key, value in fields.items():
+        for key, value in json.loads(json.dumps(fields, default=str)).items():
             if isinstance(value, dict) and isinstance(manifest.get(key), dict):
                 manifest[key] = {**manifest[key], **value}
             else:
                 manifest[key] = value
-        self._write_json(self.manifest_path, manifest)
         return manifest
 
     def _write_json(self, path: Path, payload: Any) -> None:
@@ -141,7 +231,12 @@ class RunRecord:
         return path
 
     def start(self, run_id: str, run_name: str, config_path: str) -> None:
-        self.update_manifest(
+        self.update_manifest(**self._identity(run_id, run_name, config_path))
+
+    @staticmethod
+    def _identity(run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
+        return dict(
+            schema_version=SCHEMA_VERSION,
             run_id=run_id,
             run_name=run_name,
             status="running",
@@ -167,15 +262,28 @@ class RunRecord:
         entry = {"status": status, **({"seconds": round(seconds, 3)} if seconds is not None else {}), **extra}
         self.update_manifest(stages={name: entry})
 
+    def _closing(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """ended_at and duration_s, from the manifest's own started_at."""
+        ended = utc_now()
+        duration = seconds_between(manifest.get("started_at"), ended)
+        return {"ended_at": ended, "duration_s": duration if duration is not None else 0.0}
+
     def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
              details: str = "") -> None:
-        """Mark the run failed and write failure_analysis.md (idempotent: first failure wins)."""
+        """Mark the run failed and write failure_analysis.md (idempotent: first failure wins).
+
+        Works on any directory, even one whose notebook never started (identity fields are
+        filled in), and never loses the failure: if the merged manifest breaks the schema it is
+        written anyway with the violations under `schema_errors`.
+        """
+        from kaggle_lib.auth import redact  # local import: auth imports nothing heavy
+
         manifest = self.read_manifest()
         if manifest.get("status") == "failed" and (self.run_dir / FAILURE).is_file():
             return
+        checkpoint = checkpoint or last_good_checkpoint(self.run_dir)
         kind = type(error).__name__
         message = str(error) or kind
-        hint = _HINTS.get(kind, "Read the traceback below; the stage and the error say where it broke.")
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         lines = [
             f"# Run failed in stage `{stage}`",
@@ -193,20 +301,39 @@ class RunRecord:
             "",
             "## What to do",
             "",
-            hint,
+            hint_for(kind, message),
         ]
+        if checkpoint:
+            lines += ["", f"Training resumes from `{checkpoint}` when the same run directory is used "
+                      "again with `train.resume: auto`, or from another run directory with "
+                      f"`train.resume_from: {Path(checkpoint).parent}`."]
+        recent = self.read_metrics()[-5:]
+        if recent:
+            lines += ["", "## Last metrics before the failure", "", "```"]
+            lines += [json.dumps(r) for r in recent] + ["```"]
         if details:
             lines += ["", "## Details", "", details]
-        lines += ["", "## Traceback", "", "```", tb.rstrip(), "```", ""]
-        from kaggle_lib.auth import redact  # local import: auth imports nothing heavy
-
+        lines += ["", "## Traceback", "", "```", tb.rstrip(), "```", "",
+                  "The executed notebook (`executed.ipynb`) shows every cell's output up to the error.",
+                  ""]
         self.write_text(FAILURE, redact("\n".join(lines)))
-        self.update_manifest(
+        fields: dict[str, Any] = {}
+        if not manifest.get("run_id"):  # nothing recorded yet: the notebook never started
+            fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
+            manifest = {**fields, **manifest}
+        fields.update(
             status="failed",
-            ended_at=utc_now(),
+            stages=manifest.get("stages") or {},
             failure={"stage": stage, "error_type": kind, "message": redact(message)[:2000],
                      "last_good_checkpoint": checkpoint},
+            **self._closing(manifest),
         )
+        try:
+            self.update_manifest(**fields)
+        except ManifestError:
+            merged = self._merged(fields)
+            merged["schema_errors"] = manifest_errors(merged)
+            self._write_json(self.manifest_path, merged)
 
     def succeed(self, **fields: Any) -> None:
-        self.update_manifest(status="succeeded", ended_at=utc_now(), **fields)
+        self.update_manifest(status="succeeded", **self._closing(self.read_manifest()), **fields)

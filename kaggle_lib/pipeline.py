@@ -173,7 +173,8 @@ def authenticate(run: Run) -> None:
     cfg = run.cfg
     spec = registry.get_spec(cfg.model.name)
     source = spec.default_source if cfg.model.source == "auto" else cfg.model.source
-    needs_token = source == "hf" and spec.gated
+    gated = spec.gated if cfg.model.gated is None else cfg.model.gated
+    needs_token = source == "hf" and gated
     run.token = auth.resolve_hf_token(run.env.on_kaggle, required=needs_token)
     run.record.update_manifest(auth={"hf_token_source": run.token.source, "needed": needs_token})
     print(f"auth: model source {source}; HF token {'found via ' + run.token.source if run.token else 'not needed' if not needs_token else 'missing'}")
@@ -195,7 +196,7 @@ def load_model(run: Run) -> None:
     started = time.monotonic()
     run.loaded = loader.load_model(
         cfg.model.name, source=cfg.model.source, path=cfg.model.path, revision=cfg.model.revision,
-        dtype=cfg.model.dtype, platform=run.devices["platform"], mesh=run.mesh,
+        repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"], mesh=run.mesh,
         token=run.token.value if run.token else None, seed=cfg.seed,
     )
     info = {**run.loaded.info, "load_seconds": round(time.monotonic() - started, 2),

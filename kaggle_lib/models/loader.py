@@ -92,14 +92,13 @@ def _random_model(spec: ModelSpec, config: Any, mesh: Any, seed: int) -> Any:
     return shard_model(model, mesh)
 
 
-def _from_safetensors(spec: ModelSpec, directory: Path, config: Any, mesh: Any, dtype: Any) -> Any:
-    if spec.family == "gemma3":
-        from tunix.models.gemma3 import params_safetensors
-    else:
-        from tunix.models.gemma import params_safetensors
-    return params_safetensors.create_model_from_safe_tensors(
-        str(directory), config, mesh=mesh, dtype=dtype
-    )
+def _from_safetensors(directory: Path, mesh: Any, dtype: Any) -> tuple[Any, Any]:
+    """(model, Tunix config) from an HF-layout directory; the config comes from its config.json."""
+    from kaggle_lib.models import hf_compat
+
+    _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=dtype)
+    model = hf_compat.create_model_from_hf_dir(directory, config=config, dtype=dtype, mesh=mesh)
+    return model, config
 
 
 def _tiny_tokenizer_dir() -> Path:
@@ -123,7 +122,12 @@ def _tiny_tokenizer_dir() -> Path:
 def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Path, str | None]:
     """Download (or with HF_HUB_OFFLINE=1, find in the cache) a repo snapshot; no prompts."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     from kaggle_lib.auth import AuthError
 
@@ -141,6 +145,12 @@ def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Pat
         raise AuthError(
             f"Hugging Face answered 401/404 for {repo}: the token is missing or has no access. "
             "Attach the HF_TOKEN secret of an account that accepted the Gemma licence."
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{repo} (revision {revision or 'main'}) is not in the local Hugging Face cache and the "
+            "hub cannot be reached (HF_HUB_OFFLINE=1 or no network); download it once with network, "
+            "or point model.source: local / model.path at a copy"
         ) from exc
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
@@ -167,18 +177,30 @@ def kaggle_download(handle: str) -> Path:
     return Path(kagglehub.model_download(handle))
 
 
-def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, config: Any, mesh: Any,
+def _kaggle_checkpoint_dir(directory: Path, handle: str) -> Path:
+    """Kaggle's Flax model directories hold the checkpoint in a folder named after the variation."""
+    variation = handle.split("/")[3]
+    for candidate in (directory / variation, directory):
+        if (candidate / "_METADATA").is_file() or (candidate / "checkpoint").exists():
+            return candidate
+    raise FileNotFoundError(
+        f"no Orbax checkpoint in {directory} (looked for {variation}/ and the directory itself)"
+    )
+
+
+def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, handle: str, config: Any, mesh: Any,
                             dtype: Any) -> Any:
     """Kaggle's Flax checkpoints through Tunix's own loaders."""
+    ckpt = _kaggle_checkpoint_dir(directory, handle)
     if spec.family == "gemma3":
-        from tunix.models.gemma3 import params as gemma3_params
+        from kaggle_lib.models.kaggle_format import load_upstream_checkpoint
 
-        return gemma3_params.create_model_from_checkpoint(str(directory), config, mesh)
+        return load_upstream_checkpoint(ckpt, config, mesh, dtype)
     from tunix.models.gemma import model as gemma_model
     from tunix.models.gemma import params as gemma_params
 
-    ckpt = directory / spec.kaggle_handle.split("/")[3] if spec.kaggle_handle else directory
-    ckpt = ckpt if ckpt.is_dir() else directory
+    # Gemma 1/2 Kaggle checkpoints: Tunix's params remapper + Gemma.from_params (untested here:
+    # no Gemma 1/2 Kaggle-format fixture exists offline).
     params = gemma_params.load_and_format_params(str(ckpt))
     version = "2-2b" if spec.family == "gemma2" else "2b"
     model = gemma_model.Gemma.from_params(params, version=version)
@@ -198,6 +220,7 @@ def load_model(
     source: str = "auto",
     path: str | None = None,
     revision: str | None = None,
+    repo: str | None = None,
     dtype: str = "auto",
     platform: str = "cpu",
     mesh: Any = None,
@@ -208,6 +231,11 @@ def load_model(
     from kaggle_lib.models.tokenizer import load_tokenizer
 
     spec = registry.get_spec(name)
+    if repo:
+        # A different hub repo / Kaggle handle for the same architecture (mirrors, fine-tunes).
+        spec = dataclasses.replace(spec, hf_repo=repo if "/" in repo and repo.count("/") == 1
+                                   else spec.hf_repo,
+                                   kaggle_handle=repo if repo.count("/") == 4 else spec.kaggle_handle)
     source = spec.default_source if source == "auto" else source
     if source not in spec.sources:
         raise ValueError(
@@ -242,15 +270,25 @@ def load_model(
             raise ValueError(source)
         info["path"] = str(directory)
         tokenizer = load_tokenizer(_find_tokenizer(directory), expected=expected_special)
-        vocab = tokenizer.vocab_size if spec.tiny else None
-        config = registry.tunix_config(spec, vocab_size=vocab, dtype=jdtype)
         if source == "kaggle":
-            model = _from_kaggle_checkpoint(spec, directory, config, mesh, jdtype)
+            if (directory / "config.json").is_file():
+                # A bundle that describes its own architecture (our exports, test fixtures).
+                from kaggle_lib.models import hf_compat
+
+                _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=jdtype)
+            else:
+                config = registry.tunix_config(spec, dtype=jdtype)
+            model = _from_kaggle_checkpoint(spec, directory, spec.kaggle_handle, config, mesh, jdtype)
         else:
-            model = _from_safetensors(spec, directory, config, mesh, jdtype)
+            model, config = _from_safetensors(directory, mesh, jdtype)
 
     n_params, n_bytes = count_params(model)
-    expected = expected_param_count(spec, config)
+    # Real models: the checkpoint must have exactly the registry architecture's parameters.
+    # Kaggle's Gemma 1/2 releases pad the vocabulary to 256,128 rows, HF's have 256,000: compare
+    # everything else exactly.
+    reference_config = config if spec.tiny else dataclasses.replace(
+        registry.tunix_config(spec, dtype=jdtype), num_embed=config.num_embed)
+    expected = expected_param_count(spec, reference_config)
     if n_params != expected:
         raise ValueError(
             f"{name}: loaded {n_params:,} parameters but Tunix's {spec.family} config has "

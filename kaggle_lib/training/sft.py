@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
@@ -29,12 +28,16 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; training stopped before that step was checkpointed."""
+    """The loss (or the weights after the update) became NaN/inf at `step`; that step and every
+    later one were never checkpointed."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}; training stopped at that step")
+    def __init__(self, step: int, loss: float, params_finite: bool = True):
+        what = f"loss became {loss}" if not math.isfinite(loss) else "the updated weights became non-finite"
+        super().__init__(f"{what} at step {step}; training stopped there (no checkpoint of step "
+                         f"{step} or later was written)")
         self.step = step
         self.loss = loss
+        self.params_finite = params_finite
 
 
 @dataclasses.dataclass
@@ -48,19 +51,24 @@ class SftResult:
     seconds: float
 
 
-def make_optimizer(
-    *, learning_rate: float, max_steps: int, warmup_steps: int = 0, optimizer: str = "adamw",
-    weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-) -> optax.GradientTransformation:
-    """Warmup then cosine decay; clipping; AdamW or Adafactor. The LR is an injected hyperparam
-    so Tunix logs it every step."""
-    schedule = optax.warmup_cosine_decay_schedule(
+def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+    """Linear warmup then cosine decay to 10%. Optimizer step s (1-based) uses schedule(s - 1)."""
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup_steps else learning_rate,
         peak_value=learning_rate,
         warmup_steps=warmup_steps,
         decay_steps=max(max_steps, warmup_steps + 1),
         end_value=learning_rate * 0.1,
     )
+
+
+def make_optimizer(
+    *, learning_rate: float, max_steps: int, warmup_steps: int = 0, optimizer: str = "adamw",
+    weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
+    """`lr_schedule`; gradient clipping; AdamW or Adafactor. The LR is an injected hyperparameter
+    so that it is part of the checkpointed optimizer state."""
+    schedule = lr_schedule(learning_rate, max_steps, warmup_steps)
 
     def build(learning_rate: Any) -> optax.GradientTransformation:
         if optimizer == "adafactor":
@@ -138,16 +146,52 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
     return loss_fn
 
 
+@functools.cache
 def make_trainer_class() -> type:
-    """PeftTrainer with a synchronous non-finite check (Tunix logs losses one step late, after
-    that step may already be checkpointed)."""
+    """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed.
+
+    Tunix keeps up to two steps in flight and logs losses a step late, after that step may
+    already be saved. Each step here also returns whether the updated trainable weights are
+    finite (a finite loss can still come with an update that overflows the weights). Finished
+    steps are checked as they complete, without waiting; before a step that will be
+    checkpointed, and at the end, the check waits for every pending step.
+    """
+    import jax.numpy as jnp
     from tunix.sft.peft_trainer import PeftTrainer
 
     class GuardedPeftTrainer(PeftTrainer):
+        def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.checkpoint_every = checkpoint_every
+            self._pending_checks: list[tuple[int, jax.Array, jax.Array]] = []
+
+        def _train_step(self, model: nnx.Module, optimizer: nnx.Optimizer,
+                        inputs: Any) -> tuple[Any, Any, Any]:
+            loss, aux, grad_norm = super()._train_step(model, optimizer, inputs)
+            trainable = nnx.state(model, nnx.LoRAParam if self._lora_enabled else nnx.Param)
+            finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]
+            aux = {**(aux or {}), "loss": loss, "params_finite": jnp.stack(finite).all()}
+            return loss, aux, grad_norm
+
         def _post_process_train_step(self, aux: Any) -> None:
-            loss = float(jax.device_get(aux["loss"]))
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(self._train_steps + 1, loss)
+            pending = self._pending_checks
+            step = self._train_steps + 1  # the optimizer step this (micro) batch belongs to
+            pending.append((step, aux["loss"], aux["params_finite"]))
+            accum = self.config.get_with_default("gradient_accumulation_steps", 1)
+            completes_step = (self._iter_steps + 1) % accum == 0
+            self.check_finite(wait=completes_step and step % self.checkpoint_every == 0)
+
+        def check_finite(self, wait: bool) -> None:
+            """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
+            pending = self._pending_checks
+            while pending:
+                step, loss, ok = pending[0]
+                if not wait and not (loss.is_ready() and ok.is_ready()):
+                    return
+                pending.pop(0)
+                value, finite = float(jax.device_get(loss)), bool(jax.device_get(ok))
+                if not (math.isfinite(value) and finite):
+                    raise NonFiniteLossError(step, value, params_finite=finite)
 
     return GuardedPeftTrainer
 
@@ -156,11 +200,11 @@ class _StepHooks:
     """Per-step metrics into the run record, progress, and the wall-clock stop."""
 
     def __init__(self, on_step: Callable[[dict[str, Any]], None], tokens_per_step: Callable[[int], int],
-                 max_wall_time_s: float | None, max_steps: int):
+                 max_wall_time_s: float | None, schedule: optax.Schedule):
         self.on_step = on_step
         self.tokens_per_step = tokens_per_step
         self.max_wall_time_s = max_wall_time_s
-        self.max_steps = max_steps
+        self.schedule = schedule
         self.started = time.monotonic()
         self.last = self.started
         self.stopped_for_time = False
@@ -171,7 +215,8 @@ class _StepHooks:
         self.started = self.last = time.monotonic()
 
     def on_train_end(self, trainer: Any) -> None:
-        pass
+        # Before Tunix's close() saves the last checkpoint: every pending step must be finite.
+        trainer.check_finite(wait=True)
 
     def on_train_step_start(self, trainer: Any) -> None:
         pass
@@ -201,7 +246,9 @@ class _StepHooks:
             "stage": "sft",
             "step": int(step),
             "loss": loss,
-            "learning_rate": latest("learning_rate"),
+            # Tunix logs the LR of the optimizer state when it writes the (late) metrics, i.e.
+            # the next step's; the schedule gives the one this step used.
+            "learning_rate": float(self.schedule(step - 1)),
             "grad_norm": latest("grad_norm"),
             "step_time_s": round(step_time, 4),
             "tokens": tokens,
@@ -209,7 +256,8 @@ class _StepHooks:
             "elapsed_s": round(now - self.started, 3),
         })
         if self.max_wall_time_s is not None and now - self.started >= self.max_wall_time_s:
-            # PeftTrainer stops before its next step once train_steps >= max_steps, then saves.
+            # PeftTrainer stops before its next step once train_steps >= max_steps; its close()
+            # then saves a checkpoint of the last finished step.
             self.stopped_for_time = True
             trainer.config.max_steps = trainer.train_steps
 
@@ -238,10 +286,17 @@ def run_sft(
     run_name: str = "run",
     pad_id: int = 0,
 ) -> SftResult:
-    """Train `model` in place on `batches` (an iterable of numpy batch dicts, restartable)."""
+    """Train `model` in place on `batches` for `max_steps` optimizer steps.
+
+    `batches` must be re-iterable from step 0 with a fixed order (e.g. `SFTBatches`): on resume
+    Tunix restores the latest checkpoint in `checkpoint_dir` and skips the batches already
+    trained. Stops early, with a checkpoint, once `max_wall_time_s` has passed; raises
+    `NonFiniteLossError` (with no checkpoint of the bad step) if the loss or weights go NaN/inf.
+    """
     import orbax.checkpoint as ocp
     from tunix.sft.peft_trainer import TrainingConfig
 
+    schedule = lr_schedule(learning_rate, max_steps, warmup_steps)
     tx = make_optimizer(
         learning_rate=learning_rate, max_steps=max_steps, warmup_steps=warmup_steps,
         optimizer=optimizer, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
@@ -258,7 +313,6 @@ def run_sft(
         metrics_logging_options=_metrics_options(log_dir, wandb, run_name),
         pbar_description="SFT",
     )
-    trainer_cls = make_trainer_class()
 
     def step_tokens(step_index: int) -> int:
         # One optimizer step consumes grad_accum_steps batches.
@@ -267,27 +321,25 @@ def run_sft(
         first = step_index * grad_accum_steps
         return sum(tokens_per_step(i) for i in range(first, first + grad_accum_steps))
 
-    hooks = _StepHooks(on_step, step_tokens, max_wall_time_s, max_steps)
+    hooks = _StepHooks(on_step, step_tokens, max_wall_time_s, schedule)
     started = time.monotonic()
     with mesh:
-        trainer = trainer_cls(model, tx, training_config)
+        # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer).
+        trainer = make_trainer_class()(model, tx, training_config, checkpoint_every=checkpoint_every)
         start_step = trainer.train_steps
         if start_step:
             log.info("resuming SFT from checkpoint step %d", start_step)
-        trainer = trainer.with_loss_fn(_loss_with_chunk(loss_chunk_size), has_aux=True)
-        trainer = trainer.with_gen_model_input_fn(functools.partial(model_inputs, pad_id=pad_id))
+        trainer.with_loss_fn(_loss_with_chunk(loss_chunk_size), has_aux=True)
+        trainer.with_gen_model_input_fn(functools.partial(model_inputs, pad_id=pad_id))
         trainer.with_training_hooks(hooks)
         try:
             trainer.train(batches)
         except BaseException:
-            # Pending async saves are of good steps (the failing step is never saved).
+            # Let pending async saves (all of good steps) finish; the failing step is never saved.
             trainer.checkpoint_manager.close()
+            trainer.metrics_logger.close()
             raise
         steps_done = trainer.train_steps
-    last_ckpt = None
-    if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
-        steps = [int(p.name) for p in Path(checkpoint_dir).iterdir() if p.name.isdigit()]
-        last_ckpt = max(steps) if steps else None
     if hooks.stopped_for_time:
         reason = "max_wall_time"
     elif steps_done >= max_steps:
@@ -296,6 +348,17 @@ def run_sft(
         reason = "data_exhausted"
     return SftResult(
         steps_done=steps_done, start_step=start_step, stopped_reason=reason,
-        losses=[float(x) for x in np.asarray(hooks.losses)], checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
-        last_checkpoint_step=last_ckpt, seconds=time.monotonic() - started,
+        losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+        last_checkpoint_step=latest_checkpoint_step(checkpoint_dir),
+        seconds=time.monotonic() - started,
     )
+
+
+def latest_checkpoint_step(checkpoint_dir: Path | str | None) -> int | None:
+    """Highest complete step in an Orbax checkpoint root. In-progress saves live under temporary
+    names; a complete step directory holds Orbax's `commit_success.txt`."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    steps = [int(p.name) for p in Path(checkpoint_dir).iterdir()
+             if p.name.isdigit() and (p / "commit_success.txt").is_file()]
+    return max(steps) if steps else None

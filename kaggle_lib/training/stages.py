@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kaggle_lib import auth
 
@@ -34,7 +37,18 @@ def _training_log(run: Any, line: str) -> None:
         fh.write(auth.redact(line) + "\n")
 
 
-def run_sft_stage(run: Any) -> dict[str, Any]:
+def data_fingerprint(tokenized: Any) -> str:
+    """sha256 over every example's tokens and loss mask: two runs with the same config trained
+    on the same data exactly when these match (the shipped data files can be regenerated)."""
+    digest = hashlib.sha256()
+    for tokens, mask in zip(tokenized.tokens, tokenized.loss_masks, strict=True):
+        digest.update(np.asarray(tokens, np.int32).tobytes())
+        digest.update(np.asarray(mask, np.int32).tobytes())
+    return digest.hexdigest()
+
+
+def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, Any]:
+    """LoRA/full SFT of `run.loaded.model` in place; checkpoints in the run's own directory."""
     from kaggle_lib.data.batching import SFTBatches, padding_stats, tokenize_items
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.training.sft import apply_lora, run_sft
@@ -50,7 +64,8 @@ def run_sft_stage(run: Any) -> dict[str, Any]:
                          pad_id=loaded.tokenizer.pad_id())
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
-    stats = {**tokenized.summary(), "length_buckets": list(buckets),
+    stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
+             "length_buckets": list(buckets),
              "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
     run.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
@@ -79,23 +94,25 @@ def run_sft_stage(run: Any) -> dict[str, Any]:
                 f"sft step {record['step']:>5}/{sft.max_steps} loss {record['loss']:.4f} "
                 f"lr {record['learning_rate'] or 0:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
                 f"{record['step_time_s']:.2f}s/step {record['tokens_per_s'] or 0:.0f} tok/s"))
-        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
-        if steps:
-            run.last_checkpoint = str(ckpt_dir / str(max(steps)))
+        _note_checkpoint(run, ckpt_dir)
 
     started = time.monotonic()
-    result = run_sft(
-        loaded.model, batches, mesh=run.mesh, max_steps=sft.max_steps,
-        learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps, optimizer=sft.optimizer,
-        weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
-        grad_accum_steps=sft.grad_accum_steps, loss_chunk_size=sft.loss_chunk_size,
-        checkpoint_dir=ckpt_dir, checkpoint_every=cfg.train.checkpoint_every,
-        keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=cfg.train.max_wall_time_s,
-        on_step=on_step, tokens_per_step=tokens_per_step, log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
-        wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
-    )
-    if result.last_checkpoint_step is not None:
-        run.last_checkpoint = str(ckpt_dir / str(result.last_checkpoint_step))
+    try:
+        result = run_sft(
+            loaded.model, batches, mesh=run.mesh, max_steps=sft.max_steps,
+            learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps,
+            optimizer=sft.optimizer, weight_decay=sft.weight_decay,
+            max_grad_norm=sft.max_grad_norm, grad_accum_steps=sft.grad_accum_steps,
+            loss_chunk_size=sft.loss_chunk_size, checkpoint_dir=ckpt_dir,
+            checkpoint_every=cfg.train.checkpoint_every,
+            keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
+            on_step=on_step, tokens_per_step=tokens_per_step,
+            log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
+            wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
+        )
+    finally:
+        # Also on failure: failure_analysis.md names the last good checkpoint.
+        _note_checkpoint(run, ckpt_dir)
     losses = result.losses
     summary = {
         "steps": result.steps_done, "start_step": result.start_step,
@@ -106,6 +123,14 @@ def run_sft_stage(run: Any) -> dict[str, Any]:
     }
     print(f"sft: {summary}")
     return summary
+
+
+def _note_checkpoint(run: Any, ckpt_dir: Path) -> None:
+    from kaggle_lib.training.sft import latest_checkpoint_step
+
+    step = latest_checkpoint_step(ckpt_dir)
+    if step is not None:
+        run.last_checkpoint = str(ckpt_dir / str(step))
 
 
 def length_buckets(max_len: int) -> tuple[int, ...]:
@@ -120,14 +145,22 @@ def _mean(values: list[float]) -> float | None:
 
 
 def run_stages(run: Any) -> dict[str, Any]:
+    """The configured stages in order. train.max_wall_time bounds them all together, counted
+    from here: each stage gets what the previous ones left."""
     results: dict[str, Any] = {}
+    budget = run.cfg.train.max_wall_time_s
+    started = time.monotonic()
+
+    def remaining() -> float | None:
+        return None if budget is None else max(0.0, budget - (time.monotonic() - started))
+
     for name in run.cfg.train.stages:
         if name == "sft":
-            results["sft"] = run_sft_stage(run)
+            results["sft"] = run_sft_stage(run, max_wall_time_s=remaining())
         elif name == "grpo":
             from kaggle_lib.training.grpo import run_grpo_stage
 
-            results["grpo"] = run_grpo_stage(run)
+            results["grpo"] = run_grpo_stage(run, max_wall_time_s=remaining())
         run.record.update_manifest(training={name: results[name]})
     from kaggle_lib import report
 
