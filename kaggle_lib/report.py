@@ -366,8 +366,9 @@ def _training_text(m: dict[str, Any]) -> str:
     return " then ".join(parts) if parts else "no training"
 
 
-def plain_summary(m: dict[str, Any]) -> str:
-    """What ran, on what, for how long, with what result: a paragraph for people."""
+def plain_summary(m: dict[str, Any], losses: list[tuple[int, float]] | None = None) -> str:
+    """What ran, on what, for how long, with what result: a paragraph for people.
+    `losses` are (step, loss) of SFT in step order, from metrics.jsonl."""
     model = m.get("model") or {}
     devices = m.get("devices") or {}
     metrics = m.get("metrics") or {}
@@ -381,7 +382,7 @@ def plain_summary(m: dict[str, Any]) -> str:
              if devices.get("device_count") else "devices not detected")
     env = m.get("environment") or {}
     place = (f"on Kaggle ({env.get('run_type') or 'unknown run type'})" if env.get("on_kaggle")
-             else f"on {(m.get('host') or {}).get('node') or 'a local machine'}")
+             else f"on host `{(m.get('host') or {}).get('node') or 'unknown'}`")
     duration = m.get("duration_s", m.get("notebook_wall_seconds"))
     text = (f"This run trained **{name}** ({weights}{size}{dtype}) with {_training_text(m)} "
             f"on {where}, {place}. It took {_duration_text(duration)} "
@@ -404,10 +405,17 @@ def plain_summary(m: dict[str, Any]) -> str:
                  "`<reasoning>...</reasoning><answer>...</answer>` format: "
                  f"{_pct(metrics.get('baseline_format_exact'))} before, "
                  f"{_pct(metrics.get('trained_format_exact'))} after.")
-    first, last = metrics.get("sft_loss_first10_mean"), metrics.get("sft_loss_last10_mean")
-    if isinstance(first, int | float) and isinstance(last, int | float):
-        text += f" SFT loss (mean of first/last 10 steps): {first:.4g} -> {last:.4g}."
+    if losses and len(losses) >= 2:
+        (s0, l0), (s1, l1) = losses[0], losses[-1]
+        text += f" SFT training loss: {l0:.4g} at step {s0} -> {l1:.4g} at step {s1}."
     return text
+
+
+def _sft_losses(run_dir: Path) -> list[tuple[int, float]]:
+    records = evidence.RunRecord(run_dir).read_metrics()
+    by_step = {r["step"]: r["loss"] for r in records
+               if r.get("stage") == "sft" and isinstance(r.get("loss"), int | float)}
+    return sorted(by_step.items())
 
 
 def write_readme(run_dir: Path) -> Path:
@@ -420,7 +428,7 @@ def write_readme(run_dir: Path) -> Path:
     stages = m.get("stages") or {}
     git = m.get("git") or {}
     env = m.get("environment") or {}
-    lines = [f"# Run {m.get('run_id')}", "", plain_summary(m), ""]
+    lines = [f"# Run {m.get('run_id')}", "", plain_summary(m, _sft_losses(run_dir)), ""]
     if m.get("status") == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]

@@ -139,9 +139,11 @@ def make_tiny(family: str, out_root: Path = OUT_DIR) -> Path:
     tok_path = build_tiny_tokenizer(out, TINY_CORPUS, vocab_size=TINY_VOCAB)
     vocab = load_tokenizer(tok_path).vocab_size
     config_cls, model_cls = _hf_classes(family)
-    config = config_cls(vocab_size=vocab, **_BASE, **TINY_FAMILIES[family])
-    config._attn_implementation = "eager"
+    config = config_cls(
+        vocab_size=vocab, attn_implementation="eager", **_BASE, **TINY_FAMILIES[family]
+    )
     model = model_cls(config).eval()
+    assert model.config._attn_implementation == "eager"  # SDPA would drop Gemma 2's soft-caps
     _randomize(model, SEED)
     model.save_pretrained(out)
     prompts = tiny_prompts(tok_path)

@@ -350,11 +350,18 @@ def test_real_tunix_logits_match_transformers(tunix_270m, reference_270m: dict) 
     assert worst <= TOP64_TOLERANCE
 
 
+# Greedy decoding costs ~0.3 s a token on 2 cores: two prompts (prose and code) keep the
+# test near 20 s; the logits test above covers every committed prompt.
+GREEDY_PROMPTS = ("The capital of France is", "def fibonacci(n):")
+
+
 @pytest.mark.slow
 def test_real_tunix_greedy_matches_transformers(tunix_270m, reference_270m: dict) -> None:
     next_logits = _next_logits_fn(tunix_270m)
     n_new = reference_270m["greedy_new_tokens"]
-    for item in reference_270m["prompts"]:
+    items = [p for p in reference_270m["prompts"] if p["text"] in GREEDY_PROMPTS]
+    assert len(items) == len(GREEDY_PROMPTS)
+    for item in items:
         ids = list(item["ids"])
         size = 8 * -(-(len(ids) + n_new) // 8)  # few distinct shapes -> few compilations
         tokens = np.zeros((1, size), np.int32)

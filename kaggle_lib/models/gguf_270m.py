@@ -184,8 +184,9 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     llama.cpp marks every token that HF's tokenizer_config calls "special" as CONTROL
     (`<start_of_turn>`, `<end_of_turn>`, `<mask>`, `<unusedN>`, ...). SentencePiece never
     matches CONTROL pieces in input text, so chat-formatted text would be split into
-    characters; HF's tokenizer and Gemma's own SentencePiece model do match them. Those
-    pieces therefore become USER_DEFINED here; only pad/eos/bos stay CONTROL (text "<eos>"
+    characters, while HF's tokenizer splits every added token out of the text. Those
+    pieces therefore become USER_DEFINED here (not checked against Google's original
+    tokenizer.model, which is not available offline); only pad/eos/bos stay CONTROL (text "<eos>"
     must not inject an end of sequence) and `<unk>` is UNKNOWN.
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2

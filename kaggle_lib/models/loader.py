@@ -112,7 +112,11 @@ def _tiny_tokenizer_dir() -> Path:
               + template.format_target(i["reasoning"], i["answer"], instruct=False) for i in items]
     import hashlib
 
-    key = hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:12]
+    from kaggle_lib.models import tokenizer as tokenizer_module
+
+    # Keyed by corpus and builder code: a changed builder must not reuse an old model.
+    builder = Path(tokenizer_module.__file__).read_bytes()
+    key = hashlib.sha256("\n".join(corpus).encode() + builder).hexdigest()[:12]
     out = cache_root() / f"tiny-tokenizer-{key}"
     if not (out / "tokenizer.model").is_file():
         build_tiny_tokenizer(out, corpus, vocab_size=registry.TINY_VOCAB)
