@@ -33,6 +33,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 class ManifestError(ValueError):
     """A manifest write that does not match run_manifest.schema.json."""
 
+
 # Versions recorded in every manifest: what decides numerics and behaviour.
 TRACKED_PACKAGES = (
     "google-tunix", "jax", "jaxlib", "libtpu", "flax", "optax", "qwix", "orbax-checkpoint",

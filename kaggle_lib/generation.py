@@ -1,8 +1,35 @@
 """Generation: Tunix's KV-cache Sampler over our loaded models, plus the reference it must match.
 
-Tunix's Sampler is exact when the tokenizer reports the right special ids; our `Tokenizer`
-checks them when it is loaded, and `Generator` refuses a tokenizer with a negative bos/eos/pad.
-`greedy_reference` is the slow full-recompute argmax loop that tests hold the Sampler to.
+`Generator` batches prompts through `tunix.generate.sampler.Sampler` (left padding, one KV
+cache, prefill then a `while_loop` decode). Tunix 0.1.7's Sampler is not exact in two cases,
+both found by `tests/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
+compared token by token with `greedy_reference`); `_ExactSampler` fixes them:
+
+1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`, i.e. Gemma 2) build the window from
+   the *cache slot* of each key and the RoPE *position* of the query
+   (`_create_sliding_mask`). With left padding a prompt that is d tokens shorter than the
+   longest sits d slots to the right of its positions: the window shifts by d, and once
+   d >= window the query cannot even see itself (random output from the first token).
+   Fix: give every row the slot index as its position. RoPE depends only on position
+   differences, so the attention is the same function; slot and position then agree.
+   Gemma 3 (`tunix.models.gemma3`) builds its window from slots only and is exact as is.
+2. Each decode step masks every buffer entry equal to pad_id, generated tokens included: a model
+   that emits token 0 (`<pad>`) stops seeing it (and the token itself) from then on.
+   Fix: only prompt padding is masked.
+
+With those, greedy decoding is token-identical to the full-recompute reference for tiny
+Gemma 1, 2 and 3 models (sliding window crossed) and for the real Gemma 3 270M.
+
+Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on `eos_id()`
+by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
+token -1 and never stop, so `Generator` refuses such tokenizers up front.
+
+Sampling (temperature > 0) is reproducible: batch i of a call uses the key
+`fold_in(PRNGKey(seed), i)`, and Tunix folds the decoding step into it. The draws of a prompt
+depend on the seed, its position in the prompt list and `batch_size` (the noise is drawn for
+the whole [batch, vocab] array), and not on the other prompts: the last batch is padded with
+copies of its last prompt so every call has the same shapes (one compilation) and rows never
+mix.
 """
 
 from __future__ import annotations
@@ -13,9 +40,18 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["Generation", "Generator", "check_special_ids", "greedy_reference",
+           "greedy_reference_batch"]
+
+# Prompts are padded to a multiple of this (not a power of two: Tunix 0.1.7's prefill computes
+# logits for every prompt position, so padding costs vocabulary-sized work per token).
+PROMPT_ALIGN = 16
+
 
 @dataclasses.dataclass
 class Generation:
+    """One prompt's continuation (eos not included)."""
+
     prompt: str
     text: str
     token_ids: list[int]
@@ -26,27 +62,121 @@ class Generation:
         return len(self.token_ids)
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def check_special_ids(tokenizer: Any, eos_ids: Sequence[int]) -> None:
+    """Raise ValueError for special ids that Tunix's Sampler would silently misuse."""
+    ids: dict[str, Any] = {}
+    for name in ("bos", "eos", "pad"):
+        getter = getattr(tokenizer, f"{name}_id", None)
+        if getter is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {name}_id() method")
+        value = getter()
+        if value is None or int(value) < 0:
+            raise ValueError(
+                f"tokenizer reports {name}_id={value}: Tunix's Sampler would feed it as a token "
+                "and never stop (SentencePiece reports -1 when the trainer_spec piece names are "
+                "unset). Load the tokenizer with kaggle_lib.models.tokenizer.load_tokenizer, "
+                "which checks Gemma's ids (pad 0, eos 1, bos 2)."
+            )
+        ids[name] = int(value)
+    if ids["bos"] == 0:
+        raise ValueError("tokenizer reports bos_id=0: Tunix's Sampler only prepends a truthy bos "
+                         "id, so prompts would start without one (Gemma's bos is 2)")
+    if ids["pad"] == ids["bos"]:
+        raise ValueError(f"tokenizer reports pad_id == bos_id == {ids['pad']}: the sampler masks "
+                         "pad tokens, so the bos would be masked out of every prompt")
+    eos = [int(e) for e in eos_ids]
+    if not eos or any(e < 0 for e in eos):
+        raise ValueError(f"eos_ids must be a non-empty list of ids >= 0, got {list(eos_ids)}")
+    if ids["pad"] in eos:
+        # Tunix fills the output buffer with pad: a pad eos would end every row at once.
+        raise ValueError(f"eos_ids {eos} contain the pad id {ids['pad']}")
+
+
+def _needs_slot_positions(model: Any) -> bool:
+    """Gemma 1/2 models with sliding-window layers (see fix 1 in the module docstring)."""
+    from tunix.models.gemma import model as gemma_model
+
+    if not isinstance(model, gemma_model.Gemma):
+        return False
+    types = getattr(model.config, "attention_types", ()) or ()
+    return gemma_model.AttentionType.LOCAL_SLIDING in tuple(types)
+
+
+def _exact_sampler_class() -> type:
+    """Tunix's Sampler with the two fixes of the module docstring (built lazily: tunix is heavy)."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from tunix.generate import sampler as tunix_sampler
+    from tunix.generate import utils as tunix_utils
+
+    class _ExactSampler(tunix_sampler.Sampler):
+        def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
+                     slot_positions: bool) -> None:
+            super().__init__(transformer, tokenizer, cache_config)
+            self.slot_positions = slot_positions
+
+        def init_sample_state(self, *args: Any, **kwargs: Any) -> Any:
+            state = super().init_sample_state(*args, **kwargs)
+            if self.slot_positions:
+                batch, length = state.positions.shape
+                slots = jnp.broadcast_to(jnp.arange(length, dtype=state.positions.dtype),
+                                         (batch, length))
+                state = state.replace(positions=slots)
+            return state
+
+        def _sample_step(self, params: Any, sampler_state: Any) -> Any:
+            # Tunix 0.1.7's `Sampler._sample_step` except for `input_mask` (fix 2).
+            batch_size = sampler_state.token_buffer.shape[0]
+            decoding_step = sampler_state.decoding_step
+            last_token = sampler_state.token_buffer[:, decoding_step].reshape((batch_size, 1))
+            step_positions = jnp.expand_dims(sampler_state.positions[:, decoding_step], -1)
+            in_prompt = (jnp.arange(sampler_state.token_buffer.shape[1])
+                         < sampler_state.num_input_tokens)
+            input_mask = (sampler_state.token_buffer == self.tokenizer.pad_id()) & in_prompt
+            attention_mask = tunix_utils.compute_attention_masks(
+                decoding_step, self.cache_config.cache_size, input_mask
+            )
+            transformer = nnx.merge(self._transformer_graphdef, params)
+            logits, cache = transformer(
+                last_token, positions=step_positions, cache=sampler_state.cache,
+                attention_mask=attention_mask,
+            )
+            state = self._sample(logits=logits, cache=cache, eos=self.eos_ids,
+                                 sampler_state=sampler_state)
+            if state.logits_buffer is not None:
+                state = dataclasses.replace(
+                    state,
+                    logits_buffer=state.logits_buffer.at[:, decoding_step + 1].set(
+                        jnp.squeeze(logits, 1)),
+                )
+            return state
+
+    return _ExactSampler
 
 
 class Generator:
-    """Batched generation with a KV cache; greedy when temperature == 0."""
+    """Batched generation with a KV cache; greedy when temperature == 0.
+
+    Build one per evaluation: every `generate` call with the same batch size, length budget
+    and decoding settings reuses one compilation of the prefill and one of the decode loop.
+    """
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
                  max_prompt_len: int = 256, max_new_tokens: int = 128):
-        from tunix.generate.sampler import CacheConfig, Sampler
+        from tunix.generate.sampler import CacheConfig
 
-        for name in ("bos", "eos", "pad"):
-            value = getattr(tokenizer, f"{name}_id")()
-            if value is None or value < 0:
-                raise ValueError(
-                    f"tokenizer reports {name}_id={value}; the sampler would feed it as a token "
-                    "and never stop. Load the tokenizer with kaggle_lib.models.tokenizer.load_tokenizer"
-                )
+        check_special_ids(tokenizer, eos_ids)
+        if max_prompt_len < 1 or max_new_tokens < 1:
+            raise ValueError(f"max_prompt_len ({max_prompt_len}) and max_new_tokens "
+                             f"({max_new_tokens}) must be >= 1")
+        self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = [int(e) for e in eos_ids]
-        self.max_prompt_len = _next_power_of_2(max_prompt_len)
+        self.max_prompt_len = _round_up(max_prompt_len, PROMPT_ALIGN)
         self.max_new_tokens = max_new_tokens
         config = model.config
         cache = CacheConfig(
@@ -56,10 +186,18 @@ class Generator:
             head_dim=config.head_dim,
         )
         processor = getattr(tokenizer, "processor", tokenizer)
-        self.sampler = Sampler(model, processor, cache)
+        self.slot_positions = _needs_slot_positions(model)
+        self.sampler = _exact_sampler_class()(model, processor, cache,
+                                              slot_positions=self.slot_positions)
 
     def prompt_length(self, prompt: str) -> int:
-        return len(self.tokenizer.encode(prompt)) + 1  # + bos
+        """Tokens the sampler feeds for `prompt` (bos included)."""
+        return len(self.tokenizer.encode(prompt)) + 1
+
+    def compilations(self) -> dict[str, int]:
+        """How many times the prefill and the decode loop have been compiled so far."""
+        return {"prefill": self.sampler._compiled_prefill_fn._cache_size(),  # noqa: SLF001
+                "decode": self.sampler._compiled_decode_fn._cache_size()}  # noqa: SLF001
 
     def generate(
         self,
@@ -72,9 +210,23 @@ class Generator:
         seed: int = 0,
         batch_size: int = 8,
     ) -> list[Generation]:
-        max_new = max_new_tokens or self.max_new_tokens
-        if max_new > self.max_new_tokens:
-            raise ValueError(f"max_new_tokens {max_new} exceeds the cache built for {self.max_new_tokens}")
+        """Continue each prompt (a raw string; the sampler prepends bos)."""
+        import jax
+
+        max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not 1 <= max_new <= self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens} (the cache "
+                             f"this Generator was built for), got {max_new}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if isinstance(prompts, str):
+            raise TypeError("generate expects a sequence of prompts, not one string")
         for prompt in prompts:
             length = self.prompt_length(prompt)
             if length > self.max_prompt_len:
@@ -83,10 +235,12 @@ class Generator:
                     f"{prompt[:80]!r}..."
                 )
         sampling = temperature > 0
+        base_key = jax.random.PRNGKey(seed)
         out: list[Generation] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
-            # Pad the last batch to a full one so every call reuses the same compiled shapes.
+            # Pad the last batch to a full one so every call reuses the same compiled shapes;
+            # the copies finish with the prompt they copy, so the decode loop runs no longer.
             padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
             result = self.sampler(
                 padded,
@@ -94,9 +248,12 @@ class Generator:
                 max_prompt_length=self.max_prompt_len,
                 eos_tokens=self.eos_ids,
                 temperature=temperature if sampling else 0.0,
+                # Tunix samples only when top_p is given; None means greedy.
                 top_p=(top_p if top_p is not None else 1.0) if sampling else None,
                 top_k=top_k if sampling else None,
-                seed=seed + start if sampling else None,
+                # A key per batch: distinct batches never share random draws, and distinct
+                # seeds never collide (`seed + start` did: seed 0's 2nd batch == seed 8's 1st).
+                seed=jax.random.fold_in(base_key, start // batch_size) if sampling else None,
             )
             for prompt, tokens in zip(chunk, result.tokens[: len(chunk)], strict=True):
                 ids = [int(t) for t in np.asarray(tokens)]
@@ -109,22 +266,86 @@ class Generator:
         return out
 
 
-def greedy_reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
-                     eos_ids: Sequence[int]) -> list[int]:
-    """Full-recompute argmax decoding, one token at a time: slow, obviously correct."""
+def _last_logits(model: Any, tokens: Any, lengths: Any, with_full: bool) -> Any:
+    """Logits after the last real token of each right-padded row (full forward, no cache).
+
+    Only the last position is projected onto the vocabulary (for the 270M that projection
+    is most of the work): the model's own final hidden states (`output_hidden_states`)
+    go through its embedder's `decode` and, for Gemma 1/2, its final soft-cap, as in
+    Tunix's `__call__`. `with_full` also returns the model's own full logits at those
+    positions, so callers can check that this shortcut is the model's forward.
+    """
     import jax.numpy as jnp
+    from flax import nnx
     from tunix.sft import utils as sft_utils
 
-    ids = [tokenizer.bos_id(), *tokenizer.encode(prompt)]
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-        tokens = jnp.asarray([ids], dtype=jnp.int32)
-        mask = jnp.ones_like(tokens, dtype=jnp.bool_)
-        logits, _ = model(tokens, sft_utils.build_positions_from_mask(mask), None,
-                          sft_utils.make_causal_attn_mask(mask))
-        next_id = int(jnp.argmax(logits[0, -1]))
-        if next_id in eos_ids:
+    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    logits, _ = model(tokens, sft_utils.build_positions_from_mask(mask), None,
+                      sft_utils.make_causal_attn_mask(mask), output_hidden_states=True)
+    (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
+    index = (lengths - 1)[:, None, None]
+    last = model.embedder.decode(jnp.take_along_axis(hidden, index, axis=1)[:, 0])
+    softcap = getattr(model, "final_logits_softcap", None)  # Gemma 1/2 only
+    if softcap is not None:
+        last = jnp.tanh(last / softcap) * softcap
+    if with_full:
+        return last, jnp.take_along_axis(logits, index, axis=1)[:, 0]
+    return last
+
+
+_LAST_LOGITS_JIT: Any = None
+
+
+def greedy_reference_batch(model: Any, tokenizer: Any, prompts: Sequence[str],
+                           max_new_tokens: int, eos_ids: Sequence[int]) -> list[list[int]]:
+    """Full-recompute argmax decoding: slow, obviously correct, no KV cache.
+
+    Every step runs the whole sequence through the model again. Rows are right-padded to one
+    length so one compilation serves all steps; with a causal mask, padding after the last
+    real token cannot change it, and positions count real tokens from 0 as in training.
+    Each row stops at its first eos (not included), like the sampler. The first step checks
+    the last-position shortcut of `_last_logits` against the model's full logits.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    global _LAST_LOGITS_JIT
+    if _LAST_LOGITS_JIT is None:  # one jit object, so repeated calls reuse its compilations
+        _LAST_LOGITS_JIT = nnx.jit(_last_logits, static_argnames="with_full")
+    step = _LAST_LOGITS_JIT
+    rows = [[int(tokenizer.bos_id()), *tokenizer.encode(p)] for p in prompts]
+    width = _round_up(max(len(r) for r in rows) + max_new_tokens, PROMPT_ALIGN)
+    tokens = np.zeros((len(rows), width), np.int32)  # pad id 0 (masked anyway)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+    lengths = np.array([len(r) for r in rows], np.int32)
+    eos = {int(e) for e in eos_ids}
+    generated: list[list[int]] = [[] for _ in rows]
+    done = np.zeros(len(rows), bool)
+    for index in range(max_new_tokens):
+        if index == 0:
+            last, full = step(model, jnp.asarray(tokens), jnp.asarray(lengths), with_full=True)
+            scale = float(jnp.max(jnp.abs(full)))
+            if not np.allclose(np.asarray(last), np.asarray(full), atol=1e-5 * max(1.0, scale)):
+                raise AssertionError("last-position logits differ from the model's own logits")
+        else:
+            last = step(model, jnp.asarray(tokens), jnp.asarray(lengths), with_full=False)
+        next_ids = np.asarray(jnp.argmax(last, axis=-1))
+        for i, token in enumerate(next_ids.tolist()):
+            if done[i]:
+                continue
+            if token in eos:
+                done[i] = True
+                continue
+            generated[i].append(token)
+            tokens[i, lengths[i]] = token
+            lengths[i] += 1
+        if done.all():
             break
-        generated.append(next_id)
-        ids.append(next_id)
     return generated
+
+
+def greedy_reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
+                     eos_ids: Sequence[int]) -> list[int]:
+    """`greedy_reference_batch` for one prompt."""
+    return greedy_reference_batch(model, tokenizer, [prompt], max_new_tokens, eos_ids)[0]

@@ -195,3 +195,50 @@ def test_bfloat16_export_is_the_rounded_float32_export(trained, tmp_path: Path) 
         np.testing.assert_array_equal(half[name].float().numpy(),
                                       np.asarray(jnp.asarray(value, jnp.bfloat16), np.float32))
 
+
+
+def _random_lora_model(config, seed: int = 0):
+    from kaggle_lib.config import LoraSection
+    from kaggle_lib.training.sft import apply_lora
+
+    model = apply_lora(th.build_model(config), rank=2, alpha=4.0,
+                       target_modules=LoraSection().target_modules)
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.LoRAParam):
+            value = var.get_value()
+            var.set_value(jnp.asarray(rng.normal(0, 0.05, value.shape), value.dtype))
+    return model
+
+
+def test_bfloat16_model_exports_within_relative_tolerance(tmp_path: Path) -> None:
+    """TPU runs keep bf16 weights: the check compares with a float32 copy of the merge."""
+    model = _random_lora_model(th.tiny_config(param_dtype=jnp.bfloat16))
+    result = export.export_model(model, tmp_path, tokenizer=th.tiny_tokenizer(), alpha=4.0,
+                                 check_tokens=TOKENS)
+    assert result.tolerance > TOL  # 1% of the largest logit
+    assert result.hf_max_logit_diff <= result.tolerance
+    assert result.orbax_max_logit_diff <= result.tolerance
+    restored = export.load_orbax(result.orbax_dir, model.config, dtype=jnp.bfloat16)
+    want = export.merge_lora_params(model, 4.0)
+    for path, var in nnx.iter_graph(restored):
+        if isinstance(var, nnx.Param):
+            got = np.asarray(var.get_value())
+            assert got.dtype == want[tuple(path)].dtype == jnp.bfloat16
+            np.testing.assert_array_equal(got, want[tuple(path)])
+
+
+def test_a_wrong_layout_is_caught_by_the_export_check(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _random_lora_model(th.tiny_config())
+
+    def swapped(w: np.ndarray) -> np.ndarray:  # heads and head_dim in the wrong order
+        n, d, h = w.shape
+        return np.ascontiguousarray(w.transpose(2, 0, 1).reshape(n * h, d))
+
+    monkeypatch.setattr(export, "_heads_to_rows", swapped)
+    with pytest.raises(export.ExportError, match="do not reproduce the trained model"):
+        export.export_model(model, tmp_path, tokenizer=th.tiny_tokenizer(), alpha=4.0,
+                            check_tokens=TOKENS)
+    info = json.loads((tmp_path / export.EXPORT_INFO).read_text())
+    assert info["hf_max_logit_diff"] > info["tolerance"] >= info["orbax_max_logit_diff"]

