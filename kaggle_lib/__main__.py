@@ -86,27 +86,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         papermill.execute_notebook(
             str(args.notebook), str(output), parameters=parameters, kernel_name=args.kernel,
             log_output=True, progress_bar=False, cwd=str(REPO_ROOT),
+            execution_timeout=args.cell_timeout,
         )
     except PapermillExecutionError as exc:
         error = exc
     except Exception as exc:  # DeadKernelError (OOM), missing kernel, ...
         error = exc
     seconds = time.monotonic() - started
-    record = evidence.RunRecord(run_dir)
-    manifest = record.read_manifest()
-    if error is not None and manifest.get("status") != "failed":
-        # The kernel could not record it (crash, kernel died, error before start_run).
-        stage = "notebook"
-        record.fail(stage, error)
-    hits = report.scan_for_secrets([output, *report.run_files(run_dir)])
-    if hits:
-        record.fail("secret-scan", report.SecretLeakError(f"secrets redacted in {hits}"))
-    record.update_manifest(notebook_wall_seconds=round(seconds, 1))
-    try:
-        report.write_readme(run_dir)
-    except Exception as exc:  # noqa: BLE001 - the record stays usable without its README
-        print(f"[kaggle_lib] could not write README: {exc}")
-    manifest = record.read_manifest()
+    manifest = report.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":
@@ -128,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
     run_p.add_argument("--kernel", default="kaggle-lib")
     run_p.add_argument("--run-dir", default="")
+    run_p.add_argument("--cell-timeout", type=int, default=None,
+                       help="seconds a single cell may run before the run fails (default: none)")
     run_p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="papermill-style parameter (config_path, overrides, run_name, run_dir)")
     run_p.add_argument("-y", "--yaml", action="append", help="papermill-style YAML parameters")

@@ -153,6 +153,8 @@ class EvalSection(_Section):
 
 class EvidenceSection(_Section):
     root: str = "evidence/runs"
+    # Merged HF safetensors + Kaggle-format Orbax checkpoint of the trained model (Gemma 3).
+    export: bool = True
     wandb: bool = False
     tensorboard: bool = True
 

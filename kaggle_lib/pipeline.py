@@ -342,12 +342,21 @@ def sample(run: Run) -> None:
     _generate_samples(run, "trained", generator)
 
 
+@stage("export")
+def _export(run: Run) -> None:
+    from kaggle_lib import export
+
+    export.export_run(run)
+
+
 @stage("finish")
 def finish(run: Run) -> None:
-    """Summaries, plots, secret scan, README; status succeeded."""
+    """Exports, summaries, plots, secret scan, README; status succeeded."""
     from kaggle_lib import evaluation as ev
     from kaggle_lib import report
 
+    if run.cfg.evidence.export and run.train_results:
+        _export(run)
     summary = _write_summary(run) if run.records else {}
     if summary:
         print(ev.format_scorecard_table(summary))

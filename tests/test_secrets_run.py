@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_model_sources import hf_cache
+from test_model_sources import hf_cache
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"

@@ -38,8 +38,13 @@ def chunked_cross_entropy(
     chunk_size: int = 512,
     softcap: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N]."""
+    """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
+
+    N is padded up to a multiple of the chunk size (padding carries mask 0); a chunk is never
+    longer than N, so short batches do not pay for a full chunk of logits.
+    """
     n_tokens, dim = hidden.shape
+    chunk_size = max(1, min(chunk_size, n_tokens))
     pad = (-n_tokens) % chunk_size
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk_size, dim)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk_size)
@@ -47,7 +52,9 @@ def chunked_cross_entropy(
 
     @jax.checkpoint
     def chunk_loss(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array) -> jax.Array:
-        logits = jnp.dot(h, table.T).astype(jnp.float32)
+        # Contract over D directly (no transposed copy of the [V, D] table) and accumulate in
+        # float32 even for bfloat16 weights.
+        logits = jnp.einsum("nd,vd->nv", h, table, preferred_element_type=jnp.float32)
         if softcap is not None:
             logits = jnp.tanh(logits / softcap) * softcap
         lse = jax.nn.logsumexp(logits, axis=-1)
