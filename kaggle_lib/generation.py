@@ -106,6 +106,66 @@ def _needs_slot_positions(model: Any) -> bool:
     return gemma_model.AttentionType.LOCAL_SLIDING in tuple(types)
 
 
+def _project_last(model: Any, hidden: Any) -> Any:
+    """Vocabulary logits from final hidden states, as the end of Tunix's Gemma `__call__`:
+    the tied embedding's `decode`, then Gemma 1/2's final soft-cap (Gemma 3 has none)."""
+    import jax.numpy as jnp
+
+    logits = model.embedder.decode(hidden)
+    softcap = getattr(model, "final_logits_softcap", None)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _hidden_states(model: Any, *args: Any) -> tuple[Any, Any]:
+    """(final hidden states [B, L, D], cache) of one forward pass of a Tunix Gemma model.
+
+    The model sows them when asked (`output_hidden_states`) and still computes the full
+    logits, which XLA then drops as unused: vocabulary-sized work only where it is needed.
+    """
+    from flax import nnx
+
+    _, cache = model(*args, output_hidden_states=True)
+    (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
+    return hidden, cache
+
+
+def _last_token_prefill_classes() -> tuple[type, type]:
+    from flax import nnx
+
+    class _LastTokenPrefill(nnx.Module):
+        """A Tunix Gemma model with the `decode_only_last_token` prefill that Tunix's Sampler
+        uses when a model offers it (Gemma in 0.1.7 does not): the prompt's logits are
+        computed for its last position only, not [batch, prompt, vocabulary] of them
+        (8 x 256 x 262,144 float32 logits are 2 GiB, most of the prefill's work)."""
+
+        def __init__(self, model: Any) -> None:
+            self.model = model
+            self.config = model.config
+
+        def __call__(self, last_tokens: Any, positions: Any, cache: Any, attention_mask: Any,
+                     decode_only_last_token: bool = False) -> tuple[Any, Any]:
+            if not decode_only_last_token:
+                return self.model(last_tokens, positions, cache, attention_mask)
+            hidden, cache = _hidden_states(self.model, last_tokens, positions, cache,
+                                           attention_mask)
+            # Left padding: every row's last prompt token is at the last position.
+            return _project_last(self.model, hidden[:, -1:]), cache
+
+        @property
+        def num_embed(self) -> int:
+            return self.model.num_embed
+
+    class _LastTokenPrefillWithCache(_LastTokenPrefill):
+        # Only for models that build their own cache (Gemma 1/2 in 0.1.7): the Sampler
+        # checks hasattr(model, "init_cache") and otherwise builds it from its CacheConfig.
+        def init_cache(self, batch_size: int, cache_size: int, dtype: Any) -> Any:
+            return self.model.init_cache(batch_size, cache_size, dtype)
+
+    return _LastTokenPrefill, _LastTokenPrefillWithCache
+
+
 def _exact_sampler_class() -> type:
     """Tunix's Sampler with the two fixes of the module docstring (built lazily: tunix is heavy)."""
     import jax.numpy as jnp
@@ -187,7 +247,9 @@ class Generator:
         )
         processor = getattr(tokenizer, "processor", tokenizer)
         self.slot_positions = _needs_slot_positions(model)
-        self.sampler = _exact_sampler_class()(model, processor, cache,
+        plain, with_cache = _last_token_prefill_classes()
+        wrapped = (with_cache if hasattr(model, "init_cache") else plain)(model)
+        self.sampler = _exact_sampler_class()(wrapped, processor, cache,
                                               slot_positions=self.slot_positions)
 
     def prompt_length(self, prompt: str) -> int:
@@ -276,19 +338,16 @@ def _last_logits(model: Any, tokens: Any, lengths: Any, with_full: bool) -> Any:
     positions, so callers can check that this shortcut is the model's forward.
     """
     import jax.numpy as jnp
-    from flax import nnx
     from tunix.sft import utils as sft_utils
 
     mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    logits, _ = model(tokens, sft_utils.build_positions_from_mask(mask), None,
-                      sft_utils.make_causal_attn_mask(mask), output_hidden_states=True)
-    (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
+    args = (tokens, sft_utils.build_positions_from_mask(mask), None,
+            sft_utils.make_causal_attn_mask(mask))
+    hidden, _ = _hidden_states(model, *args)
     index = (lengths - 1)[:, None, None]
-    last = model.embedder.decode(jnp.take_along_axis(hidden, index, axis=1)[:, 0])
-    softcap = getattr(model, "final_logits_softcap", None)  # Gemma 1/2 only
-    if softcap is not None:
-        last = jnp.tanh(last / softcap) * softcap
+    last = _project_last(model, jnp.take_along_axis(hidden, index, axis=1)[:, 0])
     if with_full:
+        logits, _ = model(*args)
         return last, jnp.take_along_axis(logits, index, axis=1)[:, 0]
     return last
 

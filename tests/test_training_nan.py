@@ -74,3 +74,22 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Pat
     restored = jax.tree.leaves(nnx.state(fresh, nnx.LoRAParam))
     assert all(bool(np.isfinite(np.asarray(x)).all()) for x in restored)
     assert any(float(np.abs(np.asarray(x)).sum()) > 0 for x in restored)  # really restored
+
+
+def test_nan_on_the_first_step_leaves_no_checkpoint(tmp_path: Path) -> None:
+    """Orbax saves the first step of a fresh run whatever the interval: the guard must still
+    stop before that save."""
+    from kaggle_lib.mesh import make_mesh
+    from kaggle_lib.training.sft import latest_checkpoint_step
+    from tests import training_helpers as th
+
+    base = th.build_model(th.tiny_config())
+    table = base.embedder.input_embedding
+    table.value = table.value.at[5].set(jnp.nan)  # a token every batch contains
+    with pytest.raises(NonFiniteLossError) as info:
+        th.train_tiny(make_mesh(), base, steps=4, checkpoint_dir=tmp_path / "ckpt",
+                      checkpoint_every=2)
+    assert info.value.step == 1
+    assert latest_checkpoint_step(tmp_path / "ckpt") is None
+    leftovers = list((tmp_path / "ckpt").iterdir()) if (tmp_path / "ckpt").exists() else []
+    assert not [p for p in leftovers if p.name.isdigit()], leftovers

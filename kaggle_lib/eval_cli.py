@@ -1,0 +1,246 @@
+"""`python -m kaggle_lib eval`: evaluate a finished run's trained model on another jsonl.
+
+    python -m kaggle_lib eval --run-dir <run> --data <file.jsonl> [--out-name NAME]
+        [--limit N] [--max-new-tokens N] [--batch-size N]
+
+The model is rebuilt the way the run built it: the run's own `config.yaml` (model section,
+seed, mesh, LoRA rank/alpha/targets), the base weights through `models.loader.load_model`
+(pinned to the HF commit the run recorded, when it recorded one), LoRA applied with the run's
+seed, then the latest SFT checkpoint restored with Tunix's `CheckpointManager` (LoRA params
+only when the run used LoRA). Items are generated greedily and scored with the notebook's own
+functions; `predictions.jsonl` and `eval_summary.json` go to `<run>/eval/<name>/`, the
+records under stage "trained" as in the run's own files.
+
+Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "eval_summary.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class EvalError(Exception):
+    """A problem with the inputs of `eval` (exit status 2); the message says what to fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kaggle_lib eval",
+        description="Evaluate a finished run's trained model (latest SFT checkpoint) on a jsonl "
+                    "of items {id, section, category, difficulty, prompt, answer}.",
+    )
+    parser.add_argument("--run-dir", required=True, type=Path, help="the finished run directory")
+    parser.add_argument("--data", required=True, type=Path, help="jsonl file of evaluation items")
+    parser.add_argument("--out-name", default=None,
+                        help="output folder name under <run>/eval/ (default: the data file stem)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the run's eval.max_new_tokens")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the run's eval.batch_size")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m kaggle_lib eval ...` (argv without the word `eval`)."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        summary = evaluate_run(args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
+                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    except EvalError as exc:
+        print(f"eval: error: {exc}", file=sys.stderr)
+        return 2
+    from kaggle_lib import evaluation as ev
+
+    print(ev.format_scorecard_table(summary))
+    print(f"eval: wrote {summary['meta']['out_dir']}/{{{PREDICTIONS},{SUMMARY}}}")
+    return 0
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def read_run_config(run_dir: Path) -> Any:
+    """The run's resolved config (`<run>/config.yaml`) as a RunConfig."""
+    from kaggle_lib.config import ConfigError, read_yaml, validate_config
+
+    if not run_dir.is_dir():
+        raise EvalError(f"run directory {run_dir} does not exist")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise EvalError(f"{path} does not exist: {run_dir} is not a run directory "
+                        "(`python -m kaggle_lib run` writes config.yaml at the start of a run)")
+    # Not load_config: the files it checks (training data, resume_from) are not needed here.
+    try:
+        return validate_config(read_yaml(path), str(path))
+    except ConfigError as exc:
+        raise EvalError(str(exc)) from None
+
+
+def latest_sft_checkpoint(run_dir: Path, config: Any) -> tuple[Path, int]:
+    """(checkpoint root, latest committed step) of the run's SFT stage."""
+    stages = list(config.train.stages)
+    if "sft" not in stages:
+        raise EvalError(f"the run's train.stages is {stages}: there is no SFT checkpoint to load")
+    if "grpo" in stages:
+        # Its trained model is SFT + GRPO; evaluating the SFT weights would mislabel them.
+        raise EvalError("the run also trained GRPO; eval restores SFT checkpoints only, so it "
+                        "would not evaluate the run's final model")
+    root = run_dir / "checkpoints" / "sft"
+    # Orbax renames a step directory into place once it is complete (commit marker inside).
+    steps = sorted(
+        int(p.name) for p in root.glob("[0-9]*")
+        if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+        and (p / "model_params").is_dir()
+    ) if root.is_dir() else []
+    if not steps:
+        raise EvalError(f"no complete SFT checkpoint under {root} (expected <step>/model_params "
+                        "written by the run's training; did it save one? see train.checkpoint_every)")
+    return root, steps[-1]
+
+
+def read_items(data: Path, limit: int | None) -> list[dict[str, Any]]:
+    from kaggle_lib.data.datasets import DataError, load_jsonl
+
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    try:
+        return load_jsonl(data, limit=limit)
+    except DataError as exc:
+        raise EvalError(f"bad data: {exc}") from None
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    from kaggle_lib import evidence
+
+    path = run_dir / evidence.MANIFEST
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any:
+    """The run's base model, LoRA-wrapped when the run used LoRA, with checkpoint `step`."""
+    from kaggle_lib import auth, runtime
+    from kaggle_lib import mesh as mesh_lib
+    from kaggle_lib.models import loader, registry
+
+    runtime.configure_platform(config.device)
+    devices = runtime.describe_devices(config.device)
+    try:
+        mesh = mesh_lib.make_mesh(config.mesh.fsdp, config.mesh.tp)
+    except mesh_lib.MeshError as exc:
+        # Another machine than the run's: sharding does not change the numbers.
+        print(f"eval: the run's mesh does not fit here ({exc}); using all devices on fsdp")
+        mesh = mesh_lib.make_mesh()
+    spec = registry.get_spec(config.model.name)
+    source = spec.default_source if config.model.source == "auto" else config.model.source
+    recorded = _manifest(run_dir).get("model") or {}
+    # The same weights as the run: its resolved HF commit unless the config pinned one.
+    revision = config.model.revision or recorded.get("hf_commit")
+    token = auth.resolve_hf_token(runtime.detect_environment().on_kaggle,
+                                  required=source == "hf" and spec.gated)
+    loaded = loader.load_model(
+        config.model.name, source=config.model.source, path=config.model.path, revision=revision,
+        dtype=config.model.dtype, platform=devices["platform"], mesh=mesh,
+        token=token.value if token else None, seed=config.seed,
+    )
+    sft = config.train.sft
+    lora = sft.mode == "lora"
+    if lora:
+        from kaggle_lib.training.sft import apply_lora
+
+        # Same call as the training stage, so the restored tree has the same structure.
+        loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
+                                  target_modules=sft.lora.target_modules, mesh=mesh,
+                                  seed=config.seed)
+    from tunix.sft.checkpoint_manager import CheckpointManager
+
+    manager = CheckpointManager(str(root))
+    try:
+        restored, _ = manager.maybe_restore(loaded.model, step=step,
+                                            restore_only_lora_params=lora)
+    finally:
+        manager.close()
+    if restored != step:
+        raise EvalError(f"checkpoint step {step} under {root} could not be restored")
+    loaded.info.update(checkpoint=str(root / str(step)), checkpoint_step=step,
+                       restored="lora" if lora else "full")
+    return loaded
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None = None,
+                 limit: int | None = None, max_new_tokens: int | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate the run's latest SFT checkpoint on `data`; returns the written summary."""
+    from kaggle_lib import evaluation as ev
+    from kaggle_lib.data import template
+    from kaggle_lib.generation import Generator
+
+    run_dir, data = Path(run_dir), Path(data)
+    config = read_run_config(run_dir)
+    root, step = latest_sft_checkpoint(run_dir, config)
+    items = read_items(data, limit)
+    name = out_name if out_name is not None else data.stem
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise EvalError(f"--out-name {name!r} is not allowed; use letters, digits, '_', '-', '.'")
+    max_new = max_new_tokens if max_new_tokens is not None else config.eval.max_new_tokens
+    batch = batch_size if batch_size is not None else config.eval.batch_size
+    if max_new < 1 or batch < 1:
+        raise EvalError(f"--max-new-tokens ({max_new}) and --batch-size ({batch}) must be >= 1")
+    status = _manifest(run_dir).get("status")
+    if status and status != "succeeded":
+        print(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
+
+    started = time.monotonic()
+    loaded = load_trained_model(run_dir, config, root, step)
+    print(f"eval: {config.model.name} + {loaded.info['restored']} checkpoint step {step} loaded "
+          f"in {time.monotonic() - started:.1f} s; {len(items)} items from {data}")
+    prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in items]
+    longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                          max_prompt_len=longest, max_new_tokens=max_new)
+    started = time.monotonic()
+    gens = generator.generate(prompts, max_new_tokens=max_new, batch_size=batch)
+    seconds = time.monotonic() - started
+    records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage="trained")
+               for item, gen in zip(items, gens, strict=True)]
+    out_dir = run_dir / "eval" / name
+    tokens = sum(g.n_tokens for g in gens)
+    meta = {
+        "run_id": _manifest(run_dir).get("run_id", run_dir.name), "eval_data": str(data),
+        "model": config.model.name, "checkpoint": loaded.info["checkpoint"],
+        "checkpoint_step": step, "restored": loaded.info["restored"], "items": len(items),
+        "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy",
+        "seconds": round(seconds, 2), "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+        "out_dir": str(out_dir),
+    }
+    ev.write_predictions(out_dir / PREDICTIONS, records, stage="trained")
+    summary = ev.summarize(None, records, meta=meta)
+    ev.write_summary(out_dir / SUMMARY, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

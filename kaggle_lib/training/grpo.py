@@ -1,0 +1,365 @@
+"""GRPO after SFT on Tunix 0.1.7: `RLCluster` + `GRPOLearner`, vanilla (Tunix Sampler) rollouts.
+
+Read top to bottom: pick the prompts, build the actor (the SFT-trained LoRA model, trained
+further) and the reference (a frozen copy of the same SFT result, for the KL term), describe
+rollouts and training to Tunix, train, return what happened.
+
+- Prompts: the training items' questions in the shared template, with their `answer` column
+  for the answer reward; batch order is a pure function of (seed, step), and step s samples
+  with seed `seed + s`, so a resumed run continues exactly.
+- Rewards: `kaggle_lib.training.rewards` (format + answer), logged per step into the run record
+  (`metrics.jsonl`, stage "grpo").
+- Checkpoints: Tunix's actor checkpoints under `<run_dir>/checkpoints/grpo/actor/<step>`,
+  restored automatically on a re-run with the same run directory.
+- Time: rollouts stop being handed out once the wall-clock budget is spent; Tunix then closes
+  the learner, which saves the last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from kaggle_lib.training.rewards import RewardFn, default_reward_fns
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class GrpoResult:
+    steps_done: int
+    start_step: int
+    stopped_reason: str  # "max_steps" | "max_wall_time"
+    rewards: list[float]  # mean reward of each step run in this process
+    checkpoint_dir: str | None
+    last_checkpoint_step: int | None
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    text: str  # formatted with the shared template, without <bos>
+    answer: str
+
+
+class PromptBatches:
+    """Deterministic, endless batches of prompts: batch s is a pure function of (seed, s)."""
+
+    def __init__(self, prompts: Sequence[Prompt], batch_size: int, seed: int = 0):
+        if len(prompts) < batch_size:
+            raise ValueError(f"{len(prompts)} GRPO prompts cannot fill one batch of {batch_size}; "
+                             "lower train.grpo.batch_size or add data")
+        self.prompts = list(prompts)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = len(self.prompts) // batch_size
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
+        picked = [self.prompts[i] for i in order[k * self.batch_size:(k + 1) * self.batch_size]]
+        # Arrays, not lists: Tunix repeats every column per generation with np.repeat.
+        return {"prompts": np.array([p.text for p in picked], dtype=object),
+                "answer": np.array([p.answer for p in picked], dtype=object)}
+
+
+def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_len: int, *,
+                   instruct: bool) -> tuple[list[Prompt], int]:
+    """Template every item's question; drop those longer than `max_prompt_len` tokens (+bos).
+    Returns the kept prompts and how many were dropped."""
+    from kaggle_lib.data.template import format_prompt
+
+    kept, dropped = [], 0
+    for i, item in enumerate(items):
+        if not item.get("prompt") or item.get("answer") in (None, ""):
+            raise ValueError(f"GRPO item {i} (id {item.get('id')!r}) needs 'prompt' and 'answer'")
+        text = format_prompt(item["prompt"], instruct=instruct)
+        if len(tokenizer.encode(text)) + 1 > max_prompt_len:
+            dropped += 1
+            continue
+        kept.append(Prompt(text=text, answer=str(item["answer"])))
+    return kept, dropped
+
+
+def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float | None,
+                    state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    """Batches for Tunix's learner. Each one sets that step's sampling seed first (the learner
+    requests batch s just before generating for it, also when fast-forwarding on resume), and
+    the stream ends once the deadline has passed: the learner then closes and saves. The first
+    batch always comes (Tunix reads it to learn the batch size before any step)."""
+    step = 0
+    while True:
+        if step > 0 and deadline is not None and time.monotonic() >= deadline:
+            state["stopped_for_time"] = True
+            return
+        rollout_config.seed = batches.seed * 1_000_003 + step
+        yield batches.batch_at(step)
+        step += 1
+
+
+class _ActorHooks:
+    """Per-step actor loss into the run record (tunix.sft.hooks.TrainingHooks interface)."""
+
+    def __init__(self, on_record: Callable[[dict[str, Any]], None], schedule: Any):
+        self.on_record = on_record
+        self.schedule = schedule
+        self.last = time.monotonic()
+
+    def on_train_start(self, trainer: Any) -> None:
+        pass
+
+    def on_train_end(self, trainer: Any) -> None:
+        pass
+
+    def on_train_step_start(self, trainer: Any) -> None:
+        pass
+
+    def on_eval_step_start(self, trainer: Any) -> None:
+        pass
+
+    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
+        pass
+
+    def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
+        logger, prefix = trainer.metrics_logger, trainer.metrics_prefix
+
+        def latest(name: str) -> float | None:
+            if not logger.metric_exists(prefix, name, "train"):
+                return None
+            return float(np.asarray(logger.get_metric_history(prefix, name, "train")[-1]))
+
+        now = time.monotonic()
+        self.on_record({"stage": "grpo", "step": int(step), "loss": float(loss),
+                        "kl": latest("kl"), "grad_norm": latest("grad_norm"),
+                        "learning_rate": float(self.schedule(step - 1)),
+                        "step_time_s": round(now - self.last, 4)})
+        self.last = now
+
+
+def rewards_record(buffer: Any) -> dict[str, Any] | None:
+    """One `metrics.jsonl` record from a Tunix MetricsBuffer of one GRPO step (train mode)."""
+    if str(buffer.mode) != "train":
+        return None
+    metrics = buffer.metrics
+
+    def value(name: str) -> float | None:
+        if name not in metrics:
+            return None
+        values, op = metrics[name]
+        arr = np.asarray(values, dtype=np.float64)
+        return float(op(arr) if op is not None else arr.mean())
+
+    if "rewards/sum" not in metrics:
+        return None
+    record: dict[str, Any] = {
+        "stage": "grpo", "step": int(buffer.global_steps) + 1,
+        "reward_mean": value("rewards/sum"), "reward_min": value("rewards/min"),
+        "reward_max": value("rewards/max"),
+        "completion_mean_tokens": value("completions/mean_length"),
+    }
+    for name in metrics:
+        if name.startswith("rewards/") and name.count("/") == 1 and name not in (
+                "rewards/sum", "rewards/mean", "rewards/min", "rewards/max"):
+            record[f"reward_{name.split('/', 1)[1]}"] = value(name)
+    return record
+
+
+def run_grpo(
+    actor: nnx.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    *,
+    mesh: Any,
+    eos_ids: Sequence[int],
+    max_steps: int,
+    batch_size: int,
+    num_generations: int,
+    num_iterations: int = 1,
+    beta: float = 0.04,
+    epsilon: float = 0.2,
+    learning_rate: float = 1e-5,
+    max_grad_norm: float | None = 1.0,
+    max_prompt_len: int = 256,
+    max_new_tokens: int = 256,
+    temperature: float = 0.9,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    reward_fns: Sequence[RewardFn] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 50,
+    keep_checkpoints: int = 3,
+    max_wall_time_s: float | None = None,
+    on_record: Callable[[dict[str, Any]], None] = lambda record: None,
+    log_dir: Path | None = None,
+) -> GrpoResult:
+    """GRPO-train `actor` in place (LoRA weights when it has them) for `max_steps` steps.
+
+    Each step samples `num_generations` completions for each of `batch_size` prompts, scores
+    them with `reward_fns` (default: format + answer), and takes `num_iterations` optimizer
+    steps on the group-relative advantages, with a KL penalty `beta` towards a frozen copy of
+    `actor` as it is now. `tokenizer` is a SentencePieceProcessor with checked special ids.
+    """
+    import orbax.checkpoint as ocp
+    from tunix.rl import rl_cluster as rl
+    from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
+    from tunix.rl.rollout.base_rollout import RolloutConfig
+
+    from kaggle_lib.mesh import check_batch
+    from kaggle_lib.training.sft import _metrics_options, latest_checkpoint_step, lr_schedule
+    from kaggle_lib.training.sft import make_optimizer as make_tx
+
+    check_batch(batch_size * num_generations, mesh,
+                what="train.grpo.batch_size x train.grpo.num_generations (rollouts per step)")
+    if tokenizer.pad_id() < 0 or tokenizer.eos_id() < 0 or tokenizer.bos_id() < 0:
+        raise ValueError("the GRPO tokenizer reports a negative bos/eos/pad id; load it with "
+                         "kaggle_lib.models.tokenizer.load_tokenizer")
+    if max_wall_time_s is not None and max_wall_time_s <= 0:
+        log.warning("GRPO skipped: no wall-clock time left (train.max_wall_time)")
+        return GrpoResult(steps_done=0, start_step=0, stopped_reason="max_wall_time", rewards=[],
+                          checkpoint_dir=None, last_checkpoint_step=None, seconds=0.0)
+    actor_steps = max_steps * num_iterations  # Tunix counts optimizer steps
+    schedule = lr_schedule(learning_rate, actor_steps)
+    # The KL reference: a frozen copy of the SFT result. nnx.clone shares the (immutable)
+    # base weight arrays, so it costs no memory; only the actor's LoRA weights change.
+    reference = nnx.clone(actor)
+    rollout_config = RolloutConfig(
+        max_tokens_to_generate=max_new_tokens, max_prompt_length=max_prompt_len,
+        kv_cache_size=max_prompt_len + max_new_tokens, temperature=temperature, top_p=top_p,
+        top_k=top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
+    )
+    training_config = rl.RLTrainingConfig(
+        actor_optimizer=make_tx(learning_rate=learning_rate, max_steps=actor_steps,
+                                max_grad_norm=max_grad_norm),
+        eval_every_n_steps=actor_steps + 1,
+        max_steps=actor_steps,
+        checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
+        checkpointing_options=ocp.CheckpointManagerOptions(
+            save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints),
+        metrics_logging_options=_metrics_options(log_dir, False, "grpo"),
+        pbar_description="GRPO",
+    )
+    cluster = rl.RLCluster(
+        actor=actor, reference=reference, tokenizer=tokenizer,
+        cluster_config=rl.ClusterConfig(
+            role_to_mesh={rl.Role.ACTOR: mesh, rl.Role.REFERENCE: mesh, rl.Role.ROLLOUT: mesh},
+            rollout_engine="vanilla", offload_to_cpu=False,
+            training_config=training_config, rollout_config=rollout_config),
+    )
+    rewards: list[float] = []
+
+    def on_buffer(buffer: Any) -> None:
+        record = rewards_record(buffer)
+        if record is not None:
+            rewards.append(record["reward_mean"])
+            on_record(record)
+
+    cluster.with_external_metrics_logger(on_buffer)
+    learner = GRPOLearner(
+        rl_cluster=cluster,
+        algo_config=GRPOConfig(num_generations=num_generations, num_iterations=num_iterations,
+                               beta=beta, epsilon=epsilon),
+        reward_fns=list(reward_fns or default_reward_fns()),
+    )
+    cluster.actor_trainer.with_training_hooks(_ActorHooks(on_record, schedule))
+    start_step = cluster.actor_trainer.train_steps // num_iterations
+    if start_step:
+        log.info("resuming GRPO from checkpoint step %d", start_step)
+    state: dict[str, Any] = {"stopped_for_time": False}
+    deadline = None if max_wall_time_s is None else time.monotonic() + max_wall_time_s
+    started = time.monotonic()
+    stream = _rollout_stream(PromptBatches(prompts, batch_size, seed=seed),
+                             rollout_config, deadline, state)
+    # Tunix's learner checks max_steps only after a step: a finished run must not start one.
+    if start_step < max_steps:
+        with mesh:
+            learner.train(stream)
+    else:
+        cluster.close()
+    steps_done = cluster.actor_trainer.train_steps // num_iterations
+    actor_dir = Path(checkpoint_dir) / "actor" if checkpoint_dir else None
+    last = latest_checkpoint_step(actor_dir)
+    return GrpoResult(
+        steps_done=steps_done, start_step=start_step,
+        stopped_reason="max_wall_time" if state["stopped_for_time"] else "max_steps",
+        rewards=rewards, checkpoint_dir=str(actor_dir) if actor_dir else None,
+        last_checkpoint_step=None if last is None else math.ceil(last / num_iterations),
+        seconds=time.monotonic() - started,
+    )
+
+
+def run_grpo_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, Any]:
+    """The notebook's GRPO stage: the SFT result (LoRA) trained further with GRPO, in place."""
+    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.training.sft import apply_lora
+    from kaggle_lib.training.stages import _note_checkpoint, _training_log, checkpoint_dir
+
+    cfg = run.cfg
+    grpo = cfg.train.grpo
+    loaded = run.loaded
+    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
+                                      instruct=loaded.spec.instruct)
+    print(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
+          f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
+          f"rollouts of up to {grpo.max_new_tokens} tokens per step")
+    run.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped})
+    from tunix.sft.utils import is_lora_enabled
+
+    if not is_lora_enabled(loaded.model):
+        if cfg.train.sft.mode == "lora":
+            # GRPO without a previous SFT stage: LoRA on the base model, as SFT would add.
+            lora = cfg.train.sft.lora
+            loaded.model = apply_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
+                                      target_modules=lora.target_modules, mesh=run.mesh,
+                                      seed=cfg.seed)
+    ckpt_dir = checkpoint_dir(run, "grpo")
+
+    def on_record(record: dict[str, Any]) -> None:
+        run.record.log_metrics(record)
+        if "reward_mean" in record:
+            _training_log(run, (
+                f"grpo step {record['step']:>5}/{grpo.max_steps} reward {record['reward_mean']:.3f}"
+                f" (min {record['reward_min']:.3f} max {record['reward_max']:.3f}) completions "
+                f"{record['completion_mean_tokens'] or 0:.1f} tokens"))
+
+    started = time.monotonic()
+    try:
+        result = run_grpo(
+            loaded.model, loaded.tokenizer.processor, prompts, mesh=run.mesh,
+            eos_ids=loaded.eos_ids, max_steps=grpo.max_steps, batch_size=grpo.batch_size,
+            num_generations=grpo.num_generations, num_iterations=grpo.num_iterations,
+            beta=grpo.beta, epsilon=grpo.epsilon, learning_rate=grpo.learning_rate,
+            max_grad_norm=cfg.train.sft.max_grad_norm, max_prompt_len=grpo.max_prompt_len,
+            max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature, top_p=grpo.top_p,
+            top_k=grpo.top_k, seed=cfg.seed, checkpoint_dir=ckpt_dir,
+            checkpoint_every=cfg.train.checkpoint_every,
+            keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
+            on_record=on_record,
+            log_dir=run.run_dir / "tensorboard" / "grpo" if cfg.evidence.tensorboard else None,
+        )
+    finally:
+        _note_checkpoint(run, ckpt_dir / "actor")
+    rewards = result.rewards
+    summary = {
+        "steps": result.steps_done, "start_step": result.start_step,
+        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
+        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
+        "prompts": len(prompts), "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+        "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
+    }
+    print(f"grpo: {summary}")
+    return summary
+
+
+__all__ = ["GrpoResult", "Prompt", "PromptBatches", "rewards_record", "run_grpo",
+           "run_grpo_stage", "select_prompts"]

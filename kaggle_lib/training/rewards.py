@@ -1,0 +1,82 @@
+"""GRPO reward functions in Tunix's signature, scored with the same rules as evaluation.
+
+Tunix calls every reward function as ``fn(prompts=..., completions=..., **columns)``, where the
+columns are the other fields of the training batch (here ``answer``) plus Tunix's own extras
+(``mode``, ``trajectory_ids``), each repeated once per generation; it sums the returned lists.
+Parsing and answer matching are `kaggle_lib.evaluation.parse_output` / `answers_match`, so a
+completion earns the answer reward exactly when the evaluation would count it correct.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kaggle_lib.evaluation import answers_match, parse_output
+
+RewardFn = Callable[..., list[float]]
+
+FORMAT_EXACT = 1.0
+FORMAT_APPROX = 0.5
+# Per distinct tag (<reasoning>, </reasoning>, <answer>, </answer>) present when the format is
+# not even approximately right: at most 0.4, always below FORMAT_APPROX.
+FORMAT_PER_TAG = 0.1
+_TAGS = [re.compile(p, re.IGNORECASE) for p in (
+    r"<\s*reasoning\s*>", r"<\s*/\s*reasoning\s*>", r"<\s*answer\s*>", r"<\s*/\s*answer\s*>")]
+
+
+def _check_lengths(name: str, completions: Sequence[str], **columns: Sequence[Any]) -> None:
+    for key, values in columns.items():
+        if len(values) != len(completions):
+            raise ValueError(f"{name}: {len(completions)} completions but {len(values)} values "
+                             f"in column {key!r}; every completion needs its own {key}")
+
+
+def format_score(completion: str) -> float:
+    """1.0 for the exact format, 0.5 for the approximate one, else 0.1 per tag present."""
+    parsed = parse_output(completion)
+    if parsed.format_exact:
+        return FORMAT_EXACT
+    if parsed.format_approx:
+        return FORMAT_APPROX
+    return FORMAT_PER_TAG * sum(1 for tag in _TAGS if tag.search(completion))
+
+
+def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float]:
+    """Reward for `<reasoning>...</reasoning><answer>...</answer>` (see `format_score`)."""
+    _check_lengths("format_reward", completions, prompts=prompts)
+    return [format_score(str(c)) for c in completions]
+
+
+def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer") -> RewardFn:
+    """Reward 1.0 when the parsed answer equals the item's `column` (after normalisation) or
+    agrees numerically within `rel_tol`, else 0.0. An output without a closed answer tag gets 0."""
+    if rel_tol < 0:
+        raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
+
+    def answer_reward(prompts: Sequence[str], completions: Sequence[str],
+                      **kwargs: Any) -> list[float]:
+        if column not in kwargs:
+            raise KeyError(
+                f"answer_reward needs the {column!r} column of the GRPO batch (got columns "
+                f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}"
+            )
+        expected = kwargs[column]
+        _check_lengths("answer_reward", completions, prompts=prompts, **{column: expected})
+        scores = []
+        for completion, truth in zip(completions, expected, strict=True):
+            exact, numeric = answers_match(parse_output(str(completion)).answer, str(truth),
+                                           rel_tol=rel_tol)
+            scores.append(1.0 if exact or numeric else 0.0)
+        return scores
+
+    return answer_reward
+
+
+answer_reward = make_answer_reward()
+
+
+def default_reward_fns() -> list[RewardFn]:
+    """Format (max 1.0) plus answer (max 1.0): a perfect completion scores 2.0."""
+    return [format_reward, answer_reward]

@@ -1,0 +1,120 @@
+"""`python -m kaggle_lib eval` on a real finished run (configs/cpu_tiny.yaml, in process)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggle_lib import eval_cli
+from kaggle_lib import evaluation as ev
+from kaggle_lib.data.datasets import write_jsonl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = REPO_ROOT / "configs" / "cpu_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The notebook's stages, in order, on a fresh run directory."""
+    from kaggle_lib import pipeline
+
+    run_dir = tmp_path_factory.mktemp("eval_cli") / "run"
+    run = pipeline.start_run(str(CONFIG), run_dir=str(run_dir))
+    pipeline.authenticate(run)
+    pipeline.load_model(run)
+    pipeline.evaluate(run, "baseline")
+    pipeline.train(run)
+    pipeline.sample(run)
+    pipeline.evaluate(run, "trained")
+    pipeline.finish(run)
+    assert json.loads((run_dir / "run_manifest.json").read_text())["status"] == "succeeded"
+    return run_dir
+
+
+def _by_stage(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in ev.read_predictions(run_dir / "predictions.jsonl")
+            if r["stage"] == stage}
+
+
+def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> None:
+    trained = _by_stage(finished_run, "trained")
+    baseline = _by_stage(finished_run, "baseline")
+    # The check below only tells trained from base weights if training changed some output.
+    changed = [i for i in trained if trained[i]["output"] != baseline[i]["output"]]
+    assert changed, "training changed no output; the test could not tell the models apart"
+    # Five of the run's eval items, in another order and other batches than the run's.
+    ids = sorted(trained)[:5]
+    data = tmp_path / "heldout.jsonl"
+    write_jsonl(data, [{k: trained[i][k] for k in ev.ITEM_FIELDS} for i in reversed(ids)])
+
+    code = eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+                          "--batch-size", "2"])
+    assert code == 0
+    out = finished_run / "eval" / "heldout"
+    records = ev.read_predictions(out / eval_cli.PREDICTIONS)
+    assert [r["id"] for r in records] == list(reversed(ids))
+    for record in records:
+        assert record["stage"] == "trained"
+        # Greedy decoding of the restored weights reproduces what the run generated.
+        assert record["output"] == trained[record["id"]]["output"], record["id"]
+        assert record["token_count"] == trained[record["id"]]["token_count"]
+    summary = json.loads((out / eval_cli.SUMMARY).read_text())
+    assert summary["baseline"] is None and summary["delta"] is None
+    assert summary["trained"] == ev.scorecard(records)
+    assert summary["trained"]["overall"]["n"] == 5
+    meta = summary["meta"]
+    steps = sorted(int(p.name) for p in (finished_run / "checkpoints" / "sft").iterdir()
+                   if p.name.isdigit())
+    assert meta["checkpoint_step"] == steps[-1] == 4
+    assert meta["restored"] == "lora" and meta["batch_size"] == 2 and meta["max_new_tokens"] == 16
+
+    # --out-name and --limit: a second folder with the first two items only.
+    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+                          "--out-name", "first2", "--limit", "2"]) == 0
+    first2 = ev.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)
+    assert [r["output"] for r in first2] == [r["output"] for r in records[:2]]
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], message: str) -> None:
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_clear_errors(finished_run: Path, tmp_path: Path,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.jsonl"
+    write_jsonl(good, [{"id": "a", "section": "math", "category": "arithmetic",
+                        "difficulty": "easy", "prompt": "1+1?", "answer": "2"}])
+    _fails(["--run-dir", str(tmp_path / "nope"), "--data", str(good)], capsys, "does not exist")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    _fails(["--run-dir", str(empty), "--data", str(good)], capsys, "config.yaml does not exist")
+    shutil.copy(finished_run / "config.yaml", empty / "config.yaml")
+    _fails(["--run-dir", str(empty), "--data", str(good)], capsys, "no complete SFT checkpoint")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "1+1?"}\n')
+    _fails(["--run-dir", str(finished_run), "--data", str(bad)], capsys, "bad.jsonl:1: missing field")
+    _fails(["--run-dir", str(finished_run), "--data", str(tmp_path / "missing.jsonl")], capsys,
+           "no such file")
+    _fails(["--run-dir", str(finished_run), "--data", str(good), "--out-name", "../x"], capsys,
+           "--out-name")
+    assert eval_cli.main(["--run-dir", str(finished_run)]) == 2  # --data is required
+    capsys.readouterr()
+    assert not (finished_run / "eval" / "good").exists()
+
+
+def test_module_entry_point_routes_to_eval(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kaggle_lib", "eval", "--run-dir", str(tmp_path / "missing"),
+         "--data", str(tmp_path / "x.jsonl")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "eval: error: run directory" in result.stderr
