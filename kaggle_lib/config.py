@@ -65,6 +65,15 @@ class DataSection(_Section):
     train_limit: int | None = Field(None, ge=1)
     eval_limit: int | None = Field(None, ge=1)
     max_seq_len: int = Field(256, ge=16, le=32768)
+    # Row lengths batches are padded to (each is one compilation); None = 1/2, 3/4, 1 x max_seq_len.
+    length_buckets: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check_buckets(self) -> DataSection:
+        if self.length_buckets and max(self.length_buckets) < self.max_seq_len:
+            raise ValueError(
+                f"length_buckets {self.length_buckets} must include one >= max_seq_len {self.max_seq_len}")
+        return self
 
 
 class LoraSection(_Section):

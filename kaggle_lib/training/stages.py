@@ -57,9 +57,11 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
     sft = cfg.train.sft
     loaded = run.loaded
     items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    # An example cut before its answer would teach the model to stop mid-reasoning: drop it
+    # (the count is in the manifest's data.n_dropped).
     tokenized = tokenize_items(loaded.tokenizer, items, cfg.data.max_seq_len,
-                               instruct=loaded.spec.instruct)
-    buckets = length_buckets(cfg.data.max_seq_len)
+                               instruct=loaded.spec.instruct, drop_truncated=True)
+    buckets = tuple(cfg.data.length_buckets or length_buckets(cfg.data.max_seq_len))
     batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
                          pad_id=loaded.tokenizer.pad_id())
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
@@ -134,10 +136,12 @@ def _note_checkpoint(run: Any, ckpt_dir: Path) -> None:
 
 
 def length_buckets(max_len: int) -> tuple[int, ...]:
-    """Three row lengths: few shapes means few XLA compilations, bucketing keeps padding low."""
-    quarter = max(16, (max_len // 4 + 15) // 16 * 16)
-    half = max(quarter, (max_len // 2 + 15) // 16 * 16)
-    return tuple(sorted({quarter, half, max_len}))
+    """Default row lengths: 1/2, 3/4 and all of max_len (multiples of 16). Each distinct length is
+    one XLA compilation of the train step, so few shapes; most reasoning examples fall in the top
+    half of max_len, where these buckets keep padding low."""
+    half = max(16, (max_len // 2 + 15) // 16 * 16)
+    three_quarters = max(half, (max_len * 3 // 4 + 15) // 16 * 16)
+    return tuple(sorted({half, three_quarters, max_len}))
 
 
 def _mean(values: list[float]) -> float | None:
