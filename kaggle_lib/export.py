@@ -31,8 +31,12 @@ import numpy as np
 HF_DIR = "hf"
 ORBAX_DIR = "orbax"
 EXPORT_INFO = "export_info.json"
-# float32 on CPU: merged-model logits match the LoRA model to ~1e-6 (see tests/test_export.py).
+# float32 on CPU: merged-model logits match the LoRA model to ~1e-6 on tiny models (see
+# tests/test_export.py). Real models sum over more terms in a different order (W + A@B merged vs
+# x@W + (x@A)@B): the real 270M's logits (scale ~30) differ by ~1.7e-4, so the tolerance is
+# LOGITS_TOLERANCE or RELATIVE_TOLERANCE x the largest logit, whichever is larger.
 LOGITS_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 2e-5
 
 _NORMS_HF = {
     "pre_attention_norm": "input_layernorm",
@@ -493,7 +497,8 @@ def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: floa
     with jax.default_matmul_precision("highest"):
         if param_dtype == jnp.float32:
             reference = forward_logits(model, check_tokens)
-            tol = LOGITS_TOLERANCE if tolerance is None else tolerance
+            tol = (max(LOGITS_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max()))
+                   if tolerance is None else tolerance)
         else:
             ref_model = build_model(f32, merge_lora_params(model, alpha or 0.0, dtype=np.float32))
             reference = forward_logits(ref_model, check_tokens)
