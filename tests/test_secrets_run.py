@@ -55,6 +55,9 @@ def kaggle_like_run(tmp_path: Path, secret: str | None) -> tuple[subprocess.Comp
                        "gated": True, "dtype": "float32"}
     config["train"]["sft"]["max_steps"] = 2
     config["data"]["eval_limit"] = 2
+    # The fixture tokenizer (vocab 320) spells words out: longer rows, so examples are not dropped.
+    config["data"]["max_seq_len"] = 512
+    config["data"]["train_limit"] = 64
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     root = tmp_path / "root"
     (root / "kaggle" / "working").mkdir(parents=True)

@@ -30,7 +30,7 @@ CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "cpu_tiny.yaml
 def test_sft_then_grpo_logs_rewards_and_checkpoints(tmp_path: Path) -> None:
     overrides = {"train.stages": ["sft", "grpo"], "train.sft.max_steps": 2,
                  "train.grpo.max_steps": 3, "train.grpo.max_new_tokens": 16,
-                 "data.train_limit": 48, "data.max_seq_len": 128, "evidence.tensorboard": False}
+                 "data.train_limit": 64, "data.max_seq_len": 256, "evidence.tensorboard": False}
     run = pipeline.start_run(CONFIG, overrides=overrides, run_dir=str(tmp_path / "runs" / "grpo"))
     pipeline.load_model(run)
     pipeline.train(run)

@@ -24,7 +24,7 @@ CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "cpu_tiny.yaml
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     overrides = {"train.sft.max_steps": 8, "train.sft.warmup_steps": 0,
-                 "train.checkpoint_every": 2, "data.train_limit": 64, "data.max_seq_len": 128,
+                 "train.checkpoint_every": 2, "data.train_limit": 64, "data.max_seq_len": 256,
                  "evidence.tensorboard": False}
     run = pipeline.start_run(CONFIG, overrides=overrides, run_dir=str(tmp_path / "runs" / "nan"))
     pipeline.load_model(run)
