@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_model_sources import hf_cache
 
 REPO = Path(__file__).resolve().parent.parent
