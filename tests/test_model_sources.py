@@ -142,7 +142,7 @@ def test_kaggle_versioned_handle_loads_offline(tmp_path: Path) -> None:
     got = jax.tree.leaves(nnx.state(loaded.model, nnx.Param))
     want = jax.tree.leaves(reference)
     assert len(got) == len(want)
-    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, want)) == 0.0
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, want, strict=True)) == 0.0
 
 
 def test_unversioned_kaggle_handle_is_refused() -> None:
