@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from kaggle_lib.training.rewards import RewardFn, default_reward_fns
+from kaggle_lib.training.sft import NoopHooks
 
 log = logging.getLogger(__name__)
 
@@ -105,28 +106,13 @@ def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float
         step += 1
 
 
-class _ActorHooks:
+class _ActorHooks(NoopHooks):
     """Per-step actor loss into the run record (tunix.sft.hooks.TrainingHooks interface)."""
 
     def __init__(self, on_record: Callable[[dict[str, Any]], None], schedule: Any):
         self.on_record = on_record
         self.schedule = schedule
         self.last = time.monotonic()
-
-    def on_train_start(self, trainer: Any) -> None:
-        pass
-
-    def on_train_end(self, trainer: Any) -> None:
-        pass
-
-    def on_train_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
-        pass
 
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         logger, prefix = trainer.metrics_logger, trainer.metrics_prefix

@@ -212,7 +212,29 @@ def make_trainer_class() -> type:
     return GuardedPeftTrainer
 
 
-class _StepHooks:
+class NoopHooks:
+    """tunix.sft.hooks.TrainingHooks with every callback a no-op; subclasses override what they use."""
+
+    def on_train_start(self, trainer: Any) -> None:
+        pass
+
+    def on_train_end(self, trainer: Any) -> None:
+        pass
+
+    def on_train_step_start(self, trainer: Any) -> None:
+        pass
+
+    def on_eval_step_start(self, trainer: Any) -> None:
+        pass
+
+    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
+        pass
+
+    def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
+        pass
+
+
+class _StepHooks(NoopHooks):
     """Per-step metrics into the run record, progress, and the wall-clock stop."""
 
     def __init__(self, on_step: Callable[[dict[str, Any]], None], tokens_per_step: Callable[[int], int],
@@ -233,15 +255,6 @@ class _StepHooks:
     def on_train_end(self, trainer: Any) -> None:
         # Before Tunix's close() saves the last checkpoint: every pending step must be finite.
         trainer.check_finite(wait=True)
-
-    def on_train_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
-        pass
 
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
