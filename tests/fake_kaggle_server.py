@@ -4,6 +4,18 @@ The real kaggle client talks to it unchanged: with `KAGGLE_API_ENVIRONMENT=LOCAL
 calls `http://localhost/api/v1/<Service>/<Method>`, and `HTTP_PROXY` pointing here makes this
 server receive those requests (proxy form: the request line carries the absolute URL).
 The server stops by itself after `max_lifetime_s` and refuses work after `max_requests`.
+
+Where it is pessimistic, and why (docs/KAGGLE.md, "Facts the code relies on"):
+- version labels: the status and output endpoints answer 404 to a bare `7` and serve `v7`
+  (live probes in kaggle-cli issue 1200 / PR 1201); `Scenario.label_form="bare"` flips it.
+- a kernel source (the notebook text) of 1 MB or more gets HTTP 400 "The kernel source must
+  be less than 1 megabytes in size" (users' reports).
+- invalid model/dataset sources still create and queue the version (kaggle-cli prints them
+  as warnings in `kernels_push`).
+- listing and downloads can fail transiently (429 with Retry-After, 503, connection reset);
+  a status call can stall without answering (kagglesdk sends without a timeout).
+- the secrets endpoint answers like Kaggle's: `wasSuccessful: false` for a label that is not
+  attached (kaggle_secrets raises BackendError), 401 for a bad JWE (CredentialError).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import base64
 import dataclasses
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -38,6 +51,15 @@ class Scenario:
     page_size_cap: int = 2  # forces paging of outputs
     secrets: dict[str, str] = dataclasses.field(default_factory=dict)
     secrets_token: str = "fake-jwe-token"
+    # "v": serve `v<N>`, 404 for `<N>` (what live probes report); "bare": the other way round;
+    # "neither": 404 for both.
+    label_form: str = "v"
+    max_source_bytes: int = 1_000_000
+    status_hangs: bool = False  # status calls never answer
+    # Injected failures, consumed in order: {"ListKernelSessionOutput" | "download": [429,
+    # 503, "reset", ...]}. 429/503 carry `Retry-After: retry_after`.
+    failures: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    retry_after: str = "1"
 
 
 class FakeKaggleServer:
@@ -58,6 +80,7 @@ class FakeKaggleServer:
         self._timer = threading.Timer(max_lifetime_s, self.stop)
         self._timer.daemon = True
         self._stopped = False
+        self._released = threading.Event()  # ends stalled handlers on stop
 
     # -- lifecycle
     @property
@@ -75,6 +98,7 @@ class FakeKaggleServer:
             if self._stopped:
                 return
             self._stopped = True
+        self._released.set()
         self._timer.cancel()
         self._server.shutdown()
         self._server.server_close()
@@ -94,9 +118,27 @@ class FakeKaggleServer:
         return [c for c in self.calls if c["path"].endswith("/" + method)]
 
     # -- behaviour
+    def _label_status(self, version_label: str | None) -> str:
+        """'ok' for this version in the accepted form, 'missing' (404) for the other form of
+        it, 'other' for any other version."""
+        sc = self.scenario
+        served, refused = f"v{sc.version}", str(sc.version)
+        if sc.label_form == "neither":  # the version does not exist under any label
+            return "missing" if version_label in (served, refused) else "other"
+        if sc.label_form == "bare":
+            served, refused = refused, served
+        if version_label == served:
+            return "ok"
+        return "missing" if version_label == refused else "other"
+
+    def take_failure(self, where: str) -> Any:
+        with self._lock:
+            queue = self.scenario.failures.get(where) or []
+            return queue.pop(0) if queue else None
+
     def _next_status(self, version_label: str | None) -> dict[str, Any]:
         sc = self.scenario
-        if version_label != str(sc.version):
+        if self._label_status(version_label) != "ok":
             return {"status": sc.previous_status}
         with self._lock:
             item = sc.statuses[min(self._status_index, len(sc.statuses) - 1)]
@@ -124,6 +166,9 @@ class FakeKaggleServer:
             if sc.push_http_status:
                 return sc.push_http_status, {"code": sc.push_http_status,
                                              "message": "fake server failure"}
+            if len(str(body.get("text", "")).encode()) >= sc.max_source_bytes:
+                return 400, {"code": 400, "message": "The kernel source must be less than 1 "
+                             "megabytes in size"}
             if sc.push_error:
                 return 200, {"error": sc.push_error}
             slug = body.get("slug", "")
@@ -131,9 +176,14 @@ class FakeKaggleServer:
                          "versionNumber": sc.version, "kernelId": 42,
                          "invalidModelSources": sc.invalid_model_sources}
         if method == "kernels.KernelsApiService/GetKernelSessionStatus":
+            if self._label_status(body.get("versionLabel")) == "missing":
+                return 404, {"code": 404, "message": "Not found"}
             return 200, self._next_status(body.get("versionLabel"))
         if method == "kernels.KernelsApiService/ListKernelSessionOutput":
-            if body.get("versionLabel") != str(sc.version):
+            label = self._label_status(body.get("versionLabel"))
+            if label == "missing":
+                return 404, {"code": 404, "message": "Not found"}
+            if label == "other":
                 return 200, {"files": [], "log": "log of another version"}
             names = sorted(sc.outputs)
             start = int(body.get("pageToken") or 0)
@@ -158,6 +208,8 @@ class FakeKaggleServer:
 
             def _send(self, code: int, payload: bytes, ctype: str) -> None:
                 self.send_response(code)
+                if code in (429, 503):
+                    self.send_header("Retry-After", fake.scenario.retry_after)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -170,8 +222,21 @@ class FakeKaggleServer:
                 with fake._lock:
                     fake.calls.append({"method": self.command,
                                        "path": urlsplit(self.path).path, "body": body,
-                                       "auth": bool(self.headers.get("Authorization"))})
+                                       "auth": bool(self.headers.get("Authorization")),
+                                       "time": time.monotonic()})
                     return len(fake.calls) <= fake.max_requests
+
+            def _fail(self, where: str) -> bool:
+                """Serve an injected failure for `where`, if one is queued."""
+                failure = fake.take_failure(where)
+                if failure is None:
+                    return False
+                if failure == "reset":  # close without an answer, like a dropped connection
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return True
+                self._json(int(failure), {"code": int(failure), "message": "fake failure"})
+                return True
 
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 length = int(self.headers.get("Content-Length") or 0)
@@ -185,6 +250,12 @@ class FakeKaggleServer:
                 path = urlsplit(self.path).path
                 if path == "/requests/GetUserSecretByLabelRequest":
                     return self._secret(body)
+                method = path.rsplit("/", 1)[-1]
+                if method == "GetKernelSessionStatus" and fake.scenario.status_hangs:
+                    fake._released.wait()  # never answers while the test runs
+                    return None
+                if method == "ListKernelSessionOutput" and self._fail(method):
+                    return None
                 if path.startswith("/api/v1/"):
                     code, payload = fake._api(path[len("/api/v1/"):], body, self.headers)
                     return self._json(code, payload)
@@ -194,6 +265,8 @@ class FakeKaggleServer:
                 if not self._record(None):
                     return self._json(503, {"code": 503, "message": "request budget spent"})
                 path = urlsplit(self.path).path
+                if self._fail("download"):
+                    return None
                 prefix = f"/files/v{fake.scenario.version}/"
                 name = unquote(path[len(prefix):]) if path.startswith(prefix) else None
                 if name is None or name not in fake.scenario.outputs:
@@ -204,7 +277,7 @@ class FakeKaggleServer:
                 # Kaggle's secrets service: JWE from KAGGLE_USER_SECRETS_TOKEN, a label.
                 sc = fake.scenario
                 if body.get("JWE") != sc.secrets_token:
-                    return self._json(200, {"wasSuccessful": False, "errors": ["bad JWE"]})
+                    return self._json(401, {"wasSuccessful": False, "errors": ["bad JWE"]})
                 label = body.get("Label")
                 if label not in sc.secrets:
                     return self._json(200, {"wasSuccessful": False,
@@ -260,6 +333,7 @@ def standin_metadata(**changes: Any) -> dict[str, Any]:
         "enable_tpu": True,
         "machine_shape": "TpuV5E8",
         "enable_internet": True,
+        "docker_image_pinning_type": "original",
         "dataset_sources": [],
         "model_sources": ["google/gemma-3/flax/gemma3-1b-it/1"],
     }

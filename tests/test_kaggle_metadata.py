@@ -67,7 +67,7 @@ def test_malformed_model_sources_are_rejected(source: object) -> None:
 
 @pytest.mark.parametrize(("shape", "replacement"), [
     ("TpuV38", "TpuV5E8"), ("Tpu1VmV38", "TpuV5E8"), (" tpu1vmv38 ", "TpuV5E8"),
-    ("NvidiaTeslaP100", "NvidiaTeslaT4"), ("TpuV232", "CPU")])
+    ("TpuV232", "CPU")])
 def test_retired_shapes_are_rejected_naming_the_replacement(shape: str, replacement: str) -> None:
     msg = _error(standin_metadata(machine_shape=shape))
     assert "is retired" in msg and replacement in msg
@@ -75,7 +75,32 @@ def test_retired_shapes_are_rejected_naming_the_replacement(shape: str, replacem
 
 def test_unknown_shape_lists_allowed() -> None:
     msg = _error(standin_metadata(machine_shape="TpuV6"))
-    assert "unknown machine shape" in msg and "TpuV5E8" in msg
+    assert "not a machine shape kaggle-cli documents" in msg and "TpuV5E8" in msg
+
+
+@pytest.mark.parametrize("shape", ["TpuV6E8", "NvidiaL4", "NvidiaL4X1", "NvidiaH100",
+                                   "NvidiaRtxPro6000", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100"])
+def test_shapes_kaggle_cli_documents_are_accepted(shape: str) -> None:
+    """kaggle-cli docs/kernels.md (Sep 2026) lists these accelerators."""
+    tpu = shape.startswith("Tpu")
+    assert validate_metadata(standin_metadata(machine_shape=shape, enable_tpu=tpu,
+                                              enable_gpu=not tpu)) == []
+
+
+def test_p100_is_accepted_with_a_warning_and_undocumented_gpu_is_refused() -> None:
+    warnings = validate_metadata(standin_metadata(machine_shape="NvidiaTeslaP100",
+                                                  enable_tpu=False, enable_gpu=True))
+    assert any("NvidiaTeslaP100" in w and "no longer" in w for w in warnings)
+    msg = _error(standin_metadata(machine_shape="Gpu", enable_tpu=False, enable_gpu=True))
+    assert "'Gpu': not a machine shape kaggle-cli documents" in msg
+
+
+def test_image_pinning_is_original_in_the_shipped_metadata_and_warned_when_unset() -> None:
+    assert load_metadata(REPO)["docker_image_pinning_type"] == "original"
+    warnings = validate_metadata(standin_metadata(docker_image_pinning_type=None))
+    assert any("docker_image_pinning_type is not set" in w for w in warnings)
+    assert "allowed: original, latest" in _error(standin_metadata(
+        docker_image_pinning_type="newest"))
 
 
 def test_require_tpu_needs_the_v5e_shape_and_flag() -> None:

@@ -75,6 +75,7 @@ def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
     assert saved["slug"] == "tester/gemma-tunix-reasoning"
     assert saved["machineShape"] == "TpuV5E8" and saved["enableTpu"] is True
     assert "dockerImage" not in saved
+    assert saved["dockerImagePinningType"] == "original"
     assert saved["modelDataSources"] == ["google/gemma-3/flax/gemma3-1b-it/1"]
     pushed_nb = json.loads(saved["text"])
     assert "kaggle" not in pushed_nb["metadata"]
@@ -82,7 +83,9 @@ def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
 
     status_calls = srv.calls_to("GetKernelSessionStatus")
     assert len(status_calls) == 4
-    assert {c["body"]["versionLabel"] for c in status_calls} == {"3"}  # the new version only
+    # the new version only, as `v3` (the fake, like the real API, answers 404 to a bare `3`)
+    assert {c["body"]["versionLabel"] for c in status_calls} == {"v3"}
+    assert {c["body"]["versionLabel"] for c in srv.calls_to("ListKernelSessionOutput")} == {"v3"}
     assert all(c["auth"] for c in srv.calls if c["path"].startswith("/api/"))
     downloads = [c for c in srv.calls if c["method"] == "GET"]
     assert len(downloads) == 3 and not any(c["auth"] for c in downloads)  # no creds to file URLs
@@ -93,6 +96,7 @@ def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
     assert "hello from the fake kernel" in (dest / "gemma-tunix-reasoning.log").read_text()
     record = json.loads((dest / "push.json").read_text())
     assert record["status"] == "COMPLETE" and record["version"] == 3
+    assert record["version_label"] == "v3"
     assert record["bundle"]["zip_sha256"] and sorted(record["files"]) == sorted(
         [*OUTPUTS, "gemma-tunix-reasoning.log"])
     everything = proc.stdout + proc.stderr + "".join(
@@ -123,11 +127,135 @@ def test_http_500_on_push_exits_1(tmp_path: Path, repo: Path) -> None:
     assert "push of tester/gemma-tunix-reasoning failed: HTTP 500" in proc.stderr
 
 
-def test_unattached_model_source_exits_1(tmp_path: Path, repo: Path) -> None:
+def test_unattached_model_source_still_reports_and_records_the_queued_version(
+        tmp_path: Path, repo: Path) -> None:
+    """The server queues the version anyway: say which one, where, and keep push.json."""
     sc = Scenario(invalid_model_sources=["google/gemma-3/flax/gemma3-1b-it/1"])
     proc, _ = _push(tmp_path, repo, sc)
+    assert proc.returncode == 0, proc.stderr
+    assert ("pushed tester/gemma-tunix-reasoning version 3: "
+            "https://www.kaggle.com/code/tester/gemma-tunix-reasoning") in proc.stdout
+    assert "version 3 is queued without" in proc.stdout and "accept the licence" in proc.stdout
+    record = json.loads((tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3" /
+                         "push.json").read_text())
+    assert record["version"] == 3 and record["status"] == "PUSHED"
+    assert record["invalid_sources"] == {"model_sources": ["google/gemma-3/flax/gemma3-1b-it/1"]}
+
+
+def test_bare_number_label_is_tried_when_v_form_is_not_found(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(label_form="bare", outputs={"a.txt": b"A"}, statuses=["RUNNING", "COMPLETE"])
+    proc, srv = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 0, proc.stderr
+    labels = [c["body"]["versionLabel"] for c in srv.calls_to("GetKernelSessionStatus")]
+    assert labels[0] == "v3" and set(labels[1:]) == {"3"}  # the form that answered is kept
+    assert [c["body"]["versionLabel"] for c in srv.calls_to("ListKernelSessionOutput")] == ["3"]
+    dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
+    assert (dest / "a.txt").read_bytes() == b"A"
+    assert json.loads((dest / "push.json").read_text())["version_label"] == "3"
+
+
+def test_not_found_only_after_both_label_forms_404_until_the_timeout(
+        tmp_path: Path, repo: Path) -> None:
+    proc, srv = _push(tmp_path, repo, Scenario(label_form="neither"), "--wait", timeout_s="1")
     assert proc.returncode == 1
-    assert "could not attach" in proc.stderr and "accept the licence" in proc.stderr
+    assert ("not found: the status API answered HTTP 404 for version labels 'v3' and '3' "
+            "until --timeout") in proc.stderr
+    labels = [c["body"]["versionLabel"] for c in srv.calls_to("GetKernelSessionStatus")]
+    assert len(labels) > 6 and labels[:4] == ["v3", "3", "v3", "3"]  # kept trying, alternating
+
+
+def test_status_call_that_never_answers_ends_at_the_timeout(tmp_path: Path, repo: Path) -> None:
+    start = time.monotonic()
+    proc, srv = _push(tmp_path, repo, Scenario(status_hangs=True), "--wait", timeout_s="2")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert "after 2 s (--timeout)" in proc.stderr
+    assert srv.calls_to("GetKernelSessionStatus")
+    assert elapsed < 25  # bundle build + client start + 2 s, not a hang
+
+
+def test_listing_and_download_retry_transient_failures(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(outputs=OUTPUTS, statuses=["COMPLETE"], retry_after="1",
+                  failures={"ListKernelSessionOutput": [429, "reset"],
+                            "download": [503, "reset"]})
+    proc, srv = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
+    for name, content in OUTPUTS.items():
+        assert (dest / name).read_bytes() == content
+    listing = srv.calls_to("ListKernelSessionOutput")
+    assert len(listing) == 2 + 2  # two failures, then two pages
+    # Retry-After: 1 after the 429 was honoured (urllib3's first backoff would be 0 s).
+    assert listing[1]["time"] - listing[0]["time"] >= 0.9
+    assert len([c for c in srv.calls if c["method"] == "GET"]) == 2 + len(OUTPUTS)
+
+
+def test_persistent_listing_failure_is_bounded(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario(outputs=OUTPUTS, statuses=["COMPLETE"], retry_after="1",
+                  failures={"ListKernelSessionOutput": [503] * 50})
+    proc, srv = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 1
+    assert "listing outputs of tester/gemma-tunix-reasoning v3 failed: HTTP 503" in proc.stderr
+    assert len(srv.calls_to("ListKernelSessionOutput")) == kp.OUTPUT_RETRIES + 1
+
+
+def _inflate(repo: Path, size: int = 600_000) -> None:
+    """Incompressible bytes inside kaggle_lib/: the inlined zip grows by ~4/3 of them."""
+    (repo / "kaggle_lib" / "data" / "files" / "noise.bin").write_bytes(os.urandom(size))
+
+
+def test_notebook_over_the_source_limit_is_refused_before_sending(
+        tmp_path: Path, repo: Path) -> None:
+    _inflate(repo)
+    proc, srv = _push(tmp_path, repo, Scenario(), "--wait")
+    assert proc.returncode == 2, proc.stderr
+    assert "the notebook text sent to Kaggle would be" in proc.stderr
+    assert "allowed: at most 950,000" in proc.stderr and "noise.bin" in proc.stderr
+    assert srv.pushed == [] and srv.calls == []
+
+
+def test_dry_run_prints_the_size_as_sent_and_fails_above_the_limit(
+        tmp_path: Path, repo: Path) -> None:
+    args = ["--path", str(repo), "--repo-root", str(repo), "--dry-run", "--config",
+            "configs/tpu_standin.yaml", "--out", str(tmp_path / "b")]
+    proc = _run(args, {"HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    sent = json.loads((tmp_path / "b" / "bundle.json").read_text())["sent_bytes"]
+    assert f"notebook as sent: {sent:,} bytes (limit 950,000" in proc.stdout
+    assert sent < 800_000  # the real package leaves room below the limit
+    _inflate(repo)
+    proc = _run(args, {"HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "would be" in proc.stderr
+
+
+def test_fake_refuses_a_source_of_1_mb_like_kaggle(tmp_path: Path, repo: Path) -> None:
+    """The fake's limit, through the real client: what an unchecked push would get."""
+    import requests
+
+    from kaggle_lib.kaggle.bundle import BundleOptions, build_bundle
+
+    bundle = build_bundle(BundleOptions(path=repo, repo_root=repo, out_dir=tmp_path / "b",
+                                        config="configs/tpu_standin.yaml"))
+    nb = json.loads(bundle.notebook.read_text())
+    nb["cells"][0]["source"] = "x" * 1_000_000
+    bundle.notebook.write_text(json.dumps(nb))
+    sc = Scenario()
+    home = _home(tmp_path, sc)
+    code = ("import sys, requests\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "from kaggle_lib.kaggle import push\n"
+            "api = push.connect()\n"
+            f"try:\n    api.kernels_push({str(bundle.dir)!r})\n"
+            "except requests.HTTPError as e:\n"
+            "    print(e.response.status_code, e.response.text); sys.exit(3)\n")
+    with FakeKaggleServer(sc, max_lifetime_s=60) as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+        env.update(srv.client_env(), HOME=str(home))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "400" in proc.stdout and "less than 1 megabytes" in proc.stdout
+    assert requests  # the client raises requests' HTTPError for a refused push
 
 
 def test_error_status_exits_1_with_failure_message(tmp_path: Path, repo: Path) -> None:
@@ -263,8 +391,8 @@ class _HTTPError(Exception):
 def test_wait_backs_off_and_times_out() -> None:
     clock = _Clock()
     with pytest.raises(kp.WaitTimeout, match="still RUNNING after 100 s"):
-        kp.wait_for_version(lambda: ("RUNNING", ""), label="k v1", timeout_s=100, poll_s=10,
-                            max_poll_s=30, sleep=clock.sleep, clock=clock)
+        kp.wait_for_version(lambda label, timeout: ("RUNNING", ""), label="k v1", timeout_s=100,
+                            poll_s=10, max_poll_s=30, sleep=clock.sleep, clock=clock)
     assert clock.sleeps[:4] == [10, 15, 22.5, 30]
     assert max(clock.sleeps) == 30 and sum(clock.sleeps) == pytest.approx(100)
 
@@ -272,18 +400,22 @@ def test_wait_backs_off_and_times_out() -> None:
 def test_wait_retries_transient_errors_but_not_client_errors() -> None:
     clock = _Clock()
     answers = iter([_HTTPError(503), _HTTPError(404), ("RUNNING", ""), ("COMPLETE", "")])
+    asked: list[tuple[str, float]] = []
 
-    def status():
+    def status(label: str, timeout: float):
+        asked.append((label, timeout))
         item = next(answers)
         if isinstance(item, Exception):
             raise item
         return item
 
     result = kp.wait_for_version(status, label="k v1", timeout_s=100, poll_s=1,
-                                 sleep=clock.sleep, clock=clock)
-    assert (result.status, result.polls) == ("COMPLETE", 4)
+                                 version_labels=("v1", "1"), sleep=clock.sleep, clock=clock)
+    assert (result.status, result.polls, result.version_label) == ("COMPLETE", 4, "1")
+    assert [a[0] for a in asked] == ["v1", "v1", "1", "1"]  # 404 moves to the other form
+    assert all(0 < t <= kp.STATUS_HTTP_TIMEOUT_S for _, t in asked)
 
-    def forbidden():
+    def forbidden(label: str, timeout: float):
         raise _HTTPError(403)
 
     with pytest.raises(kp.PushFailure, match="HTTP 403"):

@@ -48,10 +48,14 @@ LOCK_FILE = "requirements.lock"
 DEFAULT_CONFIG = "configs/tpu_gemma3_1b.yaml"
 # Kaggle's TPU image pairs these with its TPU runtime; nothing we install may replace them.
 KEEP_PACKAGES = ("jax", "jaxlib", "libtpu")
+# Printed by the install cell: what the image's training stack actually is.
+REPORT_PACKAGES = ("jax", "jaxlib", "libtpu", "flax", "google-tunix", "qwix")
 PARAMETER_NAMES = ("config_path", "overrides", "run_name", "run_dir")
-# Inlined zip above this size gets a warning: the notebook editor gets slow and the push API
-# limit for notebook text is not documented.
+# Inlined zip above this size gets a warning: the notebook editor gets slow.
 SIZE_WARN_BYTES = 2 * 1024 * 1024
+# Users report HTTP 400 "The kernel source must be less than 1 megabytes in size" for the
+# notebook text the client sends; refuse well before it.
+MAX_SENT_BYTES = 950_000
 _B64_LINE = 4096
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same files give the same sha256
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
@@ -140,19 +144,26 @@ def check_pins_against_lock(pins: dict[str, str], lock: dict[str, str], pins_fil
 
 
 def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
-    """kaggle_lib's dependencies that are not pinned: Kaggle's image must already have them."""
+    """kaggle_lib's requirements (pyproject.toml) that are not pinned, with their specifiers:
+    Kaggle's image must already satisfy them."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
     pyproject = repo_root / "pyproject.toml"
     deps: list[str] = []
     if pyproject.is_file():
         data = tomllib.loads(pyproject.read_text())
         deps = data.get("project", {}).get("dependencies", [])
     pinned = {normalize(n) for n in pins}
-    names = []
-    for dep in deps:
-        name = normalize(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0])
-        if name and name not in pinned and name not in names:
-            names.append(name)
-    return names
+    out: list[str] = []
+    for i, dep in enumerate(deps):
+        try:
+            req = Requirement(dep)
+        except InvalidRequirement as exc:
+            raise BundleError(f"{pyproject}: project.dependencies[{i}] = {dep!r} is not a valid "
+                              f"requirement ({exc}); allowed: PEP 508, e.g. 'flax>=0.11.1'") from None
+        if normalize(req.name) not in pinned and str(req) not in out:
+            out.append(str(req))
+    return out
 
 
 def git_info(repo_root: Path) -> dict[str, Any]:
@@ -192,17 +203,36 @@ def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
 
 
 def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> bytes:
-    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}."""
+    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}.
+
+    bzip2 (stdlib on both ends): the shipped JSONL data compresses to ~half of deflate, which
+    keeps the notebook text well under Kaggle's 1 MB source limit.
+    """
     files = {name: path.read_bytes() for name, path in _bundled_files(repo_root)}
     files.update(extra or {})
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2, compresslevel=9) as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_BZIP2
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
     return buf.getvalue()
+
+
+def sent_notebook_bytes(notebook: Path) -> int:
+    """Size of the notebook text the kaggle client sends (`ApiSaveKernelRequest.text`).
+
+    Mirrors kaggle 2.2.4 `KaggleApi.kernels_push`: code-cell outputs emptied, list sources
+    joined, then `json.dumps` (compact separators off, ASCII escapes on).
+    """
+    body = json.loads(notebook.read_text(encoding="utf-8"))
+    for cell in body.get("cells", []):
+        if "outputs" in cell and cell.get("cell_type") == "code":
+            cell["outputs"] = []
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    return len(json.dumps(body).encode("utf-8"))
 
 
 def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +347,7 @@ def _install_cell(pins: dict[str, str], required: list[str]) -> str:
     # pformat writes Python literals (True/None), unlike json.dumps.
     return _INSTALL_TEMPLATE.format(
         pins=pprint.pformat(pins, width=96), required=pprint.pformat(required, width=96),
-        keep=pprint.pformat(KEEP_PACKAGES))
+        keep=pprint.pformat(KEEP_PACKAGES), report=pprint.pformat(REPORT_PACKAGES))
 
 
 def _bundle_cell(info: dict[str, Any], archive: bytes) -> str:
@@ -386,6 +416,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         "overrides": opts.overrides,
         "run_name": opts.run_name,
         "zip_sha256": hashlib.sha256(archive).hexdigest(),
+        "zip_compression": "bzip2",
         "zip_bytes": len(archive),
         "pins": pins,
         "install_cell": not opts.skip_install,
@@ -444,6 +475,15 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     # What is pushed must pass the same checks as what was written.
     validate_metadata(bundled_meta, source=str(out / METADATA_FILE), folder=out)
     check_notebook_metadata(json.loads(nb_out.read_text()), str(nb_out))
+    info["sent_bytes"] = sent_notebook_bytes(nb_out)
+    (out / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+    if info["sent_bytes"] > MAX_SENT_BYTES:
+        biggest = sorted(_bundled_files(repo), key=lambda f: -f[1].stat().st_size)[:3]
+        raise BundleError(
+            f"{nb_out}: the notebook text sent to Kaggle would be {info['sent_bytes']:,} bytes; "
+            f"allowed: at most {MAX_SENT_BYTES:,} (Kaggle refuses a kernel source of 1 MB or "
+            f"more). Largest bundled files: "
+            f"{', '.join(f'{n} ({p.stat().st_size:,} B)' for n, p in biggest)}")
     return Bundle(dir=out, metadata=bundled_meta, notebook=nb_out, info=info, warnings=warnings)
 
 
@@ -458,15 +498,20 @@ def _dedupe_ids(cells: list[Any]) -> None:
 _INSTALL_TEMPLATE = '''\
 # kaggle_lib install: exact pins from requirements-kaggle.txt, installed with --no-deps so pip
 # cannot replace Kaggle's jax / jaxlib / libtpu (they match the TPU runtime). Skipped when every
-# pin is already installed at its version (a re-run, or the local Kaggle-like test).
+# pin is already installed at its version (a re-run, or the local Kaggle-like test). Then every
+# other kaggle_lib requirement (pyproject.toml, with its version range) is checked against
+# what the image has.
 import importlib
 import importlib.metadata as _kl_md
 import subprocess
 import sys
 
+from packaging.requirements import Requirement
+
 _KL_PINS = {pins}
-_KL_REQUIRED = {required}  # kaggle_lib dependencies the image must already have
+_KL_REQUIRED = {required}  # kaggle_lib requirements the image must already meet
 _KL_KEEP = {keep}
+_KL_REPORT = {report}
 
 
 def _kl_version(name):
@@ -491,11 +536,20 @@ if _kl_wrong:
 _kl_after = {{n: _kl_version(n) for n in _KL_KEEP}}
 if _kl_after != _kl_before:
     raise RuntimeError(f"the install changed {{_KL_KEEP}}: {{_kl_before}} -> {{_kl_after}}")
-_kl_missing = [n for n in _KL_REQUIRED if _kl_version(n) is None]
-if _kl_missing:
-    raise RuntimeError(f"this image lacks {{_kl_missing}}; add exact pins for them to "
-                       "requirements-kaggle.txt (and requirements.lock) and push again")
-print("kept:", _kl_after, "| pinned:", {{n: _kl_version(n) for n in _KL_PINS}})
+print(f"python {{sys.version.split()[0]}} |", " ".join(f"{{n}} {{_kl_version(n)}}" for n in _KL_REPORT))
+_kl_unmet = []
+for _kl_req in map(Requirement, _KL_REQUIRED):
+    if _kl_req.marker is not None and not _kl_req.marker.evaluate():
+        continue
+    _kl_have = _kl_version(_kl_req.name)
+    if _kl_have is None or not _kl_req.specifier.contains(_kl_have, prereleases=True):
+        _kl_unmet.append(f"{{_kl_req.name}}: kaggle_lib needs {{_kl_req}}, this image has "
+                         f"{{_kl_have or 'none'}}")
+if _kl_unmet:
+    raise RuntimeError("this image does not meet kaggle_lib's requirements (pyproject.toml):\\n  "
+                       + "\\n  ".join(_kl_unmet) + "\\nadd exact pins to requirements-kaggle.txt "
+                       "(and requirements.lock) and push again")
+print("pinned:", {{n: _kl_version(n) for n in _KL_PINS}})
 '''
 
 _BUNDLE_TEMPLATE = '''\

@@ -44,17 +44,22 @@ LIST_KEYS = ("dataset_sources", "competition_sources", "kernel_sources", "model_
              "keywords")
 
 TPU_SHAPE = "TpuV5E8"
-# Shapes that are not retired (kaggle-cli's retired-accelerator tests, 2026): "NvidiaTeslaT4" is
-# GPU T4 x2, "Gpu" asks for the default GPU.
-CURRENT_SHAPES = ("TpuV5E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100", "Gpu")
-# Retired shapes and what the server runs instead (kaggle-cli's retired-accelerator warning).
+# Accelerators kaggle-cli's docs/kernels.md lists ("available as of Sep 2026"); some are only
+# for specific competitions or admins. The server decides; we refuse only what is not listed.
+CURRENT_SHAPES = ("TpuV5E8", "TpuV6E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem",
+                  "NvidiaTeslaA100", "NvidiaL4", "NvidiaL4X1", "NvidiaH100", "NvidiaRtxPro6000")
+# Listed in the Feb 2026 docs (and kagglesdk's ApiSaveKernelRequest docstring) but dropped from
+# the Sep 2026 list: accepted with a warning.
+DROPPED_SHAPES = ("NvidiaTeslaP100",)
+# TPU v3/v2 shapes: Kaggle retired those TPUs; what the server runs instead (kaggle-cli's
+# retired-accelerator warning).
 RETIRED_SHAPES = {
-    "nvidiateslap100": ("NvidiaTeslaP100", "NvidiaTeslaT4"),
     "tpuv38": ("TpuV38", "TpuV5E8"),
     "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
     "tpuv232": ("TpuV232", "CPU (no accelerator)"),
     "tpuv2256": ("TpuV2256", "CPU (no accelerator)"),
 }
+DEFAULT_PINNING = "original"
 
 SLUG_MIN = 5
 TITLE_MIN = 5
@@ -134,8 +139,9 @@ def check_machine_shape(shape: str, where: str) -> str | None:
         name, replacement = RETIRED_SHAPES[key]
         return (f"{where} = {shape!r}: {name} is retired; the server would run {replacement} "
                 f"instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
-    if shape not in CURRENT_SHAPES:
-        return f"{where} = {shape!r}: unknown machine shape; allowed: {', '.join(CURRENT_SHAPES)}"
+    if shape not in CURRENT_SHAPES + DROPPED_SHAPES:
+        return (f"{where} = {shape!r}: not a machine shape kaggle-cli documents; allowed: "
+                f"{', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
     return None
 
 
@@ -229,6 +235,11 @@ def validate_metadata(
     if pinning is not None and pinning not in PINNING_TYPES:
         problems.append(f"docker_image_pinning_type = {pinning!r}: "
                         f"allowed: {', '.join(PINNING_TYPES)}")
+    elif pinning is None:
+        # Without it the server applies its own default; 'original' keeps every new version on
+        # the image of the kernel's first version (reproducible); docs/KAGGLE.md says how to move.
+        warnings.append("docker_image_pinning_type is not set; set 'original' (reproducible) or "
+                        "'latest'")
 
     shape = meta.get("machine_shape")
     enable_tpu = meta.get("enable_tpu") is True
@@ -238,11 +249,14 @@ def validate_metadata(
             problems.append(f"machine_shape = {shape!r}: must be a string")
         else:
             err = check_machine_shape(shape, "machine_shape")
+            if shape in DROPPED_SHAPES:
+                warnings.append(f"machine_shape = {shape!r} is no longer in kaggle-cli's list of "
+                                "accelerators (Sep 2026); the server may run another one")
             if err:
                 problems.append(err)
             elif shape.startswith("Tpu") and not enable_tpu:
                 problems.append(f"machine_shape = {shape!r} needs enable_tpu: true")
-            elif shape.startswith(("Nvidia", "Gpu")) and not enable_gpu:
+            elif shape.startswith("Nvidia") and not enable_gpu:
                 problems.append(f"machine_shape = {shape!r} needs enable_gpu: true")
     if enable_tpu and enable_gpu:
         problems.append("enable_gpu and enable_tpu are both true; choose one")

@@ -28,6 +28,7 @@ import yaml
 
 from kaggle_lib.kaggle.bundle import (
     DEFAULT_CONFIG,
+    MAX_SENT_BYTES,
     REPO_ROOT,
     Bundle,
     BundleError,
@@ -43,8 +44,14 @@ DEFAULT_TIMEOUT_S = 9.5 * 3600  # a Kaggle session stops at 9 h (TPU); a little 
 DEFAULT_POLL_S = 30.0
 DEFAULT_MAX_POLL_S = 300.0
 BACKOFF = 1.5
-# Right after a push the new version may not be known to the status endpoint yet.
-MAX_NOT_FOUND = 5
+# kagglesdk sends without a timeout: a stalled status call would hang past --timeout.
+STATUS_HTTP_TIMEOUT_S = 60.0
+# Output listing and downloads: bounded retries on 429/5xx/connection resets, honouring
+# Retry-After up to this many seconds (a multi-hour run must not lose its outputs to one blip).
+OUTPUT_RETRIES = 6
+MAX_RETRY_AFTER_S = 120.0
+OUTPUT_HTTP_TIMEOUT_S = (30.0, 600.0)
+RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found. Provide one of: KAGGLE_API_TOKEN (a token, or the path of a "
@@ -72,6 +79,8 @@ class PushResult:
     kernel_id: str
     version: int
     url: str
+    # Sources the server could not attach; the version is queued and runs without them.
+    invalid_sources: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -80,6 +89,16 @@ class StatusResult:
     failure_message: str
     waited_s: float
     polls: int
+    version_label: str = ""
+
+
+def version_labels(version: int) -> tuple[str, str]:
+    """Version labels to try, preferred first.
+
+    kaggle-cli issue 1200 / PR 1201 report live probes where the status API takes `v7` and
+    answers 404 to `7`; kagglesdk documents neither. `v<N>` is sent first, `<N>` on a 404.
+    """
+    return f"v{version}", str(version)
 
 
 def _log(msg: str) -> None:
@@ -168,6 +187,51 @@ def _is_transient(exc: BaseException) -> bool:
     return status is not None and (status >= 500 or status == 429)
 
 
+def _retry_policy(retries: int) -> Any:
+    """urllib3 Retry: 429/5xx and connection resets, Retry-After honoured up to a cap."""
+    from urllib3.util.retry import Retry
+
+    class BoundedRetry(Retry):
+        def get_retry_after(self, response: Any) -> float | None:
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, MAX_RETRY_AFTER_S)
+
+    return BoundedRetry(total=retries, connect=retries, read=retries, status=retries,
+                        backoff_factor=0.5, backoff_max=30.0, status_forcelist=RETRY_STATUSES,
+                        allowed_methods=None,  # the POSTs we retry only read (status, listing)
+                        respect_retry_after_header=True, raise_on_status=False)
+
+
+def _http_adapter(timeout: Any, retries: int) -> Any:
+    """A requests adapter that adds a timeout to requests sent without one, and retries."""
+    import requests
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = timeout
+            return super().send(request, **kwargs)
+
+    return Adapter(max_retries=_retry_policy(retries) if retries else 0)
+
+
+def _mount(session: Any, adapter: Any) -> None:
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+@contextlib.contextmanager
+def kaggle_client(api: Any, *, timeout: Any, retries: int = 0) -> Any:
+    """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries).
+
+    kagglesdk's KaggleHttpClient calls `session.send` without a timeout; its requests.Session
+    is reachable only as `http_client()._session`, so the adapter is mounted there.
+    """
+    with api.build_kaggle_client() as client:
+        _mount(client.http_client()._session, _http_adapter(timeout, retries))
+        yield client
+
+
 def _describe_http(exc: BaseException) -> str:
     status = _http_status(exc)
     if status in (401, 403):
@@ -202,42 +266,42 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
         "competition_sources": list(response.invalid_competition_sources or []),
     }
     invalid = {k: v for k, v in invalid.items() if v}
-    if invalid:
-        raise PushFailure(
-            f"Kaggle pushed {kernel_id} but could not attach {invalid}; the run would miss "
-            "them. For Gemma models accept the licence on the model's Kaggle page with the "
-            "pushing account, and check the versions exist.")
     if not response.version_number:
         raise PushFailure(f"push of {kernel_id}: the server returned no version number "
                           f"(url {response.url!r}); cannot follow this version")
     if response.invalid_tags:
         _log(f"warning: keywords not accepted by Kaggle: {list(response.invalid_tags)}")
+    # The server creates and queues the version anyway (kaggle-cli prints these as warnings),
+    # so the caller reports and records it instead of abandoning a run that spends TPU quota.
     return PushResult(kernel_id=kernel_id, version=int(response.version_number),
-                      url=response.url or "")
+                      url=response.url or "", invalid_sources=invalid)
 
 
 # ---------------------------------------------------------------------------- wait
 
 
-def get_status(api: Any, owner: str, slug: str, version: int) -> tuple[str, str]:
-    """(status name, failure message) of one version (not the latest)."""
+def get_status(api: Any, owner: str, slug: str, label: str,
+               http_timeout: float = STATUS_HTTP_TIMEOUT_S) -> tuple[str, str]:
+    """(status name, failure message) of the version `label` (not the latest)."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
     request = ApiGetKernelSessionStatusRequest()
     request.user_name = owner
     request.kernel_slug = slug
-    request.version_label = str(version)
-    with api.build_kaggle_client() as client:
+    request.version_label = label
+    # No retries here: wait_for_version retries within the deadline.
+    with kaggle_client(api, timeout=http_timeout) as client:
         response = client.kernels.kernels_api_client.get_kernel_session_status(request)
     status = response.status
     return getattr(status, "name", str(status)), response.failure_message or ""
 
 
 def wait_for_version(
-    fetch_status: Callable[[], tuple[str, str]],
+    fetch_status: Callable[[str, float], tuple[str, str]],
     *,
     label: str,
     timeout_s: float,
+    version_labels: tuple[str, ...] = ("",),
     poll_s: float = DEFAULT_POLL_S,
     max_poll_s: float = DEFAULT_MAX_POLL_S,
     sleep: Callable[[float], None] = time.sleep,
@@ -245,36 +309,52 @@ def wait_for_version(
 ) -> StatusResult:
     """Poll until a terminal status, backing off from poll_s to max_poll_s; raise on timeout.
 
-    Transient errors (connection, 5xx, 429, and a few 404s right after the push) are retried
-    until the deadline; other HTTP errors end the wait.
+    `fetch_status(version_label, http_timeout)`. On HTTP 404 the next form in `version_labels`
+    is tried (a new version may also be unknown for a while right after the push); the form
+    that answered is kept. Transient errors (connection, timeout, 5xx, 429) are retried until
+    the deadline; other HTTP errors end the wait. Each call's HTTP timeout never reaches past
+    the deadline.
     """
     start = clock()
     deadline = start + timeout_s
     delay = poll_s
-    polls = not_found = 0
+    polls = 0
+    form = 0
+    found: str | None = None
+    not_found: set[str] = set()
     last = "UNKNOWN"
     while True:
         polls += 1
+        current = found if found is not None else version_labels[form % len(version_labels)]
+        http_timeout = max(0.5, min(STATUS_HTTP_TIMEOUT_S, deadline - clock()))
         try:
-            status, failure = fetch_status()
+            status, failure = fetch_status(current, http_timeout)
         except Exception as exc:  # noqa: BLE001 - classified below
             code = _http_status(exc)
-            if code == 404 and not_found < MAX_NOT_FOUND:
-                not_found += 1
-                _log(f"{label}: not found yet (HTTP 404), retrying")
+            if code == 404 and found is None:
+                not_found.add(current)
+                form += 1
+                _log(f"{label}: version label {current!r} not found (HTTP 404), retrying")
             elif _is_transient(exc):
                 _log(f"{label}: transient error while polling ({_describe_http(exc)}), retrying")
             else:
                 raise PushFailure(
                     f"{label}: status request failed: {_describe_http(exc)}") from None
         else:
+            if found is None:
+                found = current
+                not_found.clear()
             if status != last:
                 _log(f"{label}: {status} after {clock() - start:.0f} s")
             last = status
             if status in TERMINAL_OK or status in TERMINAL_FAILED:
-                return StatusResult(status, failure, clock() - start, polls)
+                return StatusResult(status, failure, clock() - start, polls, found)
         remaining = deadline - clock()
         if remaining <= 0:
+            if found is None and not_found >= set(version_labels):
+                tried = " and ".join(repr(v) for v in version_labels)
+                raise WaitTimeout(f"{label} not found: the status API answered HTTP 404 for "
+                                  f"version labels {tried} until --timeout ({timeout_s:g} s)")
             raise WaitTimeout(f"{label} is still {last} after {timeout_s:g} s (--timeout); it "
                               "keeps running on Kaggle. Fetch it later with --version")
         sleep(min(delay, remaining))
@@ -296,50 +376,72 @@ def _safe_target(dest: Path, name: str) -> Path:
     return target
 
 
-def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path) -> list[str]:
-    """Download every output file of one version (and its log) into dest; return names."""
-    import requests
+def _list_page(api: Any, owner: str, slug: str, label: str, token: str | None) -> Any:
     from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
+    request = ApiListKernelSessionOutputRequest()
+    request.user_name = owner
+    request.kernel_slug = slug
+    request.version_label = label
+    request.page_size = 100
+    if token:
+        request.page_token = token
+    with kaggle_client(api, timeout=OUTPUT_HTTP_TIMEOUT_S, retries=OUTPUT_RETRIES) as client:
+        return client.kernels.kernels_api_client.list_kernel_session_output(request)
+
+
+def _download(session: Any, url: str, target: Path) -> None:
+    # Output URLs are pre-signed: no Kaggle credentials go with this request.
+    with session.get(url, stream=True) as got:
+        got.raise_for_status()
+        with open(target, "wb") as fh:
+            for chunk in got.iter_content(chunk_size=1 << 20):
+                fh.write(chunk)
+
+
+def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
+                  labels: tuple[str, ...] | None = None) -> list[str]:
+    """Download every output file of one version (and its log) into dest; return names.
+
+    `labels`: version-label forms to try, preferred first (a 404 moves to the next form).
+    Listing and downloads retry 429/5xx/connection resets a bounded number of times,
+    honouring Retry-After.
+    """
+    import requests
+
+    labels = labels or version_labels(version)
     dest.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     token: str | None = None
     first = True
-    while True:
-        request = ApiListKernelSessionOutputRequest()
-        request.user_name = owner
-        request.kernel_slug = slug
-        request.version_label = str(version)
-        request.page_size = 100
-        if token:
-            request.page_token = token
-        try:
-            with api.build_kaggle_client() as client:
-                response = client.kernels.kernels_api_client.list_kernel_session_output(request)
-        except requests.RequestException as exc:
-            raise PushFailure(f"listing outputs of {owner}/{slug} v{version} failed: "
-                              f"{_describe_http(exc)}") from None
-        for item in response.files or []:
-            target = _safe_target(dest, item.file_name or "")
-            target.parent.mkdir(parents=True, exist_ok=True)
+    form = 0
+    with requests.Session() as session:
+        _mount(session, _http_adapter(OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES))
+        while True:
             try:
-                # Output URLs are pre-signed: no Kaggle credentials go with this request.
-                with requests.get(item.url, stream=True, timeout=(30, 600)) as got:
-                    got.raise_for_status()
-                    with open(target, "wb") as fh:
-                        for chunk in got.iter_content(chunk_size=1 << 20):
-                            fh.write(chunk)
+                response = _list_page(api, owner, slug, labels[form], token)
             except requests.RequestException as exc:
-                raise PushFailure(f"downloading output {item.file_name!r} failed: "
+                if _http_status(exc) == 404 and first and form + 1 < len(labels):
+                    form += 1
+                    continue
+                raise PushFailure(f"listing outputs of {owner}/{slug} v{version} failed: "
                                   f"{_describe_http(exc)}") from None
-            names.append(item.file_name)
-        if first and response.log:
-            (dest / f"{slug}.log").write_text(response.log, encoding="utf-8")
-            names.append(f"{slug}.log")
-        first = False
-        token = response.next_page_token or None
-        if not token:
-            return names
+            for item in response.files or []:
+                target = _safe_target(dest, item.file_name or "")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    _download(session, item.url, target)
+                except requests.RequestException as exc:
+                    raise PushFailure(f"downloading output {item.file_name!r} failed: "
+                                      f"{_describe_http(exc)}") from None
+                names.append(item.file_name)
+            if first and response.log:
+                (dest / f"{slug}.log").write_text(response.log, encoding="utf-8")
+                names.append(f"{slug}.log")
+            first = False
+            token = response.next_page_token or None
+            if not token:
+                return names
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -435,8 +537,9 @@ def _run(args: argparse.Namespace) -> int:
         info = bundle.info
         _log(f"bundle {bundle.dir}: {bundle.kernel_id}, commit {info['git']['sha']}"
              f"{' (dirty)' if info['git'].get('dirty') else ''}, config {info['config']}, "
-             f"package zip {info['zip_bytes'] / 1024:.0f} KiB, notebook "
-             f"{bundle.notebook.stat().st_size / 1024:.0f} KiB")
+             f"package zip {info['zip_bytes'] / 1024:.0f} KiB")
+        _log(f"notebook as sent: {info['sent_bytes']:,} bytes (limit {MAX_SENT_BYTES:,}; Kaggle "
+             "refuses a kernel source of 1 MB or more)")
         kernel_id = bundle.kernel_id
     else:
         meta = load_metadata(args.path)
@@ -463,6 +566,12 @@ def _run(args: argparse.Namespace) -> int:
         _log(f"pushed {kernel_id} version {result.version}: {result.url}")
         version = result.version
         record.update(version=version, url=result.url, pushed_at=time.time())
+        if result.invalid_sources:
+            record["invalid_sources"] = result.invalid_sources
+            _log(f"warning: version {version} is queued without {result.invalid_sources}: "
+                 "Kaggle could not attach them. For Gemma models accept the licence on the "
+                 "model's Kaggle page with the pushing account and check the versions exist; "
+                 f"cancel the run on {result.url or 'kaggle.com'} if it cannot work without them")
     else:
         version = int(args.version)
         record.update(version=version, url=None)
@@ -475,15 +584,19 @@ def _run(args: argparse.Namespace) -> int:
     label = f"{kernel_id} v{version}"
     try:
         status = wait_for_version(
-            lambda: get_status(api, kernel_owner, slug, version), label=label,
-            timeout_s=args.timeout, poll_s=args.poll_interval, max_poll_s=args.max_poll_interval)
+            lambda form, http_timeout: get_status(api, kernel_owner, slug, form, http_timeout),
+            label=label, timeout_s=args.timeout, version_labels=version_labels(version),
+            poll_s=args.poll_interval, max_poll_s=args.max_poll_interval)
     except WaitTimeout:
         _write_record(dest, dict(record, status="TIMEOUT"))
         raise
     record.update(status=status.status, failure_message=status.failure_message,
-                  waited_s=round(status.waited_s, 1), polls=status.polls)
+                  waited_s=round(status.waited_s, 1), polls=status.polls,
+                  version_label=status.version_label)
+    labels = (status.version_label, *[v for v in version_labels(version)
+                                      if v != status.version_label])
     try:
-        files = fetch_outputs(api, kernel_owner, slug, version, dest)
+        files = fetch_outputs(api, kernel_owner, slug, version, dest, labels)
     except PushFailure as exc:
         if status.status in TERMINAL_OK:
             _write_record(dest, dict(record, fetch_error=str(exc)))
