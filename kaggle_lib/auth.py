@@ -84,13 +84,38 @@ class Token:
 
 
 def _kaggle_secret(label: str) -> str:
-    """Read a Kaggle secret. Uses kaggle_secrets when present (Kaggle only), else its protocol."""
-    try:
-        from kaggle_secrets import UserSecretsClient  # type: ignore[import-not-found]
+    """Read a Kaggle secret. Uses kaggle_secrets when present (Kaggle only), else its protocol.
 
-        return UserSecretsClient().get_secret(label)
+    Every failure becomes an AuthError naming the label: on Kaggle, `get_secret` raises
+    `BackendError` when no secret with that label is attached, `CredentialError` without a JWT
+    (its 401/403 branch is shadowed by the URLError one), `ValidationError` for an empty label
+    and the builtin `ConnectionError` on network trouble and HTTP errors (docker-python
+    patches/kaggle_secrets.py).
+    """
+    try:
+        import kaggle_secrets  # type: ignore[import-not-found]
     except ImportError:
-        pass
+        kaggle_secrets = None
+    if kaggle_secrets is not None:
+        hints = {
+            "BackendError": f"no secret labelled '{label}' is attached to this notebook, or the "
+                            "secrets service failed",
+            "CredentialError": "the secrets service refused this session (HTTP 401/403 or no "
+                               "KAGGLE_USER_SECRETS_TOKEN)",
+            "ValidationError": "the label is empty",
+            "ConnectionError": "the secrets service could not be reached or refused the request "
+                               "(is internet on?)",
+        }
+        errors = tuple(getattr(kaggle_secrets, name) for name in hints
+                       if isinstance(getattr(kaggle_secrets, name, None), type))
+        try:
+            return kaggle_secrets.UserSecretsClient().get_secret(label)
+        except (*errors, ConnectionError) as exc:
+            hint = hints.get(type(exc).__name__, "the secrets service failed")
+            raise AuthError(
+                f"Kaggle secret '{label}' could not be read: {hint} ({type(exc).__name__}). "
+                f"Attach it in the notebook editor: Add-ons -> Secrets -> '{label}', then re-run."
+            ) from None
     import requests
 
     base = os.environ.get("KAGGLE_URL_BASE", "https://www.kaggle.com").rstrip("/")

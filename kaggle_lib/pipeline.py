@@ -130,14 +130,16 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     record.start(run.run_id, run_name or "", config_path)
     record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
-        **_kaggle_identity(),
+        **_kaggle_identity(env.on_kaggle),
     })
     _configure(run, overrides)
     return run
 
 
-def _kaggle_identity() -> dict[str, Any]:
-    """Kaggle's notebook identity when it is in the environment (URL, version, run type)."""
+def _kaggle_identity(on_kaggle: bool = False) -> dict[str, Any]:
+    """Kaggle's notebook identity when it is in the environment (URL, version, run type), and
+    on Kaggle the image's identity: Kaggle's images write /etc/git_commit (docker-python
+    commit) and /etc/build_date at build time."""
     import os
 
     keys = {"KAGGLE_KERNEL_RUN_TYPE": "run_type", "KAGGLE_KERNEL_INTEGRATIONS": "integrations",
@@ -148,6 +150,17 @@ def _kaggle_identity() -> dict[str, Any]:
         out["notebook_url"] = f"https://www.kaggle.com/code/{slug}"
     if os.environ.get("KAGGLE_LIB_KERNEL_VERSION"):
         out["notebook_version"] = os.environ["KAGGLE_LIB_KERNEL_VERSION"]
+    if on_kaggle:
+        image = {}
+        for name in ("git_commit", "build_date"):
+            try:
+                value = (runtime.kaggle_root() / "etc" / name).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if value:
+                image[name] = value[:200]
+        if image:
+            out["kaggle_image"] = image
     return out
 
 

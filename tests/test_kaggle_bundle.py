@@ -106,6 +106,57 @@ def test_install_cell_pins_with_no_deps_and_keeps_jax(repo: Path, tmp_path: Path
     assert not {"jax", "jaxlib", "libtpu"} & set(pins)
 
 
+def _install_cell_of(bundle) -> str:
+    nb = nbformat.read(str(bundle.notebook), as_version=4)
+    return next(c.source for c in nb.cells if "kaggle-install" in c.metadata.get("tags", []))
+
+
+def test_install_cell_checks_version_ranges_and_names_both_versions(
+        repo: Path, tmp_path: Path) -> None:
+    """A requirement the image has at the wrong version fails the cell, naming the package,
+    what kaggle_lib needs and what the image has; presence alone is not enough."""
+    import importlib.metadata as md
+
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(
+        '"nbformat",', '"nbformat>=999", "kaggle-lib-absent-package>=1",'))
+    source = _install_cell_of(_build(repo, tmp_path))
+    assert "'nbformat>=999'" in source and "'google-tunix==0.1.7'" not in source  # pins apart
+    (tmp_path / "cell.py").write_text(source)
+    proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    assert (f"nbformat: kaggle_lib needs nbformat>=999, this image has {md.version('nbformat')}"
+            in proc.stderr)
+    assert "kaggle-lib-absent-package: kaggle_lib needs kaggle-lib-absent-package>=1, this " \
+           "image has none" in proc.stderr
+    # The training stack's versions are printed before the check.
+    assert f"jax {md.version('jax')} jaxlib {md.version('jaxlib')} libtpu None " \
+           f"flax {md.version('flax')} google-tunix 0.1.7" in proc.stdout
+
+
+def test_install_cell_passes_on_an_image_that_meets_the_requirements(
+        repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "cell.py").write_text(_install_cell_of(_build(repo, tmp_path)))
+    proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'google-tunix': '0.1.7'" in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("config", ["configs/tpu_gemma3_1b.yaml", "configs/tpu_gemma2_2b.yaml"])
+def test_tpu_configs_load_the_attached_kaggle_copy(config: str, tmp_path: Path) -> None:
+    """No HF token or editor-attached secret needed by default; `hf` is one override away."""
+    from kaggle_lib.config import load_config
+    from kaggle_lib.kaggle.metadata import load_metadata
+    from kaggle_lib.models.registry import get_spec
+
+    run = load_config(str(REPO / config), {})
+    assert run.model.source == "kaggle"
+    assert get_spec(run.model.name).kaggle_handle in load_metadata(REPO)["model_sources"]
+    assert load_config(str(REPO / config), {"model.source": "hf"}).model.source == "hf"
+
+
 def test_skip_install_leaves_out_the_install_cell(repo: Path, tmp_path: Path) -> None:
     nb = nbformat.read(str(_build(repo, tmp_path, skip_install=True).notebook), as_version=4)
     assert ["kaggle-install"] not in _tags(nb)
