@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 from urllib.error import URLError
 
@@ -53,7 +52,7 @@ class UserSecretsClient:
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECS) as response:
                 answer = json.loads(response.read())
-        except (URLError, socket.timeout) as exc:  # HTTPError included, as in the real module
+        except (URLError, TimeoutError) as exc:  # HTTPError included, as in the real module
             raise ConnectionError("Connection error trying to communicate with service.") from exc
         if not answer.get("wasSuccessful") or "secret" not in (answer.get("result") or {}):
             raise BackendError(f"Unexpected response from the service. Response: {answer}.")
