@@ -8,7 +8,7 @@ ARGS   ?=
 KERNEL := kaggle-lib
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint lock clean-venv
+.PHONY: setup run test lint lock bench clean-venv
 
 setup: $(STAMP)
 
@@ -31,12 +31,25 @@ test: setup
 lint: setup
 	$(PY) -m ruff check kaggle_lib scripts tests
 
-# Regenerate the lock from requirements.in in a throwaway venv.
+# Regenerate the lock from requirements.in in a throwaway venv, from plain PyPI: --isolated
+# ignores this machine's pip config and environment (a local wheel mirror or file index would
+# leak `+cpu` builds into the lock). Keeps the lock's header comment; checks the result
+# resolves from PyPI alone.
+LOCK_VENV := /tmp/kaggle-lib-lock
 lock:
-	rm -rf /tmp/kaggle-lib-lock && $(PYTHON) -m venv /tmp/kaggle-lib-lock
-	/tmp/kaggle-lib-lock/bin/pip install --quiet -r requirements.in
-	( head -2 requirements.lock; /tmp/kaggle-lib-lock/bin/pip freeze | grep -v '^-e' ) > requirements.lock.new
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --isolated --quiet -r requirements.in
+	( grep '^#' requirements.lock; $(LOCK_VENV)/bin/pip freeze --isolated --all \
+	    | grep -v -e '^-e' -e '^pip==' | LC_ALL=C sort -f ) > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+	$(LOCK_VENV)/bin/pip install --isolated --dry-run --ignore-installed --quiet -r requirements.lock
+
+# The only target that installs PyTorch (CPU build, PyTorch's index): the generation benchmark
+# measures transformers as a peer. Also the environment for the reference-fixture scripts.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	PYTHONUNBUFFERED=1 $(PY) benchmarks/generation.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
