@@ -174,20 +174,25 @@ def test_status_call_that_never_answers_ends_at_the_timeout(tmp_path: Path, repo
     assert elapsed < 25  # bundle build + client start + 2 s, not a hang
 
 
-def test_listing_and_download_retry_transient_failures(tmp_path: Path, repo: Path) -> None:
+@pytest.mark.parametrize(("failures", "listing_calls", "downloads"), [
+    ({"ListKernelSessionOutput": [429, "reset"]}, 2 + 2, len(OUTPUTS)),
+    ({"download": [503, "reset"]}, 2, 2 + len(OUTPUTS)),
+], ids=["listing", "download"])
+def test_listing_and_download_retry_transient_failures(
+        tmp_path: Path, repo: Path, failures: dict, listing_calls: int, downloads: int) -> None:
     sc = Scenario(outputs=OUTPUTS, statuses=["COMPLETE"], retry_after="1",
-                  failures={"ListKernelSessionOutput": [429, "reset"],
-                            "download": [503, "reset"]})
+                  failures={k: list(v) for k, v in failures.items()})
     proc, srv = _push(tmp_path, repo, sc, "--wait")
     assert proc.returncode == 0, proc.stderr
     dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
     for name, content in OUTPUTS.items():
         assert (dest / name).read_bytes() == content
     listing = srv.calls_to("ListKernelSessionOutput")
-    assert len(listing) == 2 + 2  # two failures, then two pages
-    # Retry-After: 1 after the 429 was honoured (urllib3's first backoff would be 0 s).
-    assert listing[1]["time"] - listing[0]["time"] >= 0.9
-    assert len([c for c in srv.calls if c["method"] == "GET"]) == 2 + len(OUTPUTS)
+    gets = [c for c in srv.calls if c["method"] == "GET"]
+    assert (len(listing), len(gets)) == (listing_calls, downloads)  # two failures, then pages
+    # Retry-After: 1 after the first failure was honoured (urllib3's first backoff is 0 s).
+    first, retry = (listing if "ListKernelSessionOutput" in failures else gets)[:2]
+    assert retry["time"] - first["time"] >= 0.9
 
 
 def test_persistent_listing_failure_is_bounded(tmp_path: Path, repo: Path) -> None:
