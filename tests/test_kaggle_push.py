@@ -450,3 +450,16 @@ def test_find_credentials_sources(tmp_path: Path) -> None:
     assert kp.find_credentials({"KAGGLE_CONFIG_DIR": str(cfg)}, home) is None
     (home / ".kaggle" / "access_token").write_text("tok\n")
     assert kp.find_credentials({}, home) == "~/.kaggle/access_token"
+
+
+def test_retry_after_is_honoured_on_5xx_but_capped() -> None:
+    from urllib3.response import HTTPResponse
+
+    policy = kp._retry_policy(3)
+    for status in (429, 500, 502, 503, 504):
+        assert policy.is_retry("POST", status, has_retry_after=True)
+    hour = HTTPResponse(body=b"", headers={"Retry-After": "3600"}, status=503)
+    assert policy.get_retry_after(hour) == kp.MAX_RETRY_AFTER_S  # bounded: not an hour
+    assert policy.get_retry_after(HTTPResponse(body=b"", headers={"Retry-After": "2"},
+                                               status=500)) == 2
+    assert policy.total == 3 and not policy.is_retry("POST", 404, has_retry_after=False)

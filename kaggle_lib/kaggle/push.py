@@ -192,6 +192,8 @@ def _retry_policy(retries: int) -> Any:
     from urllib3.util.retry import Retry
 
     class BoundedRetry(Retry):
+        RETRY_AFTER_STATUS_CODES = frozenset(RETRY_STATUSES)  # urllib3's default: 413/429/503
+
         def get_retry_after(self, response: Any) -> float | None:
             after = super().get_retry_after(response)
             return None if after is None else min(after, MAX_RETRY_AFTER_S)
