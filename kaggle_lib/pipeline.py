@@ -152,12 +152,14 @@ def _kaggle_identity(on_kaggle: bool = False) -> dict[str, Any]:
         out["notebook_version"] = os.environ["KAGGLE_LIB_KERNEL_VERSION"]
     if on_kaggle:
         image = {}
-        for name in ("git_commit", "build_date"):
+        # docker-python's Dockerfiles: `RUN echo "$GIT_COMMIT" > /etc/git_commit && echo
+        # "$BUILD_DATE" > /etc/build_date`; the TPU one also sets ENV GIT_COMMIT / BUILD_DATE.
+        for name, env_name in (("git_commit", "GIT_COMMIT"), ("build_date", "BUILD_DATE")):
             try:
                 value = (runtime.kaggle_root() / "etc" / name).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError):
-                continue
-            if value:
+                value = os.environ.get(env_name, "").strip()
+            if value and value != "unknown":
                 image[name] = value[:200]
         if image:
             out["kaggle_image"] = image

@@ -13,7 +13,7 @@ from kaggle_lib import evidence, pipeline
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KAGGLE_LIB_KAGGLE_ROOT", str(tmp_path))
     for var in ("KAGGLE_LIB_KERNEL_SLUG", "KAGGLE_LIB_KERNEL_VERSION", "KAGGLE_URL_BASE",
-                "KAGGLE_KERNEL_INTEGRATIONS"):
+                "KAGGLE_KERNEL_INTEGRATIONS", "GIT_COMMIT", "BUILD_DATE"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "git_commit").write_text("3f2b9c1e7d\n")
@@ -41,3 +41,12 @@ def test_image_identity_is_absent_off_kaggle_and_when_files_are_missing(root: Pa
         "build_date": "20261120-031502"}
     (root / "etc" / "build_date").unlink()
     assert "kaggle_image" not in pipeline._kaggle_identity(on_kaggle=True)
+
+
+def test_image_identity_falls_back_to_the_tpu_images_environment(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "etc" / "git_commit").unlink()
+    (root / "etc" / "build_date").unlink()
+    monkeypatch.setenv("GIT_COMMIT", "abc123")
+    monkeypatch.setenv("BUILD_DATE", "unknown")  # the Dockerfile's default: not an identity
+    assert pipeline._kaggle_identity(on_kaggle=True)["kaggle_image"] == {"git_commit": "abc123"}
