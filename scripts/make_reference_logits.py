@@ -1,5 +1,8 @@
 """Regenerate the transformers reference logits under tests/fixtures/reference/.
 
+Needs transformers with torch: run it in the `make bench` environment (requirements-bench.txt,
+CPU torch); `make run` / `make test` install no torch and only read the stored references.
+
     python scripts/make_reference_logits.py            # everything
     python scripts/make_reference_logits.py --only tiny
     python scripts/make_reference_logits.py --only 270m
