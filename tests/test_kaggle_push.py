@@ -397,7 +397,8 @@ def test_wait_backs_off_and_times_out() -> None:
     clock = _Clock()
     with pytest.raises(kp.WaitTimeout, match="still RUNNING after 100 s"):
         kp.wait_for_version(lambda label, timeout: ("RUNNING", ""), label="k v1", timeout_s=100,
-                            poll_s=10, max_poll_s=30, sleep=clock.sleep, clock=clock)
+                            version_labels=("v1", "1"), poll_s=10, max_poll_s=30,
+                            sleep=clock.sleep, clock=clock)
     assert clock.sleeps[:4] == [10, 15, 22.5, 30]
     assert max(clock.sleeps) == 30 and sum(clock.sleeps) == pytest.approx(100)
 
@@ -425,7 +426,7 @@ def test_wait_retries_transient_errors_but_not_client_errors() -> None:
 
     with pytest.raises(kp.PushFailure, match="HTTP 403"):
         kp.wait_for_version(forbidden, label="k v1", timeout_s=100, poll_s=1,
-                            sleep=clock.sleep, clock=clock)
+                            version_labels=("v1", "1"), sleep=clock.sleep, clock=clock)
 
 
 def test_output_names_cannot_escape(tmp_path: Path) -> None:

@@ -303,7 +303,7 @@ def wait_for_version(
     *,
     label: str,
     timeout_s: float,
-    version_labels: tuple[str, ...] = ("",),
+    version_labels: tuple[str, ...],
     poll_s: float = DEFAULT_POLL_S,
     max_poll_s: float = DEFAULT_MAX_POLL_S,
     sleep: Callable[[float], None] = time.sleep,
