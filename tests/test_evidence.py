@@ -17,7 +17,7 @@ def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     saved = set(auth._secret_values)  # noqa: SLF001
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    for var in report.SECRET_ENV_VARS:
+    for var in auth.SECRET_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     yield
     auth._secret_values.clear()  # noqa: SLF001
