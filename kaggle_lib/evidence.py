@@ -159,6 +159,9 @@ _HINTS = {
     "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
     "CellTimeoutError": "A notebook cell ran past its time limit; resume from the last checkpoint "
     "with `resume: auto` and set train.max_wall_time below the limit.",
+    "CheckpointError": "No checkpoint step of this run restores; each is listed above with the "
+    "reason and was moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train "
+    "from the start, or set train.resume_from to another run's checkpoint directory.",
     "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
 }
 

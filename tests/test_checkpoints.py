@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import training_helpers as th
+
 from kaggle_lib import evidence
 from kaggle_lib.training import checkpoints
 
