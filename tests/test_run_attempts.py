@@ -27,7 +27,6 @@ import yaml
 
 from kaggle_lib import evidence, pipeline, report
 from kaggle_lib.config import ConfigError
-from kaggle_lib.training import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "cpu_tiny.yaml"
@@ -167,28 +166,46 @@ def test_start_run_records_a_non_utf8_config_and_non_mapping_overrides(tmp_path:
     assert manifest(run_dir)["failure"]["error_type"] == "ConfigError"
 
 
+def run_without_kernel(cwd: Path, config: str, run_dir: str | None) -> subprocess.CompletedProcess[str]:
+    where = ["--run-dir", run_dir] if run_dir else []
+    return subprocess.run(
+        [sys.executable, "-m", "kaggle_lib", "run", "--config", config, *where,
+         "--kernel", "no-such-kernel-for-tests"],
+        cwd=cwd, env=cli_env(cwd / "cache"), capture_output=True, text=True, timeout=300)
+
+
 def test_rerun_without_a_kernel_reports_its_own_error(tmp_path: Path) -> None:
-    """Point 3 (and 9: a non-UTF-8 config no longer crashes the runner)."""
+    """Point 3: the new attempt's error, not the previous attempt's."""
     run_dir = tmp_path / "runs" / "r"
-    bad = tmp_path / "latin1.yaml"
-    bad.write_bytes(b"run_name: caf\xe9\n")
+    bad = tmp_path / "unknown_key.yaml"
+    bad.write_text(TINY.read_text() + "colour: blue\n")
     with pytest.raises(ConfigError):  # attempt 1 fails in the kernel's config stage
         pipeline.start_run(str(bad), run_dir=str(run_dir))
     assert manifest(run_dir)["failure"]["error_type"] == "ConfigError"
-    result = subprocess.run(
-        [sys.executable, "-m", "kaggle_lib", "run", "--config", "latin1.yaml", "--run-dir",
-         "runs/r", "--kernel", "no-such-kernel-for-tests"],
-        cwd=tmp_path, env=cli_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    (tmp_path / "good.yaml").write_text(TINY.read_text())
+    result = run_without_kernel(tmp_path, "good.yaml", "runs/r")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
     m = manifest(run_dir)
-    assert m["attempt"] == 2 and m["failure"]["stage"] == "notebook"
     assert m["failure"]["error_type"] == "NoSuchKernel", m["failure"]
+    assert m["attempt"] == 2 and m["failure"]["stage"] == "notebook"
     assert "no-such-kernel-for-tests" in m["failure"]["message"]
+    assert "NoSuchKernel" in result.stdout
     assert m["attempts"][0]["failure"]["error_type"] == "ConfigError"
     assert "NoSuchKernel" in (run_dir / evidence.FAILURE).read_text()
     assert "ConfigError" in (run_dir / "attempts" / "1" / evidence.FAILURE).read_text()
-    assert m["config_path"] == str(bad)  # resolved against the caller's directory
+    assert m["config_path"] == str(tmp_path / "good.yaml")  # resolved against the caller's cwd
+
+
+def test_runner_survives_a_non_utf8_config_and_leaves_a_record(tmp_path: Path) -> None:
+    """Point 9: the runner names its run directory from the config (no --run-dir); a config
+    that is not UTF-8 gives no traceback but a failed record with failure_analysis.md."""
+    (tmp_path / "latin1.yaml").write_bytes(b"run_name: caf\xe9\n")
+    result = run_without_kernel(tmp_path, "latin1.yaml", None)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [run_dir] = (tmp_path / "evidence" / "runs").iterdir()  # evidence.root under the caller's cwd
+    m = manifest(run_dir)
+    assert m["status"] == "failed" and (run_dir / evidence.FAILURE).is_file()
+    assert "caf" in (run_dir / "config.yaml").read_text()
 
 
 # ---------------------------------------------------------------------------- acceptance
@@ -213,6 +230,8 @@ def kernel_processes(runner: subprocess.Popen) -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from kaggle_lib.training import checkpoints
+
     work = tmp_path_factory.mktemp("caller")  # the caller's directory, not the repository
     write_config(work / "cfg")
     env = cli_env(work / "jax_cache")
