@@ -147,7 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
-    manifest = evidence.RunRecord(run_dir).prepare_attempt(run_dir.name, run_name, str(config_path))
+    try:
+        manifest = evidence.RunRecord(run_dir).prepare_attempt(run_dir.name, run_name,
+                                                               str(config_path))
+    except ValueError as exc:  # not a run directory
+        raise SystemExit(f"refusing --run-dir: {exc}") from None
     output = run_dir / "executed.ipynb"
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
                   "run_name": run_name, "run_dir": str(run_dir)}

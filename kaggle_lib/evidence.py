@@ -31,6 +31,12 @@ FAILURE = "failure_analysis.md"
 ATTEMPTS = "attempts"
 # What a new attempt keeps in place: the checkpoints it resumes from, and the earlier attempts.
 KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS)
+# Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
+RECORD_NAMES = frozenset({
+    MANIFEST, MANIFEST + ".tmp", METRICS, FAILURE, "executed.ipynb", "config.yaml",
+    "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
+    "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
+})
 log = logging.getLogger(__name__)
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "run_manifest.schema.json"
 SCHEMA_VERSION = 1
@@ -332,6 +338,12 @@ class RunRecord:
         attempts = list(old.get("attempts") or [])
         if not leftovers:
             return {"attempt": len(attempts) + 1, "attempts": attempts}
+        foreign = sorted(p.name for p in leftovers if p.name not in RECORD_NAMES)
+        if not self.manifest_path.is_file() and foreign:
+            # Not a run directory (e.g. --run-dir . by mistake): moving its files would be wrong.
+            raise ValueError(
+                f"run directory {self.run_dir} holds files that are not a run record "
+                f"({', '.join(foreign[:5])}) and no {MANIFEST}; choose a new or empty directory")
         archive = self.run_dir / ATTEMPTS
         taken = [int(p.name) for p in archive.iterdir() if p.name.isdigit()] if archive.is_dir() else []
         n = max([len(attempts), *taken]) + 1

@@ -315,3 +315,10 @@ def test_first_attempts_notebook_and_failure_analysis_are_kept(scenario: dict) -
     assert not (run_dir / evidence.FAILURE).exists()  # the succeeded attempt has none
     entries = [e for e in report.read_index(report.index_path(run_dir)) if e["run_id"] == "resumed"]
     assert [(e["attempt"], e["status"]) for e in entries] == [(1, "failed"), (2, "succeeded")]
+
+
+def test_a_directory_that_is_not_a_run_record_is_never_emptied(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="not a run record"):
+        evidence.RunRecord(tmp_path).start("x", "demo", str(TINY))
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and not (tmp_path / "attempts").exists()
