@@ -302,6 +302,8 @@ def test_rerun_resumes_in_place_with_the_uninterrupted_losses(scenario: dict) ->
     resumed = sft_losses(run_dir / evidence.METRICS)
     assert sorted(resumed) == list(range(start + 1, MAX_STEPS + 1))  # this attempt's steps only
     for step, loss in resumed.items():
+        print(f"step {step}: resumed {loss:.7f} uninterrupted {reference[step]:.7f} "
+              f"(resumed from step {start})")
         assert abs(loss - reference[step]) <= 1e-5, (step, loss, reference[step])
 
 
