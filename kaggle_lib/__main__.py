@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +22,102 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "submission.ipynb"
+DEFAULT_CONFIG = "configs/cpu_gemma3_270m.yaml"
+NOTEBOOK_PARAMETERS = ("config_path", "overrides", "run_name", "run_dir")
 # Parameter names that look like credentials are refused: secrets never travel as parameters.
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "kaggle_key", "hf_")
+_REFUSAL = ("secrets are never passed as papermill parameters (they would be stored in the "
+            "executed notebook). Export HF_TOKEN (or KAGGLE_API_TOKEN, WANDB_API_KEY) instead.")
+
+
+def _leaves(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(parameter path, text) of every key and scalar in a parameter value, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{where}.{key}", key
+            yield from _leaves(value, f"{where}.{key}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{where}[{i}]")
+    elif node is not None:
+        yield where, node
+
+
+def refuse_secrets(params: dict[str, Any]) -> None:
+    """SystemExit, naming the parameter path and never the value, for any parameter whose name
+    looks like a credential or whose value (at any depth) holds a known secret value (the
+    variables of `auth.SECRET_ENV_VARS`, the usual credential files) or a token-shaped string."""
+    from kaggle_lib import auth, report
+
+    known = [v for v in report.secret_values() if len(v) >= 8]
+    for name in params:
+        if any(w in str(name).lower() for w in _SECRET_WORDS):
+            raise SystemExit(f"refusing parameter {name!r}: its name looks like a credential; "
+                             + _REFUSAL)
+    for name, value in params.items():
+        for where, leaf in _leaves(value, str(name)):
+            text = str(leaf)
+            if any(v in text for v in known) or any(p.search(text) for p in auth.TOKEN_PATTERNS):
+                raise SystemExit(f"refusing parameter {where!r}: it holds a secret value or a "
+                                 "token-shaped string; " + _REFUSAL)
 
 
 def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for text in yamls:
-        loaded = yaml.safe_load(text)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"-y is not valid YAML: {str(exc)[:200]}") from None
         if not isinstance(loaded, dict):
-            raise SystemExit(f"-y expects a YAML mapping, got {text!r}")
+            raise SystemExit(f"-y expects a YAML mapping, got {type(loaded).__name__}")
         params.update(loaded)
     for name, value in pairs:
-        params[name] = yaml.safe_load(value) if value else value  # papermill's -p typing
-    for name, value in params.items():
-        if any(w in name.lower() for w in _SECRET_WORDS) or (
-            isinstance(value, str) and value.startswith(("hf_", "KGAT_"))
-        ):
-            raise SystemExit(
-                f"refusing parameter {name!r}: secrets are never passed as papermill parameters "
-                "(they would be stored in the executed notebook). Export HF_TOKEN instead."
-            )
-    allowed = {"config_path", "overrides", "run_name", "run_dir"}
-    unknown = set(params) - allowed
+        try:
+            params[name] = yaml.safe_load(value) if value else value  # papermill's -p typing
+        except yaml.YAMLError:
+            params[name] = value
+    refuse_secrets(params)
+    unknown = set(params) - set(NOTEBOOK_PARAMETERS)
     if unknown:
-        raise SystemExit(f"unknown notebook parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise SystemExit(f"unknown notebook parameter(s) {sorted(map(str, unknown))}; "
+                         f"allowed: {sorted(NOTEBOOK_PARAMETERS)}")
+    overrides = params.get("overrides")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise SystemExit(f"parameter 'overrides' must be a mapping of config keys to values "
+                         f"(e.g. -y 'overrides: {{train.sft.max_steps: 10}}'), got "
+                         f"{type(overrides).__name__}")
+    for name in ("config_path", "run_dir", "run_name"):
+        if name in params and not isinstance(params[name], str):
+            raise SystemExit(f"parameter {name!r} must be a string, got {type(params[name]).__name__}")
     return params
+
+
+def _absolute(path: str | Path) -> Path:
+    """A path given on the command line, made absolute against the caller's directory (once,
+    here: the kernel gets absolute paths)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def resolve_paths(params: dict[str, Any], config: str | None, run_dir: str) -> tuple[Path, Path | None]:
+    """(config path, run directory or None) from the flags and the parameters, absolute. A path
+    given both ways must agree."""
+    chosen: dict[str, Path | None] = {}
+    for name, flag, param in (("config", config, params.get("config_path")),
+                              ("run-dir", run_dir, params.get("run_dir"))):
+        flag_path = _absolute(flag) if flag else None
+        param_path = _absolute(param) if param else None
+        if flag_path and param_path and flag_path != param_path:
+            raise SystemExit(f"--{name} {flag} and -p {name.replace('-', '_')} {param} disagree; "
+                             "give one")
+        chosen[name] = flag_path or param_path
+    config_path = chosen["config"]
+    if config_path is None:
+        # The default config lives in this checkout, wherever the command is run from.
+        config_path = _absolute(DEFAULT_CONFIG)
+        if not config_path.is_file():
+            config_path = REPO_ROOT / DEFAULT_CONFIG
+    return config_path, chosen["run-dir"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,36 +128,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kaggle_lib.config import ConfigError, load_config
 
     params = _parse_params(args.param or [], args.yaml or [])
-    config_path = params.get("config_path", args.config)
+    config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
     overrides = params.get("overrides") or {}
     run_name = params.get("run_name") or ""
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-    else:
+    if run_dir is None:
         try:
             cfg = load_config(config_path, overrides)
             digest, root = cfg.hash, Path(cfg.evidence.root)
-        except ConfigError:
-            path = Path(config_path)
-            digest = evidence.hash_text(path.read_bytes() if path.is_file() else str(config_path))
+        except ConfigError:  # the kernel records the error; the run still gets a directory
+            digest = evidence.hash_text(config_path.read_bytes() if config_path.is_file()
+                                        else str(config_path))
             root = Path("evidence/runs")
         root = root if root.is_absolute() else env.working_dir / root
         run_dir = root / evidence.make_run_id(digest)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A re-run in an existing directory is a new attempt: the earlier one's files go to
+    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
+    try:
+        manifest = evidence.RunRecord(run_dir).prepare_attempt(run_dir.name, run_name,
+                                                               str(config_path))
+    except ValueError as exc:  # not a run directory
+        raise SystemExit(f"refusing --run-dir: {exc}") from None
     output = run_dir / "executed.ipynb"
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
                   "run_name": run_name, "run_dir": str(run_dir)}
+    # The kernel runs in the caller's directory (relative paths inside the config mean the same
+    # thing to the runner and the kernel) and imports this checkout's kaggle_lib.
+    python_path = os.environ.get("PYTHONPATH", "")
+    if str(REPO_ROOT) not in python_path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), python_path) if p)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    print(f"[kaggle_lib] running {args.notebook} -> {output}", flush=True)
+    print(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {manifest['attempt']})",
+          flush=True)
     started = time.monotonic()
     error: BaseException | None = None
     try:
         papermill.execute_notebook(
             str(args.notebook), str(output), parameters=parameters, kernel_name=args.kernel,
-            log_output=True, progress_bar=False, cwd=str(REPO_ROOT),
+            log_output=True, progress_bar=False, cwd=os.getcwd(),
             execution_timeout=args.cell_timeout,
         )
     except PapermillExecutionError as exc:
@@ -111,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute the notebook headless into a run record")
-    run_p.add_argument("--config", default="configs/cpu_gemma3_270m.yaml")
+    run_p.add_argument("--config", default=None,
+                       help=f"run config (default: {DEFAULT_CONFIG} of this checkout)")
     run_p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
     run_p.add_argument("--kernel", default="kaggle-lib")
-    run_p.add_argument("--run-dir", default="")
+    run_p.add_argument("--run-dir", default="",
+                       help="run directory (default: <evidence.root>/<utc time>-<config hash>); "
+                       "re-running in one is a new attempt, earlier ones kept under attempts/<n>/")
     run_p.add_argument("--cell-timeout", type=int, default=None,
                        help="seconds a single cell may run before the run fails (default: none)")
     run_p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),

@@ -13,6 +13,11 @@ import os
 import re
 
 HF_SECRET_LABEL = "HF_TOKEN"
+# The one list of environment variables whose values are secrets wherever they appear: refused
+# as notebook parameters (`python -m kaggle_lib run`), registered for redaction in the kernel
+# (`register_environment_secrets`) and searched for by the closing scan (`report`).
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
+                   "WANDB_API_KEY")
 
 # Token shapes redacted even when the value was never registered (e.g. pasted into a config).
 # Kaggle legacy keys are 32 hex characters; hex digests of that length are common in evidence
@@ -168,6 +173,6 @@ def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
 
 
 def register_environment_secrets() -> None:
-    """Register secrets that live in the environment (Kaggle key/token) for redaction."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+    """Register secrets that live in the environment (SECRET_ENV_VARS) for redaction."""
+    for var in SECRET_ENV_VARS:
         register_secret(os.environ.get(var))

@@ -10,8 +10,9 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,8 +37,30 @@ def parse_duration(text: str | int | float | None) -> float | None:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
+# Bounds on numbers. They are not tuning advice: they refuse values no run here can mean
+# (a typo, a unit slip, an overflow) before any model work, with a message naming the key.
+MAX_STEPS = 10**7  # 10M optimizer steps: weeks of TPU time at the fastest step rates here
+MAX_BATCH = 65536  # sequences per step; far beyond what 8 x 16 GiB devices hold at length 16
+MAX_TOKENS = 32768  # sequence / prompt / generation lengths: Gemma's longest context is 128k,
+# but one 32k row of 262k-vocabulary logits is already ~32 GiB: beyond any device here
+MAX_ITEMS = 10**9
+MAX_SEED = 2**32 - 1  # numpy and JAX PRNG seeds are unsigned 32-bit
+MESSAGE_VALUE_CHARS = 200  # values quoted in error messages are cut to this many characters
+
+
+def shorten(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """repr(value), cut to `limit` characters so that an error message stays readable."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def cut(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf/nan in a float field (weight_decay: .inf) is refused by name.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -55,18 +78,29 @@ class ModelSection(_Section):
 
 class MeshSection(_Section):
     # 0 means "choose from the device count": all devices on fsdp, then tp.
-    fsdp: int = Field(0, ge=0)
-    tp: int = Field(1, ge=1)
+    fsdp: int = Field(0, ge=0, le=MAX_BATCH, description="Devices on the fsdp axis; at most 65536.")
+    tp: int = Field(1, ge=1, le=MAX_BATCH, description="Devices on the tensor axis; at most 65536.")
 
 
 class DataSection(_Section):
     train: str = "builtin:train"
     eval: str = "builtin:eval"
-    train_limit: int | None = Field(None, ge=1)
-    eval_limit: int | None = Field(None, ge=1)
-    max_seq_len: int = Field(256, ge=16, le=32768)
+    train_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
+    eval_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
+    max_seq_len: int = Field(256, ge=16, le=MAX_TOKENS)
     # Row lengths batches are padded to (each is one compilation); None = 1/2, 3/4, 1 x max_seq_len.
-    length_buckets: list[int] | None = None
+    length_buckets: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="Positive row lengths (<= 32768), at most 64 of them: each is one compilation.")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _check_spec(cls, value: str) -> str:
+        # The spec's form is checked now, before any model loads (files: check_files).
+        from kaggle_lib.data.datasets import parse_spec
+
+        parse_spec(value)
+        return value
 
     @model_validator(mode="after")
     def _check_buckets(self) -> DataSection:
@@ -78,52 +112,61 @@ class DataSection(_Section):
 
 class LoraSection(_Section):
     rank: int = Field(16, ge=1, le=1024)
-    alpha: float = Field(32.0, gt=0)
+    alpha: float = Field(32.0, gt=0, le=1e6, description="LoRA scale numerator; finite, <= 1e6.")
     # Regex over module paths, as qwix's LoraProvider expects.
     target_modules: str = ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        return value
 
 
 class SftSection(_Section):
     mode: Literal["lora", "full"] = "lora"
-    max_steps: int = Field(100, ge=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS, description="At most 10**7.")
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH, description="At most 65536.")
+    grad_accum_steps: int = Field(1, ge=1, le=MAX_BATCH)
     learning_rate: float = Field(3e-4, gt=0, le=1.0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=10.0, description="Finite, 0..10 (AdamW's decay).")
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6)
     # Tokens per cross-entropy chunk: the loss never holds [B*T, vocab] logits at once.
-    loss_chunk_size: int = Field(512, ge=16)
+    loss_chunk_size: int = Field(512, ge=16, le=MAX_BATCH * 16)
     lora: LoraSection = LoraSection()
 
 
 class GrpoSection(_Section):
-    max_steps: int = Field(10, ge=1)
-    batch_size: int = Field(2, ge=1)
-    num_generations: int = Field(4, ge=2)
-    num_iterations: int = Field(1, ge=1)
-    beta: float = Field(0.04, ge=0)
-    epsilon: float = Field(0.2, gt=0)
+    max_steps: int = Field(10, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(2, ge=1, le=MAX_BATCH)
+    num_generations: int = Field(4, ge=2, le=1024, description="Completions per prompt, <= 1024.")
+    num_iterations: int = Field(1, ge=1, le=1000)
+    beta: float = Field(0.04, ge=0, le=1000.0)
+    epsilon: float = Field(0.2, gt=0, le=10.0)
     learning_rate: float = Field(1e-5, gt=0, le=1.0)
-    max_prompt_len: int = Field(256, ge=8)
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.9, gt=0)
+    max_prompt_len: int = Field(256, ge=8, le=MAX_TOKENS)
+    max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.9, gt=0, le=100.0)
     top_p: float = Field(1.0, gt=0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=2**20, description="<= 2**20 (vocabularies are smaller).")
 
 
 class TrainSection(_Section):
     stages: list[Literal["sft", "grpo"]] = ["sft"]
     sft: SftSection = SftSection()
     grpo: GrpoSection = GrpoSection()
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
+    checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS)
+    keep_checkpoints: int = Field(3, ge=1, le=1000)
     # "auto": continue from this run's checkpoint directory if it has one.
     resume: Literal["auto", "never"] = "auto"
     resume_from: str | None = None
     max_wall_time: str | None = Field(None, description="e.g. '8h30m'; stops cleanly with a checkpoint.")
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, le=MAX_STEPS)
 
     @field_validator("max_wall_time")
     @classmethod
@@ -147,16 +190,16 @@ class TrainSection(_Section):
 
 class SampleSection(_Section):
     prompts: list[str] = []
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0, le=100.0)
     top_p: float = Field(1.0, gt=0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
-    seed: int = 0
+    top_k: int | None = Field(None, ge=1, le=2**20)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class EvalSection(_Section):
-    max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     baseline: bool = True
 
 
@@ -171,7 +214,7 @@ class EvidenceSection(_Section):
 class RunConfig(_Section):
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     device: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0..2**32-1 (PRNG seeds are 32-bit).")
     # Overrides the memory preflight's refusal (with a loud warning).
     force: bool = False
     model: ModelSection
@@ -222,12 +265,13 @@ def _describe(errors: list[dict[str, Any]], source: str) -> str:
         value = err.get("input")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(RunConfig, loc[:-1])
-            lines.append(f"  {key}: unknown key (value {value!r}); allowed keys here: {', '.join(allowed)}")
+            lines.append(f"  {key}: unknown key (value {shorten(value)}); allowed keys here: "
+                         f"{', '.join(allowed)}")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key} = {value!r}: {msg}")
+            lines.append(f"  {key} = {shorten(value)}: {cut(msg, 2 * MESSAGE_VALUE_CHARS)}")
     return "\n".join(lines)
 
 
@@ -243,10 +287,19 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
     """Merge overrides into a raw config tree. Keys may be dotted ('train.sft.max_steps')."""
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"overrides must be a mapping of config keys to values, e.g. "
+            f"{{'train.sft.max_steps': 10}}; got {type(overrides).__name__} {shorten(overrides)}")
     merged = copy.deepcopy(tree)
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"overrides: key {shorten(key)} must be a non-empty string such as "
+                              "'train.sft.max_steps'")
         if isinstance(value, dict) and "." not in key and isinstance(merged.get(key), dict):
             merged[key] = apply_overrides(merged[key], value)
         else:
@@ -254,14 +307,45 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any] | None) -> d
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # SafeLoader itself refuses unhashable keys with its own message
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {cut(str(key))!r} on line {line} (first given on line "
+                f"{first_line[key]}); each key may appear once", key_node.start_mark)
+        first_line[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (configs live in configs/*.yaml)")
+    data = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text: byte {exc.start} (line {line}) "
+                          f"is {data[exc.start:exc.start + 1]!r}; save the file as UTF-8") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path} is not valid YAML: {cut(str(exc), 600)}") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
@@ -290,7 +374,7 @@ def check_files(config: RunConfig, source: str) -> None:
         raise ConfigError("\n".join([f"invalid config {source}:", *problems]))
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Read, merge overrides into, and validate a YAML run config."""
     tree = apply_overrides(read_yaml(path), overrides)
     source = str(path) + (" (with overrides)" if overrides else "")

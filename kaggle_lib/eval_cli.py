@@ -99,17 +99,16 @@ def latest_sft_checkpoint(run_dir: Path, config: Any) -> tuple[Path, int]:
         # Its trained model is SFT + GRPO; evaluating the SFT weights would mislabel them.
         raise EvalError("the run also trained GRPO; eval restores SFT checkpoints only, so it "
                         "would not evaluate the run's final model")
-    root = run_dir / "checkpoints" / "sft"
-    # Orbax renames a step directory into place once it is complete (commit marker inside).
-    steps = sorted(
-        int(p.name) for p in root.glob("[0-9]*")
-        if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
-        and (p / "model_params").is_dir()
-    ) if root.is_dir() else []
-    if not steps:
-        raise EvalError(f"no complete SFT checkpoint under {root} (expected <step>/model_params "
-                        "written by the run's training; did it save one? see train.checkpoint_every)")
-    return root, steps[-1]
+    from kaggle_lib.training import checkpoints
+
+    # Orbax refuses relative paths ("Checkpoint path should be absolute").
+    root = Path(run_dir).absolute() / "checkpoints" / "sft"
+    step = checkpoints.latest_complete_step(root)
+    if step is None:
+        raise EvalError(f"no complete SFT checkpoint under {root} (a complete step is finalised "
+                        "by Orbax and has model_params and optimizer_state; steps found: "
+                        f"{checkpoints.finalised_steps(root) or 'none'}; see train.checkpoint_every)")
+    return root, step
 
 
 def read_items(data: Path, limit: int | None) -> list[dict[str, Any]]:
@@ -177,6 +176,9 @@ def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any
     try:
         restored, _ = manager.maybe_restore(loaded.model, step=step,
                                             restore_only_lora_params=lora)
+    except Exception as exc:  # noqa: BLE001 - a corrupt step is an input problem here
+        raise EvalError(f"checkpoint step {step} under {root} could not be restored: "
+                        f"{type(exc).__name__}: {str(exc)[:300]}") from None
     finally:
         manager.close()
     if restored != step:
@@ -197,7 +199,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     from kaggle_lib.data import template
     from kaggle_lib.generation import Generator
 
-    run_dir, data = Path(run_dir), Path(data)
+    # Absolute once, here: Orbax needs absolute paths and the outputs name where they went.
+    run_dir, data = Path(run_dir).absolute(), Path(data).absolute()
     config = read_run_config(run_dir)
     root, step = latest_sft_checkpoint(run_dir, config)
     items = read_items(data, limit)

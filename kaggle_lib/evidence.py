@@ -15,7 +15,9 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import platform
+import shutil
 import subprocess
 import sys
 import traceback
@@ -25,6 +27,17 @@ from typing import Any
 MANIFEST = "run_manifest.json"
 METRICS = "metrics.jsonl"
 FAILURE = "failure_analysis.md"
+# Earlier attempts of a run re-run in its own directory: attempts/<n>/ holds attempt n's files.
+ATTEMPTS = "attempts"
+# What a new attempt keeps in place: the checkpoints it resumes from, and the earlier attempts.
+KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS)
+# Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
+RECORD_NAMES = frozenset({
+    MANIFEST, MANIFEST + ".tmp", METRICS, FAILURE, "executed.ipynb", "config.yaml",
+    "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
+    "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
+})
+log = logging.getLogger(__name__)
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "run_manifest.schema.json"
 SCHEMA_VERSION = 1
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -152,6 +165,9 @@ _HINTS = {
     "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
     "CellTimeoutError": "A notebook cell ran past its time limit; resume from the last checkpoint "
     "with `resume: auto` and set train.max_wall_time below the limit.",
+    "CheckpointError": "No checkpoint step of this run restores; each is listed above with the "
+    "reason and was moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train "
+    "from the start, or set train.resume_from to another run's checkpoint directory.",
     "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
 }
 
@@ -167,19 +183,71 @@ def hint_for(kind: str, message: str) -> str:
 
 
 def last_good_checkpoint(run_dir: Path) -> str | None:
-    """The newest completely written checkpoint step under <run_dir>/checkpoints/<stage>/."""
+    """The newest complete checkpoint step under <run_dir>/checkpoints/<stage>/ (GRPO's under
+    <stage>/actor/), by the rule of `kaggle_lib.training.checkpoints`: finalised by Orbax, with
+    model params and optimizer state. Steps that failed to restore were already moved aside."""
     root = Path(run_dir) / "checkpoints"
-    best: tuple[float, str] | None = None
     if not root.is_dir():
         return None
+    from kaggle_lib.training import checkpoints  # imports orbax only when there are checkpoints
+
+    best: tuple[float, str] | None = None
     for stage_dir in (p for p in root.iterdir() if p.is_dir()):
-        for step_dir in (p for p in stage_dir.iterdir() if p.is_dir() and p.name.isdigit()):
-            # Orbax writes into a temporary name and renames when the step is committed.
-            if not any((step_dir / m).exists() for m in ("_CHECKPOINT_METADATA", "commit_success.txt")):
+        for step_root in (stage_dir, stage_dir / "actor"):
+            step = checkpoints.latest_complete_step(step_root)
+            if step is None:
                 continue
+            step_dir = step_root / str(step)
             key = (step_dir.stat().st_mtime, str(step_dir))
             best = key if best is None or key > best else best
     return best[1] if best else None
+
+
+def _ends_without_newline(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(-1, 2)
+            return fh.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return False
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON objects of one of our own jsonl files. A line that does not parse (a write cut short
+    by a killed kernel) is skipped and reported, so that the record can still be closed."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("%s:%d: skipped a line that is not JSON (a write cut short?): %.80s",
+                        path, lineno, line)
+            print(f"[kaggle_lib] warning: {path}:{lineno}: skipped a line that is not JSON "
+                  "(a write cut short?)", file=sys.stderr)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest of the next attempt says about attempt `n`."""
+    failure = manifest.get("failure") or {}
+    status = manifest.get("status")
+    return {
+        "n": n,
+        # "running" in a manifest that is being archived: the attempt never closed its record.
+        "status": {"running": "interrupted"}.get(status, status) or "unknown",
+        "started_at": manifest.get("started_at"), "ended_at": manifest.get("ended_at"),
+        "failure": ({"stage": failure.get("stage"), "error_type": failure.get("error_type"),
+                     "message": str(failure.get("message") or "")[:500]} if failure else None),
+        "path": f"{ATTEMPTS}/{n}",
+    }
 
 
 class RunRecord:
@@ -232,7 +300,60 @@ class RunRecord:
         return path
 
     def start(self, run_id: str, run_name: str, config_path: str) -> None:
-        self.update_manifest(**self._identity(run_id, run_name, config_path))
+        """Begin this attempt with a fresh manifest (identity, status running, the earlier
+        attempts). Files of an earlier attempt are first moved to attempts/<n>/, unless the
+        runner already did that for this attempt (`prepare_attempt`)."""
+        try:
+            manifest = self.read_manifest()
+        except ValueError:
+            manifest = {}
+        if not (manifest.get("prepared_by_runner") and not manifest.get("stages")):
+            manifest = self.archive_previous_attempt()
+        self._fresh_manifest(run_id, run_name, config_path, manifest)
+
+    def prepare_attempt(self, run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
+        """The runner's part, before papermill writes executed.ipynb: earlier files to
+        attempts/<n>/, and a fresh manifest marked so that `start` in the kernel keeps it."""
+        attempts = self.archive_previous_attempt()
+        return self._fresh_manifest(run_id, run_name, config_path, attempts,
+                                    prepared_by_runner=True)
+
+    def _fresh_manifest(self, run_id: str, run_name: str, config_path: str,
+                        attempts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        fresh = {**self._identity(run_id, run_name, config_path),
+                 "attempt": attempts.get("attempt", 1), "attempts": attempts.get("attempts", []),
+                 **extra}
+        validate_manifest(fresh, str(self.manifest_path))
+        self._write_json(self.manifest_path, fresh)
+        return fresh
+
+    def archive_previous_attempt(self) -> dict[str, Any]:
+        """Move every file of an earlier attempt (all but checkpoints/ and attempts/) into
+        attempts/<n>/ and return {"attempt": this attempt's number, "attempts": [summaries]}."""
+        try:
+            old = self.read_manifest()
+        except ValueError:  # a manifest that does not parse still belongs to that attempt
+            old = {}
+        leftovers = [p for p in self.run_dir.iterdir() if p.name not in KEPT_ACROSS_ATTEMPTS]
+        attempts = list(old.get("attempts") or [])
+        if not leftovers:
+            return {"attempt": len(attempts) + 1, "attempts": attempts}
+        foreign = sorted(p.name for p in leftovers if p.name not in RECORD_NAMES)
+        if not self.manifest_path.is_file() and foreign:
+            # Not a run directory (e.g. --run-dir . by mistake): moving its files would be wrong.
+            raise ValueError(
+                f"run directory {self.run_dir} holds files that are not a run record "
+                f"({', '.join(foreign[:5])}) and no {MANIFEST}; choose a new or empty directory")
+        archive = self.run_dir / ATTEMPTS
+        taken = [int(p.name) for p in archive.iterdir() if p.name.isdigit()] if archive.is_dir() else []
+        n = max([len(attempts), *taken]) + 1
+        target = archive / str(n)
+        target.mkdir(parents=True)
+        for path in leftovers:
+            shutil.move(str(path), str(target / path.name))
+        attempts.append(_attempt_summary(n, old))
+        print(f"[kaggle_lib] attempt {n} of this run moved to {target}; this is attempt {n + 1}")
+        return {"attempt": n + 1, "attempts": attempts}
 
     @staticmethod
     def _identity(run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
@@ -250,14 +371,14 @@ class RunRecord:
         )
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        with (self.run_dir / METRICS).open("a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+        path = self.run_dir / METRICS
+        # A line cut short by a killed writer must not swallow this record.
+        separator = "\n" if _ends_without_newline(path) else ""
+        with path.open("a") as fh:
+            fh.write(separator + json.dumps(record, default=float) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.run_dir / METRICS
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.run_dir / METRICS)
 
     def stage(self, name: str, status: str, seconds: float | None = None, **extra: Any) -> None:
         entry = {"status": status, **({"seconds": round(seconds, 3)} if seconds is not None else {}), **extra}
@@ -312,6 +433,11 @@ class RunRecord:
         if recent:
             lines += ["", "## Last metrics before the failure", "", "```"]
             lines += [json.dumps(r) for r in recent] + ["```"]
+        aside = manifest.get("checkpoints_set_aside") or []
+        if aside:
+            lines += ["", "## Checkpoints set aside (they did not restore)", ""]
+            lines += [f"- `{e.get('stage')}` step {e.get('step')}, now `{e.get('path')}`: "
+                      f"{e.get('reason')}" for e in aside]
         if details:
             lines += ["", "## Details", "", details]
         lines += ["", "## Traceback", "", "```", tb.rstrip(), "```", "",

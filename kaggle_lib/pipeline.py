@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,18 +112,21 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     env = runtime.detect_environment()
     auth.register_environment_secrets()
     auth.install_log_redaction()
-    overrides = dict(overrides or {})
-    if run_name:
+    # Not a mapping: left as it is, so that the config stage fails with a ConfigError saying so.
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else overrides or {}
+    if run_name and isinstance(overrides, dict):
         overrides["run_name"] = run_name
     if run_dir:
-        directory = Path(run_dir)
+        # Absolute: Orbax refuses relative checkpoint paths.
+        directory = Path(run_dir).expanduser().absolute()
     else:
         try:
             digest = load_config(config_path, overrides).hash
         except ConfigError:
             path = Path(config_path)
             digest = evidence.hash_text(path.read_bytes() if path.is_file() else config_path)
-        directory = _evidence_root(config_path, env) / evidence.make_run_id(digest)
+        directory = (_evidence_root(config_path, env) / evidence.make_run_id(digest)).absolute()
+    # A directory with an earlier attempt's files: record.start moves them to attempts/<n>/.
     record = evidence.RunRecord(directory)
     run = Run(run_id=directory.name, run_dir=directory, record=record, config_path=config_path,
               env=env)

@@ -38,9 +38,6 @@ WEIGHT_DIRS = ("checkpoints", "export")
 # Binary files up to this size are searched for secret bytes (tensorboard events, images).
 BINARY_SCAN_LIMIT = 64 * 2**20
 INDEX_NAME = "index.jsonl"
-# Environment variables whose values are secrets wherever they appear.
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
-                   "WANDB_API_KEY")
 # Environment variables worth recording in env_info.txt (values pass the redaction filter).
 _ENV_INFO_VARS = ("JAX_PLATFORMS", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "TPU_NAME",
                   "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "CUDA_VISIBLE_DEVICES",
@@ -232,7 +229,7 @@ def _credential_file_values() -> set[str]:
 def secret_values(extra: Iterable[str] = ()) -> set[str]:
     """Every secret value this process knows of, registered for redaction on the way."""
     values = set(extra)
-    values |= {os.environ[v] for v in SECRET_ENV_VARS if os.environ.get(v)}
+    values |= {os.environ[v] for v in auth.SECRET_ENV_VARS if os.environ.get(v)}
     values |= _credential_file_values()
     for value in values:
         auth.register_secret(value)
@@ -276,10 +273,17 @@ def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """Files of the record that people read (weights directories excluded)."""
+    """Files of the record that people read (weights directories excluded, also those of
+    earlier attempts under attempts/<n>/)."""
     run_dir = Path(run_dir)
+
+    def is_weights(parts: tuple[str, ...]) -> bool:
+        if parts[:1] == (evidence.ATTEMPTS,):
+            parts = parts[2:]
+        return bool(set(parts[:1]) & set(WEIGHT_DIRS))
+
     return sorted(p for p in run_dir.rglob("*")
-                  if p.is_file() and not set(p.relative_to(run_dir).parts[:1]) & set(WEIGHT_DIRS))
+                  if p.is_file() and not is_weights(p.relative_to(run_dir).parts))
 
 
 def scan_files(run_dir: Path, notebook: Path | None = None) -> list[Path]:
@@ -448,6 +452,20 @@ def write_readme(run_dir: Path) -> Path:
     if env.get("notebook_url"):
         lines.append(f"- Kaggle notebook: {env['notebook_url']}"
                      + (f" version {env['notebook_version']}" if env.get("notebook_version") else ""))
+    attempts = m.get("attempts") or []
+    if attempts:
+        lines += ["", f"## Attempts (this is attempt {m.get('attempt', len(attempts) + 1)})", ""]
+        for a in attempts:
+            failure = a.get("failure") or {}
+            why = (f": `{failure.get('error_type')}` in `{failure.get('stage')}`"
+                   if failure.get("error_type") else "")
+            lines.append(f"- attempt {a.get('n')}: {a.get('status')}{why} "
+                         f"({a.get('started_at')} to {a.get('ended_at')}), files in `{a.get('path')}/`")
+    aside = m.get("checkpoints_set_aside") or []
+    if aside:
+        lines += ["", "Checkpoints set aside because they did not restore: "
+                  + "; ".join(f"`{e.get('stage')}` step {e.get('step')} ({e.get('reason')})"
+                              for e in aside)]
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {k} | {v.get('status')} | {v.get('seconds', '')} |" for k, v in stages.items()]
     if metrics:
@@ -496,7 +514,8 @@ def index_entry(run_dir: Path) -> dict[str, Any]:
     m = json.loads((run_dir / evidence.MANIFEST).read_text())
     base = index_path(run_dir).parent
     failure = m.get("failure") or {}
-    return {"run_id": m.get("run_id"), "status": m.get("status"), "config": m.get("config_path"),
+    return {"run_id": m.get("run_id"), "attempt": m.get("attempt", 1), "status": m.get("status"),
+            "config": m.get("config_path"),
             "model": (m.get("model") or {}).get("name"), "started_at": m.get("started_at"),
             "ended_at": m.get("ended_at"), "duration_s": m.get("duration_s"),
             "git_sha": (m.get("git") or {}).get("sha"),
@@ -505,27 +524,23 @@ def index_entry(run_dir: Path) -> dict[str, Any]:
 
 
 def read_index(path: Path) -> list[dict[str, Any]]:
-    """Index entries; a line that is not JSON (e.g. a merge conflict) is dropped, not fatal."""
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("run_id"):
-            entries.append(entry)
-    return entries
+    """Index entries; a line that is not JSON (a merge conflict, a write cut short) is skipped
+    and reported, not fatal."""
+    return [e for e in evidence.read_jsonl(path) if e.get("run_id")]
+
+
+def _index_key(entry: dict[str, Any]) -> tuple[Any, int]:
+    return entry.get("run_id"), int(entry.get("attempt") or 1)
 
 
 def append_index(run_dir: Path) -> Path:
-    """Add or update this run's line in the index: one line per run id, in first-seen order."""
+    """Add or update this attempt's line in the index: one line per (run id, attempt), in
+    first-seen order."""
     entry = index_entry(run_dir)
     path = index_path(run_dir)
     entries, seen = [], False
     for old in read_index(path):
-        if old["run_id"] == entry["run_id"]:
+        if _index_key(old) == _index_key(entry):
             if not seen:
                 entries.append(entry)
                 seen = True

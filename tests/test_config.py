@@ -110,3 +110,72 @@ def test_local_source_needs_path(tmp_path: Path) -> None:
     path = write(tmp_path, {"model": {"name": "gemma3-270m", "source": "local"}})
     with pytest.raises(ConfigError, match="model.path is required"):
         load_config(path)
+
+
+# ------------------------------------------------------------------ issue 11: hostile values
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"train.sft.max_steps": 10**30}, "train.sft.max_steps"),
+        ({"train.sft.batch_size": 10**9}, "train.sft.batch_size"),
+        ({"train.sft.weight_decay": float("inf")}, "train.sft.weight_decay"),
+        ({"train.sft.learning_rate": float("nan")}, "train.sft.learning_rate"),
+        ({"train.grpo.max_new_tokens": 10**6}, "train.grpo.max_new_tokens"),
+        ({"data.length_buckets": [0, 256]}, "data.length_buckets.0"),
+        ({"data.length_buckets": [-16, 256]}, "data.length_buckets.0"),
+        ({"seed": -1}, "seed"),
+        ({"eval.batch_size": 10**9}, "eval.batch_size"),
+    ],
+    ids=["max_steps", "batch", "inf", "nan", "grpo-tokens", "zero-bucket", "negative-bucket",
+         "seed", "eval-batch"],
+)
+def test_numbers_out_of_bounds_are_refused_by_key(tmp_path: Path, override: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, BASE), override)
+    assert f"  {key} = " in str(err.value)
+
+
+def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("model:\n  name: gemma3-tiny\n  source: random\ntrain:\n  sft:\n"
+                    "    max_steps: 3\n    max_steps: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and "duplicate key 'max_steps' on line 7" in message
+    assert "first given on line 6" in message
+
+
+def test_data_spec_and_lora_regex_are_checked_before_any_model_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, "data": {"train": "csv:/x.csv"}}))
+    assert "data.train = 'csv:/x.csv'" in str(err.value) and "unknown kind 'csv'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, "data": {"eval": "kaggle:owner/ds/file.jsonl"}}))
+    assert "data.eval" in str(err.value) and "version number is required" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, "train": {"sft": {"lora": {"target_modules": ".*(q"}}}}))
+    assert "train.sft.lora.target_modules" in str(err.value)
+    assert "not a valid regular expression" in str(err.value)
+
+
+def test_error_messages_quote_long_values_briefly(tmp_path: Path) -> None:
+    huge = "x" * 350_000
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, "train": {"sft": {"max_stepz": huge}}}))
+    assert "train.sft.max_stepz: unknown key" in str(err.value)
+    assert len(str(err.value)) < 1500 and "(350002 characters)" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, "run_name": huge}))
+    assert len(str(err.value)) < 1500
+
+
+def test_non_utf8_config_and_non_mapping_overrides_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"model:\n  name: gemma3-tiny\nrun_name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text: byte 40 \(line 3\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="overrides must be a mapping"):
+        load_config(write(tmp_path, BASE), ["train.sft.max_steps=3"])  # type: ignore[arg-type]

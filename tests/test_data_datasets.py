@@ -281,3 +281,13 @@ def test_kaggle_file_without_completion_marker_is_not_trusted(
     with pytest.raises(DataError, match=r"kaggle:acme/half/versions/2/kaggle_reasoning.csv: "
                                         r"cannot download"):
         load_items("kaggle:acme/half/versions/2/kaggle_reasoning.csv")
+
+
+def test_non_utf8_data_file_names_file_and_line(tmp_path: Path) -> None:
+    good = ('{"id": "a", "section": "math", "category": "arithmetic", "difficulty": "easy", '
+            '"prompt": "1+1?", "answer": "2"}\n')
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(good.encode() + good.replace('"a"', '"b"').replace("1+1?", "caf\xe9?")
+                     .encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 text"):
+        load_items(f"jsonl:{path}")

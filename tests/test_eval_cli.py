@@ -118,3 +118,16 @@ def test_module_entry_point_routes_to_eval(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "eval: error: run directory" in result.stderr
+
+
+def test_relative_run_dir_as_docs_show_it(finished_run: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eval --run-dir evidence/runs/<id>` (relative) works: Orbax needs absolute paths."""
+    trained = _by_stage(finished_run, "trained")
+    first = sorted(trained)[0]
+    data = finished_run.parent / "one.jsonl"
+    write_jsonl(data, [{k: trained[first][k] for k in ev.ITEM_FIELDS}])
+    monkeypatch.chdir(finished_run.parent)
+    assert eval_cli.main(["--run-dir", finished_run.name, "--data", "one.jsonl"]) == 0
+    [record] = ev.read_predictions(finished_run / "eval" / "one" / eval_cli.PREDICTIONS)
+    assert record["output"] == trained[first]["output"]

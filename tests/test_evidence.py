@@ -17,7 +17,7 @@ def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     saved = set(auth._secret_values)  # noqa: SLF001
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    for var in report.SECRET_ENV_VARS:
+    for var in auth.SECRET_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     yield
     auth._secret_values.clear()  # noqa: SLF001
@@ -167,19 +167,32 @@ def test_out_of_memory_is_recognised_by_its_message() -> None:
     assert "Add-ons -> Secrets" in evidence.hint_for("AuthError", "401")
 
 
-def test_last_good_checkpoint_skips_uncommitted_steps(tmp_path: Path) -> None:
+def fake_step(root: Path, step: int, items: tuple[str, ...]) -> Path:
+    """A step directory as Orbax leaves it: the step metadata lists the items written."""
+    d = root / str(step)
+    d.mkdir(parents=True)
+    handler = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
+    if items:
+        (d / "_CHECKPOINT_METADATA").write_text(json.dumps(
+            {"item_handlers": {i: handler for i in items}, "metrics": {}, "custom_metadata": {}}))
+    for item in items:
+        (d / item).mkdir()
+        (d / item / "_METADATA").write_text("{}")
+    return d
+
+
+def test_last_good_checkpoint_is_the_newest_complete_step(tmp_path: Path) -> None:
     import os
     import time
 
     root = tmp_path / "r" / "checkpoints" / "sft"
-    for step, committed in ((2, True), (4, True), (6, False)):
-        d = root / str(step)
-        d.mkdir(parents=True)
-        (d / "weights").write_bytes(b"x")
-        if committed:
-            (d / "_CHECKPOINT_METADATA").write_text("{}")
+    both = ("model_params", "optimizer_state")
+    # 6: an empty step directory; 8: no optimizer state; 10: Orbax's temporary (unfinished) name.
+    for step, items in ((2, both), (4, both), (6, ()), (8, ("model_params",))):
+        d = fake_step(root, step, items)
         stamp = time.time() - 100 + step
         os.utime(d, (stamp, stamp))
+    (root / "10.orbax-checkpoint-tmp-1234").mkdir()
     assert evidence.last_good_checkpoint(tmp_path / "r") == str(root / "4")
     assert evidence.last_good_checkpoint(tmp_path / "empty") is None
 
@@ -296,9 +309,7 @@ class DeadKernelError(RuntimeError):
 def test_kernel_death_is_recorded_against_the_running_stage(tmp_path: Path) -> None:
     record = complete(started(tmp_path / "runs" / "r1"))
     record.stage("train", "running")
-    ckpt = record.run_dir / "checkpoints" / "sft" / "3"
-    ckpt.mkdir(parents=True)
-    (ckpt / "_CHECKPOINT_METADATA").write_text("{}")
+    ckpt = fake_step(record.run_dir / "checkpoints" / "sft", 3, ("model_params", "optimizer_state"))
     m = report.close_after_kernel(record.run_dir, record.run_dir / "executed.ipynb",
                                   _raise(DeadKernelError("Kernel died")), 123.4)
     assert m["status"] == "failed" and m["failure"]["stage"] == "train"

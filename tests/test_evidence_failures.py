@@ -20,7 +20,7 @@ TINY = REPO / "configs" / "cpu_tiny.yaml"
 @pytest.fixture(autouse=True)
 def isolated_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     saved = set(auth._secret_values)  # noqa: SLF001
-    for var in (*report.SECRET_ENV_VARS, "KAGGLE_KERNEL_RUN_TYPE"):
+    for var in (*auth.SECRET_ENV_VARS, "KAGGLE_KERNEL_RUN_TYPE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))

@@ -111,6 +111,18 @@ def validate_items(
     return out
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a DataError naming the
+    file, the line and the byte."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line is "
+                                f"{raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+
+
 def load_jsonl(
     path: str | os.PathLike[str], *, require_reasoning: bool = False, limit: int | None = None
 ) -> list[dict[str, Any]]:
@@ -123,24 +135,23 @@ def load_jsonl(
         raise DataError(f"{path}: no such file")
     items: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(items) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            item = validate_item(record, where=where, require_reasoning=require_reasoning)
-            if item["id"] in seen:
-                raise DataError(
-                    f"{where}: duplicate id {item['id']!r} (first on line {seen[item['id']]})"
-                )
-            seen[item["id"]] = lineno
-            items.append(item)
+    for lineno, line in _text_lines(path):
+        if limit is not None and len(items) >= limit:
+            break
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        item = validate_item(record, where=where, require_reasoning=require_reasoning)
+        if item["id"] in seen:
+            raise DataError(
+                f"{where}: duplicate id {item['id']!r} (first on line {seen[item['id']]})"
+            )
+        seen[item["id"]] = lineno
+        items.append(item)
     if not items and limit != 0:
         raise DataError(f"{path}: no items (the file is empty)")
     return items
@@ -309,17 +320,24 @@ def _read_table(path: Path) -> Iterator[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f)
+            reader = csv.DictReader(f)
+            try:
+                yield from reader
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text "
+                                f"({e.reason}); save the file as UTF-8") from None
     elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        for lineno, line in _text_lines(path):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start} is not valid UTF-8)") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         yield from data

@@ -186,6 +186,7 @@ def run_grpo(
     max_wall_time_s: float | None = None,
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     log_dir: Path | None = None,
+    on_set_aside: Callable[[Any], None] = lambda entry: None,
 ) -> GrpoResult:
     """GRPO-train `actor` in place (LoRA weights when it has them) for `max_steps` steps.
 
@@ -200,6 +201,7 @@ def run_grpo(
     from tunix.rl.rollout.base_rollout import RolloutConfig
 
     from kaggle_lib.mesh import check_batch
+    from kaggle_lib.training import checkpoints
     from kaggle_lib.training.sft import _metrics_options, latest_checkpoint_step, lr_schedule
     from kaggle_lib.training.sft import make_optimizer as make_tx
 
@@ -222,9 +224,16 @@ def run_grpo(
         kv_cache_size=max_prompt_len + max_new_tokens, temperature=temperature, top_p=top_p,
         top_k=top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
     )
+    actor_tx = make_tx(learning_rate=learning_rate, max_steps=actor_steps,
+                       max_grad_norm=max_grad_norm)
+    if checkpoint_dir is not None:
+        # The actor trainer restores its newest step on construction: make sure that one does.
+        actor_root = Path(checkpoint_dir) / "actor"
+        with mesh:
+            checkpoints.resume_from_newest_restorable(
+                actor_root, checkpoints.restore_probe(actor_root, actor, actor_tx), on_set_aside)
     training_config = rl.RLTrainingConfig(
-        actor_optimizer=make_tx(learning_rate=learning_rate, max_steps=actor_steps,
-                                max_grad_norm=max_grad_norm),
+        actor_optimizer=actor_tx,
         eval_every_n_steps=actor_steps + 1,
         max_steps=actor_steps,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
@@ -286,7 +295,12 @@ def run_grpo_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, 
     """The notebook's GRPO stage: the SFT result (LoRA) trained further with GRPO, in place."""
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.training.sft import apply_lora
-    from kaggle_lib.training.stages import _note_checkpoint, _training_log, checkpoint_dir
+    from kaggle_lib.training.stages import (
+        _note_checkpoint,
+        _training_log,
+        checkpoint_dir,
+        record_set_aside,
+    )
 
     cfg = run.cfg
     grpo = cfg.train.grpo
@@ -329,7 +343,7 @@ def run_grpo_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, 
             top_k=grpo.top_k, seed=cfg.seed, checkpoint_dir=ckpt_dir,
             checkpoint_every=cfg.train.checkpoint_every,
             keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
-            on_record=on_record,
+            on_record=on_record, on_set_aside=record_set_aside(run, "grpo"),
             log_dir=run.run_dir / "tensorboard" / "grpo" if cfg.evidence.tensorboard else None,
         )
     finally:

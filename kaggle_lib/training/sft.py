@@ -31,6 +31,7 @@ import jax
 import optax
 from flax import nnx
 
+from kaggle_lib.training import checkpoints
 from kaggle_lib.training.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class SftResult:
     checkpoint_dir: str | None
     last_checkpoint_step: int | None
     seconds: float
+    # Checkpoint steps moved aside because they did not restore (training.checkpoints.SetAside).
+    set_aside: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0) -> optax.Schedule:
@@ -314,6 +317,7 @@ def run_sft(
     wandb: bool = False,
     run_name: str = "run",
     pad_id: int = 0,
+    on_set_aside: Callable[[Any], None] = lambda entry: None,
 ) -> SftResult:
     """Train `model` in place on `batches` for `max_steps` optimizer steps.
 
@@ -321,6 +325,9 @@ def run_sft(
     Tunix restores the latest checkpoint in `checkpoint_dir` and skips the batches already
     trained. Stops early, with a checkpoint, once `max_wall_time_s` has passed; raises
     `NonFiniteLossError` (with no checkpoint of the bad step) if the loss or weights go NaN/inf.
+    A newest checkpoint that does not restore (or lacks its optimizer state) is moved to
+    `<checkpoint_dir>/corrupt/` first (`on_set_aside` hears of it) and training resumes from the
+    step before; `checkpoints.CheckpointError` when none restores.
     """
     import orbax.checkpoint as ocp
     from tunix.sft.peft_trainer import TrainingConfig
@@ -353,7 +360,10 @@ def run_sft(
     hooks = _StepHooks(on_step, step_tokens, max_wall_time_s, schedule)
     started = time.monotonic()
     with mesh:
-        # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer).
+        # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer):
+        # first make sure the latest one restores.
+        _, set_aside = checkpoints.resume_from_newest_restorable(
+            checkpoint_dir, checkpoints.restore_probe(checkpoint_dir, model, tx), on_set_aside)
         trainer = make_trainer_class()(model, tx, training_config, checkpoint_every=checkpoint_every)
         start_step = trainer.train_steps
         if start_step:
@@ -380,14 +390,10 @@ def run_sft(
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         last_checkpoint_step=latest_checkpoint_step(checkpoint_dir),
         seconds=time.monotonic() - started,
+        set_aside=[entry.to_dict() for entry in set_aside],
     )
 
 
 def latest_checkpoint_step(checkpoint_dir: Path | str | None) -> int | None:
-    """Highest complete step in an Orbax checkpoint root. In-progress saves live under temporary
-    names; a complete step directory holds Orbax's `commit_success.txt`."""
-    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
-        return None
-    steps = [int(p.name) for p in Path(checkpoint_dir).iterdir()
-             if p.name.isdigit() and (p / "commit_success.txt").is_file()]
-    return max(steps) if steps else None
+    """Highest complete step in an Orbax checkpoint root (the rule of `training.checkpoints`)."""
+    return checkpoints.latest_complete_step(checkpoint_dir)

@@ -19,17 +19,35 @@ def checkpoint_dir(run: Any, stage: str) -> Path:
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
-    """Copy the latest step of a previous run's checkpoints into this run (inputs on Kaggle
-    are read-only, and the record of each run stays self-contained)."""
+    """Copy the latest complete step of a previous run's checkpoints into this run (inputs on
+    Kaggle are read-only, and the record of each run stays self-contained). Whether it restores
+    is checked with the run's own steps before training (`checkpoints`)."""
+    from kaggle_lib.training import checkpoints
+
     source = Path(resume_from)
-    steps = sorted((int(p.name), p) for p in source.iterdir() if p.name.isdigit())
-    if not steps:
-        raise FileNotFoundError(f"train.resume_from = {resume_from!r} holds no step directories")
-    step, path = steps[-1]
+    step = checkpoints.latest_complete_step(source)
+    if step is None:
+        found = checkpoints.finalised_steps(source)
+        raise FileNotFoundError(
+            f"train.resume_from = {resume_from!r} holds no complete checkpoint step (steps found: "
+            f"{found or 'none'}; a complete step has model_params and optimizer_state)")
     if not (target / str(step)).exists():
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(path, target / str(step))
+        shutil.copytree(source / str(step), target / str(step))
     return step
+
+
+def record_set_aside(run: Any, stage: str) -> Any:
+    """A callback that lists a checkpoint step moved aside in the manifest at once (so that a
+    failing run records it too); failure_analysis.md reads the list from there."""
+
+    def note(entry: Any) -> None:
+        listed = list(run.record.read_manifest().get("checkpoints_set_aside") or [])
+        listed.append({"stage": stage, **entry.to_dict()})
+        run.record.update_manifest(checkpoints_set_aside=listed)
+        print(f"checkpoint {stage} step {entry.step} set aside to {entry.path}: {entry.reason}")
+
+    return note
 
 
 def _training_log(run: Any, line: str) -> None:
@@ -111,6 +129,7 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
             on_step=on_step, tokens_per_step=tokens_per_step,
             log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
             wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
+            on_set_aside=record_set_aside(run, "sft"),
         )
     finally:
         # Also on failure: failure_analysis.md names the last good checkpoint.
@@ -121,7 +140,7 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
         "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
         "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
         "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
-        "mode": sft.mode,
+        "mode": sft.mode, "checkpoints_set_aside": len(result.set_aside),
     }
     print(f"sft: {summary}")
     return summary

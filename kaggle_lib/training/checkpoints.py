@@ -1,0 +1,164 @@
+"""The one rule for "the latest complete checkpoint", shared by resume, seeding (`train.resume_from`),
+`python -m kaggle_lib eval` and `failure_analysis.md`.
+
+A step is complete when Orbax lists it as finalised (`orbax.checkpoint.utils.checkpoint_steps`:
+saves go to a temporary name and are renamed when done), its step metadata lists both items
+Tunix writes (`model_params` and `optimizer_state`), and it restores. The first two are read
+from disk (`complete_steps`); the last needs the model, so training probes it before Tunix's
+trainer is built (`resume_from_newest_restorable`): Tunix's trainer always restores the newest
+step and would fail on a corrupt one, or silently start a fresh optimizer when the optimizer
+state is missing (tunix/sft/checkpoint_manager.py restores the optimizer only "if found").
+
+A step that is not complete is moved to `<root>/corrupt/<step>/` with a `reason.txt`, so that
+neither Tunix nor a later run picks it, and training continues from the previous step. When
+no step restores, training stops with `CheckpointError` naming each step and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REQUIRED_ITEMS = ("model_params", "optimizer_state")
+CORRUPT_DIR = "corrupt"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint step restores; the message names each step and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAside:
+    """A step that did not restore, moved out of the checkpoint root."""
+
+    step: int
+    path: str  # where it went: <root>/corrupt/<step>[-n]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def finalised_steps(root: Path | str | None) -> list[int]:
+    """Steps Orbax considers finalised under `root` (ascending); [] when there is no root."""
+    if root is None or not Path(root).is_dir():
+        return []
+    from orbax.checkpoint import utils as ocp_utils
+
+    return sorted(ocp_utils.checkpoint_steps(str(root)))
+
+
+def missing_items(root: Path | str, step: int) -> list[str]:
+    """Items of REQUIRED_ITEMS that the step's Orbax metadata does not list (all of them for an
+    empty or unreadable step directory)."""
+    import orbax.checkpoint as ocp
+
+    step_dir = Path(root) / str(step)
+    try:
+        # Orbax's own reader of <step>/_CHECKPOINT_METADATA (a missing file raises).
+        metadata = ocp.metadata.get_step_metadata(step_dir)
+    except Exception:  # noqa: BLE001 - unreadable metadata means "not complete"
+        return list(REQUIRED_ITEMS)
+    names = set(metadata.item_handlers or {}) if isinstance(metadata.item_handlers, dict) else set()
+    present = {name for name in names if (step_dir / name).is_dir()}
+    return [item for item in REQUIRED_ITEMS if item not in present]
+
+
+def complete_steps(root: Path | str | None) -> list[int]:
+    """Finalised steps whose metadata lists model params and optimizer state (ascending)."""
+    return [s for s in finalised_steps(root) if not missing_items(root, s)]  # type: ignore[arg-type]
+
+
+def latest_complete_step(root: Path | str | None) -> int | None:
+    steps = complete_steps(root)
+    return steps[-1] if steps else None
+
+
+def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
+    """Move `<root>/<step>` to `<root>/corrupt/<step>` (suffixed if taken), with reason.txt."""
+    root = Path(root)
+    target = root / CORRUPT_DIR / str(step)
+    n = 1
+    while target.exists():
+        n += 1
+        target = root / CORRUPT_DIR / f"{step}-{n}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(root / str(step)), str(target))
+    (target / "reason.txt").write_text(reason + "\n")
+    log.warning("checkpoint step %d under %s set aside to %s: %s", step, root, target, reason)
+    return SetAside(step=step, path=str(target), reason=reason)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def resume_from_newest_restorable(
+    root: Path | str | None,
+    probe: Callable[[int], None],
+    on_set_aside: Callable[[SetAside], None] = lambda entry: None,
+) -> tuple[int | None, list[SetAside]]:
+    """Make the newest step under `root` one that restores, setting aside those that do not.
+
+    `probe(step)` restores the step the way the trainer will (raising if it cannot). Returns
+    (the step training resumes from or None for a fresh start, the steps set aside). Raises
+    CheckpointError when steps existed and none restored.
+    """
+    removed: list[SetAside] = []
+    if root is None or not Path(root).is_dir():
+        return None, removed
+    for step in reversed(finalised_steps(root)):
+        missing = missing_items(root, step)
+        if missing:
+            reason = (f"incomplete: no {' and no '.join(missing)} in its Orbax metadata (resuming "
+                      "without the optimizer state would not continue the same run)")
+        else:
+            try:
+                probe(step)
+            except Exception as exc:  # noqa: BLE001 - any restore failure disqualifies the step
+                reason = f"does not restore: {_short(exc)}"
+            else:
+                return step, removed
+        entry = set_aside(root, step, reason)
+        removed.append(entry)
+        on_set_aside(entry)
+    if removed:
+        raise CheckpointError(
+            f"no checkpoint under {root} restores; each was moved to {Path(root) / CORRUPT_DIR}:\n"
+            + "\n".join(f"  step {e.step}: {e.reason}" for e in removed)
+            + "\nRe-run to train from the start, or set train.resume_from to another run's "
+            "checkpoints."
+        )
+    return None, removed
+
+
+def restore_probe(root: Path | str, model: Any, tx: Any) -> Callable[[int], None]:
+    """A probe that restores a step into `model` and a fresh optimizer exactly as Tunix's trainer
+    does on construction (LoRA params only when the model has LoRA). Restoring into the real
+    model is harmless: the trainer restores the same step into it right after, and Orbax reads
+    every item before anything is updated."""
+
+    def probe(step: int) -> None:
+        from flax import nnx
+        from tunix.sft import utils as sft_utils
+        from tunix.sft.checkpoint_manager import CheckpointManager
+
+        lora = sft_utils.is_lora_enabled(model)
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam if lora else nnx.Param)
+        manager = CheckpointManager(str(root))
+        try:
+            restored, _ = manager.maybe_restore(model, optimizer, step=step,
+                                                restore_only_lora_params=lora)
+        finally:
+            manager.close()
+        if restored != step:
+            raise CheckpointError(f"Tunix restored step {restored} instead of {step}")
+
+    return probe
