@@ -97,7 +97,7 @@ def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
 
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
+    return f"{type(exc).__name__}: {text[:300].rstrip()}"
 
 
 def resume_from_newest_restorable(
