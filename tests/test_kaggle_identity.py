@@ -50,3 +50,25 @@ def test_image_identity_falls_back_to_the_tpu_images_environment(
     monkeypatch.setenv("GIT_COMMIT", "abc123")
     monkeypatch.setenv("BUILD_DATE", "unknown")  # the Dockerfile's default: not an identity
     assert pipeline._kaggle_identity(on_kaggle=True)["kaggle_image"] == {"git_commit": "abc123"}
+
+
+def test_start_run_on_kaggle_writes_the_image_identity_into_the_manifest(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring, not only the helper: a run started on Kaggle (here one whose config then
+    fails) has environment.kaggle_image in run_manifest.json; off Kaggle it has none."""
+    from kaggle_lib.config import ConfigError
+
+    config = root / "bad.yaml"
+    config.write_text("model:\n  name: gemma3-tiny\n  source: random\ncolour: blue\n")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    with pytest.raises(ConfigError):
+        pipeline.start_run(str(config), run_dir=str(root / "runs" / "on"))
+    env = evidence.RunRecord(root / "runs" / "on").read_manifest()["environment"]
+    assert env["on_kaggle"] is True
+    assert env["kaggle_image"] == {"git_commit": "3f2b9c1e7d", "build_date": "20261120-031502"}
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    monkeypatch.setenv("KAGGLE_LIB_KAGGLE_ROOT", str(root / "elsewhere"))
+    with pytest.raises(ConfigError):
+        pipeline.start_run(str(config), run_dir=str(root / "runs" / "off"))
+    env = evidence.RunRecord(root / "runs" / "off").read_manifest()["environment"]
+    assert env["on_kaggle"] is False and "kaggle_image" not in env

@@ -231,6 +231,16 @@ def test_dry_run_prints_the_size_as_sent_and_fails_above_the_limit(
     _inflate(repo)
     proc = _run(args, {"HOME": str(tmp_path)})
     assert proc.returncode == 2 and "would be" in proc.stderr
+    # The documented entry point, `python -m kaggle_lib push --dry-run`, says the same.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "kaggle_lib", "push", *args], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    inflated = json.loads((tmp_path / "b" / "bundle.json").read_text())["sent_bytes"]
+    assert inflated > 950_000
+    assert f"the notebook text sent to Kaggle would be {inflated:,} bytes" in proc.stderr
+    assert "allowed: at most 950,000" in proc.stderr
 
 
 def test_fake_refuses_a_source_of_1_mb_like_kaggle(tmp_path: Path, repo: Path) -> None:
