@@ -131,7 +131,8 @@ def test_runner_prepared_attempt_is_not_moved_twice(tmp_path: Path) -> None:
     assert [a["n"] for a in manifest(run_dir)["attempts"]] == [1, 2]
 
 
-def test_a_truncated_metrics_line_does_not_stop_the_record_from_closing(tmp_path: Path) -> None:
+def test_a_truncated_metrics_line_does_not_stop_the_record_from_closing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nbclient.exceptions import DeadKernelError
 
     record = evidence.RunRecord(tmp_path / "runs" / "r")
@@ -144,9 +145,25 @@ def test_a_truncated_metrics_line_does_not_stop_the_record_from_closing(tmp_path
     assert m["status"] == "failed" and m["failure"]["error_type"] == "DeadKernelError"
     assert (record.run_dir / evidence.FAILURE).is_file() and (record.run_dir / "README.md").is_file()
     assert [r["step"] for r in record.read_metrics()] == [1]
+    # Skipped, and reported with the file and line (not silently dropped).
+    assert f"{record.run_dir / evidence.METRICS}:2: skipped a line that is not JSON" in \
+        capsys.readouterr().err
     # A later write is not glued onto the cut line.
     record.log_metrics({"stage": "sft", "step": 3, "loss": 1.0})
     assert [r["step"] for r in record.read_metrics()] == [1, 3]
+
+
+def test_a_cut_last_prediction_line_is_skipped_and_reported_but_a_bad_middle_line_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kaggle_lib.evaluation import read_predictions
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": "a", "correct": true}\n{"id": "b", "correct": false}\n{"id": "c", "cor')
+    assert [r["id"] for r in read_predictions(path)] == ["a", "b"]
+    assert f"{path}:3: skipped a last line cut short" in capsys.readouterr().err
+    path.write_text('{"id": "a", "correct": true}\n{"id": "b", "cor\n{"id": "c", "correct": true}\n')
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: not valid JSON"):
+        read_predictions(path)
 
 
 def test_start_run_records_a_non_utf8_config_and_non_mapping_overrides(tmp_path: Path) -> None:
