@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -79,6 +80,29 @@ def test_sft_then_grpo_logs_rewards_and_checkpoints(tmp_path: Path) -> None:
     after_grpo = restored(actor_ckpt)
     assert any(not np.array_equal(a, b) for a, b in zip(final, after_sft, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(final, after_grpo, strict=True))
+
+    # The one checkpoint rule (issue 11) holds for GRPO's actor too: its steps are complete
+    # (LoRA params and optimizer state) and restore; a damaged newest step is set aside and
+    # the one before is what the actor trainer will restore.
+    from kaggle_lib.training import checkpoints
+    from kaggle_lib.training.sft import make_optimizer
+
+    assert checkpoints.complete_steps(actor_ckpt)[-2:] == [2, 3]
+    grpo = run.cfg.train.grpo
+    tx = make_optimizer(learning_rate=grpo.learning_rate,
+                        max_steps=grpo.max_steps * grpo.num_iterations,
+                        max_grad_norm=run.cfg.train.sft.max_grad_norm)
+    copy = tmp_path / "actor_copy"
+    shutil.copytree(actor_ckpt, copy)
+    for f in (copy / "3" / "model_params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])  # truncated, as a cut copy leaves it
+    with run.mesh:
+        step, set_aside = checkpoints.resume_from_newest_restorable(
+            copy, checkpoints.restore_probe(copy, nnx.clone(run.loaded.model), tx))
+    assert step == 2 and [e.step for e in set_aside] == [3]
+    assert set_aside[0].reason.startswith("does not restore:")
+    assert (copy / "corrupt" / "3").is_dir() and checkpoints.latest_complete_step(copy) == 2
 
 
 def test_prompt_batches_are_a_pure_function_of_seed_and_step() -> None:
