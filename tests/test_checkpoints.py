@@ -130,9 +130,31 @@ def test_empty_and_unfinished_step_directories_are_never_picked(
     assert evidence.last_good_checkpoint(root.parent.parent) == str(root / "4")
     target = tmp_path / "other" / "checkpoints" / "sft"
     assert _seed_from_previous(str(root), target) == 4
-    assert sorted(p.name for p in target.iterdir()) == ["4"]
+    assert sorted(int(p.name) for p in target.iterdir()) == checkpoints.complete_steps(root)
     # Only empty steps: seeding refuses instead of copying an empty directory.
     only_empty = tmp_path / "only_empty"
     (only_empty / "3").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint step"):
         _seed_from_previous(str(only_empty), tmp_path / "x")
+
+
+def test_a_seed_whose_newest_step_does_not_restore_falls_back_to_the_previous(
+        trained: tuple[Path, dict[int, float]], base_model: Any, tmp_path: Path) -> None:
+    """train.resume_from follows the same rule as a resume in place: the seed's newest step is
+    truncated, so training continues from its step 2 with the uninterrupted losses; the
+    previous run's checkpoints are left as they were."""
+    from kaggle_lib.training.stages import _seed_from_previous
+
+    source = copy_of(trained[0], tmp_path)
+    truncate(source / "4")
+    target = tmp_path / "next" / "checkpoints" / "sft"
+    assert _seed_from_previous(str(source), target) == 4
+    losses: dict[int, float] = {}
+    noted: list[checkpoints.SetAside] = []
+    _, result = th.train_tiny(th.single_device_mesh(), base_model, steps=STEPS, checkpoint_dir=target,
+                              checkpoint_every=EVERY, on_set_aside=noted.append,
+                              on_step=lambda r: losses.__setitem__(r["step"], r["loss"]))
+    assert result.start_step == 2 and [e.step for e in noted] == [4]
+    for step, loss in losses.items():
+        assert abs(loss - trained[1][step]) <= 1e-5, (step, loss, trained[1][step])
+    assert (source / "4").is_dir() and not (source / "corrupt").exists()

@@ -19,22 +19,25 @@ def checkpoint_dir(run: Any, stage: str) -> Path:
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
-    """Copy the latest complete step of a previous run's checkpoints into this run (inputs on
-    Kaggle are read-only, and the record of each run stays self-contained). Whether it restores
-    is checked with the run's own steps before training (`checkpoints`)."""
+    """Copy the complete steps of a previous run's checkpoints into this run (inputs on Kaggle
+    are read-only, and the record of each run stays self-contained); returns the newest.
+    Whether it restores is checked with the run's own steps before training (`checkpoints`):
+    every complete step is copied, so that a newest step that does not restore is set aside
+    for the previous one, as on a resume in place."""
     from kaggle_lib.training import checkpoints
 
     source = Path(resume_from)
-    step = checkpoints.latest_complete_step(source)
-    if step is None:
+    steps = checkpoints.complete_steps(source)
+    if not steps:
         found = checkpoints.finalised_steps(source)
         raise FileNotFoundError(
             f"train.resume_from = {resume_from!r} holds no complete checkpoint step (steps found: "
             f"{found or 'none'}; a complete step has model_params and optimizer_state)")
-    if not (target / str(step)).exists():
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source / str(step), target / str(step))
-    return step
+    for step in steps:
+        if not (target / str(step)).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source / str(step), target / str(step))
+    return steps[-1]
 
 
 def record_set_aside(run: Any, stage: str) -> Any:
