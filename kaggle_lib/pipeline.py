@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kaggle_lib import auth, evidence, runtime
+from kaggle_lib import auth, distributed, evidence, runtime
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 
 log = logging.getLogger("kaggle_lib")
@@ -124,7 +124,8 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
             path = Path(config_path)
             digest = evidence.hash_text(path.read_bytes() if path.is_file() else config_path)
         directory = _evidence_root(config_path, env) / evidence.make_run_id(digest)
-    record = evidence.RunRecord(directory)
+    directory = _join_processes(directory, config_path, overrides)  # process 0's dir on all
+    record = distributed.make_record(directory)
     run = Run(run_id=directory.name, run_dir=directory, record=record, config_path=config_path,
               env=env)
     record.start(run.run_id, run_name or "", config_path)
@@ -132,8 +133,41 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
         **_kaggle_identity(),
     })
+    distributed.on_peer_failure(functools.partial(_record_peer_failure, run))
     _configure(run, overrides)
     return run
+
+
+def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]) -> Path:
+    """Multi-process runs: start jax.distributed (platform flags first) and take process 0's
+    run directory. A failed start is recorded by process 0 before it raises."""
+    try:
+        spec = distributed.spec_from_environment()
+        if spec is None:
+            return directory
+        try:
+            device = load_config(config_path, overrides).device
+        except ConfigError:
+            device = "auto"  # the config+runtime stage reports the config error itself
+        runtime.configure_platform(device)
+        distributed.initialize(spec)
+    except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
+        if distributed.claimed_process_id() in (0, None):
+            evidence.RunRecord(directory).fail("distributed", exc)
+        raise
+    return Path(distributed.agree("run_dir", str(directory)))
+
+
+def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
+    """Another process died: the stage that was running fails, naming the dead process."""
+    manifest = run.record.read_manifest()
+    running = [k for k, v in (manifest.get("stages") or {}).items() if v.get("status") == "running"]
+    label = running[-1] if running else "distributed"
+    run.failed_stage = label
+    run.record.stage(label, "failed")
+    run.record.fail(label, error, checkpoint=run.last_checkpoint)
+    run.record.update_manifest(failure={"dead_processes": error.dead_processes})
+    _close_failed(run)
 
 
 def _kaggle_identity() -> dict[str, Any]:
@@ -161,6 +195,8 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
     flags = runtime.configure_platform(config.device)
     run.devices = runtime.describe_devices(config.device)
     run.record.update_manifest(devices=run.devices, platform_flags=flags)
+    if distributed.is_multiprocess():  # the manifest names every process and its devices
+        run.record.update_manifest(processes=distributed.describe_processes())
     print(runtime.banner(run.env, run.devices, flags))
     print(f"run {run.run_id} -> {run.run_dir}")
 

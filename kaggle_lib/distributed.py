@@ -1,0 +1,519 @@
+"""Several processes, one run: glue over JAX's multi-process runtime (`jax.distributed`).
+
+Every process runs the same notebook/command with the same config; only the environment says
+how many processes there are and which one this is, so the config (and its hash in the run id)
+is identical everywhere:
+
+    JAX_COORDINATOR_ADDRESS=host:port  JAX_NUM_PROCESSES=N  JAX_PROCESS_ID=i   (GPU/CPU hosts)
+    KAGGLE_LIB_MULTIHOST=auto            (Cloud TPU pod slice: jax detects the rest itself)
+
+What this module adds to JAX (and nothing more):
+- the environment read and validated, with errors that name the variable;
+- `jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that
+  every process id registered exactly once (a collision or a missing process is an error that
+  says so, not a hang);
+- a failure callback: when the coordination service reports a dead process, jax 0.10.2 aborts
+  the survivor (LOG(QFATAL)) with no chance to write the run record. We hand jax's own client
+  factory a `missed_heartbeat_callback` that first lets the run record say which process died,
+  then exits the process;
+- the run directory agreed through jax's key-value store (process 0's choice wins);
+- the rows of a global batch that belong to this process, and the global array assembled from
+  process-local pieces (`jax.make_array_from_process_local_data`);
+- small JSON gathers over the key-value store (predictions, device lists).
+
+Single-process runs never import jax here and behave exactly as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+ENV_MULTIHOST = "KAGGLE_LIB_MULTIHOST"  # "auto": jax detects the cluster (TPU pod slice, SLURM)
+ENV_HEARTBEAT = "KAGGLE_LIB_HEARTBEAT_TIMEOUT_S"
+ENV_INIT_TIMEOUT = "KAGGLE_LIB_INIT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_S = 100  # jax's own default
+DEFAULT_INIT_TIMEOUT_S = 300
+PEER_FAILURE_EXIT_CODE = 75
+_KEY_PREFIX = "kaggle_lib"
+
+
+class DistributedConfigError(ValueError):
+    """The multi-process environment variables are missing, malformed or inconsistent."""
+
+
+class DistributedStartError(RuntimeError):
+    """The processes could not form one run (a process missing, ids colliding)."""
+
+
+class PeerProcessError(RuntimeError):
+    """Another process of the run died or stopped answering; this one stops too."""
+
+    def __init__(self, message: str, dead_processes: Sequence[int] = ()):
+        super().__init__(message)
+        self.dead_processes = list(dead_processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSpec:
+    """How this process joins the run, from the environment."""
+
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    auto: bool = False
+    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_S
+    init_timeout_s: int = DEFAULT_INIT_TIMEOUT_S
+
+
+def _int_env(environ: dict[str, str] | os._Environ[str], name: str, minimum: int) -> int | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DistributedConfigError(f"{name} = {raw!r} must be an integer >= {minimum}") from None
+    if value < minimum:
+        raise DistributedConfigError(f"{name} = {value} must be an integer >= {minimum}")
+    return value
+
+
+def spec_from_environment(environ: dict[str, str] | os._Environ[str] | None = None
+                          ) -> ProcessSpec | None:
+    """The multi-process setting of this process, or None for a single-process run.
+
+    Explicit: all three of JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES (>= 1) and
+    JAX_PROCESS_ID (0 .. N-1). Automatic: KAGGLE_LIB_MULTIHOST=auto (jax's cluster detection).
+    """
+    env = os.environ if environ is None else environ
+    heartbeat = _int_env(env, ENV_HEARTBEAT, 1) or DEFAULT_HEARTBEAT_S
+    init_timeout = _int_env(env, ENV_INIT_TIMEOUT, 1) or DEFAULT_INIT_TIMEOUT_S
+    mode = env.get(ENV_MULTIHOST, "").strip().lower()
+    if mode not in ("", "auto", "off"):
+        raise DistributedConfigError(
+            f"{ENV_MULTIHOST} = {env.get(ENV_MULTIHOST)!r}; allowed: 'auto' (let jax detect a "
+            "TPU pod slice / cluster), 'off', or unset")
+    names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+    given = [n for n in names if env.get(n, "").strip()]
+    if mode == "off":
+        return None
+    if mode == "auto" and not given:
+        return ProcessSpec(None, None, None, auto=True, heartbeat_timeout_s=heartbeat,
+                           init_timeout_s=init_timeout)
+    if not given:
+        return None
+    if len(given) < len(names):
+        missing = [n for n in names if n not in given]
+        raise DistributedConfigError(
+            f"multi-process run: {', '.join(given)} set but {', '.join(missing)} missing; set all "
+            f"three on every process ({ENV_COORDINATOR}=host:port of process 0, "
+            f"{ENV_NUM_PROCESSES}=N, {ENV_PROCESS_ID}=0..N-1), or none for a single process")
+    address = env[ENV_COORDINATOR].strip()
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedConfigError(
+            f"{ENV_COORDINATOR} = {address!r} must be host:port (e.g. 10.0.0.2:1234), the "
+            "address of process 0 that every process can reach")
+    count = _int_env(env, ENV_NUM_PROCESSES, 1)
+    index = _int_env(env, ENV_PROCESS_ID, 0)
+    assert count is not None and index is not None
+    if index >= count:
+        raise DistributedConfigError(
+            f"{ENV_PROCESS_ID} = {index} is out of range for {ENV_NUM_PROCESSES} = {count}; "
+            f"allowed: 0..{count - 1}, a different id on every process")
+    if count == 1:
+        return None
+    return ProcessSpec(address, count, index, heartbeat_timeout_s=heartbeat,
+                       init_timeout_s=init_timeout)
+
+
+# --- failure reporting -------------------------------------------------------------------------
+
+_failure_handlers: list[Callable[[PeerProcessError], None]] = []
+_failure_lock = threading.Lock()
+
+
+def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
+    """Call `handler` (e.g. "record the failure") before the process exits for a dead peer."""
+    _failure_handlers.append(handler)
+
+
+def dead_processes_from(status: str) -> list[int]:
+    """Process ids from the coordination service's 'tasks are unhealthy' error text."""
+    match = re.search(r"unhealthy[^:]*:\s*((?:\s*\d+\s*,?)+)", status)
+    if not match:
+        return []
+    return sorted({int(x) for x in re.findall(r"\d+", match.group(1))})
+
+
+def peer_failure(status: str, process_id: int | None) -> PeerProcessError:
+    """A clear error from what jax's coordination client reported."""
+    dead = dead_processes_from(status)
+    if dead:
+        names = ", ".join(f"process {d}" for d in dead)
+        message = (f"{names} of the run stopped sending heartbeats (died or hung); process "
+                   f"{process_id} stops too. Look at the log of {names} for the cause.")
+    else:
+        dead = [0] if process_id not in (0, None) else []
+        message = (f"process {process_id} lost contact with the coordinator (process 0): it "
+                   "died or the network failed. Look at process 0's log for the cause.")
+    return PeerProcessError(f"{message}\njax coordination service: {status.strip()[:800]}", dead)
+
+
+def _handle_missed_heartbeat(*args: Any) -> None:
+    """Runs on jax's client thread instead of its LOG(QFATAL): record, then exit."""
+    with _failure_lock:
+        status = " ".join(str(a) for a in args)
+        error = peer_failure(status, _state.process_id)
+        print(f"\n[kaggle_lib] {error}", file=sys.stderr, flush=True)
+        for handler in list(_failure_handlers):
+            try:
+                handler(error)
+            except Exception as exc:  # noqa: BLE001 - never mask the exit
+                print(f"[kaggle_lib] could not record the failure: {exc}", file=sys.stderr,
+                      flush=True)
+        sys.stdout.flush()
+        os._exit(PEER_FAILURE_EXIT_CODE)
+
+
+# --- start -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _State:
+    spec: ProcessSpec | None = None
+    process_id: int | None = None
+    started: bool = False
+
+
+_state = _State()
+
+
+def _client() -> Any:
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise RuntimeError("jax.distributed is not initialized")
+    return client
+
+
+class _ClientFactory:
+    """jax's `_jax` module with the client factory given our failure callback (jax 0.10.2's
+    `initialize` does not expose it); every other attribute is jax's own."""
+
+    def __init__(self, real: Any):
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_distributed_runtime_client(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("missed_heartbeat_callback", _handle_missed_heartbeat)
+        return self._real.get_distributed_runtime_client(*args, **kwargs)
+
+
+def initialize(spec: ProcessSpec | None = None) -> bool:
+    """Join the multi-process run described by the environment (no-op for one process).
+
+    Returns True when this is a multi-process run. Raises DistributedConfigError for bad
+    variables and DistributedStartError when the processes cannot form the run.
+    """
+    spec = spec if spec is not None else spec_from_environment()
+    if spec is None:
+        return False
+    if _state.started:
+        return True
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    real = jax_distributed._jax  # noqa: SLF001
+    jax_distributed._jax = _ClientFactory(real)  # noqa: SLF001
+    where = spec.coordinator_address or "auto-detected coordinator"
+    try:
+        jax.distributed.initialize(
+            coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
+            process_id=spec.process_id, initialization_timeout=spec.init_timeout_s,
+            heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
+        )
+    except Exception as exc:
+        raise DistributedStartError(
+            f"process {spec.process_id} could not join the run at {where} within "
+            f"{spec.init_timeout_s} s ({ENV_INIT_TIMEOUT}): every one of the "
+            f"{spec.num_processes or 'N'} processes must start with the same "
+            f"{ENV_COORDINATOR} and {ENV_NUM_PROCESSES} and its own {ENV_PROCESS_ID}; a process "
+            f"is missing, or two share an id. jax: {type(exc).__name__}: {str(exc)[:600]}"
+        ) from exc
+    finally:
+        jax_distributed._jax = real  # noqa: SLF001
+    _state.spec = spec
+    # From the runtime, not jax.process_index(): that would start the backends, and platform
+    # flags set after this point must still apply.
+    _state.process_id = int(jax_distributed.global_state.process_id)
+    _state.started = True
+    _register_process(spec)
+    return True
+
+
+def _register_process(spec: ProcessSpec) -> None:
+    """Each id once: key_value_set refuses an existing key, so a duplicate id is an error here."""
+    client = _client()
+    index = _state.process_id
+    me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    try:
+        client.key_value_set(f"{_KEY_PREFIX}/process/{index}", me)
+    except Exception as exc:
+        raise DistributedStartError(
+            f"{ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every process "
+            f"its own id 0..{(spec.num_processes or 0) - 1}") from exc
+    barrier("registered", spec.init_timeout_s)
+
+
+def shutdown() -> None:
+    """Leave the run (jax.distributed.shutdown); safe to call when not started."""
+    if _state.started:
+        import jax
+
+        jax.distributed.shutdown()
+        _state.started = False
+
+
+def is_multiprocess() -> bool:
+    return _state.started
+
+
+def process_index() -> int:
+    return _state.process_id or 0 if _state.started else 0
+
+
+def process_count() -> int:
+    if not _state.started:
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def is_writer() -> bool:
+    """Only process 0 writes the run record, logs and plots."""
+    return process_index() == 0
+
+
+def barrier(name: str, timeout_s: int | None = None) -> None:
+    """All processes reach `name` (jax's coordination-service barrier); no-op for one process."""
+    if not _state.started:
+        return
+    timeout = timeout_s or (_state.spec.init_timeout_s if _state.spec else DEFAULT_INIT_TIMEOUT_S)
+    _client().wait_at_barrier(f"{_KEY_PREFIX}/barrier/{name}", timeout * 1000)
+
+
+def agree(name: str, value: str, timeout_s: int | None = None) -> str:
+    """Process 0's `value` on every process (jax's key-value store)."""
+    if not _state.started:
+        return value
+    key = f"{_KEY_PREFIX}/agree/{name}"
+    client = _client()
+    if is_writer():
+        client.key_value_set(key, value)
+        return value
+    timeout = timeout_s or (_state.spec.init_timeout_s if _state.spec else DEFAULT_INIT_TIMEOUT_S)
+    return str(client.blocking_key_value_get(key, timeout * 1000))
+
+
+def all_gather_json(name: str, value: Any, timeout_s: int | None = None) -> list[Any]:
+    """Every process's JSON-serialisable `value`, in process order (one entry when alone)."""
+    if not _state.started:
+        return [value]
+    client = _client()
+    client.key_value_set(f"{_KEY_PREFIX}/gather/{name}/{process_index()}",
+                         json.dumps(value, default=str))
+    timeout = timeout_s or (_state.spec.init_timeout_s if _state.spec else DEFAULT_INIT_TIMEOUT_S)
+    return [json.loads(client.blocking_key_value_get(f"{_KEY_PREFIX}/gather/{name}/{i}",
+                                                     timeout * 1000))
+            for i in range(process_count())]
+
+
+def describe_processes() -> list[dict[str, Any]]:
+    """Every process of the run and its devices, for the manifest (gathered on all processes)."""
+    import jax
+
+    mine = {
+        "process_index": process_index(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "devices": [{"id": d.id, "kind": d.device_kind, "platform": d.platform}
+                    for d in jax.local_devices()],
+    }
+    return all_gather_json("processes", mine)
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def _batch_sharding(mesh: Any, axis: str = "fsdp") -> Any:
+    import jax
+
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+
+def local_rows(batch_size: int, mesh: Any, axis: str = "fsdp") -> slice:
+    """The rows of a global batch (split over `axis`) that this process's devices hold.
+
+    Read from the sharding itself (`addressable_devices_indices_map`), so any device order
+    works as long as a process's rows are contiguous, which jax's process-ordered device list
+    gives for an (fsdp, tp) mesh.
+    """
+    spans = {(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else batch_size)
+             for idx in _batch_sharding(mesh, axis).addressable_devices_indices_map(
+                 (batch_size,)).values()}
+    start, stop = min(s for s, _ in spans), max(e for _, e in spans)
+    covered = sum(e - s for s, e in spans)
+    if covered != stop - start:
+        raise ValueError(
+            f"the batch rows of process {process_index()} are not contiguous in mesh "
+            f"{dict(mesh.shape)}; use a mesh whose '{axis}' axis follows process order")
+    return slice(start, stop)
+
+
+def global_batch(local: dict[str, Any], mesh: Any, batch_size: int,
+                 axis: str = "fsdp") -> dict[str, Any]:
+    """One global array per field, assembled from this process's rows
+    (`jax.make_array_from_process_local_data`)."""
+    import jax
+
+    sharding = _batch_sharding(mesh, axis)
+    return {k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
+            for k, v in local.items()}
+
+
+class GlobalBatches:
+    """Iterates `batches` (an SFTBatches holding only this process's rows) as global arrays,
+    re-iterable from step 0 like the batches themselves (Tunix skips trained steps on resume)."""
+
+    def __init__(self, batches: Any, mesh: Any, batch_size: int):
+        self.batches = batches
+        self.mesh = mesh
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for local in self.batches:
+            yield global_batch(local, self.mesh, self.batch_size)
+
+
+def share(items: Sequence[Any]) -> list[Any]:
+    """This process's share of `items` (round robin); everything for one process."""
+    count, index = process_count(), process_index()
+    return list(items[index::count])
+
+
+def gather_shares(name: str, mine: Iterable[Any], total: int) -> list[Any]:
+    """Undo `share`: every process's items back in the original order, on every process."""
+    parts = all_gather_json(name, list(mine))
+    out: list[Any] = [None] * total
+    for index, part in enumerate(parts):
+        out[index::len(parts)] = part
+    return out
+
+
+def process_log_dir(run_dir: Path) -> Path:
+    """Where a process other than 0 writes its own log: <run_dir>/processes/<id>/."""
+    return Path(run_dir) / "processes" / str(process_index())
+
+
+def claimed_process_id(environ: dict[str, str] | os._Environ[str] | None = None) -> int | None:
+    """JAX_PROCESS_ID as given (None when unset or unreadable): who records a failed start."""
+    raw = (os.environ if environ is None else environ).get(ENV_PROCESS_ID, "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def make_record(run_dir: Path) -> Any:
+    """The run record on process 0; a `ProcessLog` under processes/<id>/ on the others."""
+    from kaggle_lib import evidence
+
+    if is_writer():
+        return evidence.RunRecord(run_dir)
+    return _process_log_class()(run_dir)
+
+
+def _process_log_class() -> type:
+    from kaggle_lib import evidence
+
+    class ProcessLog(evidence.RunRecord):
+        """What a process other than 0 keeps: its own log, <run_dir>/processes/<id>/log.jsonl.
+
+        Same interface as RunRecord so the stages run unchanged; nothing is written to the run
+        directory itself (process 0 owns the record)."""
+
+        def __init__(self, run_dir: str | Path):  # noqa: D107 - no mkdir of the shared run dir
+            self.run_dir = Path(run_dir)
+            self.log_dir = process_log_dir(self.run_dir)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._manifest: dict[str, Any] = {}
+
+        def _log(self, kind: str, payload: Any) -> None:
+            from kaggle_lib.auth import redact
+
+            line = json.dumps({"time": evidence.utc_now(), kind: payload}, default=str)
+            with (self.log_dir / "log.jsonl").open("a") as fh:
+                fh.write(redact(line) + "\n")
+
+        def read_manifest(self) -> dict[str, Any]:
+            return dict(self._manifest)
+
+        def update_manifest(self, **fields: Any) -> dict[str, Any]:
+            self._manifest = self._merged(fields)
+            self._log("manifest", fields)
+            return dict(self._manifest)
+
+        def _merged(self, fields: dict[str, Any]) -> dict[str, Any]:
+            manifest = dict(self._manifest)
+            for key, value in json.loads(json.dumps(fields, default=str)).items():
+                if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                    manifest[key] = {**manifest[key], **value}
+                else:
+                    manifest[key] = value
+            return manifest
+
+        def write_text(self, name: str, text: str) -> Path:
+            self._log("skipped_write", name)  # process 0 writes the run's files
+            return self.log_dir / name
+
+        def write_json(self, name: str, payload: Any) -> Path:
+            self._log("skipped_write", name)
+            return self.log_dir / name
+
+        def log_metrics(self, record: dict[str, Any]) -> None:
+            self._log("metrics", record)
+
+        def read_metrics(self) -> list[dict[str, Any]]:
+            return []
+
+        def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
+                 details: str = "") -> None:
+            import traceback
+
+            from kaggle_lib.auth import redact
+
+            self._manifest["status"] = "failed"
+            self._log("failure", {"stage": stage, "error_type": type(error).__name__,
+                                  "message": str(error)[:2000]})
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            (self.log_dir / "failure.txt").write_text(redact(
+                f"process {process_index()} failed in stage {stage}: {type(error).__name__}: "
+                f"{error}\n\n{tb}"))
+
+        def succeed(self, **fields: Any) -> None:
+            self._manifest["status"] = "succeeded"
+            self._log("status", "succeeded")
+
+    return ProcessLog
