@@ -12,10 +12,15 @@ What this module adds to JAX (and nothing more):
 - `jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that
   every process id registered exactly once (a collision or a missing process is an error that
   says so, not a hang);
-- a failure callback: when the coordination service reports a dead process, jax 0.10.2 aborts
-  the survivor (LOG(QFATAL)) with no chance to write the run record. We hand jax's own client
-  factory a `missed_heartbeat_callback` that first lets the run record say which process died,
-  then exits the process;
+- a watchdog that names a dead process in the run record. When the coordination service
+  finds a dead process (no heartbeat for `heartbeat_timeout_seconds`) jax 0.10.2 aborts every
+  survivor from its client thread (LOG(QFATAL): no Python runs, no record is written), and
+  its `missed_heartbeat_callback` hook cannot be used instead: jaxlib 0.10.2 cannot convert the
+  absl::Status it passes (the process dies with `std::bad_cast`, see docs/MULTIHOST.md). So each
+  process posts a counter to jax's key-value store every second and watches the others'; a peer
+  that reported a failed stage, or whose counter stood still for half the heartbeat timeout, is
+  named in the record (process 0) or the process log, then this process exits with
+  PEER_FAILURE_EXIT_CODE. jax's own heartbeat check stays as the backstop;
 - the run directory agreed through jax's key-value store (process 0's choice wins);
 - the rows of a global batch that belong to this process, and the global array assembled from
   process-local pieces (`jax.make_array_from_process_local_data`);
@@ -29,10 +34,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,33 +155,10 @@ def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
     _failure_handlers.append(handler)
 
 
-def dead_processes_from(status: str) -> list[int]:
-    """Process ids from the coordination service's 'tasks are unhealthy' error text."""
-    match = re.search(r"unhealthy[^:]*:\s*((?:\s*\d+\s*,?)+)", status)
-    if not match:
-        return []
-    return sorted({int(x) for x in re.findall(r"\d+", match.group(1))})
-
-
-def peer_failure(status: str, process_id: int | None) -> PeerProcessError:
-    """A clear error from what jax's coordination client reported."""
-    dead = dead_processes_from(status)
-    if dead:
-        names = ", ".join(f"process {d}" for d in dead)
-        message = (f"{names} of the run stopped sending heartbeats (died or hung); process "
-                   f"{process_id} stops too. Look at the log of {names} for the cause.")
-    else:
-        dead = [0] if process_id not in (0, None) else []
-        message = (f"process {process_id} lost contact with the coordinator (process 0): it "
-                   "died or the network failed. Look at process 0's log for the cause.")
-    return PeerProcessError(f"{message}\njax coordination service: {status.strip()[:800]}", dead)
-
-
-def _handle_missed_heartbeat(*args: Any) -> None:
-    """Runs on jax's client thread instead of its LOG(QFATAL): record, then exit."""
+def _fail_for_peer(error: PeerProcessError) -> None:
+    """Record `error` (handlers registered with `on_peer_failure`), then exit this process:
+    the main thread may be blocked in a collective with the dead process and cannot raise."""
     with _failure_lock:
-        status = " ".join(str(a) for a in args)
-        error = peer_failure(status, _state.process_id)
         print(f"\n[kaggle_lib] {error}", file=sys.stderr, flush=True)
         for handler in list(_failure_handlers):
             try:
@@ -188,6 +170,82 @@ def _handle_missed_heartbeat(*args: Any) -> None:
         os._exit(PEER_FAILURE_EXIT_CODE)
 
 
+class _Watchdog(threading.Thread):
+    """Posts this process's heartbeat counter and status to jax's key-value store every
+    `tick_s`, and fails the run when a peer reports a failure or its counter stops moving for
+    `stale_s` seconds (half jax's heartbeat timeout, so this runs before jax's abort)."""
+
+    def __init__(self, stale_s: float, tick_s: float = 1.0):
+        super().__init__(name="kaggle_lib-watchdog", daemon=True)
+        self.stale_s = stale_s
+        self.tick_s = tick_s
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = _client()
+        me, count = process_index(), process_count()
+        now = time.monotonic()
+        seen: dict[int, tuple[str | None, float]] = {p: (None, now) for p in range(count) if p != me}
+        beat = 0
+        while not self.stop.is_set():
+            beat += 1
+            try:
+                client.key_value_set(f"{_KEY_PREFIX}/alive/{me}", str(beat), allow_overwrite=True)
+            except Exception as exc:  # noqa: BLE001 - the coordinator is gone
+                if self.stop.is_set():
+                    return
+                _fail_for_peer(PeerProcessError(
+                    f"process {me} lost contact with the coordinator (process 0): it died or the "
+                    f"network failed ({type(exc).__name__}: {str(exc)[:300]}). Look at process "
+                    "0's log for the cause.", [0]))
+            for peer, (last, since) in list(seen.items()):
+                status = _try_get(client, f"{_KEY_PREFIX}/status/{peer}")
+                if status == "done":
+                    del seen[peer]
+                    continue
+                if status:
+                    _fail_for_peer(PeerProcessError(
+                        f"process {peer} failed ({status}); process {me} stops too. Its log: "
+                        f"processes/{peer}/ (or the run record for process 0).", [peer]))
+                value = _try_get(client, f"{_KEY_PREFIX}/alive/{peer}")
+                now = time.monotonic()
+                if value != last:
+                    seen[peer] = (value, now)
+                elif now - since > self.stale_s and not self.stop.is_set():
+                    _fail_for_peer(PeerProcessError(
+                        f"process {peer} stopped sending heartbeats for {now - since:.0f} s "
+                        f"(it died or hung); process {me} stops too. Look at the log of process "
+                        f"{peer} for the cause.", [peer]))
+            self.stop.wait(self.tick_s)
+
+
+def _try_get(client: Any, key: str) -> str | None:
+    try:
+        return str(client.key_value_try_get(key))
+    except Exception:  # noqa: BLE001 - NOT_FOUND: not posted yet
+        return None
+
+
+def mark_failed(stage: str, error: BaseException) -> None:
+    """Tell the other processes this one failed (their watchdogs stop them with this text)."""
+    if _state.started:
+        try:
+            _client().key_value_set(f"{_KEY_PREFIX}/status/{process_index()}",
+                                    f"stage {stage}: {type(error).__name__}: {str(error)[:300]}",
+                                    allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the coordinator may be the one that is gone
+            pass
+
+
+def mark_done() -> None:
+    """This process finished its stages: peers stop watching it (it may exit first)."""
+    if _state.started:
+        if _state.watchdog is not None:
+            _state.watchdog.stop.set()
+        _client().key_value_set(f"{_KEY_PREFIX}/status/{process_index()}", "done",
+                                allow_overwrite=True)
+
+
 # --- start -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -195,6 +253,7 @@ class _State:
     spec: ProcessSpec | None = None
     process_id: int | None = None
     started: bool = False
+    watchdog: _Watchdog | None = None
 
 
 _state = _State()
@@ -207,21 +266,6 @@ def _client() -> Any:
     if client is None:
         raise RuntimeError("jax.distributed is not initialized")
     return client
-
-
-class _ClientFactory:
-    """jax's `_jax` module with the client factory given our failure callback (jax 0.10.2's
-    `initialize` does not expose it); every other attribute is jax's own."""
-
-    def __init__(self, real: Any):
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def get_distributed_runtime_client(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("missed_heartbeat_callback", _handle_missed_heartbeat)
-        return self._real.get_distributed_runtime_client(*args, **kwargs)
 
 
 def initialize(spec: ProcessSpec | None = None) -> bool:
@@ -238,8 +282,6 @@ def initialize(spec: ProcessSpec | None = None) -> bool:
     import jax
     from jax._src import distributed as jax_distributed
 
-    real = jax_distributed._jax  # noqa: SLF001
-    jax_distributed._jax = _ClientFactory(real)  # noqa: SLF001
     where = spec.coordinator_address or "auto-detected coordinator"
     try:
         jax.distributed.initialize(
@@ -255,14 +297,14 @@ def initialize(spec: ProcessSpec | None = None) -> bool:
             f"{ENV_COORDINATOR} and {ENV_NUM_PROCESSES} and its own {ENV_PROCESS_ID}; a process "
             f"is missing, or two share an id. jax: {type(exc).__name__}: {str(exc)[:600]}"
         ) from exc
-    finally:
-        jax_distributed._jax = real  # noqa: SLF001
     _state.spec = spec
     # From the runtime, not jax.process_index(): that would start the backends, and platform
     # flags set after this point must still apply.
     _state.process_id = int(jax_distributed.global_state.process_id)
     _state.started = True
     _register_process(spec)
+    _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / 2)
+    _state.watchdog.start()
     return True
 
 
@@ -285,6 +327,8 @@ def shutdown() -> None:
     if _state.started:
         import jax
 
+        if _state.watchdog is not None:
+            _state.watchdog.stop.set()
         jax.distributed.shutdown()
         _state.started = False
 

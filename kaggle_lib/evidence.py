@@ -152,6 +152,13 @@ _HINTS = {
     "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
     "CellTimeoutError": "A notebook cell ran past its time limit; resume from the last checkpoint "
     "with `resume: auto` and set train.max_wall_time below the limit.",
+    "PeerProcessError": "Another process of this multi-process run died or hung (named above; its "
+    "log is under processes/<id>/). Fix its cause, then start every process again with the same "
+    "command and run directory and `train.resume: auto`: training continues from the last checkpoint.",
+    "DistributedStartError": "Start every process with the same JAX_COORDINATOR_ADDRESS and "
+    "JAX_NUM_PROCESSES and its own JAX_PROCESS_ID (0..N-1), within the initialization timeout "
+    "(docs/MULTIHOST.md).",
+    "DistributedConfigError": "Fix the environment variable named above (docs/MULTIHOST.md).",
     "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
 }
 

@@ -72,6 +72,7 @@ def stage(name: str) -> Callable[[F], F]:
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
                 run.failed_stage = label
+                distributed.mark_failed(label, exc)  # the other processes stop too
                 run.record.stage(label, "failed", time.monotonic() - started)
                 run.record.fail(label, exc, checkpoint=run.last_checkpoint)
                 _close_failed(run)
@@ -399,4 +400,5 @@ def finish(run: Run) -> None:
     headline = report.headline_metrics(run, summary)
     run.record.update_manifest(metrics=headline)
     report.finalize(run, status="succeeded")
+    distributed.mark_done()
     print(json.dumps(headline, indent=2))
