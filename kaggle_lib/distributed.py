@@ -62,6 +62,10 @@ class DistributedStartError(RuntimeError):
     """The processes could not form one run (a process missing, ids colliding)."""
 
 
+class ProcessMismatchError(RuntimeError):
+    """Processes that must agree (same SPMD program, same data) computed different results."""
+
+
 class PeerProcessError(RuntimeError):
     """Another process of the run died or stopped answering; this one stops too."""
 
@@ -386,6 +390,21 @@ def all_gather_json(name: str, value: Any, timeout_s: int | None = None) -> list
     return [json.loads(client.blocking_key_value_get(f"{_KEY_PREFIX}/gather/{name}/{i}",
                                                      timeout * 1000))
             for i in range(process_count())]
+
+
+def check_agreement(name: str, value: Any) -> None:
+    """Raise if `value` (JSON-serialisable) differs between processes; only its sha256 travels."""
+    if not _state.started:
+        return
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    digests = all_gather_json(f"agree_{name}", digest)
+    if len(set(digests)) > 1:
+        differing = [i for i, d in enumerate(digests) if d != digests[0]]
+        raise ProcessMismatchError(
+            f"{name}: processes {differing} computed different results from process 0; every "
+            "process must run the same config, code and package versions")
 
 
 def describe_processes() -> list[dict[str, Any]]:

@@ -340,8 +340,12 @@ def evaluate(run: Run, which: str = "trained") -> None:
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
     run.records[which] = records
-    ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
-                         append=(run.run_dir / "predictions.jsonl").exists())
+    # One SPMD generation: every process holds every prediction; they must agree, and only
+    # process 0 writes them.
+    distributed.check_agreement(f"predictions_{which}", records)
+    if distributed.is_writer():
+        ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
+                             append=(run.run_dir / "predictions.jsonl").exists())
     card = ev.scorecard(records)
     tokens = sum(g.n_tokens for g in gens)
     run.record.log_metrics({"stage": f"eval_{which}", "items": len(items), "seconds": round(seconds, 2),
@@ -360,7 +364,8 @@ def _write_summary(run: Run) -> dict[str, Any]:
     summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
                                  "model": run.cfg.model.name})
-    ev.write_summary(run.run_dir / "eval_summary.json", summary)
+    if distributed.is_writer():
+        ev.write_summary(run.run_dir / "eval_summary.json", summary)
     return summary
 
 

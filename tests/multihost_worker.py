@@ -28,8 +28,7 @@ def main() -> None:
     if "eval" in stages:
         kl.evaluate(run, "trained")
     kl.finish(run)
-    print("WORKER-RESULT " + json.dumps({"run_dir": str(run.run_dir),
-                                         "losses": run.train_results["sft"].get("losses")}))
+    print("WORKER-RESULT " + json.dumps({"run_dir": str(run.run_dir)}))
 
 
 if __name__ == "__main__":
