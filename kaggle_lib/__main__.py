@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from kaggle_lib import evidence, report, runtime
+    from kaggle_lib import distributed, evidence, report, runtime
     from kaggle_lib.config import ConfigError, load_config
 
     params = _parse_params(args.param or [], args.yaml or [])
@@ -62,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
+    # Several processes (docs/MULTIHOST.md): one shared run dir; process 0's runner owns the record.
+    process_id = distributed.runner_process_id(bool(args.run_dir or params.get("run_dir")))
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
@@ -76,6 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = root / evidence.make_run_id(digest)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / "executed.ipynb"
+    if process_id:
+        output = distributed.follower_notebook_path(run_dir, process_id)
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
                   "run_name": run_name, "run_dir": str(run_dir)}
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -93,6 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # DeadKernelError (OOM), missing kernel, ...
         error = exc
     seconds = time.monotonic() - started
+    if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
+        print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
+              f"{seconds:.1f} s -> {output}")
+        return 1 if error else 0
     manifest = report.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")

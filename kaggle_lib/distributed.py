@@ -272,11 +272,38 @@ def _client() -> Any:
     return client
 
 
-def initialize(spec: ProcessSpec | None = None) -> bool:
+def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
+    where = spec.coordinator_address or "auto-detected coordinator"
+    return DistributedStartError(
+        f"process {spec.process_id} could not join the run at {where} within "
+        f"{spec.init_timeout_s} s ({ENV_INIT_TIMEOUT}): every one of the "
+        f"{spec.num_processes or 'N'} processes must start with the same {ENV_COORDINATOR} and "
+        f"{ENV_NUM_PROCESSES} and its own {ENV_PROCESS_ID}; a process is missing, or two share "
+        f"an id. {detail}")
+
+
+def _start_timed_out(spec: ProcessSpec, on_failure: Callable[[BaseException], None] | None
+                     ) -> None:
+    # jax aborts the process (LOG(QFATAL)) when its own, later, deadline passes: record first.
+    error = _start_error(spec, "Timed out waiting for the other processes.")
+    print(f"\n[kaggle_lib] {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    if on_failure is not None:
+        try:
+            on_failure(error)
+        except Exception as exc:  # noqa: BLE001 - never mask the exit
+            print(f"[kaggle_lib] could not record the failure: {exc}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(PEER_FAILURE_EXIT_CODE)
+
+
+def initialize(spec: ProcessSpec | None = None,
+               on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
     """Join the multi-process run described by the environment (no-op for one process).
 
     Returns True when this is a multi-process run. Raises DistributedConfigError for bad
-    variables and DistributedStartError when the processes cannot form the run.
+    variables and DistributedStartError when the processes cannot form the run; when the others
+    do not arrive in time, `on_start_failure` gets the error and the process exits (jax would
+    abort it without a record a few seconds later).
     """
     spec = spec if spec is not None else spec_from_environment()
     if spec is None:
@@ -286,21 +313,19 @@ def initialize(spec: ProcessSpec | None = None) -> bool:
     import jax
     from jax._src import distributed as jax_distributed
 
-    where = spec.coordinator_address or "auto-detected coordinator"
+    timer = threading.Timer(spec.init_timeout_s, _start_timed_out, (spec, on_start_failure))
+    timer.daemon = True
+    timer.start()
     try:
         jax.distributed.initialize(
             coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
-            process_id=spec.process_id, initialization_timeout=spec.init_timeout_s,
+            process_id=spec.process_id, initialization_timeout=spec.init_timeout_s + 10,
             heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
         )
     except Exception as exc:
-        raise DistributedStartError(
-            f"process {spec.process_id} could not join the run at {where} within "
-            f"{spec.init_timeout_s} s ({ENV_INIT_TIMEOUT}): every one of the "
-            f"{spec.num_processes or 'N'} processes must start with the same "
-            f"{ENV_COORDINATOR} and {ENV_NUM_PROCESSES} and its own {ENV_PROCESS_ID}; a process "
-            f"is missing, or two share an id. jax: {type(exc).__name__}: {str(exc)[:600]}"
-        ) from exc
+        timer.cancel()
+        raise _start_error(spec, f"jax: {type(exc).__name__}: {str(exc)[:600]}") from exc
+    timer.cancel()
     _state.spec = spec
     # From the runtime, not jax.process_index(): that would start the backends, and platform
     # flags set after this point must still apply.
@@ -580,3 +605,40 @@ def _process_log_class() -> type:
             self._log("status", "succeeded")
 
     return ProcessLog
+
+
+def runner_process_id(run_dir_given: bool) -> int | None:
+    """For `python -m kaggle_lib run`: this process's id in a multi-process run, else None.
+
+    The runner starts no jax backend: explicit ids come from the environment, automatic ones from
+    jax's own cluster detection. Every process must be given the same run directory (shared
+    storage), because the runner of each process writes its notebook there before the kernel
+    can learn process 0's choice.
+    """
+    spec = spec_from_environment()
+    if spec is None:
+        return None
+    if not run_dir_given:
+        raise DistributedConfigError(
+            "a multi-process run needs --run-dir (or -p run_dir) on every process, the same "
+            "directory on storage all processes see (NFS, gcsfuse): process 0 writes the record "
+            "there and the others their logs under processes/<id>/")
+    if spec.process_id is not None:
+        return spec.process_id
+    from jax._src import clusters
+
+    _, _, process_id, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        None, None, None, None, None, spec.init_timeout_s)
+    if process_id is None:
+        raise DistributedConfigError(
+            f"{ENV_MULTIHOST}=auto but jax detected no cluster (Cloud TPU pod slice, SLURM, "
+            f"Open MPI, Kubernetes); set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and "
+            f"{ENV_PROCESS_ID} instead")
+    return int(process_id)
+
+
+def follower_notebook_path(run_dir: Path, process_id: int) -> Path:
+    """Where the runner of a process other than 0 writes its executed notebook."""
+    path = Path(run_dir) / "processes" / str(process_id) / "executed.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -46,6 +46,7 @@ class Run:
     train_results: dict[str, Any] = dataclasses.field(default_factory=dict)
     failed_stage: str | None = None
     last_checkpoint: str | None = None
+    lora_applied: bool = False
 
     @property
     def cfg(self) -> RunConfig:
@@ -151,12 +152,17 @@ def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]
         except ConfigError:
             device = "auto"  # the config+runtime stage reports the config error itself
         runtime.configure_platform(device)
-        distributed.initialize(spec)
+        distributed.initialize(spec, on_start_failure=functools.partial(_record_start_failure,
+                                                                        directory))
     except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
-        if distributed.claimed_process_id() in (0, None):
-            evidence.RunRecord(directory).fail("distributed", exc)
+        _record_start_failure(directory, exc)
         raise
     return Path(distributed.agree("run_dir", str(directory)))
+
+
+def _record_start_failure(directory: Path, error: BaseException) -> None:
+    if distributed.claimed_process_id() in (0, None):  # the would-be process 0 records it
+        evidence.RunRecord(directory).fail("distributed", error)
 
 
 def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
@@ -231,17 +237,38 @@ def load_model(run: Run) -> None:
     print(report.text)
     run.record.update_manifest(preflight=report.to_dict())
     started = time.monotonic()
+    multiprocess = distributed.is_multiprocess()
     run.loaded = loader.load_model(
         cfg.model.name, source=cfg.model.source, path=cfg.model.path, revision=cfg.model.revision,
-        repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"], mesh=run.mesh,
+        repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"],
+        mesh=None if multiprocess else run.mesh,
         token=run.token.value if run.token else None, seed=cfg.seed,
     )
+    if multiprocess:
+        _lora_then_shard(run)
     info = {**run.loaded.info, "load_seconds": round(time.monotonic() - started, 2),
             "mesh": dict(run.mesh.shape)}
     run.record.update_manifest(model=info)
     print(f"model: {cfg.model.name} from {info['source']} | {info['param_count']:,} params "
           f"({info['param_bytes'] / 2**20:.0f} MiB, {info['dtype']}) | mesh {dict(run.mesh.shape)} "
           f"| loaded in {info['load_seconds']} s")
+
+
+def _lora_then_shard(run: Run) -> None:
+    """Several processes: wrap LoRA while the weights are still process-local, then shard.
+
+    qwix finds the layers to wrap by running the model op by op; op-by-op computations on
+    arrays spread over processes can deadlock on CPU (gloo) collectives (docs/MULTIHOST.md).
+    The LoRA init is seeded, so the weights are those of a one-process run."""
+    from kaggle_lib.models.loader import shard_model
+    from kaggle_lib.training.sft import apply_lora
+
+    sft = run.cfg.train.sft
+    if "sft" in run.cfg.train.stages and sft.mode == "lora":
+        run.loaded.model = apply_lora(run.loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
+                                      target_modules=sft.lora.target_modules, seed=run.cfg.seed)
+        run.lora_applied = True
+    run.loaded.model = shard_model(run.loaded.model, run.mesh)
 
 
 def _eval_items(run: Run) -> list[dict[str, Any]]:

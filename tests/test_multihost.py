@@ -31,7 +31,9 @@ WORKER = REPO / "tests" / "multihost_worker.py"
 CONFIG = str(REPO / "configs" / "cpu_tiny.yaml")
 TOLERANCE = 1e-5
 HEARTBEAT_S = 10  # the coordinator's heartbeat timeout in these tests (<= 20 s)
-BASE = {"train.checkpoint_every": 1, "evidence.export": False, "evidence.tensorboard": False}
+# One padded length (one compilation of the train step) keeps each run short.
+BASE = {"train.checkpoint_every": 1, "evidence.export": False, "evidence.tensorboard": False,
+        "data.length_buckets": [256]}
 RUN_TIMEOUT_S = 240
 
 
@@ -204,19 +206,23 @@ def _succeeded(launch: Launch, codes: list[int]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """3 SFT steps (with baseline and trained evaluation) on 1 process x 8 devices and on
     2 processes x 4 devices, started together."""
     tmp = tmp_path_factory.mktemp("multihost")
     overrides = {"train.sft.max_steps": 3}
     single = Launch(tmp, "single", 1, overrides, stages="train eval")
     multi = Launch(tmp, "multi", 2, overrides, stages="train eval")
+    # Mostly waiting for its missing partner: started alongside to save wall time.
+    alone = Launch(tmp, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
+                   extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
     single_dir = _succeeded(single, single.wait())
     multi_dir = _succeeded(multi, multi.wait())
-    return {"single": single_dir, "multi": multi_dir, "tmp": tmp, "multi_root": multi.root}
+    return {"single": single_dir, "multi": multi_dir, "tmp": tmp, "multi_root": multi.root,
+            "alone": alone}
 
 
-def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[str, Path]) -> None:
+def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[str, Any]) -> None:
     single, multi = _losses(first_runs["single"]), _losses(first_runs["multi"])
     assert sorted(single) == sorted(multi) == [1, 2, 3]
     diffs = [abs(single[s] - multi[s]) for s in single]
@@ -247,7 +253,7 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert ckpts[-1] == 3
 
 
-def test_checkpoints_resume_across_process_counts(first_runs: dict[str, Path]) -> None:
+def test_checkpoints_resume_across_process_counts(first_runs: dict[str, Any]) -> None:
     """2-process checkpoint -> 1 process, and 1-process checkpoint -> 2 processes: steps 4-5
     agree (the step-3 checkpoints are the same model to 1e-5)."""
     tmp = first_runs["tmp"]
@@ -295,12 +301,27 @@ def test_a_dead_process_fails_the_run_naming_it(tmp_path: Path) -> None:
     assert "process 1 stopped sending heartbeats" in analysis and "processes/<id>/" in analysis
 
 
-def test_a_missing_process_is_a_clear_start_error(tmp_path: Path) -> None:
-    launch = Launch(tmp_path, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
-                    extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
+def test_a_missing_process_is_a_clear_start_error(first_runs: dict[str, Any]) -> None:
+    launch = first_runs["alone"]
     codes = launch.wait(timeout=120)
     assert codes != [0]
     text = launch.logs[0].read_text()
+    assert codes == [distributed.PEER_FAILURE_EXIT_CODE], text[-3000:]
     assert "DistributedStartError" in text and "a process is missing" in text, text[-3000:]
     manifest = json.loads((launch.run_dir() / "run_manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failure"]["stage"] == "distributed"
+
+
+def test_runner_knows_its_process_and_needs_a_shared_run_dir(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "KAGGLE_LIB_MULTIHOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.runner_process_id(run_dir_given=False) is None  # one process: unchanged
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    with pytest.raises(distributed.DistributedConfigError, match="--run-dir"):
+        distributed.runner_process_id(run_dir_given=False)
+    assert distributed.runner_process_id(run_dir_given=True) == 1
+    path = distributed.follower_notebook_path(tmp_path / "run", 1)
+    assert path == tmp_path / "run" / "processes" / "1" / "executed.ipynb" and path.parent.is_dir()

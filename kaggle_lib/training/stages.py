@@ -83,7 +83,7 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
         indices = batches.indices_at(step)
         return int(tokenized.lengths[indices].sum())
 
-    if sft.mode == "lora":
+    if sft.mode == "lora" and not getattr(run, "lora_applied", False):
         loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
                                   target_modules=sft.lora.target_modules, mesh=run.mesh, seed=cfg.seed)
     ckpt_dir = checkpoint_dir(run, "sft")
