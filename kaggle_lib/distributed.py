@@ -155,8 +155,10 @@ _failure_lock = threading.Lock()
 
 
 def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
-    """Call `handler` (e.g. "record the failure") before the process exits for a dead peer."""
-    _failure_handlers.append(handler)
+    """Call `handler` (e.g. "record the failure") before the process exits for a dead peer.
+    Only in a multi-process run (one run per process: the latest handler replaces others)."""
+    if _state.started:
+        _failure_handlers[:] = [handler]
 
 
 def _fail_for_peer(error: PeerProcessError) -> None:
