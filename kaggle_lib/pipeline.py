@@ -200,6 +200,8 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
     run.record.update_manifest(run_name=config.run_name, config_hash=config.hash,
                                config_resolved=config.to_dict())
     flags = runtime.configure_platform(config.device)
+    if distributed.is_multiprocess():  # flags were set in start_run, before jax.distributed began
+        flags["jax_already_started"] = False
     run.devices = runtime.describe_devices(config.device)
     run.record.update_manifest(devices=run.devices, platform_flags=flags)
     if distributed.is_multiprocess():  # the manifest names every process and its devices
