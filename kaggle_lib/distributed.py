@@ -24,7 +24,7 @@ What this module adds to JAX (and nothing more):
 - the run directory agreed through jax's key-value store (process 0's choice wins);
 - the rows of a global batch that belong to this process, and the global array assembled from
   process-local pieces (`jax.make_array_from_process_local_data`);
-- small JSON gathers over the key-value store (predictions, device lists).
+- small JSON gathers over the key-value store (device lists, agreement checks of predictions).
 
 Single-process runs never import jax here and behave exactly as before.
 """
@@ -38,7 +38,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -498,21 +498,6 @@ class GlobalBatches:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for local in self.batches:
             yield global_batch(local, self.mesh, self.batch_size)
-
-
-def share(items: Sequence[Any]) -> list[Any]:
-    """This process's share of `items` (round robin); everything for one process."""
-    count, index = process_count(), process_index()
-    return list(items[index::count])
-
-
-def gather_shares(name: str, mine: Iterable[Any], total: int) -> list[Any]:
-    """Undo `share`: every process's items back in the original order, on every process."""
-    parts = all_gather_json(name, list(mine))
-    out: list[Any] = [None] * total
-    for index, part in enumerate(parts):
-        out[index::len(parts)] = part
-    return out
 
 
 def process_log_dir(run_dir: Path) -> Path:

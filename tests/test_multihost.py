@@ -101,16 +101,6 @@ def test_process_shares_of_a_batch_rebuild_the_global_batch() -> None:
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value)
 
 
-def test_round_robin_shares_gather_back_in_order() -> None:
-    items = list(range(11))
-    shares = [items[i::3] for i in range(3)]
-    out: list[Any] = [None] * len(items)
-    for index, part in enumerate(shares):
-        out[index::3] = part
-    assert out == items
-    assert distributed.share(items) == items  # one process: everything
-
-
 # --- real processes ----------------------------------------------------------------------------
 
 def _free_port() -> int:
