@@ -232,6 +232,20 @@ def _try_get(client: Any, key: str) -> str | None:
         return None
 
 
+def await_peer_verdict(error: BaseException) -> None:
+    """Before a jax runtime error is recorded as this process's failure: it is often a
+    collective whose peer died (gloo reports the broken connection first). Give the watchdog
+    the time it needs to name that peer; if it does, it records that and exits the process."""
+    watchdog = _state.watchdog
+    if not _state.started or watchdog is None or not watchdog.is_alive():
+        return
+    if not type(error).__module__.startswith(("jax", "jaxlib")):
+        return
+    deadline = time.monotonic() + watchdog.stale_s + 3 * watchdog.tick_s
+    while time.monotonic() < deadline and watchdog.is_alive():
+        time.sleep(0.2)
+
+
 def mark_failed(stage: str, error: BaseException) -> None:
     """Tell the other processes this one failed (their watchdogs stop them with this text)."""
     if _state.started:

@@ -72,6 +72,7 @@ def stage(name: str) -> Callable[[F], F]:
             try:
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
+                distributed.await_peer_verdict(exc)  # a dead peer is named, not its symptom
                 run.failed_stage = label
                 distributed.mark_failed(label, exc)  # the other processes stop too
                 run.record.stage(label, "failed", time.monotonic() - started)
