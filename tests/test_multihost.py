@@ -315,3 +315,30 @@ def test_runner_knows_its_process_and_needs_a_shared_run_dir(monkeypatch: pytest
     assert distributed.runner_process_id(run_dir_given=True) == 1
     path = distributed.follower_notebook_path(tmp_path / "run", 1)
     assert path == tmp_path / "run" / "processes" / "1" / "executed.ipynb" and path.parent.is_dir()
+
+
+def test_a_jax_error_waits_for_the_watchdog_to_name_a_dead_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gloo error from a collective with a dead peer is not recorded before the watchdog has
+    had its chance (seen in a real 2-process run: 'Gloo AllGather failed ... Connection reset')."""
+    import threading
+
+    verdict = threading.Event()
+
+    class Watchdog(threading.Thread):  # stands in for the real one: decides after 0.5 s
+        stale_s, tick_s = 0.5, 0.1
+
+        def run(self) -> None:
+            verdict.wait(0.5)
+
+    watchdog = Watchdog(daemon=True)
+    monkeypatch.setattr(distributed._state, "started", True)
+    monkeypatch.setattr(distributed._state, "watchdog", watchdog)
+    JaxRuntimeError = type("JaxRuntimeError", (RuntimeError,), {"__module__": "jax.errors"})
+
+    started = time.monotonic()
+    distributed.await_peer_verdict(ValueError("a config mistake"))  # not jax's: no wait
+    assert time.monotonic() - started < 0.1
+    watchdog.start()
+    distributed.await_peer_verdict(JaxRuntimeError("Gloo AllGather failed: Connection reset"))
+    waited = time.monotonic() - started
+    assert not watchdog.is_alive() and 0.4 <= waited < 1.5  # waited until the verdict, no longer
