@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from kaggle_lib import evidence, report, runtime
+    from kaggle_lib import distributed, evidence, report, runtime
     from kaggle_lib.config import ConfigError, load_config
 
     params = _parse_params(args.param or [], args.yaml or [])
@@ -134,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
+    # Several processes (docs/MULTIHOST.md): one shared run dir; process 0's runner owns the record.
+    process_id = distributed.runner_process_id(run_dir is not None)
     if run_dir is None:
         try:
             cfg = load_config(config_path, overrides)
@@ -147,12 +149,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
-    try:
-        manifest = evidence.RunRecord(run_dir).prepare_attempt(run_dir.name, run_name,
-                                                               str(config_path))
-    except ValueError as exc:  # not a run directory
-        raise SystemExit(f"refusing --run-dir: {exc}") from None
+    attempt: Any = "of process 0"  # only process 0's runner manages attempts
+    if not process_id:
+        try:
+            attempt = evidence.RunRecord(run_dir).prepare_attempt(
+                run_dir.name, run_name, str(config_path))["attempt"]
+        except ValueError as exc:  # not a run directory
+            raise SystemExit(f"refusing --run-dir: {exc}") from None
     output = run_dir / "executed.ipynb"
+    if process_id:
+        output = distributed.follower_notebook_path(run_dir, process_id)
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
                   "run_name": run_name, "run_dir": str(run_dir)}
     # The kernel runs in the caller's directory (relative paths inside the config mean the same
@@ -161,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if str(REPO_ROOT) not in python_path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), python_path) if p)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    print(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {manifest['attempt']})",
+    print(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {attempt})",
           flush=True)
     started = time.monotonic()
     error: BaseException | None = None
@@ -176,6 +182,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # DeadKernelError (OOM), missing kernel, ...
         error = exc
     seconds = time.monotonic() - started
+    if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
+        print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
+              f"{seconds:.1f} s -> {output}")
+        return 1 if error else 0
     manifest = report.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")

@@ -29,8 +29,10 @@ METRICS = "metrics.jsonl"
 FAILURE = "failure_analysis.md"
 # Earlier attempts of a run re-run in its own directory: attempts/<n>/ holds attempt n's files.
 ATTEMPTS = "attempts"
-# What a new attempt keeps in place: the checkpoints it resumes from, and the earlier attempts.
-KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS)
+# What a new attempt keeps in place: the checkpoints it resumes from, the earlier attempts, and
+# the other processes' logs of a multi-process run (they may start before process 0 archives;
+# their log lines carry times, and each notebook there is the latest attempt's).
+KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS, "processes")
 # Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
 RECORD_NAMES = frozenset({
     MANIFEST, MANIFEST + ".tmp", METRICS, FAILURE, "executed.ipynb", "config.yaml",
@@ -168,6 +170,13 @@ _HINTS = {
     "CheckpointError": "No checkpoint step of this run restores; each is listed above with the "
     "reason and was moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train "
     "from the start, or set train.resume_from to another run's checkpoint directory.",
+    "PeerProcessError": "Another process of this multi-process run died or hung (named above; its "
+    "log is under processes/<id>/). Fix its cause, then start every process again with the same "
+    "command and run directory and `train.resume: auto`: training continues from the last checkpoint.",
+    "DistributedStartError": "Start every process with the same JAX_COORDINATOR_ADDRESS and "
+    "JAX_NUM_PROCESSES and its own JAX_PROCESS_ID (0..N-1), within the initialization timeout "
+    "(docs/MULTIHOST.md).",
+    "DistributedConfigError": "Fix the environment variable named above (docs/MULTIHOST.md).",
     "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
 }
 

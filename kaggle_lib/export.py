@@ -528,6 +528,12 @@ def export_run(run: Any) -> ExportResult | None:
     """Export the run's trained model into <run_dir>/export/ and record it in the manifest
     (`exports`); meant for the notebook's finish stage. Families other than Gemma 3 are
     skipped with a message (their Tunix code has no safetensors merge helper to check against)."""
+    from kaggle_lib import distributed
+
+    if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
+        print("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
+              "run (train.resume_from: <run>/checkpoints/sft) to export")
+        return None
     cfg = run.cfg
     loaded = run.loaded
     if loaded is None or loaded.spec.family != "gemma3":

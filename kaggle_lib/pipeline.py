@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kaggle_lib import auth, evidence, runtime
+from kaggle_lib import auth, distributed, evidence, runtime
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 
 log = logging.getLogger("kaggle_lib")
@@ -46,6 +46,7 @@ class Run:
     train_results: dict[str, Any] = dataclasses.field(default_factory=dict)
     failed_stage: str | None = None
     last_checkpoint: str | None = None
+    lora_applied: bool = False
 
     @property
     def cfg(self) -> RunConfig:
@@ -71,7 +72,9 @@ def stage(name: str) -> Callable[[F], F]:
             try:
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
+                distributed.await_peer_verdict(exc)  # a dead peer is named, not its symptom
                 run.failed_stage = label
+                distributed.mark_failed(label, exc)  # the other processes stop too
                 run.record.stage(label, "failed", time.monotonic() - started)
                 run.record.fail(label, exc, checkpoint=run.last_checkpoint)
                 _close_failed(run)
@@ -126,8 +129,10 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
             path = Path(config_path)
             digest = evidence.hash_text(path.read_bytes() if path.is_file() else config_path)
         directory = (_evidence_root(config_path, env) / evidence.make_run_id(digest)).absolute()
-    # A directory with an earlier attempt's files: record.start moves them to attempts/<n>/.
-    record = evidence.RunRecord(directory)
+    directory = _join_processes(directory, config_path, overrides)  # process 0's dir on all
+    # A directory with an earlier attempt's files: record.start moves them to attempts/<n>/
+    # (process 0 only: the others keep their own log under processes/<id>/).
+    record = distributed.make_record(directory)
     run = Run(run_id=directory.name, run_dir=directory, record=record, config_path=config_path,
               env=env)
     record.start(run.run_id, run_name or "", config_path)
@@ -135,8 +140,46 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
         **_kaggle_identity(env.on_kaggle),
     })
+    distributed.on_peer_failure(functools.partial(_record_peer_failure, run))
     _configure(run, overrides)
     return run
+
+
+def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]) -> Path:
+    """Multi-process runs: start jax.distributed (platform flags first) and take process 0's
+    run directory. A failed start is recorded by process 0 before it raises."""
+    try:
+        spec = distributed.spec_from_environment()
+        if spec is None:
+            return directory
+        try:
+            device = load_config(config_path, overrides).device
+        except ConfigError:
+            device = "auto"  # the config+runtime stage reports the config error itself
+        runtime.configure_platform(device)
+        distributed.initialize(spec, on_start_failure=functools.partial(_record_start_failure,
+                                                                        directory))
+    except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
+        _record_start_failure(directory, exc)
+        raise
+    return Path(distributed.agree("run_dir", str(directory)))
+
+
+def _record_start_failure(directory: Path, error: BaseException) -> None:
+    if distributed.claimed_process_id() in (0, None):  # the would-be process 0 records it
+        evidence.RunRecord(directory).fail("distributed", error)
+
+
+def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
+    """Another process died: the stage that was running fails, naming the dead process."""
+    manifest = run.record.read_manifest()
+    running = [k for k, v in (manifest.get("stages") or {}).items() if v.get("status") == "running"]
+    label = running[-1] if running else "distributed"
+    run.failed_stage = label
+    run.record.stage(label, "failed")
+    run.record.fail(label, error, checkpoint=run.last_checkpoint)
+    run.record.update_manifest(failure={"dead_processes": error.dead_processes})
+    _close_failed(run)
 
 
 def _kaggle_identity(on_kaggle: bool = False) -> dict[str, Any]:
@@ -177,8 +220,12 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
     run.record.update_manifest(run_name=config.run_name, config_hash=config.hash,
                                config_resolved=config.to_dict())
     flags = runtime.configure_platform(config.device)
+    if distributed.is_multiprocess():  # flags were set in start_run, before jax.distributed began
+        flags["jax_already_started"] = False
     run.devices = runtime.describe_devices(config.device)
     run.record.update_manifest(devices=run.devices, platform_flags=flags)
+    if distributed.is_multiprocess():  # the manifest names every process and its devices
+        run.record.update_manifest(processes=distributed.describe_processes())
     print(runtime.banner(run.env, run.devices, flags))
     print(f"run {run.run_id} -> {run.run_dir}")
 
@@ -212,17 +259,38 @@ def load_model(run: Run) -> None:
     print(report.text)
     run.record.update_manifest(preflight=report.to_dict())
     started = time.monotonic()
+    multiprocess = distributed.is_multiprocess()
     run.loaded = loader.load_model(
         cfg.model.name, source=cfg.model.source, path=cfg.model.path, revision=cfg.model.revision,
-        repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"], mesh=run.mesh,
+        repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"],
+        mesh=None if multiprocess else run.mesh,
         token=run.token.value if run.token else None, seed=cfg.seed,
     )
+    if multiprocess:
+        _lora_then_shard(run)
     info = {**run.loaded.info, "load_seconds": round(time.monotonic() - started, 2),
             "mesh": dict(run.mesh.shape)}
     run.record.update_manifest(model=info)
     print(f"model: {cfg.model.name} from {info['source']} | {info['param_count']:,} params "
           f"({info['param_bytes'] / 2**20:.0f} MiB, {info['dtype']}) | mesh {dict(run.mesh.shape)} "
           f"| loaded in {info['load_seconds']} s")
+
+
+def _lora_then_shard(run: Run) -> None:
+    """Several processes: wrap LoRA while the weights are still process-local, then shard.
+
+    qwix finds the layers to wrap by running the model op by op; op-by-op computations on
+    arrays spread over processes can deadlock on CPU (gloo) collectives (docs/MULTIHOST.md).
+    The LoRA init is seeded, so the weights are those of a one-process run."""
+    from kaggle_lib.models.loader import shard_model
+    from kaggle_lib.training.sft import apply_lora
+
+    sft = run.cfg.train.sft
+    if "sft" in run.cfg.train.stages and sft.mode == "lora":
+        run.loaded.model = apply_lora(run.loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
+                                      target_modules=sft.lora.target_modules, seed=run.cfg.seed)
+        run.lora_applied = True
+    run.loaded.model = shard_model(run.loaded.model, run.mesh)
 
 
 def _eval_items(run: Run) -> list[dict[str, Any]]:
@@ -321,8 +389,12 @@ def evaluate(run: Run, which: str = "trained") -> None:
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
     run.records[which] = records
-    ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
-                         append=(run.run_dir / "predictions.jsonl").exists())
+    # One SPMD generation: every process holds every prediction; they must agree, and only
+    # process 0 writes them.
+    distributed.check_agreement(f"predictions_{which}", records)
+    if distributed.is_writer():
+        ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
+                             append=(run.run_dir / "predictions.jsonl").exists())
     card = ev.scorecard(records)
     tokens = sum(g.n_tokens for g in gens)
     run.record.log_metrics({"stage": f"eval_{which}", "items": len(items), "seconds": round(seconds, 2),
@@ -341,7 +413,8 @@ def _write_summary(run: Run) -> dict[str, Any]:
     summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
                                  "model": run.cfg.model.name})
-    ev.write_summary(run.run_dir / "eval_summary.json", summary)
+    if distributed.is_writer():
+        ev.write_summary(run.run_dir / "eval_summary.json", summary)
     return summary
 
 
@@ -381,4 +454,5 @@ def finish(run: Run) -> None:
     headline = report.headline_metrics(run, summary)
     run.record.update_manifest(metrics=headline)
     report.finalize(run, status="succeeded")
+    distributed.mark_done()
     print(json.dumps(headline, indent=2))

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import auth, evidence
+from kaggle_lib import auth, distributed, evidence
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log",
                  ".html", ".py", ".cfg", ".toml", ".ini"}
@@ -564,6 +564,10 @@ def _write_environment(run: Any) -> None:
 
 def finalize(run: Any, status: str) -> None:
     """Write the closing files; a secret found anywhere fails the run (after redacting it)."""
+    if not distributed.is_writer():  # process 0 writes the record's closing files
+        if status == "succeeded":
+            run.record.succeed()
+        return
     _write_environment(run)
     hits = _scan_and_record(run.record)
     if hits:
@@ -590,6 +594,8 @@ def _raw_config_copy(record: evidence.RunRecord) -> None:
 def close_failed(run: Any) -> None:
     """What a failed run still leaves: env info, checkpoint list, eval summary, loss curve,
     config copy, secret scan, README, index line."""
+    if not distributed.is_writer():
+        return
     _write_environment(run)
     _raw_config_copy(run.record)
     if getattr(run, "records", None):

@@ -228,6 +228,7 @@ class SFTBatches:
         fixed_length: bool = False,
         drop_remainder: bool = True,
         pad_id: int = 0,
+        rows: slice | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -254,6 +255,9 @@ class SFTBatches:
         self.fixed_length = fixed_length
         self.drop_remainder = drop_remainder
         self.pad_id = pad_id
+        # Multi-process runs: only these rows of every global batch (this process's share);
+        # the padded width still comes from the whole batch, so every process agrees on it.
+        self.rows = rows
         self._lengths = data.lengths
         self._plan_cache: tuple[int, list[np.ndarray]] | None = None
 
@@ -299,6 +303,9 @@ class SFTBatches:
         indices = self.indices_at(step)
         width = self.row_length(indices)
         shape = (self.batch_size, width)
+        if self.rows is not None:
+            indices = indices[self.rows]
+            shape = (len(range(self.batch_size)[self.rows]), width)
         tokens = np.full(shape, self.pad_id, dtype=np.int32)
         loss = np.zeros(shape, dtype=np.int32)
         segment = np.zeros(shape, dtype=np.int32)

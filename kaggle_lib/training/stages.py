@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_lib import auth
+from kaggle_lib import auth, distributed
 
 
 def checkpoint_dir(run: Any, stage: str) -> Path:
@@ -54,6 +54,8 @@ def record_set_aside(run: Any, stage: str) -> Any:
 
 
 def _training_log(run: Any, line: str) -> None:
+    if not distributed.is_writer():  # process 0 keeps the run's training log
+        return
     with (run.run_dir / "training_log.txt").open("a") as fh:
         fh.write(auth.redact(line) + "\n")
 
@@ -83,8 +85,10 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
     tokenized = tokenize_items(loaded.tokenizer, items, cfg.data.max_seq_len,
                                instruct=loaded.spec.instruct, drop_truncated=True)
     buckets = tuple(cfg.data.length_buckets or length_buckets(cfg.data.max_seq_len))
+    # Several processes: each builds only its rows; the global batch is assembled on devices.
+    rows = distributed.local_rows(sft.batch_size, run.mesh) if distributed.is_multiprocess() else None
     batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
-                         pad_id=loaded.tokenizer.pad_id())
+                         pad_id=loaded.tokenizer.pad_id(), rows=rows)
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
     stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
@@ -100,15 +104,17 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
         indices = batches.indices_at(step)
         return int(tokenized.lengths[indices].sum())
 
-    if sft.mode == "lora":
+    if sft.mode == "lora" and not getattr(run, "lora_applied", False):
         loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
                                   target_modules=sft.lora.target_modules, mesh=run.mesh, seed=cfg.seed)
     ckpt_dir = checkpoint_dir(run, "sft")
-    if cfg.train.resume == "never" and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    if cfg.train.resume_from:
-        step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
-        print(f"resume: continuing from step {step} of {cfg.train.resume_from}")
+    if distributed.is_writer():  # the checkpoint directory is shared: process 0 prepares it
+        if cfg.train.resume == "never" and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        if cfg.train.resume_from:
+            step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
+            print(f"resume: continuing from step {step} of {cfg.train.resume_from}")
+    distributed.barrier("sft_checkpoints_ready")
 
     def on_step(record: dict[str, Any]) -> None:
         run.record.log_metrics(record)
@@ -122,7 +128,9 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
     started = time.monotonic()
     try:
         result = run_sft(
-            loaded.model, batches, mesh=run.mesh, max_steps=sft.max_steps,
+            loaded.model,
+            distributed.GlobalBatches(batches, run.mesh, sft.batch_size) if rows is not None else batches,
+            mesh=run.mesh, max_steps=sft.max_steps,
             learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps,
             optimizer=sft.optimizer, weight_decay=sft.weight_decay,
             max_grad_norm=sft.max_grad_norm, grad_accum_steps=sft.grad_accum_steps,
