@@ -34,6 +34,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,14 +62,19 @@ def host_kind() -> str:
     return kind or f"cpu{os.cpu_count()}-{platform.machine()}"
 
 
-def _child(args: list[str], timeout: float) -> dict[str, Any]:
-    """Run a benchmark script in a fresh process; its last stdout line is JSON."""
+def _child(args: list[str], timeout: float, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Run a benchmark script in a fresh process; its last stdout line is JSON. Without a
+    persistent compilation cache unless `cache_dir` is given: every figure compiles cold."""
     started = time.monotonic()
     cmd = [sys.executable, *args]
-    print(f"$ {' '.join(cmd[1:])}", flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    if cache_dir is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    print(f"$ {' '.join(cmd[1:])}" + (f"  (compilation cache {cache_dir})" if cache_dir else ""),
+          flush=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "timeout_s": timeout}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -192,6 +198,10 @@ def render_markdown(bench: dict[str, Any]) -> str:
               f"{_fmt(default.get('eval_s'))}",
               f"- seconds from process start to the first finished train step: "
               f"{_fmt(default.get('seconds_to_first_step'))}",
+              "- persistent compilation cache, seconds from process start to the first "
+              "finished step (first step's own seconds): " + "; ".join(
+                  f"{k} {_fmt(v['seconds_to_first_step'])} ({_fmt(v['first_step_s'])})"
+                  for k, v in bench["compilation_cache"].items()),
               f"- MFU: {_fmt(bench['summary']['mfu'])} of the measured float32 matmul peak "
               f"{_fmt((bench['peak'].get('peak_flop_s') or 0) / 1e9)} GFLOP/s", "",
               "## Greedy generation", ""]
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small version for development")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "evidence" / "bench")
     parser.add_argument("--steps", type=int, default=None,
-                        help="SFT steps per configuration (default: SFT_SHAPES')s)")
+                        help="SFT steps per configuration (default: as in SFT_SHAPES)")
     parser.add_argument("--worker", choices=["peak", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--eval-items", type=int, default=EVAL_ITEMS)
     args = parser.parse_args(argv)
@@ -242,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             sft.append({"impl": impl, "batch": batch, "length": length, **_child(
                 [str(BENCH_DIR / "sft_speed.py"), "--impl", impl, "--batch", str(batch),
                  "--length", str(length), "--steps", str(steps)], timeout=3600)})
+    # The persistent compilation cache (on by default in runs, runtime.configure_platform):
+    # the default config's first step from a cold cache, then from the cache it filled.
+    with tempfile.TemporaryDirectory() as cache:
+        startup = {which: _child([str(BENCH_DIR / "sft_speed.py"), "--impl", "ours", "--batch",
+                                  "4", "--length", "256", "--steps", "2"], timeout=3600,
+                                 cache_dir=Path(cache))
+                   for which in ("cold_cache", "warm_cache")}
     evaluation = _child([me, "--worker", "eval", "--eval-items", str(eval_items)], timeout=3600)
     gen_json = out_dir / "generation.json"
     gen_args = [str(BENCH_DIR / "generation.py"), "--prompt-set", "eval", "--json", str(gen_json)]
@@ -264,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "peak": peak, "sft": sft, "generation": generation,
         "evaluation": evaluation,
+        "compilation_cache": {
+            which: {"seconds_to_first_step": r.get("seconds_to_first_step"),
+                    "first_step_s": (r.get("step_times_s") or [None])[0], "status": r.get("status")}
+            for which, r in startup.items()},
         "default_config": {
             "config": "configs/cpu_gemma3_270m.yaml",
             "sft_step_s": ours_default.get("median_step_s"),
