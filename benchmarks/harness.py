@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="SFT steps per configuration (default: as in SFT_SHAPES)")
     parser.add_argument("--worker", choices=["peak", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--eval-items", type=int, default=EVAL_ITEMS)
+    parser.add_argument("--parts", default="sft,cache,eval,gen",
+                        help="comma-separated subset of sft,cache,eval,gen (the rest is skipped)")
+    parser.add_argument("--shapes", default=None,
+                        help="SFT shapes to run, e.g. 4x256 (default: all of SFT_SHAPES)")
     args = parser.parse_args(argv)
     if args.worker == "peak":
         print(json.dumps(peak_worker()))
@@ -240,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     shapes = [(b, n, args.steps or (3 if args.quick else steps)) for b, n, steps in SFT_SHAPES]
     shapes = shapes[:1] if args.quick else shapes
+    if args.shapes:
+        wanted = set(args.shapes.split(","))
+        shapes = [shape for shape in shapes if f"{shape[0]}x{shape[1]}" in wanted]
+    parts = set(args.parts.split(","))
     eval_items = 16 if args.quick else args.eval_items
     out_dir = args.out / f"{started:%Y%m%dT%H%M%SZ}-{host_kind()}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,27 +255,33 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = _child([me, "--worker", "peak"], timeout=600)
     sft: list[dict[str, Any]] = []
-    for batch, length, steps in shapes:
+    for batch, length, steps in shapes if "sft" in parts else []:
         for impl in ("ours", "tunix"):
             sft.append({"impl": impl, "batch": batch, "length": length, **_child(
                 [str(BENCH_DIR / "sft_speed.py"), "--impl", impl, "--batch", str(batch),
                  "--length", str(length), "--steps", str(steps)], timeout=3600)})
     # The persistent compilation cache (on by default in runs, runtime.configure_platform):
     # the default config's first step from a cold cache, then from the cache it filled.
-    with tempfile.TemporaryDirectory() as cache:
-        startup = {which: _child([str(BENCH_DIR / "sft_speed.py"), "--impl", "ours", "--batch",
-                                  "4", "--length", "256", "--steps", "2"], timeout=3600,
-                                 cache_dir=Path(cache))
-                   for which in ("cold_cache", "warm_cache")}
-    evaluation = _child([me, "--worker", "eval", "--eval-items", str(eval_items)], timeout=3600)
+    startup: dict[str, Any] = {}
+    if "cache" in parts:
+        with tempfile.TemporaryDirectory() as cache:
+            for which in ("cold_cache", "warm_cache"):
+                startup[which] = _child(
+                    [str(BENCH_DIR / "sft_speed.py"), "--impl", "ours", "--batch", "4",
+                     "--length", "256", "--steps", "2"], timeout=3600, cache_dir=Path(cache))
+    evaluation = ({"status": "skipped"} if "eval" not in parts else
+                  _child([me, "--worker", "eval", "--eval-items", str(eval_items)], timeout=3600))
     gen_json = out_dir / "generation.json"
     gen_args = [str(BENCH_DIR / "generation.py"), "--prompt-set", "eval", "--json", str(gen_json)]
     gen_args += (["--repeats", "1", "--new-tokens", "16", "--batch1-prompts", "1"] if args.quick
                  else ["--repeats", "3", "--new-tokens", "64", "--batch1-prompts", "2"])
-    print(f"$ {' '.join(gen_args)}", flush=True)
-    gen_proc = subprocess.run([sys.executable, *gen_args], timeout=3600, check=False)
-    generation = (json.loads(gen_json.read_text()) if gen_proc.returncode == 0 and gen_json.exists()
-                  else {"status": "failed", "returncode": gen_proc.returncode})
+    generation: dict[str, Any] = {"status": "skipped"}
+    if "gen" in parts:
+        print(f"$ {' '.join(gen_args)}", flush=True)
+        gen_proc = subprocess.run([sys.executable, *gen_args], timeout=3600, check=False)
+        generation = (json.loads(gen_json.read_text())
+                      if gen_proc.returncode == 0 and gen_json.exists()
+                      else {"status": "failed", "returncode": gen_proc.returncode})
 
     ours_default = next((r for r in sft if (r["impl"], r["batch"], r["length"]) == ("ours", 4, 256)),
                         {})
