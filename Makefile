@@ -29,7 +29,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check kaggle_lib scripts tests
+	$(PY) -m ruff check kaggle_lib scripts tests benchmarks
 
 # Regenerate the lock from requirements.in in a throwaway venv, from plain PyPI: --isolated
 # ignores this machine's pip config and environment (a local wheel mirror or file index would
@@ -44,12 +44,15 @@ lock:
 	mv requirements.lock.new requirements.lock
 	$(LOCK_VENV)/bin/pip install --isolated --dry-run --ignore-installed --quiet -r requirements.lock
 
-# The only target that installs PyTorch (CPU build, PyTorch's index): the generation benchmark
-# measures transformers as a peer. Also the environment for the reference-fixture scripts.
+# The only target that installs PyTorch (CPU build, PyTorch's index; where that index cannot be
+# reached, pip takes the same version from the machine's configured find-links): transformers is
+# the generation peer. Also the environment for the reference-fixture scripts. Runs the whole
+# harness (ours vs Tunix's default recipe vs transformers) and writes
+# evidence/bench/<UTC time>-<host kind>/bench.{json,md}; BENCH_ARGS=--quick for a short version.
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	PYTHONUNBUFFERED=1 $(PY) benchmarks/generation.py $(BENCH_ARGS)
+	PYTHONUNBUFFERED=1 $(PY) benchmarks/harness.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

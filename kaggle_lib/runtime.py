@@ -106,6 +106,11 @@ def configure_platform(requested: str) -> dict[str, Any]:
         raise ValueError(f"device must be one of auto, cpu, gpu, tpu; got {requested!r}")
     platform = guess_platform() if requested == "auto" else requested
     jax_started = "jax" in sys.modules and _jax_backends_initialised()
+    # jax's persistent compilation cache: a second run (or a restarted kernel) loads the train
+    # step, prefill and decode programs instead of compiling them again. A user's choice wins.
+    from kaggle_lib.models.loader import cache_root
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "jax_compilation_cache"))
     if platform == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     elif platform == "tpu":
@@ -121,6 +126,7 @@ def configure_platform(requested: str) -> dict[str, Any]:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "LIBTPU_INIT_ARGS": os.environ.get("LIBTPU_INIT_ARGS", ""),
         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
+        "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
     }
 
 
@@ -179,7 +185,7 @@ def banner(env: Environment, devices: dict[str, Any], flags: dict[str, Any]) -> 
         f"  jax     : {devices['jax_version']}   python {sys.version.split()[0]}",
         f"  working : {env.working_dir}",
     ]
-    for key in ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "JAX_PLATFORMS"):
+    for key in ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR"):
         if flags.get(key):
             lines.append(f"  {key}={flags[key]}")
     if flags.get("jax_already_started"):

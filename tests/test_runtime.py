@@ -109,3 +109,16 @@ def test_single_device_subprocess_without_flag() -> None:
         env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
     )
     assert out.stdout.strip() == "1"
+
+
+def test_persistent_compilation_cache_under_the_cache_root_unless_chosen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("KAGGLE_LIB_CACHE", str(tmp_path))
+    flags = runtime.configure_platform("cpu")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "jax_compilation_cache")
+    assert flags["JAX_COMPILATION_CACHE_DIR"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    runtime.configure_platform("cpu")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"

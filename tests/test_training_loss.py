@@ -66,7 +66,9 @@ def test_chunked_loss_and_gradients_equal_the_naive_ones(family: str) -> None:
     tunix_value = nnx.jit(_default_loss_fn)(model, **batch)
     assert float(tunix_value) == pytest.approx(float(naive), rel=1e-5)
     total = BATCH * (LENGTH - 1)
-    for chunk in (23, 16):  # divides the 46 positions; does not (padded to 48)
+    # 23 divides the 46 positions; 16 does not (padded to 48); with 8, the chunks after the
+    # loss-carrying positions (moved to the front) hold none and are skipped.
+    for chunk in (23, 16, 8):
         value, grads = _value_and_grad(model, batch, chunk)
         print(f"{family} chunk {chunk:>3} ({'divides' if total % chunk == 0 else 'pads'} "
               f"{total}; {n_targets} loss tokens): loss {float(value):.7f} naive "
@@ -97,3 +99,32 @@ def test_chunked_cross_entropy_matches_a_direct_computation() -> None:
                                                  softcap=softcap)
             assert float(count) == 7
             assert float(total) == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_positions_first_and_empty_chunks_skipped_change_nothing() -> None:
+    """Loss positions scattered among many masked ones (a long prompt, padding): the sum equals
+    the direct one for every chunk size, gradients too; an all-masked batch gives 0, not NaN."""
+    rng = np.random.default_rng(5)
+    n, dim, vocab = 40, 8, 50
+    hidden = jnp.asarray(rng.normal(size=(n, dim)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(vocab, dim)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, vocab, size=n), jnp.int32)
+    mask = jnp.zeros(n, jnp.int32).at[jnp.asarray([3, 17, 18, 29, 39])].set(1)
+
+    def direct(h: jax.Array, m: jax.Array) -> jax.Array:
+        nll = -jax.nn.log_softmax(h @ table.T)[jnp.arange(n), targets]
+        return jnp.sum(nll * m)
+
+    expected, expected_grad = jax.value_and_grad(direct)(hidden, mask)
+    for chunk in (2, 3, 7, 64):
+        def chunked(h: jax.Array, m: jax.Array, chunk: int = chunk) -> jax.Array:
+            return chunked_cross_entropy(h, table, targets, m, chunk_size=chunk)[0]
+
+        value, grad = jax.jit(jax.value_and_grad(chunked))(hidden, mask)
+        assert float(value) == pytest.approx(float(expected), rel=1e-6)
+        np.testing.assert_allclose(grad, expected_grad, atol=1e-6)
+        # Masked positions get exactly no gradient.
+        assert float(jnp.abs(grad[mask == 0]).max()) == 0.0
+    zero = jnp.zeros(n, jnp.int32)
+    total, count = chunked_cross_entropy(hidden, table, targets, zero, chunk_size=4)
+    assert float(total) == 0.0 and float(count) == 0.0

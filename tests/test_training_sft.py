@@ -125,3 +125,48 @@ def test_max_wall_time_stops_cleanly_with_a_checkpoint(base_model: Any, tmp_path
     assert (tmp_path / "ckpt" / str(result.steps_done) / "commit_success.txt").is_file()
     assert [r["step"] for r in records] == list(range(1, result.steps_done + 1))
     assert jax.device_count() == 8
+
+
+def test_step_times_are_each_steps_own_including_the_last(
+    base_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step spends >= 0.3 s on the host after its dispatch; each recorded step time,
+    the last one's too, must include it (Tunix reports the last step only after its close())."""
+    from kaggle_lib.training.sft import make_trainer_class
+
+    trainer_class = make_trainer_class()
+    original = trainer_class._post_process_train_step
+
+    def slow_post_process(self: Any, aux: Any) -> None:
+        original(self, aux)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(trainer_class, "_post_process_train_step", slow_post_process)
+    records: list[dict[str, Any]] = []
+    th.train_tiny(th.single_device_mesh(), base_model, steps=3, on_step=records.append)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["step_time_s"] >= 0.3 for r in records), records
+
+
+def test_progress_bar_shows_the_learning_rate_not_zero(
+    base_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tunix rounds progress-bar metrics to 3 decimals: an LR of 3e-4 used to show as 0."""
+    from tunix.sft import progress_bar
+
+    shown: list[dict[str, Any]] = []
+    original = progress_bar.ProgressBar.update
+
+    def record_update(self: Any, n: int = 1) -> None:
+        shown.append(dict(self.metrics))
+        original(self, n)
+
+    monkeypatch.setattr(progress_bar.ProgressBar, "update", record_update)
+    records: list[dict[str, Any]] = []
+    th.train_tiny(th.single_device_mesh(), base_model, steps=3, learning_rate=3e-4,
+                  on_step=records.append)
+    rates = [m["_train_learning_rate"] for m in shown if "_train_learning_rate" in m]
+    assert len(rates) == 3, shown
+    assert all(r > 0 for r in rates)
+    # The bar shows the LR Tunix logged last (the optimizer's current one), 3 significant digits.
+    assert rates[-1] == pytest.approx(3e-4, rel=0.5)

@@ -3,16 +3,19 @@
 Gemma 3's vocabulary has 262,144 entries: for 4 x 1024 tokens the full float32 logits are 4 GiB,
 and Tunix's default loss also builds a one-hot of the same size. Here the final hidden states are
 split into chunks of `chunk_size` tokens; each chunk's logits are computed, reduced to
-(logsumexp - target logit), and rematerialised in the backward pass (`jax.checkpoint`), so the
-peak holds one chunk's logits at a time.
+(logsumexp - target logit) and, under differentiation, to their gradient in the same pass, so
+the peak holds one chunk's logits at a time. Only chunks holding loss-carrying positions are
+computed at all.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -40,33 +43,107 @@ def chunked_cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
 
+    Only positions that carry loss are projected onto the vocabulary: a stable permutation puts
+    them first, and a loop runs over just the chunks that hold any (prompt and padding
+    positions, about half of an SFT batch, cost no [chunk, V] matmul). Under differentiation
+    each chunk's gradient is computed with its loss, from the same logits (one projection
+    forward and one back, instead of forward + rematerialised forward + back); the table's
+    gradient only when the table is being differentiated (full fine-tuning).
     N is padded up to a multiple of the chunk size (padding carries mask 0); a chunk is never
     longer than N, so short batches do not pay for a full chunk of logits.
     """
     n_tokens, dim = hidden.shape
+    mask = (mask > 0).astype(jnp.float32)
+    order = jnp.argsort(mask == 0, stable=True)
+    hidden, targets, mask = hidden[order], targets[order], mask[order]
     chunk_size = max(1, min(chunk_size, n_tokens))
     pad = (-n_tokens) % chunk_size
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk_size, dim)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk_size)
-    mask = jnp.pad(mask.astype(jnp.float32), (0, pad)).reshape(-1, chunk_size)
-
-    @jax.checkpoint
-    def chunk_loss(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array) -> jax.Array:
-        # Contract over D directly (no transposed copy of the [V, D] table) and accumulate in
-        # float32 even for bfloat16 weights.
-        logits = jnp.einsum("nd,vd->nv", h, table, preferred_element_type=jnp.float32)
-        if softcap is not None:
-            logits = jnp.tanh(logits / softcap) * softcap
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
-        return jnp.sum((lse - target_logit) * m)
-
-    def body(total: jax.Array, chunk: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        h, t, m = chunk
-        return total + chunk_loss(h, t, m, embedding), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (hidden, targets, mask))
+    mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk_size)
+    total = _masked_loss_sum(hidden, embedding, targets, mask, softcap)
     return total, jnp.sum(mask)
+
+
+def _chunk(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array, softcap: float | None,
+           grads: bool) -> tuple[jax.Array, jax.Array | None]:
+    """One chunk's summed loss and, if `grads`, d(loss)/d(logits before the softcap)."""
+    # Contract over D directly (no transposed copy of the [V, D] table) and accumulate in
+    # float32 even for bfloat16 weights.
+    logits = jnp.einsum("nd,vd->nv", h, table, preferred_element_type=jnp.float32)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+    loss = jnp.sum((lse - target_logit) * m)
+    if not grads:
+        return loss, None
+    probs = jnp.exp(logits - lse[:, None])
+    dlogits = probs.at[jnp.arange(t.shape[0]), t].add(-1.0) * m[:, None]
+    if softcap is not None:
+        dlogits = dlogits * (1.0 - jnp.square(logits / softcap))
+    return loss, dlogits
+
+
+def _needed_chunks(mask: jax.Array) -> jax.Array:
+    # Loss positions come first: chunks 0 .. k-1 hold all of them.
+    return (jnp.sum(mask > 0).astype(jnp.int32) + mask.shape[1] - 1) // mask.shape[1]
+
+
+def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax.Array,
+              softcap: float | None, grad_hidden: bool, grad_table: bool) -> tuple[Any, ...]:
+    grads = grad_hidden or grad_table
+
+    def body(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        total, d_hidden, d_table = carry
+        h = jax.lax.dynamic_index_in_dim(hidden, i, keepdims=False)
+        t = jax.lax.dynamic_index_in_dim(targets, i, keepdims=False)
+        m = jax.lax.dynamic_index_in_dim(mask, i, keepdims=False)
+        loss, dlogits = _chunk(h, t, m, table, softcap, grads)
+        if grad_hidden:
+            dh = jnp.einsum("nv,vd->nd", dlogits, table, preferred_element_type=jnp.float32)
+            d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, dh.astype(d_hidden.dtype),
+                                                           i, 0)
+        if grad_table:
+            d_table = d_table + jnp.einsum("nv,nd->vd", dlogits, h,
+                                           preferred_element_type=jnp.float32)
+        return total + loss, d_hidden, d_table
+
+    init = (jnp.zeros((), jnp.float32),
+            jnp.zeros_like(hidden) if grad_hidden else None,
+            jnp.zeros(table.shape, jnp.float32) if grad_table else None)
+    # A loop with a run-time trip count: chunks without loss positions are never computed.
+    return jax.lax.fori_loop(0, _needed_chunks(mask), body, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _masked_loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax.Array,
+                     softcap: float | None) -> jax.Array:
+    return _loss_sum(hidden, table, targets, mask, softcap, False, False)[0]
+
+
+def _masked_loss_sum_fwd(hidden: Any, table: Any, targets: Any, mask: Any,
+                         softcap: float | None) -> tuple[jax.Array, tuple[Any, ...]]:
+    # symbolic_zeros: each argument arrives as (value, perturbed); perturbed says whether it is
+    # being differentiated (LoRA: the embedding table is not).
+    total, d_hidden, d_table = _loss_sum(hidden.value, table.value, targets.value, mask.value,
+                                         softcap, hidden.perturbed, table.perturbed)
+    return total, (d_hidden, None if d_table is None else d_table.astype(table.value.dtype),
+                   targets.value, mask.value)
+
+
+def _masked_loss_sum_bwd(softcap: float | None, residuals: tuple[Any, ...],
+                         g: Any) -> tuple[Any, ...]:
+    d_hidden, d_table, targets, mask = residuals
+    zero_targets = np.zeros(targets.shape, jax.dtypes.float0)
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros((), jnp.float32)
+    return (None if d_hidden is None else d_hidden * g.astype(d_hidden.dtype),
+            None if d_table is None else d_table * g.astype(d_table.dtype),
+            zero_targets, jnp.zeros_like(mask))
+
+
+_masked_loss_sum.defvjp(_masked_loss_sum_fwd, _masked_loss_sum_bwd, symbolic_zeros=True)
 
 
 def _embedding_and_softcap(model: nnx.Module) -> tuple[jax.Array, float | None]:

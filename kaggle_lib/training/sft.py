@@ -170,6 +170,7 @@ def make_trainer_class() -> type:
     checkpointed, and at the end, the check waits for every pending step.
     """
     import jax.numpy as jnp
+    from tunix.sft.metrics_logger import Mode
     from tunix.sft.peft_trainer import PeftTrainer
 
     class GuardedPeftTrainer(PeftTrainer):
@@ -199,6 +200,21 @@ def make_trainer_class() -> type:
             if self.config.checkpoint_root_directory is None:
                 return False
             return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
+
+        def _may_update_pbar(self, metrics: list[str], step: int | None = None,
+                             loss: Any = None) -> None:
+            # Tunix's body, except the LR: Tunix shows the mean of all logged LRs rounded to 3
+            # decimals (any LR below 5e-4 reads 0); the bar gets the latest, 3 significant digits.
+            if self._pbar is not None:
+                self._pbar.update_metrics(metrics, self._mode, ndigits=3)
+                key = f"{self.metrics_prefix}_{self._mode}_learning_rate"
+                if key in self._pbar.metrics:
+                    history = self.metrics_logger.get_metric_history(
+                        self.metrics_prefix, "learning_rate", self._mode)
+                    self._pbar.metrics[key] = float(f"{float(history[-1]):.3g}")
+                self._pbar.update()
+            if self.training_hooks and self._mode == Mode.TRAIN:
+                self.training_hooks.on_train_step_end(self, step, loss)
 
         def check_finite(self, wait: bool) -> None:
             """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
@@ -247,22 +263,40 @@ class _StepHooks(NoopHooks):
         self.max_wall_time_s = max_wall_time_s
         self.schedule = schedule
         self.started = time.monotonic()
-        self.last = self.started
+        # When each optimizer step was dispatched, and when training ended: step k took
+        # dispatch(k + 1) - dispatch(k) (the last one: end - dispatch(k)). Tunix calls
+        # on_train_step_end a step late, and for the last step only after close() work, so
+        # the time between those calls is not the step's.
+        self.dispatched: dict[int, float] = {}
+        self.ended: float | None = None
         self.stopped_for_time = False
         self.losses: list[float] = []
 
     # tunix.sft.hooks.TrainingHooks interface
     def on_train_start(self, trainer: Any) -> None:
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
+
+    def on_train_step_start(self, trainer: Any) -> None:
+        accum = trainer.config.get_with_default("gradient_accumulation_steps", 1)
+        if trainer.iter_steps % accum == 0:  # the first micro-batch of optimizer step k
+            self.dispatched[trainer.train_steps + 1] = time.monotonic()
 
     def on_train_end(self, trainer: Any) -> None:
+        # Tunix has waited for every dispatched step by now.
+        self.ended = time.monotonic()
         # Before Tunix's close() saves the last checkpoint: every pending step must be finite.
         trainer.check_finite(wait=True)
 
+    def step_time(self, step: int) -> float:
+        began = self.dispatched.get(step)
+        finished = self.dispatched.get(step + 1, self.ended)
+        if began is None or finished is None:
+            return 0.0
+        return finished - began
+
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
-        step_time = now - self.last
-        self.last = now
+        step_time = self.step_time(int(step))
         logger = trainer.metrics_logger
         prefix = trainer.metrics_prefix
 

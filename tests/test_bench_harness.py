@@ -1,0 +1,45 @@
+"""The benchmark harness's summary: exactly the agreed keys, computed from the measured rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+def _sft(impl: str, batch: int, length: int, **fields: object) -> dict[str, object]:
+    return {"impl": impl, "batch": batch, "length": length, "status": "ok", **fields}
+
+
+def test_summary_has_exactly_the_agreed_keys_and_ratios() -> None:
+    sft = [_sft("ours", 4, 256, real_tok_s=120.0, model_flops_per_s=30e9),
+           _sft("tunix", 4, 256, real_tok_s=40.0),
+           _sft("ours", 4, 1024, peak_rss_gb=6.5),
+           {"impl": "tunix", "batch": 4, "length": 1024, "status": "oom", "compiled_gb": 28.7}]
+    generation = {"identical_to_transformers": True, "rows": [
+        {"impl": "ours", "batch": 8, "tok_s_median": 60.0},
+        {"impl": "transformers", "batch": 8, "tok_s_median": 30.0}]}
+    summary = harness.summary(sft, generation, {"peak_flop_s": 100e9})
+    assert tuple(summary) == harness.SUMMARY_KEYS == (
+        "sft_real_tok_s_ours", "sft_real_tok_s_tunix_4x256",
+        "sft_real_tok_s_ratio_vs_tunix_4x256", "sft_4x1024_peak_rss_gb", "gen_b8_tok_s_ours",
+        "gen_b8_tok_s_transformers", "gen_b8_ratio_vs_transformers", "gen_tokens_identical",
+        "mfu")
+    assert summary["sft_real_tok_s_ratio_vs_tunix_4x256"] == 3.0
+    assert summary["sft_4x1024_peak_rss_gb"] == 6.5
+    assert summary["gen_b8_ratio_vs_transformers"] == 2.0
+    assert summary["gen_tokens_identical"] is True
+    assert summary["mfu"] == 0.3
+
+
+def test_missing_or_failed_measurements_are_none_not_invented() -> None:
+    sft = [{"impl": "ours", "batch": 4, "length": 1024, "status": "oom"}]
+    summary = harness.summary(sft, {"status": "failed"}, {})
+    assert summary["sft_real_tok_s_ours"] is None
+    assert summary["sft_real_tok_s_ratio_vs_tunix_4x256"] is None
+    assert summary["sft_4x1024_peak_rss_gb"] is None  # oom: no RSS figure to claim
+    assert summary["gen_tokens_identical"] is False  # never claimed without a comparison
+    assert summary["mfu"] is None
