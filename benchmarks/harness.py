@@ -194,8 +194,8 @@ def render_markdown(bench: dict[str, Any]) -> str:
     default = bench["default_config"]
     lines += ["", "## Default config (configs/cpu_gemma3_270m.yaml)", "",
               f"- seconds per SFT step (median, 4x256): {_fmt(default.get('sft_step_s'))}",
-              f"- seconds per {default.get('eval_items')}-item evaluation (compilation included): "
-              f"{_fmt(default.get('eval_s'))}",
+              f"- seconds per {default.get('eval_items') or '(not run)'}-item evaluation "
+              f"(compilation included): {_fmt(default.get('eval_s'))}",
               f"- seconds from process start to the first finished train step: "
               f"{_fmt(default.get('seconds_to_first_step'))}",
               "- persistent compilation cache, seconds from process start to the first "
