@@ -39,7 +39,7 @@ def test_only_make_bench_installs_torch() -> None:
     assert "-r requirements.lock" in setup and "requirements-bench" not in setup
     assert "setup" in _makefile_target("run") and "setup" in _makefile_target("test")
     bench = _makefile_target("bench")
-    assert "-r requirements-bench.txt" in bench and "benchmarks/generation.py" in bench
+    assert "-r requirements-bench.txt" in bench and "benchmarks/harness.py" in bench
     bench_lines = _lines("requirements-bench.txt")
     assert "-r requirements.lock" in bench_lines
     assert "torch==2.13.0" in bench_lines  # resolved to +cpu from PyTorch's index
