@@ -571,15 +571,6 @@ def _process_log_class() -> type:
             self._log("manifest", fields)
             return dict(self._manifest)
 
-        def _merged(self, fields: dict[str, Any]) -> dict[str, Any]:
-            manifest = dict(self._manifest)
-            for key, value in json.loads(json.dumps(fields, default=str)).items():
-                if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-                    manifest[key] = {**manifest[key], **value}
-                else:
-                    manifest[key] = value
-            return manifest
-
         def write_text(self, name: str, text: str) -> Path:
             self._log("skipped_write", name)  # process 0 writes the run's files
             return self.log_dir / name
