@@ -15,8 +15,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from kaggle_lib.data.datasets import FILES_DIR, write_jsonl
-from kaggle_lib.data.synthetic import BUILTIN_SEED, BUILTIN_SIZES, build_builtin_splits
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from kaggle_lib.data.datasets import FILES_DIR, write_jsonl  # noqa: E402
+from scripts.synthetic_data import BUILTIN_SEED, BUILTIN_SIZES, build_builtin_splits  # noqa: E402
 
 
 def _serialize(items: list[dict]) -> str:

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kaggle_lib.models.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
+from kaggle_lib.models.tokenizer import load_tokenizer  # noqa: E402
+from scripts.make_tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 
 OUT_DIR = REPO / "tests" / "fixtures" / "reference"
 SEED = 1234

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from kaggle_lib.data.batching import (
-    ByteTokenizer,
     SFTBatches,
     TokenizedSet,
     padded_length,
@@ -17,6 +16,7 @@ from kaggle_lib.data.batching import (
 )
 from kaggle_lib.data.datasets import load_builtin
 from kaggle_lib.data.template import format_prompt, format_target
+from tests.fakes.byte_tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 TRAIN = load_builtin("train")

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from kaggle_lib.data.datasets import FILES_DIR, load_builtin
-from kaggle_lib.data.synthetic import (
+from scripts.synthetic_data import (
     BUILTIN_SIZES,
     CATEGORIES,
     DIFFICULTIES,

@@ -17,9 +17,9 @@ from fractions import Fraction
 
 import pytest
 
-from kaggle_lib.data import synthetic
 from kaggle_lib.data.datasets import load_builtin
-from kaggle_lib.data.synthetic import (
+from scripts import synthetic_data as synthetic
+from scripts.synthetic_data import (
     CATEGORIES,
     DIFFICULTIES,
     canonical_number,

@@ -31,7 +31,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return load_tokenizer(loader._tiny_tokenizer_dir() / "tokenizer.model")
+    return load_tokenizer(loader.TINY_TOKENIZER_DIR / "tokenizer.model")
 
 
 def tiny_model(family: str, tokenizer: Any, seed: int = 2) -> Any:

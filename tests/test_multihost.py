@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from kaggle_lib import distributed
-from kaggle_lib.data.batching import ByteTokenizer, SFTBatches, tokenize_items
+from kaggle_lib.data.batching import SFTBatches, tokenize_items
+from tests.fakes.byte_tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.multihost
 

@@ -9,13 +9,10 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from kaggle_lib.models.tokenizer import (
-    GEMMA_SPECIAL_IDS,
-    TINY_USER_SYMBOLS,
-    TokenizerError,
-    build_tiny_tokenizer,
-    load_tokenizer,
-)
+from kaggle_lib.models.loader import TINY_TOKENIZER_DIR
+from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
+from scripts import make_tiny_tokenizer
+from scripts.make_tiny_tokenizer import TINY_USER_SYMBOLS, build_tiny_tokenizer
 
 CORPUS = [
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
@@ -130,3 +127,12 @@ def test_tiny_tokenizer_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match="vocab_size=100 is too small"):
         build_tiny_tokenizer(tmp_path, CORPUS, vocab_size=100)
 
+
+def test_shipped_tiny_tokenizer_matches_its_script(tmp_path: Path) -> None:
+    assert make_tiny_tokenizer.main(["--check", "--out", str(TINY_TOKENIZER_DIR)]) == 0
+    tok = load_tokenizer(TINY_TOKENIZER_DIR, expected=GEMMA_SPECIAL_IDS)
+    assert tok.vocab_size == 512
+    # --check really compares: another model in the folder is reported.
+    (tmp_path / "tokenizer.model").write_bytes(build_tiny_tokenizer(tmp_path / "other", ["a b c"],
+                                                                    vocab_size=300).read_bytes())
+    assert make_tiny_tokenizer.main(["--check", "--out", str(tmp_path)]) == 1

@@ -29,7 +29,7 @@ def tiny_tokenizer() -> Any:
     from kaggle_lib.models import loader
     from kaggle_lib.models.tokenizer import load_tokenizer
 
-    return load_tokenizer(loader._tiny_tokenizer_dir() / "tokenizer.model",  # noqa: SLF001
+    return load_tokenizer(loader.TINY_TOKENIZER_DIR / "tokenizer.model",
                           expected={"pad": 0, "eos": 1, "bos": 2})
 
 

@@ -1,7 +1,6 @@
-"""Reasoning data: the shared prompt/target template, synthetic problems, loaders, batching."""
+"""Reasoning data: the shared prompt/target template, loaders of items, batching."""
 
 from kaggle_lib.data.batching import (
-    ByteTokenizer,
     SFTBatches,
     TokenizedSet,
     padding_stats,
@@ -17,18 +16,15 @@ from kaggle_lib.data.datasets import (
     validate_item,
     write_jsonl,
 )
-from kaggle_lib.data.synthetic import generate_items
 from kaggle_lib.data.template import SYSTEM_INSTRUCTION, format_prompt, format_target
 
 __all__ = [
     "SYSTEM_INSTRUCTION",
-    "ByteTokenizer",
     "DataError",
     "SFTBatches",
     "TokenizedSet",
     "format_prompt",
     "format_target",
-    "generate_items",
     "load_builtin",
     "load_items",
     "load_jsonl",

@@ -25,6 +25,11 @@ HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
                      "tokenizer_config.json", "special_tokens_map.json"]
 
 
+# The tiny configs' SentencePiece model (Gemma special ids, 512 pieces), shipped as package data;
+# scripts/make_tiny_tokenizer.py builds it.
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "files" / "tiny"
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("KAGGLE_LIB_CACHE", Path.home() / ".cache" / "kaggle_lib"))
 
@@ -99,28 +104,6 @@ def _from_safetensors(directory: Path, mesh: Any, dtype: Any) -> tuple[Any, Any]
     _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=dtype)
     model = hf_compat.create_model_from_hf_dir(directory, config=config, dtype=dtype, mesh=mesh)
     return model, config
-
-
-def _tiny_tokenizer_dir() -> Path:
-    """Tiny SentencePiece model trained on the shipped data, cached by content hash."""
-    from kaggle_lib.data import template
-    from kaggle_lib.data.synthetic import generate_items
-    from kaggle_lib.models.tokenizer import build_tiny_tokenizer
-
-    items = generate_items(400, seed=1234)
-    corpus = [template.format_prompt(i["prompt"], instruct=False)
-              + template.format_target(i["reasoning"], i["answer"], instruct=False) for i in items]
-    import hashlib
-
-    from kaggle_lib.models import tokenizer as tokenizer_module
-
-    # Keyed by corpus and builder code: a changed builder must not reuse an old model.
-    builder = Path(tokenizer_module.__file__).read_bytes()
-    key = hashlib.sha256("\n".join(corpus).encode() + builder).hexdigest()[:12]
-    out = cache_root() / f"tiny-tokenizer-{key}"
-    if not (out / "tokenizer.model").is_file():
-        build_tiny_tokenizer(out, corpus, vocab_size=registry.TINY_VOCAB)
-    return out
 
 
 def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Path, str | None]:
@@ -250,7 +233,7 @@ def load_model(
     expected_special = {"pad": 0, "eos": 1, "bos": 2}
 
     if source == "random":
-        tok_dir = _tiny_tokenizer_dir() if spec.tiny else None
+        tok_dir = TINY_TOKENIZER_DIR if spec.tiny else None
         if tok_dir is None:
             raise ValueError(f"source 'random' is only for tiny models; {name} needs real weights")
         tokenizer = load_tokenizer(tok_dir / "tokenizer.model", expected=expected_special)

@@ -8,7 +8,6 @@ to fix it, instead of letting generation run away.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,32 +16,21 @@ import sentencepiece as spm
 
 __all__ = [
     "GEMMA_SPECIAL_IDS",
-    "TINY_USER_SYMBOLS",
     "Tokenizer",
     "TokenizerError",
-    "build_tiny_tokenizer",
     "check_special_ids",
     "load_tokenizer",
 ]
 
 # Gemma's special ids (all generations): pad 0, eos 1, bos 2, unk 3.
 GEMMA_SPECIAL_IDS: dict[str, int] = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
-# Gemma's piece names for those ids; used in error messages and the tiny tokenizer.
+# Gemma's piece names for those ids; used in error messages and by scripts/make_tiny_tokenizer.py.
 GEMMA_SPECIAL_PIECES: dict[str, str] = {
     "pad": "<pad>",
     "eos": "<eos>",
     "bos": "<bos>",
     "unk": "<unk>",
 }
-# Tags of the output format and the chat turn markers, kept as single pieces.
-TINY_USER_SYMBOLS: tuple[str, ...] = (
-    "<reasoning>",
-    "</reasoning>",
-    "<answer>",
-    "</answer>",
-    "<start_of_turn>",
-    "<end_of_turn>",
-)
 _REQUIRED = ("bos", "eos", "pad")
 
 
@@ -176,79 +164,3 @@ def load_tokenizer(
     tok = Tokenizer(sp, source=str(p))
     check_special_ids(tok, expected)
     return tok
-
-
-def build_tiny_tokenizer(
-    out_dir: str | os.PathLike[str],
-    corpus: Sequence[str],
-    vocab_size: int = 512,
-    user_symbols: Sequence[str] = TINY_USER_SYMBOLS,
-) -> Path:
-    """Train a small Gemma-style SentencePiece BPE model; returns `<out_dir>/tokenizer.model`.
-
-    Ids follow Gemma (pad 0, eos 1, bos 2, unk 3), bytes fall back to <0x..> pieces, digits
-    are split (each digit is a piece), and text is not normalised. Single-threaded, so the result is deterministic.
-    """
-    if not corpus or not any(line.strip() for line in corpus):
-        raise TokenizerError("build_tiny_tokenizer: corpus is empty; give at least one non-blank line.")
-    # 4 specials + 256 byte pieces + user symbols must fit, with room for merges.
-    minimum = 4 + 256 + len(user_symbols) + 8
-    if vocab_size < minimum:
-        raise TokenizerError(
-            f"build_tiny_tokenizer: vocab_size={vocab_size} is too small; allowed: >= {minimum} "
-            "(4 special + 256 byte pieces + user symbols + a few merges)."
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    try:
-        _train(corpus, buf, vocab_size, user_symbols)
-    except RuntimeError as exc:
-        # e.g. "Vocabulary size is smaller than required_chars": every distinct character
-        # of the corpus needs its own piece on top of the specials and the 256 bytes.
-        raise TokenizerError(
-            f"build_tiny_tokenizer: sentencepiece could not train with vocab_size={vocab_size}: "
-            f"{exc}. Allowed: a vocab_size of at least 4 + 256 + {len(user_symbols)} + the number "
-            "of distinct characters in the corpus."
-        ) from exc
-    path = out / "tokenizer.model"
-    tmp = path.with_suffix(".model.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    load_tokenizer(path, expected=GEMMA_SPECIAL_IDS)
-    return path
-
-
-def _train(
-    corpus: Sequence[str], buf: io.BytesIO, vocab_size: int, user_symbols: Sequence[str]
-) -> None:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([line for line in corpus if line.strip()]),
-        model_writer=buf,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        # A small corpus may not support vocab_size merges; fill what it can.
-        hard_vocab_limit=False,
-        byte_fallback=True,
-        character_coverage=1.0,
-        split_digits=True,
-        # Every digit gets its own piece even if the corpus lacks it (arithmetic answers).
-        required_chars="0123456789",
-        normalization_rule_name="identity",
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece=GEMMA_SPECIAL_PIECES["pad"],
-        eos_piece=GEMMA_SPECIAL_PIECES["eos"],
-        bos_piece=GEMMA_SPECIAL_PIECES["bos"],
-        unk_piece=GEMMA_SPECIAL_PIECES["unk"],
-        user_defined_symbols=list(user_symbols),
-        num_threads=1,
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
-        minloglevel=2,
-    )
