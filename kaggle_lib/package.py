@@ -18,7 +18,6 @@ package.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import zipfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_lib import evidence, report
+from kaggle_lib.hashing import sha256_hex
 
 PACKAGE_MANIFEST = "PACKAGE_MANIFEST.json"
 SUMS = "SHA256SUMS"
@@ -35,10 +35,6 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 class PackageError(RuntimeError):
     """A run directory that cannot be packaged, or a package that does not verify."""
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def package_files(run_dir: Path, *, with_checkpoints: bool = False,
@@ -79,7 +75,7 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
     entries = []
     for rel in files:
         data = (run_dir / rel).read_bytes()
-        entries.append({"path": rel.as_posix(), "bytes": len(data), "sha256": _sha256_bytes(data)})
+        entries.append({"path": rel.as_posix(), "bytes": len(data), "sha256": sha256_hex(data)})
     package_manifest = {
         "package_format": PACKAGE_FORMAT,
         "run_id": run_id,
@@ -148,7 +144,7 @@ def verify_package(path: str | Path) -> list[str]:
                 problems.append(f"{name}: listed in {SUMS} but missing from the zip")
                 continue
             data = zf.read(f"{root}/{name}")
-            if _sha256_bytes(data) != digest:
+            if sha256_hex(data) != digest:
                 problems.append(f"{name}: sha256 mismatch")
             elif name in listed and listed[name].get("bytes") != len(data):
                 problems.append(f"{name}: size mismatch")
@@ -242,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     with zipfile.ZipFile(out) as zf:
         count = len(zf.namelist())
     print(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
-          f"sha256 {_sha256_bytes(out.read_bytes())}; checksums {'OK' if not problems else problems}")
+          f"sha256 {sha256_hex(out)}; checksums {'OK' if not problems else problems}")
     return 0 if not problems else 1
 
 

@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.kaggle.metadata import (
     METADATA_FILE,
     TPU_SHAPE,
@@ -415,7 +416,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         "device": facts["device"],
         "overrides": opts.overrides,
         "run_name": opts.run_name,
-        "zip_sha256": hashlib.sha256(archive).hexdigest(),
+        "zip_sha256": sha256_hex(archive),
         "zip_compression": "bzip2",
         "zip_bytes": len(archive),
         "pins": pins,

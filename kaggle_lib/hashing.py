@@ -1,0 +1,18 @@
+"""The one sha256 helper: hex digest of text, bytes or a file's contents."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def sha256_hex(content: str | bytes | Path) -> str:
+    """sha256 hex digest of `content`: text (UTF-8), bytes, or the bytes of the file at a Path.
+
+    Files are hashed by `hashlib.file_digest`, in blocks, so multi-GB weights need no memory.
+    """
+    if isinstance(content, Path):
+        with content.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    data = content.encode() if isinstance(content, str) else content
+    return hashlib.sha256(data).hexdigest()
