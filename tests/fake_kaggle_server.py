@@ -25,9 +25,11 @@ import dataclasses
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 KERNELS = "/api/v1/kernels.KernelsApiService/"
 
@@ -73,35 +75,21 @@ class FakeKaggleServer:
         self.pushed: list[dict[str, Any]] = []
         self._status_index = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._timer = threading.Timer(max_lifetime_s, self.stop)
-        self._timer.daemon = True
-        self._stopped = False
         self._released = threading.Event()  # ends stalled handlers on stop
+        self._loopback = LoopbackServer(self._handler_class(), max_lifetime_s,
+                                        on_stop=self._released.set)
 
     # -- lifecycle
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._loopback.url
 
     def start(self) -> FakeKaggleServer:
-        self._thread.start()
-        self._timer.start()
+        self._loopback.start()
         return self
 
     def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._released.set()
-        self._timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
     def __enter__(self) -> FakeKaggleServer:
         return self.start()

@@ -11,8 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import nbformat
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from kaggle_lib import evidence, report
+from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_HF_TOKEN = "hf_" + "FakeTokenForEvidenceTests0123456789"
@@ -142,35 +142,18 @@ class FakeHub:
 
             do_HEAD = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._timer = threading.Timer(max_lifetime_s, self.stop)
-        self._timer.daemon = True
-        self._lock = threading.Lock()
-        self._stopped = False
+        self._loopback = LoopbackServer(Handler, max_lifetime_s)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._loopback.url
 
     def __enter__(self) -> FakeHub:
-        self._thread.start()
-        self._timer.start()
+        self._loopback.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
 
 def test_refused_hf_token_fails_in_load_model_and_says_where_to_attach_it(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.fakes.loopback import loopback_server
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "reference" / "gemma3_tiny"
@@ -84,16 +85,11 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
 
 
 def test_gated_hub_401_is_an_auth_error_naming_the_secret(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(_Refuse) as url:
         result = run_loader("hf", "google/gemma-3-1b-it", {
-            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_ENDPOINT": url,
             "HF_HUB_CACHE": str(tmp_path), "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5",
         })
-    finally:
-        server.shutdown()
     assert result.returncode != 0
     assert "AuthError" in result.stderr and "HF_TOKEN" in result.stderr
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from kaggle_lib import evidence, package
+from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,35 +152,18 @@ class FakeKaggleModels:
         self.blob_names: dict[str, str] = {}
         self.models: set[str] = set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._timer = threading.Timer(max_lifetime_s, self.stop)
-        self._timer.daemon = True
-        self._stopped = False
+        self._loopback = LoopbackServer(self._handler(), max_lifetime_s)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._loopback.url
 
     def __enter__(self) -> FakeKaggleModels:
-        self._thread.start()
-        self._timer.start()
+        self._loopback.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

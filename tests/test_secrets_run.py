@@ -11,19 +11,22 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from test_model_sources import hf_cache
 
+from tests.fakes.loopback import loopback_server
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 JWE = "fake-jwe-for-tests"
 
 
-def secrets_server(secret: str | None) -> http.server.ThreadingHTTPServer:
+def secrets_handler(secret: str | None) -> type[http.server.BaseHTTPRequestHandler]:
+    """Kaggle's secrets endpoint holding `secret` as HF_TOKEN (None: not attached)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -41,9 +44,7 @@ def secrets_server(secret: str | None) -> http.server.ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return Handler
 
 
 def kaggle_like_run(tmp_path: Path, secret: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:
@@ -60,22 +61,19 @@ def kaggle_like_run(tmp_path: Path, secret: str | None) -> tuple[subprocess.Comp
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     root = tmp_path / "root"
     (root / "kaggle" / "working").mkdir(parents=True)
-    server = secrets_server(secret)
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HF_TOKEN")}
     env.update({
         "KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_LIB_KAGGLE_ROOT": str(root),
-        "KAGGLE_URL_BASE": f"http://127.0.0.1:{server.server_address[1]}",
         "KAGGLE_USER_SECRETS_TOKEN": JWE, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
     })
     run_dir = root / "kaggle" / "working" / "run"
-    try:
+    with loopback_server(secrets_handler(secret), max_lifetime_s=660) as url:
+        env["KAGGLE_URL_BASE"] = url
         result = subprocess.run(
             [sys.executable, "-m", "kaggle_lib", "run", "--config", str(tmp_path / "c.yaml"),
              "--run-dir", str(run_dir)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )
-    finally:
-        server.shutdown()
     return result, run_dir
 
 
