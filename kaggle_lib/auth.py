@@ -1,7 +1,8 @@
-"""Hugging Face token from the environment or Kaggle Secrets, and redaction of every secret.
+"""Credentials through their own libraries, and redaction of every secret.
 
-Order: `HF_TOKEN` in the environment, else the Kaggle secret labelled `HF_TOKEN` when running
-on Kaggle, else none. Values are registered for redaction the moment they are read; they are
+Hugging Face token: huggingface_hub's lookup (`HF_TOKEN`, then the `hf auth login` token
+file), else the Kaggle secret labelled `HF_TOKEN` when running on Kaggle, else none. Kaggle
+credentials: kagglehub's lookup, named but never read out. Values are registered for redaction the moment they are read; they are
 never printed, logged, written to evidence or passed to papermill.
 """
 
@@ -89,7 +90,7 @@ class Token:
 
 
 def _kaggle_secret(label: str) -> str:
-    """Read a Kaggle secret. Uses kaggle_secrets when present (Kaggle only), else its protocol.
+    """Read a Kaggle secret through Kaggle's own `kaggle_secrets` module (Kaggle's image only).
 
     Every failure becomes an AuthError naming the label: on Kaggle, `get_secret` raises
     `BackendError` when no secret with that label is attached, `CredentialError` without a JWT
@@ -100,58 +101,52 @@ def _kaggle_secret(label: str) -> str:
     try:
         import kaggle_secrets  # type: ignore[import-not-found]
     except ImportError:
-        kaggle_secrets = None
-    if kaggle_secrets is not None:
-        hints = {
-            "BackendError": f"no secret labelled '{label}' is attached to this notebook, or the "
-                            "secrets service failed",
-            "CredentialError": "the secrets service refused this session (HTTP 401/403 or no "
-                               "KAGGLE_USER_SECRETS_TOKEN)",
-            "ValidationError": "the label is empty",
-            "ConnectionError": "the secrets service could not be reached or refused the request "
-                               "(is internet on?)",
-        }
-        errors = tuple(getattr(kaggle_secrets, name) for name in hints
-                       if isinstance(getattr(kaggle_secrets, name, None), type))
-        try:
-            return kaggle_secrets.UserSecretsClient().get_secret(label)
-        except (*errors, ConnectionError) as exc:
-            hint = hints.get(type(exc).__name__, "the secrets service failed")
-            raise AuthError(
-                f"Kaggle secret '{label}' could not be read: {hint} ({type(exc).__name__}). "
-                f"Attach it in the notebook editor: Add-ons -> Secrets -> '{label}', then re-run."
-            ) from None
-    import requests
-
-    base = os.environ.get("KAGGLE_URL_BASE", "https://www.kaggle.com").rstrip("/")
-    jwe = os.environ.get("KAGGLE_USER_SECRETS_TOKEN")
-    if not jwe:
         raise AuthError(
-            f"Kaggle Secrets are not available in this session (KAGGLE_USER_SECRETS_TOKEN unset); "
-            f"attach the secret '{label}' in the notebook editor (Add-ons -> Secrets)."
-        )
-    response = requests.post(
-        f"{base}/requests/GetUserSecretByLabelRequest",
-        json={"Label": label, "JWE": jwe},
-        headers={"X-Kaggle-Authorization": f"Bearer {jwe}"},
-        timeout=30,
-    )
-    payload = response.json() if response.content else {}
-    if response.status_code != 200 or not payload.get("wasSuccessful"):
-        errors = payload.get("errors") or [response.text[:200]]
+            f"Kaggle Secrets are not available in this session (no kaggle_secrets module: not "
+            f"Kaggle's notebook image); attach the secret '{label}' in the notebook editor "
+            "(Add-ons -> Secrets), or export HF_TOKEN outside Kaggle."
+        ) from None
+    hints = {
+        "BackendError": f"no secret labelled '{label}' is attached to this notebook, or the "
+                        "secrets service failed",
+        "CredentialError": "the secrets service refused this session (HTTP 401/403 or no "
+                           "KAGGLE_USER_SECRETS_TOKEN)",
+        "ValidationError": "the label is empty",
+        "ConnectionError": "the secrets service could not be reached or refused the request "
+                           "(is internet on?)",
+    }
+    errors = tuple(getattr(kaggle_secrets, name) for name in hints
+                   if isinstance(getattr(kaggle_secrets, name, None), type))
+    try:
+        return kaggle_secrets.UserSecretsClient().get_secret(label)
+    except (*errors, ConnectionError) as exc:
+        hint = hints.get(type(exc).__name__, "the secrets service failed")
         raise AuthError(
-            f"Kaggle secret '{label}' could not be read ({'; '.join(map(str, errors))}). "
+            f"Kaggle secret '{label}' could not be read: {hint} ({type(exc).__name__}). "
             f"Attach it in the notebook editor: Add-ons -> Secrets -> '{label}', then re-run."
-        )
-    return payload["result"]["secret"]
+        ) from None
+
+
+def _hf_token_source(value: str) -> str:
+    """Where huggingface_hub found `value`: an environment variable, else its own store."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(var, "").strip() == value:
+            return f"env:{var}"
+    return "huggingface_hub"  # the token file of `hf auth login` (HF_TOKEN_PATH), or OIDC
 
 
 def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
-    """HF token by precedence; raises AuthError if `required` and none is found."""
-    value = os.environ.get("HF_TOKEN")
+    """HF token by precedence; raises AuthError if `required` and none is found.
+
+    huggingface_hub's own lookup first (HF_TOKEN, then the `hf auth login` token file), then
+    on Kaggle the secret labelled HF_TOKEN.
+    """
+    from huggingface_hub import get_token
+
+    value = get_token()
     if value:
         register_secret(value)
-        return Token(value, "env:HF_TOKEN")
+        return Token(value, _hf_token_source(value))
     if on_kaggle:
         try:
             value = _kaggle_secret(HF_SECRET_LABEL)
@@ -170,6 +165,30 @@ def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
         )
         raise AuthError(f"This model is gated and no Hugging Face token was found: {where}.")
     return Token(None, "none")
+
+
+def kaggle_credentials_source() -> str | None:
+    """Which Kaggle credentials kagglehub would use (named, never read out), or None.
+
+    kagglehub's resolution: an API token (KAGGLE_API_TOKEN, or ~/.kaggle/access_token), then
+    KAGGLE_USERNAME + KAGGLE_KEY, then kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle. A
+    malformed kaggle.json counts as none.
+    """
+    from kagglehub.config import get_kaggle_credentials
+    from kagglesdk.kaggle_env import get_access_token_from_env
+
+    try:
+        credentials = get_kaggle_credentials()
+    except ValueError:
+        return None
+    if credentials is None:
+        return None
+    if credentials.api_key:
+        _, source = get_access_token_from_env()
+        return {"access_token": "~/.kaggle/access_token"}.get(source, source or "API token")
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    return "kaggle.json"
 
 
 def register_environment_secrets() -> None:

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import evidence, report
+from kaggle_lib import auth, evidence, report
 from kaggle_lib.hashing import sha256_hex
 
 PACKAGE_MANIFEST = "PACKAGE_MANIFEST.json"
@@ -157,17 +157,6 @@ def verify_package(path: str | Path) -> list[str]:
 # ---------------------------------------------------------------------------- Kaggle Models
 
 
-def kaggle_credentials_present() -> bool:
-    """Whether kagglehub would authenticate (KAGGLE_API_TOKEN, ~/.kaggle/access_token,
-    KAGGLE_USERNAME + KAGGLE_KEY or kaggle.json)."""
-    from kagglehub.config import get_kaggle_credentials
-
-    try:
-        return get_kaggle_credentials() is not None
-    except ValueError:  # a malformed kaggle.json: treated as absent, with kagglehub's message
-        return False
-
-
 def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None = "Gemma",
                  version_notes: str = "") -> dict[str, Any] | None:
     """Upload `local_dir` as a new version of the Kaggle Model `handle`
@@ -181,7 +170,7 @@ def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None
     if not local_dir.is_dir() or not any(local_dir.iterdir()):
         raise PackageError(f"{local_dir}: nothing to upload (export the model first: "
                            "`export.export_run`, written to <run_dir>/export/)")
-    if not kaggle_credentials_present():
+    if auth.kaggle_credentials_source() is None:
         print("[kaggle_lib] no Kaggle credentials (KAGGLE_API_TOKEN, ~/.kaggle/access_token, "
               "KAGGLE_USERNAME + KAGGLE_KEY or ~/.kaggle/kaggle.json): skipping the upload of "
               f"{local_dir} to {handle}")

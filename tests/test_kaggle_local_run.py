@@ -20,6 +20,8 @@ import pytest
 from fake_kaggle_server import FakeKaggleServer, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
+# Kaggle's image provides `kaggle_secrets`; its stand-in talks to the fake secrets endpoint.
+IMAGE = Path(__file__).resolve().parent / "fake_kaggle_image"
 FAKE_HF_TOKEN = "hf_FAKEkaggleSecretForTests0123456789"
 
 
@@ -50,6 +52,7 @@ def test_bundle_runs_like_on_kaggle_on_cpu_tiny(tmp_path: Path) -> None:
             KAGGLE_LIB_KAGGLE_ROOT=str(root),
             KAGGLE_URL_BASE=server.url,
             KAGGLE_USER_SECRETS_TOKEN=scenario.secrets_token,
+            PYTHONPATH=os.pathsep.join([str(IMAGE), env.get("PYTHONPATH", "")]),
             TMPDIR=str(tmp_path / "tmp"),  # where the bundle unpacks
             JAX_PLATFORMS="cpu",
             NO_PROXY="127.0.0.1,localhost",

@@ -17,6 +17,7 @@ from fake_kaggle_server import (
     standin_metadata,
 )
 
+from kaggle_lib import auth
 from kaggle_lib.kaggle import push as kp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -446,21 +447,36 @@ def test_output_names_cannot_escape(tmp_path: Path) -> None:
             kp._safe_target(tmp_path, bad)
 
 
-def test_find_credentials_sources(tmp_path: Path) -> None:
+def test_credential_sources_as_kagglehub_resolves_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "h"
     (home / ".kaggle").mkdir(parents=True)
-    assert kp.find_credentials({}, home) is None
-    assert kp.find_credentials({"KAGGLE_API_TOKEN": "x"}, home) == "KAGGLE_API_TOKEN"
-    assert kp.find_credentials({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, home) == \
-        "KAGGLE_USERNAME/KAGGLE_KEY"
-    assert kp.find_credentials({"KAGGLE_USERNAME": "u"}, home) is None
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(var, raising=False)
+
+    def source(**env: str) -> str | None:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            return auth.kaggle_credentials_source()
+
+    assert source() is None
+    assert source(KAGGLE_API_TOKEN="x") == "KAGGLE_API_TOKEN"
+    assert source(KAGGLE_USERNAME="u", KAGGLE_KEY="k") == "KAGGLE_USERNAME/KAGGLE_KEY"
+    assert source(KAGGLE_USERNAME="u") is None
     (home / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
-    assert kp.find_credentials({}, home).endswith("kaggle.json")
+    assert source().endswith("kaggle.json")
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    assert kp.find_credentials({"KAGGLE_CONFIG_DIR": str(cfg)}, home) is None
+    assert source(KAGGLE_CONFIG_DIR=str(cfg)) is None
     (home / ".kaggle" / "access_token").write_text("tok\n")
-    assert kp.find_credentials({}, home) == "~/.kaggle/access_token"
+    assert source() == "~/.kaggle/access_token"
+    # A malformed kaggle.json is no credentials (kagglehub raises ValueError on it).
+    (home / ".kaggle" / "access_token").unlink()
+    (home / ".kaggle" / "kaggle.json").write_text("{not json")
+    assert source() is None
 
 
 def test_retry_after_is_honoured_on_5xx_but_capped() -> None:

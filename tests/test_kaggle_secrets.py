@@ -19,8 +19,11 @@ TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 PROBE = """
 import json, sys
 from kaggle_lib import auth
-import kaggle_secrets
-assert kaggle_secrets.__file__.startswith(sys.argv[1]), kaggle_secrets.__file__
+try:
+    import kaggle_secrets
+    assert kaggle_secrets.__file__.startswith(sys.argv[1]), kaggle_secrets.__file__
+except ImportError:
+    pass
 out = {}
 for required in (False, True):
     try:
@@ -34,12 +37,14 @@ print(json.dumps(out))
 """
 
 
-def _probe(env_extra: dict[str, str]) -> dict:
+def _probe(env_extra: dict[str, str], image: bool = True) -> dict:
     import json
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KAGGLE_", "HF_", "HUGGING"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(IMAGE), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*([str(IMAGE)] if image else []), str(REPO),
+                                         env.get("PYTHONPATH", "")])
+    env["HF_TOKEN_PATH"] = str(REPO / "no-such-hf-token")  # a developer's own login stays out
     env.update(env_extra)
     proc = subprocess.run([sys.executable, "-c", PROBE, str(IMAGE)], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -88,3 +93,24 @@ def test_refused_session_and_unreachable_service_are_auth_errors(secrets_env) ->
                           "KAGGLE_USER_SECRETS_TOKEN": "fake-jwe-token"})
     assert unreachable["False"] == {"source": "none", "has_value": False}
     assert "could not be reached" in unreachable["True"]["error"]
+
+
+def test_outside_kaggles_image_the_secret_is_unavailable_with_a_clear_error(tmp_path: Path) -> None:
+    out = _probe({"KAGGLE_KERNEL_RUN_TYPE": "Batch", "HF_TOKEN_PATH": str(tmp_path / "none")},
+                 image=False)
+    assert out["False"] == {"source": "none", "has_value": False}
+    assert "not available in this session" in out["True"]["error"]
+    assert "'HF_TOKEN'" in out["True"]["error"] and "Add-ons -> Secrets" in out["True"]["error"]
+
+
+def test_huggingface_hub_lookup_comes_before_kaggle_secrets(secrets_env, tmp_path: Path) -> None:
+    """HF_TOKEN in the environment, then the `hf auth login` token file, then the secret."""
+    env = secrets_env({"HF_TOKEN": TOKEN})
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN[::-1] + "\n")
+    from_file = _probe({**env, "HF_TOKEN_PATH": str(token_file)})
+    assert from_file["False"] == {"source": "huggingface_hub", "has_value": True}
+    from_env = _probe({**env, "HF_TOKEN_PATH": str(token_file), "HF_TOKEN": TOKEN[::-1]})
+    assert from_env["True"] == {"source": "env:HF_TOKEN", "has_value": True}
+    absent = _probe({**env, "HF_TOKEN_PATH": str(tmp_path / "absent")})
+    assert absent["False"] == {"source": "kaggle-secrets:HF_TOKEN", "has_value": True}

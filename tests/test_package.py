@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kaggle_lib import evidence, package
+from kaggle_lib import auth, evidence, package
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ def kaggle_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def test_upload_without_credentials_skips_with_a_message(run_dir: Path, kaggle_env: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert not package.kaggle_credentials_present()
+    assert auth.kaggle_credentials_source() is None
     result = package.upload_model(run_dir / "export" / "orbax", "me/gemma-reasoning/jax/tiny")
     assert result is None
     assert "no Kaggle credentials" in capsys.readouterr().out

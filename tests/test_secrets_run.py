@@ -20,6 +20,8 @@ from test_model_sources import hf_cache
 from tests.fakes.loopback import loopback_server
 
 REPO = Path(__file__).resolve().parent.parent
+# Kaggle's image provides `kaggle_secrets`; its stand-in talks to the endpoint below.
+IMAGE = Path(__file__).resolve().parent / "fake_kaggle_image"
 TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 JWE = "fake-jwe-for-tests"
 
@@ -65,6 +67,7 @@ def kaggle_like_run(tmp_path: Path, secret: str | None) -> tuple[subprocess.Comp
     env.update({
         "KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_LIB_KAGGLE_ROOT": str(root),
         "KAGGLE_USER_SECRETS_TOKEN": JWE, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+        "PYTHONPATH": os.pathsep.join([str(IMAGE), str(REPO), env.get("PYTHONPATH", "")]),
     })
     run_dir = root / "kaggle" / "working" / "run"
     with loopback_server(secrets_handler(secret), max_lifetime_s=660) as url:

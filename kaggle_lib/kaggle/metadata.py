@@ -11,31 +11,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 METADATA_FILE = "kernel-metadata.json"
 
-# Keys the kaggle client (2.2.x) reads from kernel-metadata.json for `kernels push`.
-KNOWN_KEYS = (
-    "id",
-    "id_no",
-    "title",
-    "code_file",
-    "language",
-    "kernel_type",
-    "is_private",
-    "enable_gpu",
-    "enable_tpu",
-    "enable_internet",
-    "dataset_sources",
-    "competition_sources",
-    "kernel_sources",
-    "model_sources",
-    "keywords",
-    "docker_image",
-    "docker_image_pinning_type",
-    "machine_shape",
-)
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
 PINNING_TYPES = ("original", "latest")
@@ -106,30 +88,36 @@ def split_id(kernel_id: str) -> tuple[str, str]:
     return owner, slug
 
 
-def _check_model_source(source: Any, where: str) -> str | None:
-    if not isinstance(source, str):
-        return f"{where}: must be a string, got {source!r}"
+def _problem(text: str) -> PydanticCustomError:
+    """A validation error whose message is `text` as it stands (the field name is in it)."""
+    return PydanticCustomError("kernel_metadata", "{text}", {"text": text})
+
+
+def _model_source(source: str) -> str:
     parts = source.split("/")
     form = "owner/model/framework/variation/VERSION, e.g. google/gemma-3/flax/gemma3-1b-it/1"
     if len(parts) == 4 and all(parts):
-        return (f"{where} = {source!r}: no version; model sources must be pinned as {form} "
-                "(an unversioned source follows whatever version the owner publishes next)")
+        raise ValueError("no version; model sources must be pinned as "
+                         f"{form} (an unversioned source follows whatever version the owner "
+                         "publishes next)")
     if len(parts) != 5 or not all(_PART_RE.match(p) for p in parts):
-        return f"{where} = {source!r}: must look like {form}"
+        raise ValueError(f"must look like {form}")
     if not parts[4].isdigit():
-        return f"{where} = {source!r}: the version (last part) must be an integer, like .../1"
-    return None
+        raise ValueError("the version (last part) must be an integer, like .../1")
+    return source
 
 
-def _check_owner_slug_source(source: Any, where: str, versioned_ok: bool) -> str | None:
-    if not isinstance(source, str):
-        return f"{where}: must be a string, got {source!r}"
+def _owner_slug_source(source: str) -> str:
     parts = source.split("/")
-    ok = len(parts) == 2 or (versioned_ok and len(parts) == 3 and parts[2].isdigit())
-    if not ok or not all(parts):
-        form = "owner/slug or owner/slug/VERSION" if versioned_ok else "owner/slug"
-        return f"{where} = {source!r}: must look like {form}"
-    return None
+    if not (len(parts) == 2 or (len(parts) == 3 and parts[2].isdigit())) or not all(parts):
+        raise ValueError("must look like owner/slug or owner/slug/VERSION")
+    return source
+
+
+def _non_empty(item: str) -> str:
+    if not item:
+        raise ValueError("must be a non-empty string")
+    return item
 
 
 def check_machine_shape(shape: str, where: str) -> str | None:
@@ -145,119 +133,152 @@ def check_machine_shape(shape: str, where: str) -> str | None:
     return None
 
 
-def validate_metadata(
-    meta: dict[str, Any],
-    *,
-    source: str = METADATA_FILE,
-    folder: Path | None = None,
-    require_tpu: bool = False,
-) -> list[str]:
-    """Check every rule; raise MetadataError listing all problems, else return warnings.
+ModelSource = Annotated[str, AfterValidator(_model_source)]
+OwnerSlugSource = Annotated[str, AfterValidator(_owner_slug_source)]
+NonEmptyString = Annotated[str, AfterValidator(_non_empty)]
 
-    `folder` is where `code_file` must exist (skipped when None). `require_tpu` insists on a
-    TPU v5e-8 session (the submission kernel).
+
+class KernelMetadata(BaseModel):
+    """The keys of kernel-metadata.json the kaggle client (2.2.x) reads for `kernels push`.
+
+    Strict: JSON booleans must be booleans, lists lists. Rules that involve several keys, the
+    folder or the TPU requirement are in `validate_metadata`.
     """
-    problems: list[str] = []
-    warnings: list[str] = []
 
-    unknown = sorted(set(meta) - set(KNOWN_KEYS))
-    if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)}; "
-                        f"allowed keys: {', '.join(KNOWN_KEYS)}")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    kernel_id = meta.get("id")
-    if not isinstance(kernel_id, str) or not kernel_id:
-        problems.append("id: required, as 'owner/slug'")
-        kernel_id = None
-    else:
+    id: str
+    id_no: int | None = None
+    title: str
+    code_file: str
+    language: Literal["python", "r", "rmarkdown"]
+    kernel_type: Literal["script", "notebook"]
+    is_private: bool | None = None
+    enable_gpu: bool | None = None
+    enable_tpu: bool | None = None
+    enable_internet: bool | None = None
+    dataset_sources: list[OwnerSlugSource] = []
+    competition_sources: list[NonEmptyString] = []
+    kernel_sources: list[OwnerSlugSource] = []
+    model_sources: list[ModelSource] = []
+    keywords: list[NonEmptyString] = []
+    # A pinned image overrides the accelerator's image: only its absence is allowed.
+    docker_image: None = None
+    docker_image_pinning_type: Literal["original", "latest"] | None = None
+    machine_shape: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _owner_slash_slug(cls, kernel_id: str) -> str:
+        if not kernel_id:
+            raise _problem("id: required, as 'owner/slug'")
         parts = kernel_id.split("/")
         if len(parts) == 3:
-            problems.append(f"id = {kernel_id!r}: must not contain a version; use 'owner/slug'")
-        elif len(parts) != 2:
-            problems.append(f"id = {kernel_id!r}: must be 'owner/slug'")
+            raise ValueError("must not contain a version; use 'owner/slug'")
+        if len(parts) != 2:
+            raise ValueError("must be 'owner/slug'")
+        owner, slug = parts
+        if not _OWNER_RE.match(owner) or "INSERT" in owner.upper():
+            raise ValueError(f"owner {owner!r} is not a Kaggle username")
+        if len(slug) < SLUG_MIN:
+            raise ValueError(f"slug {slug!r} is shorter than {SLUG_MIN} characters "
+                             "(Kaggle's minimum)")
+        if not _SLUG_RE.match(slug):
+            raise ValueError(f"slug {slug!r} may only hold lowercase letters, digits and single "
+                             "dashes between them")
+        return kernel_id
+
+    @field_validator("title")
+    @classmethod
+    def _title_length(cls, title: str) -> str:
+        if len(title.strip()) < TITLE_MIN:
+            raise ValueError(f"required, at least {TITLE_MIN} characters")
+        return title
+
+    @field_validator("code_file")
+    @classmethod
+    def _relative_code_file(cls, code_file: str) -> str:
+        if not code_file:
+            raise _problem(_REQUIRED["code_file"])
+        if Path(code_file).is_absolute() or ".." in Path(code_file).parts:
+            raise ValueError("must be a relative path inside the folder")
+        return code_file
+
+    @field_validator("machine_shape")
+    @classmethod
+    def _documented_shape(cls, shape: str | None) -> str | None:
+        error = None if shape is None else check_machine_shape(shape, "machine_shape")
+        if error:
+            raise _problem(error)
+        return shape
+
+
+# What each key allows, for errors pydantic raises itself (wrong type, missing key).
+_REQUIRED = {
+    "id": "id: required, as 'owner/slug'",
+    "code_file": "code_file: required, the notebook or script path relative to this folder",
+}
+_ALLOWED = {
+    **{key: "must be true or false (JSON booleans)" for key in BOOL_KEYS},
+    **{key: "must be a list" for key in LIST_KEYS},
+    "id_no": "must be an integer",
+    "title": f"required, at least {TITLE_MIN} characters",
+    "language": f"allowed: {', '.join(LANGUAGES)}",
+    "kernel_type": f"allowed: {', '.join(KERNEL_TYPES)}",
+    "docker_image": "remove it; a pinned image overrides the accelerator's image (a TPU push "
+                    "then runs on the CPU image, kaggle-cli issue 1197)",
+    "docker_image_pinning_type": f"allowed: {', '.join(PINNING_TYPES)}",
+    "machine_shape": "must be a string",
+}
+
+
+def _describe(errors: list[Any], meta: dict[str, Any]) -> list[str]:
+    """pydantic's errors as 'key = value: what is allowed' lines; unknown keys on one line."""
+    lines: list[str] = []
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        lines.append(f"unknown key(s) {', '.join(unknown)}; "
+                     f"allowed keys: {', '.join(KernelMetadata.model_fields)}")
+    for error in errors:
+        loc, kind = error["loc"], error["type"]
+        key = str(loc[0])
+        where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
+        if kind == "extra_forbidden":
+            continue
+        if kind == "kernel_metadata":
+            lines.append(error["msg"])
+        elif kind == "value_error":
+            lines.append(f"{where} = {error['input']!r}: {error['ctx']['error']}")
+        elif len(loc) > 1:  # a list item of the wrong type
+            lines.append(f"{where} = {error['input']!r}: must be a string")
+        elif key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
+            lines.append(_REQUIRED[key])
         else:
-            owner, slug = parts
-            if not _OWNER_RE.match(owner) or "INSERT" in owner.upper():
-                problems.append(f"id = {kernel_id!r}: owner {owner!r} is not a Kaggle username")
-            if len(slug) < SLUG_MIN:
-                problems.append(f"id = {kernel_id!r}: slug {slug!r} is shorter than {SLUG_MIN} "
-                                "characters (Kaggle's minimum)")
-            elif not _SLUG_RE.match(slug):
-                problems.append(f"id = {kernel_id!r}: slug {slug!r} may only hold lowercase "
-                                "letters, digits and single dashes between them")
-            elif len(slug) > SOFT_MAX:
-                warnings.append(f"id: slug {slug!r} is longer than {SOFT_MAX} characters")
+            lines.append(f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}")
+    return lines
 
-    title = meta.get("title")
-    if not isinstance(title, str) or len(title.strip()) < TITLE_MIN:
-        problems.append(f"title = {title!r}: required, at least {TITLE_MIN} characters")
-    elif kernel_id and "/" in kernel_id:
-        slug = split_id(kernel_id)[1]
-        if slugify(title) != slug:
-            # Kaggle derives the slug from the title: a mismatch can create or update a kernel
-            # under another slug than the one we then poll.
-            problems.append(f"title = {title!r} makes the slug {slugify(title)!r}, but id has "
-                            f"{slug!r}; make them agree (the slug is the title lowercased, "
-                            "with dashes for spaces and punctuation)")
-        if len(title) > SOFT_MAX:
-            warnings.append(f"title is longer than {SOFT_MAX} characters")
 
-    code_file = meta.get("code_file")
-    if not isinstance(code_file, str) or not code_file:
-        problems.append("code_file: required, the notebook or script path relative to this folder")
-    elif Path(code_file).is_absolute() or ".." in Path(code_file).parts:
-        problems.append(f"code_file = {code_file!r}: must be a relative path inside the folder")
-    elif folder is not None and not (folder / code_file).is_file():
-        problems.append(f"code_file = {code_file!r}: file not found in {folder}")
-
-    language = meta.get("language")
-    if language not in LANGUAGES:
-        problems.append(f"language = {language!r}: allowed: {', '.join(LANGUAGES)}")
-    kernel_type = meta.get("kernel_type")
-    if kernel_type not in KERNEL_TYPES:
-        problems.append(f"kernel_type = {kernel_type!r}: allowed: {', '.join(KERNEL_TYPES)}")
-    if kernel_type == "notebook" and isinstance(code_file, str) and language == "python" \
-            and not code_file.endswith(".ipynb"):
-        problems.append(f"code_file = {code_file!r}: a python notebook must be an .ipynb file")
-
-    for key in BOOL_KEYS:
-        if key in meta and not isinstance(meta[key], bool):
-            problems.append(f"{key} = {meta[key]!r}: must be true or false (JSON booleans)")
-    for key in LIST_KEYS:
-        if key in meta and not isinstance(meta[key], list):
-            problems.append(f"{key} = {meta[key]!r}: must be a list")
-
-    if meta.get("docker_image") is not None:
-        problems.append(f"docker_image = {meta['docker_image']!r}: remove it; a pinned image "
-                        "overrides the accelerator's image (a TPU push then runs on the CPU "
-                        "image, kaggle-cli issue 1197)")
-    pinning = meta.get("docker_image_pinning_type")
-    if pinning is not None and pinning not in PINNING_TYPES:
-        problems.append(f"docker_image_pinning_type = {pinning!r}: "
-                        f"allowed: {', '.join(PINNING_TYPES)}")
-    elif pinning is None:
-        # Without it the server applies its own default; 'original' keeps every new version on
-        # the image of the kernel's first version (reproducible); docs/KAGGLE.md says how to move.
-        warnings.append("docker_image_pinning_type is not set; set 'original' (reproducible) or "
-                        "'latest'")
-
-    shape = meta.get("machine_shape")
-    enable_tpu = meta.get("enable_tpu") is True
-    enable_gpu = meta.get("enable_gpu") is True
-    if shape is not None:
-        if not isinstance(shape, str):
-            problems.append(f"machine_shape = {shape!r}: must be a string")
-        else:
-            err = check_machine_shape(shape, "machine_shape")
-            if shape in DROPPED_SHAPES:
-                warnings.append(f"machine_shape = {shape!r} is no longer in kaggle-cli's list of "
-                                "accelerators (Sep 2026); the server may run another one")
-            if err:
-                problems.append(err)
-            elif shape.startswith("Tpu") and not enable_tpu:
-                problems.append(f"machine_shape = {shape!r} needs enable_tpu: true")
-            elif shape.startswith("Nvidia") and not enable_gpu:
-                problems.append(f"machine_shape = {shape!r} needs enable_gpu: true")
+def _cross_key_problems(meta: KernelMetadata, folder: Path | None,
+                        require_tpu: bool) -> list[str]:
+    problems: list[str] = []
+    slug = split_id(meta.id)[1]
+    if slugify(meta.title) != slug:
+        # Kaggle derives the slug from the title: a mismatch can create or update a kernel
+        # under another slug than the one we then poll.
+        problems.append(f"title = {meta.title!r} makes the slug {slugify(meta.title)!r}, but id "
+                        f"has {slug!r}; make them agree (the slug is the title lowercased, "
+                        "with dashes for spaces and punctuation)")
+    if folder is not None and not (folder / meta.code_file).is_file():
+        problems.append(f"code_file = {meta.code_file!r}: file not found in {folder}")
+    if meta.kernel_type == "notebook" and meta.language == "python" \
+            and not meta.code_file.endswith(".ipynb"):
+        problems.append(f"code_file = {meta.code_file!r}: a python notebook must be an .ipynb "
+                        "file")
+    shape, enable_tpu, enable_gpu = meta.machine_shape, meta.enable_tpu, meta.enable_gpu
+    if shape is not None and shape.startswith("Tpu") and not enable_tpu:
+        problems.append(f"machine_shape = {shape!r} needs enable_tpu: true")
+    elif shape is not None and shape.startswith("Nvidia") and not enable_gpu:
+        problems.append(f"machine_shape = {shape!r} needs enable_gpu: true")
     if enable_tpu and enable_gpu:
         problems.append("enable_gpu and enable_tpu are both true; choose one")
     if require_tpu:
@@ -266,28 +287,54 @@ def validate_metadata(
         if shape != TPU_SHAPE:
             problems.append(f"machine_shape = {shape!r}: must be {TPU_SHAPE!r} (without it the "
                             "server picks its default TPU, which may be a retired one)")
-    if "enable_internet" not in meta:
+    return problems
+
+
+def _warnings(meta: KernelMetadata) -> list[str]:
+    warnings: list[str] = []
+    slug = split_id(meta.id)[1]
+    if len(slug) > SOFT_MAX:
+        warnings.append(f"id: slug {slug!r} is longer than {SOFT_MAX} characters")
+    if len(meta.title) > SOFT_MAX:
+        warnings.append(f"title is longer than {SOFT_MAX} characters")
+    if meta.docker_image_pinning_type is None:
+        # Without it the server applies its own default; 'original' keeps every new version on
+        # the image of the kernel's first version (reproducible); docs/KAGGLE.md says how to move.
+        warnings.append("docker_image_pinning_type is not set; set 'original' (reproducible) or "
+                        "'latest'")
+    if meta.machine_shape in DROPPED_SHAPES:
+        warnings.append(f"machine_shape = {meta.machine_shape!r} is no longer in kaggle-cli's "
+                        "list of accelerators (Sep 2026); the server may run another one")
+    if meta.enable_internet is None:
         # The client defaults it to true; say it explicitly so the file documents the session.
         warnings.append("enable_internet is not set (the client defaults it to true)")
+    return warnings
 
-    for i, src in enumerate(meta.get("model_sources") or []):
-        err = _check_model_source(src, f"model_sources[{i}]")
-        if err:
-            problems.append(err)
-    for key, versioned in (("dataset_sources", True), ("kernel_sources", True)):
-        for i, src in enumerate(meta.get(key) or []):
-            err = _check_owner_slug_source(src, f"{key}[{i}]", versioned)
-            if err:
-                problems.append(err)
-    for key in ("competition_sources", "keywords"):
-        for i, item in enumerate(meta.get(key) or []):
-            if not isinstance(item, str) or not item:
-                problems.append(f"{key}[{i}] = {item!r}: must be a non-empty string")
 
+def validate_metadata(
+    meta: dict[str, Any],
+    *,
+    source: str = METADATA_FILE,
+    folder: Path | None = None,
+    require_tpu: bool = False,
+) -> list[str]:
+    """Check every rule; raise MetadataError listing the problems, else return warnings.
+
+    Per-key problems are all listed together; rules across keys (title vs id, shape vs
+    enable_tpu, `folder`, `require_tpu`) are checked once every key is valid. `folder` is where
+    `code_file` must exist (skipped when None). `require_tpu` insists on a TPU v5e-8 session
+    (the submission kernel).
+    """
+    try:
+        parsed = KernelMetadata.model_validate(meta)
+    except ValidationError as exc:
+        problems = _describe(exc.errors(), meta)
+    else:
+        problems = _cross_key_problems(parsed, folder, require_tpu)
     if problems:
         raise MetadataError(f"{source}: invalid kernel metadata:\n" + "\n".join(
             f"  - {p}" for p in problems))
-    return warnings
+    return _warnings(parsed)
 
 
 def check_notebook_metadata(notebook: dict[str, Any], source: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from kaggle_lib import auth
 from kaggle_lib.kaggle.bundle import (
     DEFAULT_CONFIG,
     MAX_SENT_BYTES,
@@ -108,55 +109,9 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------- credentials
 
 
-def _nonempty_file(path: Path) -> bool:
-    try:
-        return path.is_file() and bool(path.read_text().strip())
-    except OSError:
-        return False
-
-
-def _kaggle_json_path(env: dict[str, str], home: Path) -> Path:
-    """Where kaggle 2.2.x looks for kaggle.json (KaggleApi.config_dir)."""
-    if env.get("KAGGLE_CONFIG_DIR"):
-        return Path(env["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
-    legacy = home / ".kaggle"
-    if sys.platform.startswith("linux") and not legacy.exists():
-        xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-        return xdg / "kaggle" / "kaggle.json"
-    return legacy / "kaggle.json"
-
-
-def find_credentials(env: dict[str, str] | None = None, home: Path | None = None) -> str | None:
-    """Name the credential source the kaggle client will use, or None. Never reads it out."""
-    env = dict(os.environ if env is None else env)
-    home = home or Path(env.get("HOME") or Path.home())
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    for name in ("access_token", "access_token.txt"):
-        if _nonempty_file(home / ".kaggle" / name):
-            return f"~/.kaggle/{name}"
-    file_values: dict[str, Any] = {}
-    json_path = _kaggle_json_path(env, home)
-    if json_path.is_file():
-        try:
-            loaded = json.loads(json_path.read_text())
-            file_values = loaded if isinstance(loaded, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            file_values = {}
-    username = env.get("KAGGLE_USERNAME") or file_values.get("username")
-    key = env.get("KAGGLE_KEY") or file_values.get("key")
-    if username and key:
-        if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-            return "KAGGLE_USERNAME/KAGGLE_KEY"
-        return str(json_path)
-    if _nonempty_file(home / ".kaggle" / "credentials.json"):
-        return "~/.kaggle/credentials.json (OAuth)"
-    return None
-
-
 def connect() -> Any:
     """Check credentials, then import the kaggle client (it authenticates on import)."""
-    source = find_credentials()
+    source = auth.kaggle_credentials_source()
     if source is None:
         raise CredentialsError(NO_CREDENTIALS)
     captured = io.StringIO()
