@@ -69,6 +69,10 @@ def test_load_jsonl_reads_valid_items_and_keeps_extra_fields() -> None:
         ({**GOOD, "prompt": "  "}, r"bad.jsonl:2: field 'prompt' is empty"),
         ({**GOOD, "reasoning": ["x"]},
          r"bad.jsonl:2: field 'reasoning' must be a string, got list"),
+        ({**GOOD, "reasoning": None},
+         r"bad.jsonl:2: field 'reasoning' must be a string, got NoneType None"),
+        ({**GOOD, "category": "", "answer": 7},  # several problems: the first one in field order
+         r"bad.jsonl:2: field 'category' is empty"),
         ('{"id": "a-2", ', r"bad.jsonl:2: not valid JSON"),
         ('["a list"]', r"bad.jsonl:2: expected a JSON object, got list"),
         ({**GOOD}, r"bad.jsonl:2: duplicate id 'a-1' \(first on line 1\)"),

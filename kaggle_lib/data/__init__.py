@@ -9,6 +9,7 @@ from kaggle_lib.data.batching import (
 )
 from kaggle_lib.data.datasets import (
     DataError,
+    Item,
     load_builtin,
     load_items,
     load_jsonl,
@@ -21,6 +22,7 @@ from kaggle_lib.data.template import SYSTEM_INSTRUCTION, format_prompt, format_t
 __all__ = [
     "SYSTEM_INSTRUCTION",
     "DataError",
+    "Item",
     "SFTBatches",
     "TokenizedSet",
     "format_prompt",

@@ -30,12 +30,15 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
-OPTIONAL_FIELDS: tuple[str, ...] = ("reasoning",)
 # "unrated" is for external data that carries no difficulty (GSM8K).
-DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard", "unrated")
+Difficulty = Literal["easy", "medium", "hard", "unrated"]
+DIFFICULTIES: tuple[str, ...] = get_args(Difficulty)
 BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval")
 FILES_DIR = Path(__file__).resolve().parent / "files"
 SPEC_FORMS = (
@@ -53,44 +56,75 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------- schema
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank", "is empty")
+    return text
+
+
+def _label(text: str) -> str:
+    if not _LABEL.fullmatch(text):
+        raise PydanticCustomError(
+            "label", "use a lower-case label matching [a-z][a-z0-9_]* (e.g. 'math', 'date_time')")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+Label = Annotated[str, AfterValidator(_not_blank), AfterValidator(_label)]
+
+
+class Item(BaseModel):
+    """One item of the project schema. Extra fields are allowed and kept.
+
+    ``section``/``category`` are lower-case labels because scorecards group by them;
+    ``difficulty`` is one of :data:`DIFFICULTIES`. Strict: numbers are not strings.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: Text
+    section: Label
+    category: Label
+    difficulty: Difficulty
+    prompt: Text
+    answer: Text
+    # Absent is fine (eval items); present must be a non-empty string, so no `| None`.
+    reasoning: Text = None  # type: ignore[assignment]
+
+
+def _item_error(error: Any, item: Mapping[str, Any], fields: tuple[str, ...]) -> str:
+    """One pydantic error as 'field <name> ...: what is allowed'."""
+    name = str(error["loc"][0])
+    value = item.get(name)
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing field {name!r}; required fields: {', '.join(fields)}"
+    if kind == "blank":
+        return f"field {name!r} is empty"
+    if kind in ("label", "literal_error"):
+        allowed = error["msg"] if kind == "label" else f"allowed: {', '.join(DIFFICULTIES)}"
+        return f"field {name!r} = {value!r} is not allowed; {allowed}"
+    hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
+    return f"field {name!r} must be a string, got {type(value).__name__} {value!r}{hint}"
+
+
 def validate_item(
     item: Any, *, where: str, require_reasoning: bool = False
 ) -> dict[str, Any]:
-    """Check one item against the schema and return it; ``where`` prefixes every error.
+    """Check one item against :class:`Item` and return it; ``where`` prefixes the error.
 
-    Required string fields must be non-empty; ``section``/``category`` are lower-case labels
-    (``[a-z][a-z0-9_]*``) because scorecards group by them; ``difficulty`` is one of
-    :data:`DIFFICULTIES`. Extra fields are kept.
+    The first problem is reported, missing fields first.
     """
     if not isinstance(item, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
     fields = REQUIRED_FIELDS + (("reasoning",) if require_reasoning else ())
-    for name in fields:
-        if name not in item:
-            raise DataError(
-                f"{where}: missing field {name!r}; required fields: {', '.join(fields)}"
-            )
-    for name in fields + tuple(f for f in OPTIONAL_FIELDS if f in item):
-        value = item[name]
-        if not isinstance(value, str):
-            hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
-            raise DataError(
-                f"{where}: field {name!r} must be a string, got {type(value).__name__} "
-                f"{value!r}{hint}"
-            )
-        if not value.strip():
-            raise DataError(f"{where}: field {name!r} is empty")
-    for name in ("section", "category"):
-        if not _LABEL.fullmatch(item[name]):
-            raise DataError(
-                f"{where}: field {name!r} = {item[name]!r} is not allowed; use a lower-case label "
-                "matching [a-z][a-z0-9_]* (e.g. 'math', 'date_time')"
-            )
-    if item["difficulty"] not in DIFFICULTIES:
-        raise DataError(
-            f"{where}: field 'difficulty' = {item['difficulty']!r} is not allowed; allowed: "
-            f"{', '.join(DIFFICULTIES)}"
-        )
+    try:
+        Item.model_validate(dict(item))
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "missing")
+        raise DataError(f"{where}: {_item_error(errors[0], item, fields)}") from None
+    if require_reasoning and "reasoning" not in item:
+        raise DataError(f"{where}: {_item_error({'loc': ('reasoning',), 'type': 'missing'}, item, fields)}")
     return dict(item)
 
 
