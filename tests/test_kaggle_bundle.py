@@ -16,12 +16,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fake_kaggle_server import make_standin_repo, standin_metadata, standin_notebook
+from fake_kaggle_server import (
+    STANDIN_PARAMETERS,
+    make_standin_repo,
+    standin_metadata,
+    standin_notebook,
+)
 
 from kaggle_lib.kaggle.bundle import (
     BundleError,
     BundleOptions,
-    bake_parameters,
     build_bundle,
     read_pins,
 )
@@ -46,6 +50,15 @@ def _tags(nb) -> list[list[str]]:
     return [c.metadata.get("tags", []) for c in nb.cells]
 
 
+def _parameters_after_injection(nb) -> dict:
+    """Run the parameters cell and papermill's injected cell: the values the notebook sees."""
+    namespace: dict = {}
+    for tag in ("parameters", "injected-parameters"):
+        cell = next(c for c in nb.cells if tag in c.metadata.get("tags", []))
+        exec(compile(cell.source, tag, "exec"), namespace)  # noqa: S102 - our own literals
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
 def _zip_of(nb) -> bytes:
     """Decode the inlined package zip from the bundle cell, as the notebook does."""
     cell = next(c for c in nb.cells if "kaggle-bundle" in c.metadata.get("tags", []))
@@ -61,14 +74,16 @@ def test_bundle_layout_parameters_and_package(repo: Path, tmp_path: Path) -> Non
     nb = nbformat.read(str(bundle.notebook), as_version=4)
     nbformat.validate(nb)
     tags = _tags(nb)
-    # markdown title first, then info, install, bundle, parameters, resolve, then the notebook's own
-    assert tags[1:6] == [["kaggle-bundle-info"], ["kaggle-install"], ["kaggle-bundle"],
-                         ["parameters"], ["kaggle-bundle-resolve"]]
-    params = nb.cells[4].source
-    assert "config_path = 'configs/tpu_standin.yaml'" in params
-    assert "overrides = {'train.sft.max_steps': 3}" in params
-    assert "run_name = 'ci-run'" in params
-    assert 'run_dir = ""' in params  # not baked: stays as the notebook had it
+    # markdown title first, then info, install, bundle, parameters, papermill's injected
+    # parameters, resolve, then the notebook's own
+    assert tags[1:7] == [["kaggle-bundle-info"], ["kaggle-install"], ["kaggle-bundle"],
+                         ["parameters"], ["injected-parameters"], ["kaggle-bundle-resolve"]]
+    assert nb.cells[4].source == STANDIN_PARAMETERS  # the notebook's defaults, untouched
+    values = _parameters_after_injection(nb)
+    assert values["config_path"] == "configs/tpu_standin.yaml"
+    assert values["overrides"] == {"train.sft.max_steps": 3}
+    assert values["run_name"] == "ci-run"
+    assert values["run_dir"] == ""  # not baked: stays as the notebook had it
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
     assert "kaggle" not in nb.metadata and nb.metadata.kernelspec.name == "python3"
 
@@ -283,10 +298,33 @@ def test_owner_override(repo: Path, tmp_path: Path) -> None:
     assert json.loads((bundle.dir / "kernel-metadata.json").read_text())["id"] == bundle.kernel_id
 
 
-def test_bake_parameters_replaces_multiline_values_and_names_missing_ones() -> None:
-    src = 'config_path = "a"\noverrides = {\n    "x": 1,\n}\nrun_name = ""\n'
-    out = bake_parameters(src, {"overrides": {"y": [1, 2]}, "run_name": "n"}, "nb")
-    assert ast.literal_eval(out.split("overrides = ")[1].split("  #")[0]) == {"y": [1, 2]}
-    assert "run_name = 'n'" in out and 'config_path = "a"' in out
-    with pytest.raises(BundleError, match="parameters cell does not assign run_dir"):
-        bake_parameters(src, {"run_dir": "x"}, "nb")
+def test_injected_parameters_override_multiline_defaults_and_missing_names_are_named(
+        repo: Path, tmp_path: Path) -> None:
+    nb_path = repo / "notebooks" / "submission.ipynb"
+    nb = nbformat.from_dict(standin_notebook())
+    nb.cells[1].source = ('config_path = "a"\noverrides = {\n    "x": 1,\n}\nrun_name = ""\n'
+                          'run_dir = ""\n')
+    nbformat.write(nb, str(nb_path))
+    built = nbformat.read(str(_build(repo, tmp_path, overrides={"train.sft.max_steps": 2},
+                                     run_name="n").notebook), as_version=4)
+    values = _parameters_after_injection(built)
+    assert values["overrides"] == {"train.sft.max_steps": 2}
+    assert values["run_name"] == "n" and values["config_path"] == "configs/tpu_standin.yaml"
+    nb.cells[1].source = 'config_path = "a"\noverrides = {}\nrun_dir = ""\n'
+    nbformat.write(nb, str(nb_path))
+    with pytest.raises(BundleError, match="parameters cell does not assign run_name"):
+        _build(repo, tmp_path)
+
+
+def test_cell_templates_are_filled_completely(repo: Path, tmp_path: Path) -> None:
+    from kaggle_lib.kaggle.bundle import TEMPLATES_DIR, fill_template
+
+    nb = nbformat.read(str(_build(repo, tmp_path).notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            ast.parse(cell.source)
+            assert "filled in by kaggle_lib.kaggle.bundle" not in cell.source
+    assert sorted(p.name for p in TEMPLATES_DIR.glob("*.py")) == [
+        "bundle_cell.py", "install_cell.py", "resolve_cell.py"]
+    with pytest.raises(BundleError, match="lines to fill are"):
+        fill_template("install_cell.py", {"_KL_PINS": "{}"})

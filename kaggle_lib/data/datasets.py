@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
-from pydantic_core import PydanticCustomError
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 # "unrated" is for external data that carries no difficulty (GSM8K).
@@ -56,16 +55,24 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------- schema
 
 
+class _Blank(ValueError):
+    """A required text field holds only whitespace."""
+
+
+class _NotALabel(ValueError):
+    """A section/category is not a lower-case label."""
+
+
 def _not_blank(text: str) -> str:
     if not text.strip():
-        raise PydanticCustomError("blank", "is empty")
+        raise _Blank("is empty")
     return text
 
 
 def _label(text: str) -> str:
     if not _LABEL.fullmatch(text):
-        raise PydanticCustomError(
-            "label", "use a lower-case label matching [a-z][a-z0-9_]* (e.g. 'math', 'date_time')")
+        raise _NotALabel(
+            "use a lower-case label matching [a-z][a-z0-9_]* (e.g. 'math', 'date_time')")
     return text
 
 
@@ -97,12 +104,13 @@ def _item_error(error: Any, item: Mapping[str, Any], fields: tuple[str, ...]) ->
     name = str(error["loc"][0])
     value = item.get(name)
     kind = error["type"]
+    problem = error.get("ctx", {}).get("error")
     if kind == "missing":
         return f"missing field {name!r}; required fields: {', '.join(fields)}"
-    if kind == "blank":
+    if isinstance(problem, _Blank):
         return f"field {name!r} is empty"
-    if kind in ("label", "literal_error"):
-        allowed = error["msg"] if kind == "label" else f"allowed: {', '.join(DIFFICULTIES)}"
+    if isinstance(problem, _NotALabel) or kind == "literal_error":
+        allowed = problem if kind != "literal_error" else f"allowed: {', '.join(DIFFICULTIES)}"
         return f"field {name!r} = {value!r} is not allowed; {allowed}"
     hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
     return f"field {name!r} must be a string, got {type(value).__name__} {value!r}{hint}"

@@ -9,13 +9,15 @@ calls and permissions). The cost is notebook size (the package is pure Python: a
 
 The built notebook, in order: an info cell; an install cell (exact pins from
 `requirements-kaggle.txt`, `--no-deps` so Kaggle's jax/libtpu stay); the bundle cell (extract,
-import, record the git sha); the original `parameters` cell with the chosen config baked in;
-a cell that resolves repo-relative config paths inside the bundle; then the notebook's own cells.
+import, record the git sha); the original `parameters` cell, then papermill's `injected-parameters`
+cell with the chosen config (papermill's own injection, as in a local run); a cell that resolves
+repo-relative config paths inside the bundle; then the notebook's own cells. The install, bundle
+and resolve cells are the .py files in `templates/` (ruff checks them), filled in by
+`fill_template`.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import dataclasses
 import hashlib
@@ -306,29 +308,16 @@ def _find_parameters_cell(cells: list[Any], source: str) -> int:
     return tagged[0]
 
 
-def bake_parameters(cell_source: str, values: dict[str, Any], source: str) -> str:
-    """Replace top-level `name = ...` assignments in the parameters cell with literal values."""
-    try:
-        tree = ast.parse(cell_source)
-    except SyntaxError as exc:
-        raise BundleError(f"{source}: parameters cell is not valid Python: {exc}") from None
-    lines = cell_source.splitlines()
-    spans: dict[str, tuple[int, int]] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                if isinstance(target, ast.Name):
-                    spans[target.id] = (node.lineno, node.end_lineno or node.lineno)
-    missing = [name for name in values if name not in spans]
+def check_parameter_names(notebook: Path, names: list[str]) -> None:
+    """Every parameter the bundle sets must be one the notebook's parameters cell declares
+    (papermill's own inspection of the cell)."""
+    from papermill import inspect_notebook
+
+    declared = inspect_notebook(str(notebook))
+    missing = [name for name in names if name not in declared]
     if missing:
-        raise BundleError(f"{source}: parameters cell does not assign {', '.join(missing)}; "
+        raise BundleError(f"{notebook}: parameters cell does not assign {', '.join(missing)}; "
                           f"it must define {', '.join(PARAMETER_NAMES)}")
-    # Replace from the bottom so earlier line numbers stay valid.
-    for name, (start, end) in sorted(spans.items(), key=lambda kv: -kv[1][0]):
-        if name in values:
-            lines[start - 1:end] = [f"{name} = {values[name]!r}  # baked in by kaggle_lib bundle"]
-    return "\n".join(lines)
 
 
 def _check_blocking_calls(cells: list[Any], source: str) -> None:
@@ -344,17 +333,36 @@ def _check_blocking_calls(cells: list[Any], source: str) -> None:
                                   "has no stdin and would hang. Read values from config or secrets")
 
 
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# Lines of a template that the bundle fills in: `NAME[: type] = default  # filled in by ...`.
+_FILLED_LINE = re.compile(r"^(?P<name>_KL_\w+)(?:: [^=]+)? = .*  # filled in by kaggle_lib\.kaggle\.bundle$",
+                          re.M)
+
+
+def fill_template(name: str, values: dict[str, str]) -> str:
+    """Text of `templates/<name>` with each marked line set to `NAME = values[NAME]` (Python
+    source). Every marked line must get a value and every value a line."""
+    text = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+    marked = _FILLED_LINE.findall(text)
+    if sorted(marked) != sorted(values):
+        raise BundleError(f"{TEMPLATES_DIR / name}: lines to fill are {sorted(marked)}, values "
+                          f"were given for {sorted(values)}; they must be the same names")
+    return _FILLED_LINE.sub(lambda m: f"{m['name']} = {values[m['name']]}", text).rstrip("\n")
+
+
 def _install_cell(pins: dict[str, str], required: list[str]) -> str:
     # pformat writes Python literals (True/None), unlike json.dumps.
-    return _INSTALL_TEMPLATE.format(
-        pins=pprint.pformat(pins, width=96), required=pprint.pformat(required, width=96),
-        keep=pprint.pformat(KEEP_PACKAGES), report=pprint.pformat(REPORT_PACKAGES))
+    return fill_template("install_cell.py", {
+        "_KL_PINS": pprint.pformat(pins, width=96),
+        "_KL_REQUIRED": pprint.pformat(required, width=96),
+        "_KL_KEEP": pprint.pformat(KEEP_PACKAGES), "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
 
 
 def _bundle_cell(info: dict[str, Any], archive: bytes) -> str:
     b64 = base64.b64encode(archive).decode()
     chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))
-    return _BUNDLE_TEMPLATE.format(info=pprint.pformat(info, width=96), chunks=chunks)
+    return fill_template("bundle_cell.py", {"_KL_BUNDLE": pprint.pformat(info, width=96),
+                                            "_KL_ZIP_B64": f"(\n{chunks}\n)"})
 
 
 def _info_markdown(info: dict[str, Any]) -> str:
@@ -368,6 +376,8 @@ def _info_markdown(info: dict[str, Any]) -> str:
 def build_bundle(opts: BundleOptions) -> Bundle:
     """Validate metadata, notebook, config and pins; write the bundle folder; return it."""
     import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
 
     folder = opts.path.resolve()
     repo = opts.repo_root.resolve()
@@ -395,7 +405,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
 
     nb_path = folder / meta["code_file"]
     try:
-        nb = nbformat.read(str(nb_path), as_version=4)
+        # papermill's reader: the cell tags and metadata its parameter injection expects.
+        nb = load_notebook_node(str(nb_path))
     except Exception as exc:  # nbformat raises several types for unreadable files
         raise BundleError(f"{nb_path}: not a readable notebook: {exc}") from None
     check_notebook_metadata(nb, str(nb_path))
@@ -430,9 +441,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
 
     # Baked parameters: exactly what the run uses; secrets are never parameters.
     baked = {"config_path": opts.config, "overrides": opts.overrides, "run_name": opts.run_name}
-    params = cells[p_index]
-    params.source = bake_parameters(str(params.source), baked, str(nb_path))
-    params.outputs, params.execution_count = [], None
+    check_parameter_names(nb_path, list(baked))
 
     new = nbformat.v4
     head = [new.new_markdown_cell(_info_markdown(info), metadata={"tags": ["kaggle-bundle-info"]})]
@@ -441,7 +450,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                                       metadata={"tags": ["kaggle-install"]}))
     head.append(new.new_code_cell(_bundle_cell(info, archive),
                                   metadata={"tags": ["kaggle-bundle"]}))
-    resolve = new.new_code_cell(_RESOLVE_SOURCE, metadata={"tags": ["kaggle-bundle-resolve"]})
+    resolve = new.new_code_cell(fill_template("resolve_cell.py", {}),
+                                metadata={"tags": ["kaggle-bundle-resolve"]})
     # The bundle must run before any code cell: insert ahead of the first one.
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
     body = list(cells)
@@ -456,6 +466,9 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
+    # papermill's own injection, as in a local run: an `injected-parameters` cell after the
+    # `parameters` cell; a papermill run of the bundle with -p would replace it.
+    nb = parameterize_notebook(nb, baked, comment="Parameters baked in by the kaggle_lib bundle")
     nb.nbformat, nb.nbformat_minor = 4, 5
     for cell in nb.cells:  # nbformat 4.5 wants cell ids; make them stable (no random ids)
         cell["id"] = hashlib.sha1(str(cell.source).encode()).hexdigest()[:12]
@@ -494,143 +507,3 @@ def _dedupe_ids(cells: list[Any]) -> None:
         if cell["id"] in seen:
             cell["id"] = f"{cell['id'][:8]}-{i:03d}"
         seen.add(cell["id"])
-
-
-_INSTALL_TEMPLATE = '''\
-# kaggle_lib install: exact pins from requirements-kaggle.txt, installed with --no-deps so pip
-# cannot replace Kaggle's jax / jaxlib / libtpu (they match the TPU runtime). Skipped when every
-# pin is already installed at its version (a re-run, or the local Kaggle-like test). Then every
-# other kaggle_lib requirement (pyproject.toml, with its version range) is checked against
-# what the image has.
-import importlib
-import importlib.metadata as _kl_md
-import subprocess
-import sys
-
-from packaging.requirements import Requirement
-
-_KL_PINS = {pins}
-_KL_REQUIRED = {required}  # kaggle_lib requirements the image must already meet
-_KL_KEEP = {keep}
-_KL_REPORT = {report}
-
-
-def _kl_version(name):
-    try:
-        return _kl_md.version(name)
-    except _kl_md.PackageNotFoundError:
-        return None
-
-
-_kl_before = {{n: _kl_version(n) for n in _KL_KEEP}}
-_kl_todo = [f"{{n}}=={{v}}" for n, v in _KL_PINS.items() if _kl_version(n) != v]
-if _kl_todo:
-    print("installing (--no-deps):", " ".join(_kl_todo), flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *_kl_todo],
-                   check=True)
-    importlib.invalidate_caches()
-else:
-    print("all pinned packages already installed")
-_kl_wrong = {{n: _kl_version(n) for n, v in _KL_PINS.items() if _kl_version(n) != v}}
-if _kl_wrong:
-    raise RuntimeError(f"pinned packages not at their versions after install: {{_kl_wrong}}")
-_kl_after = {{n: _kl_version(n) for n in _KL_KEEP}}
-if _kl_after != _kl_before:
-    raise RuntimeError(f"the install changed {{_KL_KEEP}}: {{_kl_before}} -> {{_kl_after}}")
-print(f"python {{sys.version.split()[0]}} |", " ".join(f"{{n}} {{_kl_version(n)}}" for n in _KL_REPORT))
-_kl_unmet = []
-for _kl_req in map(Requirement, _KL_REQUIRED):
-    if _kl_req.marker is not None and not _kl_req.marker.evaluate():
-        continue
-    _kl_have = _kl_version(_kl_req.name)
-    if _kl_have is None or not _kl_req.specifier.contains(_kl_have, prereleases=True):
-        _kl_unmet.append(f"{{_kl_req.name}}: kaggle_lib needs {{_kl_req}}, this image has "
-                         f"{{_kl_have or 'none'}}")
-if _kl_unmet:
-    raise RuntimeError("this image does not meet kaggle_lib's requirements (pyproject.toml):\\n  "
-                       + "\\n  ".join(_kl_unmet) + "\\nadd exact pins to requirements-kaggle.txt "
-                       "(and requirements.lock) and push again")
-print("pinned:", {{n: _kl_version(n) for n in _KL_PINS}})
-'''
-
-_BUNDLE_TEMPLATE = '''\
-# kaggle_lib bundle: the package and configs/ of the commit below travel inside this notebook
-# as a zip. It is checked against its sha256, unpacked outside /kaggle/working (so it is not
-# saved as an output) and put first on sys.path.
-import base64
-import hashlib
-import io
-import json
-import os
-import sys
-import tempfile
-import zipfile
-from pathlib import Path
-
-_KL_BUNDLE = {info}
-_KL_ZIP_B64 = (
-{chunks}
-)
-
-
-def _kl_unpack():
-    data = base64.b64decode(_KL_ZIP_B64)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != _KL_BUNDLE["zip_sha256"]:
-        raise RuntimeError(f"bundle corrupted: sha256 {{digest}} != {{_KL_BUNDLE['zip_sha256']}}")
-    root = Path(tempfile.gettempdir()) / "kaggle_lib_bundle" / digest[:16]
-    if not (root / ".complete").is_file():
-        tmp = Path(tempfile.mkdtemp(prefix="kaggle_lib_bundle_"))
-        zipfile.ZipFile(io.BytesIO(data)).extractall(tmp)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        if not root.exists():
-            tmp.rename(root)
-        (root / ".complete").write_text(digest)
-    return root
-
-
-_KL_ROOT = _kl_unpack()
-sys.path.insert(0, str(_KL_ROOT))
-# A kaggle_lib imported earlier (another version) must not shadow the bundled one.
-for _kl_name in [m for m in sys.modules if m == "kaggle_lib" or m.startswith("kaggle_lib.")]:
-    del sys.modules[_kl_name]
-import kaggle_lib  # noqa: E402
-
-if not Path(kaggle_lib.__file__).resolve().is_relative_to(_KL_ROOT.resolve()):
-    raise RuntimeError(f"kaggle_lib imports from {{kaggle_lib.__file__}}, "
-                       f"not the bundle {{_KL_ROOT}}")
-os.environ["KAGGLE_LIB_GIT_SHA"] = _KL_BUNDLE["git"]["sha"]
-# The run manifest records the notebook URL from this (kaggle_lib.pipeline._kaggle_identity).
-os.environ["KAGGLE_LIB_KERNEL_SLUG"] = _KL_BUNDLE["kernel_id"]
-os.environ["KAGGLE_LIB_BUNDLE_ROOT"] = str(_KL_ROOT)
-try:
-    from kaggle_lib.runtime import detect_environment
-
-    _kl_working = detect_environment().working_dir
-except Exception:  # older runtime API: outputs go to the current directory
-    _kl_working = Path.cwd()
-_kl_info_path = Path(_kl_working) / "evidence" / "kaggle_bundle.json"
-_kl_info_path.parent.mkdir(parents=True, exist_ok=True)
-_kl_info_path.write_text(json.dumps(_KL_BUNDLE, indent=2))
-os.environ["KAGGLE_LIB_BUNDLE_INFO"] = str(_kl_info_path)
-
-
-def _kl_resolve_config(path):
-    """Repo-relative config paths resolve inside the bundled copy of the repository."""
-    p = Path(path)
-    if p.is_absolute() or p.is_file():
-        return str(p)
-    if (_KL_ROOT / p).is_file():
-        return str(_KL_ROOT / p)
-    shipped = sorted(q.name for q in (_KL_ROOT / "configs").glob("*.yaml"))
-    raise FileNotFoundError(f"config {{path!r}} is neither a file here nor in the bundle; "
-                            f"bundled configs: {{shipped}}")
-
-
-print(f"kaggle_lib from {{_KL_ROOT}} | commit {{_KL_BUNDLE['git']['sha']}}"
-      f"{{' (dirty)' if _KL_BUNDLE['git'].get('dirty') else ''}} | config {{_KL_BUNDLE['config']}}")
-'''
-
-_RESOLVE_SOURCE = '''\
-# kaggle_lib bundle: configs/... paths resolve inside the bundled repository copy.
-config_path = _kl_resolve_config(config_path)'''

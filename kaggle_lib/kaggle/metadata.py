@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
 
 METADATA_FILE = "kernel-metadata.json"
 
@@ -88,9 +87,8 @@ def split_id(kernel_id: str) -> tuple[str, str]:
     return owner, slug
 
 
-def _problem(text: str) -> PydanticCustomError:
-    """A validation error whose message is `text` as it stands (the field name is in it)."""
-    return PydanticCustomError("kernel_metadata", "{text}", {"text": text})
+class _Problem(ValueError):
+    """A rule broken, with a message that stands as it is (it names the key itself)."""
 
 
 def _model_source(source: str) -> str:
@@ -171,7 +169,7 @@ class KernelMetadata(BaseModel):
     @classmethod
     def _owner_slash_slug(cls, kernel_id: str) -> str:
         if not kernel_id:
-            raise _problem("id: required, as 'owner/slug'")
+            raise _Problem("id: required, as 'owner/slug'")
         parts = kernel_id.split("/")
         if len(parts) == 3:
             raise ValueError("must not contain a version; use 'owner/slug'")
@@ -199,7 +197,7 @@ class KernelMetadata(BaseModel):
     @classmethod
     def _relative_code_file(cls, code_file: str) -> str:
         if not code_file:
-            raise _problem(_REQUIRED["code_file"])
+            raise _Problem(_REQUIRED["code_file"])
         if Path(code_file).is_absolute() or ".." in Path(code_file).parts:
             raise ValueError("must be a relative path inside the folder")
         return code_file
@@ -209,7 +207,7 @@ class KernelMetadata(BaseModel):
     def _documented_shape(cls, shape: str | None) -> str | None:
         error = None if shape is None else check_machine_shape(shape, "machine_shape")
         if error:
-            raise _problem(error)
+            raise _Problem(error)
         return shape
 
 
@@ -245,8 +243,8 @@ def _describe(errors: list[Any], meta: dict[str, Any]) -> list[str]:
         where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
         if kind == "extra_forbidden":
             continue
-        if kind == "kernel_metadata":
-            lines.append(error["msg"])
+        if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
+            lines.append(str(error["ctx"]["error"]))
         elif kind == "value_error":
             lines.append(f"{where} = {error['input']!r}: {error['ctx']['error']}")
         elif len(loc) > 1:  # a list item of the wrong type

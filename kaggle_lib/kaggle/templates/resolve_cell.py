@@ -1,0 +1,2 @@
+# kaggle_lib bundle: configs/... paths resolve inside the bundled repository copy.
+config_path = _kl_resolve_config(config_path)  # noqa: F821 (the parameters and bundle cells define both)
