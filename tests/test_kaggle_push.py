@@ -449,6 +449,9 @@ def test_output_names_cannot_escape(tmp_path: Path) -> None:
 
 def test_credential_sources_as_kagglehub_resolves_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kagglehub fixes its default folder (~/.kaggle) at import: import it before HOME changes,
+    # or later tests in this process would look in this test's folder.
+    import kagglehub.config  # noqa: F401
     home = tmp_path / "h"
     (home / ".kaggle").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
