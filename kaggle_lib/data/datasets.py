@@ -128,11 +128,14 @@ def validate_item(
     fields = REQUIRED_FIELDS + (("reasoning",) if require_reasoning else ())
     try:
         Item.model_validate(dict(item))
+        errors = []
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "missing")
-        raise DataError(f"{where}: {_item_error(errors[0], item, fields)}") from None
+        errors = exc.errors()
     if require_reasoning and "reasoning" not in item:
-        raise DataError(f"{where}: {_item_error({'loc': ('reasoning',), 'type': 'missing'}, item, fields)}")
+        errors.append({"loc": ("reasoning",), "type": "missing"})
+    if errors:
+        first = min(errors, key=lambda e: e["type"] != "missing")  # missing fields first
+        raise DataError(f"{where}: {_item_error(first, item, fields)}")
     return dict(item)
 
 
