@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 OPTIONAL_FIELDS: tuple[str, ...] = ("reasoning",)
 # "unrated" is for external data that carries no difficulty (GSM8K).
@@ -46,7 +48,7 @@ _LABEL = re.compile(r"[a-z][a-z0-9_]*")
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(KaggleLibError, ValueError):
     """Bad data or data spec; the message names the file or spec, the field and what is allowed."""
 
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evaluation import (
     DELTA_METRICS,
     GROUP_FIELDS,
@@ -43,7 +44,7 @@ BASELINE_FILE = "baseline.json"
 DEFAULT_THRESHOLD = 0.02
 
 
-class CompareError(ValueError):
+class CompareError(KaggleLibError, ValueError):
     """Bad input to a comparison (missing/invalid files, unknown stage, bad threshold)."""
 
 

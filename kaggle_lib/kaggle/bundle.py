@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.metadata import (
     METADATA_FILE,
     TPU_SHAPE,
@@ -62,7 +63,7 @@ _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_
 _BLOCKING_CALL_RE = re.compile(r"(?<![\w.])(input|getpass\.getpass|getpass)\s*\(")
 
 
-class BundleError(ValueError):
+class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
 
 

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 METADATA_FILE = "kernel-metadata.json"
 
 # Keys the kaggle client (2.2.x) reads from kernel-metadata.json for `kernels push`.
@@ -75,7 +77,7 @@ _PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NOTEBOOK_ACCELERATOR_KEYS = ("accelerator", "dockerImageVersionId", "isGpuEnabled", "isTpuEnabled")
 
 
-class MetadataError(ValueError):
+class MetadataError(KaggleLibError, ValueError):
     """kernel-metadata.json or the notebook's metadata breaks a rule; the message says where."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from kaggle_lib.errors import KaggleLibError
+
 __all__ = [
     "GEMMA_SPECIAL_IDS",
     "TINY_USER_SYMBOLS",
@@ -46,8 +48,10 @@ TINY_USER_SYMBOLS: tuple[str, ...] = (
 _REQUIRED = ("bos", "eos", "pad")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(KaggleLibError, ValueError):
     """A tokenizer file is missing, unreadable or has unusable special ids."""
+
+    hint = "The tokenizer's special ids are missing; rebuild it with bos/eos/pad pieces set."
 
 
 class Tokenizer:
