@@ -13,6 +13,7 @@ import platform as host_platform
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ def configure_platform(requested: str) -> dict[str, Any]:
     from kaggle_lib.models.loader import cache_root
 
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "jax_compilation_cache"))
+    text_progress_bars()
     if platform == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     elif platform == "tpu":
@@ -139,6 +141,21 @@ def configure_platform(requested: str) -> dict[str, Any]:
         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
         "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
     }
+
+
+def text_progress_bars() -> None:
+    """Let tqdm.auto (Tunix's training progress bar, huggingface_hub's downloads) choose its
+    plain-text bar without the "IProgress not found" warning it prints in a kernel that has no
+    ipywidgets. It falls back to that text bar anyway; the warning is noise nobody can act on.
+
+    ipywidgets is left out on purpose: papermill saves a widget bar as a widget model that reads
+    "HBox(children=...)" wherever the widget state is not saved with it (GitHub, Kaggle's
+    viewer, a text diff), while the text bar reads the same everywhere.
+    """
+    with warnings.catch_warnings():
+        # tqdm.auto imports autonotebook once; later imports reuse the module, silent.
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.autonotebook  # noqa: F401
 
 
 def _jax_backends_initialised() -> bool:
