@@ -6,13 +6,15 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from kaggle_lib import auth, errors, evidence, logs
-from kaggle_lib.evidence import close, scan
+from kaggle_lib.evidence import close, readme, scan
+from kaggle_lib.evidence import index as run_index
 from kaggle_lib.evidence.record import SCHEMA_PATH, manifest_json_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +68,30 @@ def test_unknown_fields_stay_allowed_but_named_fields_are_typed(tmp_path: Path) 
     record.update_manifest(training={"sft": {"steps": 3}})  # a stage's own field
     with pytest.raises(evidence.ManifestError, match=r"model\.param_count"):
         record.update_manifest(model={"name": "m", "source": "random", "param_count": "ten"})
+
+
+
+def test_committed_runs_give_the_same_readme_and_index_line(tmp_path: Path) -> None:
+    """README and index read the typed manifest now; what they write must not change."""
+    committed_index = run_index.read_index(REPO / "evidence" / "index.jsonl")
+    for manifest_path in COMMITTED_MANIFESTS:
+        source = manifest_path.parent
+        copy = tmp_path / "evidence" / "runs" / source.name
+        shutil.copytree(source, copy)
+        assert readme.write_readme(copy).read_text() == (source / "README.md").read_text()
+        line = [e for e in committed_index if e["run_id"] == source.name][-1]
+        assert run_index.index_entry(copy) == {"attempt": 1, **line}
+
+
+def test_readme_and_index_of_a_manifest_that_does_not_validate(tmp_path: Path) -> None:
+    record = evidence.RunRecord(tmp_path / "runs" / "r1")
+    record.start("r1", "demo", "configs/cpu_tiny.yaml")
+    broken = {**record.read_manifest(), "devices": {"platform": "cpu"}}
+    record.manifest_path.write_text(json.dumps(broken))
+    record.fail("load_model", RuntimeError("host OOM"))
+    assert "does not validate" in readme.write_readme(record.run_dir).read_text()
+    entry = run_index.index_entry(record.run_dir)
+    assert entry["run_id"] == "r1" and entry["status"] == "failed" and entry["schema_errors"]
 
 
 # ---------------------------------------------------------------------------- errors

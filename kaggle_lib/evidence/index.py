@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib.evidence.record import MANIFEST, read_jsonl
+from kaggle_lib.evidence.record import MANIFEST, load_manifest, read_jsonl
 
 INDEX_NAME = "index.jsonl"
 
@@ -21,16 +21,20 @@ def index_path(run_dir: Path) -> Path:
 
 def index_entry(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
-    m = json.loads((run_dir / MANIFEST).read_text())
-    base = index_path(run_dir).parent
-    failure = m.get("failure") or {}
-    return {"run_id": m.get("run_id"), "attempt": m.get("attempt", 1), "status": m.get("status"),
-            "config": m.get("config_path"),
-            "model": (m.get("model") or {}).get("name"), "started_at": m.get("started_at"),
-            "ended_at": m.get("ended_at"), "duration_s": m.get("duration_s"),
-            "git_sha": (m.get("git") or {}).get("sha"),
-            "failed_stage": failure.get("stage"), "error_type": failure.get("error_type"),
-            "path": os.path.relpath(run_dir, base), **(m.get("metrics") or {})}
+    path = os.path.relpath(run_dir, index_path(run_dir).parent)
+    m = load_manifest(run_dir / MANIFEST)
+    if m is None:  # a failure recorded with schema_errors: say what can be said
+        raw = json.loads((run_dir / MANIFEST).read_text())
+        return {"run_id": raw.get("run_id") or run_dir.name, "attempt": raw.get("attempt", 1),
+                "status": raw.get("status"), "schema_errors": True, "path": path}
+    failure = m.failure
+    return {"run_id": m.run_id, "attempt": m.attempt, "status": m.status,
+            "config": m.config_path, "model": m.model.name if m.model else None,
+            "started_at": m.started_at, "ended_at": m.ended_at, "duration_s": m.duration_s,
+            "git_sha": m.git.sha,
+            "failed_stage": failure.stage if failure else None,
+            "error_type": failure.error_type if failure else None,
+            "path": path, **(m.metrics or {})}
 
 
 def read_index(path: Path) -> list[dict[str, Any]]:

