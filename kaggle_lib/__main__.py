@@ -47,9 +47,10 @@ def refuse_secrets(params: dict[str, Any]) -> None:
     """SystemExit, naming the parameter path and never the value, for any parameter whose name
     looks like a credential or whose value (at any depth) holds a known secret value (the
     variables of `auth.SECRET_ENV_VARS`, the usual credential files) or a token-shaped string."""
-    from kaggle_lib import auth, report
+    from kaggle_lib import auth
+    from kaggle_lib.evidence import scan
 
-    known = [v for v in report.secret_values() if len(v) >= 8]
+    known = [v for v in scan.secret_values() if len(v) >= 8]
     for name in params:
         if any(w in str(name).lower() for w in _SECRET_WORDS):
             raise SystemExit(f"refusing parameter {name!r}: its name looks like a credential; "
@@ -124,8 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from kaggle_lib import distributed, evidence, report, runtime
+    from kaggle_lib import distributed, evidence, runtime
     from kaggle_lib.config import ConfigError, load_config
+    from kaggle_lib.evidence import close
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -186,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0
-    manifest = report.close_after_kernel(run_dir, output, error, seconds)
+    manifest = close.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _delegate(command: str, rest: list[str]) -> int:
     if command == "compare":
-        from kaggle_lib import compare
+        from kaggle_lib.evidence import compare
 
         return compare.main(rest)
     if command == "eval":

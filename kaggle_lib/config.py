@@ -17,11 +17,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kaggle_lib.errors import KaggleLibError
+
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(KaggleLibError, ValueError):
     """A config file (or override) is invalid; the message says where and what is allowed."""
+
+    hint = "Fix the config key named above (the message lists what is allowed), then re-run."
 
 
 def parse_duration(text: str | int | float | None) -> float | None:

@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -54,20 +56,33 @@ PEER_FAILURE_EXIT_CODE = 75
 _KEY_PREFIX = "kaggle_lib"
 
 
-class DistributedConfigError(ValueError):
+class DistributedConfigError(KaggleLibError, ValueError):
     """The multi-process environment variables are missing, malformed or inconsistent."""
 
+    hint = "Fix the environment variable named above (docs/MULTIHOST.md)."
 
-class DistributedStartError(RuntimeError):
+
+class DistributedStartError(KaggleLibError, RuntimeError):
     """The processes could not form one run (a process missing, ids colliding)."""
 
+    hint = (
+        "Start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and its "
+        "own JAX_PROCESS_ID (0..N-1), within the initialization timeout (docs/MULTIHOST.md)."
+    )
 
-class ProcessMismatchError(RuntimeError):
+
+class ProcessMismatchError(KaggleLibError, RuntimeError):
     """Processes that must agree (same SPMD program, same data) computed different results."""
 
 
-class PeerProcessError(RuntimeError):
+class PeerProcessError(KaggleLibError, RuntimeError):
     """Another process of the run died or stopped answering; this one stops too."""
+
+    hint = (
+        "Another process of this multi-process run died or hung (named above; its log is under "
+        "processes/<id>/). Fix its cause, then start every process again with the same command "
+        "and run directory and `train.resume: auto`: training continues from the last checkpoint."
+    )
 
     def __init__(self, message: str, dead_processes: Sequence[int] = ()):
         super().__init__(message)

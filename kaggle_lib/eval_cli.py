@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "eval_summary.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
-class EvalError(Exception):
+class EvalError(KaggleLibError, Exception):
     """A problem with the inputs of `eval` (exit status 2); the message says what to fix."""
 
 

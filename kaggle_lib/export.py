@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from kaggle_lib.errors import KaggleLibError
+
 HF_DIR = "hf"
 ORBAX_DIR = "orbax"
 EXPORT_INFO = "export_info.json"
@@ -46,7 +48,7 @@ _NORMS_HF = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(KaggleLibError, ValueError):
     """A model or argument the exporter cannot turn into a faithful export."""
 
 

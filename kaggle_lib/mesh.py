@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 AXES = ("fsdp", "tp")
 
 
-class MeshError(ValueError):
+class MeshError(KaggleLibError, ValueError):
     pass
 
 

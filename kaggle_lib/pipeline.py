@@ -91,10 +91,10 @@ def stage(name: str) -> Callable[[F], F]:
 
 def _close_failed(run: Run) -> None:
     """The closing files of a failed run; never masks the original error."""
-    from kaggle_lib import report
+    from kaggle_lib.evidence import close
 
     try:
-        report.close_failed(run)
+        close.close_failed(run)
     except Exception as exc:  # noqa: BLE001
         print(f"[kaggle_lib] could not complete the failed run's record: {exc}")
 
@@ -444,15 +444,15 @@ def _export(run: Run) -> None:
 def finish(run: Run) -> None:
     """Exports, summaries, plots, secret scan, README; status succeeded."""
     from kaggle_lib import evaluation as ev
-    from kaggle_lib import report
+    from kaggle_lib.evidence import close
 
     if run.cfg.evidence.export and run.train_results:
         _export(run)
     summary = _write_summary(run) if run.records else {}
     if summary:
         print(ev.format_scorecard_table(summary))
-    headline = report.headline_metrics(run, summary)
+    headline = close.headline_metrics(run, summary)
     run.record.update_manifest(metrics=headline)
-    report.finalize(run, status="succeeded")
+    close.finalize(run, status="succeeded")
     distributed.mark_done()
     print(json.dumps(headline, indent=2))

@@ -34,6 +34,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from kaggle_lib.errors import KaggleLibError
+
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 # "unrated" is for external data that carries no difficulty (GSM8K).
 Difficulty = Literal["easy", "medium", "hard", "unrated"]
@@ -48,7 +50,7 @@ _LABEL = re.compile(r"[a-z][a-z0-9_]*")
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(KaggleLibError, ValueError):
     """Bad data or data spec; the message names the file or spec, the field and what is allowed."""
 
 

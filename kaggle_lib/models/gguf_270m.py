@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from kaggle_lib.errors import KaggleLibError
+
 __all__ = [
     "CACHE_ENV",
     "ConversionError",
@@ -66,7 +68,7 @@ _ROPE_LOCAL_BASE_FREQ = 10_000.0
 _SLIDING_WINDOW_PATTERN = 6
 
 
-class ConversionError(RuntimeError):
+class ConversionError(KaggleLibError, RuntimeError):
     """The GGUF could not be converted, or a converted directory is incomplete."""
 
 

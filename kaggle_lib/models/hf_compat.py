@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 __all__ = [
     "HFCompatError",
     "create_model_from_hf_dir",
@@ -41,7 +43,7 @@ _FAMILIES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gem
 _TANH_GELU = {"gelu_pytorch_tanh", "gelu_new", "gelu_tanh", "gelu_fast"}
 
 
-class HFCompatError(ValueError):
+class HFCompatError(KaggleLibError, ValueError):
     """An HF checkpoint/config that Tunix's Gemma models cannot represent exactly."""
 
 

@@ -12,11 +12,18 @@ import dataclasses
 import os
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 GIB = 2**30
 
 
-class PreflightError(RuntimeError):
+class PreflightError(KaggleLibError, RuntimeError):
     """The requested training mode cannot fit in device memory."""
+
+    hint = (
+        "Choose a training mode that fits (see the arithmetic above), add devices, or set `force: "
+        "true` to try anyway."
+    )
 
 
 @dataclasses.dataclass

@@ -23,14 +23,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_ITEMS = ("model_params", "optimizer_state")
 CORRUPT_DIR = "corrupt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KaggleLibError, RuntimeError):
     """No checkpoint step restores; the message names each step and why."""
+
+    hint = (
+        "No checkpoint step of this run restores; each is listed above with the reason and was "
+        "moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train from the "
+        "start, or set train.resume_from to another run's checkpoint directory."
+    )
 
 
 @dataclasses.dataclass(frozen=True)

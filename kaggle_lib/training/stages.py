@@ -196,7 +196,7 @@ def run_stages(run: Any) -> dict[str, Any]:
 
             results["grpo"] = run_grpo_stage(run, max_wall_time_s=remaining())
         run.record.update_manifest(training={name: results[name]})
-    from kaggle_lib import report
+    from kaggle_lib.evidence import plots
 
-    report.plot_loss(run)
+    plots.plot_loss(run)
     return results
