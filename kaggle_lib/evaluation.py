@@ -12,6 +12,7 @@ Files written:
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -30,8 +31,10 @@ DELTA_METRICS = ("accuracy", "format_exact", "format_approx", "mean_tokens", "tr
 RECORD_FIELDS = (
     "id", "section", "category", "difficulty", "prompt", "answer", "output", "parsed_answer",
     "correct", "exact_match", "numeric_match", "format_exact", "format_approx", "token_count",
-    "truncated",
+    "truncated", "equations", "equations_correct",
 )
+# 95% two-sided normal quantile for the Wilson interval.
+Z95 = 1.959963984540054
 
 # Stop markers the sampler may leave at the end of a decoded output.
 _STOP_MARKERS = ("<end_of_turn>", "<eos>")
@@ -198,6 +201,95 @@ def answers_match(
     return exact, numeric
 
 
+# --------------------------------------------------------------------------- reasoning lines
+
+
+_NUM = r"[$€£]?\d[\d,]*(?:\.\d+)?%?"
+# "x" multiplies only between spaces ("75 x 80"); a unit word may follow a number on the left
+# ("93 caterpillars + 186 ladybugs = 279"): it is ignored when the equation is checked.
+_OP = r"(?:[-+*/×÷]|(?<=\s)x(?=\s))"
+_UNIT = r"(?:\s+(?!x\s)[a-z]+)?"
+_OPERAND = rf"\(*-?{_NUM}{_UNIT}\)*"
+EQUATION = re.compile(
+    rf"(?<![\w.])(?P<lhs>{_OPERAND}(?:\s*{_OP}\s*{_OPERAND})+)\s*=\s*(?P<rhs>-?{_NUM})"
+    r"(?![\w])"
+)
+_ASCII_OPS = str.maketrans({"×": "*", "÷": "/", "\u2212": "-"})
+
+
+def ascii_expression(expression: str) -> str:
+    """ASCII operators, no unit words: "294 pages x 2/3" -> "294 * 2/3"."""
+    expression = re.sub(r"(?<=\s)x(?=\s)", "*", expression.translate(_ASCII_OPS))
+    return re.sub(r"(\d%?)\s+[a-z]+", r"\1", expression)
+
+
+def _number(token: str) -> Fraction:
+    token = re.sub(r"[$€£,]", "", token)
+    if token.endswith("%"):
+        return Fraction(token[:-1]) / 100
+    return Fraction(token)
+
+
+def evaluate_expression(expression: str) -> Fraction | None:
+    """Value of `a op b op ...` (+ - * /, parentheses) as an exact fraction, or None."""
+    expression = ascii_expression(expression)
+    expression = re.sub(_NUM, lambda m: f"N({_number(m.group()).numerator},"
+                                        f"{_number(m.group()).denominator})", expression)
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "N":  # made above
+            num, den = (n.value for n in node.args)  # type: ignore[attr-defined]
+            return Fraction(num, den)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return left * right
+            if isinstance(node.op, ast.Div):
+                return left / right  # ZeroDivisionError -> None below
+        raise ValueError("unsupported")
+
+    try:
+        return walk(tree)
+    except (ValueError, ZeroDivisionError, TypeError):
+        return None
+
+
+def find_equations(text: str) -> list[tuple[str, str]]:
+    """Every ``lhs = rhs`` equation in ``text`` with at least one operator, as (lhs, rhs)."""
+    return [(m.group("lhs").strip(), m.group("rhs").strip()) for m in EQUATION.finditer(text)]
+
+
+def equation_holds(lhs: str, rhs: str) -> bool:
+    """True when ``lhs`` evaluates to ``rhs`` as written: exactly for a whole number, to the
+    shown decimals for a decimal (``14 / 42 = 0.33`` holds, ``50 / 20 = 2`` does not)."""
+    left = evaluate_expression(lhs)
+    try:
+        right = _number(rhs.lstrip("-\u2212")) * (-1 if rhs[:1] in "-\u2212" else 1)
+    except (ValueError, ZeroDivisionError):
+        return False
+    if left is None:
+        return False
+    decimals = len(rhs.rstrip("%").partition(".")[2])
+    return abs(left - right) <= Fraction(1, 2 * 10**decimals) if decimals else left == right
+
+
+def check_reasoning_lines(text: str | None) -> tuple[int, int]:
+    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning)."""
+    found = find_equations(text or "")
+    return len(found), sum(equation_holds(lhs, rhs) for lhs, rhs in found)
+
 # --------------------------------------------------------------------------- records
 
 
@@ -237,6 +329,9 @@ def score_item(
 
     parsed = parse_output(output)
     exact, numeric = answers_match(parsed.answer, item["answer"], rel_tol=rel_tol)
+    # The reasoning block when there is one, else the whole output (a truncated reasoning).
+    n_equations, n_correct = check_reasoning_lines(
+        parsed.reasoning if parsed.reasoning is not None else output)
     record: dict[str, Any] = {} if stage is None else {"stage": stage}
     record.update(
         {
@@ -255,12 +350,44 @@ def score_item(
             "format_approx": parsed.format_approx,
             "token_count": token_count,
             "truncated": truncated,
+            "equations": n_equations,
+            "equations_correct": n_correct,
         }
     )
     return record
 
 
 # --------------------------------------------------------------------------- scorecards
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion (95% by default); None when n == 0.
+
+    Chosen over the normal approximation because it stays inside [0, 1] and is not empty at
+    0 or n successes, the usual case for small evaluations.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(records: Sequence[Mapping[str, Any]]) -> list[float] | None:
+    ci = wilson_interval(sum(bool(r["correct"]) for r in records), len(records))
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def _lines(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    # Records written before equations were counted have no such fields: they count as none.
+    total = sum(int(r.get("equations", 0)) for r in records)
+    correct = sum(int(r.get("equations_correct", 0)) for r in records)
+    return {"equations": total, "correct": correct, "share": correct / total if total else None}
+
 
 
 def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -290,10 +417,14 @@ _SCORED_FIELDS = (
 def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Metrics overall and per section / category / difficulty.
 
-    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...}`
-    where `m = {"n", "accuracy", "format_exact", "format_approx", "mean_tokens",
-    "truncation_rate"}` (rates in [0, 1], None when n == 0). Group names are strings (so the
-    scorecard survives a JSON round trip unchanged) in sorted order.
+    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...,
+    "ci95": ..., "reasoning_lines": ...}` where `m = {"n", "accuracy", "format_exact",
+    "format_approx", "mean_tokens", "truncation_rate"}` (rates in [0, 1], None when n == 0).
+    `ci95` is the 95% Wilson interval of the accuracy, `[lo, hi]` (None when n == 0), and
+    `reasoning_lines` is `{"equations", "correct", "share"}` (the arithmetic of every
+    `a op b = c` in the reasoning checked; share None without equations); both overall and
+    by section. Group names are strings (so the scorecard survives a JSON round trip
+    unchanged) in sorted order.
     """
     records = list(records)
     for index, record in enumerate(records):
@@ -304,11 +435,18 @@ def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                     f"field {field!r} (records come from score_item)"
                 )
     card: dict[str, Any] = {"overall": _metrics(records)}
+    ci95: dict[str, Any] = {"overall": _interval(records)}
+    lines: dict[str, Any] = {"overall": _lines(records)}
     for key, field in GROUP_FIELDS.items():
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for record in records:
             groups.setdefault(str(record[field]), []).append(record)
         card[key] = {name: _metrics(groups[name]) for name in sorted(groups)}
+        if key == "by_section":
+            ci95[key] = {name: _interval(groups[name]) for name in sorted(groups)}
+            lines[key] = {name: _lines(groups[name]) for name in sorted(groups)}
+    card["ci95"] = ci95
+    card["reasoning_lines"] = lines
     return card
 
 
