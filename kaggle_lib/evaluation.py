@@ -329,6 +329,12 @@ def score_item(
 
     parsed = parse_output(output)
     exact, numeric = answers_match(parsed.answer, item["answer"], rel_tol=rel_tol)
+    if item.get("rg_dataset") and not (exact or numeric) and parsed.answer is not None:
+        # reasoning-gym items: its own scorer also decides (e.g. "Zoey is a knight, and ..."
+        # in another order), so evaluation agrees with the reasoning-gym GRPO reward.
+        from kaggle_lib.data.reasoning_gym import score_answer
+
+        exact = score_answer(parsed.answer, item) >= 1.0
     # The reasoning block when there is one, else the whole output (a truncated reasoning).
     n_equations, n_correct = check_reasoning_lines(
         parsed.reasoning if parsed.reasoning is not None else output)
@@ -374,7 +380,10 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave 1e-17 off.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def _interval(records: Sequence[Mapping[str, Any]]) -> list[float] | None:

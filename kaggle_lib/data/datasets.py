@@ -36,11 +36,12 @@ REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "
 OPTIONAL_FIELDS: tuple[str, ...] = ("reasoning",)
 # "unrated" is for external data that carries no difficulty (GSM8K).
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard", "unrated")
-BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval")
+BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval", "eval_rg")  # eval_rg: reasoning-gym
 FILES_DIR = Path(__file__).resolve().parent / "files"
 SPEC_FORMS = (
-    "builtin:train | builtin:eval | jsonl:<path> | hf:<repo>[:<config>][@<split>] | "
-    "kaggle:<owner>/<dataset>/versions/<N>/<file>"
+    "builtin:train | builtin:eval | builtin:eval_rg | jsonl:<path> | "
+    "hf:<repo>[:<config>][@<split>] | kaggle:<owner>/<dataset>/versions/<N>/<file> | "
+    "rg:<mix>[@<seed>]"
 )
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -411,6 +412,8 @@ def parse_spec(spec: str) -> DataSpec:
         if not repo or not split or (":" in body and not config):
             raise DataError(f"data spec {spec!r}: use hf:<repo>[:<config>][@<split>]")
         return DataSpec("hf", repo, config=config or None, split=split)
+    if kind == "rg":  # reasoning-gym, generated: kaggle_lib.data.reasoning_gym.load_spec
+        return DataSpec("rg", body)
     if kind == "kaggle":
         parts = body.split("/")
         if (len(parts) < 5 or parts[2] != "versions" or not parts[3].isdigit()
@@ -432,6 +435,10 @@ def load_items(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
         return load_builtin(parsed.name, limit=limit)
     if parsed.kind == "jsonl":
         return load_jsonl(parsed.name, limit=limit)
+    if parsed.kind == "rg":
+        from kaggle_lib.data.reasoning_gym import load_spec
+
+        return load_spec(parsed.name, limit)
     if parsed.kind == "hf":
         return load_hf(parsed.name, parsed.config, parsed.split or "train", limit=limit)
     assert parsed.file is not None

@@ -137,7 +137,8 @@ def derive_lines(answer_cot: str, answer: str) -> list[str] | None:
             lhs, rhs = match.group("lhs").strip(), match.group("rhs").strip()
             if not equation_holds(lhs, rhs):
                 return None
-            pieces += [line[cursor:match.start()], _spaced(lhs, rhs)]
+            before = line[cursor:match.start()]
+            pieces += [before + (" " if before.endswith(":") else ""), _spaced(lhs, rhs)]
             cursor = match.end()
             last_rhs = rhs
         pieces.append(line[cursor:])
@@ -256,6 +257,21 @@ def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
                             f"{quota} asked for")
     random.Random(seed).shuffle(items)
     return validate_items(items, source=f"reasoning-gym mix {dict(mix)} seed {seed}")
+
+
+def build_eval_split(seed: int = EVAL_SEED) -> list[dict[str, Any]]:
+    """The evaluation split: :data:`EVAL_COUNTS` items per family, family by family.
+
+    Its families are seeded with ``seed`` (training uses its own run seed and additionally
+    drops every evaluation prompt), and it excludes the shipped train and eval prompts.
+    """
+    shipped = [i["prompt"] for split in ("train", "eval") for i in load_builtin(split)]
+    items: list[dict[str, Any]] = []
+    for family, count in EVAL_COUNTS.items():
+        taken = {normalize_text(i["prompt"]) for i in items}
+        items += generate_items({family: 1.0}, count, seed=seed,
+                                exclude=[*shipped, *taken], id_prefix="rgeval")
+    return items  # family after family, so the file reads by section
 
 
 # ----------------------------------------------------------------------------- specs
