@@ -114,3 +114,21 @@ def test_score_answer_uses_reasoning_gyms_scorer() -> None:
         reward(["p"], completions[:1])
     ours = json.loads(json.dumps(load_builtin("eval")[0]))
     assert rgdata.score_answer(ours["answer"], ours) == 1.0
+
+
+def test_kaggle_pins_cover_reasoning_gym_and_its_exact_requirements() -> None:
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    from kaggle_lib.kaggle.bundle import normalize, read_lock, read_pins
+
+    pins = {normalize(n): v for n, v in read_pins(REPO / "requirements-kaggle.txt").items()}
+    lock = read_lock(REPO / "requirements.lock")
+    assert pins["reasoning-gym"] == lock["reasoning-gym"] == md.version("reasoning-gym")
+    # Installed --no-deps on Kaggle: what reasoning-gym pins exactly must be pinned the same.
+    exact = [Requirement(r) for r in md.requires("reasoning-gym") or []]
+    exact = [r for r in exact if r.marker is None and str(r.specifier).startswith("==")]
+    assert exact, "reasoning-gym 0.1.25 pins some requirements exactly"
+    for req in exact:
+        assert pins.get(normalize(req.name)) == str(req.specifier)[2:], req
