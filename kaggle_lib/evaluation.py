@@ -7,7 +7,8 @@ Files written:
 - `predictions.jsonl`: one `score_item` record per line (with a `"stage"` field,
   `"baseline"` or `"trained"`).
 - `eval_summary.json`: the `summarize` structure
-  `{"baseline": scorecard|null, "trained": scorecard|null, "delta": ...|null, "meta": {...}}`.
+  `{"baseline": scorecard|null, "baseline_fewshot": scorecard|null, "trained": scorecard|null,
+  "delta": ...|null, "delta_against": "baseline"|"baseline_fewshot"|null, "meta": {...}}`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-STAGES = ("baseline", "trained")
+# baseline_fewshot: the untrained model asked with kaggle_lib.data.fewshot's prompt.
+STAGES = ("baseline", "baseline_fewshot", "trained")
+BASELINES = ("baseline", "baseline_fewshot")
 ITEM_FIELDS = ("id", "section", "category", "difficulty", "prompt", "answer")
 GROUP_FIELDS = {"by_section": "section", "by_category": "category", "by_difficulty": "difficulty"}
 # Metrics that `summarize` / `compare` difference between two scorecards (n is not a metric).
@@ -476,21 +480,72 @@ def scorecard_delta(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
     return delta
 
 
+def better_baseline(cards: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """The baseline stage with the higher overall accuracy (zero-shot on a tie), or None."""
+    present = [name for name in BASELINES
+               if cards.get(name) is not None and cards[name]["overall"]["accuracy"] is not None]
+    if not present:
+        return None
+    return max(present, key=lambda name: (cards[name]["overall"]["accuracy"],
+                                          -BASELINES.index(name)))
+
+
 def summarize(
     baseline_records: Iterable[Mapping[str, Any]] | None,
     trained_records: Iterable[Mapping[str, Any]] | None,
     meta: Mapping[str, Any] | None = None,
+    *,
+    fewshot_records: Iterable[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Build the `eval_summary.json` structure; either stage may be missing (None).
+    """Build the `eval_summary.json` structure; any stage may be missing (None).
 
-    `delta` is trained minus baseline and is None unless both stages are present.
+    `delta` is trained minus the better baseline (`better_baseline`: zero-shot or few-shot,
+    named in `delta_against`), so training is credited only with what a good prompt alone
+    could not do; None unless trained and a baseline are present.
     """
-    if baseline_records is None and trained_records is None:
+    if baseline_records is None and trained_records is None and fewshot_records is None:
         raise ValueError("summarize needs baseline_records, trained_records or both; got neither")
-    baseline = None if baseline_records is None else scorecard(baseline_records)
+    cards = {
+        "baseline": None if baseline_records is None else scorecard(baseline_records),
+        "baseline_fewshot": None if fewshot_records is None else scorecard(fewshot_records),
+    }
     trained = None if trained_records is None else scorecard(trained_records)
-    delta = None if baseline is None or trained is None else scorecard_delta(baseline, trained)
-    return {"baseline": baseline, "trained": trained, "delta": delta, "meta": dict(meta or {})}
+    against = better_baseline(cards)
+    delta = None if against is None or trained is None else scorecard_delta(cards[against],
+                                                                            trained)
+    return {"baseline": cards["baseline"], "baseline_fewshot": cards["baseline_fewshot"],
+            "trained": trained, "delta": delta, "delta_against": against,
+            "meta": dict(meta or {})}
+
+
+def first_answer_only(text: str) -> str:
+    """``text`` up to and including its first ``</answer>``: what a stop at ``</answer>``
+    gives. A few-shot prompt invites the model to go on with another invented question,
+    whose answer would otherwise be the last one and be scored."""
+    closing = _ANSWER_CLOSE.search(text)
+    return text if closing is None else text[: closing.end()]
+
+
+def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,
+                           batch_size: int, desc: str = "eval") -> list[Any]:
+    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s).
+
+    Same outputs as one call: greedy decoding does not depend on the batching, and each
+    batch keeps the compiled shapes (`Generator` pads the last batch to `batch_size`).
+    """
+    from tqdm.auto import tqdm
+
+    outputs: list[Any] = []
+    started = time.monotonic()
+    with tqdm(total=len(prompts), desc=desc, unit="item", file=sys.stderr) as bar:
+        for start in range(0, len(prompts), batch_size):
+            batch = generator.generate(list(prompts[start:start + batch_size]),
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+            outputs += batch
+            tokens = sum(g.n_tokens for g in outputs)
+            bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}")
+            bar.update(len(batch))
+    return outputs
 
 
 # --------------------------------------------------------------------------- files
@@ -583,7 +638,11 @@ def fmt_number(value: float | None) -> str:
 
 def format_scorecard_table(summary: Mapping[str, Any]) -> str:
     """Overall + per-section table of an `eval_summary.json` structure, for the notebook."""
-    baseline, trained = summary.get("baseline"), summary.get("trained")
+    # The baseline columns show the baseline the delta is taken against.
+    baseline = summary.get(summary.get("delta_against") or "baseline")
+    if baseline is None:
+        baseline = summary.get("baseline") or summary.get("baseline_fewshot")
+    trained = summary.get("trained")
     if baseline is None and trained is None:
         raise ValueError("summary has neither a 'baseline' nor a 'trained' scorecard")
     empty: dict[str, Any] = {}

@@ -11,7 +11,9 @@ from kaggle_lib.evaluation import (
     answers_match,
     check_reasoning_lines,
     equation_holds,
+    first_answer_only,
     format_scorecard_table,
+    generate_with_progress,
     parse_number,
     parse_output,
     read_predictions,
@@ -355,3 +357,50 @@ def test_score_item_uses_reasoning_gym_scorer_for_its_items() -> None:
     assert score_item(knights, output, 5, False)["correct"]
     plain = {k: v for k, v in knights.items() if k not in ("rg_dataset", "rg_metadata")}
     assert not score_item(plain, output, 5, False)["correct"]
+
+
+def test_summarize_takes_the_delta_against_the_better_baseline() -> None:
+    zero = [dict(r, correct=False) for r in RECORDS]  # 0/5
+    few = [dict(r, correct=r["id"] in ("q1", "q2")) for r in RECORDS]  # 2/5
+    summary = summarize(zero, RECORDS, {}, fewshot_records=few)  # trained 3/5
+    assert summary["delta_against"] == "baseline_fewshot"
+    assert summary["baseline"]["overall"]["accuracy"] == 0.0
+    assert summary["baseline_fewshot"]["overall"]["accuracy"] == pytest.approx(0.4)
+    assert summary["delta"]["overall"]["accuracy"] == pytest.approx(0.2)
+    assert "40.0%" in format_scorecard_table(summary).splitlines()[2]  # base column: few-shot
+    # A tie goes to zero-shot; without a few-shot run nothing changes.
+    assert summarize(few, RECORDS, fewshot_records=few)["delta_against"] == "baseline"
+    plain = summarize(zero, RECORDS)
+    assert plain["delta_against"] == "baseline" and plain["baseline_fewshot"] is None
+    assert plain["delta"]["overall"]["accuracy"] == pytest.approx(0.6)
+
+
+def test_first_answer_only_cuts_an_invented_next_question() -> None:
+    text = "<reasoning>r</reasoning><answer>24</answer>\n\nQuestion: more?\nAnswer:\n<answer>7</answer>"
+    assert first_answer_only(text) == "<reasoning>r</reasoning><answer>24</answer>"
+    assert parse_output(first_answer_only(text)).format_exact
+    assert first_answer_only("no answer tag") == "no answer tag"
+
+
+class _CountingGenerator:
+    """Stands in for kaggle_lib.generation.Generator: echoes prompts, records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def generate(self, prompts, *, max_new_tokens, batch_size):  # type: ignore[no-untyped-def]
+        from kaggle_lib.generation import Generation
+
+        self.calls.append((list(prompts), batch_size))
+        return [Generation(prompt=p, text=p.upper(), token_ids=[1] * len(p), truncated=False)
+                for p in prompts]
+
+
+def test_generate_with_progress_batches_and_reports(capsys) -> None:  # type: ignore[no-untyped-def]
+    generator = _CountingGenerator()
+    gens = generate_with_progress(generator, ["a", "bb", "ccc"], max_new_tokens=4, batch_size=2,
+                                  desc="unit")
+    assert [g.text for g in gens] == ["A", "BB", "CCC"]
+    assert generator.calls == [(["a", "bb"], 2), (["ccc"], 2)]
+    err = capsys.readouterr().err
+    assert "unit" in err and "3/3" in err and "tokens_per_s" in err
