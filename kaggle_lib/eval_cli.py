@@ -280,11 +280,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     records = []
     for item, gen in zip(items, gens, strict=True):
         text, n_tokens, truncated = gen.text, gen.n_tokens, gen.truncated
-        if few_shot and ev.first_answer_only(text) != text:
-            # A few-shot prompt invites another invented question after the answer: it is
-            # cut off as a stop at </answer> would, and the answer was not truncated.
-            text = ev.first_answer_only(text)
-            n_tokens, truncated = len(loaded.tokenizer.encode(text)), False
+        if few_shot:  # the model goes on with an invented question: cut at </answer>
+            text, n_tokens, truncated = ev.trim_fewshot(
+                text, n_tokens, truncated, lambda t: len(loaded.tokenizer.encode(t)))
         records.append(ev.score_item(item, text, n_tokens, truncated, stage=stage))
     out_dir = run_dir / "eval" / name
     tokens = sum(g.n_tokens for g in gens)

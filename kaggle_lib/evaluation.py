@@ -19,7 +19,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -524,6 +524,16 @@ def first_answer_only(text: str) -> str:
     whose answer would otherwise be the last one and be scored."""
     closing = _ANSWER_CLOSE.search(text)
     return text if closing is None else text[: closing.end()]
+
+
+def trim_fewshot(text: str, n_tokens: int, truncated: bool,
+                 count_tokens: Callable[[str], int]) -> tuple[str, int, bool]:
+    """(text, token count, truncated) of a few-shot output cut by `first_answer_only`; an
+    output cut there was not truncated. Unchanged when there is no `</answer>`."""
+    cut = first_answer_only(text)
+    if cut == text:
+        return text, n_tokens, truncated
+    return cut, count_tokens(cut), False
 
 
 def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,

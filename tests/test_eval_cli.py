@@ -171,3 +171,18 @@ def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_pa
                                   / eval_cli.PREDICTIONS)
     assert [r["stage"] for r in fewshot] == ["baseline_fewshot"] * 2
     assert all(r["output"].count("</answer>") <= 1 for r in fewshot)
+
+
+def test_run_record_holds_zero_and_few_shot_baselines(finished_run: Path) -> None:
+    summary = json.loads((finished_run / "eval_summary.json").read_text())
+    zero, few = _by_stage(finished_run, "baseline"), _by_stage(finished_run, "baseline_fewshot")
+    assert set(zero) == set(few) == set(_by_stage(finished_run, "trained"))
+    assert summary["baseline_fewshot"] == ev.scorecard(few.values())
+    # The delta is taken against whichever baseline scored higher.
+    cards = {name: summary[name] for name in ev.BASELINES}
+    assert summary["delta_against"] == ev.better_baseline(cards)
+    reference = summary[summary["delta_against"]]["overall"]["accuracy"]
+    assert summary["delta"]["overall"]["accuracy"] == pytest.approx(
+        summary["trained"]["overall"]["accuracy"] - reference)
+    manifest = json.loads((finished_run / "run_manifest.json").read_text())
+    assert "baseline_fewshot_accuracy" in manifest["metrics"]
