@@ -132,3 +132,24 @@ def test_kaggle_pins_cover_reasoning_gym_and_its_exact_requirements() -> None:
     assert exact, "reasoning-gym 0.1.25 pins some requirements exactly"
     for req in exact:
         assert pins.get(normalize(req.name)) == str(req.specifier)[2:], req
+
+
+def test_expression_lines_one_operation_per_line() -> None:
+    assert rgdata.expression_lines("( ( -9 - 6 ) - -( -3 * 4 ) ) * 2 / 2", "-27") == [
+        "-9 - 6 = -15", "-3 * 4 = -12", "-15 - 12 = -27", "-27 * 2 = -54", "-54 / 2 = -27"]
+    assert rgdata.expression_lines("57 + 87 + 70", "214") == ["57 + 87 = 144", "144 + 70 = 214"]
+    assert rgdata.expression_lines("57 + 87 + 70", "215") is None
+    assert rgdata.expression_lines("7 / 2 * 2", "7") is None  # 3.5 is not a whole number
+    assert rgdata.expression_lines("__import__('os')", "0") is None
+
+
+def test_wide_sft_items_all_have_checked_reasoning() -> None:
+    items = rgdata.generate_items("wide_sft", 48, seed=2)
+    assert {"gsm_symbolic", "chain_sum", "basic_arithmetic", "knights_knaves"} <= {
+        i["category"] for i in items}
+    for item in items:
+        assert item["reasoning"].strip(), item["id"]
+        if item.get("rg_dataset"):  # ours are prose in part; reasoning-gym's are all equations
+            found, correct = check_reasoning_lines(item["reasoning"])
+            assert found == correct == len(item["reasoning"].splitlines()) or \
+                item["category"] == "gsm_symbolic" and found == correct >= 1, item

@@ -17,12 +17,17 @@ equation does not produce the answer. Refused entries are skipped, so every rend
 checks out with :func:`kaggle_lib.evaluation.check_line`. ``gsm_symbolic`` has a single
 difficulty; ours is derived from the number of equations (1-2 easy, 3 medium, 4+ hard).
 Other families carry no worked solution, so their items have no ``reasoning`` (GRPO and
-evaluation use them; SFT needs ``reasoning``).
+evaluation use them; SFT needs ``reasoning``: use ``wide_sft`` there).
+
+``basic_arithmetic`` and ``chain_sum`` carry their expression: :func:`expression_lines`
+writes one line per operation, innermost first.
 
 Mixes. A mix maps a family to a weight. ``gsm`` is gsm_symbolic alone; ``wide`` (the TPU
-recipes) adds arithmetic, logic, counting and algorithmic families and two categories of our
-own that reasoning-gym lacks: ``unit_conversion`` and ``ordering`` (``ours.<category>``,
-drawn from the shipped training file). The data spec ``rg:<mix>[@<seed>]`` names one, where
+recipes; GRPO and evaluation) adds arithmetic, logic, counting and algorithmic families and two
+categories of our own that reasoning-gym lacks: ``unit_conversion`` and ``ordering``
+(``ours.<category>``, drawn from the shipped training file). ``wide_sft`` is the part of that
+with worked solutions, plus our knights_knaves, sequence and date_time items (reasoning-gym has
+those tasks, but without worked solutions). The data spec ``rg:<mix>[@<seed>]`` names one, where
 ``<mix>`` is a preset name or ``family=weight,...`` (see :func:`parse_mix`).
 
 Determinism and disjointness. Items depend only on (mix, count, seed). Every generated item
@@ -33,6 +38,7 @@ so training never sees an evaluation problem and holds no duplicates.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
@@ -66,8 +72,12 @@ FAMILIES: dict[str, str] = {
     "word_sorting": "algorithmic",
     "calendar_arithmetic": "date_time",
 }
-# Our shipped categories that reasoning-gym has no counterpart for.
-OURS_CATEGORIES: dict[str, str] = {"unit_conversion": "math", "ordering": "logic"}
+# Our shipped categories kept: unit_conversion and ordering have no reasoning-gym counterpart;
+# knights_knaves, sequence and date_time have one, but without a worked solution, so only ours
+# can teach their reasoning in SFT.
+OURS_CATEGORIES: dict[str, str] = {"unit_conversion": "math", "ordering": "logic",
+                                   "knights_knaves": "logic", "sequence": "logic",
+                                   "date_time": "math"}
 
 MIXES: dict[str, dict[str, float]] = {
     "gsm": {"gsm_symbolic": 1.0},
@@ -77,6 +87,12 @@ MIXES: dict[str, dict[str, float]] = {
         "leg_counting": 1.0, "letter_counting": 1.0,
         "spell_backward": 1.0, "word_sorting": 1.0, "calendar_arithmetic": 1.0,
         "ours.unit_conversion": 1.0, "ours.ordering": 1.0,
+    },
+    # SFT needs a worked solution in every item: only families that have one.
+    "wide_sft": {
+        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
+        "ours.unit_conversion": 1.0, "ours.ordering": 1.0, "ours.knights_knaves": 1.0,
+        "ours.sequence": 1.0, "ours.date_time": 1.0,
     },
 }
 
@@ -151,6 +167,38 @@ def derive_lines(answer_cot: str, answer: str) -> list[str] | None:
     return lines
 
 
+_AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def expression_lines(expression: str, answer: str) -> list[str] | None:
+    """One ``a op b = c`` line per operation of an arithmetic expression, innermost first
+    (``( 56 + -33 ) - 84`` -> ``56 + -33 = 23``, ``23 - 84 = -61``); a unary minus is folded
+    into its operand. None unless every value is a whole number and the last is ``answer``."""
+    lines: list[str] = []
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
+            left, right = walk(node.left), walk(node.right)
+            value = evaluate_expression(f"{left} {_AST_OPS[type(node.op)]} {right}")
+            if value is None or value.denominator != 1:
+                raise ValueError("not a whole number")
+            lines.append(f"{left} {_AST_OPS[type(node.op)]} {right} = {value.numerator}")
+            return value.numerator
+        raise ValueError("unsupported")
+
+    try:
+        result = walk(ast.parse(expression.strip().rstrip("="), mode="eval").body)
+    except (SyntaxError, ValueError):
+        return None
+    if not lines or evaluate_expression(str(answer)) != result:
+        return None
+    return lines
+
+
 def _difficulty(n_equations: int) -> str:
     return "easy" if n_equations <= 2 else "medium" if n_equations == 3 else "hard"
 
@@ -170,6 +218,13 @@ def entry_to_item(entry: Mapping[str, Any], family: str, item_id: str) -> dict[s
     }
     if family == "gsm_symbolic":
         lines = derive_lines(str(metadata.get("answer_cot", "")), item["answer"])
+        if lines is None:
+            return None
+        item["difficulty"] = _difficulty(len(lines))
+        item["reasoning"] = "\n".join(lines)
+    elif family in ("basic_arithmetic", "chain_sum"):
+        # No worked solution in the entry: the expression itself gives one line per operation.
+        lines = expression_lines(str(metadata.get("expression", "")), item["answer"])
         if lines is None:
             return None
         item["difficulty"] = _difficulty(len(lines))
