@@ -413,7 +413,9 @@ def parse_spec(spec: str) -> DataSpec:
             raise DataError(f"data spec {spec!r}: use hf:<repo>[:<config>][@<split>]")
         return DataSpec("hf", repo, config=config or None, split=split)
     if kind == "rg":  # reasoning-gym, generated: kaggle_lib.data.reasoning_gym.load_spec
-        return DataSpec("rg", body)
+        from kaggle_lib.data.reasoning_gym import check_spec
+
+        return DataSpec("rg", check_spec(body))
     if kind == "kaggle":
         parts = body.split("/")
         if (len(parts) < 5 or parts[2] != "versions" or not parts[3].isdigit()

@@ -354,12 +354,19 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
-    """Items for the data spec ``rg:<mix>[@<seed>]``; ``limit`` is the count (default 1000)."""
+def check_spec(body: str) -> str:
+    """Check the body of a data spec ``rg:<mix>[@<seed>]`` (no generation) and return it."""
     mix_text, _, seed_text = body.partition("@")
     if seed_text and not seed_text.isdigit():
         raise DataError(f"data spec 'rg:{body}': the seed after '@' must be an integer >= 0, "
                         f"got {seed_text!r}")
+    parse_mix(mix_text)
+    return body
+
+
+def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
+    """Items for the data spec ``rg:<mix>[@<seed>]``; ``limit`` is the count (default 1000)."""
+    mix_text, _, seed_text = check_spec(body).partition("@")
     return generate_items(parse_mix(mix_text), limit or 1000, seed=int(seed_text or 0))
 
 
