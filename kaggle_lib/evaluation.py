@@ -294,6 +294,24 @@ def check_reasoning_lines(text: str | None) -> tuple[int, int]:
     found = find_equations(text or "")
     return len(found), sum(equation_holds(lhs, rhs) for lhs, rhs in found)
 
+def reasoning_gym_score(answer: str | None, item: Mapping[str, Any]) -> float:
+    """reasoning-gym's scorer (0..1) for an item of `kaggle_lib.data.reasoning_gym`, rebuilt
+    from its `prompt`, `answer`, `rg_dataset` and `rg_metadata` fields."""
+    if answer is None:
+        return 0.0
+    import reasoning_gym  # only items that came from it get here
+
+    family = str(item.get("rg_dataset"))
+    try:
+        scorer = reasoning_gym.get_score_answer_fn(family)
+    except Exception as exc:  # noqa: BLE001 - its registry raises plain errors for unknown names
+        raise ValueError(f"item {item.get('id')!r}: rg_dataset {family!r} is not a "
+                         f"reasoning-gym dataset ({exc})") from None
+    entry = {"question": item["prompt"], "answer": item["answer"],
+             "metadata": dict(item.get("rg_metadata") or {})}
+    return float(scorer(answer=answer, entry=entry))
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -336,9 +354,7 @@ def score_item(
     if item.get("rg_dataset") and not (exact or numeric) and parsed.answer is not None:
         # reasoning-gym items: its own scorer also decides (e.g. "Zoey is a knight, and ..."
         # in another order), so evaluation agrees with the reasoning-gym GRPO reward.
-        from kaggle_lib.data.reasoning_gym import score_answer
-
-        exact = score_answer(parsed.answer, item) >= 1.0
+        exact = reasoning_gym_score(parsed.answer, item) >= 1.0
     # The reasoning block when there is one, else the whole output (a truncated reasoning).
     n_equations, n_correct = check_reasoning_lines(
         parsed.reasoning if parsed.reasoning is not None else output)

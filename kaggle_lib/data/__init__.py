@@ -1,5 +1,6 @@
 """Reasoning data: the shared prompt/target template, synthetic problems, loaders, batching."""
 
+from kaggle_lib.data import reasoning_gym  # noqa: F401 - registers the rg: data spec
 from kaggle_lib.data.batching import (
     ByteTokenizer,
     SFTBatches,

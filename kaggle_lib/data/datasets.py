@@ -27,7 +27,7 @@ import csv
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,11 @@ SPEC_FORMS = (
     "rg:<mix>[@<seed>]"
 )
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
+# Generated sources register their spec kind here: kind -> (check the body and return it,
+# load(body, limit)). "rg" comes from kaggle_lib.data.reasoning_gym (imported by the package),
+# so this module need not import it (no import cycle).
+GENERATED_KINDS: dict[str, tuple[Callable[[str], str],
+                                 Callable[[str, int | None], list[dict[str, Any]]]]] = {}
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
@@ -412,10 +417,8 @@ def parse_spec(spec: str) -> DataSpec:
         if not repo or not split or (":" in body and not config):
             raise DataError(f"data spec {spec!r}: use hf:<repo>[:<config>][@<split>]")
         return DataSpec("hf", repo, config=config or None, split=split)
-    if kind == "rg":  # reasoning-gym, generated: kaggle_lib.data.reasoning_gym.load_spec
-        from kaggle_lib.data.reasoning_gym import check_spec
-
-        return DataSpec("rg", check_spec(body))
+    if kind in GENERATED_KINDS:
+        return DataSpec(kind, GENERATED_KINDS[kind][0](body))
     if kind == "kaggle":
         parts = body.split("/")
         if (len(parts) < 5 or parts[2] != "versions" or not parts[3].isdigit()
@@ -437,10 +440,8 @@ def load_items(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
         return load_builtin(parsed.name, limit=limit)
     if parsed.kind == "jsonl":
         return load_jsonl(parsed.name, limit=limit)
-    if parsed.kind == "rg":
-        from kaggle_lib.data.reasoning_gym import load_spec
-
-        return load_spec(parsed.name, limit)
+    if parsed.kind in GENERATED_KINDS:
+        return GENERATED_KINDS[parsed.kind][1](parsed.name, limit)
     if parsed.kind == "hf":
         return load_hf(parsed.name, parsed.config, parsed.split or "train", limit=limit)
     assert parsed.file is not None

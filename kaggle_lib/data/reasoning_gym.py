@@ -47,12 +47,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib.data.datasets import FILES_DIR, DataError, load_builtin, validate_items
+from kaggle_lib.data.datasets import (
+    FILES_DIR,
+    GENERATED_KINDS,
+    DataError,
+    load_builtin,
+    validate_items,
+)
 from kaggle_lib.evaluation import (
     EQUATION,
+    answers_match,
     ascii_expression,
     equation_holds,
     evaluate_expression,
+    parse_output,
+    reasoning_gym_score,
 )
 
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"
@@ -378,27 +387,14 @@ def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
 
     Items of ours (no ``rg_dataset``) are scored 1.0/0.0 with the evaluation's matching rules.
     """
-    if answer is None:
-        return 0.0
-    family = item.get("rg_dataset")
-    if family is None:
-        from kaggle_lib.evaluation import answers_match
-
-        return 1.0 if any(answers_match(answer, item["answer"])) else 0.0
-    if family not in FAMILIES:
-        raise DataError(f"item {item.get('id')!r}: rg_dataset {family!r} is not allowed; "
-                        f"allowed: {', '.join(FAMILIES)}")
-    entry = {"question": item["prompt"], "answer": item["answer"],
-             "metadata": dict(item.get("rg_metadata") or {})}
-    score = _import_rg().get_score_answer_fn(family)(answer=answer, entry=entry)
-    return float(score)
+    if item.get("rg_dataset") is None:
+        return 1.0 if answer is not None and any(answers_match(answer, item["answer"])) else 0.0
+    return reasoning_gym_score(answer, item)
 
 
 def make_reward(column: str = "item") -> Callable[..., list[float]]:
     """A GRPO reward in Tunix's signature: each completion's parsed ``<answer>`` scored by
     :func:`score_answer` against the item in batch column ``column``."""
-    from kaggle_lib.evaluation import parse_output
-
     def reasoning_gym_reward(prompts: Sequence[str], completions: Sequence[str],
                              **columns: Any) -> list[float]:
         items = columns.get(column)
@@ -409,3 +405,6 @@ def make_reward(column: str = "item") -> Callable[..., list[float]]:
                 for c, item in zip(completions, items, strict=True)]
 
     return reasoning_gym_reward
+
+
+GENERATED_KINDS["rg"] = (check_spec, load_spec)  # the data spec rg:<mix>[@<seed>]
