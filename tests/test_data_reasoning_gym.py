@@ -55,7 +55,7 @@ def test_same_seed_same_items_other_seed_other_items() -> None:
 
 
 def test_training_items_are_duplicate_free_and_disjoint_from_the_eval_split() -> None:
-    eval_prompts = _prompts(load_builtin("eval_rg"))
+    eval_prompts = _prompts(load_builtin("eval_rg")) | _prompts(load_builtin("eval"))
     for mix, seed in (("gsm", 0), ("wide", 0), ("wide", 7)):
         items = rgdata.generate_items(mix, 160, seed=seed)
         assert len(_prompts(items)) == len(items) == 160

@@ -14,7 +14,7 @@ equation, rewrites the equation with ASCII operators and single spaces (``35 × 
 ``35 * 3 = 105``), drops bullets, numbering, headings and lines without an equation, and
 refuses the whole solution (None) when an equation is arithmetically wrong or the last
 equation does not produce the answer. Refused entries are skipped, so every rendered line
-checks out with :func:`kaggle_lib.evaluation.check_line`. ``gsm_symbolic`` has a single
+checks out with :func:`kaggle_lib.evaluation.check_reasoning_lines`. ``gsm_symbolic`` has a single
 difficulty; ours is derived from the number of equations (1-2 easy, 3 medium, 4+ hard).
 Other families carry no worked solution, so their items have no ``reasoning`` (GRPO and
 evaluation use them; SFT needs ``reasoning``: use ``wide_sft`` there).
@@ -32,8 +32,9 @@ those tasks, but without worked solutions). The data spec ``rg:<mix>[@<seed>]`` 
 
 Determinism and disjointness. Items depend only on (mix, count, seed). Every generated item
 whose normalised prompt (:func:`normalize_text`) is in the committed evaluation split
-(``files/eval_rg.jsonl``, made by ``scripts/make_eval_split.py``) or already drawn is skipped,
-so training never sees an evaluation problem and holds no duplicates.
+(``files/eval_rg.jsonl``, made by ``scripts/make_eval_split.py``), in the second scorecard
+(``files/eval.jsonl``) or already drawn is skipped, so training never sees an evaluation
+problem and holds no duplicates.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from kaggle_lib.evaluation import (
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"
 OURS_PREFIX = "ours."
 
-# family -> (section, category). Categories are the family names so scorecards show them.
+# family -> section; the category is the family name, so scorecards show it.
 FAMILIES: dict[str, str] = {
     "gsm_symbolic": "math",
     "basic_arithmetic": "math",
@@ -288,14 +289,17 @@ def eval_split_prompts(path: Path = EVAL_SPLIT_FILE) -> set[str]:
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
                    exclude: Iterable[str] | None = None, id_prefix: str = "rg") -> list[dict]:
     """``count`` items drawn from ``mix`` (a preset name or family -> weight), deterministic
-    for (mix, count, seed). Prompts whose normalised text is in ``exclude`` (default: the
-    evaluation split) or already drawn are skipped. Order: shuffled with ``seed``."""
+    for (mix, count, seed). Prompts whose normalised text is in ``exclude`` (default: both
+    scorecards' files, the reasoning-gym split and ``builtin:eval``) or already drawn are
+    skipped. Order: shuffled with ``seed``."""
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if count < 1:
         raise DataError(f"reasoning-gym items: count must be >= 1, got {count}")
-    seen = set(eval_split_prompts() if exclude is None else
-               (normalize_text(text) for text in exclude))
+    if exclude is None:
+        seen = eval_split_prompts() | {normalize_text(i["prompt"]) for i in load_builtin("eval")}
+    else:
+        seen = {normalize_text(text) for text in exclude}
     items: list[dict[str, Any]] = []
     for family, quota in quotas(mix, count).items():
         if quota == 0:
