@@ -694,6 +694,8 @@ def format_scorecard_table(summary: Mapping[str, Any]) -> str:
             fmt_rate(t.get("format_exact")),
             fmt_number(t.get("mean_tokens", b.get("mean_tokens"))),
         ])
-    headers = ["group", "n", "acc base", "acc trained", "delta", "fmt base", "fmt trained",
+    fewshot = baseline is not None and baseline is summary.get("baseline_fewshot")
+    base = "base few-shot" if fewshot else "base"
+    headers = ["group", "n", f"acc {base}", "acc trained", "delta", f"fmt {base}", "fmt trained",
                "tokens"]
     return format_table(headers, rows)
