@@ -110,6 +110,8 @@ def test_score_answer_uses_reasoning_gyms_scorer() -> None:
     reward = rgdata.make_reward()
     completions = [f"<reasoning>r</reasoning><answer>{gsm['answer']}</answer>", "no tags"]
     assert reward(["p", "p"], completions, item=[gsm, gsm]) == [1.0, 0.0]
+    as_text = json.dumps(gsm)  # as a numpy string column would carry it
+    assert reward(["p", "p"], completions, item=[as_text, as_text]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="item"):
         reward(["p"], completions[:1])
     ours = json.loads(json.dumps(load_builtin("eval")[0]))

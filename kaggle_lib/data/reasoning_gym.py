@@ -398,14 +398,17 @@ def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
 
 def make_reward(column: str = "item") -> Callable[..., list[float]]:
     """A GRPO reward in Tunix's signature: each completion's parsed ``<answer>`` scored by
-    :func:`score_answer` against the item in batch column ``column``."""
+    :func:`score_answer` against the item in batch column ``column``, given as the item dict
+    or as its JSON text (batch columns travel as numpy arrays, where text is safest)."""
+
     def reasoning_gym_reward(prompts: Sequence[str], completions: Sequence[str],
                              **columns: Any) -> list[float]:
         items = columns.get(column)
         if items is None or len(items) != len(completions):
             raise ValueError(f"reasoning_gym_reward: needs batch column {column!r} with one "
                              f"item per completion ({len(completions)})")
-        return [score_answer(parse_output(str(c)).answer, item)
+        return [score_answer(parse_output(str(c)).answer,
+                             json.loads(item) if isinstance(item, str) else item)
                 for c, item in zip(completions, items, strict=True)]
 
     return reasoning_gym_reward
