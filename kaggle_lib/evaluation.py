@@ -569,8 +569,8 @@ def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_to
                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
             outputs += batch
             tokens = sum(g.n_tokens for g in outputs)
+            bar.update(len(batch))  # then the rate, so each refresh shows both up to date
             bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}")
-            bar.update(len(batch))
     return outputs
 
 
