@@ -205,6 +205,8 @@ class EvalSection(_Section):
     max_new_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
     batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     baseline: bool = True
+    # Issue 14: also ask the untrained model with kaggle_lib.data.fewshot's prompt.
+    fewshot_baseline: bool = True
 
 
 class EvidenceSection(_Section):

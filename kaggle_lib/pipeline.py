@@ -383,8 +383,9 @@ def evaluate(run: Run, which: str = "trained") -> None:
     items = _eval_items(run)
     generator = _generator(run, max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens))
     started = time.monotonic()
-    gens = generator.generate(_prompts(run, [i["prompt"] for i in items]),
-                              max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    gens = ev.generate_with_progress(generator, _prompts(run, [i["prompt"] for i in items]),
+                                     max_new_tokens=cfg.eval.max_new_tokens,
+                                     batch_size=cfg.eval.batch_size, desc=f"eval {which}")
     seconds = time.monotonic() - started
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
@@ -405,6 +406,43 @@ def evaluate(run: Run, which: str = "trained") -> None:
           f"format exact {card['overall']['format_exact']:.3f}, approx {card['overall']['format_approx']:.3f}")
     if which == "baseline":
         _generate_samples(run, "baseline", generator)
+        if cfg.eval.fewshot_baseline:
+            _evaluate_fewshot(run)
+
+
+def _evaluate_fewshot(run: Run) -> None:
+    """The untrained model asked with the few-shot prompt (issue 14): a fairer baseline than
+    zero-shot for a base model; the summary takes the delta against the better of the two."""
+    from kaggle_lib import evaluation as ev
+    from kaggle_lib.data.fewshot import format_fewshot_prompt
+    from kaggle_lib.generation import Generator
+
+    cfg, items, tokenizer = run.cfg, _eval_items(run), run.loaded.tokenizer
+    prompts = [format_fewshot_prompt(i["prompt"], instruct=run.loaded.spec.instruct)
+               for i in items]
+    generator = Generator(run.loaded.model, tokenizer, run.loaded.eos_ids,
+                          max_prompt_len=max(len(tokenizer.encode(p)) + 1 for p in prompts),
+                          max_new_tokens=cfg.eval.max_new_tokens)
+    started = time.monotonic()
+    gens = ev.generate_with_progress(generator, prompts, max_new_tokens=cfg.eval.max_new_tokens,
+                                     batch_size=cfg.eval.batch_size, desc="eval baseline_fewshot")
+    seconds = time.monotonic() - started
+    records = []
+    for item, gen in zip(items, gens, strict=True):
+        text, n_tokens, truncated = ev.trim_fewshot(gen.text, gen.n_tokens, gen.truncated,
+                                                    lambda t: len(tokenizer.encode(t)))
+        records.append(ev.score_item(item, text, n_tokens, truncated, stage="baseline_fewshot"))
+    run.records["baseline_fewshot"] = records
+    distributed.check_agreement("predictions_baseline_fewshot", records)
+    if distributed.is_writer():
+        ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage="baseline_fewshot",
+                             append=(run.run_dir / "predictions.jsonl").exists())
+    card = ev.scorecard(records)
+    run.record.log_metrics({"stage": "eval_baseline_fewshot", "items": len(items),
+                            "seconds": round(seconds, 2), **card["overall"]})
+    _write_summary(run)
+    print(f"[baseline_fewshot] {len(items)} items in {seconds:.1f} s: accuracy "
+          f"{card['overall']['accuracy']:.3f}, format exact {card['overall']['format_exact']:.3f}")
 
 
 def _write_summary(run: Run) -> dict[str, Any]:
@@ -412,7 +450,8 @@ def _write_summary(run: Run) -> dict[str, Any]:
 
     summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
-                                 "model": run.cfg.model.name})
+                                 "model": run.cfg.model.name},
+                           fewshot_records=run.records.get("baseline_fewshot"))
     if distributed.is_writer():
         ev.write_summary(run.run_dir / "eval_summary.json", summary)
     return summary

@@ -143,7 +143,7 @@ def _note_in_failure_analysis(record: RunRecord, outcome: ScanOutcome) -> None:
 
 def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for which in ("baseline", "trained"):
+    for which in ("baseline", "baseline_fewshot", "trained"):
         card = (summary or {}).get(which) or {}
         overall = card.get("overall") if isinstance(card, dict) else None
         if overall:
