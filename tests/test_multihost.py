@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -243,21 +244,47 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert ckpts[-1] == 3
 
 
+def _with_damaged_step(source: Path, target: Path, step: int) -> Path:
+    """A copy of the checkpoints under `source` plus a `step` that Orbax lists as complete but
+    that does not restore: a copy of the newest step with every model-parameter file cut short
+    (all processes fail to read it alike)."""
+    shutil.copytree(source, target)
+    newest = max(int(p.name) for p in target.iterdir() if p.name.isdigit())
+    shutil.copytree(target / str(newest), target / str(step))
+    for f in (target / str(step) / "model_params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    return target
+
+
 def test_checkpoints_resume_across_process_counts(first_runs: dict[str, Any]) -> None:
     """2-process checkpoint -> 1 process, and 1-process checkpoint -> 2 processes: steps 4-5
-    agree (the step-3 checkpoints are the same model to 1e-5)."""
+    agree (the step-3 checkpoints are the same model to 1e-5). The 2-process resume also meets a
+    newest step that does not restore: it is set aside once, by process 0, and both processes
+    continue from step 3."""
     tmp = first_runs["tmp"]
     overrides = {"train.sft.max_steps": 5}
     one_from_two = Launch(tmp, "resume_1_from_2", 1, {
         **overrides, "train.resume_from": str(first_runs["multi"] / "checkpoints" / "sft")})
-    two_from_one = Launch(tmp, "resume_2_from_1", 2, {
-        **overrides, "train.resume_from": str(first_runs["single"] / "checkpoints" / "sft")})
+    damaged = _with_damaged_step(first_runs["single"] / "checkpoints" / "sft",
+                                 tmp / "single_with_damaged_step4", 4)
+    two_from_one = Launch(tmp, "resume_2_from_1", 2, {**overrides, "train.resume_from": str(damaged)})
     a = _losses(_succeeded(one_from_two, one_from_two.wait()))
-    b = _losses(_succeeded(two_from_one, two_from_one.wait()))
+    two_dir = _succeeded(two_from_one, two_from_one.wait())
+    b = _losses(two_dir)
     assert sorted(a) == sorted(b) == [4, 5], (a, b)  # resumed at step 3, not from scratch
     diffs = [abs(a[s] - b[s]) for s in a]
     print(f"resumed loss |1-from-2 - 2-from-1| steps 4-5: {diffs}")
     assert max(diffs) <= TOLERANCE
+    # The damaged step 4 was moved aside exactly once (a second mover would have made 4-2 or
+    # failed), with its reason; the step 4 now there is the one this run trained.
+    corrupt = two_dir / "checkpoints" / "sft" / "corrupt"
+    assert [p.name for p in corrupt.iterdir()] == ["4"], two_from_one.output()
+    assert (corrupt / "4" / "reason.txt").read_text().startswith("does not restore:")
+    manifest = json.loads((two_dir / "run_manifest.json").read_text())
+    assert [(e["stage"], e["step"]) for e in manifest["checkpoints_set_aside"]] == [("sft", 4)]
+    follower = (two_dir / "processes" / "1" / "log.jsonl").read_text()
+    assert str(corrupt / "4") in follower  # process 1 learned where process 0 moved it
 
 
 def test_a_dead_process_fails_the_run_naming_it(tmp_path: Path) -> None:

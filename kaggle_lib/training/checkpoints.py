@@ -10,7 +10,9 @@ step and would fail on a corrupt one, or silently start a fresh optimizer when t
 state is missing (tunix/sft/checkpoint_manager.py restores the optimizer only "if found").
 
 A step that is not complete is moved to `<root>/corrupt/<step>/` with a `reason.txt`, so that
-neither Tunix nor a later run picks it, and training continues from the previous step. When
+neither Tunix nor a later run picks it, and training continues from the previous step. In a
+multi-process run (docs/MULTIHOST.md) every process probes the step, a failure on any of them
+rejects it on all, and only process 0 moves it, behind a barrier. When
 no step restores, training stops with `CheckpointError` naming each step and why.
 """
 
@@ -95,6 +97,47 @@ def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
     return SetAside(step=step, path=str(target), reason=reason)
 
 
+def _first_failure(root: Path | str, step: int, reason: str | None) -> str | None:
+    """The first process's reason for rejecting `step` (None when every process restored it);
+    just `reason` in a one-process run."""
+    from kaggle_lib import distributed
+
+    if not distributed.is_multiprocess():
+        return reason
+    reasons = distributed.all_gather_json(_sync_name("probe", root, step), reason)
+    failed = [(index, text) for index, text in enumerate(reasons) if text is not None]
+    if not failed:
+        return None
+    index, text = failed[0]
+    return f"{text} (process {index})"
+
+
+def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
+    """`set_aside` by process 0 only, on storage every process sees; the others wait at a barrier
+    and then see the same directory (moving it on every process would race: a second move
+    would find the step gone, or set it aside twice)."""
+    from kaggle_lib import distributed
+
+    if not distributed.is_multiprocess():
+        return set_aside(root, step, reason)
+    name = _sync_name("set_aside", root, step)
+    entry = set_aside(root, step, reason) if distributed.is_writer() else None
+    path = distributed.agree(name, entry.path if entry else "")
+    distributed.barrier(name)
+    return entry or SetAside(step=step, path=path, reason=reason)
+
+
+_sync_calls = 0
+
+
+def _sync_name(what: str, root: Path | str, step: int) -> str:
+    """A key-value-store name unique to this call: every process makes the same calls in the
+    same order, so the counter agrees; the store refuses to reuse a name."""
+    global _sync_calls
+    _sync_calls += 1
+    return f"checkpoints/{what}/{_sync_calls}/{Path(root).name}/{step}"
+
+
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:300].rstrip()}"
@@ -116,6 +159,7 @@ def resume_from_newest_restorable(
         return None, removed
     for step in reversed(finalised_steps(root)):
         missing = missing_items(root, step)
+        reason: str | None = None
         if missing:
             reason = (f"incomplete: no {' and no '.join(missing)} in its Orbax metadata (resuming "
                       "without the optimizer state would not continue the same run)")
@@ -124,9 +168,12 @@ def resume_from_newest_restorable(
                 probe(step)
             except Exception as exc:  # noqa: BLE001 - any restore failure disqualifies the step
                 reason = f"does not restore: {_short(exc)}"
-            else:
-                return step, removed
-        entry = set_aside(root, step, reason)
+        # Several processes probe the same shared step together (the restore is collective)
+        # and must take the same branch: a step fails if it failed on any of them.
+        reason = _first_failure(root, step, reason)
+        if reason is None:
+            return step, removed
+        entry = _set_aside_once(root, step, reason)
         removed.append(entry)
         on_set_aside(entry)
     if removed:
