@@ -354,7 +354,20 @@ def initialize(spec: ProcessSpec | None = None,
     _register_process(spec)
     _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / 2)
     _state.watchdog.start()
+    if _state.process_id == 0:
+        threading.Thread(target=_preload_failure_record, name="kaggle_lib-preload",
+                         daemon=True).start()
     return True
+
+
+def _preload_failure_record() -> None:
+    """Import matplotlib (the loss plot of a failed run's record) now, in the background: when a
+    peer dies, jax aborts the survivors a few seconds after the watchdog notices (6 s after a
+    kill in one test run), and importing matplotlib on a loaded machine can take longer."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # noqa: BLE001 - only a head start; the record imports it again
+        pass
 
 
 def _register_process(spec: ProcessSpec) -> None:

@@ -130,7 +130,9 @@ class Launch:
 
     def __init__(self, tmp: Path, name: str, processes: int, overrides: dict[str, Any],
                  stages: str = "train", extra_env: dict[str, str] | None = None,
-                 only: list[int] | None = None):
+                 only: list[int] | None = None, notebook: Path | None = None):
+        """`notebook`: run `python -m kaggle_lib run --notebook <notebook>` on every process (the
+        same command everywhere, no --run-dir) instead of the stage worker."""
         self.root = tmp / name
         self.root.mkdir(parents=True)
         overrides = {**BASE, **overrides}
@@ -145,10 +147,14 @@ class Launch:
             log = self.root / f"process{pid}.log"
             self.logs.append(log)
             env = _env_for(pid if processes > 1 else None, 8 // processes, port, extra_env)
+            command = [sys.executable, str(WORKER), str(config), "", json.dumps(overrides), stages]
+            if notebook is not None:
+                command = [sys.executable, "-m", "kaggle_lib", "run", "--config", str(config),
+                           "--notebook", str(notebook), "--kernel", "python3",
+                           "-y", json.dumps({"overrides": overrides})]
             self.procs.append(subprocess.Popen(
-                [sys.executable, str(WORKER), str(config), "", json.dumps(overrides), stages],
-                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
-                start_new_session=True))
+                command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                start_new_session=True, cwd=self.root))
 
     def wait(self, timeout: float = RUN_TIMEOUT_S) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -207,10 +213,29 @@ def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # Mostly waiting for its missing partner: started alongside to save wall time.
     alone = Launch(tmp, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
                    extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
+    # The command line on every process, without --run-dir; no model work beyond loading.
+    scratch = tmp / "runner_tmp"
+    scratch.mkdir()
+    runner = Launch(tmp, "runner", 2, {}, notebook=_notebook_without_model_work(tmp),
+                    extra_env={"TMPDIR": str(scratch)})
     single_dir = _succeeded(single, single.wait())
     multi_dir = _succeeded(multi, multi.wait())
     return {"single": single_dir, "multi": multi_dir, "tmp": tmp, "multi_root": multi.root,
-            "alone": alone}
+            "alone": alone, "runner": runner, "runner_tmp": scratch}
+
+
+def _notebook_without_model_work(tmp: Path) -> Path:
+    """notebooks/submission.ipynb with only its parameters, start_run, authenticate, load_model
+    and finish cells (evaluation and training are what the other tests run)."""
+    notebook = json.loads((REPO / "notebooks" / "submission.ipynb").read_text())
+    wanted = ("# Parameters", "import kaggle_lib", "kl.start_run(", "kl.authenticate(",
+              "kl.load_model(", "kl.finish(")
+    notebook["cells"] = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                         and any(w in "".join(c["source"]) for w in wanted)]
+    assert len(notebook["cells"]) == len(wanted)
+    path = tmp / "start_load_finish.ipynb"
+    path.write_text(json.dumps(notebook))
+    return path
 
 
 def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[str, Any]) -> None:
@@ -329,19 +354,50 @@ def test_a_missing_process_is_a_clear_start_error(first_runs: dict[str, Any]) ->
     assert manifest["status"] == "failed" and manifest["failure"]["stage"] == "distributed"
 
 
-def test_runner_knows_its_process_and_needs_a_shared_run_dir(monkeypatch: pytest.MonkeyPatch,
-                                                             tmp_path: Path) -> None:
+def test_the_same_command_on_every_process_gives_one_run_directory(first_runs: dict[str, Any]) -> None:
+    """`python -m kaggle_lib run` without --run-dir on both processes: process 0's runner chose
+    the directory, process 1's kernel learned it and its runner put its notebook there."""
+    launch = first_runs["runner"]
+    codes = launch.wait()
+    assert codes == [0, 0], launch.output()
+    root = launch.root / "evidence"
+    assert len([p for p in root.iterdir() if p.is_dir()]) == 1, sorted(root.iterdir())
+    run_dir = launch.run_dir()
+    manifest = json.loads((run_dir / "run_manifest.json").read_text())
+    assert manifest["status"] == "succeeded", launch.output()
+    assert [p["process_index"] for p in manifest["processes"]] == [0, 1]
+    assert (run_dir / "executed.ipynb").is_file()
+    follower = run_dir / "processes" / "1"
+    assert sorted(p.name for p in follower.iterdir()) == ["executed.ipynb", "log.jsonl"]
+    executed = json.loads((follower / "executed.ipynb").read_text())
+    assert any("kl.finish(" in "".join(c["source"]) for c in executed["cells"])
+    assert "process 1 finished" in launch.logs[1].read_text()
+    assert list(first_runs["runner_tmp"].iterdir()) == []  # the follower's scratch is gone
+
+
+def test_runner_knows_its_process_without_a_run_dir(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "KAGGLE_LIB_MULTIHOST"):
         monkeypatch.delenv(name, raising=False)
-    assert distributed.runner_process_id(run_dir_given=False) is None  # one process: unchanged
+    assert distributed.runner_process_id() is None  # one process: unchanged
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    with pytest.raises(distributed.DistributedConfigError, match="--run-dir"):
-        distributed.runner_process_id(run_dir_given=False)
-    assert distributed.runner_process_id(run_dir_given=True) == 1
+    assert distributed.runner_process_id() == 1
     path = distributed.follower_notebook_path(tmp_path / "run", 1)
     assert path == tmp_path / "run" / "processes" / "1" / "executed.ipynb" and path.parent.is_dir()
+    # A follower's notebook waits in scratch until its kernel reports the run directory.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setenv(distributed.ENV_RUN_DIR_FILE, "")  # set by the call below; undone after
+    scratch = distributed.follower_scratch_notebook(1)
+    assert scratch.parent.parent == tmp_path
+    scratch.write_text("{}")
+    assert distributed.place_follower_notebook(scratch, 1) == scratch  # the kernel never joined
+    Path(os.environ[distributed.ENV_RUN_DIR_FILE]).write_text(str(tmp_path / "chosen"))
+    placed = distributed.place_follower_notebook(scratch, 1)
+    assert placed == tmp_path / "chosen" / "processes" / "1" / "executed.ipynb"
+    assert placed.read_text() == "{}" and not scratch.parent.exists()
 
 
 def test_a_jax_error_waits_for_the_watchdog_to_name_a_dead_peer(monkeypatch: pytest.MonkeyPatch) -> None:
