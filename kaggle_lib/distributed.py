@@ -18,8 +18,8 @@ What this module adds to JAX (and nothing more):
   its `missed_heartbeat_callback` hook cannot be used instead: jaxlib 0.10.2 cannot convert the
   absl::Status it passes (the process dies with `std::bad_cast`, see docs/MULTIHOST.md). So each
   process posts a counter to jax's key-value store every second and watches the others'; a peer
-  that reported a failed stage, or whose counter stood still for half the heartbeat timeout, is
-  named in the record (process 0) or the process log, then this process exits with
+  that reported a failed stage, or whose counter stood still for a quarter of the heartbeat
+  timeout, is named in the record (process 0) or the process log, then this process exits with
   PEER_FAILURE_EXIT_CODE. jax's own heartbeat check stays as the backstop;
 - the run directory agreed through jax's key-value store (process 0's choice wins);
 - the rows of a global batch that belong to this process, and the global array assembled from
@@ -55,6 +55,8 @@ ENV_INIT_TIMEOUT = "KAGGLE_LIB_INIT_TIMEOUT_S"
 DEFAULT_HEARTBEAT_S = 100  # jax's own default
 DEFAULT_INIT_TIMEOUT_S = 300
 PEER_FAILURE_EXIT_CODE = 75
+# A peer whose watchdog counter stands still for heartbeat_timeout / STALE_FRACTION is dead.
+STALE_FRACTION = 4
 _KEY_PREFIX = "kaggle_lib"
 
 
@@ -183,7 +185,8 @@ def _fail_for_peer(error: PeerProcessError) -> None:
 class _Watchdog(threading.Thread):
     """Posts this process's heartbeat counter and status to jax's key-value store every
     `tick_s`, and fails the run when a peer reports a failure or its counter stops moving for
-    `stale_s` seconds (half jax's heartbeat timeout, so this runs before jax's abort)."""
+    `stale_s` seconds (a quarter of jax's heartbeat timeout: jax aborted the survivor of a
+    killed peer 6 s after the kill with a 10 s timeout, and the record must be written first)."""
 
     def __init__(self, stale_s: float, tick_s: float = 1.0):
         super().__init__(name="kaggle_lib-watchdog", daemon=True)
@@ -352,7 +355,7 @@ def initialize(spec: ProcessSpec | None = None,
     _state.process_id = int(jax_distributed.global_state.process_id)
     _state.started = True
     _register_process(spec)
-    _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / 2)
+    _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / STALE_FRACTION)
     _state.watchdog.start()
     if _state.process_id == 0:
         threading.Thread(target=_preload_failure_record, name="kaggle_lib-preload",

@@ -31,7 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "multihost_worker.py"
 CONFIG = str(REPO / "configs" / "cpu_tiny.yaml")
 TOLERANCE = 1e-5
-HEARTBEAT_S = 10  # the coordinator's heartbeat timeout in these tests (<= 20 s)
+# The coordinator's heartbeat timeout in these tests (<= 20 s). jax aborts the survivor of a
+# killed process about 0.6 x this after the kill; the watchdog names the dead process after a
+# quarter of it, which leaves the record ~7 s to be written on a loaded machine.
+HEARTBEAT_S = 20
 # One padded length (one compilation of the train step) keeps each run short.
 BASE = {"train.checkpoint_every": 1, "evidence.export": False, "evidence.tensorboard": False,
         "data.length_buckets": [256]}
