@@ -208,9 +208,12 @@ def _succeeded(launch: Launch, codes: list[int]) -> Path:
 @pytest.fixture(scope="module")
 def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """3 SFT steps (with baseline and trained evaluation) on 1 process x 8 devices and on
-    2 processes x 4 devices, started together."""
+    2 processes x 4 devices, started together; alongside, a process without its partner and a
+    2-process `python -m kaggle_lib run`."""
     tmp = tmp_path_factory.mktemp("multihost")
-    overrides = {"train.sft.max_steps": 3}
+    # Evaluation in 2 batches of 4 prompts: with 2 processes each batch is padded to the 8 devices,
+    # each process decodes its 4 rows of it, and the ids of both batches are gathered once.
+    overrides = {"train.sft.max_steps": 3, "eval.batch_size": 4}
     single = Launch(tmp, "single", 1, overrides, stages="train eval")
     multi = Launch(tmp, "multi", 2, overrides, stages="train eval")
     # Mostly waiting for its missing partner: started alongside to save wall time.
