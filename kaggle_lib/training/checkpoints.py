@@ -82,14 +82,21 @@ def latest_complete_step(root: Path | str | None) -> int | None:
     return steps[-1] if steps else None
 
 
-def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
-    """Move `<root>/<step>` to `<root>/corrupt/<step>` (suffixed if taken), with reason.txt."""
-    root = Path(root)
+def _set_aside_target(root: Path, step: int) -> Path:
+    """`<root>/corrupt/<step>`, suffixed (-2, -3, ...) if taken."""
     target = root / CORRUPT_DIR / str(step)
     n = 1
     while target.exists():
         n += 1
         target = root / CORRUPT_DIR / f"{step}-{n}"
+    return target
+
+
+def set_aside(root: Path | str, step: int, reason: str, target: Path | None = None) -> SetAside:
+    """Move `<root>/<step>` to `target` (default `<root>/corrupt/<step>`, suffixed if taken), with
+    reason.txt."""
+    root = Path(root)
+    target = target or _set_aside_target(root, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(root / str(step)), str(target))
     (target / "reason.txt").write_text(reason + "\n")
@@ -97,45 +104,47 @@ def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
     return SetAside(step=step, path=str(target), reason=reason)
 
 
-def _first_failure(root: Path | str, step: int, reason: str | None) -> str | None:
-    """The first process's reason for rejecting `step` (None when every process restored it);
-    just `reason` in a one-process run."""
-    from kaggle_lib import distributed
+def _process_count() -> int:
+    import jax
 
-    if not distributed.is_multiprocess():
+    return jax.process_count()
+
+
+def _first_failure(step: int, reason: str | None) -> str | None:
+    """None when every process restored `step`; else this process's reason, or the first failing
+    process's id (its own log has the reason). Just `reason` in a one-process run."""
+    if _process_count() == 1:
         return reason
-    reasons = distributed.all_gather_json(_sync_name("probe", root, step), reason)
-    failed = [(index, text) for index, text in enumerate(reasons) if text is not None]
-    if not failed:
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    # jax's own collectives (not kaggle_lib.distributed, which sits above the run record that
+    # imports this module): every process learns which processes failed.
+    failed = np.asarray(multihost_utils.process_allgather(np.array(reason is not None))).ravel()
+    if not failed.any():
         return None
-    index, text = failed[0]
-    return f"{text} (process {index})"
+    if reason is not None:
+        return f"{reason} (process {jax.process_index()})"
+    return f"does not restore on process {int(np.argmax(failed))} (its log has the error)"
 
 
 def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
-    """`set_aside` by process 0 only, on storage every process sees; the others wait at a barrier
-    and then see the same directory (moving it on every process would race: a second move
-    would find the step gone, or set it aside twice)."""
-    from kaggle_lib import distributed
-
-    if not distributed.is_multiprocess():
+    """`set_aside` by process 0 only, on storage every process sees; the others wait and then see
+    the same directory (moving it on every process would race: a second move would find the
+    step gone, or set it aside twice). Every process computes the target first, then they meet,
+    process 0 moves, and they meet again."""
+    if _process_count() == 1:
         return set_aside(root, step, reason)
-    name = _sync_name("set_aside", root, step)
-    entry = set_aside(root, step, reason) if distributed.is_writer() else None
-    path = distributed.agree(name, entry.path if entry else "")
-    distributed.barrier(name)
-    return entry or SetAside(step=step, path=path, reason=reason)
+    import jax
+    from jax.experimental import multihost_utils
 
-
-_sync_calls = 0
-
-
-def _sync_name(what: str, root: Path | str, step: int) -> str:
-    """A key-value-store name unique to this call: every process makes the same calls in the
-    same order, so the counter agrees; the store refuses to reuse a name."""
-    global _sync_calls
-    _sync_calls += 1
-    return f"checkpoints/{what}/{_sync_calls}/{Path(root).name}/{step}"
+    target = _set_aside_target(Path(root), step)
+    multihost_utils.sync_global_devices(f"kaggle_lib checkpoint {step}: target chosen")
+    if jax.process_index() == 0:
+        set_aside(root, step, reason, target=target)
+    multihost_utils.sync_global_devices(f"kaggle_lib checkpoint {step}: set aside")
+    return SetAside(step=step, path=str(target), reason=reason)
 
 
 def _short(exc: BaseException) -> str:
@@ -170,7 +179,7 @@ def resume_from_newest_restorable(
                 reason = f"does not restore: {_short(exc)}"
         # Several processes probe the same shared step together (the restore is collective)
         # and must take the same branch: a step fails if it failed on any of them.
-        reason = _first_failure(root, step, reason)
+        reason = _first_failure(step, reason)
         if reason is None:
             return step, removed
         entry = _set_aside_once(root, step, reason)
