@@ -219,10 +219,11 @@ def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # Mostly waiting for its missing partner: started alongside to save wall time.
     alone = Launch(tmp, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
                    extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
-    # The command line on every process, without --run-dir; no model work beyond loading.
+    # The command line on every process, without --run-dir; no model work beyond loading (and no
+    # training stage, so no LoRA to wrap).
     scratch = tmp / "runner_tmp"
     scratch.mkdir()
-    runner = Launch(tmp, "runner", 2, {}, notebook=_notebook_without_model_work(tmp),
+    runner = Launch(tmp, "runner", 2, {"train.stages": []}, notebook=_notebook_without_model_work(tmp),
                     extra_env={"TMPDIR": str(scratch)})
     single_dir = _succeeded(single, single.wait())
     multi_dir = _succeeded(multi, multi.wait())
