@@ -215,32 +215,28 @@ def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # each process decodes its 4 rows of it, and the ids of both batches are gathered once.
     overrides = {"train.sft.max_steps": 3, "eval.batch_size": 4}
     single = Launch(tmp, "single", 1, overrides, stages="train eval")
-    multi = Launch(tmp, "multi", 2, overrides, stages="train eval")
+    # The 2-process run is the submission notebook through `python -m kaggle_lib run`: the same
+    # command on both processes, no --run-dir (the single run drives the same stages directly).
+    scratch = tmp / "runner_tmp"
+    scratch.mkdir()
+    multi = Launch(tmp, "multi", 2, overrides, notebook=_submission_notebook_without_sample(tmp),
+                   extra_env={"TMPDIR": str(scratch)})
     # Mostly waiting for its missing partner: started alongside to save wall time.
     alone = Launch(tmp, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
                    extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
-    # The command line on every process, without --run-dir; no model work beyond loading (and no
-    # training stage, so no LoRA to wrap).
-    scratch = tmp / "runner_tmp"
-    scratch.mkdir()
-    runner = Launch(tmp, "runner", 2, {"train.stages": []}, notebook=_notebook_without_model_work(tmp),
-                    extra_env={"TMPDIR": str(scratch)})
     single_dir = _succeeded(single, single.wait())
     multi_dir = _succeeded(multi, multi.wait())
     return {"single": single_dir, "multi": multi_dir, "tmp": tmp, "multi_root": multi.root,
-            "alone": alone, "runner": runner, "runner_tmp": scratch}
+            "alone": alone, "multi_launch": multi, "runner_tmp": scratch}
 
 
-def _notebook_without_model_work(tmp: Path) -> Path:
-    """notebooks/submission.ipynb with only its parameters, start_run, authenticate, load_model
-    and finish cells (evaluation and training are what the other tests run)."""
+def _submission_notebook_without_sample(tmp: Path) -> Path:
+    """notebooks/submission.ipynb without its `kl.sample` cell (the stages of the single run)."""
     notebook = json.loads((REPO / "notebooks" / "submission.ipynb").read_text())
-    wanted = ("# Parameters", "import kaggle_lib", "kl.start_run(", "kl.authenticate(",
-              "kl.load_model(", "kl.finish(")
-    notebook["cells"] = [c for c in notebook["cells"] if c["cell_type"] == "code"
-                         and any(w in "".join(c["source"]) for w in wanted)]
-    assert len(notebook["cells"]) == len(wanted)
-    path = tmp / "start_load_finish.ipynb"
+    cells = [c for c in notebook["cells"] if "kl.sample(" not in "".join(c["source"])]
+    assert len(cells) == len(notebook["cells"]) - 1
+    notebook["cells"] = cells
+    path = tmp / "submission_without_sample.ipynb"
     path.write_text(json.dumps(notebook))
     return path
 
@@ -257,7 +253,8 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert len(records) == 1, records
     run_dir = first_runs["multi"]
     follower = run_dir / "processes" / "1"
-    assert [p.name for p in follower.iterdir()] == ["log.jsonl"]
+    # Its log, and the notebook its runner executed (test_the_same_command_...).
+    assert sorted(p.name for p in follower.iterdir()) == ["executed.ipynb", "log.jsonl"]
     assert not (run_dir / "processes" / "0").exists()
     logged = [json.loads(x) for x in (follower / "log.jsonl").read_text().splitlines()]
     assert [r["metrics"]["step"] for r in logged if r.get("metrics", {}).get("stage") == "sft"] == [1, 2, 3]
@@ -362,21 +359,15 @@ def test_a_missing_process_is_a_clear_start_error(first_runs: dict[str, Any]) ->
 
 
 def test_the_same_command_on_every_process_gives_one_run_directory(first_runs: dict[str, Any]) -> None:
-    """`python -m kaggle_lib run` without --run-dir on both processes: process 0's runner chose
-    the directory, process 1's kernel learned it and its runner put its notebook there."""
-    launch = first_runs["runner"]
-    codes = launch.wait()
-    assert codes == [0, 0], launch.output()
+    """The 2-process run was `python -m kaggle_lib run` without --run-dir on both processes:
+    process 0's runner chose the directory, process 1's kernel learned it and its runner put its
+    executed notebook there."""
+    launch = first_runs["multi_launch"]
     root = launch.root / "evidence"
-    assert len([p for p in root.iterdir() if p.is_dir()]) == 1, sorted(root.iterdir())
-    run_dir = launch.run_dir()
-    manifest = json.loads((run_dir / "run_manifest.json").read_text())
-    assert manifest["status"] == "succeeded", launch.output()
-    assert [p["process_index"] for p in manifest["processes"]] == [0, 1]
+    assert [p for p in root.iterdir() if p.is_dir()] == [first_runs["multi"]]
+    run_dir = first_runs["multi"]
     assert (run_dir / "executed.ipynb").is_file()
-    follower = run_dir / "processes" / "1"
-    assert sorted(p.name for p in follower.iterdir()) == ["executed.ipynb", "log.jsonl"]
-    executed = json.loads((follower / "executed.ipynb").read_text())
+    executed = json.loads((run_dir / "processes" / "1" / "executed.ipynb").read_text())
     assert any("kl.finish(" in "".join(c["source"]) for c in executed["cells"])
     assert "process 1 finished" in launch.logs[1].read_text()
     assert list(first_runs["runner_tmp"].iterdir()) == []  # the follower's scratch is gone
