@@ -136,9 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
-    # Several processes (docs/MULTIHOST.md): one shared run dir; process 0's runner owns the record.
-    process_id = distributed.runner_process_id(run_dir is not None)
-    if run_dir is None:
+    # Several processes (docs/MULTIHOST.md): process 0's runner chooses the run dir and owns the
+    # record; the others' kernels learn the dir from process 0 and tell their runners.
+    process_id = distributed.runner_process_id()
+    if run_dir is None and not process_id:
         try:
             cfg = load_config(config_path, overrides)
             digest, root = cfg.hash, Path(cfg.evidence.root)
@@ -148,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             root = Path("evidence/runs")
         root = root if root.is_absolute() else env.working_dir / root
         run_dir = root / evidence.make_run_id(digest)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
@@ -158,11 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run_dir.name, run_name, str(config_path))["attempt"]
         except ValueError as exc:  # not a run directory
             raise SystemExit(f"refusing --run-dir: {exc}") from None
-    output = run_dir / "executed.ipynb"
     if process_id:
-        output = distributed.follower_notebook_path(run_dir, process_id)
+        output = distributed.follower_scratch_notebook(process_id)
+    else:
+        output = run_dir / "executed.ipynb"
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
-                  "run_name": run_name, "run_dir": str(run_dir)}
+                  "run_name": run_name, "run_dir": str(run_dir or "")}
     # The kernel runs in the caller's directory (relative paths inside the config mean the same
     # thing to the runner and the kernel) and imports this checkout's kaggle_lib.
     python_path = os.environ.get("PYTHONPATH", "")
@@ -185,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         error = exc
     seconds = time.monotonic() - started
     if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
+        output = distributed.place_follower_notebook(output, process_id)
         print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0

@@ -162,7 +162,7 @@ def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]
     except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
         _record_start_failure(directory, exc)
         raise
-    return Path(distributed.agree("run_dir", str(directory)))
+    return distributed.share_run_dir(directory)
 
 
 def _record_start_failure(directory: Path, error: BaseException) -> None:
@@ -332,7 +332,7 @@ def _generator(run: Run, max_new_tokens: int) -> Any:
     prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
     longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
     return Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
-                     max_prompt_len=longest, max_new_tokens=max_new_tokens)
+                     max_prompt_len=longest, max_new_tokens=max_new_tokens, mesh=run.mesh)
 
 
 def _sample_questions(run: Run) -> list[str]:
@@ -390,8 +390,8 @@ def evaluate(run: Run, which: str = "trained") -> None:
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
     run.records[which] = records
-    # One SPMD generation: every process holds every prediction; they must agree, and only
-    # process 0 writes them.
+    # Several processes: each decoded its rows of every batch and the ids were gathered once;
+    # the scored records must agree, and only process 0 writes them.
     distributed.check_agreement(f"predictions_{which}", records)
     if distributed.is_writer():
         ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
