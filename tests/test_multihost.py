@@ -264,10 +264,13 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert [p["process_index"] for p in processes] == [0, 1]
     assert all(len(p["devices"]) == 4 for p in processes)
     assert manifest["devices"]["device_count"] == 8 and manifest["devices"]["process_count"] == 2
-    # Predictions written once per evaluation (8 items x baseline and trained), like 1 process.
+    # Predictions written once per evaluation (8 items x zero-shot baseline, few-shot baseline
+    # and trained), like 1 process.
     multi_preds = (run_dir / "predictions.jsonl").read_text().splitlines()
     single_preds = (first_runs["single"] / "predictions.jsonl").read_text().splitlines()
-    assert len(multi_preds) == len(single_preds) == 16
+    assert len(multi_preds) == len(single_preds) == 24
+    assert sorted({json.loads(x)["stage"] for x in multi_preds}) == [
+        "baseline", "baseline_fewshot", "trained"]
     assert ([json.loads(x)["output"] for x in multi_preds]
             == [json.loads(x)["output"] for x in single_preds])
     ckpts = sorted(int(p.name) for p in (run_dir / "checkpoints" / "sft").iterdir() if p.name.isdigit())
