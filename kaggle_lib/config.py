@@ -149,6 +149,8 @@ class GrpoSection(_Section):
     beta: float = Field(0.04, ge=0, le=1000.0)
     epsilon: float = Field(0.2, gt=0, le=10.0)
     learning_rate: float = Field(1e-5, gt=0, le=1.0)
+    # Gradient clipping of the actor; before this key GRPO used train.sft.max_grad_norm (1.0).
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6)
     max_prompt_len: int = Field(256, ge=8, le=MAX_TOKENS)
     max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     temperature: float = Field(0.9, gt=0, le=100.0)

@@ -522,29 +522,3 @@ def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: floa
             f"Orbax {orbax_diff:.3g}, tolerance {tol:g} (details in {out_dir / EXPORT_INFO})"
         )
     return ExportResult(hf_dir, orbax_dir, hf_diff, orbax_diff, tol)
-
-
-def export_run(run: Any) -> ExportResult | None:
-    """Export the run's trained model into <run_dir>/export/ and record it in the manifest
-    (`exports`); meant for the notebook's finish stage. Families other than Gemma 3 are
-    skipped with a message (their Tunix code has no safetensors merge helper to check against)."""
-    from kaggle_lib import distributed
-
-    if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
-        print("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
-              "run (train.resume_from: <run>/checkpoints/sft) to export")
-        return None
-    cfg = run.cfg
-    loaded = run.loaded
-    if loaded is None or loaded.spec.family != "gemma3":
-        family = loaded.spec.family if loaded is not None else "no model"
-        print(f"export: skipped ({family}; exports are implemented for gemma3 models)")
-        return None
-    alpha = cfg.train.sft.lora.alpha if cfg.train.sft.mode == "lora" else None
-    step = (run.train_results.get("sft") or {}).get("steps") if run.train_results else None
-    result = export_model(loaded.model, run.run_dir / "export", tokenizer=loaded.tokenizer,
-                          alpha=alpha, eos_ids=loaded.eos_ids)
-    run.record.update_manifest(exports=result.to_manifest(run.run_dir, step))
-    print(f"export: {result.hf_dir} (HF safetensors, max |logit diff| {result.hf_max_logit_diff:.2e})"
-          f" and {result.orbax_dir} (Orbax for Kaggle Models, {result.orbax_max_logit_diff:.2e})")
-    return result
