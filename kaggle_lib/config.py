@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kaggle_lib.data.datasets import parse_spec
+
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
@@ -97,8 +99,6 @@ class DataSection(_Section):
     @classmethod
     def _check_spec(cls, value: str) -> str:
         # The spec's form is checked now, before any model loads (files: check_files).
-        from kaggle_lib.data.datasets import parse_spec
-
         parse_spec(value)
         return value
 

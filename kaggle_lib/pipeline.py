@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_lib import auth, distributed, evidence, report, runtime
 from kaggle_lib import evaluation as ev
@@ -28,8 +28,11 @@ from kaggle_lib.data.datasets import load_items
 from kaggle_lib.models import loader, preflight, registry
 
 # Modules that import jax are imported inside the stages that use them, after the config stage
-# has set the platform flags (runtime.configure_platform): kaggle_lib.mesh, models.loader,
-# generation, training.*, export (models.loader imports jax only inside its functions).
+# has set the platform flags (runtime.configure_platform): kaggle_lib.mesh, generation,
+# training.*, export. (models.loader imports jax only inside its functions.)
+
+if TYPE_CHECKING:
+    import jax
 
 log = logging.getLogger("kaggle_lib")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,9 +49,9 @@ class Run:
     env: runtime.Environment
     config: RunConfig | None = None
     devices: dict[str, Any] = dataclasses.field(default_factory=dict)
-    mesh: Any = None
+    mesh: jax.sharding.Mesh | None = None
     token: auth.Token | None = None
-    loaded: Any = None  # models.loader.LoadedModel
+    loaded: loader.LoadedModel | None = None
     eval_items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     samples: dict[str, list[Any]] = dataclasses.field(default_factory=dict)

@@ -29,6 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunix.models import safetensors_loader
+from tunix.models.gemma import model as gm
+from tunix.models.gemma import params_safetensors as gps
+from tunix.models.gemma3 import model as g3
+from tunix.models.gemma3 import params_safetensors as g3ps
+
 from kaggle_lib.models.convert import gemma1_hf_key_mapping
 
 __all__ = [
@@ -166,8 +172,6 @@ def tunix_config_from_hf(
     layer_types = cfg.get("layer_types")
 
     if family in ("gemma", "gemma2"):
-        from tunix.models.gemma import model as gm
-
         theta, factor = _rope(cfg, None, 10_000.0)
         _require(
             {**cfg, "rope_theta": theta},
@@ -206,8 +210,6 @@ def tunix_config_from_hf(
             * (n_layers // 2)
             + ((gm.AttentionType.LOCAL_SLIDING,) if n_layers % 2 else ()),
         )
-
-    from tunix.models.gemma3 import model as g3
 
     for field in ("final_logit_softcapping", "attn_logit_softcapping"):
         _require(cfg, cfg.get(field) is None, field, "null (Gemma 3 has no soft-capping)")
@@ -268,16 +270,9 @@ def create_model_from_hf_dir(
     if config is None:
         _, config = tunix_config_from_hf(cfg, param_dtype=dtype)
     if family == "gemma3":
-        from tunix.models.gemma3 import params_safetensors as g3ps
-
         return g3ps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
-    from tunix.models.gemma import params_safetensors as gps
-
     if family == "gemma2":
         return gps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
-    from tunix.models import safetensors_loader
-    from tunix.models.gemma import model as gm
-
     # Same steps as gps.create_model_from_safe_tensors, with the Gemma 1 norm name fixed.
     v_ckpt = gps._peek_vocab_size_from_safetensors(str(d))
     if v_ckpt != config.num_embed:
