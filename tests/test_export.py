@@ -145,7 +145,7 @@ def test_export_info_and_manifest_entry(trained) -> None:
     assert info["hf_max_logit_diff"] <= info["tolerance"] == TOL
     entry = exported.to_manifest(out, step=3)
     assert entry["hf"]["path"] == "hf" and entry["orbax"]["format"] == "orbax-gemma3-upstream"
-    # what export_run writes must pass the manifest schema
+    # what the pipeline's export stage writes must pass the manifest schema
     record = evidence.RunRecord(out / "record")
     record.start("r1", "", "configs/cpu_tiny.yaml")
     record.update_manifest(exports=entry)
