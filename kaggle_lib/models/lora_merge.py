@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.traverse_util import unflatten_dict
 from tunix.models.gemma3.model import Gemma3, ModelConfig
 
 from kaggle_lib.models.convert import FlatParams, flat_params
@@ -89,16 +90,6 @@ def merge_lora_params(model: nnx.Module, alpha: float, dtype: Any = None) -> Fla
     return {k: v.astype(dtype or v.dtype) for k, v in merged.items()}
 
 
-def _unflatten(flat: FlatParams) -> dict[Any, Any]:
-    tree: dict[Any, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
 def build_model(config: ModelConfig, flat: FlatParams,
                 mesh: jax.sharding.Mesh | None = None) -> Gemma3:
     """A plain Tunix Gemma3 holding exactly `flat` (no random init: built from shapes)."""
@@ -108,7 +99,7 @@ def build_model(config: ModelConfig, flat: FlatParams,
     if expected != set(flat):
         missing, extra = sorted(map(str, expected - set(flat))), sorted(map(str, set(flat) - expected))
         raise LoraMergeError(f"parameter tree mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
-    nnx.replace_by_pure_dict(state, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}))
+    nnx.replace_by_pure_dict(state, unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}))
     model = nnx.merge(graphdef, state)
     return shard_model(model, mesh) if mesh is not None else model
 
