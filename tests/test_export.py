@@ -29,6 +29,11 @@ TOKENS = np.array([[2, 17, 40, 33, 101, 7, 250, 64, 12, 99, 300, 45, 8, 9, 77, 1
                   dtype=np.int32)
 
 
+def merged_model(model: nnx.Module) -> nnx.Module:
+    """A plain Gemma3 holding the LoRA model's merged weights."""
+    return lora_merge.build_model(model.config, lora_merge.merge_lora_params(model, ALPHA))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """The registry's tiny Gemma 3 after 3 real LoRA SFT steps (high LR: a visible delta)."""
@@ -52,7 +57,7 @@ def test_lora_training_changed_the_model(trained) -> None:
 
 def test_merged_model_matches_lora_model(trained) -> None:
     model, _, _, _ = trained
-    merged = lora_merge.merge_lora(model, ALPHA)
+    merged = merged_model(model)
     assert lora_merge.lora_rank(merged) is None
     assert not any(isinstance(v, nnx.LoRAParam) for _, v in nnx.iter_graph(merged))
     diff = export.max_abs_diff(export.forward_logits(merged, TOKENS), export.forward_logits(model, TOKENS))
@@ -179,7 +184,7 @@ def test_lora_model_without_alpha_and_other_families_are_refused(trained, tmp_pa
     with pytest.raises(export.ExportError, match="allowed: tunix.models.gemma3"):
         export.save_orbax(gemma2, tmp_path / "g2")
     with pytest.raises(export.ExportError, match="allowed: 'float32', 'bfloat16'"):
-        export.save_hf_safetensors(lora_merge.merge_lora(model, ALPHA), tmp_path / "x",
+        export.save_hf_safetensors(merged_model(model), tmp_path / "x",
                                    dtype="float16")
 
 

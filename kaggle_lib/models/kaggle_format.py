@@ -4,7 +4,7 @@ Tunix loads those with `tunix.models.gemma3.params.create_model_from_checkpoint`
 upstream names (`transformer/layer_0/mlp/gating_einsum`, ...) onto its NNX module tree; writing
 one is the inverse (names: `models.convert.upstream_params`). The one reader and writer of this
 format: the Kaggle Model export (the competition's multi-session track wants a Tunix-loadable,
-non-safetensors checkpoint), the Kaggle loading path and its offline kagglehub fixtures.
+non-safetensors checkpoint) and the Kaggle loading path.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 from tunix.models.gemma3 import params as gemma3_params
 from tunix.models.gemma3.model import Gemma3, ModelConfig
 
-from kaggle_lib.models.convert import flat_params, upstream_params
+from kaggle_lib.models.convert import upstream_params
 
 
 def write_upstream_checkpoint(params: Mapping[tuple[Any, ...], np.ndarray], path: str | Path) -> Path:
@@ -39,11 +38,6 @@ def write_upstream_checkpoint(params: Mapping[tuple[Any, ...], np.ndarray], path
     finally:
         checkpointer.close()
     return path
-
-
-def save_upstream_checkpoint(model: nnx.Module, path: str | Path) -> Path:
-    """Write a (plain, text-only) Tunix Gemma3 as a checkpoint Tunix's Kaggle loader restores."""
-    return write_upstream_checkpoint(flat_params(model), path)
 
 
 def load_upstream_checkpoint(path: str | Path, config: ModelConfig,

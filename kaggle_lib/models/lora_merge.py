@@ -102,8 +102,3 @@ def build_model(config: ModelConfig, flat: FlatParams,
     nnx.replace_by_pure_dict(state, unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}))
     model = nnx.merge(graphdef, state)
     return shard_model(model, mesh) if mesh is not None else model
-
-
-def merge_lora(model: Gemma3, alpha: float, mesh: jax.sharding.Mesh | None = None) -> Gemma3:
-    """A new plain Gemma3 whose weights are the LoRA model's base + alpha/rank * A @ B."""
-    return build_model(model.config, merge_lora_params(model, alpha), mesh)
