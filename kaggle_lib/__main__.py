@@ -47,9 +47,10 @@ def refuse_secrets(params: dict[str, Any]) -> None:
     """SystemExit, naming the parameter path and never the value, for any parameter whose name
     looks like a credential or whose value (at any depth) holds a known secret value (the
     variables of `auth.SECRET_ENV_VARS`, the usual credential files) or a token-shaped string."""
-    from kaggle_lib import auth, report
+    from kaggle_lib import auth
+    from kaggle_lib.evidence import scan
 
-    known = [v for v in report.secret_values() if len(v) >= 8]
+    known = [v for v in scan.secret_values() if len(v) >= 8]
     for name in params:
         if any(w in str(name).lower() for w in _SECRET_WORDS):
             raise SystemExit(f"refusing parameter {name!r}: its name looks like a credential; "
@@ -124,8 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from kaggle_lib import distributed, evidence, report, runtime
+    from kaggle_lib import distributed, evidence, runtime
     from kaggle_lib.config import ConfigError, load_config
+    from kaggle_lib.evidence import close
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -134,9 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
-    # Several processes (docs/MULTIHOST.md): one shared run dir; process 0's runner owns the record.
-    process_id = distributed.runner_process_id(run_dir is not None)
-    if run_dir is None:
+    # Several processes (docs/MULTIHOST.md): process 0's runner chooses the run dir and owns the
+    # record; the others' kernels learn the dir from process 0 and tell their runners.
+    process_id = distributed.runner_process_id()
+    if run_dir is None and not process_id:
         try:
             cfg = load_config(config_path, overrides)
             digest, root = cfg.hash, Path(cfg.evidence.root)
@@ -146,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             root = Path("evidence/runs")
         root = root if root.is_absolute() else env.working_dir / root
         run_dir = root / evidence.make_run_id(digest)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
@@ -156,11 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run_dir.name, run_name, str(config_path))["attempt"]
         except ValueError as exc:  # not a run directory
             raise SystemExit(f"refusing --run-dir: {exc}") from None
-    output = run_dir / "executed.ipynb"
     if process_id:
-        output = distributed.follower_notebook_path(run_dir, process_id)
+        output = distributed.follower_scratch_notebook(process_id)
+    else:
+        output = run_dir / "executed.ipynb"
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
-                  "run_name": run_name, "run_dir": str(run_dir)}
+                  "run_name": run_name, "run_dir": str(run_dir or "")}
     # The kernel runs in the caller's directory (relative paths inside the config mean the same
     # thing to the runner and the kernel) and imports this checkout's kaggle_lib.
     python_path = os.environ.get("PYTHONPATH", "")
@@ -183,10 +188,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         error = exc
     seconds = time.monotonic() - started
     if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
+        output = distributed.place_follower_notebook(output, process_id)
         print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0
-    manifest = report.close_after_kernel(run_dir, output, error, seconds)
+    manifest = close.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _delegate(command: str, rest: list[str]) -> int:
     if command == "compare":
-        from kaggle_lib import compare
+        from kaggle_lib.evidence import compare
 
         return compare.main(rest)
     if command == "eval":

@@ -13,6 +13,8 @@ import logging
 import os
 import re
 
+from kaggle_lib.errors import KaggleLibError
+
 HF_SECRET_LABEL = "HF_TOKEN"
 # The one list of environment variables whose values are secrets wherever they appear: refused
 # as notebook parameters (`python -m kaggle_lib run`), registered for redaction in the kernel
@@ -32,8 +34,16 @@ REDACTED = "[REDACTED]"
 _secret_values: set[str] = set()
 
 
-class AuthError(RuntimeError):
+class AuthError(KaggleLibError, RuntimeError):
     """A gated model needs a token that is missing or was refused."""
+
+    hint = (
+        "Provide a Hugging Face token as the secret `HF_TOKEN`. On Kaggle: notebook editor -> "
+        "Add-ons -> Secrets -> add a secret labelled `HF_TOKEN`, tick it for this notebook, then "
+        "run again (secrets cannot be attached to a pushed batch run from outside the editor). "
+        "Locally: `export HF_TOKEN=hf_...` in the shell that runs `make run`. The token's account "
+        "must have accepted the model licence on its Hugging Face page."
+    )
 
 
 def register_secret(value: str | None) -> None:

@@ -18,12 +18,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kaggle_lib.data.datasets import parse_spec
+from kaggle_lib.errors import KaggleLibError
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(KaggleLibError, ValueError):
     """A config file (or override) is invalid; the message says where and what is allowed."""
+
+    hint = "Fix the config key named above (the message lists what is allowed), then re-run."
 
 
 def parse_duration(text: str | int | float | None) -> float | None:
@@ -203,6 +206,8 @@ class EvalSection(_Section):
     max_new_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
     batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     baseline: bool = True
+    # Issue 14: also ask the untrained model with kaggle_lib.data.fewshot's prompt.
+    fewshot_baseline: bool = True
 
 
 class EvidenceSection(_Section):

@@ -18,13 +18,15 @@ What this module adds to JAX (and nothing more):
   its `missed_heartbeat_callback` hook cannot be used instead: jaxlib 0.10.2 cannot convert the
   absl::Status it passes (the process dies with `std::bad_cast`, see docs/MULTIHOST.md). So each
   process posts a counter to jax's key-value store every second and watches the others'; a peer
-  that reported a failed stage, or whose counter stood still for half the heartbeat timeout, is
-  named in the record (process 0) or the process log, then this process exits with
+  that reported a failed stage, or whose counter stood still for a quarter of the heartbeat
+  timeout, is named in the record (process 0) or the process log, then this process exits with
   PEER_FAILURE_EXIT_CODE. jax's own heartbeat check stays as the backstop;
 - the run directory agreed through jax's key-value store (process 0's choice wins);
 - the rows of a global batch that belong to this process, and the global array assembled from
   process-local pieces (`jax.make_array_from_process_local_data`);
-- small JSON gathers over the key-value store (device lists, agreement checks of predictions).
+- small JSON gathers over the key-value store (device lists, agreement checks of predictions);
+- generation split across processes: each process feeds its rows of every batch into one global
+  sampling state, and the generated ids are gathered once (`process_allgather`).
 
 Single-process runs never import jax here and behave exactly as before.
 """
@@ -34,13 +36,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from kaggle_lib.errors import KaggleLibError
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -51,23 +57,38 @@ ENV_INIT_TIMEOUT = "KAGGLE_LIB_INIT_TIMEOUT_S"
 DEFAULT_HEARTBEAT_S = 100  # jax's own default
 DEFAULT_INIT_TIMEOUT_S = 300
 PEER_FAILURE_EXIT_CODE = 75
+# A peer whose watchdog counter stands still for heartbeat_timeout / STALE_FRACTION is dead.
+STALE_FRACTION = 4
 _KEY_PREFIX = "kaggle_lib"
 
 
-class DistributedConfigError(ValueError):
+class DistributedConfigError(KaggleLibError, ValueError):
     """The multi-process environment variables are missing, malformed or inconsistent."""
 
+    hint = "Fix the environment variable named above (docs/MULTIHOST.md)."
 
-class DistributedStartError(RuntimeError):
+
+class DistributedStartError(KaggleLibError, RuntimeError):
     """The processes could not form one run (a process missing, ids colliding)."""
 
+    hint = (
+        "Start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and its "
+        "own JAX_PROCESS_ID (0..N-1), within the initialization timeout (docs/MULTIHOST.md)."
+    )
 
-class ProcessMismatchError(RuntimeError):
+
+class ProcessMismatchError(KaggleLibError, RuntimeError):
     """Processes that must agree (same SPMD program, same data) computed different results."""
 
 
-class PeerProcessError(RuntimeError):
+class PeerProcessError(KaggleLibError, RuntimeError):
     """Another process of the run died or stopped answering; this one stops too."""
+
+    hint = (
+        "Another process of this multi-process run died or hung (named above; its log is under "
+        "processes/<id>/). Fix its cause, then start every process again with the same command "
+        "and run directory and `train.resume: auto`: training continues from the last checkpoint."
+    )
 
     def __init__(self, message: str, dead_processes: Sequence[int] = ()):
         super().__init__(message)
@@ -179,7 +200,8 @@ def _fail_for_peer(error: PeerProcessError) -> None:
 class _Watchdog(threading.Thread):
     """Posts this process's heartbeat counter and status to jax's key-value store every
     `tick_s`, and fails the run when a peer reports a failure or its counter stops moving for
-    `stale_s` seconds (half jax's heartbeat timeout, so this runs before jax's abort)."""
+    `stale_s` seconds (a quarter of jax's heartbeat timeout: jax aborted the survivor of a
+    killed peer 6 s after the kill with a 10 s timeout, and the record must be written first)."""
 
     def __init__(self, stale_s: float, tick_s: float = 1.0):
         super().__init__(name="kaggle_lib-watchdog", daemon=True)
@@ -348,9 +370,22 @@ def initialize(spec: ProcessSpec | None = None,
     _state.process_id = int(jax_distributed.global_state.process_id)
     _state.started = True
     _register_process(spec)
-    _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / 2)
+    _state.watchdog = _Watchdog(stale_s=spec.heartbeat_timeout_s / STALE_FRACTION)
     _state.watchdog.start()
+    if _state.process_id == 0:
+        threading.Thread(target=_preload_failure_record, name="kaggle_lib-preload",
+                         daemon=True).start()
     return True
+
+
+def _preload_failure_record() -> None:
+    """Import matplotlib (the loss plot of a failed run's record) now, in the background: when a
+    peer dies, jax aborts the survivors a few seconds after the watchdog notices (6 s after a
+    kill in one test run), and importing matplotlib on a loaded machine can take longer."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # noqa: BLE001 - only a head start; the record imports it again
+        pass
 
 
 def _register_process(spec: ProcessSpec) -> None:
@@ -514,6 +549,126 @@ class GlobalBatches:
             yield global_batch(local, self.mesh, self.batch_size)
 
 
+# --- generation: each process feeds its rows of every batch, predictions gathered once -----------
+
+def generation_batch_size(batch_size: int, mesh: Any, axis: str = "fsdp") -> int:
+    """The global generation batch: `batch_size` rounded up to a multiple of the batch axis,
+    so every device (and process) holds whole rows. The extra rows repeat a prompt and are
+    dropped; a multiple keeps sampled (temperature > 0) draws equal to a one-process run's."""
+    size = int(mesh.shape[axis])
+    return -(-batch_size // size) * size
+
+
+def rows_by_process(batch_size: int, mesh: Any, axis: str = "fsdp") -> list[slice]:
+    """The rows of a global batch (split over `axis`) that each process holds, in process order;
+    the entry of this process is `local_rows`."""
+    spans: dict[int, list[int]] = {}
+    for device, index in _batch_sharding(mesh, axis).devices_indices_map((batch_size,)).items():
+        start = index[0].start or 0
+        stop = index[0].stop if index[0].stop is not None else batch_size
+        spans.setdefault(device.process_index, []).extend((start, stop))
+    return [slice(min(spans[p]), max(spans[p])) for p in sorted(spans)]
+
+
+def global_sampling_state(state: Any, mesh: Any, axis: str = "fsdp") -> Any:
+    """A Tunix sampling state built from this process's prompts (its rows of the batch) as one
+    global state: every per-row buffer (tokens, positions, done, KV cache, logits) becomes a
+    global array split over `axis` (`jax.make_array_from_process_local_data`), as training's
+    batches are. The prefill and decode steps are then one SPMD program over the global batch."""
+    import jax
+    import numpy as np
+
+    local = int(state.token_buffer.shape[0])
+    batch = local * process_count()
+    mine = local_rows(batch, mesh, axis)
+    if mine.stop - mine.start != local:
+        raise ValueError(
+            f"process {process_index()} holds rows {mine.start}..{mine.stop - 1} of a {batch}-row "
+            f"generation batch but was given {local}; every process needs the same number of "
+            f"devices on the mesh's '{axis}' axis")
+    sharding = _batch_sharding(mesh, axis)
+
+    def rows(value: Any) -> Any:
+        if value is None:
+            return None
+        host = np.asarray(value)
+        return jax.make_array_from_process_local_data(sharding, host, (batch, *host.shape[1:]))
+
+    return dataclasses.replace(
+        state, token_buffer=rows(state.token_buffer), positions=rows(state.positions),
+        done=rows(state.done), cache=jax.tree.map(rows, state.cache),
+        logits_buffer=rows(state.logits_buffer), logprobs_buffer=rows(state.logprobs_buffer))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+_reshard_fns: dict[Any, Any] = {}
+
+
+def host_rows(array: Any, mesh: Any, axis: str = "fsdp") -> Any:
+    """This process's rows of a global array split (or not) over its first axis, as numpy:
+    one compiled reshard to the batch sharding, then the addressable shards in row order."""
+    import jax
+    import numpy as np
+
+    sharding = _batch_sharding(mesh, axis)
+    if sharding not in _reshard_fns:  # one jit object per sharding: compiled once per shape
+        _reshard_fns[sharding] = jax.jit(_identity, out_shardings=sharding)
+    resharded = _reshard_fns[sharding](array)
+    blocks: dict[int, Any] = {}
+    for shard in resharded.addressable_shards:
+        blocks.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+    return np.concatenate([blocks[start] for start in sorted(blocks)])
+
+
+def localize_sampling_output(decode: Callable[..., Any], mesh: Any, axis: str = "fsdp"
+                             ) -> Callable[..., Any]:
+    """Wrap a Tunix sampler's compiled decode so that the buffers it returns are this process's
+    rows on the host (Tunix then reads them with `jax.device_get`, which a global array would
+    refuse: it is not fully addressable)."""
+
+    def call(params: Any, state: Any) -> Any:
+        out = decode(params, state)
+        return dataclasses.replace(
+            out, token_buffer=host_rows(out.token_buffer, mesh, axis),
+            logits_buffer=None if out.logits_buffer is None else host_rows(out.logits_buffer, mesh,
+                                                                          axis),
+            logprobs_buffer=None if out.logprobs_buffer is None else host_rows(
+                out.logprobs_buffer, mesh, axis))
+
+    call._cache_size = decode._cache_size  # type: ignore[attr-defined]  # Generator.compilations
+    return call
+
+
+def gather_generated(local: list[list[list[int]]], batch_size: int, width: int, mesh: Any,
+                     axis: str = "fsdp") -> list[list[list[int]]]:
+    """Every process's generated token ids, once, after all batches: `local[b]` holds the ids of
+    this process's rows of batch b (at most `width` each). Returns, on every process, the ids of
+    every row of every batch in batch order (one `process_allgather` of a padded int32 array)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if not local:
+        return []
+    packed = np.full((len(local), len(local[0]), width), -1, np.int32)
+    for b, batch in enumerate(local):
+        for r, ids in enumerate(batch):
+            packed[b, r, :len(ids)] = ids
+    gathered = np.asarray(multihost_utils.process_allgather(packed))  # [process, batch, row, width]
+    spans = rows_by_process(batch_size, mesh, axis)
+    out: list[list[list[int]]] = []
+    for b in range(len(local)):
+        rows: list[list[int] | None] = [None] * batch_size
+        for process, span in enumerate(spans):
+            for offset, row in enumerate(range(span.start, span.stop)):
+                ids = gathered[process, b, offset]
+                rows[row] = [int(t) for t in ids[ids >= 0]]
+        out.append([r if r is not None else [] for r in rows])
+    return out
+
+
 def process_log_dir(run_dir: Path) -> Path:
     """Where a process other than 0 writes its own log: <run_dir>/processes/<id>/."""
     return Path(run_dir) / "processes" / str(process_index())
@@ -606,22 +761,15 @@ def _process_log_class() -> type:
     return ProcessLog
 
 
-def runner_process_id(run_dir_given: bool) -> int | None:
+def runner_process_id() -> int | None:
     """For `python -m kaggle_lib run`: this process's id in a multi-process run, else None.
 
     The runner starts no jax backend: explicit ids come from the environment, automatic ones from
-    jax's own cluster detection. Every process must be given the same run directory (shared
-    storage), because the runner of each process writes its notebook there before the kernel
-    can learn process 0's choice.
+    jax's own cluster detection.
     """
     spec = spec_from_environment()
     if spec is None:
         return None
-    if not run_dir_given:
-        raise DistributedConfigError(
-            "a multi-process run needs --run-dir (or -p run_dir) on every process, the same "
-            "directory on storage all processes see (NFS, gcsfuse): process 0 writes the record "
-            "there and the others their logs under processes/<id>/")
     if spec.process_id is not None:
         return spec.process_id
     from jax._src import clusters
@@ -634,6 +782,46 @@ def runner_process_id(run_dir_given: bool) -> int | None:
             f"Open MPI, Kubernetes); set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and "
             f"{ENV_PROCESS_ID} instead")
     return int(process_id)
+
+
+# The runner of a process other than 0 starts before jax and cannot ask process 0 for the run
+# directory; its kernel learns it (`share_run_dir`) and writes it to the file this variable names.
+ENV_RUN_DIR_FILE = "KAGGLE_LIB_RUN_DIR_FILE"
+
+
+def share_run_dir(directory: Path) -> Path:
+    """Process 0's run directory on every process (jax's key-value store). A kernel started by
+    `python -m kaggle_lib run` also tells its runner, through the file in KAGGLE_LIB_RUN_DIR_FILE,
+    where to put its executed notebook."""
+    chosen = Path(agree("run_dir", str(directory)))
+    report = os.environ.get(ENV_RUN_DIR_FILE, "").strip()
+    if report:
+        Path(report).write_text(str(chosen))
+    return chosen
+
+
+def follower_scratch_notebook(process_id: int) -> Path:
+    """Where the runner of a process other than 0 writes its executed notebook while the kernel
+    runs (a fresh local directory); the kernel reports the run directory next to it."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"kaggle_lib-process{process_id}-"))
+    os.environ[ENV_RUN_DIR_FILE] = str(scratch / "run_dir.txt")
+    return scratch / "executed.ipynb"
+
+
+def place_follower_notebook(notebook: Path, process_id: int) -> Path:
+    """Move a follower's executed notebook to <run dir>/processes/<id>/executed.ipynb, the run
+    directory being the one its kernel learned from process 0; where it is when the kernel
+    never learned it (it failed before joining the run)."""
+    try:
+        run_dir = Path(notebook.parent.joinpath("run_dir.txt").read_text().strip())
+    except OSError:
+        return notebook
+    if not notebook.exists() or not str(run_dir):
+        return notebook
+    target = follower_notebook_path(run_dir, process_id)
+    shutil.move(str(notebook), str(target))
+    shutil.rmtree(notebook.parent, ignore_errors=True)
+    return target
 
 
 def follower_notebook_path(run_dir: Path, process_id: int) -> Path:

@@ -1,7 +1,14 @@
-"""`python -m kaggle_lib eval`: evaluate a finished run's trained model on another jsonl.
+"""`python -m kaggle_lib eval`: evaluate a finished run's model on another jsonl.
 
-    python -m kaggle_lib eval --run-dir <run> --data <file.jsonl> [--out-name NAME]
-        [--limit N] [--max-new-tokens N] [--batch-size N]
+    python -m kaggle_lib eval --run-dir <run> --data <file.jsonl> [--model base|trained]
+        [--few-shot] [--out-name NAME] [--limit N] [--max-new-tokens N] [--batch-size N]
+
+`--model trained` (default) evaluates the run's trained model; `--model base` the untrained
+weights the run started from (same loader, same pinned revision, no LoRA, no checkpoint), whose
+records go under stage "baseline" (or "baseline_fewshot" with `--few-shot`, which asks with
+`kaggle_lib.data.fewshot`'s prompt and scores each output up to its first `</answer>`).
+The last line printed is one JSON object: n, accuracy, its 95% Wilson interval ci95,
+format_exact, truncation_rate, the share of correct reasoning equations, model, stage, out_dir.
 
 The model is rebuilt the way the run built it: the run's own `config.yaml` (model section,
 seed, mesh, LoRA rank/alpha/targets), the base weights through `models.loader.load_model`
@@ -9,7 +16,7 @@ seed, mesh, LoRA rank/alpha/targets), the base weights through `models.loader.lo
 seed, then the latest SFT checkpoint restored with Tunix's `CheckpointManager` (LoRA params
 only when the run used LoRA). Items are generated greedily and scored with the notebook's own
 functions; `predictions.jsonl` and `eval_summary.json` go to `<run>/eval/<name>/`, the
-records under stage "trained" as in the run's own files.
+records under stage "trained" as in the run's own files (the default `--model trained`).
 
 Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad data.
 """
@@ -24,12 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 PREDICTIONS = "predictions.jsonl"
+MODELS = ("base", "trained")
 SUMMARY = "eval_summary.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
-class EvalError(Exception):
+class EvalError(KaggleLibError, Exception):
     """A problem with the inputs of `eval` (exit status 2); the message says what to fix."""
 
 
@@ -41,8 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--run-dir", required=True, type=Path, help="the finished run directory")
     parser.add_argument("--data", required=True, type=Path, help="jsonl file of evaluation items")
+    parser.add_argument("--model", choices=MODELS, default="trained",
+                        help="trained (default): the run's latest SFT checkpoint; base: the "
+                             "untrained weights it started from")
+    parser.add_argument("--few-shot", action="store_true",
+                        help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
     parser.add_argument("--out-name", default=None,
-                        help="output folder name under <run>/eval/ (default: the data file stem)")
+                        help="output folder name under <run>/eval/ (default: the data file stem, "
+                             "plus -baseline or -baseline_fewshot for --model base)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the run's eval.max_new_tokens")
@@ -59,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         summary = evaluate_run(args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
-                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                               model=args.model, few_shot=args.few_shot)
     except EvalError as exc:
         print(f"eval: error: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +84,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(ev.format_scorecard_table(summary))
     print(f"eval: wrote {summary['meta']['out_dir']}/{{{PREDICTIONS},{SUMMARY}}}")
+    print(json.dumps(final_line(summary)))
     return 0
+
+
+def final_line(summary: dict[str, Any]) -> dict[str, Any]:
+    """The one-line JSON result of `eval` (the stage it evaluated, overall)."""
+    meta = summary["meta"]
+    card = summary[meta["stage"]]
+    overall = card["overall"]
+    return {"n": overall["n"], "accuracy": overall["accuracy"], "ci95": card["ci95"]["overall"],
+            "format_exact": overall["format_exact"],
+            "truncation_rate": overall["truncation_rate"],
+            "equations_correct_share": card["reasoning_lines"]["overall"]["share"],
+            "model": meta["model_weights"], "stage": meta["stage"], "out_dir": meta["out_dir"]}
 
 
 # --------------------------------------------------------------------------- checks
@@ -135,8 +165,8 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- model
 
 
-def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any:
-    """The run's base model, LoRA-wrapped when the run used LoRA, with checkpoint `step`."""
+def load_base_model(run_dir: Path, config: Any) -> tuple[Any, Any]:
+    """(the untrained model the run started from, the mesh it is sharded over)."""
     from kaggle_lib import auth, runtime
     from kaggle_lib import mesh as mesh_lib
     from kaggle_lib.models import loader, registry
@@ -161,6 +191,13 @@ def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any
         dtype=config.model.dtype, platform=devices["platform"], mesh=mesh,
         token=token.value if token else None, seed=config.seed,
     )
+    loaded.info.update(checkpoint=None, checkpoint_step=None, restored="none")
+    return loaded, mesh
+
+
+def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any:
+    """The run's base model, LoRA-wrapped when the run used LoRA, with checkpoint `step`."""
+    loaded, mesh = load_base_model(run_dir, config)
     sft = config.train.sft
     lora = sft.mode == "lora"
     if lora:
@@ -193,18 +230,27 @@ def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None = None,
                  limit: int | None = None, max_new_tokens: int | None = None,
-                 batch_size: int | None = None) -> dict[str, Any]:
-    """Evaluate the run's latest SFT checkpoint on `data`; returns the written summary."""
+                 batch_size: int | None = None, model: str = "trained",
+                 few_shot: bool = False) -> dict[str, Any]:
+    """Evaluate the run's latest SFT checkpoint (`model="trained"`) or its untrained weights
+    (`model="base"`) on `data`; returns the written summary."""
     from kaggle_lib import evaluation as ev
-    from kaggle_lib.data import template
+    from kaggle_lib.data import fewshot, template
     from kaggle_lib.generation import Generator
 
+    if model not in MODELS:
+        raise EvalError(f"--model {model!r} is not allowed; allowed: {', '.join(MODELS)}")
     # Absolute once, here: Orbax needs absolute paths and the outputs name where they went.
     run_dir, data = Path(run_dir).absolute(), Path(data).absolute()
     config = read_run_config(run_dir)
-    root, step = latest_sft_checkpoint(run_dir, config)
+    # The base weights need no checkpoint; trained ones need the run's latest SFT step.
+    root, step = latest_sft_checkpoint(run_dir, config) if model == "trained" else (None, None)
+    stage = "trained" if model == "trained" else ("baseline_fewshot" if few_shot else "baseline")
     items = read_items(data, limit)
-    name = out_name if out_name is not None else data.stem
+    # Default folder: the data file's stem, plus the stage for the untrained model, so a base
+    # evaluation does not overwrite the trained one on the same file.
+    default_name = data.stem if stage == "trained" else f"{data.stem}-{stage}"
+    name = out_name if out_name is not None else default_name
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise EvalError(f"--out-name {name!r} is not allowed; use letters, digits, '_', '-', '.'")
     max_new = max_new_tokens if max_new_tokens is not None else config.eval.max_new_tokens
@@ -212,35 +258,51 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     if max_new < 1 or batch < 1:
         raise EvalError(f"--max-new-tokens ({max_new}) and --batch-size ({batch}) must be >= 1")
     status = _manifest(run_dir).get("status")
-    if status and status != "succeeded":
+    if status and status != "succeeded" and model == "trained":
         print(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
 
     started = time.monotonic()
-    loaded = load_trained_model(run_dir, config, root, step)
-    print(f"eval: {config.model.name} + {loaded.info['restored']} checkpoint step {step} loaded "
-          f"in {time.monotonic() - started:.1f} s; {len(items)} items from {data}")
-    prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in items]
+    if model == "trained":
+        loaded = load_trained_model(run_dir, config, root, step)
+        what = f"{loaded.info['restored']} checkpoint step {step}"
+    else:
+        loaded, _ = load_base_model(run_dir, config)
+        what = "untrained base weights"
+    print(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
+          f"{len(items)} items from {data}")
+    render = fewshot.format_fewshot_prompt if few_shot else template.format_prompt
+    prompts = [render(i["prompt"], instruct=loaded.spec.instruct) for i in items]
     longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
     generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
                           max_prompt_len=longest, max_new_tokens=max_new)
     started = time.monotonic()
-    gens = generator.generate(prompts, max_new_tokens=max_new, batch_size=batch)
+    gens = ev.generate_with_progress(generator, prompts, max_new_tokens=max_new,
+                                     batch_size=batch, desc=f"eval {stage}")
     seconds = time.monotonic() - started
-    records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage="trained")
-               for item, gen in zip(items, gens, strict=True)]
+    records = []
+    for item, gen in zip(items, gens, strict=True):
+        text, n_tokens, truncated = gen.text, gen.n_tokens, gen.truncated
+        if few_shot:  # the model goes on with an invented question: cut at </answer>
+            text, n_tokens, truncated = ev.trim_fewshot(
+                text, n_tokens, truncated, lambda t: len(loaded.tokenizer.encode(t)))
+        records.append(ev.score_item(item, text, n_tokens, truncated, stage=stage))
     out_dir = run_dir / "eval" / name
     tokens = sum(g.n_tokens for g in gens)
     meta = {
         "run_id": _manifest(run_dir).get("run_id", run_dir.name), "eval_data": str(data),
-        "model": config.model.name, "checkpoint": loaded.info["checkpoint"],
+        "model": config.model.name, "model_weights": model, "stage": stage,
+        "prompt": "few-shot" if few_shot else "zero-shot",
+        "checkpoint": loaded.info["checkpoint"],
         "checkpoint_step": step, "restored": loaded.info["restored"], "items": len(items),
         "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy",
         "seconds": round(seconds, 2), "generated_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
         "out_dir": str(out_dir),
     }
-    ev.write_predictions(out_dir / PREDICTIONS, records, stage="trained")
-    summary = ev.summarize(None, records, meta=meta)
+    ev.write_predictions(out_dir / PREDICTIONS, records, stage=stage)
+    summary = ev.summarize(records if stage == "baseline" else None,
+                           records if stage == "trained" else None, meta=meta,
+                           fewshot_records=records if stage == "baseline_fewshot" else None)
     ev.write_summary(out_dir / SUMMARY, summary)
     return summary
 

@@ -7,22 +7,27 @@ Files written:
 - `predictions.jsonl`: one `score_item` record per line (with a `"stage"` field,
   `"baseline"` or `"trained"`).
 - `eval_summary.json`: the `summarize` structure
-  `{"baseline": scorecard|null, "trained": scorecard|null, "delta": ...|null, "meta": {...}}`.
+  `{"baseline": scorecard|null, "baseline_fewshot": scorecard|null, "trained": scorecard|null,
+  "delta": ...|null, "delta_against": "baseline"|"baseline_fewshot"|null, "meta": {...}}`.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-STAGES = ("baseline", "trained")
+# baseline_fewshot: the untrained model asked with kaggle_lib.data.fewshot's prompt.
+STAGES = ("baseline", "baseline_fewshot", "trained")
+BASELINES = ("baseline", "baseline_fewshot")
 ITEM_FIELDS = ("id", "section", "category", "difficulty", "prompt", "answer")
 GROUP_FIELDS = {"by_section": "section", "by_category": "category", "by_difficulty": "difficulty"}
 # Metrics that `summarize` / `compare` difference between two scorecards (n is not a metric).
@@ -30,8 +35,10 @@ DELTA_METRICS = ("accuracy", "format_exact", "format_approx", "mean_tokens", "tr
 RECORD_FIELDS = (
     "id", "section", "category", "difficulty", "prompt", "answer", "output", "parsed_answer",
     "correct", "exact_match", "numeric_match", "format_exact", "format_approx", "token_count",
-    "truncated",
+    "truncated", "equations", "equations_correct",
 )
+# 95% two-sided normal quantile for the Wilson interval.
+Z95 = 1.959963984540054
 
 # Stop markers the sampler may leave at the end of a decoded output.
 _STOP_MARKERS = ("<end_of_turn>", "<eos>")
@@ -198,6 +205,113 @@ def answers_match(
     return exact, numeric
 
 
+# --------------------------------------------------------------------------- reasoning lines
+
+
+_NUM = r"[$€£]?\d[\d,]*(?:\.\d+)?%?"
+# "x" multiplies only between spaces ("75 x 80"); a unit word may follow a number on the left
+# ("93 caterpillars + 186 ladybugs = 279"): it is ignored when the equation is checked.
+_OP = r"(?:[-+*/×÷]|(?<=\s)x(?=\s))"
+_UNIT = r"(?:\s+(?!x\s)[a-z]+)?"
+_OPERAND = rf"\(*-?{_NUM}{_UNIT}\)*"
+EQUATION = re.compile(
+    rf"(?<![\w.])(?P<lhs>{_OPERAND}(?:\s*{_OP}\s*{_OPERAND})+)\s*=\s*(?P<rhs>-?{_NUM})"
+    r"(?![\w])"
+)
+_ASCII_OPS = str.maketrans({"×": "*", "÷": "/", "\u2212": "-"})
+
+
+def ascii_expression(expression: str) -> str:
+    """ASCII operators, no unit words: "294 pages x 2/3" -> "294 * 2/3"."""
+    expression = re.sub(r"(?<=\s)x(?=\s)", "*", expression.translate(_ASCII_OPS))
+    return re.sub(r"(\d%?)\s+[a-z]+", r"\1", expression)
+
+
+def _number(token: str) -> Fraction:
+    token = re.sub(r"[$€£,]", "", token)
+    if token.endswith("%"):
+        return Fraction(token[:-1]) / 100
+    return Fraction(token)
+
+
+def evaluate_expression(expression: str) -> Fraction | None:
+    """Value of `a op b op ...` (+ - * /, parentheses) as an exact fraction, or None."""
+    expression = ascii_expression(expression)
+    expression = re.sub(_NUM, lambda m: f"N({_number(m.group()).numerator},"
+                                        f"{_number(m.group()).denominator})", expression)
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "N":  # made above
+            num, den = (n.value for n in node.args)  # type: ignore[attr-defined]
+            return Fraction(num, den)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return left * right
+            if isinstance(node.op, ast.Div):
+                return left / right  # ZeroDivisionError -> None below
+        raise ValueError("unsupported")
+
+    try:
+        return walk(tree)
+    except (ValueError, ZeroDivisionError, TypeError):
+        return None
+
+
+def find_equations(text: str) -> list[tuple[str, str]]:
+    """Every ``lhs = rhs`` equation in ``text`` with at least one operator, as (lhs, rhs)."""
+    return [(m.group("lhs").strip(), m.group("rhs").strip()) for m in EQUATION.finditer(text)]
+
+
+def equation_holds(lhs: str, rhs: str) -> bool:
+    """True when ``lhs`` evaluates to ``rhs`` as written: exactly for a whole number, to the
+    shown decimals for a decimal (``14 / 42 = 0.33`` holds, ``50 / 20 = 2`` does not)."""
+    left = evaluate_expression(lhs)
+    try:
+        right = _number(rhs.lstrip("-\u2212")) * (-1 if rhs[:1] in "-\u2212" else 1)
+    except (ValueError, ZeroDivisionError):
+        return False
+    if left is None:
+        return False
+    decimals = len(rhs.rstrip("%").partition(".")[2])
+    return abs(left - right) <= Fraction(1, 2 * 10**decimals) if decimals else left == right
+
+
+def check_reasoning_lines(text: str | None) -> tuple[int, int]:
+    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning)."""
+    found = find_equations(text or "")
+    return len(found), sum(equation_holds(lhs, rhs) for lhs, rhs in found)
+
+def reasoning_gym_score(answer: str | None, item: Mapping[str, Any]) -> float:
+    """reasoning-gym's scorer (0..1) for an item of `kaggle_lib.data.reasoning_gym`, rebuilt
+    from its `prompt`, `answer`, `rg_dataset` and `rg_metadata` fields."""
+    if answer is None:
+        return 0.0
+    import reasoning_gym  # only items that came from it get here
+
+    family = str(item.get("rg_dataset"))
+    try:
+        scorer = reasoning_gym.get_score_answer_fn(family)
+    except Exception as exc:  # noqa: BLE001 - its registry raises plain errors for unknown names
+        raise ValueError(f"item {item.get('id')!r}: rg_dataset {family!r} is not a "
+                         f"reasoning-gym dataset ({exc})") from None
+    entry = {"question": item["prompt"], "answer": item["answer"],
+             "metadata": dict(item.get("rg_metadata") or {})}
+    return float(scorer(answer=answer, entry=entry))
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -237,6 +351,13 @@ def score_item(
 
     parsed = parse_output(output)
     exact, numeric = answers_match(parsed.answer, item["answer"], rel_tol=rel_tol)
+    if item.get("rg_dataset") and not (exact or numeric) and parsed.answer is not None:
+        # reasoning-gym items: its own scorer also decides (e.g. "Zoey is a knight, and ..."
+        # in another order), so evaluation agrees with the reasoning-gym GRPO reward.
+        exact = reasoning_gym_score(parsed.answer, item) >= 1.0
+    # The reasoning block when there is one, else the whole output (a truncated reasoning).
+    n_equations, n_correct = check_reasoning_lines(
+        parsed.reasoning if parsed.reasoning is not None else output)
     record: dict[str, Any] = {} if stage is None else {"stage": stage}
     record.update(
         {
@@ -255,12 +376,47 @@ def score_item(
             "format_approx": parsed.format_approx,
             "token_count": token_count,
             "truncated": truncated,
+            "equations": n_equations,
+            "equations_correct": n_correct,
         }
     )
     return record
 
 
 # --------------------------------------------------------------------------- scorecards
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion (95% by default); None when n == 0.
+
+    Chosen over the normal approximation because it stays inside [0, 1] and is not empty at
+    0 or n successes, the usual case for small evaluations.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave 1e-17 off.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _interval(records: Sequence[Mapping[str, Any]]) -> list[float] | None:
+    ci = wilson_interval(sum(bool(r["correct"]) for r in records), len(records))
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def _lines(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    # Records written before equations were counted have no such fields: they count as none.
+    total = sum(int(r.get("equations", 0)) for r in records)
+    correct = sum(int(r.get("equations_correct", 0)) for r in records)
+    return {"equations": total, "correct": correct, "share": correct / total if total else None}
+
 
 
 def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -290,10 +446,14 @@ _SCORED_FIELDS = (
 def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Metrics overall and per section / category / difficulty.
 
-    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...}`
-    where `m = {"n", "accuracy", "format_exact", "format_approx", "mean_tokens",
-    "truncation_rate"}` (rates in [0, 1], None when n == 0). Group names are strings (so the
-    scorecard survives a JSON round trip unchanged) in sorted order.
+    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...,
+    "ci95": ..., "reasoning_lines": ...}` where `m = {"n", "accuracy", "format_exact",
+    "format_approx", "mean_tokens", "truncation_rate"}` (rates in [0, 1], None when n == 0).
+    `ci95` is the 95% Wilson interval of the accuracy, `[lo, hi]` (None when n == 0), and
+    `reasoning_lines` is `{"equations", "correct", "share"}` (the arithmetic of every
+    `a op b = c` in the reasoning checked; share None without equations); both overall and
+    by section. Group names are strings (so the scorecard survives a JSON round trip
+    unchanged) in sorted order.
     """
     records = list(records)
     for index, record in enumerate(records):
@@ -304,11 +464,18 @@ def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                     f"field {field!r} (records come from score_item)"
                 )
     card: dict[str, Any] = {"overall": _metrics(records)}
+    ci95: dict[str, Any] = {"overall": _interval(records)}
+    lines: dict[str, Any] = {"overall": _lines(records)}
     for key, field in GROUP_FIELDS.items():
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for record in records:
             groups.setdefault(str(record[field]), []).append(record)
         card[key] = {name: _metrics(groups[name]) for name in sorted(groups)}
+        if key == "by_section":
+            ci95[key] = {name: _interval(groups[name]) for name in sorted(groups)}
+            lines[key] = {name: _lines(groups[name]) for name in sorted(groups)}
+    card["ci95"] = ci95
+    card["reasoning_lines"] = lines
     return card
 
 
@@ -329,21 +496,82 @@ def scorecard_delta(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
     return delta
 
 
+def better_baseline(cards: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """The baseline stage with the higher overall accuracy (zero-shot on a tie), or None."""
+    present = [name for name in BASELINES
+               if cards.get(name) is not None and cards[name]["overall"]["accuracy"] is not None]
+    if not present:
+        return None
+    return max(present, key=lambda name: (cards[name]["overall"]["accuracy"],
+                                          -BASELINES.index(name)))
+
+
 def summarize(
     baseline_records: Iterable[Mapping[str, Any]] | None,
     trained_records: Iterable[Mapping[str, Any]] | None,
     meta: Mapping[str, Any] | None = None,
+    *,
+    fewshot_records: Iterable[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Build the `eval_summary.json` structure; either stage may be missing (None).
+    """Build the `eval_summary.json` structure; any stage may be missing (None).
 
-    `delta` is trained minus baseline and is None unless both stages are present.
+    `delta` is trained minus the better baseline (`better_baseline`: zero-shot or few-shot,
+    named in `delta_against`), so training is credited only with what a good prompt alone
+    could not do; None unless trained and a baseline are present.
     """
-    if baseline_records is None and trained_records is None:
+    if baseline_records is None and trained_records is None and fewshot_records is None:
         raise ValueError("summarize needs baseline_records, trained_records or both; got neither")
-    baseline = None if baseline_records is None else scorecard(baseline_records)
+    cards = {
+        "baseline": None if baseline_records is None else scorecard(baseline_records),
+        "baseline_fewshot": None if fewshot_records is None else scorecard(fewshot_records),
+    }
     trained = None if trained_records is None else scorecard(trained_records)
-    delta = None if baseline is None or trained is None else scorecard_delta(baseline, trained)
-    return {"baseline": baseline, "trained": trained, "delta": delta, "meta": dict(meta or {})}
+    against = better_baseline(cards)
+    delta = None if against is None or trained is None else scorecard_delta(cards[against],
+                                                                            trained)
+    return {"baseline": cards["baseline"], "baseline_fewshot": cards["baseline_fewshot"],
+            "trained": trained, "delta": delta, "delta_against": against,
+            "meta": dict(meta or {})}
+
+
+def first_answer_only(text: str) -> str:
+    """``text`` up to and including its first ``</answer>``: what a stop at ``</answer>``
+    gives. A few-shot prompt invites the model to go on with another invented question,
+    whose answer would otherwise be the last one and be scored."""
+    closing = _ANSWER_CLOSE.search(text)
+    return text if closing is None else text[: closing.end()]
+
+
+def trim_fewshot(text: str, n_tokens: int, truncated: bool,
+                 count_tokens: Callable[[str], int]) -> tuple[str, int, bool]:
+    """(text, token count, truncated) of a few-shot output cut by `first_answer_only`; an
+    output cut there was not truncated. Unchanged when there is no `</answer>`."""
+    cut = first_answer_only(text)
+    if cut == text:
+        return text, n_tokens, truncated
+    return cut, count_tokens(cut), False
+
+
+def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,
+                           batch_size: int, desc: str = "eval") -> list[Any]:
+    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s).
+
+    Same outputs as one call: greedy decoding does not depend on the batching, and each
+    batch keeps the compiled shapes (`Generator` pads the last batch to `batch_size`).
+    """
+    from tqdm.auto import tqdm
+
+    outputs: list[Any] = []
+    started = time.monotonic()
+    with tqdm(total=len(prompts), desc=desc, unit="item", file=sys.stderr) as bar:
+        for start in range(0, len(prompts), batch_size):
+            batch = generator.generate(list(prompts[start:start + batch_size]),
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+            outputs += batch
+            tokens = sum(g.n_tokens for g in outputs)
+            bar.update(len(batch))  # then the rate, so each refresh shows both up to date
+            bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - started, 1e-9):.1f}")
+    return outputs
 
 
 # --------------------------------------------------------------------------- files
@@ -436,7 +664,11 @@ def fmt_number(value: float | None) -> str:
 
 def format_scorecard_table(summary: Mapping[str, Any]) -> str:
     """Overall + per-section table of an `eval_summary.json` structure, for the notebook."""
-    baseline, trained = summary.get("baseline"), summary.get("trained")
+    # The baseline columns show the baseline the delta is taken against.
+    baseline = summary.get(summary.get("delta_against") or "baseline")
+    if baseline is None:
+        baseline = summary.get("baseline") or summary.get("baseline_fewshot")
+    trained = summary.get("trained")
     if baseline is None and trained is None:
         raise ValueError("summary has neither a 'baseline' nor a 'trained' scorecard")
     empty: dict[str, Any] = {}
@@ -462,6 +694,8 @@ def format_scorecard_table(summary: Mapping[str, Any]) -> str:
             fmt_rate(t.get("format_exact")),
             fmt_number(t.get("mean_tokens", b.get("mean_tokens"))),
         ])
-    headers = ["group", "n", "acc base", "acc trained", "delta", "fmt base", "fmt trained",
+    fewshot = baseline is not None and baseline is summary.get("baseline_fewshot")
+    base = "base few-shot" if fewshot else "base"
+    headers = ["group", "n", f"acc {base}", "acc trained", "delta", f"fmt {base}", "fmt trained",
                "tokens"]
     return format_table(headers, rows)

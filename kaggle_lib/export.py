@@ -37,6 +37,7 @@ from tunix.models.gemma3 import model as g3
 from tunix.models.gemma3 import params as g3_params
 from tunix.models.gemma3 import params_safetensors
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models import kaggle_format
 from kaggle_lib.models.convert import flat_params, hf_state_dict
 from kaggle_lib.models.lora_merge import build_model, is_lora_param, lora_rank, merge_lora_params
@@ -52,7 +53,7 @@ LOGITS_TOLERANCE = 1e-4
 RELATIVE_TOLERANCE = 2e-5
 
 
-class ExportError(ValueError):
+class ExportError(KaggleLibError, ValueError):
     """A model or argument the exporter cannot turn into a faithful export."""
 
 

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from kaggle_lib import distributed
+
 __all__ = ["Generation", "Generator", "check_special_ids", "greedy_reference",
            "greedy_reference_batch"]
 
@@ -180,9 +182,13 @@ def _exact_sampler_class() -> type:
 
     class _ExactSampler(tunix_sampler.Sampler):
         def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
-                     slot_positions: bool) -> None:
+                     slot_positions: bool, mesh: Any = None) -> None:
             super().__init__(transformer, tokenizer, cache_config)
             self.slot_positions = slot_positions
+            self.mesh = mesh  # several processes: fed this process's rows (docs/MULTIHOST.md)
+            if mesh is not None:
+                self._compiled_decode_fn = distributed.localize_sampling_output(
+                    self._compiled_decode_fn, mesh)
 
         def init_sample_state(self, *args: Any, **kwargs: Any) -> Any:
             state = super().init_sample_state(*args, **kwargs)
@@ -191,6 +197,8 @@ def _exact_sampler_class() -> type:
                 slots = jnp.broadcast_to(jnp.arange(length, dtype=state.positions.dtype),
                                          (batch, length))
                 state = state.replace(positions=slots)
+            if self.mesh is not None:
+                state = distributed.global_sampling_state(state, self.mesh)
             return state
 
         def _sample_step(self, params: Any, sampler_state: Any) -> Any:
@@ -231,7 +239,7 @@ class Generator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
-                 max_prompt_len: int = 256, max_new_tokens: int = 128):
+                 max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None):
         from tunix.generate.sampler import CacheConfig
 
         check_special_ids(tokenizer, eos_ids)
@@ -254,8 +262,10 @@ class Generator:
         self.slot_positions = _needs_slot_positions(model)
         plain, with_cache = _last_token_prefill_classes()
         wrapped = (with_cache if hasattr(model, "init_cache") else plain)(model)
+        # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
+        self.mesh = mesh if mesh is not None and distributed.is_multiprocess() else None
         self.sampler = _exact_sampler_class()(wrapped, processor, cache,
-                                              slot_positions=self.slot_positions)
+                                              slot_positions=self.slot_positions, mesh=self.mesh)
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens the sampler feeds for `prompt` (bos included)."""
@@ -303,14 +313,18 @@ class Generator:
                 )
         sampling = temperature > 0
         base_key = jax.random.PRNGKey(seed)
-        out: list[Generation] = []
+        rows, fed = slice(None), batch_size
+        if self.mesh is not None:
+            fed = distributed.generation_batch_size(batch_size, self.mesh)
+            rows = distributed.local_rows(fed, self.mesh)
+        generated: list[list[list[int]]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             # Pad the last batch to a full one so every call reuses the same compiled shapes;
             # the copies finish with the prompt they copy, so the decode loop runs no longer.
-            padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+            padded = chunk + [chunk[-1]] * (fed - len(chunk))
             result = self.sampler(
-                padded,
+                padded[rows],
                 max_generation_steps=max_new,
                 max_prompt_length=self.max_prompt_len,
                 eos_tokens=self.eos_ids,
@@ -322,8 +336,13 @@ class Generator:
                 # seeds never collide (`seed + start` did: seed 0's 2nd batch == seed 8's 1st).
                 seed=jax.random.fold_in(base_key, start // batch_size) if sampling else None,
             )
-            for prompt, tokens in zip(chunk, result.tokens[: len(chunk)], strict=True):
-                ids = [int(t) for t in np.asarray(tokens)]
+            generated.append([[int(t) for t in np.asarray(tokens)] for tokens in result.tokens])
+        if self.mesh is not None:
+            generated = distributed.gather_generated(generated, fed, max_new, self.mesh)
+        out: list[Generation] = []
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
+            chunk = list(prompts[start:start + batch_size])
+            for prompt, ids in zip(chunk, generated[b][: len(chunk)], strict=True):
                 out.append(Generation(
                     prompt=prompt,
                     text=self.tokenizer.decode(ids),

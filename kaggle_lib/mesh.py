@@ -6,10 +6,12 @@ from typing import Any
 
 import jax
 
+from kaggle_lib.errors import KaggleLibError
+
 AXES = ("fsdp", "tp")
 
 
-class MeshError(ValueError):
+class MeshError(KaggleLibError, ValueError):
     pass
 
 

@@ -24,7 +24,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import auth, evidence, report
+from kaggle_lib import auth, evidence
+from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evidence import scan
 from kaggle_lib.hashing import sha256_hex
 
 PACKAGE_MANIFEST = "PACKAGE_MANIFEST.json"
@@ -33,7 +35,7 @@ PACKAGE_FORMAT = 1
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-class PackageError(RuntimeError):
+class PackageError(KaggleLibError, RuntimeError):
     """A run directory that cannot be packaged, or a package that does not verify."""
 
 
@@ -66,7 +68,7 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
         raise PackageError(f"{run_dir}: no {evidence.MANIFEST}; not a run directory "
                            "(expected evidence/runs/<run_id>/)")
     files = package_files(run_dir, with_checkpoints=with_checkpoints, with_exports=with_exports)
-    hits = report.scan_for_secrets([run_dir / f for f in files])
+    hits = scan.scan_for_secrets([run_dir / f for f in files])
     if hits:
         raise PackageError(f"secret values were found and redacted in {hits}; check them, then "
                            "package again")

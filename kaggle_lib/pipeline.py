@@ -20,11 +20,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaggle_lib import auth, distributed, evidence, report, runtime
+from kaggle_lib import auth, distributed, evidence, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
 from kaggle_lib.data.datasets import load_items
+from kaggle_lib.data.fewshot import format_fewshot_prompt
+from kaggle_lib.evidence import close, plots
 from kaggle_lib.models import loader, preflight, registry
 
 # Modules that import jax are imported inside the stages that use them, after the config stage
@@ -104,7 +106,7 @@ def stage(name: str) -> Callable[[F], F]:
 def _close_failed(run: Run) -> None:
     """The closing files of a failed run; never masks the original error."""
     try:
-        report.close_failed(run)
+        close.close_failed(run)
     except Exception as exc:  # noqa: BLE001
         print(f"[kaggle_lib] could not complete the failed run's record: {exc}")
 
@@ -172,7 +174,7 @@ def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]
     except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
         _record_start_failure(directory, exc)
         raise
-    return Path(distributed.agree("run_dir", str(directory)))
+    return distributed.share_run_dir(directory)
 
 
 def _record_start_failure(directory: Path, error: BaseException) -> None:
@@ -332,7 +334,7 @@ def _generator(run: Run, max_new_tokens: int) -> Any:
     prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
     longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
     return Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
-                     max_prompt_len=longest, max_new_tokens=max_new_tokens)
+                     max_prompt_len=longest, max_new_tokens=max_new_tokens, mesh=run.mesh)
 
 
 def _sample_questions(run: Run) -> list[str]:
@@ -381,14 +383,15 @@ def evaluate(run: Run, which: str = "trained") -> None:
     items = _eval_items(run)
     generator = _generator(run, max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens))
     started = time.monotonic()
-    gens = generator.generate(_prompts(run, [i["prompt"] for i in items]),
-                              max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    gens = ev.generate_with_progress(generator, _prompts(run, [i["prompt"] for i in items]),
+                                     max_new_tokens=cfg.eval.max_new_tokens,
+                                     batch_size=cfg.eval.batch_size, desc=f"eval {which}")
     seconds = time.monotonic() - started
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
     run.records[which] = records
-    # One SPMD generation: every process holds every prediction; they must agree, and only
-    # process 0 writes them.
+    # Several processes: each decoded its rows of every batch and the ids were gathered once;
+    # the scored records must agree, and only process 0 writes them.
     distributed.check_agreement(f"predictions_{which}", records)
     if distributed.is_writer():
         ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
@@ -403,12 +406,48 @@ def evaluate(run: Run, which: str = "trained") -> None:
           f"format exact {card['overall']['format_exact']:.3f}, approx {card['overall']['format_approx']:.3f}")
     if which == "baseline":
         _generate_samples(run, "baseline", generator)
+        if cfg.eval.fewshot_baseline:
+            _evaluate_fewshot(run)
+
+
+def _evaluate_fewshot(run: Run) -> None:
+    """The untrained model asked with the few-shot prompt (issue 14): a fairer baseline than
+    zero-shot for a base model; the summary takes the delta against the better of the two."""
+    from kaggle_lib.generation import Generator  # imports jax (see the note at the top)
+
+    cfg, items, tokenizer = run.cfg, _eval_items(run), run.loaded.tokenizer
+    prompts = [format_fewshot_prompt(i["prompt"], instruct=run.loaded.spec.instruct)
+               for i in items]
+    generator = Generator(run.loaded.model, tokenizer, run.loaded.eos_ids,
+                          max_prompt_len=max(len(tokenizer.encode(p)) + 1 for p in prompts),
+                          max_new_tokens=cfg.eval.max_new_tokens)
+    started = time.monotonic()
+    gens = ev.generate_with_progress(generator, prompts, max_new_tokens=cfg.eval.max_new_tokens,
+                                     batch_size=cfg.eval.batch_size, desc="eval baseline_fewshot")
+    seconds = time.monotonic() - started
+    records = []
+    for item, gen in zip(items, gens, strict=True):
+        text, n_tokens, truncated = ev.trim_fewshot(gen.text, gen.n_tokens, gen.truncated,
+                                                    lambda t: len(tokenizer.encode(t)))
+        records.append(ev.score_item(item, text, n_tokens, truncated, stage="baseline_fewshot"))
+    run.records["baseline_fewshot"] = records
+    distributed.check_agreement("predictions_baseline_fewshot", records)
+    if distributed.is_writer():
+        ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage="baseline_fewshot",
+                             append=(run.run_dir / "predictions.jsonl").exists())
+    card = ev.scorecard(records)
+    run.record.log_metrics({"stage": "eval_baseline_fewshot", "items": len(items),
+                            "seconds": round(seconds, 2), **card["overall"]})
+    _write_summary(run)
+    print(f"[baseline_fewshot] {len(items)} items in {seconds:.1f} s: accuracy "
+          f"{card['overall']['accuracy']:.3f}, format exact {card['overall']['format_exact']:.3f}")
 
 
 def _write_summary(run: Run) -> dict[str, Any]:
     summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
-                                 "model": run.cfg.model.name})
+                                 "model": run.cfg.model.name},
+                           fewshot_records=run.records.get("baseline_fewshot"))
     if distributed.is_writer():
         ev.write_summary(run.run_dir / "eval_summary.json", summary)
     return summary
@@ -430,7 +469,7 @@ def train(run: Run) -> None:
         run.train_results.update(stages.run_stages(inputs))
     finally:
         run.lora_applied = inputs.lora_applied
-    report.plot_loss(run)
+    plots.plot_loss(run)
 
 
 @stage("sample")
@@ -475,8 +514,8 @@ def finish(run: Run) -> None:
     summary = _write_summary(run) if run.records else {}
     if summary:
         print(ev.format_scorecard_table(summary))
-    headline = report.headline_metrics(run, summary)
+    headline = close.headline_metrics(run, summary)
     run.record.update_manifest(metrics=headline)
-    report.finalize(run, status="succeeded")
+    close.finalize(run, status="succeeded")
     distributed.mark_done()
     print(json.dumps(headline, indent=2))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_lib import compare
-from kaggle_lib.compare import (
+from kaggle_lib.evaluation import score_item, summarize, write_predictions, write_summary
+from kaggle_lib.evidence import compare
+from kaggle_lib.evidence.compare import (
     CompareError,
     compare_runs,
     compare_to_baseline,
@@ -16,7 +17,6 @@ from kaggle_lib.compare import (
     mark_baseline,
     plot_category_accuracy,
 )
-from kaggle_lib.evaluation import score_item, summarize, write_predictions, write_summary
 
 CATEGORIES = ["arith", "arith", "algebra", "algebra", "puzzle", "puzzle", "count", "count",
               "arith", "puzzle"]

@@ -131,3 +131,58 @@ def test_relative_run_dir_as_docs_show_it(finished_run: Path, tmp_path: Path,
     assert eval_cli.main(["--run-dir", finished_run.name, "--data", "one.jsonl"]) == 0
     [record] = ev.read_predictions(finished_run / "eval" / "one" / eval_cli.PREDICTIONS)
     assert record["output"] == trained[first]["output"]
+
+
+def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    trained = _by_stage(finished_run, "trained")
+    baseline = _by_stage(finished_run, "baseline")
+    ids = sorted(baseline)[:6]
+    assert any(trained[i]["output"] != baseline[i]["output"] for i in ids), \
+        "training changed none of these outputs; the test could not tell the models apart"
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, [{k: baseline[i][k] for k in ev.ITEM_FIELDS} for i in ids])
+
+    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+                          "--model", "base", "--batch-size", "4"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = finished_run / "eval" / "items-baseline"
+    records = ev.read_predictions(out / eval_cli.PREDICTIONS)
+    # The untrained weights reproduce the run's own baseline outputs, not the trained ones.
+    assert [r["output"] for r in records] == [baseline[i]["output"] for i in ids]
+    assert {r["stage"] for r in records} == {"baseline"}
+    summary = json.loads((out / eval_cli.SUMMARY).read_text())
+    assert summary["trained"] is None and summary["baseline"] == ev.scorecard(records)
+    assert summary["meta"]["restored"] == "none" and summary["meta"]["checkpoint"] is None
+    card = summary["baseline"]
+    assert last["n"] == 6 and last["model"] == "base" and last["stage"] == "baseline"
+    assert last["accuracy"] == card["overall"]["accuracy"]
+    assert last["format_exact"] == card["overall"]["format_exact"]
+    correct = sum(r["correct"] for r in records)
+    assert last["ci95"] == pytest.approx(list(ev.wilson_interval(correct, 6)))
+    assert last["out_dir"] == str(out)
+
+    # --few-shot: the few-shot prompt, its own stage and folder.
+    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+                          "--model", "base", "--few-shot", "--limit", "2"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["stage"] == "baseline_fewshot" and last["n"] == 2
+    fewshot = ev.read_predictions(finished_run / "eval" / "items-baseline_fewshot"
+                                  / eval_cli.PREDICTIONS)
+    assert [r["stage"] for r in fewshot] == ["baseline_fewshot"] * 2
+    assert all(r["output"].count("</answer>") <= 1 for r in fewshot)
+
+
+def test_run_record_holds_zero_and_few_shot_baselines(finished_run: Path) -> None:
+    summary = json.loads((finished_run / "eval_summary.json").read_text())
+    zero, few = _by_stage(finished_run, "baseline"), _by_stage(finished_run, "baseline_fewshot")
+    assert set(zero) == set(few) == set(_by_stage(finished_run, "trained"))
+    assert summary["baseline_fewshot"] == ev.scorecard(few.values())
+    # The delta is taken against whichever baseline scored higher.
+    cards = {name: summary[name] for name in ev.BASELINES}
+    assert summary["delta_against"] == ev.better_baseline(cards)
+    reference = summary[summary["delta_against"]]["overall"]["accuracy"]
+    assert summary["delta"]["overall"]["accuracy"] == pytest.approx(
+        summary["trained"]["overall"]["accuracy"] - reference)
+    manifest = json.loads((finished_run / "run_manifest.json").read_text())
+    assert "baseline_fewshot_accuracy" in manifest["metrics"]

@@ -9,13 +9,18 @@ import pytest
 from kaggle_lib.evaluation import (
     RECORD_FIELDS,
     answers_match,
+    check_reasoning_lines,
+    equation_holds,
+    first_answer_only,
     format_scorecard_table,
+    generate_with_progress,
     parse_number,
     parse_output,
     read_predictions,
     score_item,
     scorecard,
     summarize,
+    wilson_interval,
     write_predictions,
     write_summary,
 )
@@ -295,3 +300,108 @@ def test_format_scorecard_table() -> None:
         "-", "60.0%", "-"]
     with pytest.raises(ValueError, match="neither"):
         format_scorecard_table({"baseline": None, "trained": None})
+
+
+# --------------------------------------------------------------------------- intervals, lines
+
+
+def test_wilson_interval_matches_hand_computation() -> None:
+    # 2 of 32, z = 1.96: centre (0.0625 + 3.8415/64) / (1 + 3.8415/32) = 0.10939,
+    # half-width 1.96 * sqrt(0.0625 * 0.9375 / 32 + 3.8415 / 4096) / 1.12005 = 0.09208.
+    lo, hi = wilson_interval(2, 32)
+    assert lo == pytest.approx(0.01731, abs=5e-5) and hi == pytest.approx(0.20147, abs=5e-5)
+    lo, hi = wilson_interval(0, 10)  # not empty at 0 successes, unlike the normal interval
+    assert lo == 0.0 and hi == pytest.approx(0.27753, abs=5e-5)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) is None
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(3, 2)
+
+
+def test_check_reasoning_lines_checks_each_equation() -> None:
+    text = ("Hours: 8 + 8 = 16.\nParts: 12 * 16 = 192.\nBoxes: 7*10 = 77\n"
+            "Rate: 14/42 = 0.33 per minute\n$5 x 3 = $15\n93 caterpillars + 186 ladybugs = 279")
+    assert check_reasoning_lines(text) == (6, 5)
+    assert check_reasoning_lines("16 + 64 = 80 and 50 / 20 = 2") == (2, 1)  # 2.5 is not 2
+    assert check_reasoning_lines("no arithmetic 12 here") == (0, 0)
+    assert check_reasoning_lines(None) == (0, 0)
+    assert equation_holds("3 * -2", "-6") and not equation_holds("3 * -2", "6")
+
+
+def test_scorecard_intervals_and_line_share() -> None:
+    records = [score_item(_item(1), "<reasoning>2 + 2 = 4</reasoning><answer>4</answer>", 5,
+                          False),
+               score_item(_item(2, section="logic"), "<reasoning>2 + 2 = 5, 1 + 1 = 2"
+                          "</reasoning><answer>5</answer>", 5, False),
+               score_item(_item(3), "<reasoning>2 + 2 = 4 and then", 9, True)]
+    assert [r["equations"] for r in records] == [1, 2, 1]
+    assert [r["equations_correct"] for r in records] == [1, 1, 1]
+    card = scorecard(records)
+    assert card["ci95"]["overall"] == pytest.approx(list(wilson_interval(1, 3)))
+    assert card["ci95"]["by_section"]["logic"] == pytest.approx(list(wilson_interval(0, 1)))
+    assert card["reasoning_lines"]["overall"] == {"equations": 4, "correct": 3, "share": 0.75}
+    assert card["reasoning_lines"]["by_section"]["logic"]["share"] == 0.5
+    assert card["overall"]["truncation_rate"] == pytest.approx(1 / 3)
+    # Records of older runs carry no equation counts: they count as none.
+    assert scorecard(RECORDS)["reasoning_lines"]["overall"]["share"] is None
+
+
+def test_score_item_uses_reasoning_gym_scorer_for_its_items() -> None:
+    from kaggle_lib.data.datasets import load_builtin
+
+    knights = next(i for i in load_builtin("eval_rg") if i["category"] == "knights_knaves")
+    # The same verdict with its clauses in the other order: not equal as text.
+    clauses = knights["answer"].rstrip(".").split(", and ")
+    reordered = ", and ".join(reversed(clauses)) + "."
+    assert reordered != knights["answer"]
+    output = f"<reasoning>r</reasoning><answer>{reordered}</answer>"
+    assert score_item(knights, output, 5, False)["correct"]
+    plain = {k: v for k, v in knights.items() if k not in ("rg_dataset", "rg_metadata")}
+    assert not score_item(plain, output, 5, False)["correct"]
+
+
+def test_summarize_takes_the_delta_against_the_better_baseline() -> None:
+    zero = [dict(r, correct=False) for r in RECORDS]  # 0/5
+    few = [dict(r, correct=r["id"] in ("q1", "q2")) for r in RECORDS]  # 2/5
+    summary = summarize(zero, RECORDS, {}, fewshot_records=few)  # trained 3/5
+    assert summary["delta_against"] == "baseline_fewshot"
+    assert summary["baseline"]["overall"]["accuracy"] == 0.0
+    assert summary["baseline_fewshot"]["overall"]["accuracy"] == pytest.approx(0.4)
+    assert summary["delta"]["overall"]["accuracy"] == pytest.approx(0.2)
+    table = format_scorecard_table(summary).splitlines()
+    assert "acc base few-shot" in table[0] and "40.0%" in table[2]  # the few-shot baseline
+    # A tie goes to zero-shot; without a few-shot run nothing changes.
+    assert summarize(few, RECORDS, fewshot_records=few)["delta_against"] == "baseline"
+    plain = summarize(zero, RECORDS)
+    assert plain["delta_against"] == "baseline" and plain["baseline_fewshot"] is None
+    assert plain["delta"]["overall"]["accuracy"] == pytest.approx(0.6)
+
+
+def test_first_answer_only_cuts_an_invented_next_question() -> None:
+    text = "<reasoning>r</reasoning><answer>24</answer>\n\nQuestion: more?\nAnswer:\n<answer>7</answer>"
+    assert first_answer_only(text) == "<reasoning>r</reasoning><answer>24</answer>"
+    assert parse_output(first_answer_only(text)).format_exact
+    assert first_answer_only("no answer tag") == "no answer tag"
+
+
+class _CountingGenerator:
+    """Stands in for kaggle_lib.generation.Generator: echoes prompts, records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def generate(self, prompts, *, max_new_tokens, batch_size):  # type: ignore[no-untyped-def]
+        from kaggle_lib.generation import Generation
+
+        self.calls.append((list(prompts), batch_size))
+        return [Generation(prompt=p, text=p.upper(), token_ids=[1] * len(p), truncated=False)
+                for p in prompts]
+
+
+def test_generate_with_progress_batches_and_reports(capsys) -> None:  # type: ignore[no-untyped-def]
+    generator = _CountingGenerator()
+    gens = generate_with_progress(generator, ["a", "bb", "ccc"], max_new_tokens=4, batch_size=2,
+                                  desc="unit")
+    assert [g.text for g in gens] == ["A", "BB", "CCC"]
+    assert generator.calls == [(["a", "bb"], 2), (["ccc"], 2)]
+    err = capsys.readouterr().err
+    assert "unit" in err and "3/3" in err and "tokens_per_s" in err

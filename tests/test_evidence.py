@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_lib import auth, evidence, report
+from kaggle_lib import auth, errors, evidence
+from kaggle_lib.evidence import close, readme, scan
+from kaggle_lib.evidence import index as run_index
 
 
 @pytest.fixture(autouse=True)
@@ -159,12 +161,20 @@ def test_a_failure_is_never_lost_to_a_schema_error(tmp_path: Path) -> None:
     assert any("devices" in e for e in m["schema_errors"])
 
 
+class XlaRuntimeError(RuntimeError):
+    """Stands in for jaxlib's XlaRuntimeError (same name)."""
+
+
+class JaxRuntimeError(RuntimeError):
+    """Stands in for jax's JaxRuntimeError (same name)."""
+
+
 def test_out_of_memory_is_recognised_by_its_message() -> None:
-    hint = evidence.hint_for("XlaRuntimeError", "RESOURCE_EXHAUSTED: Out of memory allocating")
+    hint = errors.hint_for(XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating"))
     assert "ran out of memory" in hint
-    assert "ran out of memory" in evidence.hint_for("JaxRuntimeError", "RESOURCE_EXHAUSTED: x")
-    assert "HF_TOKEN" in evidence.hint_for("AuthError", "401")
-    assert "Add-ons -> Secrets" in evidence.hint_for("AuthError", "401")
+    assert "ran out of memory" in errors.hint_for(JaxRuntimeError("RESOURCE_EXHAUSTED: x"))
+    assert "HF_TOKEN" in errors.hint_for(auth.AuthError("401"))
+    assert "Add-ons -> Secrets" in errors.hint_for(auth.AuthError("401"))
 
 
 def fake_step(root: Path, step: int, items: tuple[str, ...]) -> Path:
@@ -200,7 +210,7 @@ def test_last_good_checkpoint_is_the_newest_complete_step(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------- secrets
 
 
-def test_scan_redacts_values_shapes_and_binary_bytes(tmp_path: Path,
+def test_scan_redacts_text_and_removes_binary_files_with_secrets(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # a Kaggle legacy key: 32 hex, not token-shaped
     kaggle_dir = tmp_path / "kaggle"
@@ -215,15 +225,16 @@ def test_scan_redacts_values_shapes_and_binary_bytes(tmp_path: Path,
     (d / "log.txt").write_text(f"key={key}\ntoken={shaped}\nother={registered}\nclean\n")
     (d / "events.bin").write_bytes(b"\x00\x01" + shaped.encode() + b"\x02" + key.encode())
     (d / "clean.md").write_text("nothing here, sha256 " + "c" * 64)
-    hits = report.scan_for_secrets(report.run_files(d))
+    hits = scan.scan_for_secrets(scan.run_files(d))
     assert sorted(Path(h).name for h in hits) == ["events.bin", "log.txt"]
     text = (d / "log.txt").read_text()
     assert key not in text and shaped not in text and registered not in text
     assert text.count(auth.REDACTED) == 3 and "clean" in text
-    data = (d / "events.bin").read_bytes()
-    assert len(data) == 3 + len(shaped) + len(key)  # masked in place, framing kept
-    assert shaped.encode() not in data and key.encode() not in data
-    assert report.scan_for_secrets(report.run_files(d)) == []  # idempotent
+    # A binary file is removed, not masked: masking would break its framing and checksums.
+    assert not (d / "events.bin").exists()
+    assert [Path(h).name for h in scan.removed_files(hits)] == ["events.bin"]
+    assert (d / "clean.md").read_text().startswith("nothing here")
+    assert scan.scan_for_secrets(scan.run_files(d)) == []  # idempotent
 
 
 def test_weights_directories_are_not_scanned_byte_by_byte(tmp_path: Path) -> None:
@@ -233,7 +244,7 @@ def test_weights_directories_are_not_scanned_byte_by_byte(tmp_path: Path) -> Non
     (d / "export" / "hf" / "config.json").write_text("{}")
     (d / "checkpoints" / "sft" / "1" / "w").write_bytes(b"x")
     (d / "README.md").write_text("x")
-    names = {p.relative_to(d).as_posix() for p in report.scan_files(d)}
+    names = {p.relative_to(d).as_posix() for p in scan.scan_files(d)}
     assert names == {"README.md", "export/hf/config.json"}
 
 
@@ -248,12 +259,12 @@ def test_checkpoint_listing_is_relative_and_hashes_content(tmp_path: Path) -> No
     (step / "_CHECKPOINT_METADATA").write_text("{}")
     (d / "export" / "orbax").mkdir(parents=True)
     (d / "export" / "orbax" / "tokenizer.model").write_bytes(b"spm")
-    first = report.checkpoint_listing(d)
+    first = close.checkpoint_listing(d)
     assert [(e["kind"], e["stage"], e["step"], e["path"]) for e in first] == [
         ("checkpoint", "sft", 2, "checkpoints/sft/2"), ("export", "orbax", None, "export/orbax")]
     assert first[0]["files"] == 2 and first[0]["bytes"] == 5
     (step / "model_params" / "a").write_bytes(b"124")
-    assert report.checkpoint_listing(d)[0]["sha256"] != first[0]["sha256"]
+    assert close.checkpoint_listing(d)[0]["sha256"] != first[0]["sha256"]
 
 
 def test_readme_says_what_ran_and_how_it_ended(tmp_path: Path) -> None:
@@ -265,7 +276,7 @@ def test_readme_says_what_ran_and_how_it_ended(tmp_path: Path) -> None:
     record.log_metrics({"stage": "sft", "step": 1, "loss": 3.5})
     record.log_metrics({"stage": "sft", "step": 40, "loss": 1.25})
     record.fail("evaluate:trained", _raise(TimeoutError("cell timed out")))
-    text = report.write_readme(record.run_dir).read_text()
+    text = readme.write_readme(record.run_dir).read_text()
     assert "trained **gemma3-tiny**" in text and "LoRA supervised fine-tuning for 40 steps" in text
     assert "8 x TPU v5 lite (tpu)" in text
     assert "**failed** in stage `evaluate:trained` with `TimeoutError`: cell timed out" in text
@@ -277,26 +288,26 @@ def test_index_has_one_line_per_run_and_updates_it(tmp_path: Path) -> None:
     runs = tmp_path / "evidence" / "runs"
     a = started(runs / "run-a")
     a.fail("auth", _raise(auth.AuthError("no token")))
-    index = report.append_index(a.run_dir)
+    index = run_index.append_index(a.run_dir)
     assert index == tmp_path / "evidence" / "index.jsonl"
     b = complete(started(runs / "run-b"))
     b.succeed()
-    report.append_index(b.run_dir)
-    report.append_index(b.run_dir)  # closing twice (kernel, then runner) does not duplicate
+    run_index.append_index(b.run_dir)
+    run_index.append_index(b.run_dir)  # closing twice (kernel, then runner) does not duplicate
     with index.open("a") as fh:
         fh.write("<<<<<<< HEAD\n")  # a merge conflict marker is dropped, not fatal
     # run-a re-run into the same directory: its line is replaced in place
     (a.run_dir / evidence.MANIFEST).unlink()
     (a.run_dir / evidence.FAILURE).unlink()
     complete(started(a.run_dir)).succeed()
-    report.append_index(a.run_dir)
-    entries = report.read_index(index)
+    run_index.append_index(a.run_dir)
+    entries = run_index.read_index(index)
     assert [e["run_id"] for e in entries] == ["run-a", "run-b"]
     assert [e["status"] for e in entries] == ["succeeded", "succeeded"]
     assert entries[1]["path"] == "runs/run-b" and entries[1]["trained_accuracy"] == 0.25
     assert len(index.read_text().splitlines()) == 2
     # any other layout: the index sits next to the run directory
-    assert report.index_path(tmp_path / "elsewhere" / "x") == tmp_path / "elsewhere" / "index.jsonl"
+    assert run_index.index_path(tmp_path / "elsewhere" / "x") == tmp_path / "elsewhere" / "index.jsonl"
 
 
 # ---------------------------------------------------------------------------- after the kernel
@@ -310,7 +321,7 @@ def test_kernel_death_is_recorded_against_the_running_stage(tmp_path: Path) -> N
     record = complete(started(tmp_path / "runs" / "r1"))
     record.stage("train", "running")
     ckpt = fake_step(record.run_dir / "checkpoints" / "sft", 3, ("model_params", "optimizer_state"))
-    m = report.close_after_kernel(record.run_dir, record.run_dir / "executed.ipynb",
+    m = close.close_after_kernel(record.run_dir, record.run_dir / "executed.ipynb",
                                   _raise(DeadKernelError("Kernel died")), 123.4)
     assert m["status"] == "failed" and m["failure"]["stage"] == "train"
     assert m["stages"]["train"]["status"] == "failed"
@@ -319,7 +330,7 @@ def test_kernel_death_is_recorded_against_the_running_stage(tmp_path: Path) -> N
     for name in ("env_info.txt", "checkpoints.json", "README.md", evidence.FAILURE):
         assert (record.run_dir / name).is_file(), name
     assert "out of host memory" in (record.run_dir / evidence.FAILURE).read_text()
-    assert report.read_index(report.index_path(record.run_dir))[0]["failed_stage"] == "train"
+    assert run_index.read_index(run_index.index_path(record.run_dir))[0]["failed_stage"] == "train"
 
 
 def test_secret_in_the_executed_notebook_fails_a_succeeded_run(tmp_path: Path,
@@ -330,7 +341,7 @@ def test_secret_in_the_executed_notebook_fails_a_succeeded_run(tmp_path: Path,
     record.succeed()
     notebook = record.run_dir / "executed.ipynb"
     notebook.write_text(json.dumps({"cells": [{"outputs": [{"text": f"oops {token}\n"}]}]}))
-    m = report.close_after_kernel(record.run_dir, notebook, None, 10.0)
+    m = close.close_after_kernel(record.run_dir, notebook, None, 10.0)
     assert m["status"] == "failed" and m["failure"]["stage"] == "secret-scan"
     assert m["failure"]["error_type"] == "SecretLeakError"
     assert m["secret_scan"]["hits"] == ["executed.ipynb"]

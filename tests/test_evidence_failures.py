@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kaggle_lib import auth, evidence, pipeline, report
+from kaggle_lib import auth, evidence, pipeline
+from kaggle_lib.evidence import index as run_index
+from kaggle_lib.evidence import scan
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "cpu_tiny.yaml"
@@ -57,7 +59,7 @@ def test_missing_token_for_a_gated_model_fails_auth(tmp_path: Path) -> None:
     assert "export HF_TOKEN" in analysis and "Add-ons -> Secrets" in analysis
     with pytest.raises(RuntimeError, match="already failed in stage auth"):
         pipeline.load_model(run)  # later cells refuse to run on a failed record
-    assert report.read_index(tmp_path / "index.jsonl")[0]["failed_stage"] == "auth"
+    assert run_index.read_index(tmp_path / "index.jsonl")[0]["failed_stage"] == "auth"
 
 
 def test_planted_token_fails_the_run_and_is_redacted(tmp_path: Path) -> None:
@@ -67,7 +69,7 @@ def test_planted_token_fails_the_run_and_is_redacted(tmp_path: Path) -> None:
     auth.register_secret(registered)  # e.g. a Kaggle key read from Secrets
     (run.run_dir / "training_log.txt").write_text(f"sft step 1 loss 2.0 debug: token={token}\n")
     (run.run_dir / "samples.md").write_text(f"# samples\nleaked {registered}\n")
-    with pytest.raises(report.SecretLeakError, match="training_log.txt"):
+    with pytest.raises(scan.SecretLeakError, match="training_log.txt"):
         pipeline.finish(run)
     m = manifest(run)
     assert m["status"] == "failed" and m["failure"]["stage"] == "finish"
@@ -77,4 +79,4 @@ def test_planted_token_fails_the_run_and_is_redacted(tmp_path: Path) -> None:
         f"sft step 1 loss 2.0 debug: token={auth.REDACTED}\n")
     assert_absent(run.run_dir, token, registered)
     assert "remove that print" in (run.run_dir / evidence.FAILURE).read_text()
-    assert report.read_index(tmp_path / "index.jsonl")[0]["error_type"] == "SecretLeakError"
+    assert run_index.read_index(tmp_path / "index.jsonl")[0]["error_type"] == "SecretLeakError"

@@ -18,7 +18,9 @@ import nbformat
 import pytest
 import yaml
 
-from kaggle_lib import evidence, report
+from kaggle_lib import evidence
+from kaggle_lib.evidence import close
+from kaggle_lib.evidence import index as run_index
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +94,7 @@ def test_checkpoints_json_lists_steps_with_checksums_that_verify(tiny) -> None:
     # checkpoint_every: 2, max_steps: 4 (Orbax also keeps the first step it saw)
     assert steps == sorted(steps) and steps[-1] == 4 and 2 in steps
     for entry in entries:
-        sha, files, size = report.tree_digest(run_dir / entry["path"])
+        sha, files, size = close.tree_digest(run_dir / entry["path"])
         assert (sha, files, size) == (entry["sha256"], entry["files"], entry["bytes"])
 
 
@@ -101,7 +103,7 @@ def test_readme_and_index_describe_the_run(tiny) -> None:
     text = (run_dir / "README.md").read_text()
     assert "trained **gemma3-tiny**" in text and "**succeeded**" in text
     assert "1 x cpu (cpu)" in text and "LoRA supervised fine-tuning for 4 steps" in text
-    entries = report.read_index(run_dir.parent.parent / "index.jsonl")
+    entries = run_index.read_index(run_dir.parent.parent / "index.jsonl")
     assert [e["run_id"] for e in entries] == ["tiny-run"]
     assert entries[0]["status"] == "succeeded" and entries[0]["path"] == "runs/tiny-run"
     env_info = (run_dir / "env_info.txt").read_text()
@@ -186,5 +188,5 @@ def test_refused_hf_token_fails_in_load_model_and_says_where_to_attach_it(tmp_pa
     assert "**failed** in stage `load_model`" in (run_dir / "README.md").read_text()
     assert_absent(run_dir, bad_token)
     assert bad_token not in result.stdout + result.stderr
-    entry = report.read_index(tmp_path / "index.jsonl")[0]
+    entry = run_index.read_index(tmp_path / "index.jsonl")[0]
     assert entry["status"] == "failed" and entry["failed_stage"] == "load_model"

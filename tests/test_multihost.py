@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "multihost_worker.py"
 CONFIG = str(REPO / "configs" / "cpu_tiny.yaml")
 TOLERANCE = 1e-5
-HEARTBEAT_S = 10  # the coordinator's heartbeat timeout in these tests (<= 20 s)
+# The coordinator's heartbeat timeout in these tests (<= 20 s). jax aborts the survivor of a
+# killed process about 0.6 x this after the kill; the watchdog names the dead process after a
+# quarter of it, which leaves the record ~7 s to be written on a loaded machine.
+HEARTBEAT_S = 20
 # One padded length (one compilation of the train step) keeps each run short.
 BASE = {"train.checkpoint_every": 1, "evidence.export": False, "evidence.tensorboard": False,
         "data.length_buckets": [256]}
@@ -130,7 +134,9 @@ class Launch:
 
     def __init__(self, tmp: Path, name: str, processes: int, overrides: dict[str, Any],
                  stages: str = "train", extra_env: dict[str, str] | None = None,
-                 only: list[int] | None = None):
+                 only: list[int] | None = None, notebook: Path | None = None):
+        """`notebook`: run `python -m kaggle_lib run --notebook <notebook>` on every process (the
+        same command everywhere, no --run-dir) instead of the stage worker."""
         self.root = tmp / name
         self.root.mkdir(parents=True)
         overrides = {**BASE, **overrides}
@@ -145,10 +151,14 @@ class Launch:
             log = self.root / f"process{pid}.log"
             self.logs.append(log)
             env = _env_for(pid if processes > 1 else None, 8 // processes, port, extra_env)
+            command = [sys.executable, str(WORKER), str(config), "", json.dumps(overrides), stages]
+            if notebook is not None:
+                command = [sys.executable, "-m", "kaggle_lib", "run", "--config", str(config),
+                           "--notebook", str(notebook), "--kernel", "python3",
+                           "-y", json.dumps({"overrides": overrides})]
             self.procs.append(subprocess.Popen(
-                [sys.executable, str(WORKER), str(config), "", json.dumps(overrides), stages],
-                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
-                start_new_session=True))
+                command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                start_new_session=True, cwd=self.root))
 
     def wait(self, timeout: float = RUN_TIMEOUT_S) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -199,18 +209,37 @@ def _succeeded(launch: Launch, codes: list[int]) -> Path:
 @pytest.fixture(scope="module")
 def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """3 SFT steps (with baseline and trained evaluation) on 1 process x 8 devices and on
-    2 processes x 4 devices, started together."""
+    2 processes x 4 devices, started together; alongside, a process without its partner and a
+    2-process `python -m kaggle_lib run`."""
     tmp = tmp_path_factory.mktemp("multihost")
-    overrides = {"train.sft.max_steps": 3}
+    # Evaluation in 2 batches of 4 prompts: with 2 processes each batch is padded to the 8 devices,
+    # each process decodes its 4 rows of it, and the ids of both batches are gathered once.
+    overrides = {"train.sft.max_steps": 3, "eval.batch_size": 4}
     single = Launch(tmp, "single", 1, overrides, stages="train eval")
-    multi = Launch(tmp, "multi", 2, overrides, stages="train eval")
+    # The 2-process run is the submission notebook through `python -m kaggle_lib run`: the same
+    # command on both processes, no --run-dir (the single run drives the same stages directly).
+    scratch = tmp / "runner_tmp"
+    scratch.mkdir()
+    multi = Launch(tmp, "multi", 2, overrides, notebook=_submission_notebook_without_sample(tmp),
+                   extra_env={"TMPDIR": str(scratch)})
     # Mostly waiting for its missing partner: started alongside to save wall time.
     alone = Launch(tmp, "alone", 2, {"train.sft.max_steps": 1}, only=[0],
                    extra_env={"KAGGLE_LIB_INIT_TIMEOUT_S": "5"})
     single_dir = _succeeded(single, single.wait())
     multi_dir = _succeeded(multi, multi.wait())
     return {"single": single_dir, "multi": multi_dir, "tmp": tmp, "multi_root": multi.root,
-            "alone": alone}
+            "alone": alone, "multi_launch": multi, "runner_tmp": scratch}
+
+
+def _submission_notebook_without_sample(tmp: Path) -> Path:
+    """notebooks/submission.ipynb without its `kl.sample` cell (the stages of the single run)."""
+    notebook = json.loads((REPO / "notebooks" / "submission.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if "kl.sample(" not in "".join(c["source"])]
+    assert len(cells) == len(notebook["cells"]) - 1
+    notebook["cells"] = cells
+    path = tmp / "submission_without_sample.ipynb"
+    path.write_text(json.dumps(notebook))
+    return path
 
 
 def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[str, Any]) -> None:
@@ -225,7 +254,8 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert len(records) == 1, records
     run_dir = first_runs["multi"]
     follower = run_dir / "processes" / "1"
-    assert [p.name for p in follower.iterdir()] == ["log.jsonl"]
+    # Its log, and the notebook its runner executed (test_the_same_command_...).
+    assert sorted(p.name for p in follower.iterdir()) == ["executed.ipynb", "log.jsonl"]
     assert not (run_dir / "processes" / "0").exists()
     logged = [json.loads(x) for x in (follower / "log.jsonl").read_text().splitlines()]
     assert [r["metrics"]["step"] for r in logged if r.get("metrics", {}).get("stage") == "sft"] == [1, 2, 3]
@@ -244,21 +274,47 @@ def test_two_processes_train_like_one_process_with_one_record(first_runs: dict[s
     assert ckpts[-1] == 3
 
 
+def _with_damaged_step(source: Path, target: Path, step: int) -> Path:
+    """A copy of the checkpoints under `source` plus a `step` that Orbax lists as complete but
+    that does not restore: a copy of the newest step with every model-parameter file cut short
+    (all processes fail to read it alike)."""
+    shutil.copytree(source, target)
+    newest = max(int(p.name) for p in target.iterdir() if p.name.isdigit())
+    shutil.copytree(target / str(newest), target / str(step))
+    for f in (target / str(step) / "model_params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    return target
+
+
 def test_checkpoints_resume_across_process_counts(first_runs: dict[str, Any]) -> None:
     """2-process checkpoint -> 1 process, and 1-process checkpoint -> 2 processes: steps 4-5
-    agree (the step-3 checkpoints are the same model to 1e-5)."""
+    agree (the step-3 checkpoints are the same model to 1e-5). The 2-process resume also meets a
+    newest step that does not restore: it is set aside once, by process 0, and both processes
+    continue from step 3."""
     tmp = first_runs["tmp"]
     overrides = {"train.sft.max_steps": 5}
     one_from_two = Launch(tmp, "resume_1_from_2", 1, {
         **overrides, "train.resume_from": str(first_runs["multi"] / "checkpoints" / "sft")})
-    two_from_one = Launch(tmp, "resume_2_from_1", 2, {
-        **overrides, "train.resume_from": str(first_runs["single"] / "checkpoints" / "sft")})
+    damaged = _with_damaged_step(first_runs["single"] / "checkpoints" / "sft",
+                                 tmp / "single_with_damaged_step4", 4)
+    two_from_one = Launch(tmp, "resume_2_from_1", 2, {**overrides, "train.resume_from": str(damaged)})
     a = _losses(_succeeded(one_from_two, one_from_two.wait()))
-    b = _losses(_succeeded(two_from_one, two_from_one.wait()))
+    two_dir = _succeeded(two_from_one, two_from_one.wait())
+    b = _losses(two_dir)
     assert sorted(a) == sorted(b) == [4, 5], (a, b)  # resumed at step 3, not from scratch
     diffs = [abs(a[s] - b[s]) for s in a]
     print(f"resumed loss |1-from-2 - 2-from-1| steps 4-5: {diffs}")
     assert max(diffs) <= TOLERANCE
+    # The damaged step 4 was moved aside exactly once (a second mover would have made 4-2 or
+    # failed), with its reason; the step 4 now there is the one this run trained.
+    corrupt = two_dir / "checkpoints" / "sft" / "corrupt"
+    assert [p.name for p in corrupt.iterdir()] == ["4"], two_from_one.output()
+    assert (corrupt / "4" / "reason.txt").read_text().startswith("does not restore:")
+    manifest = json.loads((two_dir / "run_manifest.json").read_text())
+    assert [(e["stage"], e["step"]) for e in manifest["checkpoints_set_aside"]] == [("sft", 4)]
+    follower = (two_dir / "processes" / "1" / "log.jsonl").read_text()
+    assert str(corrupt / "4") in follower  # process 1 learned where process 0 moved it
 
 
 def test_a_dead_process_fails_the_run_naming_it(tmp_path: Path) -> None:
@@ -303,19 +359,44 @@ def test_a_missing_process_is_a_clear_start_error(first_runs: dict[str, Any]) ->
     assert manifest["status"] == "failed" and manifest["failure"]["stage"] == "distributed"
 
 
-def test_runner_knows_its_process_and_needs_a_shared_run_dir(monkeypatch: pytest.MonkeyPatch,
-                                                             tmp_path: Path) -> None:
+def test_the_same_command_on_every_process_gives_one_run_directory(first_runs: dict[str, Any]) -> None:
+    """The 2-process run was `python -m kaggle_lib run` without --run-dir on both processes:
+    process 0's runner chose the directory, process 1's kernel learned it and its runner put its
+    executed notebook there."""
+    launch = first_runs["multi_launch"]
+    root = launch.root / "evidence"
+    assert [p for p in root.iterdir() if p.is_dir()] == [first_runs["multi"]]
+    run_dir = first_runs["multi"]
+    assert (run_dir / "executed.ipynb").is_file()
+    executed = json.loads((run_dir / "processes" / "1" / "executed.ipynb").read_text())
+    assert any("kl.finish(" in "".join(c["source"]) for c in executed["cells"])
+    assert "process 1 finished" in launch.logs[1].read_text()
+    assert list(first_runs["runner_tmp"].iterdir()) == []  # the follower's scratch is gone
+
+
+def test_runner_knows_its_process_without_a_run_dir(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "KAGGLE_LIB_MULTIHOST"):
         monkeypatch.delenv(name, raising=False)
-    assert distributed.runner_process_id(run_dir_given=False) is None  # one process: unchanged
+    assert distributed.runner_process_id() is None  # one process: unchanged
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    with pytest.raises(distributed.DistributedConfigError, match="--run-dir"):
-        distributed.runner_process_id(run_dir_given=False)
-    assert distributed.runner_process_id(run_dir_given=True) == 1
+    assert distributed.runner_process_id() == 1
     path = distributed.follower_notebook_path(tmp_path / "run", 1)
     assert path == tmp_path / "run" / "processes" / "1" / "executed.ipynb" and path.parent.is_dir()
+    # A follower's notebook waits in scratch until its kernel reports the run directory.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.setenv(distributed.ENV_RUN_DIR_FILE, "")  # set by the call below; undone after
+    scratch = distributed.follower_scratch_notebook(1)
+    assert scratch.parent.parent == tmp_path
+    scratch.write_text("{}")
+    assert distributed.place_follower_notebook(scratch, 1) == scratch  # the kernel never joined
+    Path(os.environ[distributed.ENV_RUN_DIR_FILE]).write_text(str(tmp_path / "chosen"))
+    placed = distributed.place_follower_notebook(scratch, 1)
+    assert placed == tmp_path / "chosen" / "processes" / "1" / "executed.ipynb"
+    assert placed.read_text() == "{}" and not scratch.parent.exists()
 
 
 def test_a_jax_error_waits_for_the_watchdog_to_name_a_dead_peer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,16 @@ def test_executed_notebook_has_banner_first(tiny_run: tuple[Path, subprocess.Com
     assert "devices : 1 x cpu" in text
 
 
+def test_executed_notebook_shows_a_text_progress_bar_and_no_widget_warning(
+        tiny_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, _ = tiny_run
+    nb = nbformat.read(run_dir / "executed.ipynb", as_version=4)
+    streams = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.outputs)
+    assert "IProgress" not in streams and "TqdmWarning" not in streams
+    assert "4/4 [" in streams  # Tunix's SFT bar, as tqdm's text bar
+
+
 def write_config(tmp_path: Path, mutate: dict) -> Path:
     tree = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
     for key, value in mutate.items():

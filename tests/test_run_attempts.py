@@ -25,8 +25,10 @@ import psutil
 import pytest
 import yaml
 
-from kaggle_lib import evidence, pipeline, report
+from kaggle_lib import evidence, pipeline
 from kaggle_lib.config import ConfigError
+from kaggle_lib.evidence import close, readme
+from kaggle_lib.evidence import index as run_index
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "cpu_tiny.yaml"
@@ -69,14 +71,14 @@ def previous_attempt(run_dir: Path) -> evidence.RunRecord:
     (run_dir / "tensorboard").mkdir()
     (run_dir / "checkpoints" / "sft" / "2").mkdir(parents=True)
     record.fail("train", RuntimeError("first attempt's error"))
-    report.write_readme(run_dir)
+    readme.write_readme(run_dir)
     return record
 
 
 def test_a_new_attempt_keeps_the_earlier_files_and_starts_a_clean_manifest(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "r"
     record = previous_attempt(run_dir)
-    report.append_index(run_dir)
+    run_index.append_index(run_dir)
     record.start(run_dir.name, "demo", str(TINY))  # the re-run, as start_run does it
     kept = run_dir / "attempts" / "1"
     for name in PREVIOUS_FILES:
@@ -103,11 +105,11 @@ def test_a_new_attempt_keeps_the_earlier_files_and_starts_a_clean_manifest(tmp_p
     record.succeed()
     assert evidence.manifest_errors(manifest(run_dir)) == []
     assert record.read_metrics() == []  # metrics.jsonl starts empty, not appended to
-    report.write_readme(run_dir)
+    readme.write_readme(run_dir)
     assert "attempt 1: failed: `RuntimeError` in `train`" in (run_dir / "README.md").read_text()
     # One index line per attempt.
-    report.append_index(run_dir)
-    entries = report.read_index(report.index_path(run_dir))
+    run_index.append_index(run_dir)
+    entries = run_index.read_index(run_index.index_path(run_dir))
     assert [(e["run_id"], e["attempt"], e["status"]) for e in entries] == [
         ("r", 1, "failed"), ("r", 2, "succeeded")]
 
@@ -141,7 +143,7 @@ def test_a_truncated_metrics_line_does_not_stop_the_record_from_closing(
     record.log_metrics({"stage": "sft", "step": 1, "loss": 2.0})
     with (record.run_dir / evidence.METRICS).open("a") as fh:
         fh.write('{"stage": "sft", "step": 2, "lo')  # the kernel died mid-write
-    m = report.close_after_kernel(record.run_dir, None, DeadKernelError("Kernel died"), 1.0)
+    m = close.close_after_kernel(record.run_dir, None, DeadKernelError("Kernel died"), 1.0)
     assert m["status"] == "failed" and m["failure"]["error_type"] == "DeadKernelError"
     assert (record.run_dir / evidence.FAILURE).is_file() and (record.run_dir / "README.md").is_file()
     assert [r["step"] for r in record.read_metrics()] == [1]
@@ -332,7 +334,7 @@ def test_first_attempts_notebook_and_failure_analysis_are_kept(scenario: dict) -
     assert "DeadKernelError" in (kept / evidence.FAILURE).read_text()
     assert json.loads((kept / evidence.MANIFEST).read_text())["status"] == "failed"
     assert not (run_dir / evidence.FAILURE).exists()  # the succeeded attempt has none
-    entries = [e for e in report.read_index(report.index_path(run_dir)) if e["run_id"] == "resumed"]
+    entries = [e for e in run_index.read_index(run_index.index_path(run_dir)) if e["run_id"] == "resumed"]
     assert [(e["attempt"], e["status"]) for e in entries] == [(1, "failed"), (2, "succeeded")]
 
 

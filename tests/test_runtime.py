@@ -122,3 +122,31 @@ def test_persistent_compilation_cache_under_the_cache_root_unless_chosen(
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
     runtime.configure_platform("cpu")
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
+
+
+# A notebook kernel as tqdm.autonotebook recognises one (ipykernel's shell), without ipywidgets.
+_KERNEL_WITHOUT_WIDGETS = """
+import sys, types, warnings
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")
+import IPython
+class ZMQInteractiveShell: pass
+IPython.get_ipython = lambda: ZMQInteractiveShell()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if sys.argv[1] == "configured":
+        from kaggle_lib import runtime
+        runtime.text_progress_bars()
+    from tqdm import auto, std
+print(sum("IProgress" in str(w.message) for w in caught), issubclass(auto.tqdm, std.tqdm))
+"""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("plain", "1 True"), ("configured", "0 True")])
+def test_progress_bars_are_text_without_the_ipywidgets_warning(mode: str, expected: str) -> None:
+    """tqdm.auto (Tunix's progress bar) warns about IProgress in such a kernel unless the
+    runtime set it up first; either way the bar it uses is tqdm's text bar."""
+    out = subprocess.run(
+        [sys.executable, "-c", _KERNEL_WITHOUT_WIDGETS, mode], capture_output=True, text=True,
+        check=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.stdout.strip() == expected, out.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Reasoning data: the shared prompt/target template, loaders of items, batching."""
 
+from kaggle_lib.data import reasoning_gym  # noqa: F401 - registers the rg: data spec
 from kaggle_lib.data.batching import (
     SFTBatches,
     TokenizedSet,

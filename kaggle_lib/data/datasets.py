@@ -27,28 +27,36 @@ import csv
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from kaggle_lib.errors import KaggleLibError
+
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 # "unrated" is for external data that carries no difficulty (GSM8K).
 Difficulty = Literal["easy", "medium", "hard", "unrated"]
 DIFFICULTIES: tuple[str, ...] = get_args(Difficulty)
-BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval")
+BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval", "eval_rg")  # eval_rg: reasoning-gym
 FILES_DIR = Path(__file__).resolve().parent / "files"
 SPEC_FORMS = (
-    "builtin:train | builtin:eval | jsonl:<path> | hf:<repo>[:<config>][@<split>] | "
-    "kaggle:<owner>/<dataset>/versions/<N>/<file>"
+    "builtin:train | builtin:eval | builtin:eval_rg | jsonl:<path> | "
+    "hf:<repo>[:<config>][@<split>] | kaggle:<owner>/<dataset>/versions/<N>/<file> | "
+    "rg:<mix>[@<seed>]"
 )
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
+# Generated sources register their spec kind here: kind -> (check the body and return it,
+# load(body, limit)). "rg" comes from kaggle_lib.data.reasoning_gym (imported by the package),
+# so this module need not import it (no import cycle).
+GENERATED_KINDS: dict[str, tuple[Callable[[str], str],
+                                 Callable[[str, int | None], list[dict[str, Any]]]]] = {}
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(KaggleLibError, ValueError):
     """Bad data or data spec; the message names the file or spec, the field and what is allowed."""
 
 
@@ -456,6 +464,8 @@ def parse_spec(spec: str) -> DataSpec:
         if not repo or not split or (":" in body and not config):
             raise DataError(f"data spec {spec!r}: use hf:<repo>[:<config>][@<split>]")
         return DataSpec("hf", repo, config=config or None, split=split)
+    if kind in GENERATED_KINDS:
+        return DataSpec(kind, GENERATED_KINDS[kind][0](body))
     if kind == "kaggle":
         parts = body.split("/")
         if (len(parts) < 5 or parts[2] != "versions" or not parts[3].isdigit()
@@ -477,6 +487,8 @@ def load_items(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
         return load_builtin(parsed.name, limit=limit)
     if parsed.kind == "jsonl":
         return load_jsonl(parsed.name, limit=limit)
+    if parsed.kind in GENERATED_KINDS:
+        return GENERATED_KINDS[parsed.kind][1](parsed.name, limit)
     if parsed.kind == "hf":
         return load_hf(parsed.name, parsed.config, parsed.split or "train", limit=limit)
     assert parsed.file is not None

@@ -33,6 +33,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.kaggle.metadata import (
     METADATA_FILE,
@@ -65,7 +66,7 @@ _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_
 _BLOCKING_CALL_RE = re.compile(r"(?<![\w.])(input|getpass\.getpass|getpass)\s*\(")
 
 
-class BundleError(ValueError):
+class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
+from kaggle_lib.errors import KaggleLibError
+
 METADATA_FILE = "kernel-metadata.json"
 
 LANGUAGES = ("python", "r", "rmarkdown")
@@ -56,7 +58,7 @@ _PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NOTEBOOK_ACCELERATOR_KEYS = ("accelerator", "dockerImageVersionId", "isGpuEnabled", "isTpuEnabled")
 
 
-class MetadataError(ValueError):
+class MetadataError(KaggleLibError, ValueError):
     """kernel-metadata.json or the notebook's metadata breaks a rule; the message says where."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from kaggle_lib import auth
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.bundle import (
     DEFAULT_CONFIG,
     MAX_SENT_BYTES,
@@ -63,7 +64,7 @@ NO_CREDENTIALS = (
 )
 
 
-class PushFailure(RuntimeError):
+class PushFailure(KaggleLibError, RuntimeError):
     """The push, the run or the download failed (exit code 1)."""
 
 

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from kaggle_lib.errors import KaggleLibError
+
 FlatParams = dict[tuple[Any, ...], np.ndarray]
 
 
-class ConversionError(RuntimeError):
+class ConversionError(KaggleLibError, RuntimeError):
     """A weight that has no counterpart in the target layout, or a conversion that failed."""
 
 

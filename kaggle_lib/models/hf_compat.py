@@ -35,6 +35,7 @@ from tunix.models.gemma import params_safetensors as gps
 from tunix.models.gemma3 import model as g3
 from tunix.models.gemma3 import params_safetensors as g3ps
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models.convert import gemma1_hf_key_mapping
 
 __all__ = [
@@ -50,7 +51,7 @@ _FAMILIES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gem
 _TANH_GELU = {"gelu_pytorch_tanh", "gelu_new", "gelu_tanh", "gelu_fast"}
 
 
-class HFCompatError(ValueError):
+class HFCompatError(KaggleLibError, ValueError):
     """An HF checkpoint/config that Tunix's Gemma models cannot represent exactly."""
 
 

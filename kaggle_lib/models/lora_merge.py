@@ -24,13 +24,14 @@ from flax import nnx
 from flax.traverse_util import unflatten_dict
 from tunix.models.gemma3.model import Gemma3, ModelConfig
 
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models.convert import FlatParams, flat_params
 from kaggle_lib.models.loader import shard_model
 
 LORA_SUFFIXES = ("_lora_a", "_lora_b")
 
 
-class LoraMergeError(ValueError):
+class LoraMergeError(KaggleLibError, ValueError):
     """A LoRA layout or parameter tree the merge cannot fold faithfully."""
 
 

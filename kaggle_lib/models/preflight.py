@@ -13,14 +13,20 @@ import os
 from typing import Any
 
 from kaggle_lib.config import RunConfig
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models import registry
 from kaggle_lib.models.loader import expected_param_count, resolve_dtype
 
 GIB = 2**30
 
 
-class PreflightError(RuntimeError):
+class PreflightError(KaggleLibError, RuntimeError):
     """The requested training mode cannot fit in device memory."""
+
+    hint = (
+        "Choose a training mode that fits (see the arithmetic above), add devices, or set `force: "
+        "true` to try anyway."
+    )
 
 
 @dataclasses.dataclass

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from kaggle_lib.errors import KaggleLibError
+
 __all__ = [
     "GEMMA_SPECIAL_IDS",
     "Tokenizer",
@@ -34,8 +36,10 @@ GEMMA_SPECIAL_PIECES: dict[str, str] = {
 _REQUIRED = ("bos", "eos", "pad")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(KaggleLibError, ValueError):
     """A tokenizer file is missing, unreadable or has unusable special ids."""
+
+    hint = "The tokenizer's special ids are missing; rebuild it with bos/eos/pad pieces set."
 
 
 class Tokenizer:

@@ -10,7 +10,9 @@ step and would fail on a corrupt one, or silently start a fresh optimizer when t
 state is missing (tunix/sft/checkpoint_manager.py restores the optimizer only "if found").
 
 A step that is not complete is moved to `<root>/corrupt/<step>/` with a `reason.txt`, so that
-neither Tunix nor a later run picks it, and training continues from the previous step. When
+neither Tunix nor a later run picks it, and training continues from the previous step. In a
+multi-process run (docs/MULTIHOST.md) every process probes the step, a failure on any of them
+rejects it on all, and only process 0 moves it, behind a barrier. When
 no step restores, training stops with `CheckpointError` naming each step and why.
 """
 
@@ -23,14 +25,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.errors import KaggleLibError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_ITEMS = ("model_params", "optimizer_state")
 CORRUPT_DIR = "corrupt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KaggleLibError, RuntimeError):
     """No checkpoint step restores; the message names each step and why."""
+
+    hint = (
+        "No checkpoint step of this run restores; each is listed above with the reason and was "
+        "moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train from the "
+        "start, or set train.resume_from to another run's checkpoint directory."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,18 +92,68 @@ def latest_complete_step(root: Path | str | None) -> int | None:
     return steps[-1] if steps else None
 
 
-def set_aside(root: Path | str, step: int, reason: str) -> SetAside:
-    """Move `<root>/<step>` to `<root>/corrupt/<step>` (suffixed if taken), with reason.txt."""
-    root = Path(root)
+def _set_aside_target(root: Path, step: int) -> Path:
+    """`<root>/corrupt/<step>`, suffixed (-2, -3, ...) if taken."""
     target = root / CORRUPT_DIR / str(step)
     n = 1
     while target.exists():
         n += 1
         target = root / CORRUPT_DIR / f"{step}-{n}"
+    return target
+
+
+def set_aside(root: Path | str, step: int, reason: str, target: Path | None = None) -> SetAside:
+    """Move `<root>/<step>` to `target` (default `<root>/corrupt/<step>`, suffixed if taken), with
+    reason.txt."""
+    root = Path(root)
+    target = target or _set_aside_target(root, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(root / str(step)), str(target))
     (target / "reason.txt").write_text(reason + "\n")
     log.warning("checkpoint step %d under %s set aside to %s: %s", step, root, target, reason)
+    return SetAside(step=step, path=str(target), reason=reason)
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _first_failure(step: int, reason: str | None) -> str | None:
+    """None when every process restored `step`; else this process's reason, or the first failing
+    process's id (its own log has the reason). Just `reason` in a one-process run."""
+    if _process_count() == 1:
+        return reason
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    # jax's own collectives (not kaggle_lib.distributed, which sits above the run record that
+    # imports this module): every process learns which processes failed.
+    failed = np.asarray(multihost_utils.process_allgather(np.array(reason is not None))).ravel()
+    if not failed.any():
+        return None
+    if reason is not None:
+        return f"{reason} (process {jax.process_index()})"
+    return f"does not restore on process {int(np.argmax(failed))} (its log has the error)"
+
+
+def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
+    """`set_aside` by process 0 only, on storage every process sees; the others wait and then see
+    the same directory (moving it on every process would race: a second move would find the
+    step gone, or set it aside twice). Every process computes the target first, then they meet,
+    process 0 moves, and they meet again."""
+    if _process_count() == 1:
+        return set_aside(root, step, reason)
+    import jax
+    from jax.experimental import multihost_utils
+
+    target = _set_aside_target(Path(root), step)
+    multihost_utils.sync_global_devices(f"kaggle_lib checkpoint {step}: target chosen")
+    if jax.process_index() == 0:
+        set_aside(root, step, reason, target=target)
+    multihost_utils.sync_global_devices(f"kaggle_lib checkpoint {step}: set aside")
     return SetAside(step=step, path=str(target), reason=reason)
 
 
@@ -118,6 +178,7 @@ def resume_from_newest_restorable(
         return None, removed
     for step in reversed(finalised_steps(root)):
         missing = missing_items(root, step)
+        reason: str | None = None
         if missing:
             reason = (f"incomplete: no {' and no '.join(missing)} in its Orbax metadata (resuming "
                       "without the optimizer state would not continue the same run)")
@@ -126,9 +187,12 @@ def resume_from_newest_restorable(
                 probe(step)
             except Exception as exc:  # noqa: BLE001 - any restore failure disqualifies the step
                 reason = f"does not restore: {_short(exc)}"
-            else:
-                return step, removed
-        entry = set_aside(root, step, reason)
+        # Several processes probe the same shared step together (the restore is collective)
+        # and must take the same branch: a step fails if it failed on any of them.
+        reason = _first_failure(step, reason)
+        if reason is None:
+            return step, removed
+        entry = _set_aside_once(root, step, reason)
         removed.append(entry)
         on_set_aside(entry)
     if removed:

@@ -36,6 +36,7 @@ from tunix.sft.metrics_logger import Mode
 from tunix.sft.peft_trainer import PeftTrainer, TrainingConfig
 
 from kaggle_lib.config import SftSection
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models.loader import shard_model
 from kaggle_lib.training import checkpoints
 from kaggle_lib.training.common import (
@@ -52,9 +53,15 @@ from kaggle_lib.training.loss import sft_loss
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(KaggleLibError, FloatingPointError):
     """The loss (or the weights after the update) became NaN/inf at `step`; that step and every
     later one were never checkpointed."""
+
+    hint = (
+        "Lower train.sft.learning_rate, keep max_grad_norm set, check the data for empty "
+        "responses; the last good checkpoint is listed below and `resume: auto` continues from "
+        "it."
+    )
 
     def __init__(self, step: int, loss: float, params_finite: bool = True):
         what = (f"loss became {loss}" if not math.isfinite(loss)

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib import logs
+from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evaluation import (
     DELTA_METRICS,
     GROUP_FIELDS,
@@ -37,13 +39,14 @@ from kaggle_lib.evaluation import (
     scorecard_delta,
 )
 
+log = logs.get_logger(__name__)
 SUMMARY_FILE = "eval_summary.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 BASELINE_FILE = "baseline.json"
 DEFAULT_THRESHOLD = 0.02
 
 
-class CompareError(ValueError):
+class CompareError(KaggleLibError, ValueError):
     """Bad input to a comparison (missing/invalid files, unknown stage, bad threshold)."""
 
 
@@ -412,12 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = sum([bool(args.runs), args.baseline is not None, args.mark_baseline is not None])
     if modes != 1 or len(args.runs) > 2:
         parser.print_usage(sys.stderr)
-        print("error: give A B, one RUN, --baseline RUN or --mark-baseline RUN", file=sys.stderr)
+        log.error("error: give A B, one RUN, --baseline RUN or --mark-baseline RUN")
         return 2
     try:
         if args.mark_baseline is not None:
             out = mark_baseline(args.mark_baseline, args.evidence_root)
-            print(f"baseline marked: {args.mark_baseline} -> {out}")
+            log.info("baseline marked: %s -> %s", args.mark_baseline, out)
             return 0
         if args.baseline is not None:
             result = compare_to_baseline(args.baseline, args.evidence_root, args.threshold)
@@ -426,22 +429,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = compare_runs(args.runs[0], args.runs[0], threshold=args.threshold,
                                   a_stage="baseline", b_stage="trained")
-        print(result.table)
-        print()
-        print(format_regressions(result))
+        log.info("%s\n\n%s", result.table, format_regressions(result))
         if args.png:
-            print(f"chart: {plot_category_accuracy(result, args.png)}")
+            log.info("chart: %s", plot_category_accuracy(result, args.png))
     except (CompareError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("error: %s", exc)
         return 2
     drop = result.accuracy_a - result.accuracy_b
     if result.regressed:
-        print(f"REGRESSION: accuracy {fmt_rate(result.accuracy_a)} -> "
-              f"{fmt_rate(result.accuracy_b)} (drop {100 * drop:.1f}pp > "
-              f"threshold {100 * result.threshold:.1f}pp)")
+        log.info("REGRESSION: accuracy %s -> %s (drop %.1fpp > threshold %.1fpp)",
+                 fmt_rate(result.accuracy_a), fmt_rate(result.accuracy_b), 100 * drop,
+                 100 * result.threshold)
         return 1
-    print(f"OK: accuracy {fmt_rate(result.accuracy_a)} -> {fmt_rate(result.accuracy_b)} "
-          f"(threshold {100 * result.threshold:.1f}pp)")
+    log.info("OK: accuracy %s -> %s (threshold %.1fpp)", fmt_rate(result.accuracy_a),
+             fmt_rate(result.accuracy_b), 100 * result.threshold)
     return 0
 
 

@@ -3,26 +3,32 @@
 Files: executed.ipynb (written by papermill), config.yaml, run_manifest.json, metrics.jsonl,
 failure_analysis.md when failed, and what later stages add (eval, samples, checkpoints).
 
-`run_manifest.json` follows `kaggle_lib/schemas/run_manifest.schema.json` and is validated on
-every write: a write that would break the schema raises `ManifestError` and leaves the file as
-it was, except the write that records a failure, which is never lost (see `RunRecord.fail`).
+`run_manifest.json` is a `RunManifest` (pydantic), checked on every write: a write that would
+break it raises `ManifestError` and leaves the file as it was, except the write that records a
+failure, which is never lost (see `RunRecord.fail`). The JSON schema for readers outside Python,
+kaggle_lib/schemas/run_manifest.schema.json, is generated from the model
+(scripts/write_manifest_schema.py); a test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import importlib.metadata
 import json
-import logging
 import platform
+import re
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kaggle_lib import auth, logs
+from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evidence.failure import failure_analysis
 
 MANIFEST = "run_manifest.json"
 METRICS = "metrics.jsonl"
@@ -39,15 +45,261 @@ RECORD_NAMES = frozenset({
     "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
     "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
 })
-log = logging.getLogger(__name__)
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "run_manifest.schema.json"
+log = logs.get_logger(__name__)
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "run_manifest.schema.json"
 SCHEMA_VERSION = 1
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
-class ManifestError(ValueError):
-    """A manifest write that does not match run_manifest.schema.json."""
+class ManifestError(KaggleLibError, ValueError):
+    """A manifest write that does not match RunManifest (run_manifest.schema.json)."""
 
+    hint = (
+        "A stage wrote a manifest field the schema does not allow (named above); fix that stage or "
+        "the field's type in kaggle_lib/evidence/record.py (RunManifest)."
+    )
+
+
+# ---------------------------------------------------------------------------- the manifest
+
+Timestamp = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
+                                 description="UTC, second precision, e.g. 2026-01-31T12:00:00Z")]
+Seconds = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    """A manifest object: typed where named, open to fields stages add (as the record grows)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class GitInfo(_Section):
+    sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None
+    dirty: bool | None
+    source: Literal["git", "bundle", "unknown"]
+
+
+class HostInfo(_Section):
+    system: str
+    machine: str
+    node: str | None = None
+
+
+class Packages(_Section):
+    """Versions of TRACKED_PACKAGES (None: not installed)."""
+
+    __pydantic_extra__: dict[str, str | None]
+    google_tunix: str | None = Field(alias="google-tunix")
+    jax: str | None
+    flax: str | None
+
+
+class KaggleImage(BaseModel):
+    """Kaggle image identity, from /etc/git_commit and /etc/build_date."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    git_commit: str | None = None
+    build_date: str | None = None
+
+
+class EnvironmentInfo(_Section):
+    on_kaggle: bool
+    run_type: str | None = Field(None, description="KAGGLE_KERNEL_RUN_TYPE: 'Interactive' or "
+                                 "'Batch' today; not an enum, so a new Kaggle value cannot break a "
+                                 "run. Required (non-empty) on Kaggle.")
+    working_dir: str | None = None
+    notebook_url: Annotated[str, Field(pattern=r"^https://www\.kaggle\.com/code/[^/]+/[^/]+")] | None = None
+    notebook_version: str | int | None = None
+    kaggle_image: KaggleImage | None = None
+
+    @model_validator(mode="after")
+    def _run_type_on_kaggle(self) -> EnvironmentInfo:
+        if self.on_kaggle and not self.run_type:
+            raise ValueError("run_type: required (non-empty) when on_kaggle is true")
+        return self
+
+
+class DeviceInfo(_Section):
+    platform: str
+    device_kind: str
+    device_count: Count
+    local_device_count: Count | None = None
+    memory_per_device_bytes: int | None = None
+    process_count: Count | None = None
+    jax_version: str | None = None
+
+
+class ModelInfo(_Section):
+    name: str
+    source: str
+    dtype: str | None = None
+    param_count: Annotated[int, Field(ge=0)] | None = None
+
+
+class StageEntry(_Section):
+    status: Literal["running", "succeeded", "failed", "skipped"]
+    seconds: Seconds | None = None
+
+
+class Failure(_Section):
+    stage: Annotated[str, Field(min_length=1)]
+    error_type: Annotated[str, Field(min_length=1)]
+    message: str
+    last_good_checkpoint: str | None
+
+
+class SecretScan(_Section):
+    files_scanned: Annotated[int, Field(ge=0)]
+    hits: list[str]
+    removed: list[str] = Field(default_factory=list, description="Binary files with a hit, "
+                               "deleted from the record (masking would break their framing).")
+
+
+class ExportEntry(_Section):
+    path: str
+    format: str
+
+
+class AttemptFailure(_Section):
+    stage: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+
+
+class Attempt(_Section):
+    """An earlier attempt of this run (its files are under attempts/<n>/)."""
+
+    n: Count
+    status: Literal["succeeded", "failed", "interrupted", "unknown"] = Field(
+        description="interrupted: that attempt never closed its record (e.g. the runner was killed).")
+    started_at: str | None = None
+    ended_at: str | None = None
+    failure: AttemptFailure | None = None
+    path: Annotated[str, Field(pattern=r"^attempts/[0-9]+$")]
+
+
+class SetAsideCheckpoint(_Section):
+    """A checkpoint step that did not restore, moved to checkpoints/<stage>/corrupt/<step>/."""
+
+    stage: str
+    step: Annotated[int, Field(ge=0)]
+    path: str
+    reason: str
+
+
+Metric = bool | int | float | str | None
+
+
+class RunManifest(_Section):
+    """Identity, code, config, versions, devices, times, status, stage timings and headline
+    metrics of one run. While status is 'running' the closing fields may be missing;
+    'succeeded' and 'failed' require ended_at, duration_s and stages; 'succeeded' also
+    config_hash, devices, model and metrics, and no failed stage; 'failed' requires failure."""
+
+    model_config = ConfigDict(extra="allow", strict=True, title="kaggle_lib run manifest")
+
+    schema_version: Literal[1]
+    run_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")]
+    run_name: str | None = None
+    status: Literal["running", "succeeded", "failed"]
+    config_path: str
+    config_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    config_resolved: dict[str, Any] | None = None
+    started_at: Timestamp
+    ended_at: Timestamp | None = None
+    duration_s: Seconds | None = None
+    notebook_wall_seconds: Seconds | None = None
+    git: GitInfo
+    python: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+")]
+    host: HostInfo
+    packages: Packages
+    environment: EnvironmentInfo | None = None
+    devices: DeviceInfo | None = None
+    model: ModelInfo | None = None
+    stages: dict[str, StageEntry] | None = None
+    metrics: dict[str, Metric] | None = None
+    failure: Failure | None = None
+    secret_scan: SecretScan | None = None
+    exports: dict[str, ExportEntry] | None = None
+    attempt: Count = Field(1, description="Which attempt of this run this manifest records: a "
+                           "re-run in the same run directory is the next attempt.")
+    attempts: list[Attempt] = Field(default_factory=list,
+                                    description="Earlier attempts of this run, oldest first.")
+    checkpoints_set_aside: list[SetAsideCheckpoint] = Field(default_factory=list)
+    prepared_by_runner: bool = Field(False, description="Set by `python -m kaggle_lib run` "
+                                     "before the kernel starts; start_run then keeps this fresh "
+                                     "manifest instead of archiving it.")
+
+    @model_validator(mode="after")
+    def _closing_fields(self) -> RunManifest:
+        if self.status == "running":
+            return self
+        required = ["ended_at", "duration_s", "stages"]
+        required += (["config_hash", "devices", "model", "metrics"] if self.status == "succeeded"
+                     else ["failure"])
+        missing = [name for name in required if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"required when status is {self.status}: {', '.join(missing)}")
+        if self.status == "succeeded":
+            if self.failure is not None:
+                raise ValueError("failure: a succeeded run has no failure")
+            if not self.stages:
+                raise ValueError("stages: a succeeded run lists at least one stage")
+            for name, stage in self.stages.items():
+                # 'running' is allowed: the finish stage marks the run succeeded from inside
+                # itself, before its own entry is closed.
+                if stage.status == "failed":
+                    raise ValueError(f"stages.{name}.status: a succeeded run has no failed stage")
+        return self
+
+
+# A model-level rule names its field as 'field.path: message' (pydantic's location is the model).
+_FIELD_IN_MESSAGE = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.-]*): (.*)$", re.S)
+
+
+def manifest_errors(manifest: dict[str, Any]) -> list[str]:
+    """Violations as 'field.path: message' lines (empty when the manifest is valid)."""
+    try:
+        RunManifest.model_validate(manifest)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = [str(part) for part in error["loc"]]
+            message = error["msg"]
+            if error["type"] == "value_error" and (match := _FIELD_IN_MESSAGE.match(message)):
+                where.append(match.group(1))
+                message = match.group(2)
+            lines.append(f"{'.'.join(where) or '<top level>'}: {message}")
+        return sorted(lines)
+    return []
+
+
+def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
+    """Raise ManifestError naming the file, each bad field and what is allowed."""
+    errors = manifest_errors(manifest)
+    if errors:
+        raise ManifestError(
+            f"{source} does not match {SCHEMA_PATH.name} (RunManifest):\n  " + "\n  ".join(errors[:20])
+        )
+
+
+def load_manifest(path: Path) -> RunManifest | None:
+    """The manifest at `path`, typed; None when it does not validate (a failure that was
+    recorded with `schema_errors`), so that its reader can say so instead of breaking."""
+    try:
+        return RunManifest.model_validate(json.loads(Path(path).read_text()))
+    except ValidationError:
+        return None
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The JSON schema of run_manifest.json, generated from RunManifest."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **RunManifest.model_json_schema(by_alias=True)}
+
+
+# ---------------------------------------------------------------------------- identity
 
 # Versions recorded in every manifest: what decides numerics and behaviour.
 TRACKED_PACKAGES = (
@@ -71,30 +323,6 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     return max(0.0, (t1 - t0).total_seconds())
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> Any:
-    import jsonschema
-
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-def manifest_errors(manifest: dict[str, Any]) -> list[str]:
-    """Schema violations as 'field.path: message' lines (empty when the manifest is valid)."""
-    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(map(str, e.path)))
-    return [f"{'.'.join(map(str, e.path)) or '<top level>'}: {e.message}" for e in errors]
-
-
-def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
-    """Raise ManifestError naming the file, each bad field and what the schema allows."""
-    errors = manifest_errors(manifest)
-    if errors:
-        raise ManifestError(
-            f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(errors[:20])
-        )
-
-
 def make_run_id(config_hash: str, when: dt.datetime | None = None) -> str:
     """UTC time + short config hash: sortable, and says which config ran."""
     when = when or dt.datetime.now(dt.UTC)
@@ -108,7 +336,8 @@ def hash_text(text: str | bytes) -> str:
 
 def git_info(repo: Path | None = None) -> dict[str, Any]:
     """Commit and dirty flag of the checkout the code came from (bundles bake their own)."""
-    repo = repo or Path(__file__).resolve().parent.parent
+    package_dir = Path(__file__).resolve().parent.parent
+    repo = repo or package_dir.parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
@@ -121,7 +350,7 @@ def git_info(repo: Path | None = None) -> dict[str, Any]:
         )
         return {"sha": sha, "dirty": dirty, "source": "git"}
     except (OSError, subprocess.CalledProcessError):
-        baked = Path(__file__).resolve().parent / "_build_info.json"
+        baked = package_dir / "_build_info.json"
         if baked.is_file():
             info = json.loads(baked.read_text())
             return {"sha": info.get("git_sha"), "dirty": info.get("git_dirty"), "source": "bundle"}
@@ -136,59 +365,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-# What to do next, by error type name: the user reads this in failure_analysis.md.
-_HINTS = {
-    "ConfigError": "Fix the config key named above (the message lists what is allowed), then re-run.",
-    "DeviceError": "Set `device: auto` (or the platform that is present) or run where that "
-    "accelerator exists. On Kaggle: Settings -> Accelerator -> TPU v5e-8.",
-    "AuthError": "Provide a Hugging Face token as the secret `HF_TOKEN`. On Kaggle: notebook "
-    "editor -> Add-ons -> Secrets -> add a secret labelled `HF_TOKEN`, tick it for this notebook, "
-    "then run again (secrets cannot be attached to a pushed batch run from outside the editor). "
-    "Locally: `export HF_TOKEN=hf_...` in the shell that runs `make run`. The token's account "
-    "must have accepted the model licence on its Hugging Face page.",
-    "PreflightError": "Choose a training mode that fits (see the arithmetic above), add devices, "
-    "or set `force: true` to try anyway.",
-    "NonFiniteLossError": "Lower train.sft.learning_rate, keep max_grad_norm set, check the data "
-    "for empty responses; the last good checkpoint is listed below and `resume: auto` continues from it.",
-    "SecretLeakError": "A secret value reached an output. The offending text was redacted; find "
-    "what printed it and remove that print before sharing the run.",
-    "ManifestError": "A stage wrote a manifest field the schema does not allow (named above); fix "
-    "that stage or kaggle_lib/schemas/run_manifest.schema.json.",
-    "PapermillExecutionError": "A notebook cell raised before the run record could note it; the "
-    "cell and the error are above and in executed.ipynb.",
-    "TokenizerError": "The tokenizer's special ids are missing; rebuild it with bos/eos/pad pieces set.",
-    "DeadKernelError": "The notebook kernel died, usually out of host memory: reduce "
-    "data.max_seq_len or the batch size, or use LoRA.",
-    "XlaRuntimeError": "If the message says RESOURCE_EXHAUSTED, the device ran out of memory: "
-    "reduce batch size or max_seq_len, use LoRA, or shard over more devices.",
-    "TimeoutError": "The run hit its time limit; resume from the last checkpoint with `resume: auto` "
-    "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
-    "CellTimeoutError": "A notebook cell ran past its time limit; resume from the last checkpoint "
-    "with `resume: auto` and set train.max_wall_time below the limit.",
-    "CheckpointError": "No checkpoint step of this run restores; each is listed above with the "
-    "reason and was moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train "
-    "from the start, or set train.resume_from to another run's checkpoint directory.",
-    "PeerProcessError": "Another process of this multi-process run died or hung (named above; its "
-    "log is under processes/<id>/). Fix its cause, then start every process again with the same "
-    "command and run directory and `train.resume: auto`: training continues from the last checkpoint.",
-    "DistributedStartError": "Start every process with the same JAX_COORDINATOR_ADDRESS and "
-    "JAX_NUM_PROCESSES and its own JAX_PROCESS_ID (0..N-1), within the initialization timeout "
-    "(docs/MULTIHOST.md).",
-    "DistributedConfigError": "Fix the environment variable named above (docs/MULTIHOST.md).",
-    "KeyboardInterrupt": "The run was interrupted; re-run, or resume from the last checkpoint.",
-}
-
-
-_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
-
-
-def hint_for(kind: str, message: str) -> str:
-    """What to do next for an error type (out-of-memory is recognised by its message too)."""
-    if kind not in ("DeadKernelError",) and any(m in message for m in _OOM_MARKERS):
-        return _HINTS["XlaRuntimeError"]
-    return _HINTS.get(kind, "Read the traceback below; the stage and the error say where it broke.")
 
 
 def last_good_checkpoint(run_dir: Path) -> str | None:
@@ -210,6 +386,9 @@ def last_good_checkpoint(run_dir: Path) -> str | None:
             key = (step_dir.stat().st_mtime, str(step_dir))
             best = key if best is None or key > best else best
     return best[1] if best else None
+
+
+# ---------------------------------------------------------------------------- files
 
 
 def _ends_without_newline(path: Path) -> bool:
@@ -234,10 +413,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except ValueError:
-            log.warning("%s:%d: skipped a line that is not JSON (a write cut short?): %.80s",
-                        path, lineno, line)
-            print(f"[kaggle_lib] warning: {path}:{lineno}: skipped a line that is not JSON "
-                  "(a write cut short?)", file=sys.stderr)
+            log.warning("[kaggle_lib] warning: %s:%d: skipped a line that is not JSON "
+                        "(a write cut short?)", path, lineno)
             continue
         if isinstance(record, dict):
             records.append(record)
@@ -245,18 +422,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the manifest of the next attempt says about attempt `n`."""
+    """What the manifest of the next attempt says about attempt `n` (`manifest` may be partial
+    or broken: it is whatever that attempt left)."""
     failure = manifest.get("failure") or {}
     status = manifest.get("status")
-    return {
-        "n": n,
+    summary = Attempt(
+        n=n,
         # "running" in a manifest that is being archived: the attempt never closed its record.
-        "status": {"running": "interrupted"}.get(status, status) or "unknown",
-        "started_at": manifest.get("started_at"), "ended_at": manifest.get("ended_at"),
-        "failure": ({"stage": failure.get("stage"), "error_type": failure.get("error_type"),
-                     "message": str(failure.get("message") or "")[:500]} if failure else None),
-        "path": f"{ATTEMPTS}/{n}",
-    }
+        status={"running": "interrupted"}.get(status, status) or "unknown",
+        started_at=manifest.get("started_at"), ended_at=manifest.get("ended_at"),
+        failure=(AttemptFailure(stage=failure.get("stage"), error_type=failure.get("error_type"),
+                                message=str(failure.get("message") or "")[:500])
+                 if failure else None),
+        path=f"{ATTEMPTS}/{n}",
+    )
+    return summary.model_dump(mode="json")
 
 
 class RunRecord:
@@ -275,9 +455,15 @@ class RunRecord:
             return json.loads(self.manifest_path.read_text())
         return {}
 
+    def manifest(self) -> RunManifest:
+        """The manifest, typed (raises ManifestError if the file does not match)."""
+        data = self.read_manifest()
+        validate_manifest(data, str(self.manifest_path))
+        return RunManifest.model_validate(data)
+
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` (dicts one level deep) and write; raises ManifestError, leaving the
-        file untouched, if the result does not match the schema."""
+        file untouched, if the result does not match RunManifest."""
         manifest = self._merged(fields)
         validate_manifest(manifest, str(self.manifest_path))
         self._write_json(self.manifest_path, manifest)
@@ -361,7 +547,8 @@ class RunRecord:
         for path in leftovers:
             shutil.move(str(path), str(target / path.name))
         attempts.append(_attempt_summary(n, old))
-        print(f"[kaggle_lib] attempt {n} of this run moved to {target}; this is attempt {n + 1}")
+        log.info("[kaggle_lib] attempt %d of this run moved to %s; this is attempt %d",
+                 n, target, n + 1)
         return {"attempt": n + 1, "attempts": attempts}
 
     @staticmethod
@@ -407,60 +594,24 @@ class RunRecord:
         filled in), and never loses the failure: if the merged manifest breaks the schema it is
         written anyway with the violations under `schema_errors`.
         """
-        from kaggle_lib.auth import redact  # local import: auth imports nothing heavy
-
         manifest = self.read_manifest()
         if manifest.get("status") == "failed" and (self.run_dir / FAILURE).is_file():
             return
         checkpoint = checkpoint or last_good_checkpoint(self.run_dir)
-        kind = type(error).__name__
-        message = str(error) or kind
-        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        lines = [
-            f"# Run failed in stage `{stage}`",
-            "",
-            f"- run: `{manifest.get('run_id', self.run_dir.name)}`",
-            f"- stage: `{stage}`",
-            f"- error: `{kind}`",
-            f"- last good checkpoint: {f'`{checkpoint}`' if checkpoint else 'none'}",
-            "",
-            "## What happened",
-            "",
-            "```",
-            message,
-            "```",
-            "",
-            "## What to do",
-            "",
-            hint_for(kind, message),
-        ]
-        if checkpoint:
-            lines += ["", f"Training resumes from `{checkpoint}` when the same run directory is used "
-                      "again with `train.resume: auto`, or from another run directory with "
-                      f"`train.resume_from: {Path(checkpoint).parent}`."]
-        recent = self.read_metrics()[-5:]
-        if recent:
-            lines += ["", "## Last metrics before the failure", "", "```"]
-            lines += [json.dumps(r) for r in recent] + ["```"]
-        aside = manifest.get("checkpoints_set_aside") or []
-        if aside:
-            lines += ["", "## Checkpoints set aside (they did not restore)", ""]
-            lines += [f"- `{e.get('stage')}` step {e.get('step')}, now `{e.get('path')}`: "
-                      f"{e.get('reason')}" for e in aside]
-        if details:
-            lines += ["", "## Details", "", details]
-        lines += ["", "## Traceback", "", "```", tb.rstrip(), "```", "",
-                  "The executed notebook (`executed.ipynb`) shows every cell's output up to the error.",
-                  ""]
-        self.write_text(FAILURE, redact("\n".join(lines)))
+        self.write_text(FAILURE, auth.redact(failure_analysis(
+            run_id=manifest.get("run_id") or self.run_dir.name, stage=stage, error=error,
+            checkpoint=checkpoint, recent_metrics=self.read_metrics()[-5:],
+            set_aside=manifest.get("checkpoints_set_aside") or [], details=details)))
         fields: dict[str, Any] = {}
         if not manifest.get("run_id"):  # nothing recorded yet: the notebook never started
             fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
             manifest = {**fields, **manifest}
+        kind = type(error).__name__
         fields.update(
             status="failed",
             stages=manifest.get("stages") or {},
-            failure={"stage": stage, "error_type": kind, "message": redact(message)[:2000],
+            failure={"stage": stage, "error_type": kind,
+                     "message": auth.redact(str(error) or kind)[:2000],
                      "last_good_checkpoint": checkpoint},
             **self._closing(manifest),
         )

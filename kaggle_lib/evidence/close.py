@@ -1,0 +1,267 @@
+"""Closing a run record, whichever way the run ends: environment details, checkpoint list,
+secret scan, README and the index line.
+
+Three entry points:
+
+* `finalize(run, "succeeded")`: the notebook's last stage (`pipeline.finish`).
+* `close_failed(run)`: the `stage` decorator, when any stage raises inside the kernel.
+* `close_after_kernel(run_dir, notebook, error, seconds)`: the papermill runner, after the
+  kernel has gone (also when it died or never started): records what the kernel could not,
+  scans the executed notebook, rewrites the README and the index line.
+
+Every one of them ends with the secret scan of `kaggle_lib.evidence.scan`; a hit fails the run
+with `SecretLeakError`, and failure_analysis.md names each file that was redacted or removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib import auth, distributed
+from kaggle_lib.evidence.index import append_index, index_path
+from kaggle_lib.evidence.plots import plot_loss
+from kaggle_lib.evidence.readme import write_readme
+from kaggle_lib.evidence.record import FAILURE, ManifestError, RunRecord
+from kaggle_lib.evidence.scan import (
+    SecretLeakError,
+    removed_files,
+    scan_files,
+    scan_for_secrets,
+)
+from kaggle_lib.runtime import env_info
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digest(directory: Path) -> tuple[str, int, int]:
+    """(sha256 over relative paths and file digests, file count, bytes) of a directory tree."""
+    files = sorted(f for f in directory.rglob("*") if f.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(_sha256(f).encode() + b"\n")
+    return digest.hexdigest(), len(files), sum(f.stat().st_size for f in files)
+
+
+def checkpoint_listing(run_dir: Path) -> list[dict[str, Any]]:
+    """Every saved checkpoint step and every export: path (relative to the run directory),
+    step, file count, bytes and a sha256 over the tree."""
+    run_dir = Path(run_dir)
+    entries: list[dict[str, Any]] = []
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            steps = sorted((p for p in stage_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                           key=lambda p: int(p.name))
+            for step_dir in steps:
+                sha, n, size = tree_digest(step_dir)
+                entries.append({"kind": "checkpoint", "stage": stage_dir.name,
+                                "step": int(step_dir.name),
+                                "path": step_dir.relative_to(run_dir).as_posix(),
+                                "files": n, "bytes": size, "sha256": sha})
+    manifest = RunRecord(run_dir).read_manifest()
+    exports = manifest.get("exports") or {}
+    root = run_dir / "export"
+    if root.is_dir():
+        for export_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            sha, n, size = tree_digest(export_dir)
+            info = exports.get(export_dir.name) or {}
+            entries.append({"kind": "export", "stage": export_dir.name, "step": info.get("step"),
+                            "format": info.get("format"),
+                            "path": export_dir.relative_to(run_dir).as_posix(),
+                            "files": n, "bytes": size, "sha256": sha})
+    return entries
+
+
+
+# ---------------------------------------------------------------------------- secret scan
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanOutcome:
+    """Files (relative to the run directory) where the closing scan found a secret."""
+
+    redacted: list[str]
+    removed: list[str]  # binary files, deleted from the record
+
+    def __bool__(self) -> bool:
+        return bool(self.redacted or self.removed)
+
+    def message(self) -> str:
+        parts = []
+        if self.redacted:
+            parts.append(f"secret values were found and redacted in: {', '.join(self.redacted)}")
+        if self.removed:
+            parts.append("binary files holding a secret value were removed from the record "
+                         f"(masking would corrupt them): {', '.join(self.removed)}")
+        return "; ".join(parts)
+
+
+def _scan_and_record(record: RunRecord, notebook: Path | None = None) -> ScanOutcome:
+    files = scan_files(record.run_dir, notebook)
+    hits = scan_for_secrets(files)
+
+    def relative(path: str) -> str:
+        p = Path(path)
+        return p.relative_to(record.run_dir).as_posix() if p.is_relative_to(record.run_dir) else p.name
+
+    removed = [relative(h) for h in removed_files(hits)]
+    outcome = ScanOutcome([relative(h) for h in hits if relative(h) not in removed], removed)
+    previous = record.read_manifest().get("secret_scan") or {}
+    try:
+        record.update_manifest(secret_scan={
+            "files_scanned": len(files),
+            "hits": sorted(set(previous.get("hits") or []) | set(outcome.redacted) | set(removed)),
+            "removed": sorted(set(previous.get("removed") or []) | set(removed))})
+    except ManifestError:
+        pass  # the scan result is also in the raised error and failure_analysis.md
+    return outcome
+
+
+def _note_in_failure_analysis(record: RunRecord, outcome: ScanOutcome) -> None:
+    """A run that had already failed keeps its first failure as the headline; the scan's
+    finding is added below it."""
+    path = record.run_dir / FAILURE
+    if path.is_file() and outcome.message() not in path.read_text():
+        with path.open("a") as fh:
+            fh.write(f"\n## Secret scan\n\n{outcome.message()}\n")
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for which in ("baseline", "baseline_fewshot", "trained"):
+        card = (summary or {}).get(which) or {}
+        overall = card.get("overall") if isinstance(card, dict) else None
+        if overall:
+            out[f"{which}_accuracy"] = overall["accuracy"]
+            out[f"{which}_format_exact"] = overall["format_exact"]
+            out[f"{which}_format_approx"] = overall["format_approx"]
+            out["eval_items"] = overall.get("n")
+    sft = run.train_results.get("sft") if run.train_results else None
+    if sft:
+        out["sft_steps"] = sft["steps"]
+        out["sft_loss_first10_mean"] = sft["loss_first10_mean"]
+        out["sft_loss_last10_mean"] = sft["loss_last10_mean"]
+    grpo = run.train_results.get("grpo") if run.train_results else None
+    if grpo:
+        out["grpo_steps"] = grpo.get("steps")
+        out["grpo_reward_last"] = grpo.get("reward_last")
+    return out
+
+
+
+# ---------------------------------------------------------------------------- closing
+
+
+def _write_environment(run: Any) -> None:
+    run.record.write_text("env_info.txt", auth.redact(env_info()))
+    run.record.write_json("checkpoints.json", checkpoint_listing(run.run_dir))
+
+
+def finalize(run: Any, status: str) -> None:
+    """Write the closing files; a secret found anywhere fails the run (after redacting it)."""
+    if not distributed.is_writer():  # process 0 writes the record's closing files
+        if status == "succeeded":
+            run.record.succeed()
+        return
+    _write_environment(run)
+    found = _scan_and_record(run.record)
+    if found:
+        raise SecretLeakError(
+            f"{found.message()}. Find what printed them (a log line, a print, a config value) "
+            "and remove it."
+        )
+    if status == "succeeded":
+        run.record.succeed()
+    write_readme(run.run_dir)
+    append_index(run.run_dir)
+
+
+def _raw_config_copy(record: RunRecord) -> None:
+    """config.yaml even when the config never loaded: the file as given, redacted."""
+    if (record.run_dir / "config.yaml").is_file():
+        return
+    source = Path(str(record.read_manifest().get("config_path") or ""))
+    if source.is_file():
+        record.write_text("config.yaml", "# The config as given (it did not load; see "
+                          "failure_analysis.md)\n" + auth.redact(source.read_text(errors="replace")))
+
+
+def close_failed(run: Any) -> None:
+    """What a failed run still leaves: env info, checkpoint list, eval summary, loss curve,
+    config copy, secret scan, README, index line."""
+    if not distributed.is_writer():
+        return
+    _write_environment(run)
+    _raw_config_copy(run.record)
+    if getattr(run, "records", None):
+        from kaggle_lib import evaluation as ev
+
+        ev.write_summary(run.run_dir / "eval_summary.json",
+                         ev.summarize(run.records.get("baseline"), run.records.get("trained"),
+                                      meta={"run_id": run.run_id}))
+    if getattr(run, "train_results", None) or run.record.read_metrics():
+        plot_loss(run)
+    _scan_and_record(run.record)
+    write_readme(run.run_dir)
+    append_index(run.run_dir)
+
+
+def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,
+                       seconds: float) -> dict[str, Any]:
+    """Finish the record after papermill returns, whatever happened inside the kernel.
+
+    Records a failure the kernel could not record (kernel died, cell timeout, error before
+    `start_run`) against the stage that was running; writes env info and checkpoints.json if
+    the kernel did not; scans the whole directory *and* the executed notebook for secrets (a
+    hit fails the run); rewrites README.md and the index line. Returns the final manifest.
+    """
+    record = RunRecord(run_dir)
+    manifest = record.read_manifest()
+    if error is not None and manifest.get("status") != "failed":
+        running = [k for k, v in (manifest.get("stages") or {}).items() if v.get("status") == "running"]
+        stage = running[-1] if running else "notebook"
+        if running:
+            record.stage(stage, "failed")
+        record.fail(stage, error)
+    elif error is None and manifest.get("status") == "running":
+        # The notebook ended without reaching `finish` (e.g. a cell was removed).
+        record.fail("notebook", RuntimeError("the notebook ended before its finish stage ran"))
+    if not (record.run_dir / "env_info.txt").is_file():
+        record.write_text("env_info.txt", auth.redact(env_info()))
+    if error is not None or not (record.run_dir / "checkpoints.json").is_file():
+        # Hashing checkpoints is not free: only when the kernel could not list them itself.
+        record.write_json("checkpoints.json", checkpoint_listing(record.run_dir))
+    _raw_config_copy(record)
+    try:
+        record.update_manifest(notebook_wall_seconds=round(seconds, 1))
+    except ManifestError:
+        pass
+    found = _scan_and_record(record, notebook)
+    if found:
+        if record.read_manifest().get("status") == "failed":
+            # the first failure stays the headline
+            record.update_manifest(secret_leak=found.redacted + found.removed)
+            _note_in_failure_analysis(record, found)
+        else:
+            record.fail("secret-scan", SecretLeakError(found.message()))
+    write_readme(record.run_dir)
+    append_index(record.run_dir)
+    # The README and index may quote failure messages: scan once more (redaction only).
+    scan_for_secrets([record.run_dir / "README.md", index_path(record.run_dir)])
+    return record.read_manifest()
+

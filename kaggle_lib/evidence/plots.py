@@ -1,0 +1,38 @@
+"""Plots of a run: the training loss curve (loss.png), shown inline when run in a notebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_loss(run: Any) -> Path | None:
+    """loss.png from metrics.jsonl (matplotlib, no display needed)."""
+    records = [r for r in run.record.read_metrics()
+               if r.get("stage") in ("sft", "grpo") and isinstance(r.get("loss"), int | float)]
+    if not records:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for stage_name in ("sft", "grpo"):
+        points = sorted({r["step"]: r["loss"] for r in records if r["stage"] == stage_name}.items())
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=stage_name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"run {run.run_id}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = run.run_dir / "loss.png"
+    fig.savefig(path, bbox_inches="tight")
+    try:  # show it inline when running in a notebook
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        if get_ipython() is not None:
+            display(Image(filename=str(path)))
+    except Exception:  # noqa: BLE001 - outside IPython there is nothing to show
+        pass
+    return path

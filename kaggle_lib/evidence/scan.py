@@ -1,0 +1,131 @@
+"""The secret scan of a run record: known secret values (HF token, Kaggle key/token from the
+environment and the usual credential files) and token-shaped strings.
+
+Text files are redacted in place; a binary file with a hit is removed from the record (see
+`scan_for_secrets`). Either way the closing code fails the run with `SecretLeakError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from kaggle_lib import auth
+from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evidence.record import ATTEMPTS
+
+TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log",
+                 ".html", ".py", ".cfg", ".toml", ".ini"}
+# Directories of weights: listed with sha256 in checkpoints.json, not scanned byte by byte.
+WEIGHT_DIRS = ("checkpoints", "export")
+# Binary files up to this size are searched for secret bytes (tensorboard events, images).
+BINARY_SCAN_LIMIT = 64 * 2**20
+
+
+class SecretLeakError(KaggleLibError, RuntimeError):
+    """A secret value or token-shaped string reached a file of the run record."""
+
+    hint = (
+        "A secret value reached an output. The offending text was redacted; find what printed it "
+        "and remove that print before sharing the run."
+    )
+
+
+def _credential_file_values() -> set[str]:
+    """Secret values from the usual credential files (Kaggle key/token, cached HF token)."""
+    values: set[str] = set()
+    kaggle_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    try:
+        data = json.loads((kaggle_dir / "kaggle.json").read_text())
+        if isinstance(data, dict) and data.get("key"):
+            values.add(str(data["key"]))
+    except (OSError, ValueError):
+        pass
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    candidates = [kaggle_dir / "access_token", kaggle_dir / "access_token.txt",
+                  Path(os.environ.get("HF_TOKEN_PATH", hf_home / "token"))]
+    for path in candidates:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text:
+            values.add(text)
+    return values
+
+
+def secret_values(extra: Iterable[str] = ()) -> set[str]:
+    """Every secret value this process knows of, registered for redaction on the way."""
+    values = set(extra)
+    values |= {os.environ[v] for v in auth.SECRET_ENV_VARS if os.environ.get(v)}
+    values |= _credential_file_values()
+    for value in values:
+        auth.register_secret(value)
+    return set(auth.registered_secrets())
+
+
+def _binary_has_secret(data: bytes, values: set[str]) -> bool:
+    if any(value.encode() in data for value in values):
+        return True
+    return any(re.search(pattern.pattern.encode(), data) for pattern in auth.TOKEN_PATTERNS)
+
+
+def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None) -> list[str]:
+    """Clean secret values / token-shaped strings out of `paths`; return the files that had any.
+
+    Text files are redacted in place (`[REDACTED]`). A binary file up to BINARY_SCAN_LIMIT with
+    a hit is deleted: masking bytes in place would break its framing (TensorBoard's event
+    records carry checksums), and a named gap is better than a file its reader rejects.
+    """
+    values = secret_values(extra_values or ())
+    hits = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        if path.suffix in TEXT_SUFFIXES:
+            text = path.read_text(errors="surrogateescape")
+            cleaned = auth.redact(text)
+            if cleaned != text:
+                path.write_text(cleaned, errors="surrogateescape")
+                hits.append(str(path))
+        elif path.stat().st_size <= BINARY_SCAN_LIMIT and _binary_has_secret(path.read_bytes(), values):
+            path.unlink()
+            hits.append(str(path))
+    return hits
+
+
+def removed_files(hits: Iterable[str]) -> list[str]:
+    """The hits of `scan_for_secrets` that were deleted (binary files), not redacted."""
+    return [h for h in hits if not Path(h).exists()]
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """Files of the record that people read (weights directories excluded, also those of
+    earlier attempts under attempts/<n>/)."""
+    run_dir = Path(run_dir)
+
+    def is_weights(parts: tuple[str, ...]) -> bool:
+        if parts[:1] == (ATTEMPTS,):
+            parts = parts[2:]
+        return bool(set(parts[:1]) & set(WEIGHT_DIRS))
+
+    return sorted(p for p in run_dir.rglob("*")
+                  if p.is_file() and not is_weights(p.relative_to(run_dir).parts))
+
+
+def scan_files(run_dir: Path, notebook: Path | None = None) -> list[Path]:
+    """What the closing secret scan reads: the record, the executed notebook, and the small
+    text files of exports (config.json, tokenizer files, manifests)."""
+    run_dir = Path(run_dir)
+    files = run_files(run_dir)
+    export = run_dir / "export"
+    if export.is_dir():
+        files += [p for p in export.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    if notebook is not None and Path(notebook) not in files:
+        files.append(Path(notebook))
+    return files
+

@@ -1,0 +1,48 @@
+"""kaggle_lib's output: log records as the plain lines a print would give.
+
+Every module logs through `get_logger(__name__)`. One handler on the "kaggle_lib" logger writes
+INFO lines to stdout and WARNING and above to stderr, message only, so they read the same in a
+notebook cell, in papermill's output and in a terminal. auth's RedactingFilter sits on that
+handler: every line of the package passes the secret redaction before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kaggle_lib import auth
+
+PACKAGE_LOGGER = "kaggle_lib"
+
+
+class PlainLineHandler(logging.Handler):
+    """Writes to the sys.stdout / sys.stderr of the moment of the call: a notebook kernel and
+    pytest's capture replace them after this module is imported."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
+
+
+def _package_logger() -> logging.Logger:
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    if not any(isinstance(h, PlainLineHandler) for h in logger.handlers):
+        handler = PlainLineHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(auth.RedactingFilter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        # The lines are written once, here; a root handler (basicConfig) would repeat them.
+        logger.propagate = False
+    return logger
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger of a kaggle_lib module (`name` is its __name__), writing through the handler."""
+    _package_logger()
+    return logging.getLogger(name)

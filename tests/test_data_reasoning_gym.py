@@ -1,0 +1,157 @@
+"""reasoning-gym items: rendered lines, determinism, disjointness from the eval split, scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from kaggle_lib.data import reasoning_gym as rgdata
+from kaggle_lib.data.datasets import DataError, load_builtin, load_items
+from kaggle_lib.evaluation import check_reasoning_lines
+
+REPO = Path(__file__).resolve().parents[1]
+COT = (
+    "Let's solve this step by step:\n\n1. Initial amounts:\n"
+    "   \u2022 John has 35 apple\n"
+    "   \u2022 He has 3 times as many kiwi, so 35 \u00d7 3 = 105 kiwi\n"
+    "2. Bought: 93 - 38=55 kiwi\n"
+    "Therefore the total is 105 + 55 = 160.\n#### 160"
+)
+
+
+def _prompts(items: list[dict]) -> set[str]:
+    return {rgdata.normalize_text(item["prompt"]) for item in items}
+
+
+def test_derive_lines_renders_one_checked_equation_per_line() -> None:
+    assert rgdata.derive_lines(COT, "160") == [
+        "He has 3 times as many kiwi, so 35 * 3 = 105 kiwi",
+        "Bought: 93 - 38 = 55 kiwi",
+        "Therefore the total is 105 + 55 = 160.",
+    ]
+    # Unit words between numbers and "x" as a product are read, then written plainly.
+    assert rgdata.derive_lines("So 294 pages x 2/3 = 196 pages.\n#### 196", "196") == [
+        "So 294 * 2 / 3 = 196 pages."]
+
+
+def test_derive_lines_refuses_wrong_or_unfinished_solutions() -> None:
+    assert rgdata.derive_lines(COT.replace("= 105", "= 106"), "160") is None
+    assert rgdata.derive_lines(COT, "161") is None  # the last equation must give the answer
+    assert rgdata.derive_lines("No arithmetic here.\n#### 5", "5") is None
+    assert rgdata.derive_lines("She needs 50 / 20 = 2 racks.\n#### 2", "2") is None
+
+
+def test_same_seed_same_items_other_seed_other_items() -> None:
+    first = rgdata.generate_items("gsm", 12, seed=3)
+    assert first == rgdata.generate_items("gsm", 12, seed=3)
+    assert _prompts(first) != _prompts(rgdata.generate_items("gsm", 12, seed=4))
+    for item in first:  # every rendered equation checks out
+        found, correct = check_reasoning_lines(item["reasoning"])
+        assert found >= 1 and correct == found, item
+        assert item["section"] == "math" and item["difficulty"] in ("easy", "medium", "hard")
+
+
+def test_training_items_are_duplicate_free_and_disjoint_from_the_eval_split() -> None:
+    eval_prompts = _prompts(load_builtin("eval_rg")) | _prompts(load_builtin("eval"))
+    for mix, seed in (("gsm", 0), ("wide", 0), ("wide", 7)):
+        items = rgdata.generate_items(mix, 160, seed=seed)
+        assert len(_prompts(items)) == len(items) == 160
+        assert not _prompts(items) & eval_prompts
+    # The exclusion is what keeps them apart: excluding one draw empties the overlap with it.
+    drawn = rgdata.generate_items({"syllogism": 1.0}, 40, seed=0, exclude=[])
+    again = rgdata.generate_items({"syllogism": 1.0}, 40, seed=0,
+                                  exclude=[i["prompt"] for i in drawn])
+    assert len(again) == 40 and not _prompts(again) & _prompts(drawn)
+
+
+def test_wide_mix_covers_its_families_including_ours() -> None:
+    items = rgdata.generate_items("wide", 64, seed=1)
+    categories = {item["category"] for item in items}
+    assert {"gsm_symbolic", "knights_knaves", "leg_counting", "word_sorting",
+            "unit_conversion", "ordering"} <= categories
+    assert rgdata.quotas(rgdata.MIXES["wide"], 64)["gsm_symbolic"] == 16
+
+
+def test_eval_split_file_is_the_generators_output_and_disjoint_from_shipped_data() -> None:
+    script = REPO / "scripts" / "make_eval_split.py"
+    spec = importlib.util.spec_from_file_location("make_eval_split", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
+    items = load_builtin("eval_rg")
+    assert len(items) >= 96
+    assert {item["section"] for item in items} >= {"math", "logic", "counting", "algorithmic"}
+    assert sum(item["category"] == "gsm_symbolic" for item in items) >= 32
+    shipped = _prompts(load_builtin("train")) | _prompts(load_builtin("eval"))
+    assert not _prompts(items) & shipped
+    assert len(_prompts(items)) == len(items)
+
+
+def test_rg_data_spec(tmp_path: Path) -> None:
+    items = load_items("rg:gsm@5", limit=4)
+    assert items == rgdata.generate_items("gsm", 4, seed=5)
+    assert [i["id"] for i in load_items("rg:chain_sum=1,ours.ordering=1", limit=2)]
+    with pytest.raises(DataError, match=r"'nope=1' is not allowed.*gsm_symbolic"):
+        load_items("rg:nope=1", limit=2)
+    with pytest.raises(DataError, match="seed"):
+        load_items("rg:gsm@x", limit=2)
+
+
+def test_score_answer_uses_reasoning_gyms_scorer() -> None:
+    items = {item["category"]: item for item in load_builtin("eval_rg")}
+    gsm, knights = items["gsm_symbolic"], items["knights_knaves"]
+    assert rgdata.score_answer(gsm["answer"], gsm) == 1.0
+    assert rgdata.score_answer(str(int(gsm["answer"]) + 1), gsm) < 1.0
+    assert rgdata.score_answer(None, gsm) == 0.0
+    assert rgdata.score_answer(knights["answer"], knights) == 1.0
+    reward = rgdata.make_reward()
+    completions = [f"<reasoning>r</reasoning><answer>{gsm['answer']}</answer>", "no tags"]
+    assert reward(["p", "p"], completions, item=[gsm, gsm]) == [1.0, 0.0]
+    as_text = json.dumps(gsm)  # as a numpy string column would carry it
+    assert reward(["p", "p"], completions, item=[as_text, as_text]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="item"):
+        reward(["p"], completions[:1])
+    ours = json.loads(json.dumps(load_builtin("eval")[0]))
+    assert rgdata.score_answer(ours["answer"], ours) == 1.0
+
+
+def test_kaggle_pins_cover_reasoning_gym_and_its_exact_requirements() -> None:
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    from kaggle_lib.kaggle.bundle import normalize, read_lock, read_pins
+
+    pins = {normalize(n): v for n, v in read_pins(REPO / "requirements-kaggle.txt").items()}
+    lock = read_lock(REPO / "requirements.lock")
+    assert pins["reasoning-gym"] == lock["reasoning-gym"] == md.version("reasoning-gym")
+    # Installed --no-deps on Kaggle: what reasoning-gym pins exactly must be pinned the same.
+    exact = [Requirement(r) for r in md.requires("reasoning-gym") or []]
+    exact = [r for r in exact if r.marker is None and str(r.specifier).startswith("==")]
+    assert exact, "reasoning-gym 0.1.25 pins some requirements exactly"
+    for req in exact:
+        assert pins.get(normalize(req.name)) == str(req.specifier)[2:], req
+
+
+def test_expression_lines_one_operation_per_line() -> None:
+    assert rgdata.expression_lines("( ( -9 - 6 ) - -( -3 * 4 ) ) * 2 / 2", "-27") == [
+        "-9 - 6 = -15", "-3 * 4 = -12", "-15 - 12 = -27", "-27 * 2 = -54", "-54 / 2 = -27"]
+    assert rgdata.expression_lines("57 + 87 + 70", "214") == ["57 + 87 = 144", "144 + 70 = 214"]
+    assert rgdata.expression_lines("57 + 87 + 70", "215") is None
+    assert rgdata.expression_lines("7 / 2 * 2", "7") is None  # 3.5 is not a whole number
+    assert rgdata.expression_lines("__import__('os')", "0") is None
+
+
+def test_wide_sft_items_all_have_checked_reasoning() -> None:
+    items = rgdata.generate_items("wide_sft", 48, seed=2)
+    assert {"gsm_symbolic", "chain_sum", "basic_arithmetic", "knights_knaves"} <= {
+        i["category"] for i in items}
+    for item in items:
+        assert item["reasoning"].strip(), item["id"]
+        if item.get("rg_dataset"):  # ours are prose in part; reasoning-gym's are all equations
+            found, correct = check_reasoning_lines(item["reasoning"])
+            assert found == correct == len(item["reasoning"].splitlines()) or \
+                item["category"] == "gsm_symbolic" and found == correct >= 1, item
