@@ -4,7 +4,7 @@ For the real Gemma 3 270M (262,144-token vocabulary) with LoRA (rank 16, attenti
 SFT default), the jitted `value_and_grad` of three losses is lowered and compiled, never run:
 
 - `tunix_default`: Tunix's `_default_loss_fn` (full logits plus a one-hot over the vocabulary),
-- `naive`: `kaggle_lib.training.loss.naive_sft_loss` (full logits, no one-hot),
+- `naive`: `tests.reference_impls.naive_sft_loss` (full logits, no one-hot),
 - `chunked`: `kaggle_lib.training.loss.sft_loss` (logits of `--chunk` tokens at a time).
 
 XLA's `memory_analysis()` of each executable gives temp, argument and output sizes and the
@@ -72,7 +72,8 @@ def build_model(source: str, dtype: str, remat: str = "none") -> tuple[Any, str]
 def step_fn(kind: str, chunk: int) -> Any:
     from tunix.sft.peft_trainer import _default_loss_fn
 
-    from kaggle_lib.training.loss import naive_sft_loss, sft_loss
+    from kaggle_lib.training.loss import sft_loss
+    from tests.reference_impls import naive_sft_loss
 
     def loss(model: nnx.Module, batch: dict[str, Any]) -> jax.Array:
         if kind == "tunix_default":

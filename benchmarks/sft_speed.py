@@ -129,7 +129,7 @@ def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, 
 def run(impl: str, batch: int, length: int, steps: int) -> dict[str, Any]:
     import numpy as np
 
-    from kaggle_lib.config import LoraSection
+    from kaggle_lib.config import LoraSection, SftSection
     from kaggle_lib.data.batching import SFTBatches, tokenize_items
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.mesh import make_mesh
@@ -173,8 +173,9 @@ def run(impl: str, batch: int, length: int, steps: int) -> dict[str, Any]:
                 first_done.append(time.time())
             records.append(record)
 
-        run_sft(model, batches, mesh=mesh, max_steps=steps, learning_rate=LEARNING_RATE,
-                loss_chunk_size=LOSS_CHUNK, on_step=on_step, pad_id=pad_id)
+        run_sft(model, batches, SftSection(max_steps=steps, learning_rate=LEARNING_RATE,
+                                           loss_chunk_size=LOSS_CHUNK),
+                mesh=mesh, on_step=on_step, pad_id=pad_id)
         times = [r["step_time_s"] for r in records]
         first_step_done = first_done[0]
     else:

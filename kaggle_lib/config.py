@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kaggle_lib.data.datasets import parse_spec
 from kaggle_lib.errors import KaggleLibError
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
@@ -101,8 +102,6 @@ class DataSection(_Section):
     @classmethod
     def _check_spec(cls, value: str) -> str:
         # The spec's form is checked now, before any model loads (files: check_files).
-        from kaggle_lib.data.datasets import parse_spec
-
         parse_spec(value)
         return value
 
@@ -153,6 +152,8 @@ class GrpoSection(_Section):
     beta: float = Field(0.04, ge=0, le=1000.0)
     epsilon: float = Field(0.2, gt=0, le=10.0)
     learning_rate: float = Field(1e-5, gt=0, le=1.0)
+    # Gradient clipping of the actor; before this key GRPO used train.sft.max_grad_norm (1.0).
+    max_grad_norm: float | None = Field(1.0, gt=0, le=1e6)
     max_prompt_len: int = Field(256, ge=8, le=MAX_TOKENS)
     max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     temperature: float = Field(0.9, gt=0, le=100.0)

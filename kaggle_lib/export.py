@@ -7,13 +7,13 @@
   float32 base written from memory (its loader reads safetensors with numpy, which has no
   bfloat16), so the export is float32 unless `dtype="bfloat16"` is asked for.
 * **Orbax checkpoint in the upstream Gemma 3 layout** (`transformer/layer_N/...`, the layout of
-  Kaggle's `google/gemma-3/flax` models): Tunix's `gemma3.params.create_model_from_checkpoint`
-  restores it, so it is what a Kaggle Model for the multi-session track holds (no safetensors).
+  Kaggle's `google/gemma-3/flax` models; `models.kaggle_format`): Tunix's
+  `gemma3.params.create_model_from_checkpoint` restores it, so it is what a Kaggle Model for the
+  multi-session track holds (no safetensors). Its merged weights come from
+  `models.lora_merge` (in memory; Tunix's merge only writes safetensors).
 
-Merging follows qwix's LoRA exactly: for a weight used as `einsum(lhs, W)` qwix adds
-`einsum(lhs, A, B) * alpha / rank`, where A carries W's dimensions shared with lhs plus the rank
-and B the rank plus W's other dimensions, so W' = W + alpha / rank * einsum(A, B -> W's layout);
-for `nnx.Linear` (dot_general) A is (in, r), B is (r, out) and W' = W + alpha / rank * A @ B.
+Both are loaded back and their logits compared with the trained model's (`export_model`).
+Weight names: `models.convert`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from safetensors.flax import save_file as save_bfloat16_safetensors
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file as save_numpy_safetensors
+from tunix.models.gemma3 import model as g3
+from tunix.models.gemma3 import params as g3_params
+from tunix.models.gemma3 import params_safetensors
 
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.models import kaggle_format
+from kaggle_lib.models.convert import flat_params, hf_state_dict
+from kaggle_lib.models.lora_merge import build_model, is_lora_param, lora_rank, merge_lora_params
 
 HF_DIR = "hf"
 ORBAX_DIR = "orbax"
@@ -40,146 +52,26 @@ EXPORT_INFO = "export_info.json"
 LOGITS_TOLERANCE = 1e-4
 RELATIVE_TOLERANCE = 2e-5
 
-_NORMS_HF = {
-    "pre_attention_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "pre_ffw_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-
 
 class ExportError(KaggleLibError, ValueError):
     """A model or argument the exporter cannot turn into a faithful export."""
 
 
-# ---------------------------------------------------------------------------- LoRA merge
-
-
-def _flat_params(model: Any) -> dict[tuple[Any, ...], np.ndarray]:
-    """Every nnx.Param (LoRA params included) as host numpy arrays, keyed by path tuple."""
-    import jax
-    from flax import nnx
-
-    out = {}
-    for path, value in nnx.iter_graph(model):
-        if isinstance(value, nnx.Param):
-            out[tuple(path)] = np.asarray(jax.device_get(value.get_value()))
-    return out
-
-
-def lora_rank(model: Any) -> int | None:
-    """The LoRA rank of a qwix-wrapped model (None when it has no LoRA params)."""
-    from flax import nnx
-
-    for path, value in nnx.iter_graph(model):
-        if isinstance(value, nnx.LoRAParam) and str(path[-1]).endswith("_lora_a"):
-            return int(value.get_value().shape[-1])
-    return None
-
-
-def _einsum_factors(einsum_str: str, weight_ndim: int) -> tuple[str, str, str]:
-    """(A's subscripts, B's subscripts, W's subscripts) for a qwix LoRA on `einsum(lhs, W)`."""
-    inputs, _ = einsum_str.replace(" ", "").split("->")
-    lhs, rhs = inputs.split(",")
-    if "." in einsum_str or len(rhs) != weight_ndim:
-        raise ExportError(f"einsum {einsum_str!r}: only explicit subscripts are supported")
-    rank = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") - set(lhs + rhs))
-    r = "r" if "r" not in lhs + rhs else rank[0]
-    shared = "".join(c for c in rhs if c in lhs)
-    free = "".join(c for c in rhs if c not in lhs)
-    return shared + r, r + free, rhs
-
-
-def merge_lora_params(model: Any, alpha: float, dtype: Any = None) -> dict[tuple[Any, ...], np.ndarray]:
-    """Base params with every LoRA pair folded in (float32 math), cast to `dtype` (default:
-    each base weight's own dtype)."""
-    from flax import nnx
-
-    params = _flat_params(model)
-    rank = lora_rank(model)
-    if rank is None:
-        return {k: v.astype(dtype or v.dtype) for k, v in params.items()}
-    modules = {tuple(p): m for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)}
-    merged = {k: v for k, v in params.items() if not isinstance(k[-1], str)
-              or not k[-1].endswith(("_lora_a", "_lora_b"))}
-    scale = float(alpha) / rank
-    for key in [k for k in params if isinstance(k[-1], str) and k[-1].endswith("_lora_a")]:
-        weight_name = key[-1][: -len("_lora_a")]
-        owner, w_key = key[:-1], (*key[:-1], weight_name)
-        a = params[key].astype(np.float32)
-        b = params[(*owner, f"{weight_name}_lora_b")].astype(np.float32)
-        w = params[w_key]
-        module = modules.get(owner)
-        if hasattr(module, "einsum_str"):
-            a_sub, b_sub, w_sub = _einsum_factors(module.einsum_str, w.ndim)
-            delta = np.einsum(f"{a_sub},{b_sub}->{w_sub}", a, b)
-        elif w.ndim == 2 and a.shape == (w.shape[0], rank) and b.shape == (rank, w.shape[1]):
-            delta = a @ b  # nnx.Linear: x @ kernel
-        else:
-            raise ExportError(
-                f"LoRA on {'.'.join(map(str, owner))} ({type(module).__name__}, weight "
-                f"{w.shape}, A {a.shape}, B {b.shape}): only Einsum and nnx.Linear are supported"
-            )
-        merged[w_key] = (w.astype(np.float32) + scale * delta).astype(dtype or w.dtype)
-    return {k: v.astype(dtype or v.dtype) for k, v in merged.items()}
-
-
-def _model_class_and_config(model: Any) -> tuple[type, Any]:
-    from tunix.models.gemma3.model import Gemma3
-
-    if not isinstance(model, Gemma3):
+def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
+    if not isinstance(model, g3.Gemma3):
         raise ExportError(
             f"exports support Tunix Gemma3 models; got {type(model).__name__} "
             "(allowed: tunix.models.gemma3.model.Gemma3, LoRA-wrapped or not)"
         )
-    return Gemma3, model.config
-
-
-def _unflatten(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[Any, Any]:
-    tree: dict[Any, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
-def build_model(config: Any, flat: dict[tuple[Any, ...], np.ndarray], mesh: Any = None) -> Any:
-    """A plain Tunix Gemma3 holding exactly `flat` (no random init: built from shapes)."""
-    import jax.numpy as jnp
-    from flax import nnx
-    from tunix.models.gemma3.model import Gemma3
-
-    abstract = nnx.eval_shape(lambda: Gemma3(config, rngs=nnx.Rngs(params=0)))
-    graphdef, state = nnx.split(abstract)
-    expected = {tuple(p) for p, v in nnx.iter_graph(abstract) if isinstance(v, nnx.Variable)}
-    if expected != set(flat):
-        missing, extra = sorted(map(str, expected - set(flat))), sorted(map(str, set(flat) - expected))
-        raise ExportError(f"parameter tree mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
-    nnx.replace_by_pure_dict(state, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}))
-    model = nnx.merge(graphdef, state)
-    if mesh is not None:
-        from kaggle_lib.models.loader import shard_model
-
-        model = shard_model(model, mesh)
-    return model
-
-
-def merge_lora(model: Any, alpha: float, mesh: Any = None) -> Any:
-    """A new plain Gemma3 whose weights are the LoRA model's base + alpha/rank * A @ B."""
-    _, config = _model_class_and_config(model)
-    return build_model(config, merge_lora_params(model, alpha), mesh)
+    return model.config
 
 
 # ---------------------------------------------------------------------------- HF layout
 
 
-def hf_config(config: Any, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
+def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
     """transformers `Gemma3TextConfig` for a Tunix Gemma3 config (inverse of
     `models.hf_compat.tunix_config_from_hf`). Rope is written in both config generations."""
-    from tunix.models.gemma3 import model as g3
-
     if config.vision_config is not None:
         raise ExportError("vision Gemma 3 configs are not exported; allowed: text-only configs")
     pattern = ["sliding_attention" if t == g3.AttentionType.LOCAL_SLIDING else "full_attention"
@@ -235,65 +127,18 @@ def hf_config(config: Any, *, eos_ids: Sequence[int] = (1,), dtype: str = "float
     }
 
 
-def _heads_to_rows(w: np.ndarray) -> np.ndarray:
-    """Tunix (heads, embed, head_dim) -> HF (heads * head_dim, embed)."""
-    n, d, h = w.shape
-    return np.ascontiguousarray(w.transpose(0, 2, 1).reshape(n * h, d))
-
-
-def hf_state_dict(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[str, np.ndarray]:
-    """HF Gemma 3 text names and layouts for a plain Tunix Gemma3 parameter tree (inverse of
-    Tunix's `gemma3/params_safetensors` mapping). Unknown names raise: nothing is dropped."""
-    out: dict[str, np.ndarray] = {}
-    for path, x in flat.items():
-        if path == ("embedder", "input_embedding"):
-            out["model.embed_tokens.weight"] = x
-        elif path == ("final_norm", "scale"):
-            out["model.norm.weight"] = x
-        elif path[0] == "layers" and len(path) >= 4:
-            pre = f"model.layers.{path[1]}"
-            rest = tuple(map(str, path[2:]))
-            if rest == ("attn", "q_einsum", "w"):
-                out[f"{pre}.self_attn.q_proj.weight"] = _heads_to_rows(x)
-            elif rest == ("attn", "kv_einsum", "w"):
-                out[f"{pre}.self_attn.k_proj.weight"] = _heads_to_rows(x[0])
-                out[f"{pre}.self_attn.v_proj.weight"] = _heads_to_rows(x[1])
-            elif rest == ("attn", "qkv_einsum", "w"):
-                for i, name in enumerate("qkv"):
-                    out[f"{pre}.self_attn.{name}_proj.weight"] = _heads_to_rows(x[i])
-            elif rest == ("attn", "attn_vec_einsum", "w"):
-                n, h, d = x.shape
-                out[f"{pre}.self_attn.o_proj.weight"] = np.ascontiguousarray(x.reshape(n * h, d).T)
-            elif rest in (("attn", "_query_norm", "scale"), ("attn", "_key_norm", "scale")):
-                out[f"{pre}.self_attn.{rest[1][1]}_norm.weight"] = x
-            elif rest[0] == "mlp" and rest[2:] == ("kernel",):
-                out[f"{pre}.mlp.{rest[1]}.weight"] = np.ascontiguousarray(x.T)
-            elif rest[0] in _NORMS_HF and rest[1:] == ("scale",):
-                out[f"{pre}.{_NORMS_HF[rest[0]]}.weight"] = x
-            else:
-                raise ExportError(f"no HF name for Tunix parameter {'.'.join(map(str, path))}")
-        else:
-            raise ExportError(f"no HF name for Tunix parameter {'.'.join(map(str, path))}")
-    return out
-
-
 def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
     if dtype == "float32":
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+        save_numpy_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
                   str(path), metadata={"format": "pt"})
     elif dtype == "bfloat16":
-        import jax.numpy as jnp
-        from safetensors.flax import save_file as save_flax
-
-        save_flax({k: jnp.asarray(v, dtype=jnp.bfloat16) for k, v in tensors.items()}, str(path),
+        save_bfloat16_safetensors({k: jnp.asarray(v, dtype=jnp.bfloat16) for k, v in tensors.items()}, str(path),
                   metadata={"format": "pt"})
     else:
         raise ExportError(f"export dtype {dtype!r}; allowed: 'float32', 'bfloat16'")
 
 
-def _write_side_files(directory: Path, config: Any, tokenizer: Any, eos_ids: Sequence[int],
+def _write_side_files(directory: Path, config: g3.ModelConfig, tokenizer: Any, eos_ids: Sequence[int],
                       dtype: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(
@@ -316,7 +161,7 @@ def _tokenizer_bytes(tokenizer: Any) -> bytes:
     return processor.serialized_model_proto()
 
 
-def save_hf_safetensors(model: Any, out_dir: str | Path, *, tokenizer: Any = None,
+def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                         alpha: float | None = None, eos_ids: Sequence[int] = (1,),
                         dtype: str = "float32") -> Path:
     """Write the (LoRA-merged) model as an HF Gemma 3 directory; returns it.
@@ -324,7 +169,7 @@ def save_hf_safetensors(model: Any, out_dir: str | Path, *, tokenizer: Any = Non
     With LoRA params, `alpha` (train.sft.lora.alpha) is required and the merge is done by
     Tunix's `save_lora_merged_model_as_safetensors` on a float32 base written from memory.
     """
-    _, config = _model_class_and_config(model)
+    config = _gemma3_config(model)
     out_dir = Path(out_dir)
     rank = lora_rank(model)
     if out_dir.exists():
@@ -332,14 +177,11 @@ def save_hf_safetensors(model: Any, out_dir: str | Path, *, tokenizer: Any = Non
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if rank is None:
         _write_side_files(out_dir, config, tokenizer, eos_ids, dtype)
-        _write_safetensors(hf_state_dict(_flat_params(model)), out_dir / "model.safetensors", dtype)
+        _write_safetensors(hf_state_dict(flat_params(model)), out_dir / "model.safetensors", dtype)
         return out_dir
     if alpha is None:
         raise ExportError("the model has LoRA params: pass alpha (train.sft.lora.alpha) to merge them")
-    from tunix.models.gemma3 import params as g3_params
-
-    base_params = {k: v for k, v in _flat_params(model).items()
-                   if not str(k[-1]).endswith(("_lora_a", "_lora_b"))}
+    base_params = {k: v for k, v in flat_params(model).items() if not is_lora_param(k)}
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".base-") as tmp:
         base = Path(tmp)
         # Tunix's merge copies every non-safetensors file of the base directory.
@@ -347,8 +189,6 @@ def save_hf_safetensors(model: Any, out_dir: str | Path, *, tokenizer: Any = Non
         _write_safetensors(hf_state_dict(base_params), base / "model.safetensors", "float32")
         g3_params.save_lora_merged_model_as_safetensors(str(base), str(out_dir), model, rank, alpha)
     if dtype != "float32":
-        from safetensors.numpy import load_file
-
         merged = load_file(str(out_dir / "model.safetensors"))
         _write_safetensors(merged, out_dir / "model.safetensors", dtype)
     return out_dir
@@ -357,75 +197,24 @@ def save_hf_safetensors(model: Any, out_dir: str | Path, *, tokenizer: Any = Non
 # ---------------------------------------------------------------------------- Orbax (Kaggle)
 
 
-def upstream_params(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """The upstream Gemma 3 checkpoint tree (`{'transformer/layer_0/attn/q_einsum': {'w': ..}}`)
-    that Tunix's `gemma3.params.map_from_upstream_checkpoint` maps back onto Gemma3."""
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    gating: dict[int, dict[str, np.ndarray]] = {}
-    for path, x in flat.items():
-        if path[0] == "embedder" and len(path) == 2:
-            tree.setdefault("transformer/embedder", {})[str(path[1])] = x
-        elif path == ("final_norm", "scale"):
-            tree["transformer/final_norm"] = {"scale": x}
-        elif path[0] == "layers":
-            layer, rest = int(path[1]), tuple(map(str, path[2:]))
-            prefix = f"transformer/layer_{layer}"
-            if rest in (("mlp", "gate_proj", "kernel"), ("mlp", "up_proj", "kernel")):
-                gating.setdefault(layer, {})[rest[1]] = x
-            elif rest == ("mlp", "down_proj", "kernel"):
-                tree[f"{prefix}/mlp/linear"] = {"w": x}
-            else:
-                tree["/".join((prefix, *rest[:-1]))] = {rest[-1]: x}
-        else:
-            raise ExportError(f"no upstream name for Tunix parameter {'.'.join(map(str, path))}")
-    for layer, parts in gating.items():
-        if set(parts) != {"gate_proj", "up_proj"}:
-            raise ExportError(f"layer {layer}: gate_proj and up_proj must both be present")
-        # upstream (2, hidden, embed); Tunix kernels are (embed, hidden)
-        tree[f"transformer/layer_{layer}/mlp/gating_einsum"] = {
-            "w": np.stack([parts["gate_proj"].T, parts["up_proj"].T])}
-    return tree
-
-
-def save_orbax(model: Any, out_dir: str | Path, *, tokenizer: Any = None,
+def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                alpha: float | None = None) -> Path:
     """Write the (LoRA-merged) model as an upstream-layout Orbax checkpoint in `out_dir`
     (plus tokenizer.model), loadable by `tunix.models.gemma3.params.create_model_from_checkpoint`."""
-    import orbax.checkpoint as ocp
-
-    _, config = _model_class_and_config(model)
+    _gemma3_config(model)
     if lora_rank(model) is not None and alpha is None:
         raise ExportError("the model has LoRA params: pass alpha (train.sft.lora.alpha) to merge them")
-    flat = merge_lora_params(model, alpha or 0.0)
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out_dir, upstream_params(flat))
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    out_dir = kaggle_format.write_upstream_checkpoint(merge_lora_params(model, alpha or 0.0), out_dir)
     if tokenizer is not None:
         (out_dir / "tokenizer.model").write_bytes(_tokenizer_bytes(tokenizer))
-    del config
     return out_dir
-
-
-def load_orbax(directory: str | Path, config: Any, *, dtype: Any = None, mesh: Any = None) -> Any:
-    """Restore an exported (or Kaggle's own) upstream Gemma 3 checkpoint with Tunix's loader."""
-    import jax.numpy as jnp
-    from tunix.models.gemma3 import params as g3_params
-
-    return g3_params.create_model_from_checkpoint(
-        str(Path(directory).resolve()), config, mesh, dtype=dtype or jnp.float32)
 
 
 # ---------------------------------------------------------------------------- checks
 
 
-def _forward(model: Any, tokens: Any) -> Any:
-    import jax.numpy as jnp
-
+@nnx.jit  # compiled once per model structure; eager is ~10x slower
+def _forward(model: nnx.Module, tokens: jax.Array) -> jax.Array:
     batch, length = tokens.shape
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((length, length), bool)), (batch, length, length))
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
@@ -433,18 +222,9 @@ def _forward(model: Any, tokens: Any) -> Any:
     return logits
 
 
-_jitted_forward: Any = None
-
-
-def forward_logits(model: Any, tokens: np.ndarray) -> np.ndarray:
+def forward_logits(model: nnx.Module, tokens: np.ndarray) -> np.ndarray:
     """Full-sequence logits [B, L, V] (float32) of a Tunix Gemma3 under a causal mask."""
-    global _jitted_forward
-    import jax.numpy as jnp
-    from flax import nnx
-
-    if _jitted_forward is None:  # compiled once per model structure; eager is ~10x slower
-        _jitted_forward = nnx.jit(_forward)
-    logits = _jitted_forward(model, jnp.asarray(tokens, dtype=jnp.int32))
+    logits = _forward(model, jnp.asarray(tokens, dtype=jnp.int32))
     return np.asarray(logits, dtype=np.float32)
 
 
@@ -473,7 +253,7 @@ class ExportResult:
         }
 
 
-def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
+def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
                  eos_ids: Sequence[int] = (1,), check_tokens: np.ndarray | None = None,
                  tolerance: float | None = None) -> ExportResult:
     """Both exports under `out_dir` (hf/, orbax/), each loaded back in float32 with Tunix's own
@@ -482,11 +262,7 @@ def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: floa
     itself and LOGITS_TOLERANCE; for bfloat16 models a float32 copy of the merged weights and
     1% of the largest logit (bfloat16 rounding of the saved weights; a wrong layout is off by
     far more)."""
-    import jax
-    import jax.numpy as jnp
-    from tunix.models.gemma3 import params_safetensors
-
-    _, config = _model_class_and_config(model)
+    config = _gemma3_config(model)
     out_dir = Path(out_dir)
     hf_dir = save_hf_safetensors(model, out_dir / HF_DIR, tokenizer=tokenizer, alpha=alpha,
                                  eos_ids=eos_ids)
@@ -511,7 +287,7 @@ def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: floa
                                                                      dtype=jnp.float32)
         hf_diff = max_abs_diff(forward_logits(hf_model, check_tokens), reference)
         del hf_model
-        orbax_model = load_orbax(orbax_dir, f32, dtype=jnp.float32)
+        orbax_model = kaggle_format.load_upstream_checkpoint(orbax_dir, f32, dtype=jnp.float32)
         orbax_diff = max_abs_diff(forward_logits(orbax_model, check_tokens), reference)
         del orbax_model
     info = {"family": "gemma3", "lora_rank": lora_rank(model), "lora_alpha": alpha,
@@ -524,29 +300,3 @@ def export_model(model: Any, out_dir: str | Path, *, tokenizer: Any, alpha: floa
             f"Orbax {orbax_diff:.3g}, tolerance {tol:g} (details in {out_dir / EXPORT_INFO})"
         )
     return ExportResult(hf_dir, orbax_dir, hf_diff, orbax_diff, tol)
-
-
-def export_run(run: Any) -> ExportResult | None:
-    """Export the run's trained model into <run_dir>/export/ and record it in the manifest
-    (`exports`); meant for the notebook's finish stage. Families other than Gemma 3 are
-    skipped with a message (their Tunix code has no safetensors merge helper to check against)."""
-    from kaggle_lib import distributed
-
-    if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
-        print("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
-              "run (train.resume_from: <run>/checkpoints/sft) to export")
-        return None
-    cfg = run.cfg
-    loaded = run.loaded
-    if loaded is None or loaded.spec.family != "gemma3":
-        family = loaded.spec.family if loaded is not None else "no model"
-        print(f"export: skipped ({family}; exports are implemented for gemma3 models)")
-        return None
-    alpha = cfg.train.sft.lora.alpha if cfg.train.sft.mode == "lora" else None
-    step = (run.train_results.get("sft") or {}).get("steps") if run.train_results else None
-    result = export_model(loaded.model, run.run_dir / "export", tokenizer=loaded.tokenizer,
-                          alpha=alpha, eos_ids=loaded.eos_ids)
-    run.record.update_manifest(exports=result.to_manifest(run.run_dir, step))
-    print(f"export: {result.hf_dir} (HF safetensors, max |logit diff| {result.hf_max_logit_diff:.2e})"
-          f" and {result.orbax_dir} (Orbax for Kaggle Models, {result.orbax_max_logit_diff:.2e})")
-    return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from kaggle_lib.errors import KaggleLibError
 
 AXES = ("fsdp", "tp")
@@ -26,16 +28,17 @@ def mesh_shape(device_count: int, fsdp: int = 0, tp: int = 1) -> tuple[int, int]
     return fsdp, tp
 
 
-def make_mesh(fsdp: int = 0, tp: int = 1, devices: list[Any] | None = None) -> Any:
-    import jax
-    import numpy as np
-
+def make_mesh(fsdp: int = 0, tp: int = 1, devices: list[Any] | None = None) -> jax.sharding.Mesh:
+    """`jax.make_mesh` over every device (or `devices`), after `mesh_shape`'s checks."""
     devices = devices if devices is not None else jax.devices()
     shape = mesh_shape(len(devices), fsdp, tp)
-    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), AXES)
+    # Auto axes, as a hand-built Mesh has: jax.make_mesh defaults to Explicit sharding, which
+    # Tunix's models are not written for.
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
+                         devices=devices)
 
 
-def check_batch(batch_size: int, mesh: Any, what: str = "train.sft.batch_size") -> None:
+def check_batch(batch_size: int, mesh: jax.sharding.Mesh, what: str = "train.sft.batch_size") -> None:
     """The batch is split over fsdp: it must divide evenly."""
     fsdp = mesh.shape["fsdp"]
     if batch_size % fsdp:

@@ -14,13 +14,27 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_lib import auth, distributed, evidence, runtime
+from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
+from kaggle_lib.data import template
+from kaggle_lib.data.datasets import load_items
+from kaggle_lib.data.fewshot import format_fewshot_prompt
+from kaggle_lib.evidence import close, plots
+from kaggle_lib.models import loader, preflight, registry
+
+# Modules that import jax are imported inside the stages that use them, after the config stage
+# has set the platform flags (runtime.configure_platform): kaggle_lib.mesh, generation,
+# training.*, export. (models.loader imports jax only inside its functions.)
+
+if TYPE_CHECKING:
+    import jax
 
 log = logging.getLogger("kaggle_lib")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,9 +51,9 @@ class Run:
     env: runtime.Environment
     config: RunConfig | None = None
     devices: dict[str, Any] = dataclasses.field(default_factory=dict)
-    mesh: Any = None
+    mesh: jax.sharding.Mesh | None = None
     token: auth.Token | None = None
-    loaded: Any = None  # models.loader.LoadedModel
+    loaded: loader.LoadedModel | None = None
     eval_items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     samples: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
@@ -91,8 +105,6 @@ def stage(name: str) -> Callable[[F], F]:
 
 def _close_failed(run: Run) -> None:
     """The closing files of a failed run; never masks the original error."""
-    from kaggle_lib.evidence import close
-
     try:
         close.close_failed(run)
     except Exception as exc:  # noqa: BLE001
@@ -186,8 +198,6 @@ def _kaggle_identity(on_kaggle: bool = False) -> dict[str, Any]:
     """Kaggle's notebook identity when it is in the environment (URL, version, run type), and
     on Kaggle the image's identity: Kaggle's images write /etc/git_commit (docker-python
     commit) and /etc/build_date at build time."""
-    import os
-
     keys = {"KAGGLE_KERNEL_RUN_TYPE": "run_type", "KAGGLE_KERNEL_INTEGRATIONS": "integrations",
             "KAGGLE_URL_BASE": "url_base"}
     out = {v: os.environ[k] for k, v in keys.items() if os.environ.get(k)}
@@ -233,8 +243,6 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
 @stage("auth")
 def authenticate(run: Run) -> None:
     """HF token for gated hub downloads (env, then Kaggle Secrets). Never printed."""
-    from kaggle_lib.models import registry
-
     cfg = run.cfg
     spec = registry.get_spec(cfg.model.name)
     source = spec.default_source if cfg.model.source == "auto" else cfg.model.source
@@ -248,16 +256,15 @@ def authenticate(run: Run) -> None:
 @stage("load_model")
 def load_model(run: Run) -> None:
     """Build the mesh, check the memory budget, load weights and tokenizer onto the mesh."""
-    from kaggle_lib import mesh as mesh_lib
-    from kaggle_lib.models import loader, preflight
+    from kaggle_lib import mesh as mesh_lib  # imports jax (see the note at the top)
 
     cfg = run.cfg
     run.mesh = mesh_lib.make_mesh(cfg.mesh.fsdp, cfg.mesh.tp)
     if "sft" in cfg.train.stages:
         mesh_lib.check_batch(cfg.train.sft.batch_size, run.mesh)
-    report = preflight.check(cfg, run.devices, mesh_shape=dict(run.mesh.shape))
-    print(report.text)
-    run.record.update_manifest(preflight=report.to_dict())
+    budget = preflight.check(cfg, run.devices, mesh_shape=dict(run.mesh.shape))
+    print(budget.text)
+    run.record.update_manifest(preflight=budget.to_dict())
     started = time.monotonic()
     multiprocess = distributed.is_multiprocess()
     run.loaded = loader.load_model(
@@ -282,20 +289,17 @@ def _lora_then_shard(run: Run) -> None:
     qwix finds the layers to wrap by running the model op by op; op-by-op computations on
     arrays spread over processes can deadlock on CPU (gloo) collectives (docs/MULTIHOST.md).
     The LoRA init is seeded, so the weights are those of a one-process run."""
-    from kaggle_lib.models.loader import shard_model
-    from kaggle_lib.training.sft import apply_lora
+    from kaggle_lib.training.sft import apply_lora  # imports jax (see the note at the top)
 
-    sft = run.cfg.train.sft
-    if "sft" in run.cfg.train.stages and sft.mode == "lora":
-        run.loaded.model = apply_lora(run.loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
-                                      target_modules=sft.lora.target_modules, seed=run.cfg.seed)
+    lora = run.cfg.train.sft.lora
+    if "sft" in run.cfg.train.stages and run.cfg.train.sft.mode == "lora":
+        run.loaded.model = apply_lora(run.loaded.model, rank=lora.rank, alpha=lora.alpha,
+                                      target_modules=lora.target_modules, seed=run.cfg.seed)
         run.lora_applied = True
-    run.loaded.model = shard_model(run.loaded.model, run.mesh)
+    run.loaded.model = loader.shard_model(run.loaded.model, run.mesh)
 
 
 def _eval_items(run: Run) -> list[dict[str, Any]]:
-    from kaggle_lib.data.datasets import load_items
-
     if not run.eval_items:
         items = load_items(run.cfg.data.eval)
         run.eval_items = stratified(items, run.cfg.data.eval_limit)
@@ -321,13 +325,11 @@ def stratified(items: list[dict[str, Any]], limit: int | None) -> list[dict[str,
 
 
 def _prompts(run: Run, questions: list[str]) -> list[str]:
-    from kaggle_lib.data import template
-
     return [template.format_prompt(q, instruct=run.loaded.spec.instruct) for q in questions]
 
 
 def _generator(run: Run, max_new_tokens: int) -> Any:
-    from kaggle_lib.generation import Generator
+    from kaggle_lib.generation import Generator  # imports jax (see the note at the top)
 
     prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
     longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
@@ -372,8 +374,6 @@ def _write_samples(run: Run) -> None:
 @stage("evaluate")
 def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl. Baseline also samples."""
-    from kaggle_lib import evaluation as ev
-
     if which not in ev.STAGES:
         raise ValueError(f"evaluate() stage must be one of {ev.STAGES}, got {which!r}")
     cfg = run.cfg
@@ -413,9 +413,7 @@ def evaluate(run: Run, which: str = "trained") -> None:
 def _evaluate_fewshot(run: Run) -> None:
     """The untrained model asked with the few-shot prompt (issue 14): a fairer baseline than
     zero-shot for a base model; the summary takes the delta against the better of the two."""
-    from kaggle_lib import evaluation as ev
-    from kaggle_lib.data.fewshot import format_fewshot_prompt
-    from kaggle_lib.generation import Generator
+    from kaggle_lib.generation import Generator  # imports jax (see the note at the top)
 
     cfg, items, tokenizer = run.cfg, _eval_items(run), run.loaded.tokenizer
     prompts = [format_fewshot_prompt(i["prompt"], instruct=run.loaded.spec.instruct)
@@ -446,8 +444,6 @@ def _evaluate_fewshot(run: Run) -> None:
 
 
 def _write_summary(run: Run) -> dict[str, Any]:
-    from kaggle_lib import evaluation as ev
-
     summary = ev.summarize(run.records.get("baseline"), run.records.get("trained"),
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
                                  "model": run.cfg.model.name},
@@ -459,10 +455,21 @@ def _write_summary(run: Run) -> dict[str, Any]:
 
 @stage("train")
 def train(run: Run) -> None:
-    """Run the configured stages (SFT, then GRPO) on the loaded model, in place."""
-    from kaggle_lib.training import stages
+    """Run the configured stages (SFT, then GRPO) on the loaded model, in place; then loss.png."""
+    from kaggle_lib.training import stages  # imports jax (see the note at the top)
 
-    run.train_results.update(stages.run_stages(run))
+    def note_checkpoint(path: str) -> None:
+        run.last_checkpoint = path  # failure_analysis.md names it if a later step fails
+
+    inputs = stages.StageInputs(
+        config=run.cfg, loaded=run.loaded, mesh=run.mesh, run_dir=run.run_dir, record=run.record,
+        lora=stages.lora_settings(run.cfg), lora_applied=run.lora_applied,
+        on_checkpoint=note_checkpoint)
+    try:
+        run.train_results.update(stages.run_stages(inputs))
+    finally:
+        run.lora_applied = inputs.lora_applied
+    plots.plot_loss(run)
 
 
 @stage("sample")
@@ -474,17 +481,34 @@ def sample(run: Run) -> None:
 
 @stage("export")
 def _export(run: Run) -> None:
-    from kaggle_lib import export
+    """The trained model merged and exported into <run_dir>/export/ (HF safetensors and Orbax),
+    recorded in the manifest (`exports`). Skipped, with a message, for families other than
+    Gemma 3 (their Tunix code has no safetensors merge helper to check against) and in
+    multi-process runs."""
+    from kaggle_lib import export  # imports jax (see the note at the top)
 
-    export.export_run(run)
+    if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
+        print("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
+              "run (train.resume_from: <run>/checkpoints/sft) to export")
+        return
+    loaded = run.loaded
+    if loaded is None or loaded.spec.family != "gemma3":
+        family = loaded.spec.family if loaded is not None else "no model"
+        print(f"export: skipped ({family}; exports are implemented for gemma3 models)")
+        return
+    sft = run.cfg.train.sft
+    alpha = sft.lora.alpha if sft.mode == "lora" else None
+    step = (run.train_results.get("sft") or {}).get("steps")
+    result = export.export_model(loaded.model, run.run_dir / "export", tokenizer=loaded.tokenizer,
+                                 alpha=alpha, eos_ids=loaded.eos_ids)
+    run.record.update_manifest(exports=result.to_manifest(run.run_dir, step))
+    print(f"export: {result.hf_dir} (HF safetensors, max |logit diff| {result.hf_max_logit_diff:.2e})"
+          f" and {result.orbax_dir} (Orbax for Kaggle Models, {result.orbax_max_logit_diff:.2e})")
 
 
 @stage("finish")
 def finish(run: Run) -> None:
     """Exports, summaries, plots, secret scan, README; status succeeded."""
-    from kaggle_lib import evaluation as ev
-    from kaggle_lib.evidence import close
-
     if run.cfg.evidence.export and run.train_results:
         _export(run)
     summary = _write_summary(run) if run.records else {}

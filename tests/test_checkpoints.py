@@ -7,7 +7,6 @@ empty step directories are never picked; the failure analysis agrees.
 from __future__ import annotations
 
 import shutil
-import types
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +101,9 @@ def test_no_restorable_step_stops_naming_each_and_the_record_says_so(
     run_dir = root.parent.parent
     record = evidence.RunRecord(run_dir)
     record.start("run", "demo", "configs/cpu_tiny.yaml")
-    run = types.SimpleNamespace(record=record)
     with pytest.raises(checkpoints.CheckpointError) as raised:
         th.train_tiny(th.single_device_mesh(), base_model, steps=STEPS, checkpoint_dir=root,
-                      checkpoint_every=EVERY, on_set_aside=record_set_aside(run, "sft"))
+                      checkpoint_every=EVERY, on_set_aside=record_set_aside(record, "sft"))
     message = str(raised.value)
     for step in (1, 2, 4):
         assert f"step {step}: incomplete: no optimizer_state" in message

@@ -137,6 +137,16 @@ def test_numbers_out_of_bounds_are_refused_by_key(tmp_path: Path, override: dict
     assert f"  {key} = " in str(err.value)
 
 
+def test_grpo_clips_gradients_by_its_own_max_grad_norm(tmp_path: Path) -> None:
+    """GRPO used to read train.sft.max_grad_norm; its own key defaults to that key's default."""
+    path = write(tmp_path, BASE)
+    cfg = load_config(path, {"train.sft.max_grad_norm": 0.5})
+    assert cfg.train.grpo.max_grad_norm == 1.0 == load_config(path).train.sft.max_grad_norm
+    assert load_config(path, {"train.grpo.max_grad_norm": None}).train.grpo.max_grad_norm is None
+    with pytest.raises(ConfigError, match=r"train\.grpo\.max_grad_norm = 0:"):
+        load_config(path, {"train.grpo.max_grad_norm": 0})
+
+
 def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
     path.write_text("model:\n  name: gemma3-tiny\n  source: random\ntrain:\n  sft:\n"

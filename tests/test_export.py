@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from kaggle_lib import evidence, export
+from kaggle_lib.models import convert, kaggle_format, lora_merge
 from scripts import make_export_reference as reference
 from tests import training_helpers as th
 
@@ -26,6 +27,11 @@ ALPHA = 8.0
 # 20 tokens: longer than the tiny sliding window (8), so the window is exercised.
 TOKENS = np.array([[2, 17, 40, 33, 101, 7, 250, 64, 12, 99, 300, 45, 8, 9, 77, 120, 5, 61, 200, 31]],
                   dtype=np.int32)
+
+
+def merged_model(model: nnx.Module) -> nnx.Module:
+    """A plain Gemma3 holding the LoRA model's merged weights."""
+    return lora_merge.build_model(model.config, lora_merge.merge_lora_params(model, ALPHA))
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +52,13 @@ def test_lora_training_changed_the_model(trained) -> None:
     # Otherwise the comparisons below could not tell a merged model from the base.
     assert export.max_abs_diff(export.forward_logits(model, TOKENS),
                                export.forward_logits(base, TOKENS)) > 100 * TOL
-    assert export.lora_rank(model) == 4
+    assert lora_merge.lora_rank(model) == 4
 
 
 def test_merged_model_matches_lora_model(trained) -> None:
     model, _, _, _ = trained
-    merged = export.merge_lora(model, ALPHA)
-    assert export.lora_rank(merged) is None
+    merged = merged_model(model)
+    assert lora_merge.lora_rank(merged) is None
     assert not any(isinstance(v, nnx.LoRAParam) for _, v in nnx.iter_graph(merged))
     diff = export.max_abs_diff(export.forward_logits(merged, TOKENS), export.forward_logits(model, TOKENS))
     assert diff <= TOL
@@ -116,7 +122,7 @@ def test_tunix_merge_helper_agrees_with_qwix_formula(trained) -> None:
 
     model, _, exported, _ = trained
     written = load_file(str(exported.hf_dir / "model.safetensors"))
-    ours = export.hf_state_dict(export.merge_lora_params(model, ALPHA))
+    ours = convert.hf_state_dict(lora_merge.merge_lora_params(model, ALPHA))
     assert set(written) == set(ours)
     for name, value in ours.items():
         assert written[name].shape == value.shape, name
@@ -127,8 +133,8 @@ def test_orbax_export_restores_identical_params_with_tunix_loader(trained) -> No
     model, _, exported, _ = trained
     assert (exported.orbax_dir / "tokenizer.model").is_file()
     assert not list(exported.orbax_dir.rglob("*.safetensors"))  # the Kaggle Model route
-    restored = export.load_orbax(exported.orbax_dir, model.config, dtype=jnp.float32)
-    want = export.merge_lora_params(model, ALPHA)
+    restored = kaggle_format.load_upstream_checkpoint(exported.orbax_dir, model.config, dtype=jnp.float32)
+    want = lora_merge.merge_lora_params(model, ALPHA)
     got = {tuple(p): np.asarray(jax.device_get(v.get_value()))
            for p, v in nnx.iter_graph(restored) if isinstance(v, nnx.Param)}
     assert set(got) == set(want)
@@ -144,7 +150,7 @@ def test_export_info_and_manifest_entry(trained) -> None:
     assert info["hf_max_logit_diff"] <= info["tolerance"] == TOL
     entry = exported.to_manifest(out, step=3)
     assert entry["hf"]["path"] == "hf" and entry["orbax"]["format"] == "orbax-gemma3-upstream"
-    # what export_run writes must pass the manifest schema
+    # what the pipeline's export stage writes must pass the manifest schema
     record = evidence.RunRecord(out / "record")
     record.start("r1", "", "configs/cpu_tiny.yaml")
     record.update_manifest(exports=entry)
@@ -178,7 +184,7 @@ def test_lora_model_without_alpha_and_other_families_are_refused(trained, tmp_pa
     with pytest.raises(export.ExportError, match="allowed: tunix.models.gemma3"):
         export.save_orbax(gemma2, tmp_path / "g2")
     with pytest.raises(export.ExportError, match="allowed: 'float32', 'bfloat16'"):
-        export.save_hf_safetensors(export.merge_lora(model, ALPHA), tmp_path / "x",
+        export.save_hf_safetensors(merged_model(model), tmp_path / "x",
                                    dtype="float16")
 
 
@@ -221,8 +227,8 @@ def test_bfloat16_model_exports_within_relative_tolerance(tmp_path: Path) -> Non
     assert result.tolerance > TOL  # 1% of the largest logit
     assert result.hf_max_logit_diff <= result.tolerance
     assert result.orbax_max_logit_diff <= result.tolerance
-    restored = export.load_orbax(result.orbax_dir, model.config, dtype=jnp.bfloat16)
-    want = export.merge_lora_params(model, 4.0)
+    restored = kaggle_format.load_upstream_checkpoint(result.orbax_dir, model.config, dtype=jnp.bfloat16)
+    want = lora_merge.merge_lora_params(model, 4.0)
     for path, var in nnx.iter_graph(restored):
         if isinstance(var, nnx.Param):
             got = np.asarray(var.get_value())
@@ -238,7 +244,7 @@ def test_a_wrong_layout_is_caught_by_the_export_check(tmp_path: Path,
         n, d, h = w.shape
         return np.ascontiguousarray(w.transpose(2, 0, 1).reshape(n * h, d))
 
-    monkeypatch.setattr(export, "_heads_to_rows", swapped)
+    monkeypatch.setattr(convert, "_heads_to_rows", swapped)
     with pytest.raises(export.ExportError, match="do not reproduce the trained model"):
         export.export_model(model, tmp_path, tokenizer=th.tiny_tokenizer(), alpha=4.0,
                             check_tokens=TOKENS)

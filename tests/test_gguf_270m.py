@@ -22,11 +22,10 @@ import numpy as np
 import pytest
 
 from kaggle_lib.models import gguf_270m
+from kaggle_lib.models.convert import GGUF_TO_HF, gguf_tensor_to_hf_name
 from kaggle_lib.models.gguf_270m import (
-    GGUF_TO_HF,
     ConversionError,
     convert_gemma3_270m,
-    gguf_tensor_to_hf_name,
     hf_config_from_gguf,
     sentencepiece_from_gguf,
     validate_converted_dir,

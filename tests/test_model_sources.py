@@ -100,14 +100,15 @@ def kagglehub_cache(root: Path, handle: str) -> Path:
     from flax import nnx
 
     from kaggle_lib.models import hf_compat
-    from kaggle_lib.models.kaggle_format import save_upstream_checkpoint
+    from kaggle_lib.models.convert import flat_params
+    from kaggle_lib.models.kaggle_format import write_upstream_checkpoint
 
     owner, model, framework, variation, version = handle.split("/")
     base = root / "models" / owner / model / framework / variation
     target = base / version
     target.mkdir(parents=True)
     tiny = hf_compat.create_model_from_hf_dir(TINY)
-    save_upstream_checkpoint(tiny, target / variation)
+    write_upstream_checkpoint(flat_params(tiny), target / variation)
     shutil.copy(TINY / "tokenizer.model", target / "tokenizer.model")
     shutil.copy(TINY / "config.json", target / "config.json")  # tiny: says its architecture
     (base / f"{version}.complete").touch()

@@ -15,6 +15,7 @@ from flax import nnx
 from tunix.rl.rollout.base_rollout import RolloutConfig
 
 from kaggle_lib import evidence, pipeline
+from kaggle_lib.config import GrpoSection
 from kaggle_lib.mesh import make_mesh
 from kaggle_lib.training.grpo import (
     Prompt,
@@ -85,13 +86,13 @@ def test_sft_then_grpo_logs_rewards_and_checkpoints(tmp_path: Path) -> None:
     # (LoRA params and optimizer state) and restore; a damaged newest step is set aside and
     # the one before is what the actor trainer will restore.
     from kaggle_lib.training import checkpoints
-    from kaggle_lib.training.sft import make_optimizer
+    from kaggle_lib.training.common import make_optimizer
 
     assert checkpoints.complete_steps(actor_ckpt)[-2:] == [2, 3]
     grpo = run.cfg.train.grpo
     tx = make_optimizer(learning_rate=grpo.learning_rate,
                         max_steps=grpo.max_steps * grpo.num_iterations,
-                        max_grad_norm=run.cfg.train.sft.max_grad_norm)
+                        max_grad_norm=grpo.max_grad_norm)
     copy = tmp_path / "actor_copy"
     shutil.copytree(actor_ckpt, copy)
     for f in (copy / "3" / "model_params").rglob("*"):
@@ -148,6 +149,7 @@ def test_select_prompts_drops_overlong_and_rejects_missing_answers() -> None:
 
 
 def test_no_time_left_skips_grpo() -> None:
-    result = run_grpo(None, tiny_tokenizer().processor, [], mesh=make_mesh(), eos_ids=[1],
-                      max_steps=3, batch_size=2, num_generations=4, max_wall_time_s=0.0)
+    grpo = GrpoSection(max_steps=3, batch_size=2, num_generations=4)
+    result = run_grpo(None, tiny_tokenizer().processor, [], grpo, mesh=make_mesh(), eos_ids=[1],
+                      max_wall_time_s=0.0)
     assert result.steps_done == 0 and result.stopped_reason == "max_wall_time"

@@ -16,8 +16,9 @@ from flax import nnx
 from tunix.sft.peft_trainer import _default_loss_fn
 
 from kaggle_lib.models import registry
-from kaggle_lib.training.loss import chunked_cross_entropy, naive_sft_loss, sft_loss
+from kaggle_lib.training.loss import chunked_cross_entropy, sft_loss
 from kaggle_lib.training.sft import model_inputs
+from tests.reference_impls import naive_sft_loss
 
 BATCH, LENGTH = 2, 24  # 2 x 23 = 46 target positions
 VOCAB = 256

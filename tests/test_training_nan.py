@@ -80,7 +80,7 @@ def test_nan_on_the_first_step_leaves_no_checkpoint(tmp_path: Path) -> None:
     """Orbax saves the first step of a fresh run whatever the interval: the guard must still
     stop before that save."""
     from kaggle_lib.mesh import make_mesh
-    from kaggle_lib.training.sft import latest_checkpoint_step
+    from kaggle_lib.training.checkpoints import latest_complete_step
     from tests import training_helpers as th
 
     base = th.build_model(th.tiny_config())
@@ -90,6 +90,6 @@ def test_nan_on_the_first_step_leaves_no_checkpoint(tmp_path: Path) -> None:
         th.train_tiny(make_mesh(), base, steps=4, checkpoint_dir=tmp_path / "ckpt",
                       checkpoint_every=2)
     assert info.value.step == 1
-    assert latest_checkpoint_step(tmp_path / "ckpt") is None
+    assert latest_complete_step(tmp_path / "ckpt") is None
     leftovers = list((tmp_path / "ckpt").iterdir()) if (tmp_path / "ckpt").exists() else []
     assert not [p for p in leftovers if p.name.isdigit()], leftovers

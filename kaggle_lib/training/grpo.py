@@ -25,11 +25,27 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
+from tunix.rl import rl_cluster as rl
+from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
+from tunix.rl.rollout.base_rollout import RolloutConfig
 
+from kaggle_lib.config import GrpoSection
+from kaggle_lib.data.template import format_prompt
+from kaggle_lib.mesh import check_batch
+from kaggle_lib.training import checkpoints
+from kaggle_lib.training.common import (
+    CheckpointSettings,
+    MetricsSettings,
+    StageHooks,
+    lr_schedule,
+    make_newest_checkpoint_restorable,
+    make_optimizer,
+    metrics_options,
+)
 from kaggle_lib.training.rewards import RewardFn, default_reward_fns
-from kaggle_lib.training.sft import NoopHooks
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +92,6 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
                    instruct: bool) -> tuple[list[Prompt], int]:
     """Template every item's question; drop those longer than `max_prompt_len` tokens (+bos).
     Returns the kept prompts and how many were dropped."""
-    from kaggle_lib.data.template import format_prompt
-
     kept, dropped = [], 0
     for i, item in enumerate(items):
         if not item.get("prompt") or item.get("answer") in (None, ""):
@@ -106,8 +120,8 @@ def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float
         step += 1
 
 
-class _ActorHooks(NoopHooks):
-    """Per-step actor loss into the run record (tunix.sft.hooks.TrainingHooks interface)."""
+class _ActorHooks(StageHooks):
+    """Per-step actor loss into the run record."""
 
     def __init__(self, on_record: Callable[[dict[str, Any]], None], schedule: Any):
         self.on_record = on_record
@@ -115,16 +129,10 @@ class _ActorHooks(NoopHooks):
         self.last = time.monotonic()
 
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
-        logger, prefix = trainer.metrics_logger, trainer.metrics_prefix
-
-        def latest(name: str) -> float | None:
-            if not logger.metric_exists(prefix, name, "train"):
-                return None
-            return float(np.asarray(logger.get_metric_history(prefix, name, "train")[-1]))
-
         now = time.monotonic()
         self.on_record({"stage": "grpo", "step": int(step), "loss": float(loss),
-                        "kl": latest("kl"), "grad_norm": latest("grad_norm"),
+                        "kl": self.latest_metric(trainer, "kl"),
+                        "grad_norm": self.latest_metric(trainer, "grad_norm"),
                         "learning_rate": float(self.schedule(step - 1)),
                         "step_time_s": round(now - self.last, 4)})
         self.last = now
@@ -162,49 +170,31 @@ def run_grpo(
     actor: nnx.Module,
     tokenizer: Any,
     prompts: Sequence[Prompt],
+    grpo: GrpoSection,
     *,
-    mesh: Any,
+    mesh: jax.sharding.Mesh,
     eos_ids: Sequence[int],
-    max_steps: int,
-    batch_size: int,
-    num_generations: int,
-    num_iterations: int = 1,
-    beta: float = 0.04,
-    epsilon: float = 0.2,
-    learning_rate: float = 1e-5,
-    max_grad_norm: float | None = 1.0,
-    max_prompt_len: int = 256,
-    max_new_tokens: int = 256,
-    temperature: float = 0.9,
-    top_p: float = 1.0,
-    top_k: int | None = None,
     seed: int = 0,
     reward_fns: Sequence[RewardFn] | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint_every: int = 50,
-    keep_checkpoints: int = 3,
+    checkpointing: CheckpointSettings | None = None,
+    metrics: MetricsSettings | None = None,
     max_wall_time_s: float | None = None,
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
-    log_dir: Path | None = None,
-    on_set_aside: Callable[[Any], None] = lambda entry: None,
+    on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:
-    """GRPO-train `actor` in place (LoRA weights when it has them) for `max_steps` steps.
+    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps.
 
-    Each step samples `num_generations` completions for each of `batch_size` prompts, scores
-    them with `reward_fns` (default: format + answer), and takes `num_iterations` optimizer
-    steps on the group-relative advantages, with a KL penalty `beta` towards a frozen copy of
-    `actor` as it is now. `tokenizer` is a SentencePieceProcessor with checked special ids.
+    Each step samples `grpo.num_generations` completions for each of `grpo.batch_size` prompts,
+    scores them with `reward_fns` (default: format + answer), and takes `grpo.num_iterations`
+    optimizer steps on the group-relative advantages, with a KL penalty `grpo.beta` towards a
+    frozen copy of `actor` as it is now. `tokenizer` is a SentencePieceProcessor with checked
+    special ids. The actor's checkpoints go to `<checkpointing.directory>/actor/<step>`.
     """
-    import orbax.checkpoint as ocp
-    from tunix.rl import rl_cluster as rl
-    from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
-    from tunix.rl.rollout.base_rollout import RolloutConfig
-
-    from kaggle_lib.mesh import check_batch
-    from kaggle_lib.training import checkpoints
-    from kaggle_lib.training.sft import _metrics_options, latest_checkpoint_step, lr_schedule
-    from kaggle_lib.training.sft import make_optimizer as make_tx
-
+    checkpointing = checkpointing or CheckpointSettings()
+    checkpoint_dir = checkpointing.directory
+    max_steps, batch_size, num_generations = grpo.max_steps, grpo.batch_size, grpo.num_generations
+    num_iterations = grpo.num_iterations
+    max_prompt_len, max_new_tokens = grpo.max_prompt_len, grpo.max_new_tokens
     check_batch(batch_size * num_generations, mesh,
                 what="train.grpo.batch_size x train.grpo.num_generations (rollouts per step)")
     if tokenizer.pad_id() < 0 or tokenizer.eos_id() < 0 or tokenizer.bos_id() < 0:
@@ -215,31 +205,27 @@ def run_grpo(
         return GrpoResult(steps_done=0, start_step=0, stopped_reason="max_wall_time", rewards=[],
                           checkpoint_dir=None, last_checkpoint_step=None, seconds=0.0)
     actor_steps = max_steps * num_iterations  # Tunix counts optimizer steps
-    schedule = lr_schedule(learning_rate, actor_steps)
+    schedule = lr_schedule(grpo.learning_rate, actor_steps)
     # The KL reference: a frozen copy of the SFT result. nnx.clone shares the (immutable)
     # base weight arrays, so it costs no memory; only the actor's LoRA weights change.
     reference = nnx.clone(actor)
     rollout_config = RolloutConfig(
         max_tokens_to_generate=max_new_tokens, max_prompt_length=max_prompt_len,
-        kv_cache_size=max_prompt_len + max_new_tokens, temperature=temperature, top_p=top_p,
-        top_k=top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
+        kv_cache_size=max_prompt_len + max_new_tokens, temperature=grpo.temperature,
+        top_p=grpo.top_p, top_k=grpo.top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
     )
-    actor_tx = make_tx(learning_rate=learning_rate, max_steps=actor_steps,
-                       max_grad_norm=max_grad_norm)
-    if checkpoint_dir is not None:
-        # The actor trainer restores its newest step on construction: make sure that one does.
-        actor_root = Path(checkpoint_dir) / "actor"
-        with mesh:
-            checkpoints.resume_from_newest_restorable(
-                actor_root, checkpoints.restore_probe(actor_root, actor, actor_tx), on_set_aside)
+    actor_tx = make_optimizer(learning_rate=grpo.learning_rate, max_steps=actor_steps,
+                              max_grad_norm=grpo.max_grad_norm)
+    actor_dir = Path(checkpoint_dir) / "actor" if checkpoint_dir else None
+    # The actor trainer restores its newest step on construction: make sure that one does.
+    make_newest_checkpoint_restorable(actor_dir, actor, actor_tx, mesh, on_set_aside)
     training_config = rl.RLTrainingConfig(
         actor_optimizer=actor_tx,
         eval_every_n_steps=actor_steps + 1,
         max_steps=actor_steps,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
-        checkpointing_options=ocp.CheckpointManagerOptions(
-            save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints),
-        metrics_logging_options=_metrics_options(log_dir, False, "grpo"),
+        checkpointing_options=checkpointing.orbax_options(),
+        metrics_logging_options=metrics_options(metrics),
         pbar_description="GRPO",
     )
     cluster = rl.RLCluster(
@@ -261,7 +247,7 @@ def run_grpo(
     learner = GRPOLearner(
         rl_cluster=cluster,
         algo_config=GRPOConfig(num_generations=num_generations, num_iterations=num_iterations,
-                               beta=beta, epsilon=epsilon),
+                               beta=grpo.beta, epsilon=grpo.epsilon),
         reward_fns=list(reward_fns or default_reward_fns()),
     )
     cluster.actor_trainer.with_training_hooks(_ActorHooks(on_record, schedule))
@@ -280,8 +266,7 @@ def run_grpo(
     else:
         cluster.close()
     steps_done = cluster.actor_trainer.train_steps // num_iterations
-    actor_dir = Path(checkpoint_dir) / "actor" if checkpoint_dir else None
-    last = latest_checkpoint_step(actor_dir)
+    last = checkpoints.latest_complete_step(actor_dir)
     return GrpoResult(
         steps_done=steps_done, start_step=start_step,
         stopped_reason="max_wall_time" if state["stopped_for_time"] else "max_steps",
@@ -291,75 +276,5 @@ def run_grpo(
     )
 
 
-def run_grpo_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, Any]:
-    """The notebook's GRPO stage: the SFT result (LoRA) trained further with GRPO, in place."""
-    from kaggle_lib.data.datasets import load_items
-    from kaggle_lib.training.sft import apply_lora
-    from kaggle_lib.training.stages import (
-        _note_checkpoint,
-        _training_log,
-        checkpoint_dir,
-        record_set_aside,
-    )
-
-    cfg = run.cfg
-    grpo = cfg.train.grpo
-    loaded = run.loaded
-    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
-    prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
-                                      instruct=loaded.spec.instruct)
-    print(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
-          f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
-          f"rollouts of up to {grpo.max_new_tokens} tokens per step")
-    run.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped})
-    from tunix.sft.utils import is_lora_enabled
-
-    if not is_lora_enabled(loaded.model):
-        if cfg.train.sft.mode == "lora":
-            # GRPO without a previous SFT stage: LoRA on the base model, as SFT would add.
-            lora = cfg.train.sft.lora
-            loaded.model = apply_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
-                                      target_modules=lora.target_modules, mesh=run.mesh,
-                                      seed=cfg.seed)
-    ckpt_dir = checkpoint_dir(run, "grpo")
-
-    def on_record(record: dict[str, Any]) -> None:
-        run.record.log_metrics(record)
-        if "reward_mean" in record:
-            _training_log(run, (
-                f"grpo step {record['step']:>5}/{grpo.max_steps} reward {record['reward_mean']:.3f}"
-                f" (min {record['reward_min']:.3f} max {record['reward_max']:.3f}) completions "
-                f"{record['completion_mean_tokens'] or 0:.1f} tokens"))
-
-    started = time.monotonic()
-    try:
-        result = run_grpo(
-            loaded.model, loaded.tokenizer.processor, prompts, mesh=run.mesh,
-            eos_ids=loaded.eos_ids, max_steps=grpo.max_steps, batch_size=grpo.batch_size,
-            num_generations=grpo.num_generations, num_iterations=grpo.num_iterations,
-            beta=grpo.beta, epsilon=grpo.epsilon, learning_rate=grpo.learning_rate,
-            max_grad_norm=cfg.train.sft.max_grad_norm, max_prompt_len=grpo.max_prompt_len,
-            max_new_tokens=grpo.max_new_tokens, temperature=grpo.temperature, top_p=grpo.top_p,
-            top_k=grpo.top_k, seed=cfg.seed, checkpoint_dir=ckpt_dir,
-            checkpoint_every=cfg.train.checkpoint_every,
-            keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
-            on_record=on_record, on_set_aside=record_set_aside(run, "grpo"),
-            log_dir=run.run_dir / "tensorboard" / "grpo" if cfg.evidence.tensorboard else None,
-        )
-    finally:
-        _note_checkpoint(run, ckpt_dir / "actor")
-    rewards = result.rewards
-    summary = {
-        "steps": result.steps_done, "start_step": result.start_step,
-        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
-        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
-        "prompts": len(prompts), "reward_first": rewards[0] if rewards else None,
-        "reward_last": rewards[-1] if rewards else None,
-        "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
-    }
-    print(f"grpo: {summary}")
-    return summary
-
-
 __all__ = ["GrpoResult", "Prompt", "PromptBatches", "rewards_record", "run_grpo",
-           "run_grpo_stage", "select_prompts"]
+           "select_prompts"]

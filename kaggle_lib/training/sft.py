@@ -23,16 +23,31 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
+import qwix
 from flax import nnx
+from tunix.sft import utils as sft_utils
+from tunix.sft.metrics_logger import Mode
+from tunix.sft.peft_trainer import PeftTrainer, TrainingConfig
 
+from kaggle_lib.config import SftSection
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.models.loader import shard_model
 from kaggle_lib.training import checkpoints
+from kaggle_lib.training.common import (
+    CheckpointSettings,
+    MetricsSettings,
+    StageHooks,
+    lr_schedule,
+    make_newest_checkpoint_restorable,
+    make_optimizer,
+    metrics_options,
+)
 from kaggle_lib.training.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -71,42 +86,9 @@ class SftResult:
     set_aside: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0) -> optax.Schedule:
-    """Linear warmup then cosine decay to 10%. Optimizer step s (1-based) uses schedule(s - 1)."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup_steps else learning_rate,
-        peak_value=learning_rate,
-        warmup_steps=warmup_steps,
-        decay_steps=max(max_steps, warmup_steps + 1),
-        end_value=learning_rate * 0.1,
-    )
-
-
-def make_optimizer(
-    *, learning_rate: float, max_steps: int, warmup_steps: int = 0, optimizer: str = "adamw",
-    weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-) -> optax.GradientTransformation:
-    """`lr_schedule`; gradient clipping; AdamW or Adafactor. The LR is an injected hyperparameter
-    so that it is part of the checkpointed optimizer state."""
-    schedule = lr_schedule(learning_rate, max_steps, warmup_steps)
-
-    def build(learning_rate: Any) -> optax.GradientTransformation:
-        if optimizer == "adafactor":
-            # Factored second moments: ~no optimizer memory for full fine-tuning of 2B models.
-            opt = optax.adafactor(learning_rate=learning_rate, weight_decay_rate=weight_decay or None)
-        else:
-            opt = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.99, weight_decay=weight_decay)
-        parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
-        return optax.chain(*parts, opt)
-
-    return optax.inject_hyperparams(build)(learning_rate=schedule)
-
-
 def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: str, seed: int = 0,
-               mesh: Any = None) -> nnx.Module:
+               mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
     """Wrap matching linear layers with LoRA adapters (qwix); only nnx.LoRAParam then trains."""
-    import qwix
-
     provider = qwix.LoraProvider(module_path=target_modules, rank=rank, alpha=alpha)
     lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(params=seed),
                                           **model.get_model_input())
@@ -117,16 +99,12 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: st
             "check the module names (e.g. '.*attn.*|.*mlp.*')"
         )
     if mesh is not None:
-        from kaggle_lib.models.loader import shard_model
-
         lora_model = shard_model(lora_model, mesh)
     return lora_model
 
 
 def model_inputs(batch: dict[str, Any], pad_id: int = 0) -> dict[str, Any]:
     """Positions and causal attention mask from the padding mask (Tunix's own helpers)."""
-    from tunix.sft import utils as sft_utils
-
     tokens = batch["input_tokens"]
     segment = batch.get("segment_mask")
     if segment is None:
@@ -139,23 +117,6 @@ def model_inputs(batch: dict[str, Any], pad_id: int = 0) -> dict[str, Any]:
     }
 
 
-def _metrics_options(log_dir: Path | None, wandb: bool, run_name: str) -> Any:
-    """TensorBoard in the run dir; W&B only when asked (Tunix turns it on whenever importable)."""
-    from metrax.logging.tensorboard_backend import TensorboardBackend
-    from tunix.sft.metrics_logger import MetricsLoggerOptions
-
-    if log_dir is None:
-        return None
-    factories: list[Callable[[], Any]] = [
-        functools.partial(TensorboardBackend, log_dir=str(log_dir), flush_every_n_steps=10)
-    ]
-    if wandb:
-        from metrax.logging.wandb_backend import WandbBackend
-
-        factories.append(functools.partial(WandbBackend, project="kaggle-lib", name=run_name))
-    return MetricsLoggerOptions(log_dir=str(log_dir), backend_kwargs={"custom_backend": factories})
-
-
 def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
     # nnx.value_and_grad resolves keyword arguments by signature: no functools.partial here.
     def loss_fn(model: nnx.Module, input_tokens: jax.Array, input_mask: jax.Array,
@@ -166,8 +127,7 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
     return loss_fn
 
 
-@functools.cache
-def make_trainer_class() -> type:
+class GuardedPeftTrainer(PeftTrainer):
     """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed.
 
     Tunix keeps up to two steps in flight and logs losses a step late, after that step may
@@ -176,91 +136,63 @@ def make_trainer_class() -> type:
     steps are checked as they complete, without waiting; before a step that will be
     checkpointed, and at the end, the check waits for every pending step.
     """
-    import jax.numpy as jnp
-    from tunix.sft.metrics_logger import Mode
-    from tunix.sft.peft_trainer import PeftTrainer
 
-    class GuardedPeftTrainer(PeftTrainer):
-        def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.checkpoint_every = checkpoint_every
-            self._pending_checks: list[tuple[int, jax.Array, jax.Array]] = []
+    def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_every = checkpoint_every
+        self._pending_checks: list[tuple[int, jax.Array, jax.Array]] = []
 
-        def _train_step(self, model: nnx.Module, optimizer: nnx.Optimizer,
-                        inputs: Any) -> tuple[Any, Any, Any]:
-            loss, aux, grad_norm = super()._train_step(model, optimizer, inputs)
-            trainable = nnx.state(model, nnx.LoRAParam if self._lora_enabled else nnx.Param)
-            finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]
-            aux = {**(aux or {}), "loss": loss, "params_finite": jnp.stack(finite).all()}
-            return loss, aux, grad_norm
+    def _train_step(self, model: nnx.Module, optimizer: nnx.Optimizer,
+                    inputs: Any) -> tuple[Any, Any, Any]:
+        loss, aux, grad_norm = super()._train_step(model, optimizer, inputs)
+        trainable = nnx.state(model, nnx.LoRAParam if self._lora_enabled else nnx.Param)
+        finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]
+        aux = {**(aux or {}), "loss": loss, "params_finite": jnp.stack(finite).all()}
+        return loss, aux, grad_norm
 
-        def _post_process_train_step(self, aux: Any) -> None:
-            pending = self._pending_checks
-            step = self._train_steps + 1  # the optimizer step this (micro) batch belongs to
-            pending.append((step, aux["loss"], aux["params_finite"]))
-            accum = self.config.get_with_default("gradient_accumulation_steps", 1)
-            completes_step = (self._iter_steps + 1) % accum == 0
-            self.check_finite(wait=completes_step and self._will_save(step))
+    def _post_process_train_step(self, aux: Any) -> None:
+        pending = self._pending_checks
+        step = self._train_steps + 1  # the optimizer step this (micro) batch belongs to
+        pending.append((step, aux["loss"], aux["params_finite"]))
+        accum = self.config.get_with_default("gradient_accumulation_steps", 1)
+        completes_step = (self._iter_steps + 1) % accum == 0
+        self.check_finite(wait=completes_step and self._will_save(step))
 
-        def _will_save(self, step: int) -> bool:
-            # Step-interval saves, plus Orbax's save of the first step of a fresh run.
-            if self.config.checkpoint_root_directory is None:
-                return False
-            return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
+    def _will_save(self, step: int) -> bool:
+        # Step-interval saves, plus Orbax's save of the first step of a fresh run.
+        if self.config.checkpoint_root_directory is None:
+            return False
+        return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
 
-        def _may_update_pbar(self, metrics: list[str], step: int | None = None,
-                             loss: Any = None) -> None:
-            # Tunix's body, except the LR: Tunix shows the mean of all logged LRs rounded to 3
-            # decimals (any LR below 5e-4 reads 0); the bar gets the latest, 3 significant digits.
-            if self._pbar is not None:
-                self._pbar.update_metrics(metrics, self._mode, ndigits=3)
-                key = f"{self.metrics_prefix}_{self._mode}_learning_rate"
-                if key in self._pbar.metrics:
-                    history = self.metrics_logger.get_metric_history(
-                        self.metrics_prefix, "learning_rate", self._mode)
-                    self._pbar.metrics[key] = float(f"{float(history[-1]):.3g}")
-                self._pbar.update()
-            if self.training_hooks and self._mode == Mode.TRAIN:
-                self.training_hooks.on_train_step_end(self, step, loss)
+    def _may_update_pbar(self, metrics: list[str], step: int | None = None,
+                         loss: Any = None) -> None:
+        # Tunix's body, except the LR: Tunix shows the mean of all logged LRs rounded to 3
+        # decimals (any LR below 5e-4 reads 0); the bar gets the latest, 3 significant digits.
+        if self._pbar is not None:
+            self._pbar.update_metrics(metrics, self._mode, ndigits=3)
+            key = f"{self.metrics_prefix}_{self._mode}_learning_rate"
+            if key in self._pbar.metrics:
+                history = self.metrics_logger.get_metric_history(
+                    self.metrics_prefix, "learning_rate", self._mode)
+                self._pbar.metrics[key] = float(f"{float(history[-1]):.3g}")
+            self._pbar.update()
+        if self.training_hooks and self._mode == Mode.TRAIN:
+            self.training_hooks.on_train_step_end(self, step, loss)
 
-        def check_finite(self, wait: bool) -> None:
-            """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
-            pending = self._pending_checks
-            while pending:
-                step, loss, ok = pending[0]
-                if not wait and not (loss.is_ready() and ok.is_ready()):
-                    return
-                pending.pop(0)
-                value, finite = float(jax.device_get(loss)), bool(jax.device_get(ok))
-                if not (math.isfinite(value) and finite):
-                    raise NonFiniteLossError(step, value, params_finite=finite)
-
-    return GuardedPeftTrainer
+    def check_finite(self, wait: bool) -> None:
+        """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
+        pending = self._pending_checks
+        while pending:
+            step, loss, ok = pending[0]
+            if not wait and not (loss.is_ready() and ok.is_ready()):
+                return
+            pending.pop(0)
+            value, finite = float(jax.device_get(loss)), bool(jax.device_get(ok))
+            if not (math.isfinite(value) and finite):
+                raise NonFiniteLossError(step, value, params_finite=finite)
 
 
-class NoopHooks:
-    """tunix.sft.hooks.TrainingHooks with every callback a no-op; subclasses override what they use."""
-
-    def on_train_start(self, trainer: Any) -> None:
-        pass
-
-    def on_train_end(self, trainer: Any) -> None:
-        pass
-
-    def on_train_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_start(self, trainer: Any) -> None:
-        pass
-
-    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
-        pass
-
-    def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
-        pass
-
-
-class _StepHooks(NoopHooks):
+class _StepHooks(StageHooks):
     """Per-step metrics into the run record, progress, and the wall-clock stop."""
 
     def __init__(self, on_step: Callable[[dict[str, Any]], None], tokens_per_step: Callable[[int], int],
@@ -279,7 +211,6 @@ class _StepHooks(NoopHooks):
         self.stopped_for_time = False
         self.losses: list[float] = []
 
-    # tunix.sft.hooks.TrainingHooks interface
     def on_train_start(self, trainer: Any) -> None:
         self.started = time.monotonic()
 
@@ -304,14 +235,6 @@ class _StepHooks(NoopHooks):
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
         step_time = self.step_time(int(step))
-        logger = trainer.metrics_logger
-        prefix = trainer.metrics_prefix
-
-        def latest(name: str) -> float | None:
-            if not logger.metric_exists(prefix, name, "train"):
-                return None
-            return float(logger.get_metric_history(prefix, name, "train")[-1])
-
         loss = float(loss)
         self.losses.append(loss)
         tokens = self.tokens_per_step(step - 1)
@@ -322,7 +245,7 @@ class _StepHooks(NoopHooks):
             # Tunix logs the LR of the optimizer state when it writes the (late) metrics, i.e.
             # the next step's; the schedule gives the one this step used.
             "learning_rate": float(self.schedule(step - 1)),
-            "grad_norm": latest("grad_norm"),
+            "grad_norm": self.latest_metric(trainer, "grad_norm"),
             "step_time_s": round(step_time, 4),
             "tokens": tokens,
             "tokens_per_s": round(tokens / step_time, 2) if step_time > 0 else None,
@@ -337,57 +260,45 @@ class _StepHooks(NoopHooks):
 
 def run_sft(
     model: nnx.Module,
-    batches: Any,
+    batches: Iterable[Any],
+    sft: SftSection,
     *,
-    mesh: Any,
-    max_steps: int,
-    learning_rate: float,
-    warmup_steps: int = 0,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.0,
-    max_grad_norm: float | None = 1.0,
-    grad_accum_steps: int = 1,
-    loss_chunk_size: int = 512,
-    checkpoint_dir: Path | None = None,
-    checkpoint_every: int = 50,
-    keep_checkpoints: int = 3,
+    mesh: jax.sharding.Mesh,
+    checkpointing: CheckpointSettings | None = None,
+    metrics: MetricsSettings | None = None,
     max_wall_time_s: float | None = None,
-    on_step: Callable[[dict[str, Any]], None] = lambda record: None,
-    tokens_per_step: Callable[[int], int] | None = None,
-    log_dir: Path | None = None,
-    wandb: bool = False,
-    run_name: str = "run",
     pad_id: int = 0,
-    on_set_aside: Callable[[Any], None] = lambda entry: None,
+    tokens_per_step: Callable[[int], int] | None = None,
+    on_step: Callable[[dict[str, Any]], None] = lambda record: None,
+    on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> SftResult:
-    """Train `model` in place on `batches` for `max_steps` optimizer steps.
+    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, with the
+    optimizer, schedule, clipping, accumulation and loss chunk of the `sft` config section.
 
     `batches` must be re-iterable from step 0 with a fixed order (e.g. `SFTBatches`): on resume
-    Tunix restores the latest checkpoint in `checkpoint_dir` and skips the batches already
-    trained. Stops early, with a checkpoint, once `max_wall_time_s` has passed; raises
+    Tunix restores the latest checkpoint in `checkpointing.directory` (None: no checkpoints) and skips the batches
+    already trained. Stops early, with a checkpoint, once `max_wall_time_s` has passed; raises
     `NonFiniteLossError` (with no checkpoint of the bad step) if the loss or weights go NaN/inf.
     A newest checkpoint that does not restore (or lacks its optimizer state) is moved to
-    `<checkpoint_dir>/corrupt/` first (`on_set_aside` hears of it) and training resumes from the
-    step before; `checkpoints.CheckpointError` when none restores.
+    `<directory>/corrupt/` first (`on_set_aside` hears of it) and training resumes from the
+    step before; `checkpoints.CheckpointError` when none restores. `tokens_per_step(i)` counts
+    the tokens of batch i, for the tokens/s metric.
     """
-    import orbax.checkpoint as ocp
-    from tunix.sft.peft_trainer import TrainingConfig
-
-    schedule = lr_schedule(learning_rate, max_steps, warmup_steps)
+    checkpointing = checkpointing or CheckpointSettings()
+    max_steps, accum = sft.max_steps, sft.grad_accum_steps
+    schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps)
     tx = make_optimizer(
-        learning_rate=learning_rate, max_steps=max_steps, warmup_steps=warmup_steps,
-        optimizer=optimizer, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+        learning_rate=sft.learning_rate, max_steps=max_steps, warmup_steps=sft.warmup_steps,
+        optimizer=sft.optimizer, weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
     )
+    checkpoint_dir = checkpointing.directory
     training_config = TrainingConfig(
         eval_every_n_steps=max_steps + 1,
         max_steps=max_steps,
-        gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None,
+        gradient_accumulation_steps=accum if accum > 1 else None,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
-        # Step-based saving (Tunix defaults to every 180 s): resume points are reproducible.
-        checkpointing_options=ocp.CheckpointManagerOptions(
-            save_interval_steps=checkpoint_every, max_to_keep=keep_checkpoints
-        ),
-        metrics_logging_options=_metrics_options(log_dir, wandb, run_name),
+        checkpointing_options=checkpointing.orbax_options(),
+        metrics_logging_options=metrics_options(metrics),
         pbar_description="SFT",
     )
 
@@ -395,21 +306,21 @@ def run_sft(
         # One optimizer step consumes grad_accum_steps batches.
         if tokens_per_step is None:
             return 0
-        first = step_index * grad_accum_steps
-        return sum(tokens_per_step(i) for i in range(first, first + grad_accum_steps))
+        first = step_index * accum
+        return sum(tokens_per_step(i) for i in range(first, first + accum))
 
     hooks = _StepHooks(on_step, step_tokens, max_wall_time_s, schedule)
     started = time.monotonic()
+    # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer):
+    # first make sure the latest one restores.
+    set_aside = make_newest_checkpoint_restorable(checkpoint_dir, model, tx, mesh, on_set_aside)
     with mesh:
-        # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer):
-        # first make sure the latest one restores.
-        _, set_aside = checkpoints.resume_from_newest_restorable(
-            checkpoint_dir, checkpoints.restore_probe(checkpoint_dir, model, tx), on_set_aside)
-        trainer = make_trainer_class()(model, tx, training_config, checkpoint_every=checkpoint_every)
+        trainer = GuardedPeftTrainer(model, tx, training_config,
+                                     checkpoint_every=checkpointing.every)
         start_step = trainer.train_steps
         if start_step:
             log.info("resuming SFT from checkpoint step %d", start_step)
-        trainer.with_loss_fn(_loss_with_chunk(loss_chunk_size), has_aux=True)
+        trainer.with_loss_fn(_loss_with_chunk(sft.loss_chunk_size), has_aux=True)
         trainer.with_gen_model_input_fn(functools.partial(model_inputs, pad_id=pad_id))
         trainer.with_training_hooks(hooks)
         try:
@@ -429,12 +340,7 @@ def run_sft(
     return SftResult(
         steps_done=steps_done, start_step=start_step, stopped_reason=reason,
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
-        last_checkpoint_step=latest_checkpoint_step(checkpoint_dir),
+        last_checkpoint_step=checkpoints.latest_complete_step(checkpoint_dir),
         seconds=time.monotonic() - started,
         set_aside=[entry.to_dict() for entry in set_aside],
     )
-
-
-def latest_checkpoint_step(checkpoint_dir: Path | str | None) -> int | None:
-    """Highest complete step in an Orbax checkpoint root (the rule of `training.checkpoints`)."""
-    return checkpoints.latest_complete_step(checkpoint_dir)

@@ -1,21 +1,87 @@
-"""Run the configured training stages in order (SFT, then GRPO) for a pipeline Run."""
+"""The notebook's training stages, SFT then GRPO, as adapters from a run's config and model to
+`training.sft.run_sft` / `training.grpo.run_grpo`: they load and tokenize the data, prepare the
+checkpoint directory, record metrics, the training log and the manifest, and summarise.
+
+They see a run only through `StageInputs` (the pipeline builds it); `run_stages` runs the
+configured stages in order under one wall-clock budget.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from tunix.sft.utils import is_lora_enabled
 
 from kaggle_lib import auth, distributed
+from kaggle_lib.config import LoraSection, RunConfig
+from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
+from kaggle_lib.data.datasets import load_items
+from kaggle_lib.evidence import RunRecord
+from kaggle_lib.models.loader import LoadedModel
+from kaggle_lib.training import checkpoints
+from kaggle_lib.training.common import CheckpointSettings, MetricsSettings
+from kaggle_lib.training.grpo import run_grpo, select_prompts
+from kaggle_lib.training.sft import apply_lora, run_sft
 
 
-def checkpoint_dir(run: Any, stage: str) -> Path:
-    """The run's own checkpoint directory (on Kaggle the run dir is under /kaggle/working)."""
-    return run.run_dir / "checkpoints" / stage
+@dataclasses.dataclass
+class StageInputs:
+    """What a training stage takes from the run. `loaded.model` is trained in place (and
+    replaced by its LoRA-wrapped self when a stage adds LoRA)."""
+
+    config: RunConfig
+    loaded: LoadedModel
+    mesh: jax.sharding.Mesh
+    run_dir: Path
+    record: RunRecord
+    # The LoRA adapters to add, or None for full fine-tuning (train.sft.mode / train.sft.lora).
+    lora: LoraSection | None
+    # True when the model already carries its LoRA adapters (added before sharding).
+    lora_applied: bool = False
+    # Hears the path of each newest complete checkpoint (failure_analysis.md names it).
+    on_checkpoint: Callable[[str], None] = lambda path: None
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        """The run's own checkpoint directory (on Kaggle the run dir is under /kaggle/working)."""
+        return self.run_dir / "checkpoints" / stage
+
+    def checkpointing(self, stage: str) -> CheckpointSettings:
+        train = self.config.train
+        return CheckpointSettings(self.checkpoint_dir(stage), every=train.checkpoint_every,
+                                  keep=train.keep_checkpoints)
+
+    def training_log(self, line: str) -> None:
+        if not distributed.is_writer():  # process 0 keeps the run's training log
+            return
+        with (self.run_dir / "training_log.txt").open("a") as fh:
+            fh.write(auth.redact(line) + "\n")
+
+    def note_checkpoint(self, root: Path) -> None:
+        step = checkpoints.latest_complete_step(root)
+        if step is not None:
+            self.on_checkpoint(str(root / str(step)))
+
+    def add_lora(self) -> None:
+        """LoRA adapters on the model when the config asks for them and it has none yet."""
+        if self.lora is None or self.lora_applied or is_lora_enabled(self.loaded.model):
+            return
+        self.loaded.model = apply_lora(
+            self.loaded.model, rank=self.lora.rank, alpha=self.lora.alpha,
+            target_modules=self.lora.target_modules, mesh=self.mesh, seed=self.config.seed)
+        self.lora_applied = True
+
+
+def lora_settings(config: RunConfig) -> LoraSection | None:
+    """The adapters both stages train: train.sft.lora in LoRA mode, None for full weights."""
+    return config.train.sft.lora if config.train.sft.mode == "lora" else None
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
@@ -24,8 +90,6 @@ def _seed_from_previous(resume_from: str, target: Path) -> int | None:
     Whether it restores is checked with the run's own steps before training (`checkpoints`):
     every complete step is copied, so that a newest step that does not restore is set aside
     for the previous one, as on a resume in place."""
-    from kaggle_lib.training import checkpoints
-
     source = Path(resume_from)
     steps = checkpoints.complete_steps(source)
     if not steps:
@@ -40,27 +104,20 @@ def _seed_from_previous(resume_from: str, target: Path) -> int | None:
     return steps[-1]
 
 
-def record_set_aside(run: Any, stage: str) -> Any:
+def record_set_aside(record: RunRecord, stage: str) -> Callable[[checkpoints.SetAside], None]:
     """A callback that lists a checkpoint step moved aside in the manifest at once (so that a
     failing run records it too); failure_analysis.md reads the list from there."""
 
-    def note(entry: Any) -> None:
-        listed = list(run.record.read_manifest().get("checkpoints_set_aside") or [])
+    def note(entry: checkpoints.SetAside) -> None:
+        listed = list(record.read_manifest().get("checkpoints_set_aside") or [])
         listed.append({"stage": stage, **entry.to_dict()})
-        run.record.update_manifest(checkpoints_set_aside=listed)
+        record.update_manifest(checkpoints_set_aside=listed)
         print(f"checkpoint {stage} step {entry.step} set aside to {entry.path}: {entry.reason}")
 
     return note
 
 
-def _training_log(run: Any, line: str) -> None:
-    if not distributed.is_writer():  # process 0 keeps the run's training log
-        return
-    with (run.run_dir / "training_log.txt").open("a") as fh:
-        fh.write(auth.redact(line) + "\n")
-
-
-def data_fingerprint(tokenized: Any) -> str:
+def data_fingerprint(tokenized: TokenizedSet) -> str:
     """sha256 over every example's tokens and loss mask: two runs with the same config trained
     on the same data exactly when these match (the shipped data files can be regenerated)."""
     digest = hashlib.sha256()
@@ -70,15 +127,12 @@ def data_fingerprint(tokenized: Any) -> str:
     return digest.hexdigest()
 
 
-def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, Any]:
-    """LoRA/full SFT of `run.loaded.model` in place; checkpoints in the run's own directory."""
-    from kaggle_lib.data.batching import SFTBatches, padding_stats, tokenize_items
-    from kaggle_lib.data.datasets import load_items
-    from kaggle_lib.training.sft import apply_lora, run_sft
-
-    cfg = run.cfg
+def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
+    """LoRA/full SFT of `inputs.loaded.model` in place; checkpoints in the run's own directory."""
+    cfg = inputs.config
     sft = cfg.train.sft
-    loaded = run.loaded
+    loaded = inputs.loaded
+    mesh = inputs.mesh
     items = load_items(cfg.data.train, limit=cfg.data.train_limit)
     # An example cut before its answer would teach the model to stop mid-reasoning: drop it
     # (the count is in the manifest's data.n_dropped).
@@ -86,7 +140,7 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
                                instruct=loaded.spec.instruct, drop_truncated=True)
     buckets = tuple(cfg.data.length_buckets or length_buckets(cfg.data.max_seq_len))
     # Several processes: each builds only its rows; the global batch is assembled on devices.
-    rows = distributed.local_rows(sft.batch_size, run.mesh) if distributed.is_multiprocess() else None
+    rows = distributed.local_rows(sft.batch_size, mesh) if distributed.is_multiprocess() else None
     batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
                          pad_id=loaded.tokenizer.pad_id(), rows=rows)
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
@@ -95,7 +149,7 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
              "length_buckets": list(buckets),
              "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
-    run.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
+    inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
     print(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
           f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
           f"{list(buckets)})")
@@ -104,10 +158,8 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
         indices = batches.indices_at(step)
         return int(tokenized.lengths[indices].sum())
 
-    if sft.mode == "lora" and not getattr(run, "lora_applied", False):
-        loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
-                                  target_modules=sft.lora.target_modules, mesh=run.mesh, seed=cfg.seed)
-    ckpt_dir = checkpoint_dir(run, "sft")
+    inputs.add_lora()
+    ckpt_dir = inputs.checkpoint_dir("sft")
     if distributed.is_writer():  # the checkpoint directory is shared: process 0 prepares it
         if cfg.train.resume == "never" and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
@@ -117,34 +169,29 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
     distributed.barrier("sft_checkpoints_ready")
 
     def on_step(record: dict[str, Any]) -> None:
-        run.record.log_metrics(record)
+        inputs.record.log_metrics(record)
         if record["step"] % cfg.train.log_every == 0 or record["step"] == sft.max_steps:
-            _training_log(run, (
+            inputs.training_log(
                 f"sft step {record['step']:>5}/{sft.max_steps} loss {record['loss']:.4f} "
                 f"lr {record['learning_rate'] or 0:.2e} grad_norm {record['grad_norm'] or 0:.3f} "
-                f"{record['step_time_s']:.2f}s/step {record['tokens_per_s'] or 0:.0f} tok/s"))
-        _note_checkpoint(run, ckpt_dir)
+                f"{record['step_time_s']:.2f}s/step {record['tokens_per_s'] or 0:.0f} tok/s")
+        inputs.note_checkpoint(ckpt_dir)
 
     started = time.monotonic()
     try:
         result = run_sft(
             loaded.model,
-            distributed.GlobalBatches(batches, run.mesh, sft.batch_size) if rows is not None else batches,
-            mesh=run.mesh, max_steps=sft.max_steps,
-            learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps,
-            optimizer=sft.optimizer, weight_decay=sft.weight_decay,
-            max_grad_norm=sft.max_grad_norm, grad_accum_steps=sft.grad_accum_steps,
-            loss_chunk_size=sft.loss_chunk_size, checkpoint_dir=ckpt_dir,
-            checkpoint_every=cfg.train.checkpoint_every,
-            keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
-            on_step=on_step, tokens_per_step=tokens_per_step,
-            log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
-            wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
-            on_set_aside=record_set_aside(run, "sft"),
+            distributed.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
+            sft, mesh=mesh, checkpointing=inputs.checkpointing("sft"),
+            metrics=MetricsSettings(inputs.run_dir / "tensorboard", wandb=cfg.evidence.wandb,
+                                    run_name=cfg.run_name) if cfg.evidence.tensorboard else None,
+            max_wall_time_s=max_wall_time_s, pad_id=loaded.tokenizer.pad_id(),
+            tokens_per_step=tokens_per_step, on_step=on_step,
+            on_set_aside=record_set_aside(inputs.record, "sft"),
         )
     finally:
         # Also on failure: failure_analysis.md names the last good checkpoint.
-        _note_checkpoint(run, ckpt_dir)
+        inputs.note_checkpoint(ckpt_dir)
     losses = result.losses
     summary = {
         "steps": result.steps_done, "start_step": result.start_step,
@@ -157,12 +204,53 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
     return summary
 
 
-def _note_checkpoint(run: Any, ckpt_dir: Path) -> None:
-    from kaggle_lib.training.sft import latest_checkpoint_step
+def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
+    """GRPO of the model in place: the SFT result (LoRA) trained further. Without an SFT stage
+    before it, the model gets the run's LoRA adapters first, as SFT would add them."""
+    cfg = inputs.config
+    grpo = cfg.train.grpo
+    loaded = inputs.loaded
+    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
+                                      instruct=loaded.spec.instruct)
+    print(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
+          f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
+          f"rollouts of up to {grpo.max_new_tokens} tokens per step")
+    inputs.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped})
+    inputs.add_lora()
+    ckpt_dir = inputs.checkpoint_dir("grpo")
 
-    step = latest_checkpoint_step(ckpt_dir)
-    if step is not None:
-        run.last_checkpoint = str(ckpt_dir / str(step))
+    def on_record(record: dict[str, Any]) -> None:
+        inputs.record.log_metrics(record)
+        if "reward_mean" in record:
+            inputs.training_log(
+                f"grpo step {record['step']:>5}/{grpo.max_steps} reward {record['reward_mean']:.3f}"
+                f" (min {record['reward_min']:.3f} max {record['reward_max']:.3f}) completions "
+                f"{record['completion_mean_tokens'] or 0:.1f} tokens")
+
+    started = time.monotonic()
+    try:
+        result = run_grpo(
+            loaded.model, loaded.tokenizer.processor, prompts, grpo, mesh=inputs.mesh,
+            eos_ids=loaded.eos_ids, seed=cfg.seed, checkpointing=inputs.checkpointing("grpo"),
+            metrics=MetricsSettings(inputs.run_dir / "tensorboard" / "grpo", run_name="grpo")
+            if cfg.evidence.tensorboard else None,
+            max_wall_time_s=max_wall_time_s, on_record=on_record,
+            on_set_aside=record_set_aside(inputs.record, "grpo"),
+        )
+    finally:
+        inputs.note_checkpoint(ckpt_dir / "actor")
+    rewards = result.rewards
+    summary = {
+        "steps": result.steps_done, "start_step": result.start_step,
+        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
+        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
+        "prompts": len(prompts), "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+        "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
+    }
+    print(f"grpo: {summary}")
+    return summary
 
 
 def length_buckets(max_len: int) -> tuple[int, ...]:
@@ -178,25 +266,18 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
-def run_stages(run: Any) -> dict[str, Any]:
+def run_stages(inputs: StageInputs) -> dict[str, Any]:
     """The configured stages in order. train.max_wall_time bounds them all together, counted
     from here: each stage gets what the previous ones left."""
     results: dict[str, Any] = {}
-    budget = run.cfg.train.max_wall_time_s
+    budget = inputs.config.train.max_wall_time_s
     started = time.monotonic()
 
     def remaining() -> float | None:
         return None if budget is None else max(0.0, budget - (time.monotonic() - started))
 
-    for name in run.cfg.train.stages:
-        if name == "sft":
-            results["sft"] = run_sft_stage(run, max_wall_time_s=remaining())
-        elif name == "grpo":
-            from kaggle_lib.training.grpo import run_grpo_stage
-
-            results["grpo"] = run_grpo_stage(run, max_wall_time_s=remaining())
-        run.record.update_manifest(training={name: results[name]})
-    from kaggle_lib.evidence import plots
-
-    plots.plot_loss(run)
+    adapters = {"sft": run_sft_stage, "grpo": run_grpo_stage}
+    for name in inputs.config.train.stages:
+        results[name] = adapters[name](inputs, max_wall_time_s=remaining())
+        inputs.record.update_manifest(training={name: results[name]})
     return results
