@@ -20,6 +20,10 @@ from typing import Any
 
 import yaml
 
+from kaggle_lib import logs
+
+log = logs.get_logger(__name__)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "submission.ipynb"
 DEFAULT_CONFIG = "configs/cpu_gemma3_270m.yaml"
@@ -172,8 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if str(REPO_ROOT) not in python_path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), python_path) if p)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    print(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {attempt})",
-          flush=True)
+    log.info(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {attempt})")
     started = time.monotonic()
     error: BaseException | None = None
     try:
@@ -189,17 +192,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     seconds = time.monotonic() - started
     if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
         output = distributed.place_follower_notebook(output, process_id)
-        print(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
+        log.info(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0
     manifest = close.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
-    print(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
+    log.info(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":
         failure = manifest.get("failure") or {}
-        print(f"[kaggle_lib] failed in stage '{failure.get('stage')}': {failure.get('error_type')}: "
+        log.info(f"[kaggle_lib] failed in stage '{failure.get('stage')}': {failure.get('error_type')}: "
               f"{failure.get('message', '')[:500]}")
-        print(f"[kaggle_lib] see {run_dir / evidence.FAILURE}")
+        log.info(f"[kaggle_lib] see {run_dir / evidence.FAILURE}")
         return 1
     return 0
 

@@ -31,7 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
+
+log = logs.get_logger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 MODELS = ("base", "trained")
@@ -78,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                model=args.model, few_shot=args.few_shot)
     except EvalError as exc:
-        print(f"eval: error: {exc}", file=sys.stderr)
+        log.error(f"eval: error: {exc}")
         return 2
     from kaggle_lib import evaluation as ev
 
-    print(ev.format_scorecard_table(summary))
-    print(f"eval: wrote {summary['meta']['out_dir']}/{{{PREDICTIONS},{SUMMARY}}}")
-    print(json.dumps(final_line(summary)))
+    log.info(ev.format_scorecard_table(summary))
+    log.info(f"eval: wrote {summary['meta']['out_dir']}/{{{PREDICTIONS},{SUMMARY}}}")
+    log.info(json.dumps(final_line(summary)))
     return 0
 
 
@@ -177,7 +180,7 @@ def load_base_model(run_dir: Path, config: Any) -> tuple[Any, Any]:
         mesh = mesh_lib.make_mesh(config.mesh.fsdp, config.mesh.tp)
     except mesh_lib.MeshError as exc:
         # Another machine than the run's: sharding does not change the numbers.
-        print(f"eval: the run's mesh does not fit here ({exc}); using all devices on fsdp")
+        log.info(f"eval: the run's mesh does not fit here ({exc}); using all devices on fsdp")
         mesh = mesh_lib.make_mesh()
     spec = registry.get_spec(config.model.name)
     source = spec.default_source if config.model.source == "auto" else config.model.source
@@ -259,7 +262,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
         raise EvalError(f"--max-new-tokens ({max_new}) and --batch-size ({batch}) must be >= 1")
     status = _manifest(run_dir).get("status")
     if status and status != "succeeded" and model == "trained":
-        print(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
+        log.info(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
 
     started = time.monotonic()
     if model == "trained":
@@ -268,7 +271,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     else:
         loaded, _ = load_base_model(run_dir, config)
         what = "untrained base weights"
-    print(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
+    log.info(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
           f"{len(items)} items from {data}")
     render = fewshot.format_fewshot_prompt if few_shot else template.format_prompt
     prompts = [render(i["prompt"], instruct=loaded.spec.instruct) for i in items]

@@ -25,6 +25,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib import logs
+
+log = logs.get_logger(__name__)
+
 # baseline_fewshot: the untrained model asked with kaggle_lib.data.fewshot's prompt.
 STAGES = ("baseline", "baseline_fewshot", "trained")
 BASELINES = ("baseline", "baseline_fewshot")
@@ -614,8 +618,8 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if lineno == len(lines) and not line.endswith("\n"):
                 # The last write was cut short (a killed kernel): the rest still counts.
-                print(f"warning: {path}:{lineno}: skipped a last line cut short "
-                      f"({exc.msg})", file=sys.stderr)
+                log.error(f"warning: {path}:{lineno}: skipped a last line cut short "
+                      f"({exc.msg})")
                 continue
             raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):

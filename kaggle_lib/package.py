@@ -24,10 +24,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import auth, evidence
+from kaggle_lib import auth, evidence, logs
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evidence import scan
 from kaggle_lib.hashing import sha256_hex
+
+log = logs.get_logger(__name__)
 
 PACKAGE_MANIFEST = "PACKAGE_MANIFEST.json"
 SUMS = "SHA256SUMS"
@@ -173,7 +175,7 @@ def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None
         raise PackageError(f"{local_dir}: nothing to upload (export the model first: "
                            "`export.export_run`, written to <run_dir>/export/)")
     if auth.kaggle_credentials_source() is None:
-        print("[kaggle_lib] no Kaggle credentials (KAGGLE_API_TOKEN, ~/.kaggle/access_token, "
+        log.info("[kaggle_lib] no Kaggle credentials (KAGGLE_API_TOKEN, ~/.kaggle/access_token, "
               "KAGGLE_USERNAME + KAGGLE_KEY or ~/.kaggle/kaggle.json): skipping the upload of "
               f"{local_dir} to {handle}")
         return None
@@ -208,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         problems = verify_package(args.verify)
         for problem in problems:
-            print(f"FAIL {problem}")
-        print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+            log.info(f"FAIL {problem}")
+        log.info(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     if not args.run_dir:
         parser.error("--run-dir is required (or --verify ZIP)")
@@ -219,16 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                                   license_name=args.license or None, version_notes=args.notes)
             if result is not None:
                 evidence.RunRecord(args.run_dir).update_manifest(kaggle_model=result)
-                print(f"uploaded {len(result['files'])} files to {result['url']}")
+                log.info(f"uploaded {len(result['files'])} files to {result['url']}")
         out = build_package(args.run_dir, args.out, with_checkpoints=args.with_checkpoints,
                             with_exports=args.with_exports)
     except PackageError as exc:
-        print(f"package: {exc}", file=sys.stderr)
+        log.error(f"package: {exc}")
         return 1
     problems = verify_package(out)
     with zipfile.ZipFile(out) as zf:
         count = len(zf.namelist())
-    print(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
+    log.info(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
           f"sha256 {sha256_hex(out)}; checksums {'OK' if not problems else problems}")
     return 0 if not problems else 1
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaggle_lib import auth, distributed, evidence, runtime
+from kaggle_lib import auth, distributed, evidence, logs, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
@@ -29,6 +28,8 @@ from kaggle_lib.data.fewshot import format_fewshot_prompt
 from kaggle_lib.evidence import close, plots
 from kaggle_lib.models import loader, preflight, registry
 
+log = logs.get_logger(__name__)
+
 # Modules that import jax are imported inside the stages that use them, after the config stage
 # has set the platform flags (runtime.configure_platform): kaggle_lib.mesh, generation,
 # training.*, export. (models.loader imports jax only inside its functions.)
@@ -36,7 +37,6 @@ from kaggle_lib.models import loader, preflight, registry
 if TYPE_CHECKING:
     import jax
 
-log = logging.getLogger("kaggle_lib")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -92,7 +92,7 @@ def stage(name: str) -> Callable[[F], F]:
                 run.record.stage(label, "failed", time.monotonic() - started)
                 run.record.fail(label, exc, checkpoint=run.last_checkpoint)
                 _close_failed(run)
-                print(f"\n[kaggle_lib] stage '{label}' failed: {type(exc).__name__}: "
+                log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(exc).__name__}: "
                       f"{auth.redact(str(exc))}\n[kaggle_lib] record: {run.run_dir}")
                 raise
             run.record.stage(label, "succeeded", time.monotonic() - started)
@@ -106,9 +106,10 @@ def stage(name: str) -> Callable[[F], F]:
 def _close_failed(run: Run) -> None:
     """The closing files of a failed run; never masks the original error."""
     try:
-        close.close_failed(run)
+        close.close_failed(run.record, run.run_id,
+                           write_eval_summary=(lambda: _write_summary(run)) if run.records else None)
     except Exception as exc:  # noqa: BLE001
-        print(f"[kaggle_lib] could not complete the failed run's record: {exc}")
+        log.info(f"[kaggle_lib] could not complete the failed run's record: {exc}")
 
 
 def _evidence_root(config_path: str, env: runtime.Environment) -> Path:
@@ -236,8 +237,8 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
     run.record.update_manifest(devices=run.devices, platform_flags=flags)
     if distributed.is_multiprocess():  # the manifest names every process and its devices
         run.record.update_manifest(processes=distributed.describe_processes())
-    print(runtime.banner(run.env, run.devices, flags))
-    print(f"run {run.run_id} -> {run.run_dir}")
+    log.info(runtime.banner(run.env, run.devices, flags))
+    log.info(f"run {run.run_id} -> {run.run_dir}")
 
 
 @stage("auth")
@@ -250,7 +251,7 @@ def authenticate(run: Run) -> None:
     needs_token = source == "hf" and gated
     run.token = auth.resolve_hf_token(run.env.on_kaggle, required=needs_token)
     run.record.update_manifest(auth={"hf_token_source": run.token.source, "needed": needs_token})
-    print(f"auth: model source {source}; HF token {'found via ' + run.token.source if run.token else 'not needed' if not needs_token else 'missing'}")
+    log.info(f"auth: model source {source}; HF token {'found via ' + run.token.source if run.token else 'not needed' if not needs_token else 'missing'}")
 
 
 @stage("load_model")
@@ -263,7 +264,7 @@ def load_model(run: Run) -> None:
     if "sft" in cfg.train.stages:
         mesh_lib.check_batch(cfg.train.sft.batch_size, run.mesh)
     budget = preflight.check(cfg, run.devices, mesh_shape=dict(run.mesh.shape))
-    print(budget.text)
+    log.info(budget.text)
     run.record.update_manifest(preflight=budget.to_dict())
     started = time.monotonic()
     multiprocess = distributed.is_multiprocess()
@@ -278,7 +279,7 @@ def load_model(run: Run) -> None:
     info = {**run.loaded.info, "load_seconds": round(time.monotonic() - started, 2),
             "mesh": dict(run.mesh.shape)}
     run.record.update_manifest(model=info)
-    print(f"model: {cfg.model.name} from {info['source']} | {info['param_count']:,} params "
+    log.info(f"model: {cfg.model.name} from {info['source']} | {info['param_count']:,} params "
           f"({info['param_bytes'] / 2**20:.0f} MiB, {info['dtype']}) | mesh {dict(run.mesh.shape)} "
           f"| loaded in {info['load_seconds']} s")
 
@@ -354,7 +355,7 @@ def _generate_samples(run: Run, which: str, generator: Any) -> None:
     run.samples[which] = list(zip(questions, gens, strict=True))
     _write_samples(run)
     for question, gen in run.samples[which]:
-        print(f"--- [{which}] {question}\n{gen.text}\n")
+        log.info(f"--- [{which}] {question}\n{gen.text}\n")
 
 
 def _write_samples(run: Run) -> None:
@@ -378,7 +379,7 @@ def evaluate(run: Run, which: str = "trained") -> None:
         raise ValueError(f"evaluate() stage must be one of {ev.STAGES}, got {which!r}")
     cfg = run.cfg
     if which == "baseline" and not cfg.eval.baseline:
-        print("baseline evaluation disabled (eval.baseline: false)")
+        log.info("baseline evaluation disabled (eval.baseline: false)")
         return
     items = _eval_items(run)
     generator = _generator(run, max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens))
@@ -402,7 +403,7 @@ def evaluate(run: Run, which: str = "trained") -> None:
                             "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2),
                             **{f"{k}": v for k, v in card["overall"].items()}})
     _write_summary(run)
-    print(f"[{which}] {len(items)} items in {seconds:.1f} s: accuracy {card['overall']['accuracy']:.3f}, "
+    log.info(f"[{which}] {len(items)} items in {seconds:.1f} s: accuracy {card['overall']['accuracy']:.3f}, "
           f"format exact {card['overall']['format_exact']:.3f}, approx {card['overall']['format_approx']:.3f}")
     if which == "baseline":
         _generate_samples(run, "baseline", generator)
@@ -439,7 +440,7 @@ def _evaluate_fewshot(run: Run) -> None:
     run.record.log_metrics({"stage": "eval_baseline_fewshot", "items": len(items),
                             "seconds": round(seconds, 2), **card["overall"]})
     _write_summary(run)
-    print(f"[baseline_fewshot] {len(items)} items in {seconds:.1f} s: accuracy "
+    log.info(f"[baseline_fewshot] {len(items)} items in {seconds:.1f} s: accuracy "
           f"{card['overall']['accuracy']:.3f}, format exact {card['overall']['format_exact']:.3f}")
 
 
@@ -469,7 +470,7 @@ def train(run: Run) -> None:
         run.train_results.update(stages.run_stages(inputs))
     finally:
         run.lora_applied = inputs.lora_applied
-    plots.plot_loss(run)
+    plots.plot_loss(run.record, run.run_id)
 
 
 @stage("sample")
@@ -488,13 +489,13 @@ def _export(run: Run) -> None:
     from kaggle_lib import export  # imports jax (see the note at the top)
 
     if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
-        print("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
+        log.info("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
               "run (train.resume_from: <run>/checkpoints/sft) to export")
         return
     loaded = run.loaded
     if loaded is None or loaded.spec.family != "gemma3":
         family = loaded.spec.family if loaded is not None else "no model"
-        print(f"export: skipped ({family}; exports are implemented for gemma3 models)")
+        log.info(f"export: skipped ({family}; exports are implemented for gemma3 models)")
         return
     sft = run.cfg.train.sft
     alpha = sft.lora.alpha if sft.mode == "lora" else None
@@ -502,7 +503,7 @@ def _export(run: Run) -> None:
     result = export.export_model(loaded.model, run.run_dir / "export", tokenizer=loaded.tokenizer,
                                  alpha=alpha, eos_ids=loaded.eos_ids)
     run.record.update_manifest(exports=result.to_manifest(run.run_dir, step))
-    print(f"export: {result.hf_dir} (HF safetensors, max |logit diff| {result.hf_max_logit_diff:.2e})"
+    log.info(f"export: {result.hf_dir} (HF safetensors, max |logit diff| {result.hf_max_logit_diff:.2e})"
           f" and {result.orbax_dir} (Orbax for Kaggle Models, {result.orbax_max_logit_diff:.2e})")
 
 
@@ -513,9 +514,9 @@ def finish(run: Run) -> None:
         _export(run)
     summary = _write_summary(run) if run.records else {}
     if summary:
-        print(ev.format_scorecard_table(summary))
-    headline = close.headline_metrics(run, summary)
+        log.info(ev.format_scorecard_table(summary))
+    headline = close.headline_metrics(summary, run.train_results)
     run.record.update_manifest(metrics=headline)
-    close.finalize(run, status="succeeded")
+    close.finalize(run.record, status="succeeded")
     distributed.mark_done()
-    print(json.dumps(headline, indent=2))
+    log.info(json.dumps(headline, indent=2))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,9 @@ def _note_in_failure_analysis(record: RunRecord, outcome: ScanOutcome) -> None:
 # ---------------------------------------------------------------------------- summaries
 
 
-def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
+def headline_metrics(summary: dict[str, Any] | None,
+                     train_results: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's `metrics`: overall scores of each evaluation and each stage's losses."""
     out: dict[str, Any] = {}
     for which in ("baseline", "baseline_fewshot", "trained"):
         card = (summary or {}).get(which) or {}
@@ -151,12 +154,12 @@ def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
             out[f"{which}_format_exact"] = overall["format_exact"]
             out[f"{which}_format_approx"] = overall["format_approx"]
             out["eval_items"] = overall.get("n")
-    sft = run.train_results.get("sft") if run.train_results else None
+    sft = (train_results or {}).get("sft")
     if sft:
         out["sft_steps"] = sft["steps"]
         out["sft_loss_first10_mean"] = sft["loss_first10_mean"]
         out["sft_loss_last10_mean"] = sft["loss_last10_mean"]
-    grpo = run.train_results.get("grpo") if run.train_results else None
+    grpo = (train_results or {}).get("grpo")
     if grpo:
         out["grpo_steps"] = grpo.get("steps")
         out["grpo_reward_last"] = grpo.get("reward_last")
@@ -167,28 +170,28 @@ def headline_metrics(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- closing
 
 
-def _write_environment(run: Any) -> None:
-    run.record.write_text("env_info.txt", auth.redact(env_info()))
-    run.record.write_json("checkpoints.json", checkpoint_listing(run.run_dir))
+def _write_environment(record: RunRecord) -> None:
+    record.write_text("env_info.txt", auth.redact(env_info()))
+    record.write_json("checkpoints.json", checkpoint_listing(record.run_dir))
 
 
-def finalize(run: Any, status: str) -> None:
+def finalize(record: RunRecord, status: str) -> None:
     """Write the closing files; a secret found anywhere fails the run (after redacting it)."""
     if not distributed.is_writer():  # process 0 writes the record's closing files
         if status == "succeeded":
-            run.record.succeed()
+            record.succeed()
         return
-    _write_environment(run)
-    found = _scan_and_record(run.record)
+    _write_environment(record)
+    found = _scan_and_record(record)
     if found:
         raise SecretLeakError(
             f"{found.message()}. Find what printed them (a log line, a print, a config value) "
             "and remove it."
         )
     if status == "succeeded":
-        run.record.succeed()
-    write_readme(run.run_dir)
-    append_index(run.run_dir)
+        record.succeed()
+    write_readme(record.run_dir)
+    append_index(record.run_dir)
 
 
 def _raw_config_copy(record: RunRecord) -> None:
@@ -201,24 +204,22 @@ def _raw_config_copy(record: RunRecord) -> None:
                           "failure_analysis.md)\n" + auth.redact(source.read_text(errors="replace")))
 
 
-def close_failed(run: Any) -> None:
-    """What a failed run still leaves: env info, checkpoint list, eval summary, loss curve,
-    config copy, secret scan, README, index line."""
+def close_failed(record: RunRecord, run_id: str,
+                 write_eval_summary: Callable[[], object] | None = None) -> None:
+    """What a failed run still leaves: env info, checkpoint list, eval summary (through the
+    caller's `write_eval_summary`, the same writer a finished run uses), loss curve, config
+    copy, secret scan, README, index line."""
     if not distributed.is_writer():
         return
-    _write_environment(run)
-    _raw_config_copy(run.record)
-    if getattr(run, "records", None):
-        from kaggle_lib import evaluation as ev
-
-        ev.write_summary(run.run_dir / "eval_summary.json",
-                         ev.summarize(run.records.get("baseline"), run.records.get("trained"),
-                                      meta={"run_id": run.run_id}))
-    if getattr(run, "train_results", None) or run.record.read_metrics():
-        plot_loss(run)
-    _scan_and_record(run.record)
-    write_readme(run.run_dir)
-    append_index(run.run_dir)
+    _write_environment(record)
+    _raw_config_copy(record)
+    if write_eval_summary is not None:
+        write_eval_summary()
+    if record.read_metrics():
+        plot_loss(record, run_id)
+    _scan_and_record(record)
+    write_readme(record.run_dir)
+    append_index(record.run_dir)
 
 
 def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from kaggle_lib.evidence.record import RunRecord
 
 
-def plot_loss(run: Any) -> Path | None:
-    """loss.png from metrics.jsonl (matplotlib, no display needed)."""
-    records = [r for r in run.record.read_metrics()
+def plot_loss(record: RunRecord, run_id: str) -> Path | None:
+    """loss.png from the record's metrics.jsonl (matplotlib, no display needed)."""
+    records = [r for r in record.read_metrics()
                if r.get("stage") in ("sft", "grpo") and isinstance(r.get("loss"), int | float)]
     if not records:
         return None
@@ -22,10 +23,10 @@ def plot_loss(run: Any) -> Path | None:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=stage_name)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"run {run.run_id}")
+    ax.set_title(f"run {run_id}")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = run.run_dir / "loss.png"
+    path = record.run_dir / "loss.png"
     fig.savefig(path, bbox_inches="tight")
     try:  # show it inline when running in a notebook
         from IPython import get_ipython

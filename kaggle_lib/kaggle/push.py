@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from kaggle_lib import auth
+from kaggle_lib import auth, logs
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.bundle import (
     DEFAULT_CONFIG,
@@ -38,6 +37,8 @@ from kaggle_lib.kaggle.bundle import (
     build_bundle,
 )
 from kaggle_lib.kaggle.metadata import MetadataError, load_metadata, split_id, validate_metadata
+
+log = logs.get_logger(__name__)
 
 PLACEHOLDER_OWNER = "your-kaggle-username"
 TERMINAL_OK = ("COMPLETE",)
@@ -104,7 +105,7 @@ def version_labels(version: int) -> tuple[str, str]:
 
 
 def _log(msg: str) -> None:
-    print(f"[kaggle] {msg}", flush=True)
+    log.info(f"[kaggle] {msg}")
 
 
 # ---------------------------------------------------------------------------- credentials
@@ -473,10 +474,10 @@ def run_push(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (MetadataError, BundleError) as exc:
-        print(f"kaggle_push: invalid input: {exc}", file=sys.stderr)
+        log.error(f"kaggle_push: invalid input: {exc}")
         return 2
     except PushFailure as exc:
-        print(f"kaggle_push: error: {exc}", file=sys.stderr)
+        log.error(f"kaggle_push: error: {exc}")
         return 1
 
 

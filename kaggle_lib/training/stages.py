@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tunix.sft.utils import is_lora_enabled
 
-from kaggle_lib import auth, distributed
+from kaggle_lib import auth, distributed, logs
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
 from kaggle_lib.data.datasets import load_items
@@ -30,6 +30,8 @@ from kaggle_lib.training import checkpoints
 from kaggle_lib.training.common import CheckpointSettings, MetricsSettings
 from kaggle_lib.training.grpo import run_grpo, select_prompts
 from kaggle_lib.training.sft import apply_lora, run_sft
+
+log = logs.get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -112,7 +114,7 @@ def record_set_aside(record: RunRecord, stage: str) -> Callable[[checkpoints.Set
         listed = list(record.read_manifest().get("checkpoints_set_aside") or [])
         listed.append({"stage": stage, **entry.to_dict()})
         record.update_manifest(checkpoints_set_aside=listed)
-        print(f"checkpoint {stage} step {entry.step} set aside to {entry.path}: {entry.reason}")
+        log.info(f"checkpoint {stage} step {entry.step} set aside to {entry.path}: {entry.reason}")
 
     return note
 
@@ -150,7 +152,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
              "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
     inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
-    print(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
+    log.info(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
           f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
           f"{list(buckets)})")
 
@@ -165,7 +167,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
             shutil.rmtree(ckpt_dir)
         if cfg.train.resume_from:
             step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
-            print(f"resume: continuing from step {step} of {cfg.train.resume_from}")
+            log.info(f"resume: continuing from step {step} of {cfg.train.resume_from}")
     distributed.barrier("sft_checkpoints_ready")
 
     def on_step(record: dict[str, Any]) -> None:
@@ -200,7 +202,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
         "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
         "mode": sft.mode, "checkpoints_set_aside": len(result.set_aside),
     }
-    print(f"sft: {summary}")
+    log.info(f"sft: {summary}")
     return summary
 
 
@@ -213,7 +215,7 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
     items = load_items(cfg.data.train, limit=cfg.data.train_limit)
     prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
                                       instruct=loaded.spec.instruct)
-    print(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
+    log.info(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
           f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
           f"rollouts of up to {grpo.max_new_tokens} tokens per step")
     inputs.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped})
@@ -249,7 +251,7 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
         "reward_last": rewards[-1] if rewards else None,
         "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
     }
-    print(f"grpo: {summary}")
+    log.info(f"grpo: {summary}")
     return summary
 
 
