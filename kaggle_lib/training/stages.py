@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kaggle_lib import auth, distributed
+from kaggle_lib.models.remat import remat
 
 
 def checkpoint_dir(run: Any, stage: str) -> Path:
@@ -126,25 +127,26 @@ def run_sft_stage(run: Any, max_wall_time_s: float | None = None) -> dict[str, A
         _note_checkpoint(run, ckpt_dir)
 
     started = time.monotonic()
-    try:
-        result = run_sft(
-            loaded.model,
-            distributed.GlobalBatches(batches, run.mesh, sft.batch_size) if rows is not None else batches,
-            mesh=run.mesh, max_steps=sft.max_steps,
-            learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps,
-            optimizer=sft.optimizer, weight_decay=sft.weight_decay,
-            max_grad_norm=sft.max_grad_norm, grad_accum_steps=sft.grad_accum_steps,
-            loss_chunk_size=sft.loss_chunk_size, checkpoint_dir=ckpt_dir,
-            checkpoint_every=cfg.train.checkpoint_every,
-            keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
-            on_step=on_step, tokens_per_step=tokens_per_step,
-            log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
-            wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
-            on_set_aside=record_set_aside(run, "sft"),
-        )
-    finally:
-        # Also on failure: failure_analysis.md names the last good checkpoint.
-        _note_checkpoint(run, ckpt_dir)
+    with remat(loaded.model, cfg.train.remat):  # train.remat: recompute activations
+        try:
+            result = run_sft(
+                loaded.model,
+                distributed.GlobalBatches(batches, run.mesh, sft.batch_size) if rows is not None else batches,
+                mesh=run.mesh, max_steps=sft.max_steps,
+                learning_rate=sft.learning_rate, warmup_steps=sft.warmup_steps,
+                optimizer=sft.optimizer, weight_decay=sft.weight_decay,
+                max_grad_norm=sft.max_grad_norm, grad_accum_steps=sft.grad_accum_steps,
+                loss_chunk_size=sft.loss_chunk_size, checkpoint_dir=ckpt_dir,
+                checkpoint_every=cfg.train.checkpoint_every,
+                keep_checkpoints=cfg.train.keep_checkpoints, max_wall_time_s=max_wall_time_s,
+                on_step=on_step, tokens_per_step=tokens_per_step,
+                log_dir=run.run_dir / "tensorboard" if cfg.evidence.tensorboard else None,
+                wandb=cfg.evidence.wandb, run_name=cfg.run_name, pad_id=loaded.tokenizer.pad_id(),
+                on_set_aside=record_set_aside(run, "sft"),
+            )
+        finally:
+            # Also on failure: failure_analysis.md names the last good checkpoint.
+            _note_checkpoint(run, ckpt_dir)
     losses = result.losses
     summary = {
         "steps": result.steps_done, "start_step": result.start_step,
