@@ -126,7 +126,7 @@ def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, 
     return result
 
 
-def run(impl: str, batch: int, length: int, steps: int, remat_policy: str = "none") -> dict[str, Any]:
+def run(impl: str, batch: int, length: int, steps: int, remat_policy: str) -> dict[str, Any]:
     from kaggle_lib.models.remat import remat
 
     loaded, n_params, model = _lora_model()
@@ -240,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, required=True)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--remat", default="none", help="none, decoder or block")
+    parser.add_argument("--remat", default=None,
+                        help="none, decoder or block (default: ours the config's train.remat, "
+                             "Tunix none as its default recipe)")
     args = parser.parse_args(argv)
+    if args.remat is None:
+        from kaggle_lib.config import TrainSection
+
+        args.remat = TrainSection().remat if args.impl == "ours" else "none"
     result = run(args.impl, args.batch, args.length, args.steps, args.remat)
     print(json.dumps(result), flush=True)
     return 0
