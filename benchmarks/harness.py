@@ -12,8 +12,8 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
 - The default config's own figures: seconds per SFT step (ours at 4x256 is exactly the default
   config's step: batch 4, max_seq_len 256, loss chunk 256, LoRA r16, float32) and seconds per
   96-item evaluation (a fresh Generator as each pipeline evaluation builds one, batch 8,
-  96 new tokens, compilation included), stopping at </answer> as the pipeline does, next to
-  the same evaluation without the stop string.
+  96 new tokens, compilation included), stopping at </answer>, next to the same evaluation
+  without the stop string as the pipeline runs it.
 - Greedy generation, batch 1 and 8, 64 new tokens, at the evaluation's prompt lengths: ours vs
   Tunix's Sampler vs transformers' generate (benchmarks/generation.py).
 - MFU of our default-config step (PaLM/MaxText model FLOPs of real tokens, LoRA = forward +
@@ -109,10 +109,10 @@ def peak_worker() -> dict[str, Any]:
 
 
 def eval_worker(items: int) -> dict[str, Any]:
-    """One evaluation as the pipeline runs it with the default config: fresh Generator over the
-    longest prompt, batch 8, 96 new tokens, greedy, stopping at "</answer>"; compilation
-    included. The same evaluation without the stop string (as before it) runs first, for the
-    side-by-side figure and to check that stopping changed no token before the stop."""
+    """One evaluation with the default config's settings: fresh Generator over the longest
+    prompt, batch 8, 96 new tokens, greedy, compilation included; stopping at "</answer>"
+    (Generator's stop_strings), next to the same evaluation without it as the pipeline runs it
+    (run first), which also checks that stopping changed no token before the stop."""
     from kaggle_lib.data import template
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.generation import Generator

@@ -222,8 +222,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in items]
     longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
     generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
-                          max_prompt_len=longest, max_new_tokens=max_new,
-                          stop_strings=[template.ANSWER_END])  # as the pipeline's evaluation
+                          max_prompt_len=longest, max_new_tokens=max_new)
     started = time.monotonic()
     gens = generator.generate(prompts, max_new_tokens=max_new, batch_size=batch)
     seconds = time.monotonic() - started

@@ -328,17 +328,14 @@ def _prompts(run: Run, questions: list[str]) -> list[str]:
 
 
 def _generator(run: Run, max_new_tokens: int) -> Any:
-    from kaggle_lib.data import template
     from kaggle_lib.generation import Generator
 
     if run.generator is not None and run.generator.serves(run.loaded.model, max_new_tokens):
         return run.generator
     prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
     longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
-    # Nothing after the answer is scored or shown: stop there instead of at the token limit.
     run.generator = Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
-                              max_prompt_len=longest, max_new_tokens=max_new_tokens,
-                              stop_strings=[template.ANSWER_END])
+                              max_prompt_len=longest, max_new_tokens=max_new_tokens)
     return run.generator
 
 
