@@ -12,7 +12,8 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
 - The default config's own figures: seconds per SFT step (ours at 4x256 is exactly the default
   config's step: batch 4, max_seq_len 256, loss chunk 256, LoRA r16, float32) and seconds per
   96-item evaluation (a fresh Generator as each pipeline evaluation builds one, batch 8,
-  96 new tokens, compilation included).
+  96 new tokens, compilation included), stopping at </answer>, next to the same evaluation
+  without the stop string as the pipeline runs it.
 - Greedy generation, batch 1 and 8, 64 new tokens, at the evaluation's prompt lengths: ours vs
   Tunix's Sampler vs transformers' generate (benchmarks/generation.py).
 - MFU of our default-config step (PaLM/MaxText model FLOPs of real tokens, LoRA = forward +
@@ -108,8 +109,10 @@ def peak_worker() -> dict[str, Any]:
 
 
 def eval_worker(items: int) -> dict[str, Any]:
-    """One evaluation as the pipeline runs it with the default config: fresh Generator over the
-    longest prompt, batch 8, 96 new tokens, greedy; compilation included."""
+    """One evaluation with the default config's settings: fresh Generator over the longest
+    prompt, batch 8, 96 new tokens, greedy, compilation included; stopping at "</answer>"
+    (Generator's stop_strings), next to the same evaluation without it as the pipeline runs it
+    (run first), which also checks that stopping changed no token before the stop."""
     from kaggle_lib.data import template
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.generation import Generator
@@ -120,15 +123,22 @@ def eval_worker(items: int) -> dict[str, Any]:
     chosen = stratified(load_items("builtin:eval"), items)
     prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in chosen]
     longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
-    started = time.monotonic()
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
-                          max_prompt_len=longest, max_new_tokens=96)
-    gens = generator.generate(prompts, max_new_tokens=96, batch_size=8)
-    seconds = time.monotonic() - started
-    return {"status": "ok", "items": len(prompts), "seconds": round(seconds, 2),
-            "generated_tokens": sum(g.n_tokens for g in gens),
-            "truncated": sum(g.truncated for g in gens), "longest_prompt": longest,
-            "compilations": generator.compilations()}
+    runs: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for name, stops in (("no_stop", []), ("stop", [template.ANSWER_END])):
+        started = time.monotonic()
+        generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                              max_prompt_len=longest, max_new_tokens=96, stop_strings=stops)
+        gens = generator.generate(prompts, max_new_tokens=96, batch_size=8)
+        seconds = time.monotonic() - started
+        outputs[name] = [g.token_ids for g in gens]
+        runs[name] = {"seconds": round(seconds, 2), "generated_tokens": sum(g.n_tokens for g in gens),
+                      "truncated": sum(g.truncated for g in gens),
+                      "compilations": generator.compilations()}
+    prefix_equal = all(full[: len(cut)] == cut
+                       for cut, full in zip(outputs["stop"], outputs["no_stop"], strict=True))
+    return {"status": "ok", "items": len(prompts), **runs["stop"], "longest_prompt": longest,
+            "no_stop": runs["no_stop"], "stop_tokens_equal_unstopped_prefix": prefix_equal}
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -195,7 +205,9 @@ def render_markdown(bench: dict[str, Any]) -> str:
     lines += ["", "## Default config (configs/cpu_gemma3_270m.yaml)", "",
               f"- seconds per SFT step (median, 4x256): {_fmt(default.get('sft_step_s'))}",
               f"- seconds per {default.get('eval_items') or '(not run)'}-item evaluation "
-              f"(compilation included): {_fmt(default.get('eval_s'))}",
+              f"(compilation included): {_fmt(default.get('eval_s'))} stopping at </answer>, "
+              f"{_fmt(default.get('eval_no_stop_s'))} without (tokens before the stop equal: "
+              f"{default.get('eval_stop_tokens_equal')})",
               f"- seconds from process start to the first finished train step: "
               f"{_fmt(default.get('seconds_to_first_step'))}",
               "- persistent compilation cache, seconds from process start to the first "
@@ -303,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             "config": "configs/cpu_gemma3_270m.yaml",
             "sft_step_s": ours_default.get("median_step_s"),
             "eval_items": evaluation.get("items"), "eval_s": evaluation.get("seconds"),
+            "eval_no_stop_s": (evaluation.get("no_stop") or {}).get("seconds"),
+            "eval_stop_tokens_equal": evaluation.get("stop_tokens_equal_unstopped_prefix"),
             "seconds_to_first_step": ours_default.get("seconds_to_first_step"),
         },
     }

@@ -126,23 +126,40 @@ def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, 
     return result
 
 
-def run(impl: str, batch: int, length: int, steps: int) -> dict[str, Any]:
+def run(impl: str, batch: int, length: int, steps: int, remat_policy: str) -> dict[str, Any]:
+    from kaggle_lib.models.remat import remat
+
+    loaded, n_params, model = _lora_model()
+    with remat(model, remat_policy):
+        result = _run(impl, batch, length, steps, loaded, n_params, model)
+    return {**result, "remat": remat_policy}
+
+
+def _lora_model() -> tuple[Any, int, Any]:
+    """The loaded 270M, its matmul parameters before LoRA, and the LoRA model."""
+    from kaggle_lib.config import LoraSection
+    from kaggle_lib.models import loader
+    from kaggle_lib.training.sft import apply_lora
+
+    loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
+    lora = LoraSection()
+    n_params = matmul_params(loaded.model)
+    return loaded, n_params, apply_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
+                              target_modules=lora.target_modules, seed=0)
+
+
+def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: int,
+         model: Any) -> dict[str, Any]:
     import numpy as np
 
-    from kaggle_lib.config import LoraSection, SftSection
+    from kaggle_lib.config import SftSection
     from kaggle_lib.data.batching import SFTBatches, tokenize_items
     from kaggle_lib.data.datasets import load_items
     from kaggle_lib.mesh import make_mesh
-    from kaggle_lib.models import loader
-    from kaggle_lib.training.sft import apply_lora, model_inputs, run_sft
+    from kaggle_lib.training.sft import model_inputs, run_sft
     from kaggle_lib.training.stages import length_buckets
 
-    loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
-    n_params = matmul_params(loaded.model)
-    config = loaded.model.config
-    lora = LoraSection()
-    model = apply_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
-                       target_modules=lora.target_modules, seed=0)
+    config = model.config
     free = free_ram_bytes()
     memory = compiled_bytes(model, impl, batch, length)
     base = {"impl": impl, "batch": batch, "length": length, "free_ram_gb": round(free / 2**30, 2),
@@ -225,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, required=True)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--remat", default=None,
+                        help="none, decoder or block (default: ours the config's train.remat, "
+                             "Tunix none as its default recipe)")
     args = parser.parse_args(argv)
-    result = run(args.impl, args.batch, args.length, args.steps)
+    if args.remat is None:
+        from kaggle_lib.config import TrainSection
+
+        args.remat = TrainSection().remat if args.impl == "ours" else "none"
+    result = run(args.impl, args.batch, args.length, args.steps, args.remat)
     print(json.dumps(result), flush=True)
     return 0
 

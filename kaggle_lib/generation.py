@@ -1,9 +1,10 @@
-"""Generation: Tunix's KV-cache Sampler over our loaded models, plus the reference it must match.
+"""Generation: Tunix's KV-cache Sampler over our loaded models.
 
 `Generator` batches prompts through `tunix.generate.sampler.Sampler` (left padding, one KV
 cache, prefill then a `while_loop` decode). Tunix 0.1.7's Sampler is not exact in two cases,
 both found by `tests/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
-compared token by token with `greedy_reference_batch`); `_ExactSampler` fixes them:
+compared token by token with the full-recompute reference in
+`tests/generation_reference.py`); `_ExactSampler` fixes them:
 
 1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`, i.e. Gemma 2) build the window from
    the *cache slot* of each key and the RoPE *position* of the query
@@ -29,6 +30,12 @@ Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on
 by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
 token -1 and never stop, so `Generator` refuses such tokenizers up front.
 
+Stop strings (`stop_strings`, e.g. "</answer>"): a row is done once its generated text contains
+one, and the decode loop ends when every row is done (Tunix ends it on eos only). The check is a
+string matcher over tokens (`StopMatcher`), so "</answer>" is found however the model splits it
+into tokens ("</" "answer" ">", ".</" "answer" "><" ...). Being done does not change a row's
+tokens, so the output up to and including the stop is exactly what an unstopped run writes.
+
 Sampling (temperature > 0) is reproducible: batch i of a call uses the key
 `fold_in(PRNGKey(seed), i)`, and Tunix folds the decoding step into it. The draws of a prompt
 depend on the seed, its position in the prompt list and `batch_size` (the noise is drawn for
@@ -47,8 +54,7 @@ import numpy as np
 
 from kaggle_lib import distributed
 
-__all__ = ["Generation", "Generator", "check_special_ids", "greedy_reference",
-           "greedy_reference_batch"]
+__all__ = ["Generation", "Generator", "StopMatcher", "check_special_ids"]
 
 # Prompts are left-padded to a multiple of this rather than to a power of two (Tunix's default),
 # which can nearly double the prefill; one Generator still compiles once.
@@ -62,7 +68,7 @@ class Generation:
     prompt: str
     text: str
     token_ids: list[int]
-    truncated: bool  # stopped at max_new_tokens without an eos
+    truncated: bool  # stopped at max_new_tokens without an eos or a stop string
 
     @property
     def n_tokens(self) -> int:
@@ -101,6 +107,81 @@ def check_special_ids(tokenizer: Any, eos_ids: Sequence[int]) -> None:
     if ids["pad"] in eos:
         # Tunix fills the output buffer with pad: a pad eos would end every row at once.
         raise ValueError(f"eos_ids {eos} contain the pad id {ids['pad']}")
+
+
+class StopMatcher:
+    """Finds where generated text first contains a stop string, token by token.
+
+    A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of
+    the stop string the text so far ends with; `next_state[state, token]` and
+    `completes[state, token]` (the stop string occurs within the stop's first `state`
+    characters followed by the token's text) come from each token's text decoded alone.
+    Tokens are grouped into classes with equal columns, so the tables handed to jit are one
+    int32 per vocabulary entry plus a few small columns.
+    """
+
+    def __init__(self, stop: str, token_texts: Sequence[str]) -> None:
+        if not stop:
+            raise ValueError("a stop string must not be empty")
+        self.stop = stop
+        length = len(stop)
+        prefixes = tuple(stop[:j] for j in range(1, length + 1))
+        proper_suffixes = tuple(stop[i:] for i in range(1, length))
+        columns: dict[tuple[tuple[int, ...], tuple[bool, ...]], int] = {}
+        # Class 0: text that neither completes the stop nor ends with a prefix of it.
+        columns[(tuple([0] * (length + 1)), tuple([False] * (length + 1)))] = 0
+        classes = np.zeros(len(token_texts), np.int32)
+        for token, text in enumerate(token_texts):
+            if not text:  # control tokens: the text, and so the state, is unchanged
+                key = (tuple(range(length + 1)), tuple([False] * (length + 1)))
+            elif text in stop or (proper_suffixes and text.startswith(proper_suffixes)):
+                # The state before the token matters: it may finish a partial match.
+                joined = [stop[:k] + text for k in range(length + 1)]
+                key = (tuple(self._longest_prefix_suffix(j) for j in joined),
+                       tuple(stop in j for j in joined))
+            elif stop in text or text.endswith(prefixes):
+                key = (tuple([self._longest_prefix_suffix(text)] * (length + 1)),
+                       tuple([stop in text] * (length + 1)))
+            else:
+                continue
+            classes[token] = columns.setdefault(key, len(columns))
+        self.token_class = classes
+        self.next_state = np.array([k[0] for k in columns], np.int32).T  # [state, class]
+        self.completes = np.array([k[1] for k in columns], bool).T
+
+    def _longest_prefix_suffix(self, text: str) -> int:
+        for j in range(min(len(self.stop), len(text)), 0, -1):
+            if text.endswith(self.stop[:j]):
+                return j
+        return 0
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens a match can span: every token the stop touches holds at least one of its
+        characters (empty-text tokens leave the state as it is)."""
+        return len(self.stop)
+
+    def first_stop(self, token_ids: Sequence[int]) -> int | None:
+        """Index of the token that completes the first occurrence, or None."""
+        state = 0
+        for index, token in enumerate(token_ids):
+            cls = self.token_class[token] if 0 <= token < len(self.token_class) else 0
+            if self.completes[state, cls]:
+                return index
+            state = int(self.next_state[state, cls])
+        return None
+
+
+def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Each token id decoded alone (ids the tokenizer does not have read as empty text)."""
+    processor = getattr(tokenizer, "processor", None)
+    pieces = int(getattr(tokenizer, "vocab_size", vocab_size))
+    ids = [[i] for i in range(min(pieces, vocab_size))]
+    if processor is not None and hasattr(processor, "decode"):
+        texts = [str(t) for t in processor.decode(ids)]  # one C++ call for the whole table
+    else:
+        texts = [tokenizer.decode(i) for i in ids]
+    return texts + [""] * (vocab_size - len(texts))
 
 
 def _needs_slot_positions(model: Any) -> bool:
@@ -182,13 +263,37 @@ def _exact_sampler_class() -> type:
 
     class _ExactSampler(tunix_sampler.Sampler):
         def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
-                     slot_positions: bool, mesh: Any = None) -> None:
+                     slot_positions: bool, mesh: Any = None,
+                     stop_matchers: Sequence[StopMatcher] = ()) -> None:
             super().__init__(transformer, tokenizer, cache_config)
             self.slot_positions = slot_positions
+            self.stop_matchers = tuple(stop_matchers)
             self.mesh = mesh  # several processes: fed this process's rows (docs/MULTIHOST.md)
             if mesh is not None:
                 self._compiled_decode_fn = distributed.localize_sampling_output(
                     self._compiled_decode_fn, mesh)
+
+        def _sample(self, logits: Any, eos: Any, cache: Any, sampler_state: Any) -> Any:
+            # Tunix's step, then a row that has just completed a stop string is done too.
+            state = super()._sample(logits=logits, eos=eos, cache=cache,
+                                    sampler_state=sampler_state)
+            if not self.stop_matchers:
+                return state
+            stopped = jnp.zeros_like(state.done)
+            last = state.decoding_step  # where the token just sampled was written
+            width = state.token_buffer.shape[1]
+            for matcher in self.stop_matchers:
+                span = matcher.max_tokens
+                index = last - span + 1 + jnp.arange(span)
+                classes = jnp.asarray(matcher.token_class)[
+                    state.token_buffer[:, jnp.clip(index, 0, width - 1)]]  # [batch, span]
+                next_state = jnp.asarray(matcher.next_state)
+                generated = index >= state.num_input_tokens  # the prompt never matches
+                match_state = jnp.zeros(classes.shape[0], jnp.int32)
+                for i in range(span - 1):
+                    match_state = jnp.where(generated[i], next_state[match_state, classes[:, i]], 0)
+                stopped = stopped | jnp.asarray(matcher.completes)[match_state, classes[:, -1]]
+            return dataclasses.replace(state, done=state.done | stopped)
 
         def init_sample_state(self, *args: Any, **kwargs: Any) -> Any:
             state = super().init_sample_state(*args, **kwargs)
@@ -234,12 +339,17 @@ def _exact_sampler_class() -> type:
 class Generator:
     """Batched generation with a KV cache; greedy when temperature == 0.
 
+    A generation ends at an eos id (not included) or at the end of its first stop string
+    (included), or after `max_new_tokens`.
+
     Build one per evaluation: every `generate` call with the same batch size, length budget
     and decoding settings reuses one compilation of the prefill and one of the decode loop.
     """
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
-                 max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None):
+                 max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None,
+                 stop_strings: Sequence[str] = ()):
+        from flax import nnx
         from tunix.generate.sampler import CacheConfig
 
         check_special_ids(tokenizer, eos_ids)
@@ -262,14 +372,42 @@ class Generator:
         self.slot_positions = _needs_slot_positions(model)
         plain, with_cache = _last_token_prefill_classes()
         wrapped = (with_cache if hasattr(model, "init_cache") else plain)(model)
+        if isinstance(stop_strings, str):
+            raise TypeError("stop_strings expects a sequence of strings, not one string")
+        self.stop_strings = tuple(stop_strings)
+        texts = _token_texts(tokenizer, int(model.num_embed)) if self.stop_strings else []
+        self.stop_matchers = [StopMatcher(stop, texts) for stop in self.stop_strings]
+        self._wrapped = wrapped
+        self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
         self.mesh = mesh if mesh is not None and distributed.is_multiprocess() else None
         self.sampler = _exact_sampler_class()(wrapped, processor, cache,
-                                              slot_positions=self.slot_positions, mesh=self.mesh)
+                                              slot_positions=self.slot_positions, mesh=self.mesh,
+                                              stop_matchers=self.stop_matchers)
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens the sampler feeds for `prompt` (bos included)."""
         return len(self.tokenizer.encode(prompt)) + 1
+
+    def serves(self, model: Any, max_new_tokens: int) -> bool:
+        """Whether this generator can generate for `model` (the same module, with the same
+        structure, whatever its weights now are) without being rebuilt: reusing it reuses
+        its compilations (baseline evaluation, samples and trained evaluation share them)."""
+        from flax import nnx
+
+        return (model is self.model and max_new_tokens <= self.max_new_tokens
+                and nnx.graphdef(model) == self._graphdef)
+
+    def _refresh_weights(self) -> None:
+        # The Sampler took the model's variables when built; training may since have put new
+        # Variable objects into the model. Same shapes and dtypes: jit's cache still hits.
+        import jax
+        from flax import nnx
+
+        variables = nnx.variables(self._wrapped)
+        self.sampler._transformer_state = variables  # noqa: SLF001
+        self.sampler._flattened_transformer_state = jax.tree.leaves(  # noqa: SLF001
+            variables, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     def compilations(self) -> dict[str, int]:
         """How many times the prefill and the decode loop have been compiled so far."""
@@ -311,6 +449,7 @@ class Generator:
                     f"prompt of {length} tokens exceeds max_prompt_len {self.max_prompt_len}: "
                     f"{prompt[:80]!r}..."
                 )
+        self._refresh_weights()
         sampling = temperature > 0
         base_key = jax.random.PRNGKey(seed)
         rows, fed = slice(None), batch_size
@@ -343,92 +482,14 @@ class Generator:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = list(prompts[start:start + batch_size])
             for prompt, ids in zip(chunk, generated[b][: len(chunk)], strict=True):
+                # The loop runs on while other rows are not done: cut after the first stop.
+                stops = [i for m in self.stop_matchers if (i := m.first_stop(ids)) is not None]
+                if stops:
+                    ids = ids[: min(stops) + 1]
                 out.append(Generation(
                     prompt=prompt,
                     text=self.tokenizer.decode(ids),
                     token_ids=ids,
-                    truncated=len(ids) >= max_new,
+                    truncated=not stops and len(ids) >= max_new,
                 ))
         return out
-
-
-def _last_logits(model: Any, tokens: Any, lengths: Any, with_full: bool) -> Any:
-    """Logits after the last real token of each right-padded row (full forward, no cache).
-
-    Only the last position is projected onto the vocabulary (for the 270M that projection
-    is most of the work): the model's own final hidden states (`output_hidden_states`)
-    go through its embedder's `decode` and, for Gemma 1/2, its final soft-cap, as in
-    Tunix's `__call__`. `with_full` also returns the model's own full logits at those
-    positions, so callers can check that this shortcut is the model's forward.
-    """
-    import jax.numpy as jnp
-    from tunix.sft import utils as sft_utils
-
-    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    args = (tokens, sft_utils.build_positions_from_mask(mask), None,
-            sft_utils.make_causal_attn_mask(mask))
-    hidden, _ = _hidden_states(model, *args)
-    index = (lengths - 1)[:, None, None]
-    last = _project_last(model, jnp.take_along_axis(hidden, index, axis=1)[:, 0])
-    if with_full:
-        logits, _ = model(*args)
-        return last, jnp.take_along_axis(logits, index, axis=1)[:, 0]
-    return last
-
-
-_LAST_LOGITS_JIT: Any = None
-
-
-def greedy_reference_batch(model: Any, tokenizer: Any, prompts: Sequence[str],
-                           max_new_tokens: int, eos_ids: Sequence[int]) -> list[list[int]]:
-    """Full-recompute argmax decoding: slow, obviously correct, no KV cache.
-
-    Every step runs the whole sequence through the model again. Rows are right-padded to one
-    length so one compilation serves all steps; with a causal mask, padding after the last
-    real token cannot change it, and positions count real tokens from 0 as in training.
-    Each row stops at its first eos (not included), like the sampler. The first step checks
-    the last-position shortcut of `_last_logits` against the model's full logits.
-    """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    global _LAST_LOGITS_JIT
-    if _LAST_LOGITS_JIT is None:  # one jit object, so repeated calls reuse its compilations
-        _LAST_LOGITS_JIT = nnx.jit(_last_logits, static_argnames="with_full")
-    step = _LAST_LOGITS_JIT
-    rows = [[int(tokenizer.bos_id()), *tokenizer.encode(p)] for p in prompts]
-    width = _round_up(max(len(r) for r in rows) + max_new_tokens, PROMPT_ALIGN)
-    tokens = np.zeros((len(rows), width), np.int32)  # pad id 0 (masked anyway)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-    lengths = np.array([len(r) for r in rows], np.int32)
-    eos = {int(e) for e in eos_ids}
-    generated: list[list[int]] = [[] for _ in rows]
-    done = np.zeros(len(rows), bool)
-    for index in range(max_new_tokens):
-        if index == 0:
-            last, full = step(model, jnp.asarray(tokens), jnp.asarray(lengths), with_full=True)
-            scale = float(jnp.max(jnp.abs(full)))
-            if not np.allclose(np.asarray(last), np.asarray(full), atol=1e-5 * max(1.0, scale)):
-                raise AssertionError("last-position logits differ from the model's own logits")
-        else:
-            last = step(model, jnp.asarray(tokens), jnp.asarray(lengths), with_full=False)
-        next_ids = np.asarray(jnp.argmax(last, axis=-1))
-        for i, token in enumerate(next_ids.tolist()):
-            if done[i]:
-                continue
-            if token in eos:
-                done[i] = True
-                continue
-            generated[i].append(token)
-            tokens[i, lengths[i]] = token
-            lengths[i] += 1
-        if done.all():
-            break
-    return generated
-
-
-def greedy_reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
-                     eos_ids: Sequence[int]) -> list[int]:
-    """`greedy_reference_batch` for one prompt."""
-    return greedy_reference_batch(model, tokenizer, [prompt], max_new_tokens, eos_ids)[0]

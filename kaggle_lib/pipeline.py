@@ -61,6 +61,7 @@ class Run:
     failed_stage: str | None = None
     last_checkpoint: str | None = None
     lora_applied: bool = False
+    generator: Any = None  # generation.Generator, kept so later stages reuse its compilations
 
     @property
     def cfg(self) -> RunConfig:
@@ -332,10 +333,13 @@ def _prompts(run: Run, questions: list[str]) -> list[str]:
 def _generator(run: Run, max_new_tokens: int) -> Any:
     from kaggle_lib.generation import Generator  # imports jax (see the note at the top)
 
+    if run.generator is not None and run.generator.serves(run.loaded.model, max_new_tokens):
+        return run.generator
     prompts = _prompts(run, [i["prompt"] for i in _eval_items(run)] + _sample_questions(run))
     longest = max(len(run.loaded.tokenizer.encode(p)) + 1 for p in prompts)
-    return Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
-                     max_prompt_len=longest, max_new_tokens=max_new_tokens, mesh=run.mesh)
+    run.generator = Generator(run.loaded.model, run.loaded.tokenizer, run.loaded.eos_ids,
+                              max_prompt_len=longest, max_new_tokens=max_new_tokens, mesh=run.mesh)
+    return run.generator
 
 
 def _sample_questions(run: Run) -> list[str]:

@@ -7,6 +7,7 @@ of `greedy_reference_batch`, which re-runs the whole sequence at every step.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kaggle_lib.generation import Generator, greedy_reference, greedy_reference_batch
+from kaggle_lib.generation import Generator, StopMatcher
 from kaggle_lib.models import loader, registry
 from kaggle_lib.models.tokenizer import load_tokenizer
+from tests.generation_reference import greedy_reference, greedy_reference_batch
 
 NEW_TOKENS = 32
 # Different lengths (3 to 27 tokens with bos, tiny tokenizer): left padding from 0 to 24 slots,
@@ -241,3 +243,100 @@ def test_real_270m_greedy_matches_full_recompute(gemma3_270m: Any) -> None:
     assert len(set(lengths)) == len(lengths), lengths
     refs = assert_exact(model, tokenizer, REAL_PROMPTS, gemma3_270m.eos_ids, batch_size=4)
     assert all(len(set(r)) >= 5 for r in refs), refs
+
+
+# ----------------------------------------------------------------------------- stop strings
+
+def test_stop_matcher_finds_the_first_occurrence_in_text() -> None:
+    """Token by token, the matcher agrees with searching the joined text, however the stop
+    string is split into tokens (random sequences over pieces that cut it everywhere)."""
+    texts = ["<", "/", "</", " </", ".</", "answer", "answer>", "r>", ">", "><", ">\n", "a",
+             "x", "", "</answer>", "er", "ans", "wer", "<<", "</answer>x"]
+    matcher = StopMatcher("</answer>", texts)
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(3000):
+        ids = rng.integers(0, len(texts), size=rng.integers(1, 12)).tolist()
+        expected = next((i for i in range(len(ids))
+                         if "</answer>" in "".join(texts[t] for t in ids[: i + 1])), None)
+        assert matcher.first_stop(ids) == expected, [texts[t] for t in ids]
+        found += expected is not None
+    assert 100 < found < 2900  # both outcomes were exercised
+    with pytest.raises(ValueError, match="empty"):
+        StopMatcher("", texts)
+
+
+def _raw_tokens(generator: Generator, prompts: list[str], max_new: int) -> list[list[int]]:
+    """The sampler's output before Generator cuts it at stop strings (cut at eos only)."""
+    result = generator.sampler(prompts, max_generation_steps=max_new,
+                               max_prompt_length=generator.max_prompt_len,
+                               eos_tokens=generator.eos_ids)
+    return [np.asarray(t).tolist() for t in result.tokens]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_stop_strings_end_decoding_with_unchanged_tokens(family: str, tokenizer: Any) -> None:
+    model = tiny_model(family, tokenizer)
+    longest = max(len(tokenizer.encode(p)) + 1 for p in PROMPTS)
+    plain = Generator(model, tokenizer, [1], max_prompt_len=longest, max_new_tokens=NEW_TOKENS)
+    free = plain.generate(PROMPTS, batch_size=4)
+    assert all(g.truncated for g in free)  # no eos: only the stop strings can end them
+    # Row 0 stops on its first token (in the prefill step); the others a few tokens in, on a
+    # string that spans two tokens; row 2's string comes from row 1's output.
+    stops = [tokenizer.decode(free[0].token_ids[:1]), tokenizer.decode(free[1].token_ids[4:6]),
+             tokenizer.decode(free[3].token_ids[6:8])]
+    stopped = Generator(model, tokenizer, [1], max_prompt_len=longest, max_new_tokens=NEW_TOKENS,
+                        stop_strings=stops)
+    gens = stopped.generate(PROMPTS, batch_size=4)
+    ends = []
+    for gen, ref in zip(gens, free, strict=True):
+        texts = [tokenizer.decode(ref.token_ids[: i + 1]) for i in range(len(ref.token_ids))]
+        end = next((i + 1 for i, text in enumerate(texts) if any(s in text for s in stops)), None)
+        assert end is not None  # every row meets a stop string within NEW_TOKENS
+        assert gen.token_ids == ref.token_ids[:end]  # identical up to and including the stop
+        assert gen.text == tokenizer.decode(ref.token_ids[:end])
+        assert not gen.truncated
+        ends.append(end)
+    assert ends[0] == 1 and max(ends) < NEW_TOKENS
+    # The decode loop itself ended once every row was done: nothing was written after the
+    # last row's stop (the buffer keeps its pad), whereas the unstopped loop ran to the end.
+    raw = _raw_tokens(stopped, PROMPTS, NEW_TOKENS)
+    assert all(row[max(ends):] == [0] * (NEW_TOKENS - max(ends)) for row in raw), raw
+    assert all(0 not in row for row in _raw_tokens(plain, PROMPTS, NEW_TOKENS))
+    # Sampling stops the same way.
+    sampled = stopped.generate(PROMPTS, batch_size=4, temperature=1.0, seed=3)
+    unstopped = plain.generate(PROMPTS, batch_size=4, temperature=1.0, seed=3)
+    for gen, ref in zip(sampled, unstopped, strict=True):
+        assert ref.token_ids[: len(gen.token_ids)] == gen.token_ids
+        assert gen.truncated or any(s in gen.text for s in stops)
+
+
+def test_new_weights_reuse_the_compilations(tokenizer: Any) -> None:
+    """Baseline evaluation, samples and trained evaluation share one Generator: new weights
+    (set in place, or new Variable objects as a trainer may put in) are used, not recompiled."""
+    model = tiny_model("gemma3", tokenizer)
+    generator = Generator(model, tokenizer, [1], max_prompt_len=32, max_new_tokens=16)
+    before = _tokens(generator.generate(PROMPTS, batch_size=4))
+    assert generator.compilations() == {"prefill": 1, "decode": 1}
+    assert generator.serves(model, 16) and not generator.serves(model, 17)
+    assert not generator.serves(tiny_model("gemma3", tokenizer), 16)  # another module
+    # "Training": every weight changes; half in place, half as new Variable objects.
+    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for index, (path, variable) in enumerate(flat):
+        value = variable.get_value() * 1.5 + 0.01
+        if index % 2:
+            variable.set_value(value)
+        else:
+            parent = model
+            for key in path[:-1]:
+                parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+            replacement = copy.copy(variable)  # a new object with the same metadata
+            replacement.set_value(value)
+            setattr(parent, path[-1], replacement)
+            assert getattr(parent, path[-1]) is not variable
+    assert generator.serves(model, 16)
+    after = _tokens(generator.generate(PROMPTS, batch_size=4))
+    fresh = _tokens(Generator(model, tokenizer, [1], max_prompt_len=32,
+                              max_new_tokens=16).generate(PROMPTS, batch_size=4))
+    assert after == fresh and after != before  # the new weights, not the old ones
+    assert generator.compilations() == {"prefill": 1, "decode": 1}

@@ -26,6 +26,7 @@ from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, to
 from kaggle_lib.data.datasets import load_items
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
+from kaggle_lib.models.remat import remat
 from kaggle_lib.training import checkpoints
 from kaggle_lib.training.common import CheckpointSettings, MetricsSettings
 from kaggle_lib.training.grpo import run_grpo, select_prompts
@@ -180,20 +181,21 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
         inputs.note_checkpoint(ckpt_dir)
 
     started = time.monotonic()
-    try:
-        result = run_sft(
-            loaded.model,
-            distributed.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
-            sft, mesh=mesh, checkpointing=inputs.checkpointing("sft"),
-            metrics=MetricsSettings(inputs.run_dir / "tensorboard", wandb=cfg.evidence.wandb,
-                                    run_name=cfg.run_name) if cfg.evidence.tensorboard else None,
-            max_wall_time_s=max_wall_time_s, pad_id=loaded.tokenizer.pad_id(),
-            tokens_per_step=tokens_per_step, on_step=on_step,
-            on_set_aside=record_set_aside(inputs.record, "sft"),
-        )
-    finally:
-        # Also on failure: failure_analysis.md names the last good checkpoint.
-        inputs.note_checkpoint(ckpt_dir)
+    with remat(loaded.model, cfg.train.remat):  # train.remat: recompute activations
+        try:
+            result = run_sft(
+                loaded.model,
+                distributed.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
+                sft, mesh=mesh, checkpointing=inputs.checkpointing("sft"),
+                metrics=MetricsSettings(inputs.run_dir / "tensorboard", wandb=cfg.evidence.wandb,
+                                        run_name=cfg.run_name) if cfg.evidence.tensorboard else None,
+                max_wall_time_s=max_wall_time_s, pad_id=loaded.tokenizer.pad_id(),
+                tokens_per_step=tokens_per_step, on_step=on_step,
+                on_set_aside=record_set_aside(inputs.record, "sft"),
+            )
+        finally:
+            # Also on failure: failure_analysis.md names the last good checkpoint.
+            inputs.note_checkpoint(ckpt_dir)
     losses = result.losses
     summary = {
         "steps": result.steps_done, "start_step": result.start_step,

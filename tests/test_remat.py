@@ -1,0 +1,92 @@
+"""Remat policies (kaggle_lib.models.remat): same loss and gradients, really rematerialised,
+and the model is left as it was; the config rejects unknown policies."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kaggle_lib.config import LoraSection, TrainSection
+from kaggle_lib.models import registry
+from kaggle_lib.models.remat import REMAT_POLICIES, remat
+from kaggle_lib.training.loss import sft_loss
+from kaggle_lib.training.sft import apply_lora, model_inputs
+
+VOCAB = 256
+
+
+def _batch() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, VOCAB, size=(2, 24)).astype(np.int32)
+    tokens[:, 0] = 2
+    tokens[1, 18:] = 0
+    segment = (tokens != 0).astype(np.int32)
+    loss_mask = segment.copy()
+    loss_mask[:, :7] = 0
+    return model_inputs({"input_tokens": jnp.asarray(tokens), "input_mask": jnp.asarray(loss_mask),
+                         "segment_mask": jnp.asarray(segment)})
+
+
+def _gemma3() -> nnx.Module:
+    config = dataclasses.replace(registry.tiny_config("gemma3", VOCAB), param_dtype=jnp.float32)
+    model = registry.tunix_model_class("gemma3")(config, rngs=nnx.Rngs(params=1))
+    # Tunix's init leaves MLPs at zero: give every weight a value so the MLP's gradient counts.
+    for index, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+        key = jax.random.key(index)
+        variable.set_value(jax.random.normal(key, variable.get_value().shape) * 0.2)
+    return model
+
+
+def _loss_and_grads(model: nnx.Module, batch: dict[str, Any], wrt: Any) -> tuple[Any, Any, str]:
+    def loss(m: nnx.Module) -> jax.Array:
+        return sft_loss(m, **batch, chunk_size=16)[0]
+
+    grad_fn = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt))
+    graphdef, state = nnx.split(model)
+    jaxpr = str(jax.make_jaxpr(lambda s: grad_fn(nnx.merge(graphdef, s)))(state))
+    value, grads = nnx.jit(grad_fn)(model)
+    return value, grads, jaxpr
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_remat_keeps_loss_and_gradients(lora: bool) -> None:
+    model = _gemma3()
+    wrt: Any = nnx.Param
+    if lora:
+        model = apply_lora(model, rank=4, alpha=8.0, target_modules=LoraSection().target_modules, seed=0)
+        wrt = nnx.LoRAParam
+    batch = _batch()
+    graphdef = nnx.graphdef(model)
+    loss, grads, jaxpr = _loss_and_grads(model, batch, wrt)
+    assert "remat" not in jaxpr and "checkpoint" not in jaxpr
+    reference = jax.tree.leaves(grads)
+    assert reference and any(float(jnp.abs(g).max()) > 0 for g in reference)
+    for policy in REMAT_POLICIES[1:]:
+        with remat(model, policy):
+            value, new_grads, new_jaxpr = _loss_and_grads(model, batch, wrt)
+        # The backward pass really recomputes: jax.checkpoint is in the traced program.
+        assert "checkpoint" in new_jaxpr or "remat" in new_jaxpr, policy
+        np.testing.assert_allclose(value, loss, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(new_grads), reference, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert nnx.graphdef(model) == graphdef  # put back: generation's compilations still fit
+
+
+def test_unknown_policies_are_refused() -> None:
+    with pytest.raises(ValueError, match="none, decoder, block"), remat(_gemma3(), "layer"):
+        pass
+    gemma2 = registry.tunix_model_class("gemma2")(registry.tiny_config("gemma2", VOCAB),
+                                                  rngs=nnx.Rngs(params=1))
+    with pytest.raises(ValueError, match="Gemma 3"), remat(gemma2, "decoder"):
+        pass
+    with remat(gemma2, "none"):  # nothing to change
+        pass
+    with pytest.raises(ValueError, match="remat"):
+        TrainSection(remat="layers")
+    assert TrainSection(remat="decoder").remat == "decoder"
