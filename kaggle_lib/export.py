@@ -46,7 +46,7 @@ HF_DIR = "hf"
 ORBAX_DIR = "orbax"
 EXPORT_INFO = "export_info.json"
 # float32 on CPU: merged-model logits match the LoRA model to ~1e-6 on tiny models (see
-# tests/test_export.py). Real models sum over more terms in a different order (W + A@B merged vs
+# tests/integration/test_export.py). Real models sum over more terms in a different order (W + A@B merged vs
 # x@W + (x@A)@B): the real 270M's logits (scale ~30) differ by ~1.7e-4, so the tolerance is
 # LOGITS_TOLERANCE or RELATIVE_TOLERANCE x the largest logit, whichever is larger.
 LOGITS_TOLERANCE = 1e-4

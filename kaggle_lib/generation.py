@@ -2,7 +2,7 @@
 
 `Generator` batches prompts through `tunix.generate.sampler.Sampler` (left padding, one KV
 cache, prefill then a `while_loop` decode). Tunix 0.1.7's Sampler is not exact in two cases,
-both found by `tests/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
+both found by `tests/integration/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
 compared token by token with the full-recompute reference in
 `tests/generation_reference.py`); `_ExactSampler` fixes them:
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate the shipped synthetic data: kaggle_lib/data/files/{train,eval}.jsonl.
 
-Deterministic: the same code gives byte-identical files (tests/test_data_files.py checks the
+Deterministic: the same code gives byte-identical files (tests/unit/test_data_files.py checks the
 shipped files against a fresh generation). Prints per-split counts.
 
     .venv/bin/python scripts/make_datasets.py [--out DIR] [--check]

@@ -1,4 +1,4 @@
-"""Regenerate the transformers references for tests/test_export.py (needs torch: `make bench`).
+"""Regenerate the transformers references for tests/integration/test_export.py (needs torch: `make bench`).
 
     .venv/bin/python scripts/make_export_reference.py
 
@@ -13,7 +13,7 @@ with `kaggle_lib.export.save_hf_safetensors`, loads them in transformers' `Gemma
 - `reference.npz`: transformers' logits for the fixed prompt `TOKENS`;
 - `info.json`: versions of transformers/torch and how the model was built.
 
-tests/test_export.py then checks, without torch, that today's export still writes that config
+tests/integration/test_export.py then checks, without torch, that today's export still writes that config
 and tensors matching the fingerprint, and that our model's logits equal transformers' stored
 ones.
 """

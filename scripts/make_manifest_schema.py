@@ -4,7 +4,7 @@
     python scripts/make_manifest_schema.py
 
 The schema file is for readers outside Python; kaggle_lib validates with the model itself.
-tests/test_evidence.py fails when the file and the model disagree: re-run this script.
+tests/unit/test_evidence.py fails when the file and the model disagree: re-run this script.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 Writes kaggle_lib/models/files/tiny/tokenizer.model (shipped, a few kB): a BPE model trained
 on generated reasoning problems, with Gemma's special ids. Deterministic: `--check` exits 1
-when the shipped file differs from a fresh build (tests/test_tokenizer.py runs it).
+when the shipped file differs from a fresh build (tests/unit/test_tokenizer.py runs it).
 
     .venv/bin/python scripts/make_tiny_tokenizer.py [--out DIR] [--check]
 """

@@ -18,7 +18,7 @@ Categories (section in brackets):
 Answers are canonical strings: integers without ``.0``, exact decimals without trailing zeros,
 ISO dates (``2024-03-05``), 24-hour times (``07:05``), weekday names, person names.
 Arithmetic inside the reasoning is written as ``a op b = c`` in ASCII so that it can be
-re-checked mechanically (``tests/test_data_synthetic.py`` does so).
+re-checked mechanically (``tests/unit/test_data_synthetic.py`` does so).
 
 Generation is a pure function of ``(n, seed, categories)``: each item has its own
 ``random.Random`` seeded with a string (string seeds hash with SHA-512, independent of

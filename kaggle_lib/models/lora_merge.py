@@ -3,7 +3,7 @@
 Why not only Tunix's merge: `tunix.models.gemma3.params.save_lora_merged_model_as_safetensors`
 (which the HF export uses) reads a base from disk and writes merged safetensors to disk. The
 Orbax export (Kaggle's upstream layout) and the export's bfloat16 logit check need the merged
-weights in memory, so they come from here; tests/test_export.py checks that both merges give the
+weights in memory, so they come from here; tests/integration/test_export.py checks that both merges give the
 same tensors.
 
 Merging follows qwix's LoRA exactly: for a weight used as `einsum(lhs, W)` qwix adds

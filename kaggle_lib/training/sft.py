@@ -6,7 +6,7 @@ chunked loss and hooks, train, return what happened. Tunix owns the step, the Or
 on resume; this module adds the schedule, the loss, per-step metrics, the non-finite guard and the
 wall-clock stop.
 
-Guarantees (tests/test_training_sft.py, tests/test_training_nan.py):
+Guarantees (tests/integration/test_training_sft.py, tests/unit/test_training_nan.py):
 - Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process:
   the LoRA init is seeded, the batch order is a pure function of (seed, step).
 - A run killed after checkpoint K and started again continues at step K + 1 with the losses an

@@ -17,7 +17,7 @@ from scripts.synthetic_data import (
 
 TRAIN = load_builtin("train")
 EVAL = load_builtin("eval")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cells(items: list[dict]) -> Counter:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fake_kaggle_server import (
+from tests.fakes.fake_kaggle_server import (
     STANDIN_PARAMETERS,
     make_standin_repo,
     standin_metadata,
@@ -31,7 +31,7 @@ from kaggle_lib.kaggle.bundle import (
 )
 from kaggle_lib.kaggle.metadata import MetadataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -28,7 +28,7 @@ from tests.fakes.byte_tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.multihost
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "multihost_worker.py"
 CONFIG = str(REPO / "configs" / "cpu_tiny.yaml")
 TOLERANCE = 1e-5

@@ -26,7 +26,7 @@ from kaggle_lib.training.grpo import (
 )
 from tests.training_helpers import tiny_tokenizer
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "cpu_tiny.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml")
 
 
 def test_sft_then_grpo_logs_rewards_and_checkpoints(tmp_path: Path) -> None:

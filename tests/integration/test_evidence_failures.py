@@ -1,7 +1,7 @@
 """Failure paths of the notebook's stages, in process: a missing HF token and a secret planted
 in a log before the closing scan. Each must leave a complete, schema-valid record with status
-`failed`, the stage, the error and what to do next. (A NaN loss mid-run: tests/test_training_nan.py;
-a refused token through papermill: tests/test_evidence_run.py.)"""
+`failed`, the stage, the error and what to do next. (A NaN loss mid-run: tests/unit/test_training_nan.py;
+a refused token through papermill: tests/integration/test_evidence_run.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from kaggle_lib import auth, evidence, pipeline
 from kaggle_lib.evidence import index as run_index
 from kaggle_lib.evidence import scan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "cpu_tiny.yaml"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 PUSH = WORKFLOWS / "kaggle.yml"
 FETCH = WORKFLOWS / "kaggle-fetch.yml"
 SECRETS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")

@@ -23,7 +23,7 @@ from kaggle_lib.evidence import close
 from kaggle_lib.evidence import index as run_index
 from tests.fakes.loopback import LoopbackServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAKE_HF_TOKEN = "hf_" + "FakeTokenForEvidenceTests0123456789"
 FAKE_KAGGLE_KEY = "5eb1c0ffee5eb1c0ffee5eb1c0ffee00"  # legacy-key shape: 32 hex
 RECORD = ["executed.ipynb", "config.yaml", "run_manifest.json", "env_info.txt", "training_log.txt",

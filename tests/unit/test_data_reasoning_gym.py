@@ -12,7 +12,7 @@ from kaggle_lib.data import reasoning_gym as rgdata
 from kaggle_lib.data.datasets import DataError, load_builtin, load_items
 from kaggle_lib.evaluation import check_reasoning_lines
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COT = (
     "Let's solve this step by step:\n\n1. Initial amounts:\n"
     "   \u2022 John has 35 apple\n"

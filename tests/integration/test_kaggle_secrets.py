@@ -1,4 +1,4 @@
-"""Kaggle Secrets failures as Kaggle's image raises them (tests/fake_kaggle_image/kaggle_secrets.py
+"""Kaggle Secrets failures as Kaggle's image raises them (tests/fakes/fake_kaggle_image/kaggle_secrets.py
 against the fake secrets endpoint): a missing HF secret must not break `model.source: kaggle`."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_kaggle_server import FakeKaggleServer, Scenario
+from tests.fakes.fake_kaggle_server import FakeKaggleServer, Scenario
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = Path(__file__).resolve().parent / "fake_kaggle_image"
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = Path(__file__).resolve().parents[1] / "fakes" / "fake_kaggle_image"
 TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 
 # Runs in a child so that `import kaggle_secrets` finds the stand-in, as on Kaggle.

@@ -33,7 +33,7 @@ from kaggle_lib.models.gguf_270m import (
 from kaggle_lib.models.hf_compat import tunix_config_from_hf
 from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, load_tokenizer
 
-REF_DIR = Path(__file__).parent / "fixtures" / "reference"
+REF_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 REF_270M = REF_DIR / "gemma3_270m.json"
 # Measured max abs diff on the top-64 logits (scale ~20): ~3e-5.
 TOP64_TOLERANCE = 1e-3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "submission.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "submission.ipynb"
 
 
 def load() -> nbformat.NotebookNode:

@@ -34,7 +34,7 @@ from kaggle_lib.data.datasets import (
     split_gsm8k_answer,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 GOOD = {"id": "a-1", "section": "math", "category": "arithmetic", "difficulty": "easy",
         "prompt": "What is 2 + 3?", "answer": "5"}
 

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECORD_FILES = ["executed.ipynb", "config.yaml", "run_manifest.json", "metrics.jsonl"]
 
 

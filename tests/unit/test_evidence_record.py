@@ -17,7 +17,7 @@ from kaggle_lib.evidence import close, readme, scan
 from kaggle_lib.evidence import index as run_index
 from kaggle_lib.evidence.record import SCHEMA_PATH, manifest_json_schema
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MANIFESTS = sorted((REPO / "evidence" / "runs").rglob(evidence.MANIFEST))
 TOKEN = "hf_" + "Qx7" * 12
 

@@ -19,7 +19,7 @@ from flax import nnx
 from kaggle_lib import evidence, pipeline
 from kaggle_lib.training.sft import NonFiniteLossError
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "cpu_tiny.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml")
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_single_device_subprocess_without_flag() -> None:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
         [sys.executable, "-c", "from kaggle_lib import runtime; print(runtime.describe_devices()['device_count'])"],
-        env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+        env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == "1"
 
@@ -147,6 +147,6 @@ def test_progress_bars_are_text_without_the_ipywidgets_warning(mode: str, expect
     runtime set it up first; either way the bar it uses is tqdm's text bar."""
     out = subprocess.run(
         [sys.executable, "-c", _KERNEL_WITHOUT_WIDGETS, mode], capture_output=True, text=True,
-        check=True, cwd=Path(__file__).resolve().parent.parent,
+        check=True, cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == expected, out.stderr[-2000:]

@@ -15,7 +15,7 @@ from kaggle_lib import eval_cli
 from kaggle_lib import evaluation as ev
 from kaggle_lib.data.datasets import write_jsonl
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "configs" / "cpu_tiny.yaml"
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_kaggle_server import (
+from tests.fakes.fake_kaggle_server import (
     FakeKaggleServer,
     Scenario,
     make_standin_repo,
@@ -20,7 +20,7 @@ from fake_kaggle_server import (
 from kaggle_lib import auth
 from kaggle_lib.kaggle import push as kp
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kaggle_push.py"
 OUTPUTS = {
     "evidence/runs/r1/manifest.json": b'{"status": "complete"}',

@@ -30,7 +30,7 @@ from kaggle_lib.config import ConfigError
 from kaggle_lib.evidence import close, readme
 from kaggle_lib.evidence import index as run_index
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "cpu_tiny.yaml"
 MAX_STEPS = 12
 PREVIOUS_FILES = ("executed.ipynb", "failure_analysis.md", "metrics.jsonl", "predictions.jsonl",

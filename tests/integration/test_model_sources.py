@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakes.loopback import loopback_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "fixtures" / "reference" / "gemma3_tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_kaggle_server import FakeKaggleServer, Scenario
+from tests.fakes.fake_kaggle_server import FakeKaggleServer, Scenario
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Kaggle's image provides `kaggle_secrets`; its stand-in talks to the fake secrets endpoint.
-IMAGE = Path(__file__).resolve().parent / "fake_kaggle_image"
+IMAGE = Path(__file__).resolve().parents[1] / "fakes" / "fake_kaggle_image"
 FAKE_HF_TOKEN = "hf_FAKEkaggleSecretForTests0123456789"
 
 

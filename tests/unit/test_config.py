@@ -9,7 +9,7 @@ import yaml
 
 from kaggle_lib.config import ConfigError, RunConfig, load_config, parse_duration
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def write(tmp_path: Path, tree: dict, name: str = "c.yaml") -> Path:

@@ -20,7 +20,7 @@ import pytest
 from kaggle_lib import auth, evidence, package
 from tests.fakes.loopback import LoopbackServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

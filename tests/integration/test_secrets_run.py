@@ -19,9 +19,9 @@ from test_model_sources import hf_cache
 
 from tests.fakes.loopback import loopback_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Kaggle's image provides `kaggle_secrets`; its stand-in talks to the endpoint below.
-IMAGE = Path(__file__).resolve().parent / "fake_kaggle_image"
+IMAGE = Path(__file__).resolve().parents[1] / "fakes" / "fake_kaggle_image"
 TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 JWE = "fake-jwe-for-tests"
 

@@ -23,7 +23,7 @@ from kaggle_lib.models.hf_compat import (
 )
 from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, load_tokenizer
 
-REF = Path(__file__).parent / "fixtures" / "reference"
+REF = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 # float32 on CPU: measured max abs diff ~3e-6 at logit scales of ~3.
 TOLERANCE = 1e-4
 FAMILIES = ["gemma", "gemma2", "gemma3"]

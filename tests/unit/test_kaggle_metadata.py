@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_kaggle_server import standin_metadata
+from tests.fakes.fake_kaggle_server import standin_metadata
 
 from kaggle_lib.kaggle.metadata import (
     MetadataError,
@@ -16,7 +16,7 @@ from kaggle_lib.kaggle.metadata import (
     validate_metadata,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _error(meta: dict, **kwargs) -> str:
