@@ -66,14 +66,22 @@ def finalised_steps(root: Path | str | None) -> list[int]:
     return sorted(ocp_utils.checkpoint_steps(str(root)))
 
 
+# The step metadata file Orbax writes when a step is finalised (orbax.checkpoint._src.metadata).
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+
+
 def missing_items(root: Path | str, step: int) -> list[str]:
     """Items of REQUIRED_ITEMS that the step's Orbax metadata does not list (all of them for an
     empty or unreadable step directory)."""
     import orbax.checkpoint as ocp  # imports jax: see finalised_steps
 
     step_dir = Path(root) / str(step)
+    if not (step_dir / STEP_METADATA_FILE).is_file():
+        # Orbax's reader would log "Metadata file does not exist" (absl WARNING) into the
+        # notebook before failing: a line nobody can act on, so the answer is given here.
+        return list(REQUIRED_ITEMS)
     try:
-        # Orbax's own reader of <step>/_CHECKPOINT_METADATA (a missing file raises).
+        # Orbax's own reader of <step>/_CHECKPOINT_METADATA.
         metadata = ocp.metadata.get_step_metadata(step_dir)
     except Exception:  # noqa: BLE001 - unreadable metadata means "not complete"
         return list(REQUIRED_ITEMS)

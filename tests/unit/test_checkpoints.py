@@ -156,3 +156,15 @@ def test_a_seed_whose_newest_step_does_not_restore_falls_back_to_the_previous(
     for step, loss in losses.items():
         assert abs(loss - trained[1][step]) <= 1e-5, (step, loss, trained[1][step])
     assert (source / "4").is_dir() and not (source / "corrupt").exists()
+
+
+def test_a_step_without_orbax_metadata_is_incomplete_without_orbax_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A step directory that Orbax never finalised its metadata for counts as missing both
+    items, and Orbax's "Metadata file does not exist" warning (shown in the notebook, nothing a
+    user can act on) is not triggered on the way."""
+    step_dir = tmp_path / "4"
+    (step_dir / "model_params").mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        assert checkpoints.missing_items(tmp_path, 4) == list(checkpoints.REQUIRED_ITEMS)
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
