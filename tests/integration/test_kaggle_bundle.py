@@ -16,12 +16,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from tests.fakes.fake_kaggle_server import (
-    STANDIN_PARAMETERS,
-    make_standin_repo,
-    standin_metadata,
-    standin_notebook,
-)
 
 from kaggle_lib.kaggle.bundle import (
     BundleError,
@@ -30,6 +24,12 @@ from kaggle_lib.kaggle.bundle import (
     read_pins,
 )
 from kaggle_lib.kaggle.metadata import MetadataError
+from tests.fakes.fake_kaggle_server import (
+    STANDIN_PARAMETERS,
+    make_standin_repo,
+    standin_metadata,
+    standin_notebook,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+
+from kaggle_lib import auth
+from kaggle_lib.kaggle import push as kp
 from tests.fakes.fake_kaggle_server import (
     FakeKaggleServer,
     Scenario,
     make_standin_repo,
     standin_metadata,
 )
-
-from kaggle_lib import auth
-from kaggle_lib.kaggle import push as kp
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kaggle_push.py"

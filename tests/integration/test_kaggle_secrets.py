@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.fakes.fake_kaggle_server import FakeKaggleServer, Scenario
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.fakes.fake_kaggle_server import standin_metadata
 
 from kaggle_lib.kaggle.metadata import (
     MetadataError,
@@ -15,6 +14,7 @@ from kaggle_lib.kaggle.metadata import (
     slugify,
     validate_metadata,
 )
+from tests.fakes.fake_kaggle_server import standin_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 
