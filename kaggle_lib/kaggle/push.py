@@ -112,15 +112,23 @@ def _log(msg: str) -> None:
 
 
 def connect() -> Any:
-    """Check credentials, then import the kaggle client (it authenticates on import)."""
+    """Check credentials, then import the kaggle client (it authenticates on import).
+
+    kagglehub names the source when it knows it. When it finds none, the kaggle client still
+    gets its say: it also reads places kagglehub does not (OAuth `credentials.json` from
+    `kaggle auth login`, $XDG_CONFIG_HOME/kaggle), and only if it fails too are there none.
+    """
     source = auth.kaggle_credentials_source()
-    if source is None:
-        raise CredentialsError(NO_CREDENTIALS)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
-        import kaggle
+        import kaggle  # kaggle 2.x catches its own authentication errors on import
     api = kaggle.api
-    if not getattr(api, "_authenticated", False):
+    authenticated = getattr(api, "_authenticated", False)
+    if source is None:
+        if not authenticated:
+            raise CredentialsError(NO_CREDENTIALS)
+        source = "the kaggle client's own configuration"
+    if not authenticated:
         raise CredentialsError(f"the kaggle client could not authenticate with the credentials "
                                f"from {source} (refused, malformed, or Kaggle unreachable)")
     _log(f"authenticated with credentials from {source}")

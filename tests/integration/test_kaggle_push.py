@@ -309,6 +309,28 @@ def test_missing_credentials_exit_1_before_any_request(tmp_path: Path, repo: Pat
     assert srv.calls == []
 
 
+def test_credentials_only_the_kaggle_client_reads_are_used(tmp_path: Path, repo: Path) -> None:
+    """kaggle.json under $XDG_CONFIG_HOME/kaggle (read by the kaggle client when ~/.kaggle is
+    absent, not by kagglehub): the push goes ahead with the client's own credentials."""
+    sc = Scenario(statuses=["COMPLETE"])
+    home = tmp_path / "home"
+    xdg = tmp_path / "xdg"
+    (xdg / "kaggle").mkdir(parents=True)
+    home.mkdir()
+    cred = xdg / "kaggle" / "kaggle.json"
+    cred.write_text(json.dumps({"username": sc.username, "key": sc.key}))
+    cred.chmod(0o600)
+    with FakeKaggleServer(sc, max_lifetime_s=60) as srv:
+        proc = _run(["--path", str(repo), "--repo-root", str(repo),
+                     "--config", "configs/tpu_standin.yaml", "--out", str(tmp_path / "bundle"),
+                     "--evidence-dir", str(tmp_path / "evidence"), "--timeout", "10",
+                     "--poll-interval", "0.02", "--max-poll-interval", "0.05", "--wait"],
+                    {**srv.client_env(), "HOME": str(home), "XDG_CONFIG_HOME": str(xdg)})
+    assert proc.returncode == 0, proc.stderr
+    assert "authenticated with credentials from the kaggle client's own configuration" in proc.stdout
+    assert srv.pushed and all(c["auth"] for c in srv.calls if c["path"].startswith("/api/"))
+
+
 def test_wrong_credentials_are_refused(tmp_path: Path, repo: Path) -> None:
     sc = Scenario()
     home = _home(tmp_path, sc)
