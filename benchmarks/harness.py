@@ -188,7 +188,10 @@ def render_markdown(bench: dict[str, Any]) -> str:
     lines = [f"# Benchmark {bench['started_utc']} on {bench['host_kind']}", "",
              f"Command: `{bench['command']}`; {bench['cpus']} CPUs; load average before "
              f"{bench['load_avg_before']}, after {bench['load_avg_after']}. "
-             "Figures under load move; ours and the peers ran interleaved in this one run.", "",
+             "Figures under load move. In this one run ours and Tunix's ran interleaved (SFT: per "
+             "shape; generation: repeat by repeat); transformers' generate ran first, in its own "
+             "child process (it must not share a process with JAX), so its figure can meet a "
+             "different load: read the generation ratio with the load averages.", "",
              "## Summary", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in bench["summary"].items()]
     lines += ["", "## SFT (LoRA r16, Gemma 3 270M, float32, shipped data)", "",
