@@ -173,7 +173,7 @@ def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None
                            "(no version number: Kaggle assigns the next one)")
     if not local_dir.is_dir() or not any(local_dir.iterdir()):
         raise PackageError(f"{local_dir}: nothing to upload (export the model first: "
-                           "`export.export_run`, written to <run_dir>/export/)")
+                           "the pipeline's export stage, written to <run_dir>/export/)")
     if auth.kaggle_credentials_source() is None:
         log.info("[kaggle_lib] no Kaggle credentials (KAGGLE_API_TOKEN, ~/.kaggle/access_token, "
               "KAGGLE_USERNAME + KAGGLE_KEY or ~/.kaggle/kaggle.json): skipping the upload of "
