@@ -7,7 +7,6 @@ value and what is allowed, so a run fails before any model work.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kaggle_lib.data.datasets import parse_spec
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.hashing import sha256_hex
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
@@ -250,7 +250,7 @@ class RunConfig(_Section):
     def hash(self) -> str:
         """sha256 of the resolved config (canonical JSON)."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return sha256_hex(canonical)
 
 
 def _allowed_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.hashing import sha256_hex
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -472,9 +473,7 @@ def check_agreement(name: str, value: Any) -> None:
     """Raise if `value` (JSON-serialisable) differs between processes; only its sha256 travels."""
     if not _state.started:
         return
-    import hashlib
-
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    digest = sha256_hex(json.dumps(value, sort_keys=True, default=str))
     digests = all_gather_json(f"agree_{name}", digest)
     if len(set(digests)) > 1:
         differing = [i for i, d in enumerate(digests) if d != digests[0]]

@@ -32,17 +32,10 @@ from kaggle_lib.evidence.scan import (
     scan_files,
     scan_for_secrets,
 )
+from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.runtime import env_info
 
 # ---------------------------------------------------------------------------- checkpoints
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree_digest(directory: Path) -> tuple[str, int, int]:
@@ -51,7 +44,7 @@ def tree_digest(directory: Path) -> tuple[str, int, int]:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(_sha256(f).encode() + b"\n")
+        digest.update(sha256_hex(f).encode() + b"\n")
     return digest.hexdigest(), len(files), sum(f.stat().st_size for f in files)
 
 

@@ -13,7 +13,6 @@ kaggle_lib/schemas/run_manifest.schema.json, is generated from the model
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kaggle_lib import auth, logs
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evidence.failure import failure_analysis
+from kaggle_lib.hashing import sha256_hex
 
 MANIFEST = "run_manifest.json"
 METRICS = "metrics.jsonl"
@@ -330,8 +330,8 @@ def make_run_id(config_hash: str, when: dt.datetime | None = None) -> str:
 
 
 def hash_text(text: str | bytes) -> str:
-    data = text.encode() if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()
+    """sha256 of a config's text or bytes (the run id's config hash)."""
+    return sha256_hex(text)
 
 
 def git_info(repo: Path | None = None) -> dict[str, Any]:

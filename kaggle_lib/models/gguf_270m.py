@@ -10,7 +10,6 @@ the result. The output directory is keyed by the GGUF's sha256 and written atomi
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.models.convert import ConversionError, gguf_tensor_to_hf
 
 __all__ = [
@@ -203,14 +203,6 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     return model.SerializeToString()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _safetensors_header(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
@@ -247,7 +239,7 @@ def validate_converted_dir(path: str | os.PathLike[str], deep: bool = False) -> 
         size = (d / name).stat().st_size
         if size != info["bytes"]:
             raise ConversionError(f"{d / name}: size {size} bytes, recorded {info['bytes']}")
-        if deep and _sha256(d / name) != info["sha256"]:
+        if deep and sha256_hex(d / name) != info["sha256"]:
             raise ConversionError(f"{d / name}: sha256 differs from conversion.json")
     shapes = _safetensors_header(d / "model.safetensors")
     n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
@@ -306,7 +298,7 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
         "dtype": "float32",
         "norm_weights": "llama.cpp +1 offset removed",
         "files": {
-            name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+            name: {"bytes": (out / name).stat().st_size, "sha256": sha256_hex(out / name)}
             for name in ("model.safetensors", "config.json", "tokenizer.model")
         },
     }

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.models import gguf_270m
 from kaggle_lib.models.convert import GGUF_TO_HF, gguf_tensor_to_hf_name
 from kaggle_lib.models.gguf_270m import (
@@ -176,7 +177,7 @@ def _fake_convert_into(calls: list[Path], fail: bool = False):
             "tensor_count": len(shapes),
             "parameter_count": int(sum(np.prod(s) for s in shapes.values())),
             "files": {
-                n: {"bytes": (out / n).stat().st_size, "sha256": gguf_270m._sha256(out / n)}
+                n: {"bytes": (out / n).stat().st_size, "sha256": sha256_hex(out / n)}
                 for n in ("model.safetensors", "config.json", "tokenizer.model")
             },
         }
