@@ -93,16 +93,21 @@ class DataSection(_Section):
     train_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
     eval_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
     max_seq_len: int = Field(256, ge=16, le=MAX_TOKENS)
+    # Held-out problems for the SFT validation loss (a data spec, e.g. rg:wide_sft@1); items
+    # whose prompt is also a training prompt are dropped. None: no validation loss.
+    validation: str | None = None
+    validation_limit: int = Field(64, ge=1, le=MAX_ITEMS)
     # Row lengths batches are padded to (each is one compilation); None = 1/2, 3/4, 1 x max_seq_len.
     length_buckets: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] | None = Field(
         None, min_length=1, max_length=64,
         description="Positive row lengths (<= 32768), at most 64 of them: each is one compilation.")
 
-    @field_validator("train", "eval")
+    @field_validator("train", "eval", "validation")
     @classmethod
-    def _check_spec(cls, value: str) -> str:
+    def _check_spec(cls, value: str | None) -> str | None:
         # The spec's form is checked now, before any model loads (files: check_files).
-        parse_spec(value)
+        if value is not None:
+            parse_spec(value)
         return value
 
     @model_validator(mode="after")
@@ -136,6 +141,11 @@ class SftSection(_Section):
     grad_accum_steps: int = Field(1, ge=1, le=MAX_BATCH)
     learning_rate: float = Field(3e-4, gt=0, le=1.0)
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    # cosine: decay to 10% over the run; wsd: peak until the last 20% of steps, then linear
+    # decay to 10% (see training.common.lr_schedule).
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    # Steps between validation losses (with data.validation; also one before the first step).
+    validate_every: int = Field(50, ge=1, le=MAX_STEPS)
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     weight_decay: float = Field(0.0, ge=0, le=10.0, description="Finite, 0..10 (AdamW's decay).")
     max_grad_norm: float | None = Field(1.0, gt=0, le=1e6)

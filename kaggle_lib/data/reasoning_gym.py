@@ -40,6 +40,7 @@ problem and holds no duplicates.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import random
 import re
@@ -98,11 +99,14 @@ MIXES: dict[str, dict[str, float]] = {
         "spell_backward": 1.0, "word_sorting": 1.0, "calendar_arithmetic": 1.0,
         "ours.unit_conversion": 1.0, "ours.ordering": 1.0,
     },
-    # SFT needs a worked solution in every item: only families that have one.
+    # SFT needs a worked solution in every item: the families that have one or get one from
+    # RENDERED, plus our categories reasoning-gym has no worked solution for.
     "wide_sft": {
         "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
-        "ours.unit_conversion": 1.0, "ours.ordering": 1.0, "ours.knights_knaves": 1.0,
-        "ours.sequence": 1.0, "ours.date_time": 1.0,
+        "knights_knaves": 1.0, "syllogism": 1.0, "leg_counting": 1.0, "letter_counting": 1.0,
+        "spell_backward": 1.0, "word_sorting": 1.0,
+        "ours.unit_conversion": 0.5, "ours.ordering": 0.5, "ours.sequence": 0.5,
+        "ours.date_time": 0.5,
     },
 }
 
@@ -209,11 +213,124 @@ def expression_lines(expression: str, answer: str) -> list[str] | None:
     return lines
 
 
+def _truth(statement: Sequence[Any], world: Sequence[bool]) -> bool:
+    """A knights_knaves statement (reasoning-gym's nested tuples) under an assignment."""
+    op, *args = statement
+    if op == "telling-truth":
+        return bool(world[args[0]])
+    if op == "lying":
+        return not world[args[0]]
+    if op == "not":
+        return not _truth(args[0], world)
+    if op == "and":
+        return all(_truth(a, world) for a in args)
+    if op == "or":
+        return any(_truth(a, world) for a in args)
+    if op == "->":
+        return not _truth(args[0], world) or _truth(args[1], world)
+    if op == "<=>":
+        return _truth(args[0], world) == _truth(args[1], world)
+    raise ValueError(f"unknown knights_knaves operator {op!r}")
+
+
+def knights_knaves_lines(metadata: Mapping[str, Any]) -> list[str] | None:
+    """Case analysis: one line per assignment of roles, saying whose statement rules it out,
+    or that every statement fits (the solution). None for more than two people (four lines
+    fit the evaluation's token budget, eight would not) or when the metadata does not agree
+    with reasoning-gym's solution."""
+    names, statements = metadata.get("names"), metadata.get("statements")
+    terms, solution = metadata.get("knight_knave_terms") or {}, metadata.get("solution")
+    if not names or len(names) > 2 or not statements or not solution:
+        return None
+    lines, fits = [], []
+    for world in itertools.product((True, False), repeat=len(names)):
+        roles = " and ".join(f"{n} is {terms['a_knight'] if w else terms['a_knave']}"
+                             for n, w in zip(names, world, strict=True))
+        wrong = [n for n, w, st in zip(names, world, statements, strict=True)
+                 if _truth(st, world) != w]
+        if wrong:
+            verdict = "true" if _truth(statements[names.index(wrong[0])], world) else "false"
+            lines.append(f"If {roles}, {wrong[0]}'s statement is {verdict}: impossible.")
+        else:
+            fits.append(list(world))
+            lines.append(f"If {roles}, every statement fits.")
+    return lines if fits == [list(solution)] else None
+
+
+def leg_counting_lines(metadata: Mapping[str, Any]) -> list[str] | None:
+    """``3 dogs: 3 * 4 = 12`` per animal, then a running sum; None for an unknown animal."""
+    from reasoning_gym.arithmetic.leg_counting import ANIMALS  # a declared dependency
+
+    animals = metadata.get("animals") or {}
+    if not animals or any(a not in ANIMALS for a in animals):
+        return None
+    lines, counts = [], []
+    for animal, n in animals.items():
+        counts.append(int(n) * ANIMALS[animal])
+        lines.append(f"{n} {animal}: {n} * {ANIMALS[animal]} = {counts[-1]}")
+    total = counts[0]
+    for count in counts[1:]:
+        lines.append(f"{total} + {count} = {total + count}")
+        total += count
+    return lines if total == int(metadata.get("total_legs", -1)) else None
+
+
+def letter_counting_lines(metadata: Mapping[str, Any]) -> list[str] | None:
+    """Each word holding the letter, spelled out with its count, then the sum."""
+    letter, span = str(metadata.get("target_letter", "")), metadata.get("span") or []
+    if len(letter) != 1 or not span:
+        return None
+    found = [(w, w.lower().count(letter.lower())) for w in span if letter.lower() in w.lower()]
+    if not found:
+        return [f'No word contains "{letter}".']
+    lines = [f"{w} ({' '.join(w)}): {k}" for w, k in found]
+    total = found[0][1]
+    for _, k in found[1:]:
+        lines.append(f"{total} + {k} = {total + k}")
+        total += k
+    return lines
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def simple_lines(family: str, metadata: Mapping[str, Any], answer: str) -> list[str] | None:
+    """Short worked steps for the families whose solution is a procedure on the text."""
+    if family == "spell_backward":
+        word = str(metadata.get("word", ""))
+        return [f"Letters: {' '.join(word)}", f"Backward: {' '.join(reversed(word))}"] \
+            if word and word[::-1] == answer else None
+    if family == "word_sorting":
+        words, direction = metadata.get("original_words") or [], metadata.get("direction")
+        if not words or direction not in ("ascending", "descending"):
+            return None
+        return [f"Words: {', '.join(words)}",
+                f"{direction.capitalize()} ASCII order (capital letters before small ones): "
+                f"{answer}"]
+    if family == "syllogism":
+        p1, p2, c = (metadata.get(k) for k in ("premise1", "premise2", "conclusion"))
+        valid = metadata.get("is_valid")
+        if not (p1 and p2 and c) or valid is None or answer != ("Yes" if valid else "No"):
+            return None
+        return [_sentence(p1), _sentence(p2),
+                f'So "{c}" {"follows" if valid else "does not follow"}.']
+    return None
+
+
 def _difficulty(n_equations: int) -> str:
     return "easy" if n_equations <= 2 else "medium" if n_equations == 3 else "hard"
 
 
 # ----------------------------------------------------------------------------- items
+
+# Families without a worked solution in reasoning-gym whose solution we render from metadata.
+RENDERED: dict[str, Callable[[str, Mapping[str, Any], str], list[str] | None]] = {
+    "knights_knaves": lambda f, m, a: knights_knaves_lines(m),
+    "leg_counting": lambda f, m, a: leg_counting_lines(m),
+    "letter_counting": lambda f, m, a: letter_counting_lines(m),
+    "spell_backward": simple_lines, "word_sorting": simple_lines, "syllogism": simple_lines,
+}
 
 
 def entry_to_item(entry: Mapping[str, Any], family: str, item_id: str) -> dict[str, Any] | None:
@@ -238,6 +355,12 @@ def entry_to_item(entry: Mapping[str, Any], family: str, item_id: str) -> dict[s
         if lines is None:
             return None
         item["difficulty"] = _difficulty(len(lines))
+        item["reasoning"] = "\n".join(lines)
+    elif family in RENDERED:
+        # No worked solution in the entry: our renderer writes one from its metadata.
+        lines = RENDERED[family](family, metadata, item["answer"])
+        if lines is None:
+            return None
         item["reasoning"] = "\n".join(lines)
     # The scorer reads only these; answer_cot is in `reasoning` already.
     metadata.pop("answer_cot", None)

@@ -34,10 +34,11 @@ ANSWER_END = "</answer>"
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 
+# Short on purpose (24 tokens with Gemma 3's tokenizer, 44 before issue 14): it is repeated in
+# every training row and every evaluation prompt.
 SYSTEM_INSTRUCTION = (
-    "Solve the problem below. First think step by step and write your reasoning between "
-    f"{REASONING_START} and {REASONING_END}. Then write only the final answer, with no extra "
-    f"words, between {ANSWER_START} and {ANSWER_END}."
+    f"Think step by step in {REASONING_START}{REASONING_END}, then give only the final answer "
+    f"in {ANSWER_START}{ANSWER_END}."
 )
 
 

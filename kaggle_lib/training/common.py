@@ -43,24 +43,43 @@ class MetricsSettings:
     run_name: str = "run"
 
 
-def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0) -> optax.Schedule:
-    """Linear warmup then cosine decay to 10%. Optimizer step s (1-based) uses schedule(s - 1)."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup_steps else learning_rate,
-        peak_value=learning_rate,
-        warmup_steps=warmup_steps,
-        decay_steps=max(max_steps, warmup_steps + 1),
-        end_value=learning_rate * 0.1,
-    )
+def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0,
+                kind: str = "cosine", decay_fraction: float = 0.2) -> optax.Schedule:
+    """The LR of optimizer step s (1-based) is schedule(s - 1). Linear warmup, then:
+
+    - ``cosine``: cosine decay to 10% at ``max_steps``;
+    - ``wsd`` (warmup-stable-decay): the peak rate until the last ``decay_fraction`` of the
+      steps, then linear decay to 10%. A short run spends most of its steps at the peak
+      instead of a third of them below half of it, as cosine does.
+    """
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup_steps else learning_rate,
+            peak_value=learning_rate,
+            warmup_steps=warmup_steps,
+            decay_steps=max(max_steps, warmup_steps + 1),
+            end_value=learning_rate * 0.1,
+        )
+    if kind != "wsd":
+        raise ValueError(f"lr_schedule: kind must be cosine or wsd, got {kind!r}")
+    decay_steps = max(1, round(max_steps * decay_fraction))
+    stable_steps = max(0, max_steps - warmup_steps - decay_steps)
+    pieces = [optax.constant_schedule(learning_rate),
+              optax.linear_schedule(learning_rate, learning_rate * 0.1, decay_steps)]
+    boundaries = [warmup_steps + stable_steps]
+    if warmup_steps:
+        pieces.insert(0, optax.linear_schedule(0.0, learning_rate, warmup_steps))
+        boundaries.insert(0, warmup_steps)
+    return optax.join_schedules(pieces, boundaries)
 
 
 def make_optimizer(
     *, learning_rate: float, max_steps: int, warmup_steps: int = 0, optimizer: str = "adamw",
-    weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+    weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, schedule_kind: str = "cosine",
 ) -> optax.GradientTransformation:
     """`lr_schedule`; gradient clipping; AdamW or Adafactor. The LR is an injected hyperparameter
     so that it is part of the checkpointed optimizer state."""
-    schedule = lr_schedule(learning_rate, max_steps, warmup_steps)
+    schedule = lr_schedule(learning_rate, max_steps, warmup_steps, schedule_kind)
 
     def build(learning_rate: Any) -> optax.GradientTransformation:
         if optimizer == "adafactor":

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import qwix
 from flax import nnx
@@ -84,6 +85,8 @@ class SftResult:
     seconds: float
     # Checkpoint steps moved aside because they did not restore (training.checkpoints.SetAside).
     set_aside: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # (train step, mean validation loss) of each validation pass, step 0 first.
+    validation: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
 def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: str, seed: int = 0,
@@ -210,9 +213,22 @@ class _StepHooks(StageHooks):
         self.ended: float | None = None
         self.stopped_for_time = False
         self.losses: list[float] = []
+        self.eval_batches = 0
+        self.validation: list[tuple[int, float]] = []
 
     def on_train_start(self, trainer: Any) -> None:
         self.started = time.monotonic()
+
+    def on_eval_step_start(self, trainer: Any) -> None:
+        self.eval_batches += 1
+
+    def on_eval_step_end(self, trainer: Any, eval_loss: float) -> None:
+        # Tunix calls this once per validation pass with the sum of its batch losses.
+        mean = float(np.asarray(eval_loss)) / max(self.eval_batches, 1)
+        self.validation.append((int(trainer.train_steps), mean))
+        self.on_step({"stage": "sft_validation", "step": int(trainer.train_steps),
+                      "val_loss": mean, "batches": self.eval_batches})
+        self.eval_batches = 0
 
     def on_train_step_start(self, trainer: Any) -> None:
         accum = trainer.config.get_with_default("gradient_accumulation_steps", 1)
@@ -264,6 +280,7 @@ def run_sft(
     sft: SftSection,
     *,
     mesh: jax.sharding.Mesh,
+    validation_batches: Iterable[Any] | None = None,
     checkpointing: CheckpointSettings | None = None,
     metrics: MetricsSettings | None = None,
     max_wall_time_s: float | None = None,
@@ -282,18 +299,22 @@ def run_sft(
     A newest checkpoint that does not restore (or lacks its optimizer state) is moved to
     `<directory>/corrupt/` first (`on_set_aside` hears of it) and training resumes from the
     step before; `checkpoints.CheckpointError` when none restores. `tokens_per_step(i)` counts
-    the tokens of batch i, for the tokens/s metric.
+    the tokens of batch i, for the tokens/s metric. With `validation_batches` (finite, e.g.
+    one epoch of `SFTBatches`), Tunix's eval loop computes the mean validation loss before the
+    first step and every `sft.validate_every` steps; `on_step` hears each as a record of stage
+    "sft_validation".
     """
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
-    schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps)
+    schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
     tx = make_optimizer(
         learning_rate=sft.learning_rate, max_steps=max_steps, warmup_steps=sft.warmup_steps,
         optimizer=sft.optimizer, weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
+        schedule_kind=sft.lr_schedule,
     )
     checkpoint_dir = checkpointing.directory
     training_config = TrainingConfig(
-        eval_every_n_steps=max_steps + 1,
+        eval_every_n_steps=sft.validate_every if validation_batches is not None else max_steps + 1,
         max_steps=max_steps,
         gradient_accumulation_steps=accum if accum > 1 else None,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
@@ -324,7 +345,7 @@ def run_sft(
         trainer.with_gen_model_input_fn(functools.partial(model_inputs, pad_id=pad_id))
         trainer.with_training_hooks(hooks)
         try:
-            trainer.train(batches)
+            trainer.train(batches, validation_batches)
         except BaseException:
             # Let pending async saves (all of good steps) finish; the failing step is never saved.
             trainer.checkpoint_manager.close()
@@ -343,4 +364,5 @@ def run_sft(
         last_checkpoint_step=checkpoints.latest_complete_step(checkpoint_dir),
         seconds=time.monotonic() - started,
         set_aside=[entry.to_dict() for entry in set_aside],
+        validation=list(hooks.validation),
     )

@@ -24,6 +24,7 @@ from kaggle_lib import auth, distributed, logs
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
 from kaggle_lib.data.datasets import load_items
+from kaggle_lib.data.reasoning_gym import normalize_text
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
 from kaggle_lib.models.remat import remat
@@ -157,6 +158,8 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
           f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
           f"{list(buckets)})")
 
+    validation = validation_batches(inputs, items, buckets, rows)
+
     def tokens_per_step(step: int) -> int:
         indices = batches.indices_at(step)
         return int(tokenized.lengths[indices].sum())
@@ -173,6 +176,10 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
 
     def on_step(record: dict[str, Any]) -> None:
         inputs.record.log_metrics(record)
+        if record["stage"] == "sft_validation":
+            inputs.training_log(f"sft step {record['step']:>5}/{sft.max_steps} validation loss "
+                                f"{record['val_loss']:.4f} ({record['batches']} batches)")
+            return
         if record["step"] % cfg.train.log_every == 0 or record["step"] == sft.max_steps:
             inputs.training_log(
                 f"sft step {record['step']:>5}/{sft.max_steps} loss {record['loss']:.4f} "
@@ -187,6 +194,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
                 loaded.model,
                 distributed.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
                 sft, mesh=mesh, checkpointing=inputs.checkpointing("sft"),
+                validation_batches=validation,
                 metrics=MetricsSettings(inputs.run_dir / "tensorboard", wandb=cfg.evidence.wandb,
                                         run_name=cfg.run_name) if cfg.evidence.tensorboard else None,
                 max_wall_time_s=max_wall_time_s, pad_id=loaded.tokenizer.pad_id(),
@@ -203,9 +211,41 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
         "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
         "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
         "mode": sft.mode, "checkpoints_set_aside": len(result.set_aside),
+        **({"validation_loss": [[step, round(loss, 5)] for step, loss in result.validation]}
+           if result.validation else {}),
     }
     log.info(f"sft: {summary}")
     return summary
+
+
+def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
+                       buckets: tuple[int, ...], rows: slice | None) -> Any:
+    """One epoch of batches of `data.validation` (None when the config names none): problems
+    whose normalised prompt is a training prompt are dropped, so the loss is on unseen ones."""
+    cfg, loaded = inputs.config, inputs.loaded
+    if cfg.data.validation is None:
+        return None
+    seen = {normalize_text(item["prompt"]) for item in train_items}
+    items = load_items(cfg.data.validation, limit=cfg.data.validation_limit)
+    held_out = [item for item in items if normalize_text(item["prompt"]) not in seen]
+    tokenized = tokenize_items(loaded.tokenizer, held_out, cfg.data.max_seq_len,
+                               instruct=loaded.spec.instruct, drop_truncated=True)
+    batch_size = cfg.train.sft.batch_size
+    if len(tokenized.tokens) < batch_size:
+        raise ValueError(f"config data.validation {cfg.data.validation!r}: {len(tokenized.tokens)} "
+                         f"usable held-out examples, fewer than one batch of {batch_size}; raise "
+                         "data.validation_limit")
+    batches = SFTBatches(tokenized, batch_size, seed=cfg.seed, num_epochs=1,
+                         length_buckets=buckets, pad_id=loaded.tokenizer.pad_id(), rows=rows)
+    inputs.record.update_manifest(data={
+        "validation": cfg.data.validation, "validation_items": len(items),
+        "validation_dropped_as_training": len(items) - len(held_out),
+        "validation_examples": len(tokenized.tokens), "validation_batches": len(batches)})
+    log.info(f"data: {len(held_out)} validation items ({len(items) - len(held_out)} dropped as "
+             f"training prompts), {len(batches)} batches every {cfg.train.sft.validate_every} steps")
+    if rows is not None:
+        return distributed.GlobalBatches(batches, inputs.mesh, batch_size)
+    return batches
 
 
 def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:

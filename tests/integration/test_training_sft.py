@@ -168,3 +168,28 @@ def test_progress_bar_shows_the_learning_rate_not_zero(
     assert all(r > 0 for r in rates)
     # The bar shows the LR Tunix logged last (the optimizer's current one), 3 significant digits.
     assert rates[-1] == pytest.approx(3e-4, rel=0.5)
+
+
+def test_validation_loss_before_training_and_every_k_steps(base_model: Any) -> None:
+    """The validation pass runs before step 1 and after steps 2 and 4; its first loss is the
+    untrained model's mean batch loss on the held-out batches, computed here independently."""
+    from kaggle_lib.training.loss import sft_loss
+    from kaggle_lib.training.sft import model_inputs
+
+    held_out = th.tiny_batches(n_items=32, spec="builtin:eval", num_epochs=1)
+    assert len(held_out) >= 2
+    mesh = th.single_device_mesh()
+    untrained = th.on_mesh(base_model, mesh)
+    expected = np.mean([float(sft_loss(untrained, **model_inputs(batch), chunk_size=128)[0])
+                        for batch in held_out])
+    records: list[dict[str, Any]] = []
+    _, result = th.train_tiny(mesh, base_model, steps=4, validate_every=2,
+                              validation_batches=held_out, on_step=records.append)
+    validation = [r for r in records if r["stage"] == "sft_validation"]
+    assert [r["step"] for r in validation] == [0, 2, 4]
+    assert all(r["batches"] == len(held_out) for r in validation)
+    # LoRA starts as a no-op (B = 0), so step 0 is the base model's loss.
+    assert validation[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert result.validation == [(r["step"], r["val_loss"]) for r in validation]
+    assert validation[-1]["val_loss"] != validation[0]["val_loss"]
+    assert [r["step"] for r in records if r["stage"] == "sft"] == [1, 2, 3, 4]

@@ -146,12 +146,48 @@ def test_expression_lines_one_operation_per_line() -> None:
 
 
 def test_wide_sft_items_all_have_checked_reasoning() -> None:
-    items = rgdata.generate_items("wide_sft", 48, seed=2)
-    assert {"gsm_symbolic", "chain_sum", "basic_arithmetic", "knights_knaves"} <= {
+    items = rgdata.generate_items("wide_sft", 64, seed=2)
+    assert {"gsm_symbolic", "chain_sum", "basic_arithmetic", "knights_knaves", "syllogism",
+            "leg_counting", "letter_counting", "spell_backward", "word_sorting"} <= {
         i["category"] for i in items}
     for item in items:
         assert item["reasoning"].strip(), item["id"]
-        if item.get("rg_dataset"):  # ours are prose in part; reasoning-gym's are all equations
-            found, correct = check_reasoning_lines(item["reasoning"])
-            assert found == correct == len(item["reasoning"].splitlines()) or \
-                item["category"] == "gsm_symbolic" and found == correct >= 1, item
+        found, correct = check_reasoning_lines(item["reasoning"])
+        assert found == correct, item  # every equation we render is right
+        if item["category"] in ("chain_sum", "basic_arithmetic", "leg_counting"):
+            assert found == len(item["reasoning"].splitlines()), item
+        if item["category"] == "gsm_symbolic":
+            assert found >= 1, item
+
+
+def test_knights_knaves_case_analysis_rules_out_all_but_the_solution() -> None:
+    metadata = {"names": ["Liam", "Isabella"], "solution": [True, True],
+                "statements": [["telling-truth", 1],
+                               ["<=>", ["telling-truth", 1], ["telling-truth", 0]]],
+                "knight_knave_terms": {"a_knight": "an altruist", "a_knave": "an egoist"}}
+    assert rgdata.knights_knaves_lines(metadata) == [
+        "If Liam is an altruist and Isabella is an altruist, every statement fits.",
+        "If Liam is an altruist and Isabella is an egoist, Liam's statement is false: "
+        "impossible.",
+        "If Liam is an egoist and Isabella is an altruist, Liam's statement is true: impossible.",
+        "If Liam is an egoist and Isabella is an egoist, Isabella's statement is true: "
+        "impossible."]
+    # a solution the statements do not single out is refused, not rendered
+    assert rgdata.knights_knaves_lines({**metadata, "solution": [False, False]}) is None
+
+
+def test_counting_and_text_renderers() -> None:
+    legs = rgdata.leg_counting_lines({"animals": {"dog": 3, "bee": 2}, "total_legs": 24})
+    assert legs == ["3 dog: 3 * 4 = 12", "2 bee: 2 * 6 = 12", "12 + 12 = 24"]
+    assert rgdata.leg_counting_lines({"animals": {"dog": 3}, "total_legs": 13}) is None
+    letters = rgdata.letter_counting_lines({"target_letter": "s",
+                                            "span": ["miss", "a", "Sea"]})
+    assert letters == ["miss (m i s s): 2", "Sea (S e a): 1", "2 + 1 = 3"]
+    assert rgdata.simple_lines("spell_backward", {"word": "sun"}, "nus") == [
+        "Letters: s u n", "Backward: n u s"]
+    assert rgdata.simple_lines("spell_backward", {"word": "sun"}, "sun") is None
+    assert rgdata.simple_lines("syllogism", {"premise1": "all cats are animals",
+                                             "premise2": "all animals breathe",
+                                             "conclusion": "All cats breathe",
+                                             "is_valid": True}, "Yes")[-1] == \
+        'So "All cats breathe" follows.'
