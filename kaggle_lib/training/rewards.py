@@ -1,18 +1,23 @@
 """GRPO reward functions in Tunix's signature, scored with the same rules as evaluation.
 
 Tunix calls every reward function as ``fn(prompts=..., completions=..., **columns)``, where the
-columns are the other fields of the training batch (here ``answer``) plus Tunix's own extras
+columns are the other fields of the training batch (here ``answer`` and ``rg_item``: the JSON
+of a reasoning-gym item, empty for ours) plus Tunix's own extras
 (``mode``, ``trajectory_ids``), each repeated once per generation; it sums the returned lists.
 Parsing and answer matching are `kaggle_lib.evaluation.parse_output` / `answers_match`, so a
-completion earns the answer reward exactly when the evaluation would count it correct.
+completion earns the answer reward exactly when the evaluation would count it correct;
+reasoning-gym items are scored by reasoning-gym's own scorer, partial credit included
+(knights_knaves gives 0.3-0.65 for some roles right).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kaggle_lib.data.reasoning_gym import score_answer
 from kaggle_lib.evaluation import answers_match, parse_output
 
 RewardFn = Callable[..., list[float]]
@@ -49,9 +54,12 @@ def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: 
     return [format_score(str(c)) for c in completions]
 
 
-def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer") -> RewardFn:
+def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer",
+                       item_column: str = "rg_item") -> RewardFn:
     """Reward 1.0 when the parsed answer equals the item's `column` (after normalisation) or
-    agrees numerically within `rel_tol`, else 0.0. An output without a closed answer tag gets 0."""
+    agrees numerically within `rel_tol`, else 0.0. An output without a closed answer tag gets 0.
+    Where the batch's `item_column` holds a reasoning-gym item (its JSON), the reward is at
+    least reasoning-gym's score of the answer for that item (0..1)."""
     if rel_tol < 0:
         raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
 
@@ -63,12 +71,19 @@ def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer") -> RewardF
                 f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}"
             )
         expected = kwargs[column]
-        _check_lengths("answer_reward", completions, prompts=prompts, **{column: expected})
+        items = kwargs.get(item_column)
+        if items is None:
+            items = [""] * len(completions)
+        _check_lengths("answer_reward", completions, prompts=prompts,
+                       **{column: expected, item_column: items})
         scores = []
-        for completion, truth in zip(completions, expected, strict=True):
-            exact, numeric = answers_match(parse_output(str(completion)).answer, str(truth),
-                                           rel_tol=rel_tol)
-            scores.append(1.0 if exact or numeric else 0.0)
+        for completion, truth, item in zip(completions, expected, items, strict=True):
+            answer = parse_output(str(completion)).answer
+            exact, numeric = answers_match(answer, str(truth), rel_tol=rel_tol)
+            score = 1.0 if exact or numeric else 0.0
+            if item and score < 1.0:
+                score = max(score, score_answer(answer, json.loads(str(item))))
+            scores.append(score)
         return scores
 
     return answer_reward

@@ -11,6 +11,7 @@ import pytest
 from kaggle_lib.data import reasoning_gym as rgdata
 from kaggle_lib.data.datasets import DataError, load_builtin, load_items
 from kaggle_lib.evaluation import check_reasoning_lines
+from kaggle_lib.training.rewards import make_answer_reward
 
 REPO = Path(__file__).resolve().parents[2]
 COT = (
@@ -101,19 +102,26 @@ def test_rg_data_spec(tmp_path: Path) -> None:
 
 
 def test_score_answer_uses_reasoning_gyms_scorer() -> None:
-    items = {item["category"]: item for item in load_builtin("eval_rg")}
+    items: dict[str, dict] = {}
+    for item in load_builtin("eval_rg"):
+        items.setdefault(item["category"], item)  # the first of each family
     gsm, knights = items["gsm_symbolic"], items["knights_knaves"]
     assert rgdata.score_answer(gsm["answer"], gsm) == 1.0
     assert rgdata.score_answer(str(int(gsm["answer"]) + 1), gsm) < 1.0
     assert rgdata.score_answer(None, gsm) == 0.0
     assert rgdata.score_answer(knights["answer"], knights) == 1.0
-    reward = rgdata.make_reward()
-    completions = [f"<reasoning>r</reasoning><answer>{gsm['answer']}</answer>", "no tags"]
-    assert reward(["p", "p"], completions, item=[gsm, gsm]) == [1.0, 0.0]
-    as_text = json.dumps(gsm)  # as a numpy string column would carry it
-    assert reward(["p", "p"], completions, item=[as_text, as_text]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="item"):
-        reward(["p"], completions[:1])
+    reward = make_answer_reward()
+    completions = [f"<reasoning>r</reasoning><answer>{gsm['answer']}</answer>", "no tags",
+                   "<reasoning>r</reasoning><answer>Liam is an altruist, and Isabella is an "
+                   "egoist</answer>"]
+    as_text = [json.dumps(gsm), json.dumps(gsm), json.dumps(knights)]  # a numpy string column
+    truths = [gsm["answer"], gsm["answer"], knights["answer"]]
+    scores = reward(["p"] * 3, completions, answer=truths, rg_item=as_text)
+    # knights: one of two roles right earns reasoning-gym's partial credit 0.3 + 0.7 / 2
+    assert scores == [1.0, 0.0, pytest.approx(0.65)]
+    assert knights["answer"] == "Liam is an altruist, and Isabella is an altruist."
+    # without the rg_item column the same completions are scored by exact/numeric match only
+    assert reward(["p"] * 3, completions, answer=truths) == [1.0, 0.0, 0.0]
     ours = json.loads(json.dumps(load_builtin("eval")[0]))
     assert rgdata.score_answer(ours["answer"], ours) == 1.0
 

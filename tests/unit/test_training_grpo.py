@@ -153,3 +153,26 @@ def test_no_time_left_skips_grpo() -> None:
     result = run_grpo(None, tiny_tokenizer().processor, [], grpo, mesh=make_mesh(), eos_ids=[1],
                       max_wall_time_s=0.0)
     assert result.steps_done == 0 and result.stopped_reason == "max_wall_time"
+
+
+def test_reasoning_gym_items_carry_their_scoring_fields_into_the_batch() -> None:
+    from kaggle_lib.data.datasets import load_builtin
+    from kaggle_lib.training.rewards import answer_reward
+    from tests.training_helpers import tiny_tokenizer
+
+    rg_item = next(i for i in load_builtin("eval_rg") if i["category"] == "knights_knaves")
+    ours = load_builtin("eval")[0]
+    prompts, dropped = select_prompts([rg_item, ours], tiny_tokenizer(), 4096, instruct=False)
+    assert dropped == 0
+    assert json.loads(prompts[0].rg_item) == {k: rg_item[k] for k in (
+        "id", "prompt", "answer", "rg_dataset", "rg_metadata")}
+    assert prompts[1].rg_item == ""
+    batch = PromptBatches(prompts, 2, seed=0).batch_at(0)
+    assert sorted(batch) == ["answer", "prompts", "rg_item"]
+    columns = {k: v for k, v in batch.items() if k != "prompts"}
+    by_text = {p.text: p for p in prompts}
+    half_right = [("<reasoning>r</reasoning><answer>"
+                   + ("Liam is an altruist, and Isabella is an egoist" if by_text[t].rg_item
+                      else "wrong") + "</answer>") for t in batch["prompts"]]
+    scores = answer_reward(list(batch["prompts"]), half_right, **columns)
+    assert sorted(scores) == [0.0, pytest.approx(0.65)]  # reasoning-gym's partial credit
