@@ -55,8 +55,13 @@ def assert_absent(directory: Path, *values: str) -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("evidence")
     run_dir = root / "runs" / "tiny-run"
-    result = run_cli(REPO / "configs" / "cpu_tiny.yaml", run_dir,
-                     {"HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_KEY": FAKE_KAGGLE_KEY})
+    # cpu_tiny plus a validation loss on held-out reasoning-gym problems every 2 steps.
+    tree = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
+    tree["data"].update(validation="rg:wide_sft@1", validation_limit=16)
+    tree["train"]["sft"]["validate_every"] = 2
+    config = root / "cpu_tiny_validation.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    result = run_cli(config, run_dir, {"HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_KEY": FAKE_KAGGLE_KEY})
     return run_dir, result
 
 
@@ -112,11 +117,23 @@ def test_readme_and_index_describe_the_run(tiny) -> None:
 
 def test_training_log_and_metrics_agree(tiny) -> None:
     run_dir, _ = tiny
-    lines = (run_dir / "training_log.txt").read_text().splitlines()
+    log_lines = (run_dir / "training_log.txt").read_text().splitlines()
+    lines = [line for line in log_lines if "validation" not in line]
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     sft = [r for r in steps if r.get("stage") == "sft"]
     assert len(lines) == len(sft) == 4
     assert all(f"loss {r['loss']:.4f}" in line for r, line in zip(sft, lines, strict=True))
+    # The validation loss: before step 1 and every 2 steps, in the log, metrics, manifest, README.
+    validation = [r for r in steps if r.get("stage") == "sft_validation"]
+    assert [r["step"] for r in validation] == [0, 2, 4]
+    assert [f"validation loss {r['val_loss']:.4f}" in line for r, line in zip(
+        validation, [x for x in log_lines if "validation" in x], strict=True)] == [True] * 3
+    m = json.loads((run_dir / evidence.MANIFEST).read_text())
+    assert m["data"]["validation"] == "rg:wide_sft@1" and m["data"]["validation_items"] == 16
+    assert m["data"]["validation_dropped_as_training"] == 0  # training is builtin:train
+    assert m["training"]["sft"]["validation_loss"] == [
+        [r["step"], round(r["val_loss"], 5)] for r in validation]
+    assert f"{validation[-1]['val_loss']:.4g} at step 4" in (run_dir / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------- refused token
