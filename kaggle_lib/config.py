@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from kaggle_lib.data.datasets import parse_spec
+from kaggle_lib.data.datasets import SPEC_FORMS, DataError, parse_spec, spec_list
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.hashing import sha256_hex
 
@@ -88,8 +96,12 @@ class MeshSection(_Section):
 
 
 class DataSection(_Section):
-    train: str = "builtin:train"
-    eval: str = "builtin:eval"
+    # One data spec, or a list of them: their items concatenated in order (e.g. GSM8K plus a
+    # reasoning-gym mix); the manifest records each spec's count (data.train_sources).
+    train: str | tuple[str, ...] = "builtin:train"
+    eval: str | tuple[str, ...] = "builtin:eval"
+    # For a list, train_limit caps each spec (every source keeps a predictable share);
+    # eval_limit caps the union (a stratified pick over all of its groups).
     train_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
     eval_limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
     max_seq_len: int = Field(256, ge=16, le=MAX_TOKENS)
@@ -102,10 +114,30 @@ class DataSection(_Section):
         None, min_length=1, max_length=64,
         description="Positive row lengths (<= 32768), at most 64 of them: each is one compilation.")
 
-    @field_validator("train", "eval", "validation")
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _check_specs(cls, value: Any, info: ValidationInfo) -> Any:
+        # Each spec's form is checked now, before any model loads (files: check_files). A
+        # string stays a string, so existing configs dump and hash as before.
+        if isinstance(value, str):
+            parse_spec(value)
+            return value
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"must be one data spec or a non-empty list of them; use: {SPEC_FORMS}")
+        for i, spec in enumerate(value):
+            where = f"data.{info.field_name}[{i}]"
+            if not isinstance(spec, str):
+                raise ValueError(f"{where} = {shorten(spec)}: each entry must be a data spec "
+                                 f"string; use: {SPEC_FORMS}")
+            try:
+                parse_spec(spec)
+            except DataError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        return tuple(value)
+
+    @field_validator("validation")
     @classmethod
     def _check_spec(cls, value: str | None) -> str | None:
-        # The spec's form is checked now, before any model loads (files: check_files).
         if value is not None:
             parse_spec(value)
         return value
@@ -382,9 +414,12 @@ def validate_config(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
 def check_files(config: RunConfig, source: str) -> None:
     """Files a config names must exist before the run starts."""
     problems = []
-    for key, spec in (("data.train", config.data.train), ("data.eval", config.data.eval)):
-        if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_file():
-            problems.append(f"  {key} = {spec!r}: file does not exist")
+    for key in ("train", "eval"):
+        value = getattr(config.data, key)
+        for i, spec in enumerate(spec_list(value)):
+            name = f"data.{key}" if isinstance(value, str) else f"data.{key}[{i}]"
+            if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_file():
+                problems.append(f"  {name} = {spec!r}: file does not exist")
     if config.model.source == "local" and config.model.path and not Path(config.model.path).is_dir():
         problems.append(f"  model.path = {config.model.path!r}: directory does not exist")
     if config.train.resume_from and not Path(config.train.resume_from).is_dir():

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +24,7 @@ from kaggle_lib import auth, distributed, evidence, logs, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
-from kaggle_lib.data.datasets import load_items
+from kaggle_lib.data.datasets import load_sources
 from kaggle_lib.data.fewshot import format_fewshot_prompt
 from kaggle_lib.evidence import close, plots
 from kaggle_lib.models import loader, preflight, registry
@@ -303,8 +304,15 @@ def _lora_then_shard(run: Run) -> None:
 
 def _eval_items(run: Run) -> list[dict[str, Any]]:
     if not run.eval_items:
-        items = load_items(run.cfg.data.eval)
+        # A list of specs is one union: eval_limit's stratified pick covers every group of it.
+        items, sources = load_sources(run.cfg.data.eval)
         run.eval_items = stratified(items, run.cfg.data.eval_limit)
+        owners = [source["spec"] for source in sources for _ in range(source["items"])]
+        spec_of = {item["id"]: spec for item, spec in zip(items, owners, strict=True)}
+        picked = Counter(spec_of[item["id"]] for item in run.eval_items)
+        # The record says how many items of each source the scorecards are over.
+        run.record.update_manifest(data={"eval": run.cfg.data.eval, "eval_sources": [
+            {**source, "evaluated": picked[source["spec"]]} for source in sources]})
     return run.eval_items
 
 

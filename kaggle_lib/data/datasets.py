@@ -16,6 +16,9 @@ A *data spec* string names where items come from (``load_items``):
   reproducible, and kagglehub resolves an unversioned handle by asking the Kaggle API even
   when the files are cached.
 
+A config's ``data.train`` / ``data.eval`` may also be a list of specs: their items concatenated
+in order (``load_sources``).
+
 External records are mapped by their columns (``map_record``): GSM8K (``question`` + ``answer``
 ending in ``#### N``), MATH-style (``problem`` + ``solution`` with ``\\boxed{}``, optional
 ``answer``), or records already in the project schema.
@@ -27,7 +30,7 @@ import csv
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -493,3 +496,33 @@ def load_items(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
         return load_hf(parsed.name, parsed.config, parsed.split or "train", limit=limit)
     assert parsed.file is not None
     return load_kaggle(parsed.name, parsed.file, limit=limit)
+
+
+def spec_list(specs: str | Sequence[str]) -> tuple[str, ...]:
+    """A config's ``data.train`` / ``data.eval`` (one spec or a list of them) as a tuple."""
+    return (specs,) if isinstance(specs, str) else tuple(specs)
+
+
+def load_sources(
+    specs: str | Sequence[str], limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Items of one data spec, or of a list of specs concatenated in order, and the count each
+    spec gave (``[{"spec", "items"}]``, for the run record).
+
+    ``limit`` applies to each spec (a mix such as GSM8K + reasoning-gym keeps every source's
+    share predictable). Ids must be unique across the sources: scorecards and predictions are
+    keyed by id.
+    """
+    items: list[dict[str, Any]] = []
+    counts: list[dict[str, Any]] = []
+    first: dict[str, str] = {}
+    for spec in spec_list(specs):
+        loaded = load_items(spec, limit=limit)
+        for item in loaded:
+            if item["id"] in first:
+                raise DataError(f"data spec {spec!r}: item id {item['id']!r} is also in "
+                                f"{first[item['id']]!r}; ids must be unique across a list of specs")
+            first[item["id"]] = spec
+        items.extend(loaded)
+        counts.append({"spec": spec, "items": len(loaded)})
+    return items, counts

@@ -251,6 +251,7 @@ def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> di
         raise BundleError(f"--config {config!r}: file not found; available: "
                           f"{', '.join(available) or 'none'}")
     from kaggle_lib import config as cfg
+    from kaggle_lib.data.datasets import spec_list
 
     try:
         tree = cfg.apply_overrides(cfg.read_yaml(path), overrides)
@@ -259,10 +260,11 @@ def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> di
     except cfg.ConfigError as exc:
         raise BundleError(str(exc)) from None
     for key in ("train", "eval"):
-        spec = getattr(run_config.data, key)
-        if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_absolute():
-            raise BundleError(f"{rel}: data.{key} = {spec!r} is a repo-relative file the bundle "
-                              "does not carry; use builtin: data or an absolute /kaggle/input path")
+        for spec in spec_list(getattr(run_config.data, key)):
+            if spec.startswith("jsonl:") and not Path(spec.removeprefix("jsonl:")).is_absolute():
+                raise BundleError(f"{rel}: data.{key} names {spec!r}, a repo-relative file the "
+                                  "bundle does not carry; use builtin: data or an absolute "
+                                  "/kaggle/input path")
     return {"device": run_config.device, "model": run_config.model.name,
             "model_source": run_config.model.source, "hash": run_config.hash}
 

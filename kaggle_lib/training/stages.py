@@ -23,7 +23,7 @@ from tunix.sft.utils import is_lora_enabled
 from kaggle_lib import auth, distributed, logs
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
-from kaggle_lib.data.datasets import load_items
+from kaggle_lib.data.datasets import load_items, load_sources
 from kaggle_lib.data.reasoning_gym import normalize_text
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
@@ -137,7 +137,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     sft = cfg.train.sft
     loaded = inputs.loaded
     mesh = inputs.mesh
-    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     # An example cut before its answer would teach the model to stop mid-reasoning: drop it
     # (the count is in the manifest's data.n_dropped).
     tokenized = tokenize_items(loaded.tokenizer, items, cfg.data.max_seq_len,
@@ -153,7 +153,8 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
              "length_buckets": list(buckets),
              "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
-    inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items), **stats})
+    inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items),
+                                        "train_sources": sources, **stats})
     log.info(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
           f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
           f"{list(buckets)})")
@@ -254,13 +255,16 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
     cfg = inputs.config
     grpo = cfg.train.grpo
     loaded = inputs.loaded
-    items = load_items(cfg.data.train, limit=cfg.data.train_limit)
+    # The same data.train as SFT: with reasoning-gym items in it, the answer reward scores them
+    # with reasoning-gym's own scorer (rewards.py).
+    items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
                                       instruct=loaded.spec.instruct)
     log.info(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
           f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
           f"rollouts of up to {grpo.max_new_tokens} tokens per step")
-    inputs.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped})
+    inputs.record.update_manifest(data={"grpo_prompts": len(prompts), "grpo_dropped_long": dropped,
+                                        "grpo_sources": sources})
     inputs.add_lora()
     ckpt_dir = inputs.checkpoint_dir("grpo")
 
