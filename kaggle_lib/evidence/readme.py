@@ -102,6 +102,10 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
     return text
 
 
+def _load(values: list[float] | None) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else "unknown"
+
+
 def _sft_losses(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
     records = read_jsonl(Path(run_dir) / METRICS)
     by_step = {r["step"]: r[key] for r in records
@@ -132,6 +136,10 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
         + ", ".join(f"{k} {packages[k]}" for k in TRACKED_PACKAGES
                     if k in ("google-tunix", "jax", "flax", "qwix", "libtpu") and packages.get(k)),
     ]
+    if m.host.load_average_start is not None:  # recorded since issue 14
+        lines.append(f"- host: `{m.host.node or '?'}`, {m.host.cpu_count or '?'} CPUs, load "
+                     f"average (1/5/15 min) {_load(m.host.load_average_start)} at the start, "
+                     f"{_load(m.host.load_average_end)} at the end")
     env = m.environment
     if env and env.notebook_url:
         lines.append(f"- Kaggle notebook: {env.notebook_url}"

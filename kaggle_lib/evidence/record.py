@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import shutil
@@ -84,6 +85,11 @@ class HostInfo(_Section):
     system: str
     machine: str
     node: str | None = None
+    cpu_count: int | None = None
+    # 1/5/15-minute load averages when the run started and when it closed: a run's times mean
+    # little without knowing what else the machine was doing (None where the OS has none).
+    load_average_start: list[float] | None = None
+    load_average_end: list[float] | None = None
 
 
 class Packages(_Section):
@@ -307,6 +313,14 @@ TRACKED_PACKAGES = (
     "numpy", "sentencepiece", "safetensors", "gguf", "transformers", "torch", "papermill",
     "huggingface-hub", "kagglehub", "kaggle", "kaggle-lib",
 )
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, rounded; None where the OS does not have them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def utc_now() -> str:
@@ -562,7 +576,9 @@ class RunRecord:
             started_at=utc_now(),
             git=git_info(),
             python=sys.version.split()[0],
-            host={"system": platform.system(), "machine": platform.machine(), "node": platform.node()},
+            host={"system": platform.system(), "machine": platform.machine(),
+                  "node": platform.node(), "cpu_count": os.cpu_count(),
+                  "load_average_start": load_average()},
             packages=package_versions(),
         )
 
@@ -581,10 +597,11 @@ class RunRecord:
         self.update_manifest(stages={name: entry})
 
     def _closing(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """ended_at and duration_s, from the manifest's own started_at."""
+        """ended_at, duration_s (from the manifest's own started_at) and the closing load."""
         ended = utc_now()
         duration = seconds_between(manifest.get("started_at"), ended)
-        return {"ended_at": ended, "duration_s": duration if duration is not None else 0.0}
+        return {"ended_at": ended, "duration_s": duration if duration is not None else 0.0,
+                "host": {**(manifest.get("host") or {}), "load_average_end": load_average()}}
 
     def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
              details: str = "") -> None:

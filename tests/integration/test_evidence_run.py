@@ -80,6 +80,10 @@ def test_every_record_file_exists_and_the_manifest_validates(tiny) -> None:
     assert {"load_model", "train", "finish"} <= set(m["stages"])
     assert m["metrics"]["sft_steps"] == 4 and "trained_format_exact" in m["metrics"]
     assert m["environment"]["on_kaggle"] is False
+    # what else the machine was doing: load averages when the run started and closed
+    for key in ("load_average_start", "load_average_end"):
+        assert len(m["host"][key]) == 3 and all(x >= 0 for x in m["host"][key]), m["host"]
+    assert m["host"]["cpu_count"] >= 1 and m["host"]["system"]
     assert m["secret_scan"]["hits"] == [] and m["secret_scan"]["files_scanned"] >= 10
     assert m["auth"]["hf_token_source"] == "env:HF_TOKEN"  # found, used for nothing, shown nowhere
 
@@ -108,6 +112,7 @@ def test_readme_and_index_describe_the_run(tiny) -> None:
     text = (run_dir / "README.md").read_text()
     assert "trained **gemma3-tiny**" in text and "**succeeded**" in text
     assert "1 x cpu (cpu)" in text and "LoRA supervised fine-tuning for 4 steps" in text
+    assert "load average (1/5/15 min)" in text and "at the end" in text
     entries = run_index.read_index(run_dir.parent.parent / "index.jsonl")
     assert [e["run_id"] for e in entries] == ["tiny-run"]
     assert entries[0]["status"] == "succeeded" and entries[0]["path"] == "runs/tiny-run"
