@@ -21,11 +21,11 @@ from kaggle_lib.models.tokenizer import load_tokenizer
 from tests.generation_reference import greedy_reference, greedy_reference_batch
 
 NEW_TOKENS = 32
-# Different lengths (3 to 27 tokens with bos, tiny tokenizer): left padding from 0 to 24 slots,
+# Different lengths (3 to 30 tokens with bos, tiny tokenizer): left padding from 0 to 27 slots,
 # more than the sliding window of 8.
 PROMPTS = [
     "Tom has 3 apples.",
-    "What is 12 + 30? Answer with reasoning please, step by step now",
+    "What is 12 + 30? Answer with reasoning, step by step now",
     "Hi",
     "A train leaves at 5 pm",
 ]
