@@ -4,7 +4,7 @@ The notebook calls one function per stage (see `kaggle_lib.pipeline`):
 
     run = kl.start_run(config_path, overrides=..., run_name=..., run_dir=...)
     kl.authenticate(run); kl.load_model(run); kl.evaluate(run, "baseline")
-    kl.train(run); kl.sample(run); kl.evaluate(run, "trained"); kl.finish(run)
+    kl.train(run); kl.evaluate(run, "trained"); kl.sample(run); kl.finish(run)
 
 Importing this package does not import jax: platform flags are set by `start_run` first.
 """

@@ -58,6 +58,8 @@ class Run:
     eval_items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     samples: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    # stage -> the evaluation's generations, in eval-item order (samples reuse them)
+    generations: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     train_results: dict[str, Any] = dataclasses.field(default_factory=dict)
     failed_stage: str | None = None
     last_checkpoint: str | None = None
@@ -356,14 +358,30 @@ def _sample_questions(run: Run) -> list[str]:
     return [item["prompt"] for item in _eval_items(run)[:4]]
 
 
+def _samples_from_evaluation(run: Run, which: str) -> list[Any] | None:
+    """The evaluation's own outputs for the sample questions when sampling would only repeat
+    them: the default questions (the first eval items), greedy, the eval's token budget.
+    Greedy decoding does not depend on the other rows of a batch (tests/integration/
+    test_generation.py), so a second decode would cost a batch of decode steps for the same
+    tokens."""
+    cfg, gens = run.cfg.sample, run.generations.get(which)
+    if gens is None or cfg.prompts or cfg.temperature != 0.0 \
+            or cfg.max_new_tokens != run.cfg.eval.max_new_tokens:
+        return None
+    return gens[: len(_sample_questions(run))]
+
+
 def _generate_samples(run: Run, which: str, generator: Any) -> None:
     sample_cfg = run.cfg.sample
     questions = _sample_questions(run)
-    gens = generator.generate(
-        _prompts(run, questions), max_new_tokens=min(sample_cfg.max_new_tokens, generator.max_new_tokens),
-        temperature=sample_cfg.temperature, top_p=sample_cfg.top_p, top_k=sample_cfg.top_k,
-        seed=sample_cfg.seed, batch_size=run.cfg.eval.batch_size,
-    )
+    gens = _samples_from_evaluation(run, which)
+    if gens is None:
+        gens = generator.generate(
+            _prompts(run, questions),
+            max_new_tokens=min(sample_cfg.max_new_tokens, generator.max_new_tokens),
+            temperature=sample_cfg.temperature, top_p=sample_cfg.top_p, top_k=sample_cfg.top_k,
+            seed=sample_cfg.seed, batch_size=run.cfg.eval.batch_size,
+        )
     run.samples[which] = list(zip(questions, gens, strict=True))
     _write_samples(run)
     for question, gen in run.samples[which]:
@@ -403,6 +421,7 @@ def evaluate(run: Run, which: str = "trained") -> None:
     records = [ev.score_item(item, gen.text, gen.n_tokens, gen.truncated, stage=which)
                for item, gen in zip(items, gens, strict=True)]
     run.records[which] = records
+    run.generations[which] = gens
     # Several processes: each decoded its rows of every batch and the ids were gathered once;
     # the scored records must agree, and only process 0 writes them.
     distributed.check_agreement(f"predictions_{which}", records)

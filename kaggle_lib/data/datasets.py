@@ -48,7 +48,7 @@ FILES_DIR = Path(__file__).resolve().parent / "files"
 SPEC_FORMS = (
     "builtin:train | builtin:eval | builtin:eval_rg | jsonl:<path> | "
     "hf:<repo>[:<config>][@<split>] | kaggle:<owner>/<dataset>/versions/<N>/<file> | "
-    "rg:<mix>[@<seed>]"
+    "rg:<mix>[@<seed>][/op|/place_value]"
 )
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
 # Generated sources register their spec kind here: kind -> (check the body and return it,
@@ -108,6 +108,11 @@ class Item(BaseModel):
     answer: Text
     # Absent is fine (eval items); present must be a non-empty string, so no `| None`.
     reasoning: Text = None  # type: ignore[assignment]
+
+
+def normalize_text(text: str) -> str:
+    """Casefold, keep letters and digits, single spaces: the key for duplicate checks."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", str(text).casefold()).split())
 
 
 def _item_error(error: Any, item: Mapping[str, Any], fields: tuple[str, ...]) -> str:

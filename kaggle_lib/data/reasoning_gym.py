@@ -22,13 +22,21 @@ evaluation use them; SFT needs ``reasoning``: use ``wide_sft`` there).
 ``basic_arithmetic`` and ``chain_sum`` carry their expression: :func:`expression_lines`
 writes one line per operation, innermost first.
 
+Line styles. ``op`` (the default) keeps one line per operation. ``place_value``
+(:func:`place_value_lines`) adds, before each line whose equation is one operation on whole
+numbers, the steps a small model can compute: the second operand's place values added one at
+a time (``97 + 90 = 187``, ``187 + 8 = 195``, then ``97 + 98 = 195``) and multi-digit products
+as partial products (``55 * 20``, ``55 * 6``, their sum in steps). Gemma's tokenizer writes a
+number digit by digit, so a one-line ``8528 - 5771 = 2757`` asks for every borrow at once.
+
 Mixes. A mix maps a family to a weight. ``gsm`` is gsm_symbolic alone; ``wide`` (the TPU
 recipes; GRPO and evaluation) adds arithmetic, logic, counting and algorithmic families and two
 categories of our own that reasoning-gym lacks: ``unit_conversion`` and ``ordering``
 (``ours.<category>``, drawn from the shipped training file). ``wide_sft`` is the part of that
 with worked solutions, plus our knights_knaves, sequence and date_time items (reasoning-gym has
-those tasks, but without worked solutions). The data spec ``rg:<mix>[@<seed>]`` names one, where
-``<mix>`` is a preset name or ``family=weight,...`` (see :func:`parse_mix`).
+those tasks, but without worked solutions). The data spec ``rg:<mix>[@<seed>][/<lines>]`` names
+one, where ``<mix>`` is a preset name or ``family=weight,...`` (see :func:`parse_mix`) and
+``<lines>`` a line style.
 
 Determinism and disjointness. Items depend only on (mix, count, seed). Every generated item
 whose normalised prompt (:func:`normalize_text`) is in the committed evaluation split
@@ -54,6 +62,7 @@ from kaggle_lib.data.datasets import (
     GENERATED_KINDS,
     DataError,
     load_builtin,
+    normalize_text,
     validate_items,
 )
 from kaggle_lib.evaluation import (
@@ -131,11 +140,6 @@ def _import_rg() -> Any:
 # ----------------------------------------------------------------------------- text and lines
 
 
-def normalize_text(text: str) -> str:
-    """Casefold, keep letters and digits, single spaces: the key for duplicate checks."""
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", str(text).casefold()).split())
-
-
 _BULLET = re.compile(r"^\s*(?:[-•*]|\d+[.)])\s+")
 
 
@@ -210,6 +214,75 @@ def expression_lines(expression: str, answer: str) -> list[str] | None:
     if not lines or evaluate_expression(str(answer)) != result:
         return None
     return lines
+
+
+LINE_STYLES = ("op", "place_value")
+
+
+def _place_parts(number: int) -> list[int]:
+    """The nonzero place values of ``number``, largest first, with its sign (-736 -> -700,
+    -30, -6)."""
+    digits = str(abs(number))
+    sign = -1 if number < 0 else 1
+    return [sign * int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
+
+
+def _add_steps(left: int, right: int) -> tuple[list[str], int]:
+    """``left + right`` one place value of ``right`` at a time (``239 + 30 = 269``)."""
+    lines, value = [], left
+    for part in _place_parts(right):
+        lines.append(f"{value} {'+' if part > 0 else '-'} {abs(part)} = {value + part}")
+        value += part
+    return lines, value
+
+
+def operation_steps(left: int, op: str, right: int) -> list[str]:
+    """Lines for one operation in steps a small model can compute, the last one
+    ``left op right = value``.
+
+    ``+``/``-``: the second operand's place values are added (taken away) one at a time
+    (``97 + 98``: ``97 + 90 = 187``, ``187 + 8 = 195``). ``*``: partial products by the place
+    values of the operand with fewer of them, then their sum in the same steps. An operand with
+    a single nonzero place (``700``, ``6``), and division, stay one line.
+    """
+    value = evaluate_expression(f"{left} {op} {right}")
+    assert value is not None and value.denominator == 1, (left, op, right)
+    whole = f"{left} {op} {right} = {value.numerator}"
+    if op in "+-":
+        lines, _ = _add_steps(left, right if op == "+" else -right)
+        return [whole] if len(lines) < 2 else [*lines, whole]
+    if op == "*":
+        big, small = (left, right) if len(_place_parts(right)) <= len(_place_parts(left)) \
+            else (right, left)
+        parts = _place_parts(small)
+        if len(parts) < 2:
+            return [whole]
+        lines = [f"{big} * {part} = {big * part}" for part in parts]
+        total = big * parts[0]
+        for part in parts[1:]:
+            more, total = _add_steps(total, big * part)
+            lines += more
+        return [*lines, whole]
+    return [whole]
+
+
+def _binary_operation(lhs: str) -> tuple[int, str, int] | None:
+    """``"122 - 21"`` -> (122, "-", 21); None unless two whole numbers and one operator."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*", lhs)
+    return (int(match[1]), match[2], int(match[3])) if match else None
+
+
+def place_value_lines(lines: Sequence[str]) -> list[str]:
+    """Rendered reasoning lines with place-value steps (:func:`operation_steps`) before each
+    line whose equation is one operation on whole numbers; the line itself stays last."""
+    out: list[str] = []
+    for line in lines:
+        for match in EQUATION.finditer(line):
+            operation = _binary_operation(match.group("lhs"))
+            if operation is not None:
+                out += operation_steps(*operation)[:-1]
+        out.append(line)
+    return out
 
 
 def _truth(statement: Sequence[Any], world: Sequence[bool]) -> bool:
@@ -409,11 +482,13 @@ def eval_split_prompts(path: Path = EVAL_SPLIT_FILE) -> set[str]:
 
 
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
-                   exclude: Iterable[str] | None = None, id_prefix: str = "rg") -> list[dict]:
+                   exclude: Iterable[str] | None = None, id_prefix: str = "rg",
+                   lines: str = "op") -> list[dict]:
     """``count`` items drawn from ``mix`` (a preset name or family -> weight), deterministic
     for (mix, count, seed). Prompts whose normalised text is in ``exclude`` (default: both
     scorecards' files, the reasoning-gym split and ``builtin:eval``) or already drawn are
-    skipped. Order: shuffled with ``seed``."""
+    skipped. Order: shuffled with ``seed``. ``lines="place_value"`` renders every worked
+    solution with :func:`place_value_lines`."""
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if count < 1:
@@ -439,6 +514,8 @@ def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
                 item = entry_to_item(entry, family, f"{id_prefix}-{family}-{seed}-{index}")
             if item is None or normalize_text(item["prompt"]) in seen:
                 continue
+            if lines == "place_value" and item.get("reasoning"):
+                item["reasoning"] = "\n".join(place_value_lines(item["reasoning"].split("\n")))
             seen.add(normalize_text(item["prompt"]))
             items.append(item)
             taken += 1
@@ -489,20 +566,30 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def check_spec(body: str) -> str:
-    """Check the body of a data spec ``rg:<mix>[@<seed>]`` (no generation) and return it."""
-    mix_text, _, seed_text = body.partition("@")
+def _split_spec(body: str) -> tuple[dict[str, float], int, str]:
+    rest, slash, style = body.partition("/")
+    mix_text, _, seed_text = rest.partition("@")
     if seed_text and not seed_text.isdigit():
         raise DataError(f"data spec 'rg:{body}': the seed after '@' must be an integer >= 0, "
                         f"got {seed_text!r}")
-    parse_mix(mix_text)
+    if slash and style not in LINE_STYLES:
+        raise DataError(f"data spec 'rg:{body}': the line style after '/' must be one of "
+                        f"{', '.join(LINE_STYLES)}, got {style!r}")
+    return parse_mix(mix_text), int(seed_text or 0), style or "op"
+
+
+def check_spec(body: str) -> str:
+    """Check the body of a data spec ``rg:<mix>[@<seed>][/<lines>]`` (no generation) and
+    return it. ``<lines>``: ``op`` (one line per operation, the default) or ``place_value``."""
+    _split_spec(body)
     return body
 
 
 def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
-    """Items for the data spec ``rg:<mix>[@<seed>]``; ``limit`` is the count (default 1000)."""
-    mix_text, _, seed_text = check_spec(body).partition("@")
-    return generate_items(parse_mix(mix_text), limit or 1000, seed=int(seed_text or 0))
+    """Items for the data spec ``rg:<mix>[@<seed>][/<lines>]``; ``limit`` is the count
+    (default 1000)."""
+    mix, seed, style = _split_spec(body)
+    return generate_items(mix, limit or 1000, seed=seed, lines=style)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -519,4 +606,4 @@ def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
     return reasoning_gym_score(answer, item)
 
 
-GENERATED_KINDS["rg"] = (check_spec, load_spec)  # the data spec rg:<mix>[@<seed>]
+GENERATED_KINDS["rg"] = (check_spec, load_spec)  # the data spec rg:<mix>[@<seed>][/<lines>]

@@ -106,7 +106,8 @@ def _load(values: list[float] | None) -> str:
     return " / ".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 
-def _sft_losses(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
+def _curve(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) of one metric of one stage in metrics.jsonl, by step."""
     records = read_jsonl(Path(run_dir) / METRICS)
     by_step = {r["step"]: r[key] for r in records
                if r.get("stage") == stage and isinstance(r.get(key), int | float)}
@@ -115,9 +116,9 @@ def _sft_losses(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tu
 
 def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     model = m.model
-    lines = [f"# Run {m.run_id}", "", plain_summary(m, _sft_losses(run_dir),
-                                                      _sft_losses(run_dir, "sft_validation",
-                                                                  "val_loss")), ""]
+    lines = [f"# Run {m.run_id}", "", plain_summary(m, _curve(run_dir),
+                                                      _curve(run_dir, "sft_validation",
+                                                             "val_loss")), ""]
     if m.status == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]

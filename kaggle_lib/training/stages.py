@@ -23,8 +23,7 @@ from tunix.sft.utils import is_lora_enabled
 from kaggle_lib import auth, distributed, logs
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
-from kaggle_lib.data.datasets import load_items, load_sources
-from kaggle_lib.data.reasoning_gym import normalize_text
+from kaggle_lib.data.datasets import load_items, load_sources, normalize_text
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
 from kaggle_lib.models.remat import remat

@@ -30,8 +30,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline.load_model(run)
     pipeline.evaluate(run, "baseline")
     pipeline.train(run)
-    pipeline.sample(run)
     pipeline.evaluate(run, "trained")
+    pipeline.sample(run)
     pipeline.finish(run)
     assert json.loads((run_dir / "run_manifest.json").read_text())["status"] == "succeeded"
     return run_dir

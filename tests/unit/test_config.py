@@ -9,7 +9,8 @@ import yaml
 
 from kaggle_lib.config import ConfigError, RunConfig, load_config, parse_duration
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))  # configs/ablations/ too
 
 
 def write(tmp_path: Path, tree: dict, name: str = "c.yaml") -> Path:
@@ -21,7 +22,7 @@ def write(tmp_path: Path, tree: dict, name: str = "c.yaml") -> Path:
 BASE = {"model": {"name": "gemma3-tiny", "source": "random"}}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)

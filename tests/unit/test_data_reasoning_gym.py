@@ -199,3 +199,50 @@ def test_counting_and_text_renderers() -> None:
                                              "conclusion": "All cats breathe",
                                              "is_valid": True}, "Yes")[-1] == \
         'So "All cats breathe" follows.'
+
+
+def test_operation_steps_by_place_value() -> None:
+    assert rgdata.operation_steps(97, "+", 98) == ["97 + 90 = 187", "187 + 8 = 195", "97 + 98 = 195"]
+    assert rgdata.operation_steps(-461, "+", 736) == [
+        "-461 + 700 = 239", "239 + 30 = 269", "269 + 6 = 275", "-461 + 736 = 275"]
+    assert rgdata.operation_steps(770, "-", -933) == [
+        "770 + 900 = 1670", "1670 + 30 = 1700", "1700 + 3 = 1703", "770 - -933 = 1703"]
+    # partial products by the operand with fewer nonzero places, then their sum in steps
+    assert rgdata.operation_steps(55, "*", -26) == [
+        "55 * -20 = -1100", "55 * -6 = -330", "-1100 - 300 = -1400", "-1400 - 30 = -1430",
+        "55 * -26 = -1430"]
+    assert rgdata.operation_steps(12, "*", 305) == [
+        "12 * 300 = 3600", "12 * 5 = 60", "3600 + 60 = 3660", "12 * 305 = 3660"]
+    assert rgdata.operation_steps(45, "*", 123) == [
+        "123 * 40 = 4920", "123 * 5 = 615", "4920 + 600 = 5520", "5520 + 10 = 5530",
+        "5530 + 5 = 5535", "45 * 123 = 5535"]
+    # one nonzero place, and division, stay one line
+    assert rgdata.operation_steps(406, "+", 700) == ["406 + 700 = 1106"]
+    assert rgdata.operation_steps(3, "-", 0) == ["3 - 0 = 3"]
+    assert rgdata.operation_steps(5808, "/", 16) == ["5808 / 16 = 363"]
+
+
+def test_place_value_lines_keep_every_line_and_check_out() -> None:
+    lines = ["Of the 122 pupils, 21 are girls, so 122 - 21 = 101 boys.", "2 * 7 = 14",
+             "So 0.5 * 30 = 15.0 liters."]
+    assert rgdata.place_value_lines(lines) == [
+        "122 - 20 = 102", "102 - 1 = 101", lines[0], lines[1], lines[2]]
+    items = rgdata.generate_items("wide_sft", 48, seed=3, lines="place_value")
+    plain = rgdata.generate_items("wide_sft", 48, seed=3)
+    assert [i["prompt"] for i in items] == [i["prompt"] for i in plain]  # same problems
+    longer = 0
+    for item, before in zip(items, plain, strict=True):
+        found, correct = check_reasoning_lines(item["reasoning"])
+        assert found == correct, item  # every step is right
+        assert item["reasoning"].split("\n")[-1] == before["reasoning"].split("\n")[-1]
+        assert set(before["reasoning"].split("\n")) <= set(item["reasoning"].split("\n"))
+        longer += item["reasoning"] != before["reasoning"]
+    assert longer >= 10
+
+
+def test_rg_spec_line_style() -> None:
+    items = load_items("rg:chain_sum@4/place_value", limit=3)
+    assert items == rgdata.generate_items("chain_sum", 3, seed=4, lines="place_value")
+    assert items != load_items("rg:chain_sum@4", limit=3)
+    with pytest.raises(DataError, match=r"after '/' must be one of op, place_value, got 'digits'"):
+        load_items("rg:chain_sum@4/digits", limit=3)

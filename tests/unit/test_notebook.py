@@ -48,5 +48,5 @@ def test_every_code_cell_is_one_short_library_call() -> None:
         assert isinstance(call, ast.Call), cell.source
         assert isinstance(call.func, ast.Attribute) and call.func.value.id == "kl", cell.source
         stages.append(call.func.attr)
-    assert stages == ["start_run", "authenticate", "load_model", "evaluate", "train", "sample",
-                      "evaluate", "finish"]
+    assert stages == ["start_run", "authenticate", "load_model", "evaluate", "train", "evaluate",
+                      "sample", "finish"]
