@@ -34,7 +34,8 @@ recipes; GRPO and evaluation) adds arithmetic, logic, counting and algorithmic f
 categories of our own that reasoning-gym lacks: ``unit_conversion`` and ``ordering``
 (``ours.<category>``, drawn from the shipped training file). ``wide_sft`` is the part of that
 with worked solutions, plus our knights_knaves, sequence and date_time items (reasoning-gym has
-those tasks, but without worked solutions). The data spec ``rg:<mix>[@<seed>][/<lines>]`` names
+those tasks, but without worked solutions); ``wide_sft_arith`` weighs its arithmetic families 3
+instead of 1. The data spec ``rg:<mix>[@<seed>][/<lines>]`` names
 one, where ``<mix>`` is a preset name or ``family=weight,...`` (see :func:`parse_mix`) and
 ``<lines>`` a line style.
 
@@ -117,6 +118,9 @@ MIXES: dict[str, dict[str, float]] = {
         "ours.date_time": 0.5,
     },
 }
+# wide_sft with the arithmetic families at weight 3 (33% of the problems instead of 14%): the
+# long CPU recipe's mix (configs/cpu_gemma3_270m_long.yaml says why).
+MIXES["wide_sft_arith"] = {**MIXES["wide_sft"], "basic_arithmetic": 3.0, "chain_sum": 3.0}
 
 # Evaluation split: seed and per-family counts (128 items over 4 sections).
 EVAL_SEED = 14_014

@@ -246,3 +246,12 @@ def test_rg_spec_line_style() -> None:
     assert items != load_items("rg:chain_sum@4", limit=3)
     with pytest.raises(DataError, match=r"after '/' must be one of op, place_value, got 'digits'"):
         load_items("rg:chain_sum@4/digits", limit=3)
+
+
+def test_wide_sft_arith_is_wide_sft_with_arithmetic_weighed_up() -> None:
+    wide, arith = rgdata.parse_mix("wide_sft"), rgdata.parse_mix("wide_sft_arith")
+    assert {k: v for k, v in arith.items() if k not in ("basic_arithmetic", "chain_sum")} == {
+        k: v for k, v in wide.items() if k not in ("basic_arithmetic", "chain_sum")}
+    shares = rgdata.quotas(arith, 2000)
+    assert shares["basic_arithmetic"] == shares["chain_sum"] == 333  # 3 / 18 of 2000
+    assert shares["gsm_symbolic"] == 444
