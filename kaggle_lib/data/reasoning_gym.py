@@ -247,32 +247,34 @@ def operation_steps(left: int, op: str, right: int) -> list[str]:
     ``+``/``-``: the second operand's place values are added (taken away) one at a time
     (``97 + 98``: ``97 + 90 = 187``, ``187 + 8 = 195``). ``*``: partial products by the place
     values of the operand with fewer of them, then their sum in the same steps. An operand with
-    a single nonzero place (``700``, ``6``), and division, stay one line.
+    a single nonzero place (``700``, ``6``), and division, stay one line. ValueError unless
+    the result is a whole number.
     """
     value = evaluate_expression(f"{left} {op} {right}")
-    assert value is not None and value.denominator == 1, (left, op, right)
+    if value is None or value.denominator != 1:
+        raise ValueError(f"{left} {op} {right}: not a whole number")
     whole = f"{left} {op} {right} = {value.numerator}"
     if op in "+-":
         lines, _ = _add_steps(left, right if op == "+" else -right)
         return [whole] if len(lines) < 2 else [*lines, whole]
-    if op == "*":
-        big, small = (left, right) if len(_place_parts(right)) <= len(_place_parts(left)) \
-            else (right, left)
-        parts = _place_parts(small)
-        if len(parts) < 2:
-            return [whole]
-        lines = [f"{big} * {part} = {big * part}" for part in parts]
-        total = big * parts[0]
-        for part in parts[1:]:
-            more, total = _add_steps(total, big * part)
-            lines += more
-        return [*lines, whole]
-    return [whole]
+    if op != "*":
+        return [whole]
+    big, small = (left, right) if len(_place_parts(right)) <= len(_place_parts(left)) \
+        else (right, left)
+    parts = _place_parts(small)
+    if len(parts) < 2:
+        return [whole]
+    lines = [f"{big} * {part} = {big * part}" for part in parts]
+    total = big * parts[0]
+    for part in parts[1:]:
+        more, total = _add_steps(total, big * part)
+        lines += more
+    return [*lines, whole]
 
 
 def _binary_operation(lhs: str) -> tuple[int, str, int] | None:
-    """``"122 - 21"`` -> (122, "-", 21); None unless two whole numbers and one operator."""
-    match = re.fullmatch(r"\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*", lhs)
+    """``"122 - 21"`` -> (122, "-", 21); None unless two whole numbers and one of + - *."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*", lhs)
     return (int(match[1]), match[2], int(match[3])) if match else None
 
 

@@ -224,9 +224,9 @@ def test_operation_steps_by_place_value() -> None:
 
 def test_place_value_lines_keep_every_line_and_check_out() -> None:
     lines = ["Of the 122 pupils, 21 are girls, so 122 - 21 = 101 boys.", "2 * 7 = 14",
-             "So 0.5 * 30 = 15.0 liters."]
+             "So 0.5 * 30 = 15.0 liters.", "Each gets 10 / 4 = 2.5 cakes."]
     assert rgdata.place_value_lines(lines) == [
-        "122 - 20 = 102", "102 - 1 = 101", lines[0], lines[1], lines[2]]
+        "122 - 20 = 102", "102 - 1 = 101", *lines]  # decimals and division stay as they are
     items = rgdata.generate_items("wide_sft", 48, seed=3, lines="place_value")
     plain = rgdata.generate_items("wide_sft", 48, seed=3)
     assert [i["prompt"] for i in items] == [i["prompt"] for i in plain]  # same problems
