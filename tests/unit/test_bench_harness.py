@@ -43,3 +43,16 @@ def test_missing_or_failed_measurements_are_none_not_invented() -> None:
     assert summary["sft_4x1024_peak_rss_gb"] is None  # oom: no RSS figure to claim
     assert summary["gen_tokens_identical"] is False  # never claimed without a comparison
     assert summary["mfu"] is None
+
+
+def test_steady_steps_leave_out_compiles_their_echo_and_the_last_step() -> None:
+    import sft_speed
+
+    # ours at 4x256 with buckets (768, 512, 1024, 768, ...): steps 0-2 compile, step 3 holds
+    # the tail of step 2's compilation, the last runs to the end of training.
+    first = [True, True, True, False, False, False, False, False]
+    assert sft_speed.steady_steps(first) == [4, 5, 6]
+    # Tunix's recipe: one shape.
+    assert sft_speed.steady_steps([True, False, False, False, False]) == [2, 3]
+    # Too short to leave anything out: every step counts rather than none.
+    assert sft_speed.steady_steps([True, False]) == [0, 1]
