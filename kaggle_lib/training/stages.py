@@ -22,7 +22,13 @@ from tunix.sft.utils import is_lora_enabled
 
 from kaggle_lib import auth, distributed, logs
 from kaggle_lib.config import LoraSection, RunConfig
-from kaggle_lib.data.batching import SFTBatches, TokenizedSet, padding_stats, tokenize_items
+from kaggle_lib.data.batching import (
+    SFTBatches,
+    TokenizedSet,
+    packed_padding_fraction,
+    padding_stats,
+    tokenize_items,
+)
 from kaggle_lib.data.datasets import load_items, load_sources, normalize_text
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
@@ -145,18 +151,22 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     # Several processes: each builds only its rows; the global batch is assembled on devices.
     rows = distributed.local_rows(sft.batch_size, mesh) if distributed.is_multiprocess() else None
     batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
-                         pad_id=loaded.tokenizer.pad_id(), rows=rows)
+                         pad_id=loaded.tokenizer.pad_id(), rows=rows, packing=cfg.data.packing)
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
     stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
              "length_buckets": list(buckets),
              "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
+    if cfg.data.packing:
+        stats["padding_fraction_packed"] = round(packed_padding_fraction(batches), 4)
     inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items),
                                         "train_sources": sources, **stats})
     log.info(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
           f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
-          f"{list(buckets)})")
+          f"{list(buckets)})" + (f"; packed: {stats['padding_fraction_packed']:.1%}, "
+                                 f"{batches.steps_per_epoch} steps per epoch"
+                                 if cfg.data.packing else ""))
 
     validation = validation_batches(inputs, items, buckets, rows)
 

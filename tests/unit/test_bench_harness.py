@@ -56,3 +56,17 @@ def test_steady_steps_leave_out_compiles_their_echo_and_the_last_step() -> None:
     assert sft_speed.steady_steps([True, False, False, False, False]) == [2, 3]
     # Too short to leave anything out: every step counts rather than none.
     assert sft_speed.steady_steps([True, False]) == [0, 1]
+
+
+def test_ours_is_the_faster_shipped_setting_at_4x256() -> None:
+    sft = [_sft("ours", 4, 256, real_tok_s=120.0, model_flops_per_s=30e9),
+           _sft("ours_packed", 4, 256, real_tok_s=150.0, model_flops_per_s=36e9),
+           _sft("ours_packed", 4, 1024, real_tok_s=999.0),  # another shape: not a candidate
+           _sft("tunix", 4, 256, real_tok_s=50.0)]
+    summary = harness.summary(sft, {}, {"peak_flop_s": 100e9})
+    assert summary["sft_real_tok_s_ours"] == 150.0
+    assert summary["sft_real_tok_s_ratio_vs_tunix_4x256"] == 3.0
+    assert summary["mfu"] == 0.36
+    assert harness.best_ours_4x256(sft)["impl"] == "ours_packed"
+    assert harness.best_ours_4x256(sft[:1] + sft[3:])["impl"] == "ours"
+    assert harness.best_ours_4x256(sft[3:]) == {}
