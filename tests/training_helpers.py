@@ -73,20 +73,22 @@ def single_device_mesh() -> Any:
 
 
 def tiny_batches(batch_size: int = 8, max_len: int = 128, n_items: int = 64, seed: int = 0,
-                 spec: str = "builtin:train", num_epochs: int | None = None) -> Any:
+                 spec: str = "builtin:train", num_epochs: int | None = None,
+                 packing: bool = False) -> Any:
     from kaggle_lib.data.batching import SFTBatches, tokenize_items
     from kaggle_lib.data.datasets import load_items
 
     items = load_items(spec, limit=n_items)
     data = tokenize_items(tiny_tokenizer(), items, max_len, instruct=False)
     return SFTBatches(data, batch_size, seed=seed, length_buckets=(max_len,),
-                      pad_id=0, num_epochs=num_epochs)
+                      pad_id=0, num_epochs=num_epochs, packing=packing)
 
 
 def train_tiny(
     mesh: Any, base: Any, *, steps: int, checkpoint_dir: Path | None = None,
     checkpoint_every: int = 1000, on_step: Any = None, lora: bool = True,
-    learning_rate: float = 3e-3, chunk: int = 128, validate_every: int = 50, **kwargs: Any,
+    learning_rate: float = 3e-3, chunk: int = 128, validate_every: int = 50,
+    batches: Any = None, **kwargs: Any,
 ) -> Any:
     """LoRA SFT of a copy of `base` on `mesh` through the real `run_sft`."""
     from kaggle_lib.config import LoraSection, SftSection
@@ -100,7 +102,7 @@ def train_tiny(
     sft = SftSection(max_steps=steps, learning_rate=learning_rate, warmup_steps=1,
                      loss_chunk_size=chunk, validate_every=validate_every)
     return model, run_sft(
-        model, tiny_batches(), sft, mesh=mesh,
+        model, tiny_batches() if batches is None else batches, sft, mesh=mesh,
         checkpointing=CheckpointSettings(checkpoint_dir, every=checkpoint_every),
         on_step=on_step or (lambda record: None), **kwargs,
     )

@@ -193,3 +193,24 @@ def test_validation_loss_before_training_and_every_k_steps(base_model: Any) -> N
     assert result.validation == [(r["step"], r["val_loss"]) for r in validation]
     assert validation[-1]["val_loss"] != validation[0]["val_loss"]
     assert [r["step"] for r in records if r["stage"] == "sft"] == [1, 2, 3, 4]
+
+
+def test_packed_batches_train_through_run_sft_on_a_sharded_mesh(base_model: Any) -> None:
+    """data.packing's batches go through Tunix's trainer (their segment ids sharded with the
+    rest of the batch) to model_inputs: step 1's loss is the packed batch's loss computed
+    here independently, and training moves it."""
+    from kaggle_lib.training.loss import sft_loss
+    from kaggle_lib.training.sft import model_inputs
+
+    packed = th.tiny_batches(packing=True, max_len=512)
+    first = packed.batch_at(0)
+    assert first["segment_ids"].max() >= 2  # several examples share a row
+    expected = float(sft_loss(base_model, **model_inputs(first), chunk_size=128)[0])
+    records: list[dict[str, Any]] = []
+    _, result = th.train_tiny(make_mesh(8, 1), base_model, steps=3, batches=packed,
+                              on_step=records.append)
+    losses = [r["loss"] for r in records if r["stage"] == "sft"]
+    assert result.steps_done == 3 and len(losses) == 3
+    # LoRA starts as a no-op (B = 0): step 1's loss is the base model's on the packed batch.
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    assert losses[-1] < losses[0]
