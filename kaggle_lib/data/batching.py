@@ -285,7 +285,9 @@ class SFTBatches:
     @property
     def steps_per_epoch(self) -> int:
         if self.packing:
-            # Packing depends on the lengths only (ties aside), so every epoch has as many rows.
+            # First-fit decreasing decides on lengths only, so every epoch packs the same row
+            # shapes (equal-length examples trade places); epochs differ by which examples fill
+            # them and by the row shuffle into batches.
             return len(self._plan(0))
         n = len(self._lengths)
         return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
