@@ -55,6 +55,48 @@ def build_model(config: Any, family: str = "gemma3", seed: int = 0) -> Any:
     return registry.tunix_model_class(family)(config, rngs=nnx.Rngs(params=seed))
 
 
+def random_gemma3(vocab: int = 256) -> Any:
+    """A tiny float32 Gemma 3 with every weight random (Tunix's init leaves the MLPs at zero,
+    so their gradients would not count): for tests comparing losses and gradients."""
+    import jax
+    from flax import nnx
+
+    config = tiny_config_for_vocab(vocab)
+    model = build_model(config, seed=1)
+    for index, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+        key = jax.random.key(index)
+        variable.set_value(jax.random.normal(key, variable.get_value().shape) * 0.2)
+    return model
+
+
+def tiny_config_for_vocab(vocab: int) -> Any:
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from kaggle_lib.models import registry
+
+    return dataclasses.replace(registry.tiny_config("gemma3", vocab), param_dtype=jnp.float32)
+
+
+def small_sft_inputs(vocab: int = 256) -> dict[str, Any]:
+    """Model inputs of 2 rows x 24 random tokens, the second padded from 18, loss from 7."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from kaggle_lib.training.sft import model_inputs
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, vocab, size=(2, 24)).astype(np.int32)
+    tokens[:, 0] = 2
+    tokens[1, 18:] = 0
+    segment = (tokens != 0).astype(np.int32)
+    loss_mask = segment.copy()
+    loss_mask[:, :7] = 0
+    return model_inputs({"input_tokens": jnp.asarray(tokens), "input_mask": jnp.asarray(loss_mask),
+                         "segment_mask": jnp.asarray(segment)})
+
+
 def on_mesh(base: Any, mesh: Any) -> Any:
     """An independent copy of `base` placed per its sharding annotations on `mesh`."""
     from flax import nnx

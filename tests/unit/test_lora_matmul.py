@@ -3,7 +3,6 @@ through qwix's real Linear-layer path in a tiny Gemma 3, and qwix is left as it 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -12,11 +11,11 @@ import numpy as np
 from flax import nnx
 from qwix._src.providers import lora as qwix_lora
 
-from kaggle_lib.models import registry
 from kaggle_lib.training import lora_matmul
 from kaggle_lib.training.lora_matmul import lora_delta_2d, lora_matmul_gradients
 from kaggle_lib.training.loss import sft_loss
-from kaggle_lib.training.sft import apply_lora, model_inputs
+from kaggle_lib.training.sft import apply_lora
+from tests import training_helpers as th
 
 VOCAB = 256
 
@@ -34,11 +33,7 @@ def test_lora_delta_2d_matches_autodiff() -> None:
 
 
 def _model() -> nnx.Module:
-    config = dataclasses.replace(registry.tiny_config("gemma3", VOCAB), param_dtype=jnp.float32)
-    model = registry.tunix_model_class("gemma3")(config, rngs=nnx.Rngs(params=1))
-    for index, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
-        variable.set_value(jax.random.normal(jax.random.key(index),
-                                             variable.get_value().shape) * 0.2)
+    model = th.random_gemma3(VOCAB)
     # MLP-only LoRA: the Linear (dot_general) path; its B starts at zero in qwix, so give the
     # adapters values too or dA would be zero and prove nothing.
     model = apply_lora(model, rank=4, alpha=8.0, target_modules=".*gate_proj|.*up_proj|.*down_proj")
@@ -49,15 +44,7 @@ def _model() -> nnx.Module:
 
 
 def _batch() -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(4, VOCAB, size=(2, 24)).astype(np.int32)
-    tokens[:, 0] = 2
-    tokens[1, 18:] = 0
-    segment = (tokens != 0).astype(np.int32)
-    loss_mask = segment.copy()
-    loss_mask[:, :7] = 0
-    return model_inputs({"input_tokens": jnp.asarray(tokens), "input_mask": jnp.asarray(loss_mask),
-                         "segment_mask": jnp.asarray(segment)})
+    return th.small_sft_inputs(VOCAB)
 
 
 def _loss_and_grads(model: nnx.Module, batch: dict[str, Any]) -> tuple[Any, Any, str]:

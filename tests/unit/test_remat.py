@@ -3,7 +3,6 @@ and the model is left as it was; the config rejects unknown policies."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -16,31 +15,18 @@ from kaggle_lib.config import LoraSection, TrainSection
 from kaggle_lib.models import registry
 from kaggle_lib.models.remat import REMAT_POLICIES, late_checkpoint, remat
 from kaggle_lib.training.loss import sft_loss
-from kaggle_lib.training.sft import apply_lora, model_inputs
+from kaggle_lib.training.sft import apply_lora
+from tests import training_helpers as th
 
 VOCAB = 256
 
 
 def _batch() -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(4, VOCAB, size=(2, 24)).astype(np.int32)
-    tokens[:, 0] = 2
-    tokens[1, 18:] = 0
-    segment = (tokens != 0).astype(np.int32)
-    loss_mask = segment.copy()
-    loss_mask[:, :7] = 0
-    return model_inputs({"input_tokens": jnp.asarray(tokens), "input_mask": jnp.asarray(loss_mask),
-                         "segment_mask": jnp.asarray(segment)})
+    return th.small_sft_inputs(VOCAB)
 
 
 def _gemma3() -> nnx.Module:
-    config = dataclasses.replace(registry.tiny_config("gemma3", VOCAB), param_dtype=jnp.float32)
-    model = registry.tunix_model_class("gemma3")(config, rngs=nnx.Rngs(params=1))
-    # Tunix's init leaves MLPs at zero: give every weight a value so the MLP's gradient counts.
-    for index, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
-        key = jax.random.key(index)
-        variable.set_value(jax.random.normal(key, variable.get_value().shape) * 0.2)
-    return model
+    return th.random_gemma3(VOCAB)
 
 
 def _loss_and_grads(model: nnx.Module, batch: dict[str, Any], wrt: Any) -> tuple[Any, Any, str]:

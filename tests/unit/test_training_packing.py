@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ from kaggle_lib.data.batching import (
     packed_padding_fraction,
     plan_packed_epoch,
 )
-from kaggle_lib.models import registry
 from kaggle_lib.training.loss import sft_loss
 from kaggle_lib.training.sft import model_inputs, packed_positions_and_mask
+from tests import training_helpers as th
 
 VOCAB = 256
 
@@ -113,12 +112,7 @@ def test_packed_positions_restart_and_mask_keeps_examples_apart() -> None:
 
 
 def _model() -> nnx.Module:
-    config = dataclasses.replace(registry.tiny_config("gemma3", VOCAB), param_dtype=jnp.float32)
-    model = registry.tunix_model_class("gemma3")(config, rngs=nnx.Rngs(params=1))
-    for index, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
-        variable.set_value(jax.random.normal(jax.random.key(index),
-                                             variable.get_value().shape) * 0.2)
-    return model
+    return th.random_gemma3(VOCAB)
 
 
 def _loss(model: nnx.Module, batch: dict[str, Any]) -> float:
