@@ -23,10 +23,8 @@ Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,51 +42,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 class EvalError(KaggleLibError, Exception):
     """A problem with the inputs of `eval` (exit status 2); the message says what to fix."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m kaggle_lib eval",
-        description="Evaluate a finished run's trained model (latest SFT checkpoint) on a jsonl "
-                    "of items {id, section, category, difficulty, prompt, answer}.",
-    )
-    parser.add_argument("--run-dir", required=True, type=Path, help="the finished run directory")
-    parser.add_argument("--data", required=True, type=Path, help="jsonl file of evaluation items")
-    parser.add_argument("--model", choices=MODELS, default="trained",
-                        help="trained (default): the run's latest SFT checkpoint; base: the "
-                             "untrained weights it started from")
-    parser.add_argument("--few-shot", action="store_true",
-                        help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
-    parser.add_argument("--out-name", default=None,
-                        help="output folder name under <run>/eval/ (default: the data file stem, "
-                             "plus -baseline or -baseline_fewshot for --model base)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="default: the run's eval.max_new_tokens")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: the run's eval.batch_size")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m kaggle_lib eval ...` (argv without the word `eval`)."""
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
-        return int(exc.code or 0)
-    try:
-        summary = evaluate_run(args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
-                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                               model=args.model, few_shot=args.few_shot)
-    except EvalError as exc:
-        log.error(f"eval: error: {exc}")
-        return 2
-    from kaggle_lib import evaluation as ev
-
-    log.info(ev.format_scorecard_table(summary))
-    log.info(f"eval: wrote {summary['meta']['out_dir']}/{{{PREDICTIONS},{SUMMARY}}}")
-    log.info(json.dumps(final_line(summary)))
-    return 0
 
 
 def final_line(summary: dict[str, Any]) -> dict[str, Any]:
@@ -309,6 +262,3 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     ev.write_summary(out_dir / SUMMARY, summary)
     return summary
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,9 +17,7 @@ package.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -187,54 +185,3 @@ def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None
     return {"handle": handle, "uploaded_at": evidence.utc_now(), "local_dir": str(local_dir),
             "files": files, "license": license_name,
             "url": f"https://www.kaggle.com/models/{parts[0]}/{parts[1]}"}
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kaggle_lib package", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, help="evidence/runs/<run_id>")
-    parser.add_argument("--out", type=Path, help="zip path (default: <run_dir>.zip)")
-    parser.add_argument("--with-checkpoints", action="store_true", help="include checkpoints/")
-    parser.add_argument("--with-exports", action="store_true", help="include export/")
-    parser.add_argument("--verify", type=Path, metavar="ZIP", help="check a package's checksums")
-    parser.add_argument("--upload", metavar="HANDLE",
-                        help="Kaggle Model handle owner/model/framework/variation")
-    parser.add_argument("--upload-dir", default="export/orbax",
-                        help="directory to upload, relative to the run dir (default export/orbax)")
-    parser.add_argument("--license", default="Gemma", help="Kaggle Models license name")
-    parser.add_argument("--notes", default="", help="version notes for the upload")
-    args = parser.parse_args(argv)
-    if args.verify:
-        problems = verify_package(args.verify)
-        for problem in problems:
-            log.info(f"FAIL {problem}")
-        log.info(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-        return 1 if problems else 0
-    if not args.run_dir:
-        parser.error("--run-dir is required (or --verify ZIP)")
-    try:
-        if args.upload:
-            result = upload_model(args.run_dir / args.upload_dir, args.upload,
-                                  license_name=args.license or None, version_notes=args.notes)
-            if result is not None:
-                evidence.RunRecord(args.run_dir).update_manifest(kaggle_model=result)
-                log.info(f"uploaded {len(result['files'])} files to {result['url']}")
-        out = build_package(args.run_dir, args.out, with_checkpoints=args.with_checkpoints,
-                            with_exports=args.with_exports)
-    except PackageError as exc:
-        log.error(f"package: {exc}")
-        return 1
-    problems = verify_package(out)
-    with zipfile.ZipFile(out) as zf:
-        count = len(zf.namelist())
-    log.info(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
-          f"sha256 {sha256_hex(out)}; checksums {'OK' if not problems else problems}")
-    return 0 if not problems else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -4,7 +4,8 @@
     python scripts/kaggle_push.py --path . --dry-run
     python scripts/kaggle_push.py --path . --wait --timeout 30000
 
-Same as `python -m kaggle_lib push`. See docs/KAGGLE.md; exit codes in kaggle_lib/kaggle/push.py.
+Same as `python -m kaggle_lib push` (kaggle_lib.cli). See docs/KAGGLE.md; exit codes in
+kaggle_lib/kaggle/push.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 # Runs from a checkout without `pip install -e .` too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kaggle_lib.kaggle.push import main  # noqa: E402
+from kaggle_lib.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["push", *sys.argv[1:]]))

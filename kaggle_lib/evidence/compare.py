@@ -16,9 +16,7 @@ Exit codes: 0 no regression, 1 overall accuracy dropped by more than the thresho
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -386,65 +384,3 @@ def format_regressions(result: CompareResult, limit: int = 50) -> str:
     if result.unmatched_ids:
         lines.append(f"{len(result.unmatched_ids)} id(s) scored in A are missing from B")
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m kaggle_lib compare",
-        description="Compare evaluation scores of runs (exit 1 when accuracy regressed).",
-    )
-    parser.add_argument("runs", nargs="*", help="A B (B against A) or one RUN (baseline vs trained)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="allowed absolute drop in overall accuracy (default 0.02)")
-    parser.add_argument("--png", help="write a per-category accuracy chart here")
-    parser.add_argument("--baseline", metavar="RUN", help="compare RUN against the marked baseline")
-    parser.add_argument("--mark-baseline", metavar="RUN", help="mark RUN as the baseline")
-    parser.add_argument("--evidence-root", default="evidence",
-                        help="where baseline.json lives (default: evidence)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry; `argv` are the arguments after `compare`. Returns the exit code."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
-
-    modes = sum([bool(args.runs), args.baseline is not None, args.mark_baseline is not None])
-    if modes != 1 or len(args.runs) > 2:
-        parser.print_usage(sys.stderr)
-        log.error("error: give A B, one RUN, --baseline RUN or --mark-baseline RUN")
-        return 2
-    try:
-        if args.mark_baseline is not None:
-            out = mark_baseline(args.mark_baseline, args.evidence_root)
-            log.info("baseline marked: %s -> %s", args.mark_baseline, out)
-            return 0
-        if args.baseline is not None:
-            result = compare_to_baseline(args.baseline, args.evidence_root, args.threshold)
-        elif len(args.runs) == 2:
-            result = compare_runs(args.runs[0], args.runs[1], threshold=args.threshold)
-        else:
-            result = compare_runs(args.runs[0], args.runs[0], threshold=args.threshold,
-                                  a_stage="baseline", b_stage="trained")
-        log.info("%s\n\n%s", result.table, format_regressions(result))
-        if args.png:
-            log.info("chart: %s", plot_category_accuracy(result, args.png))
-    except (CompareError, OSError) as exc:
-        log.error("error: %s", exc)
-        return 2
-    drop = result.accuracy_a - result.accuracy_b
-    if result.regressed:
-        log.info("REGRESSION: accuracy %s -> %s (drop %.1fpp > threshold %.1fpp)",
-                 fmt_rate(result.accuracy_a), fmt_rate(result.accuracy_b), 100 * drop,
-                 100 * result.threshold)
-        return 1
-    log.info("OK: accuracy %s -> %s (threshold %.1fpp)", fmt_rate(result.accuracy_a),
-             fmt_rate(result.accuracy_b), 100 * result.threshold)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,9 +28,7 @@ import yaml
 from kaggle_lib import auth, logs
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.bundle import (
-    DEFAULT_CONFIG,
     MAX_SENT_BYTES,
-    REPO_ROOT,
     Bundle,
     BundleError,
     BundleOptions,
@@ -424,50 +422,6 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of the push command (shared by scripts/kaggle_push.py and `kaggle_lib push`)."""
-    parser.add_argument("--path", type=Path, default=Path("."),
-                        help="folder holding kernel-metadata.json (default: .)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="config under configs/ baked into the notebook "
-                             f"(default {DEFAULT_CONFIG})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override baked in as a parameter (repeatable; YAML value)")
-    parser.add_argument("--run-name", default="", help="run name baked in as a parameter")
-    parser.add_argument("--owner", default=None,
-                        help="Kaggle username for the kernel id (default: $KAGGLE_USERNAME, "
-                             "else the owner in kernel-metadata.json)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="bundle folder (default: build/kaggle/<slug>)")
-    parser.add_argument("--skip-install", action="store_true",
-                        help="leave out the pip install cell (images that already have the pins)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate and build the bundle only; no credentials, no network")
-    parser.add_argument("--wait", action="store_true",
-                        help="poll the new version until it ends, then download its outputs")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help=f"seconds to wait with --wait (default {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--version", type=int, default=None,
-                        help="do not push: wait for / fetch this existing version")
-    parser.add_argument("--evidence-dir", type=Path, default=REPO_ROOT / "evidence" / "kaggle",
-                        help="outputs go to <dir>/<slug>/v<N>/ (default evidence/kaggle)")
-    parser.add_argument("--repo-root", type=Path, default=REPO_ROOT,
-                        help="repository whose kaggle_lib/, configs/ and pins are bundled "
-                             "(default: the one this kaggle_lib comes from)")
-    parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_S,
-                        help="first poll interval in seconds; it grows x1.5 per poll")
-    parser.add_argument("--max-poll-interval", type=float, default=DEFAULT_MAX_POLL_S)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kaggle_push.py",
-        description="Validate and build the self-contained Kaggle bundle, push it as a new "
-                    "kernel version, optionally wait for it and download its outputs.")
-    return add_push_arguments(parser)
-
-
 def _owner(args: argparse.Namespace) -> str | None:
     return args.owner or os.environ.get("KAGGLE_USERNAME") or None
 
@@ -579,8 +533,3 @@ def _run(args: argparse.Namespace) -> int:
                           f"log and outputs in {dest}")
     _log(f"{label} COMPLETE; {len(files)} file(s) in {dest}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/kaggle_push.py."""
-    return run_push(build_parser().parse_args(argv))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kaggle_lib import eval_cli
+from kaggle_lib import cli, eval_cli
 from kaggle_lib import evaluation as ev
 from kaggle_lib.data.datasets import write_jsonl
 
@@ -53,7 +53,7 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
     data = tmp_path / "heldout.jsonl"
     write_jsonl(data, [{k: trained[i][k] for k in ev.ITEM_FIELDS} for i in reversed(ids)])
 
-    code = eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+    code = cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--batch-size", "2"])
     assert code == 0
     out = finished_run / "eval" / "heldout"
@@ -75,14 +75,14 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
     assert meta["restored"] == "lora" and meta["batch_size"] == 2 and meta["max_new_tokens"] == 16
 
     # --out-name and --limit: a second folder with the first two items only.
-    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+    assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--out-name", "first2", "--limit", "2"]) == 0
     first2 = ev.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)
     assert [r["output"] for r in first2] == [r["output"] for r in records[:2]]
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], message: str) -> None:
-    assert eval_cli.main(argv) == 2
+    assert cli.main(["eval", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err, err
 
@@ -105,7 +105,7 @@ def test_clear_errors(finished_run: Path, tmp_path: Path,
            "no such file")
     _fails(["--run-dir", str(finished_run), "--data", str(good), "--out-name", "../x"], capsys,
            "--out-name")
-    assert eval_cli.main(["--run-dir", str(finished_run)]) == 2  # --data is required
+    assert cli.main(["eval", "--run-dir", str(finished_run)]) == 2  # --data is required
     capsys.readouterr()
     assert not (finished_run / "eval" / "good").exists()
 
@@ -128,7 +128,7 @@ def test_relative_run_dir_as_docs_show_it(finished_run: Path, tmp_path: Path,
     data = finished_run.parent / "one.jsonl"
     write_jsonl(data, [{k: trained[first][k] for k in ev.ITEM_FIELDS}])
     monkeypatch.chdir(finished_run.parent)
-    assert eval_cli.main(["--run-dir", finished_run.name, "--data", "one.jsonl"]) == 0
+    assert cli.main(["eval", "--run-dir", finished_run.name, "--data", "one.jsonl"]) == 0
     [record] = ev.read_predictions(finished_run / "eval" / "one" / eval_cli.PREDICTIONS)
     assert record["output"] == trained[first]["output"]
 
@@ -143,7 +143,7 @@ def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_pa
     data = tmp_path / "items.jsonl"
     write_jsonl(data, [{k: baseline[i][k] for k in ev.ITEM_FIELDS} for i in ids])
 
-    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+    assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--model", "base", "--batch-size", "4"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = finished_run / "eval" / "items-baseline"
@@ -163,7 +163,7 @@ def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_pa
     assert last["out_dir"] == str(out)
 
     # --few-shot: the few-shot prompt, its own stage and folder.
-    assert eval_cli.main(["--run-dir", str(finished_run), "--data", str(data),
+    assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--model", "base", "--few-shot", "--limit", "2"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["stage"] == "baseline_fewshot" and last["n"] == 2

@@ -357,8 +357,8 @@ def test_dry_run_needs_no_credentials_and_no_network(tmp_path: Path, repo: Path)
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from kaggle_lib.kaggle.push import main\n"
-        f"rc = main(['--path', {str(repo)!r}, '--repo-root', {str(repo)!r}, '--dry-run',\n"
+        "from kaggle_lib.cli import main\n"
+        f"rc = main(['push', '--path', {str(repo)!r}, '--repo-root', {str(repo)!r}, '--dry-run',\n"
         f"           '--config', 'configs/tpu_standin.yaml', '--out', {str(tmp_path / 'b')!r}])\n"
         "assert 'kaggle' not in sys.modules, 'the kaggle client was imported'\n"
         "sys.exit(rc)\n")

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kaggle_lib import auth, evidence, package
+from kaggle_lib import auth, cli, evidence, package
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_verify_catches_tampering(run_dir: Path, tmp_path: Path, change: dict, a
     _rewrite_zip(good, bad, change, add)
     problems = package.verify_package(bad)
     assert any(expected in p for p in problems), problems
-    assert package.main(["--verify", str(bad)]) == 1
+    assert cli.main(["package", "--verify", str(bad)]) == 1
 
 
 def test_package_refuses_a_record_with_a_secret(run_dir: Path, tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_upload_sends_every_file_to_kaggle_models(run_dir: Path, kaggle_env: Pat
     with FakeKaggleModels() as fake:
         monkeypatch.setenv("HTTP_PROXY", fake.url)
         monkeypatch.setenv("http_proxy", fake.url)
-        assert package.main(["--run-dir", str(run_dir), "--upload", "tester/gemma-reasoning/jax/tiny",
+        assert cli.main(["package", "--run-dir", str(run_dir), "--upload", "tester/gemma-reasoning/jax/tiny",
                              "--notes", "test upload", "--out", str(run_dir.parent / "p.zip")]) == 0
     methods = [c["method"] for c in fake.calls]
     assert methods[:2] == ["GetModel", "CreateModel"]

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_lib import __main__ as cli
-from kaggle_lib import auth
+from kaggle_lib import auth, cli
 
 TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyz0123456789"
 KAGGLE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # legacy Kaggle key: 32 hex, not token-shaped

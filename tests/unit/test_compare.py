@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_lib import cli
 from kaggle_lib.evaluation import score_item, summarize, write_predictions, write_summary
-from kaggle_lib.evidence import compare
 from kaggle_lib.evidence.compare import (
     CompareError,
     compare_runs,
@@ -201,16 +201,16 @@ def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     same = make_run(tmp_path, "run_same", ALL - {9})  # -10pp
     worse = make_run(tmp_path, "run_worse", {0, 1, 2})
 
-    assert compare.main([str(a), str(worse), "--png", str(tmp_path / "c.png")]) == 1
+    assert cli.main(["compare", str(a), str(worse), "--png", str(tmp_path / "c.png")]) == 1
     out = capsys.readouterr().out
     assert "accuracy by_category" in out and "REGRESSION" in out
     assert "7 regressed item(s)" in out and "q3 [math/algebra] expected '3'" in out
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
-    assert compare.main([str(a), str(same), "--threshold", "0.15"]) == 0
+    assert cli.main(["compare", str(a), str(same), "--threshold", "0.15"]) == 0
     out = capsys.readouterr().out
     assert "OK: accuracy 100.0% -> 90.0%" in out and "1 regressed item(s)" in out
-    assert compare.main([str(a), str(same)]) == 1  # default threshold 0.02
+    assert cli.main(["compare", str(a), str(same)]) == 1  # default threshold 0.02
     capsys.readouterr()
 
 
@@ -219,25 +219,25 @@ def test_main_baseline_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     a = make_run(evidence / "runs", "a", ALL)
     worse = make_run(evidence / "runs", "worse", {0})
     root = ["--evidence-root", str(evidence)]
-    assert compare.main(["--baseline", str(worse), *root]) == 2  # nothing marked yet
+    assert cli.main(["compare", "--baseline", str(worse), *root]) == 2  # nothing marked yet
     assert "no baseline marked" in capsys.readouterr().err
-    assert compare.main(["--mark-baseline", str(a), *root]) == 0
+    assert cli.main(["compare", "--mark-baseline", str(a), *root]) == 0
     assert "baseline marked" in capsys.readouterr().out
-    assert compare.main(["--baseline", str(a), *root]) == 0
-    assert compare.main(["--baseline", str(worse), *root]) == 1
+    assert cli.main(["compare", "--baseline", str(a), *root]) == 0
+    assert cli.main(["compare", "--baseline", str(worse), *root]) == 1
     capsys.readouterr()
 
 
 def test_main_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = make_run(tmp_path, "a", ALL, baseline_ok={0})
-    assert compare.main([]) == 2
-    assert compare.main([str(a), str(a), str(a)]) == 2
-    assert compare.main([str(a), "--mark-baseline", str(a)]) == 2
-    assert compare.main([str(a), str(tmp_path / "missing")]) == 2
+    assert cli.main(["compare"]) == 2
+    assert cli.main(["compare", str(a), str(a), str(a)]) == 2
+    assert cli.main(["compare", str(a), "--mark-baseline", str(a)]) == 2
+    assert cli.main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
-    assert compare.main([str(a), str(a), "--threshold", "abc"]) == 2  # argparse error
-    assert compare.main([str(a), str(a), "--threshold", "1.5"]) == 2
+    assert cli.main(["compare", str(a), str(a), "--threshold", "abc"]) == 2  # argparse error
+    assert cli.main(["compare", str(a), str(a), "--threshold", "1.5"]) == 2
     capsys.readouterr()
     # One run: its baseline stage (10%) vs trained stage (100%).
-    assert compare.main([str(a)]) == 0
+    assert cli.main(["compare", str(a)]) == 0
     assert "a [baseline]" in capsys.readouterr().out
