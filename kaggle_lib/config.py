@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from kaggle_lib.data.datasets import SPEC_FORMS, DataError, parse_spec, spec_list
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.errors import KaggleLibError, cut, format_validation_error, shorten
 from kaggle_lib.hashing import sha256_hex
 
 _DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
@@ -58,17 +58,6 @@ MAX_TOKENS = 32768  # sequence / prompt / generation lengths: Gemma's longest co
 # but one 32k row of 262k-vocabulary logits is already ~32 GiB: beyond any device here
 MAX_ITEMS = 10**9
 MAX_SEED = 2**32 - 1  # numpy and JAX PRNG seeds are unsigned 32-bit
-MESSAGE_VALUE_CHARS = 200  # values quoted in error messages are cut to this many characters
-
-
-def shorten(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
-    """repr(value), cut to `limit` characters so that an error message stays readable."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def cut(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class _Section(BaseModel):
@@ -298,37 +287,6 @@ class RunConfig(_Section):
         return sha256_hex(canonical)
 
 
-def _allowed_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at `loc` (the parent of an unknown key)."""
-    cls: Any = model_cls
-    for part in loc:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(
-            field.annotation, BaseModel
-        ):
-            return []
-        cls = field.annotation
-    return sorted(cls.model_fields)
-
-
-def _describe(errors: list[dict[str, Any]], source: str) -> str:
-    lines = [f"invalid config {source}:"]
-    for err in errors:
-        loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "<top level>"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(RunConfig, loc[:-1])
-            lines.append(f"  {key}: unknown key (value {shorten(value)}); allowed keys here: "
-                         f"{', '.join(allowed)}")
-        elif err["type"] == "missing":
-            lines.append(f"  {key}: required key is missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key} = {shorten(value)}: {cut(msg, 2 * MESSAGE_VALUE_CHARS)}")
-    return "\n".join(lines)
-
-
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -411,7 +369,8 @@ def validate_config(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors(), source)) from None
+        raise ConfigError(format_validation_error(exc, f"invalid config {source}:",
+                                                  model=RunConfig)) from None
 
 
 def check_files(config: RunConfig, source: str) -> None:

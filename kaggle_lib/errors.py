@@ -7,6 +7,7 @@ Every error class of the package subclasses `KaggleLibError` and keeps its built
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 DEFAULT_HINT = "Read the traceback below; the stage and the error say where it broke."
@@ -49,3 +50,78 @@ def hint_for(error: BaseException) -> str:
     if isinstance(error, KaggleLibError):
         return error.hint
     return FOREIGN_HINTS.get(kind, DEFAULT_HINT)
+
+
+# ------------------------------------------------------------------ pydantic validation errors
+
+MESSAGE_VALUE_CHARS = 200  # values quoted in error messages are cut to this many characters
+
+
+def cut(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was, so a message stays readable."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shorten(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """repr(value), cut to `limit` characters."""
+    return cut(repr(value), limit)
+
+
+def allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:
+    """Field names the pydantic `model` allows at `loc` (the parent of an unknown key), in the
+    order the model defines them."""
+    cls = model
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type) or not hasattr(
+            field.annotation, "model_fields"
+        ):
+            return []
+        cls = field.annotation
+    return list(cls.model_fields) if cls is not None else []
+
+
+def _key(loc: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in loc) or "<top level>"
+
+
+def format_validation_error(
+    errors: Any,
+    header: str | None = None,
+    *,
+    model: Any = None,
+    explain: Callable[[dict[str, Any]], str | None] | None = None,
+    bullet: str = "  ",
+    group_unknown: bool = False,
+) -> str:
+    """pydantic's errors (a ValidationError or its `.errors()`) as one message: `header` (the
+    file or item), then one line per error naming the key, its value and what is allowed.
+
+    An unknown key lists the keys `model` allows there (`group_unknown`: all unknown keys on one
+    line); a missing key says so; any other error is `key = value: pydantic's message`, the
+    value cut to MESSAGE_VALUE_CHARS. `explain(error)` may return the line for an error itself
+    (a field's allowed values in the caller's words); "" drops the error, None keeps the rule.
+    """
+    errors = [dict(e) for e in (errors.errors() if hasattr(errors, "errors") else errors)]
+    lines: list[str] = []
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if group_unknown and unknown:
+        lines.append(f"unknown key(s) {', '.join(sorted(_key(e['loc']) for e in unknown))}; "
+                     f"allowed keys: {', '.join(allowed_keys(model, unknown[0]['loc'][:-1]))}")
+    for err in errors:
+        line = explain(err) if explain else None
+        if line is None:
+            loc, value = tuple(err["loc"]), err.get("input")
+            if err["type"] == "extra_forbidden":
+                line = "" if group_unknown else (
+                    f"{_key(loc)}: unknown key (value {shorten(value)}); allowed keys here: "
+                    f"{', '.join(sorted(allowed_keys(model, loc[:-1])))}")
+            elif err["type"] == "missing":
+                line = f"{_key(loc)}: required key is missing"
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+                line = f"{_key(loc)} = {shorten(value)}: {cut(message, 2 * MESSAGE_VALUE_CHARS)}"
+        if line:
+            lines.append(line)
+    body = [bullet + line for line in lines]
+    return "\n".join(body if header is None else [header, *body])

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.errors import KaggleLibError, format_validation_error
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 # "unrated" is for external data that carries no difficulty (GSM8K).
@@ -115,21 +115,25 @@ def normalize_text(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", str(text).casefold()).split())
 
 
-def _item_error(error: Any, item: Mapping[str, Any], fields: tuple[str, ...]) -> str:
-    """One pydantic error as 'field <name> ...: what is allowed'."""
-    name = str(error["loc"][0])
-    value = item.get(name)
-    kind = error["type"]
-    problem = error.get("ctx", {}).get("error")
-    if kind == "missing":
-        return f"missing field {name!r}; required fields: {', '.join(fields)}"
-    if isinstance(problem, _Blank):
-        return f"field {name!r} is empty"
-    if isinstance(problem, _NotALabel) or kind == "literal_error":
-        allowed = problem if kind != "literal_error" else f"allowed: {', '.join(DIFFICULTIES)}"
-        return f"field {name!r} = {value!r} is not allowed; {allowed}"
-    hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
-    return f"field {name!r} must be a string, got {type(value).__name__} {value!r}{hint}"
+def _explain_item(item: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
+    """Each pydantic error about an item as 'field <name> ...: what is allowed'."""
+
+    def explain(error: dict[str, Any]) -> str:
+        name = str(error["loc"][0])
+        value = item.get(name)
+        kind = error["type"]
+        problem = error.get("ctx", {}).get("error")
+        if kind == "missing":
+            return f"missing field {name!r}; required fields: {', '.join(fields)}"
+        if isinstance(problem, _Blank):
+            return f"field {name!r} is empty"
+        if isinstance(problem, _NotALabel) or kind == "literal_error":
+            allowed = problem if kind != "literal_error" else f"allowed: {', '.join(DIFFICULTIES)}"
+            return f"field {name!r} = {value!r} is not allowed; {allowed}"
+        hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
+        return f"field {name!r} must be a string, got {type(value).__name__} {value!r}{hint}"
+
+    return explain
 
 
 def validate_item(
@@ -151,7 +155,8 @@ def validate_item(
         errors.append({"loc": ("reasoning",), "type": "missing"})
     if errors:
         first = min(errors, key=lambda e: e["type"] != "missing")  # missing fields first
-        raise DataError(f"{where}: {_item_error(first, item, fields)}")
+        raise DataError(f"{where}: " + format_validation_error(
+            [first], explain=_explain_item(item, fields), bullet=""))
     return dict(item)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.errors import KaggleLibError, format_validation_error
 
 METADATA_FILE = "kernel-metadata.json"
 
@@ -232,30 +232,27 @@ _ALLOWED = {
 }
 
 
-def _describe(errors: list[Any], meta: dict[str, Any]) -> list[str]:
-    """pydantic's errors as 'key = value: what is allowed' lines; unknown keys on one line."""
-    lines: list[str] = []
-    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
-    if unknown:
-        lines.append(f"unknown key(s) {', '.join(unknown)}; "
-                     f"allowed keys: {', '.join(KernelMetadata.model_fields)}")
-    for error in errors:
+def _explain(meta: dict[str, Any]) -> Any:
+    """Lines for the errors our validators or pydantic raise about the metadata, naming what
+    each key allows; unknown keys are left to `errors.format_validation_error`."""
+
+    def explain(error: dict[str, Any]) -> str | None:
         loc, kind = error["loc"], error["type"]
         key = str(loc[0])
         where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
         if kind == "extra_forbidden":
-            continue
+            return None
         if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
-            lines.append(str(error["ctx"]["error"]))
-        elif kind == "value_error":
-            lines.append(f"{where} = {error['input']!r}: {error['ctx']['error']}")
-        elif len(loc) > 1:  # a list item of the wrong type
-            lines.append(f"{where} = {error['input']!r}: must be a string")
-        elif key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
-            lines.append(_REQUIRED[key])
-        else:
-            lines.append(f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}")
-    return lines
+            return str(error["ctx"]["error"])
+        if kind == "value_error":
+            return f"{where} = {error['input']!r}: {error['ctx']['error']}"
+        if len(loc) > 1:  # a list item of the wrong type
+            return f"{where} = {error['input']!r}: must be a string"
+        if key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
+            return _REQUIRED[key]
+        return f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}"
+
+    return explain
 
 
 def _cross_key_problems(meta: KernelMetadata, folder: Path | None,
@@ -325,15 +322,16 @@ def validate_metadata(
     `code_file` must exist (skipped when None). `require_tpu` insists on a TPU v5e-8 session
     (the submission kernel).
     """
+    header = f"{source}: invalid kernel metadata:"
     try:
         parsed = KernelMetadata.model_validate(meta)
     except ValidationError as exc:
-        problems = _describe(exc.errors(), meta)
-    else:
-        problems = _cross_key_problems(parsed, folder, require_tpu)
+        raise MetadataError(format_validation_error(
+            exc, header, model=KernelMetadata, explain=_explain(meta), bullet="  - ",
+            group_unknown=True)) from None
+    problems = _cross_key_problems(parsed, folder, require_tpu)
     if problems:
-        raise MetadataError(f"{source}: invalid kernel metadata:\n" + "\n".join(
-            f"  - {p}" for p in problems))
+        raise MetadataError("\n".join([header, *(f"  - {p}" for p in problems)]))
     return _warnings(parsed)
 
 
