@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 
 from kaggle_lib import distributed
+from kaggle_lib.models.tokenizer import check_special_ids
 
-__all__ = ["Generation", "Generator", "StopMatcher", "check_special_ids"]
+__all__ = ["Generation", "Generator", "StopMatcher"]
 
 # Prompts are left-padded to a multiple of this rather than to a power of two (Tunix's default),
 # which can nearly double the prefill; one Generator still compiles once.
@@ -77,36 +78,6 @@ class Generation:
 
 def _round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
-
-
-def check_special_ids(tokenizer: Any, eos_ids: Sequence[int]) -> None:
-    """Raise ValueError for special ids that Tunix's Sampler would silently misuse."""
-    ids: dict[str, Any] = {}
-    for name in ("bos", "eos", "pad"):
-        getter = getattr(tokenizer, f"{name}_id", None)
-        if getter is None:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {name}_id() method")
-        value = getter()
-        if value is None or int(value) < 0:
-            raise ValueError(
-                f"tokenizer reports {name}_id={value}: Tunix's Sampler would feed it as a token "
-                "and never stop (SentencePiece reports -1 when the trainer_spec piece names are "
-                "unset). Load the tokenizer with kaggle_lib.models.tokenizer.load_tokenizer, "
-                "which checks Gemma's ids (pad 0, eos 1, bos 2)."
-            )
-        ids[name] = int(value)
-    if ids["bos"] == 0:
-        raise ValueError("tokenizer reports bos_id=0: Tunix's Sampler only prepends a truthy bos "
-                         "id, so prompts would start without one (Gemma's bos is 2)")
-    if ids["pad"] == ids["bos"]:
-        raise ValueError(f"tokenizer reports pad_id == bos_id == {ids['pad']}: the sampler masks "
-                         "pad tokens, so the bos would be masked out of every prompt")
-    eos = [int(e) for e in eos_ids]
-    if not eos or any(e < 0 for e in eos):
-        raise ValueError(f"eos_ids must be a non-empty list of ids >= 0, got {list(eos_ids)}")
-    if ids["pad"] in eos:
-        # Tunix fills the output buffer with pad: a pad eos would end every row at once.
-        raise ValueError(f"eos_ids {eos} contain the pad id {ids['pad']}")
 
 
 class StopMatcher:
@@ -352,7 +323,7 @@ class Generator:
         from flax import nnx
         from tunix.generate.sampler import CacheConfig
 
-        check_special_ids(tokenizer, eos_ids)
+        check_special_ids(tokenizer, eos_ids=eos_ids)
         if max_prompt_len < 1 or max_new_tokens < 1:
             raise ValueError(f"max_prompt_len ({max_prompt_len}) and max_new_tokens "
                              f"({max_new_tokens}) must be >= 1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -104,41 +105,65 @@ class Tokenizer:
 
 
 def check_special_ids(
-    tokenizer: Tokenizer, expected: Mapping[str, int] | None = None
+    tokenizer: Any, expected: Mapping[str, int] | None = None, *,
+    eos_ids: Sequence[int] | None = None,
 ) -> None:
-    """Raise `TokenizerError` when bos/eos/pad are unset (< 0), out of range or not `expected`."""
-    ids = tokenizer.special_ids()
-    size = tokenizer.vocab_size
+    """Raise `TokenizerError` (a ValueError) for special ids Tunix's Sampler would silently
+    misuse: bos/eos/pad unset (< 0) or outside the vocabulary, or not `expected`. With
+    `eos_ids` (generation's stop ids) also the Sampler's own rules: a truthy bos, pad != bos,
+    and eos ids that are non-empty, >= 0 and not pad. `tokenizer` needs bos_id/eos_id/pad_id."""
+    where = getattr(tokenizer, "source", type(tokenizer).__name__)
+    ids: dict[str, int] = {}
     for name in _REQUIRED:
-        value = ids[name]
-        if value < 0:
+        getter = getattr(tokenizer, f"{name}_id", None)
+        if getter is None:
+            raise TokenizerError(f"tokenizer {type(tokenizer).__name__} has no {name}_id() method")
+        value = getter()
+        if value is None or int(value) < 0:
             raise TokenizerError(
-                f"{tokenizer.source}: tokenizer has no {name} id (sentencepiece reports {value}). "
-                f"SentencePiece derives it from trainer_spec.{name}_piece, which must name a piece "
-                f"of the vocabulary (Gemma: {name}_piece={GEMMA_SPECIAL_PIECES[name]!r}) and "
-                f"trainer_spec.{name}_id must not be -1. Fix: rebuild the model with "
-                f"{name}_piece/{name}_id set (Gemma ids: {GEMMA_SPECIAL_IDS}); without it Tunix's "
-                "Sampler prepends/stops on token -1 and generation never ends."
+                f"{where}: tokenizer has no {name} id (it reports {name}_id={value}: Tunix's "
+                "Sampler would feed it as a token and never stop). SentencePiece derives it from "
+                f"trainer_spec.{name}_piece, which must name a piece of the vocabulary (Gemma: "
+                f"{name}_piece={GEMMA_SPECIAL_PIECES[name]!r}) and trainer_spec.{name}_id must "
+                f"not be -1. Fix: rebuild the model with {name}_piece/{name}_id set (Gemma ids: "
+                f"{GEMMA_SPECIAL_IDS}), and load it with load_tokenizer, which checks them."
             )
-        if value >= size:
+        ids[name] = value = int(value)
+        size = getattr(tokenizer, "vocab_size", None)
+        if size is not None and value >= size:
             raise TokenizerError(
-                f"{tokenizer.source}: tokenizer {name} id {value} is outside the vocabulary "
+                f"{where}: tokenizer {name} id {value} is outside the vocabulary "
                 f"(size {size}); allowed: 0..{size - 1}."
             )
     if expected:
-        unknown = sorted(set(expected) - set(ids))
+        reported = {**ids, "unk": tokenizer.unk_id()}
+        unknown = sorted(set(expected) - set(reported))
         if unknown:
             raise TokenizerError(
-                f"{tokenizer.source}: expected special ids name unknown keys {unknown}; "
-                f"allowed keys: {sorted(ids)}."
+                f"{where}: expected special ids name unknown keys {unknown}; "
+                f"allowed keys: {sorted(reported)}."
             )
-        wrong = {k: (ids[k], int(v)) for k, v in expected.items() if ids[k] != int(v)}
+        wrong = {k: (reported[k], int(v)) for k, v in expected.items() if reported[k] != int(v)}
         if wrong:
             details = ", ".join(f"{k} is {got} but {want} was expected" for k, (got, want) in wrong.items())
             raise TokenizerError(
-                f"{tokenizer.source}: tokenizer special ids do not match the model: {details}. "
+                f"{where}: tokenizer special ids do not match the model: {details}. "
                 "Use the tokenizer.model that belongs to this checkpoint."
             )
+    if eos_ids is None:
+        return
+    if ids["bos"] == 0:
+        raise TokenizerError("tokenizer reports bos_id=0: Tunix's Sampler only prepends a truthy "
+                             "bos id, so prompts would start without one (Gemma's bos is 2)")
+    if ids["pad"] == ids["bos"]:
+        raise TokenizerError(f"tokenizer reports pad_id == bos_id == {ids['pad']}: the sampler "
+                             "masks pad tokens, so the bos would be masked out of every prompt")
+    eos = [int(e) for e in eos_ids]
+    if not eos or any(e < 0 for e in eos):
+        raise TokenizerError(f"eos_ids must be a non-empty list of ids >= 0, got {list(eos_ids)}")
+    if ids["pad"] in eos:
+        # Tunix fills the output buffer with pad: a pad eos would end every row at once.
+        raise TokenizerError(f"eos_ids {eos} contain the pad id {ids['pad']}")
 
 
 def load_tokenizer(
