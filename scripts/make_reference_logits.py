@@ -167,9 +167,10 @@ def make_270m(out_root: Path = OUT_DIR, cache_root: Path | None = None) -> Path:
     import transformers
     from transformers import Gemma3ForCausalLM
 
+    from kaggle_lib.models import loader
     from kaggle_lib.models.gguf_270m import convert_gemma3_270m
 
-    model_dir = convert_gemma3_270m(cache_root)
+    model_dir = convert_gemma3_270m(cache_root or loader.cache_root())
     record = json.loads((model_dir / "conversion.json").read_text())
     tok = load_tokenizer(model_dir)
     model = Gemma3ForCausalLM.from_pretrained(

