@@ -70,8 +70,11 @@ def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
 
 
 def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
-    """transformers `Gemma3TextConfig` for a Tunix Gemma3 config (inverse of
-    `models.hf_compat.tunix_config_from_hf`). Rope is written in both config generations."""
+    """The config.json transformers writes for a Tunix Gemma3 config (inverse of
+    `models.hf_compat.tunix_config_from_hf`): built as transformers' own `Gemma3TextConfig`, so
+    its names, defaults and rope layout (`rope_parameters` per attention type) are transformers'."""
+    from transformers import Gemma3TextConfig  # config classes only: no torch needed
+
     if config.vision_config is not None:
         raise ExportError("vision Gemma 3 configs are not exported; allowed: text-only configs")
     pattern = ["sliding_attention" if t == g3.AttentionType.LOCAL_SLIDING else "full_attention"
@@ -86,45 +89,34 @@ def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: s
         return {"rope_type": "linear", "rope_theta": float(theta), "factor": float(factor)}
 
     eos = list(eos_ids)
-    return {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "vocab_size": config.num_embed,
-        "hidden_size": config.embed_dim,
-        "intermediate_size": config.hidden_dim,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "hidden_activation": "gelu_pytorch_tanh",
+    return Gemma3TextConfig(
+        architectures=["Gemma3ForCausalLM"],
+        vocab_size=config.num_embed,
+        hidden_size=config.embed_dim,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        hidden_activation="gelu_pytorch_tanh",
         # Gemma 3 270M/1B publish 32k positions; the rope-scaled larger models 128k.
-        "max_position_embeddings": 32768 if config.global_scale_factor == 1.0 else 131072,
-        "rms_norm_eps": 1e-6,
-        "pad_token_id": 0,
-        "bos_token_id": 2,
-        "eos_token_id": eos[0] if len(eos) == 1 else eos,
-        "tie_word_embeddings": True,
-        "rope_parameters": {
+        max_position_embeddings=32768 if config.global_scale_factor == 1.0 else 131072,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+        tie_word_embeddings=True,
+        rope_parameters={
             "full_attention": rope(config.global_base_frequency, config.global_scale_factor),
             "sliding_attention": rope(config.local_base_frequency, config.local_scale_factor),
         },
-        "rope_theta": float(config.global_base_frequency),
-        "rope_local_base_freq": float(config.local_base_frequency),
-        "rope_scaling": (None if config.global_scale_factor == 1.0
-                         else {"rope_type": "linear", "factor": float(config.global_scale_factor)}),
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "query_pre_attn_scalar": scalar,
-        "sliding_window": config.sliding_window_size,
-        "layer_types": [pattern[i % len(pattern)] for i in range(config.num_layers)],
-        "final_logit_softcapping": None,
-        "attn_logit_softcapping": None,
-        "use_bidirectional_attention": False,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "dtype": dtype,
-        "torch_dtype": dtype,
-    }
+        query_pre_attn_scalar=scalar,
+        sliding_window=config.sliding_window_size,
+        layer_types=[pattern[i % len(pattern)] for i in range(config.num_layers)],
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        dtype=dtype,
+    ).to_diff_dict()
 
 
 def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
@@ -142,7 +134,9 @@ def _write_side_files(directory: Path, config: g3.ModelConfig, tokenizer: Any, e
                       dtype: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(
-        json.dumps(hf_config(config, eos_ids=eos_ids, dtype=dtype), indent=2) + "\n")
+        # As transformers' save_pretrained writes it.
+        json.dumps(hf_config(config, eos_ids=eos_ids, dtype=dtype), indent=2, sort_keys=True)
+        + "\n")
     eos = list(eos_ids)
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": eos[0] if len(eos) == 1 else eos},

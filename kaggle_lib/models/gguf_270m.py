@@ -62,11 +62,11 @@ def _metadata(reader: Any) -> dict[str, Any]:
 
 
 def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
-    """A `Gemma3TextConfig`-compatible config dict built from GGUF metadata.
-
-    Writes the rope settings both as transformers 5 `rope_parameters` and as the older
-    `rope_theta`/`rope_local_base_freq` keys so both generations of transformers read it.
+    """The config.json transformers writes for the model in GGUF metadata: built as
+    transformers' own `Gemma3TextConfig` (rope settings as `rope_parameters` per attention type).
     """
+    from transformers import Gemma3TextConfig  # config classes only: no torch needed
+
     arch = meta.get("general.architecture")
     if arch != "gemma3":
         raise ConversionError(f"GGUF general.architecture is {arch!r}; allowed: 'gemma3'")
@@ -86,45 +86,35 @@ def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, A
         for i in range(num_layers)
     ]
     rope_theta = float(need("rope.freq_base"))
-    return {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "vocab_size": int(vocab_size),
-        "hidden_size": int(need("embedding_length")),
-        "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": int(need("attention.head_count")),
-        "num_key_value_heads": int(need("attention.head_count_kv")),
-        "head_dim": head_dim,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": int(need("context_length")),
-        "rms_norm_eps": eps,
-        "pad_token_id": int(meta.get("tokenizer.ggml.padding_token_id", 0)),
-        "eos_token_id": int(meta.get("tokenizer.ggml.eos_token_id", 1)),
-        "bos_token_id": int(meta.get("tokenizer.ggml.bos_token_id", 2)),
-        "tie_word_embeddings": True,
-        "rope_theta": rope_theta,
-        "rope_local_base_freq": _ROPE_LOCAL_BASE_FREQ,
-        "rope_scaling": None,
-        "rope_parameters": {
+    return Gemma3TextConfig(
+        architectures=["Gemma3ForCausalLM"],
+        vocab_size=int(vocab_size),
+        hidden_size=int(need("embedding_length")),
+        intermediate_size=int(need("feed_forward_length")),
+        num_hidden_layers=num_layers,
+        num_attention_heads=int(need("attention.head_count")),
+        num_key_value_heads=int(need("attention.head_count_kv")),
+        head_dim=head_dim,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=int(need("context_length")),
+        rms_norm_eps=eps,
+        pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id", 0)),
+        eos_token_id=int(meta.get("tokenizer.ggml.eos_token_id", 1)),
+        bos_token_id=int(meta.get("tokenizer.ggml.bos_token_id", 2)),
+        tie_word_embeddings=True,
+        rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": rope_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE_LOCAL_BASE_FREQ},
         },
-        "attention_bias": False,
-        "attention_dropout": 0.0,
         # Gemma 3 270M scales queries by head_dim ** -0.5 (query_pre_attn_scalar = head_dim).
-        "query_pre_attn_scalar": head_dim,
-        "sliding_window": int(need("attention.sliding_window")),
-        "sliding_window_pattern": _SLIDING_WINDOW_PATTERN,
-        "layer_types": layer_types,
-        "final_logit_softcapping": None,
-        "attn_logit_softcapping": None,
-        "use_bidirectional_attention": False,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": "float32",
-        "dtype": "float32",
-    }
+        query_pre_attn_scalar=head_dim,
+        sliding_window=int(need("attention.sliding_window")),
+        sliding_window_pattern=_SLIDING_WINDOW_PATTERN,
+        layer_types=layer_types,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        dtype="float32",
+    ).to_diff_dict()
 
 
 def sentencepiece_from_gguf(reader: Any) -> bytes:
@@ -274,7 +264,7 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     n_tensors = len(tensors)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     del tensors
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out / "tokenizer.model").write_bytes(sentencepiece_from_gguf(reader))
     record = {
         "format_version": FORMAT_VERSION,
