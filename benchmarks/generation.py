@@ -162,7 +162,7 @@ def prompt_set(name: str) -> list[str]:
     if name == "short":
         return PROMPTS
     from kaggle_lib.data import template
-    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.data.sources import load_items
 
     return [template.format_prompt(item["prompt"], instruct=False)
             for item in load_items("builtin:eval")[:8]]
@@ -176,7 +176,7 @@ def _cases(batch1_prompts: int, prompts: list[str] | None = None) -> list[tuple[
 def eval_check(loaded: Any, new_tokens: int = 128, batch: int = 8) -> None:
     """The notebook's evaluation shape through one Generator: compilations and speed."""
     from kaggle_lib.data import template
-    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.data.sources import load_items
     from kaggle_lib.generation import Generator
 
     items = load_items("builtin:eval")[:48]

@@ -183,7 +183,7 @@ def _run(impl: str, batch: int, length: int, steps: int, loaded: Any, n_params: 
 
     from kaggle_lib.config import SftSection
     from kaggle_lib.data.batching import SFTBatches, tokenize_items
-    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.data.sources import load_items
     from kaggle_lib.mesh import make_mesh
     from kaggle_lib.training.sft import model_inputs, run_sft
     from kaggle_lib.training.stages import length_buckets

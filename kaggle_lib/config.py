@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from kaggle_lib.data.datasets import SPEC_FORMS, DataError, parse_spec, spec_list
+from kaggle_lib.data_spec import SPEC_FORMS, DataError, parse_spec, spec_list
 from kaggle_lib.errors import KaggleLibError, cut, format_validation_error, shorten
 from kaggle_lib.hashing import sha256_hex
 

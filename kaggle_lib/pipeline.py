@@ -24,8 +24,8 @@ from kaggle_lib import auth, distributed, evidence, logs, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
-from kaggle_lib.data.datasets import load_sources
 from kaggle_lib.data.fewshot import format_fewshot_prompt
+from kaggle_lib.data.sources import load_sources
 from kaggle_lib.evidence import close, plots
 from kaggle_lib.models import loader, preflight, registry
 

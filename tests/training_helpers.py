@@ -118,7 +118,7 @@ def tiny_batches(batch_size: int = 8, max_len: int = 128, n_items: int = 64, see
                  spec: str = "builtin:train", num_epochs: int | None = None,
                  packing: bool = False) -> Any:
     from kaggle_lib.data.batching import SFTBatches, tokenize_items
-    from kaggle_lib.data.datasets import load_items
+    from kaggle_lib.data.sources import load_items
 
     items = load_items(spec, limit=n_items)
     data = tokenize_items(tiny_tokenizer(), items, max_len, instruct=False)

@@ -4,20 +4,8 @@ All loaders return items in the project schema (``docs/DESIGN.md``)::
 
     {"id", "section", "category", "difficulty", "prompt", "answer"}  (+ "reasoning" for SFT)
 
-A *data spec* string names where items come from (``load_items``):
-
-- ``builtin:train`` / ``builtin:eval``: the files shipped in ``kaggle_lib/data/files/``.
-- ``jsonl:<path>``: a jsonl file in the project schema.
-- ``hf:<repo>[:<config>][@<split>]``: a HuggingFace dataset via ``datasets.load_dataset``
-  (a hub id such as ``openai/gsm8k`` or a local directory laid out like a hub repo);
-  split defaults to ``train`` and may use HF slicing (``test[:100]``).
-- ``kaggle:<owner>/<dataset>/versions/<N>/<file>``: one csv/jsonl/json/parquet file of a
-  Kaggle dataset via ``kagglehub.dataset_download``. The version is required: runs must be
-  reproducible, and kagglehub resolves an unversioned handle by asking the Kaggle API even
-  when the files are cached.
-
-A config's ``data.train`` / ``data.eval`` may also be a list of specs: their items concatenated
-in order (``load_sources``).
+Which loader a data spec string names (``builtin:``, ``jsonl:``, ``hf:``, ``kaggle:``, ``rg:``)
+is said in ``kaggle_lib.data_spec``; ``kaggle_lib.data.sources`` loads them.
 
 External records are mapped by their columns (``map_record``): GSM8K (``question`` + ``answer``
 ending in ``#### N``), MATH-style (``problem`` + ``solution`` with ``\\boxed{}``, optional
@@ -30,37 +18,22 @@ import csv
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from kaggle_lib.errors import KaggleLibError, format_validation_error
+from kaggle_lib.data_spec import BUILTIN_SPLITS, DataError
+from kaggle_lib.errors import format_validation_error
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "section", "category", "difficulty", "prompt", "answer")
 # "unrated" is for external data that carries no difficulty (GSM8K).
 Difficulty = Literal["easy", "medium", "hard", "unrated"]
 DIFFICULTIES: tuple[str, ...] = get_args(Difficulty)
-BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval", "eval_rg")  # eval_rg: reasoning-gym
 FILES_DIR = Path(__file__).resolve().parent / "files"
-SPEC_FORMS = (
-    "builtin:train | builtin:eval | builtin:eval_rg | jsonl:<path> | "
-    "hf:<repo>[:<config>][@<split>] | kaggle:<owner>/<dataset>/versions/<N>/<file> | "
-    "rg:<mix>[@<seed>][/op|/place_value]"
-)
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")
-# Generated sources register their spec kind here: kind -> (check the body and return it,
-# load(body, limit)). "rg" comes from kaggle_lib.data.reasoning_gym (imported by the package),
-# so this module need not import it (no import cycle).
-GENERATED_KINDS: dict[str, tuple[Callable[[str], str],
-                                 Callable[[str, int | None], list[dict[str, Any]]]]] = {}
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-
-
-class DataError(KaggleLibError, ValueError):
-    """Bad data or data spec; the message names the file or spec, the field and what is allowed."""
 
 
 # ------------------------------------------------------------------------------------- schema
@@ -438,101 +411,3 @@ def load_kaggle(handle: str, file: str, *, limit: int | None = None) -> list[dic
     if not path.is_file():
         raise DataError(f"{source}: kagglehub returned {local}, which has no file {file!r}")
     return _map_all(_read_table(path), source=source, limit=limit)
-
-
-# --------------------------------------------------------------------------------- data specs
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A parsed data spec; see the module docstring for the forms."""
-
-    kind: str  # builtin | jsonl | hf | kaggle
-    name: str  # split, path, repo or kaggle handle (owner/dataset/versions/N)
-    config: str | None = None  # hf config
-    split: str | None = None  # hf split
-    file: str | None = None  # kaggle file inside the dataset
-
-
-def parse_spec(spec: str) -> DataSpec:
-    """Parse a data spec string; raises DataError naming the spec and the allowed forms."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise DataError(f"data spec {spec!r} is not allowed; use one of: {SPEC_FORMS}")
-    kind, _, body = spec.partition(":")
-    if kind == "builtin":
-        if body not in BUILTIN_SPLITS:
-            raise DataError(
-                f"data spec {spec!r}: builtin split must be one of {', '.join(BUILTIN_SPLITS)}"
-            )
-        return DataSpec("builtin", body)
-    if kind == "jsonl":
-        if not body:
-            raise DataError(f"data spec {spec!r}: missing path; use jsonl:<path>")
-        return DataSpec("jsonl", body)
-    if kind == "hf":
-        split = "train"
-        if "@" in body:
-            body, split = body.rsplit("@", 1)
-        repo, _, config = body.partition(":")
-        if not repo or not split or (":" in body and not config):
-            raise DataError(f"data spec {spec!r}: use hf:<repo>[:<config>][@<split>]")
-        return DataSpec("hf", repo, config=config or None, split=split)
-    if kind in GENERATED_KINDS:
-        return DataSpec(kind, GENERATED_KINDS[kind][0](body))
-    if kind == "kaggle":
-        parts = body.split("/")
-        if (len(parts) < 5 or parts[2] != "versions" or not parts[3].isdigit()
-                or not all(parts)):
-            raise DataError(
-                f"data spec {spec!r}: use kaggle:<owner>/<dataset>/versions/<N>/<file> "
-                "(the version number is required so that runs are reproducible)"
-            )
-        return DataSpec("kaggle", "/".join(parts[:4]), file="/".join(parts[4:]))
-    raise DataError(f"data spec {spec!r}: unknown kind {kind!r}; use one of: {SPEC_FORMS}")
-
-
-def load_items(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Load, map and validate the items named by ``spec`` (first ``limit`` items if given)."""
-    if limit is not None and limit < 1:
-        raise DataError(f"data spec {spec!r}: limit must be >= 1 or None, got {limit}")
-    parsed = parse_spec(spec)
-    if parsed.kind == "builtin":
-        return load_builtin(parsed.name, limit=limit)
-    if parsed.kind == "jsonl":
-        return load_jsonl(parsed.name, limit=limit)
-    if parsed.kind in GENERATED_KINDS:
-        return GENERATED_KINDS[parsed.kind][1](parsed.name, limit)
-    if parsed.kind == "hf":
-        return load_hf(parsed.name, parsed.config, parsed.split or "train", limit=limit)
-    assert parsed.file is not None
-    return load_kaggle(parsed.name, parsed.file, limit=limit)
-
-
-def spec_list(specs: str | Sequence[str]) -> tuple[str, ...]:
-    """A config's ``data.train`` / ``data.eval`` (one spec or a list of them) as a tuple."""
-    return (specs,) if isinstance(specs, str) else tuple(specs)
-
-
-def load_sources(
-    specs: str | Sequence[str], limit: int | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Items of one data spec, or of a list of specs concatenated in order, and the count each
-    spec gave (``[{"spec", "items"}]``, for the run record).
-
-    ``limit`` applies to each spec (a mix such as GSM8K + reasoning-gym keeps every source's
-    share predictable). Ids must be unique across the sources: scorecards and predictions are
-    keyed by id.
-    """
-    items: list[dict[str, Any]] = []
-    counts: list[dict[str, Any]] = []
-    first: dict[str, str] = {}
-    for spec in spec_list(specs):
-        loaded = load_items(spec, limit=limit)
-        for item in loaded:
-            if item["id"] in first:
-                raise DataError(f"data spec {spec!r}: item id {item['id']!r} is also in "
-                                f"{first[item['id']]!r}; ids must be unique across a list of specs")
-            first[item["id"]] = spec
-        items.extend(loaded)
-        counts.append({"spec": spec, "items": len(loaded)})
-    return items, counts

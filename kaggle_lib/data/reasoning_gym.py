@@ -36,7 +36,8 @@ categories of our own that reasoning-gym lacks: ``unit_conversion`` and ``orderi
 with worked solutions, plus our knights_knaves, sequence and date_time items (reasoning-gym has
 those tasks, but without worked solutions); ``wide_sft_arith`` weighs its arithmetic families 3
 instead of 1. The data spec ``rg:<mix>[@<seed>][/<lines>]`` names
-one, where ``<mix>`` is a preset name or ``family=weight,...`` (see :func:`parse_mix`) and
+one, where ``<mix>`` is a preset name or ``family=weight,...`` (``data_spec.parse_mix``, where
+the families and presets are listed) and
 ``<lines>`` a line style.
 
 Determinism and disjointness. Items depend only on (mix, count, seed). Every generated item
@@ -58,13 +59,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib.data.datasets import (
-    FILES_DIR,
-    GENERATED_KINDS,
+from kaggle_lib.data.datasets import FILES_DIR, load_builtin, normalize_text, validate_items
+from kaggle_lib.data_spec import (
+    FAMILIES,
+    OURS_PREFIX,
     DataError,
-    load_builtin,
-    normalize_text,
-    validate_items,
+    parse_mix,
+    split_rg_spec,
 )
 from kaggle_lib.evaluation import (
     EQUATION,
@@ -76,52 +77,6 @@ from kaggle_lib.evaluation import (
 )
 
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"
-OURS_PREFIX = "ours."
-
-# family -> section; the category is the family name, so scorecards show it.
-FAMILIES: dict[str, str] = {
-    "gsm_symbolic": "math",
-    "basic_arithmetic": "math",
-    "chain_sum": "math",
-    "knights_knaves": "logic",
-    "syllogism": "logic",
-    "number_sequence": "logic",
-    "leg_counting": "counting",
-    "letter_counting": "counting",
-    "spell_backward": "algorithmic",
-    "word_sorting": "algorithmic",
-    "calendar_arithmetic": "date_time",
-}
-# Our shipped categories kept: unit_conversion and ordering have no reasoning-gym counterpart;
-# knights_knaves, sequence and date_time have one, but without a worked solution, so only ours
-# can teach their reasoning in SFT.
-OURS_CATEGORIES: dict[str, str] = {"unit_conversion": "math", "ordering": "logic",
-                                   "knights_knaves": "logic", "sequence": "logic",
-                                   "date_time": "math"}
-
-MIXES: dict[str, dict[str, float]] = {
-    "gsm": {"gsm_symbolic": 1.0},
-    "wide": {
-        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
-        "knights_knaves": 1.0, "syllogism": 1.0, "number_sequence": 1.0,
-        "leg_counting": 1.0, "letter_counting": 1.0,
-        "spell_backward": 1.0, "word_sorting": 1.0, "calendar_arithmetic": 1.0,
-        "ours.unit_conversion": 1.0, "ours.ordering": 1.0,
-    },
-    # SFT needs a worked solution in every item: the families that have one or get one from
-    # RENDERED, plus our categories reasoning-gym has no worked solution for.
-    "wide_sft": {
-        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
-        "knights_knaves": 1.0, "syllogism": 1.0, "leg_counting": 1.0, "letter_counting": 1.0,
-        "spell_backward": 1.0, "word_sorting": 1.0,
-        "ours.unit_conversion": 0.5, "ours.ordering": 0.5, "ours.sequence": 0.5,
-        "ours.date_time": 0.5,
-    },
-}
-# wide_sft with the arithmetic families at weight 3 (33% of the problems instead of 14%): the
-# long CPU recipe's mix (configs/cpu_gemma3_270m_long.yaml says why).
-MIXES["wide_sft_arith"] = {**MIXES["wide_sft"], "basic_arithmetic": 3.0, "chain_sum": 3.0}
-
 # Evaluation split: seed and per-family counts (128 items over 4 sections).
 EVAL_SEED = 14_014
 EVAL_COUNTS: dict[str, int] = {
@@ -218,9 +173,6 @@ def expression_lines(expression: str, answer: str) -> list[str] | None:
     if not lines or evaluate_expression(str(answer)) != result:
         return None
     return lines
-
-
-LINE_STYLES = ("op", "place_value")
 
 
 def _place_parts(number: int) -> list[int]:
@@ -550,51 +502,10 @@ def build_eval_split(seed: int = EVAL_SEED) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- specs
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """A preset name (``gsm``, ``wide``) or ``family=weight,...`` -> {family: weight}."""
-    allowed = (f"a preset ({', '.join(MIXES)}) or family=weight,... with families from "
-               f"{', '.join(FAMILIES)} and {', '.join(OURS_PREFIX + c for c in OURS_CATEGORIES)}")
-    if text in MIXES:
-        return dict(MIXES[text])
-    mix: dict[str, float] = {}
-    for part in text.split(","):
-        name, eq, weight = part.strip().partition("=")
-        known = name in FAMILIES or name.removeprefix(OURS_PREFIX) in OURS_CATEGORIES and \
-            name.startswith(OURS_PREFIX)
-        try:
-            value = float(weight) if eq else 1.0
-        except ValueError:
-            value = -1.0
-        if not known or value <= 0:
-            raise DataError(f"reasoning-gym mix {text!r}: {part.strip()!r} is not allowed; "
-                            f"use {allowed} (weights > 0)")
-        mix[name] = value
-    return mix
-
-
-def _split_spec(body: str) -> tuple[dict[str, float], int, str]:
-    rest, slash, style = body.partition("/")
-    mix_text, _, seed_text = rest.partition("@")
-    if seed_text and not seed_text.isdigit():
-        raise DataError(f"data spec 'rg:{body}': the seed after '@' must be an integer >= 0, "
-                        f"got {seed_text!r}")
-    if slash and style not in LINE_STYLES:
-        raise DataError(f"data spec 'rg:{body}': the line style after '/' must be one of "
-                        f"{', '.join(LINE_STYLES)}, got {style!r}")
-    return parse_mix(mix_text), int(seed_text or 0), style or "op"
-
-
-def check_spec(body: str) -> str:
-    """Check the body of a data spec ``rg:<mix>[@<seed>][/<lines>]`` (no generation) and
-    return it. ``<lines>``: ``op`` (one line per operation, the default) or ``place_value``."""
-    _split_spec(body)
-    return body
-
-
 def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
     """Items for the data spec ``rg:<mix>[@<seed>][/<lines>]``; ``limit`` is the count
     (default 1000)."""
-    mix, seed, style = _split_spec(body)
+    mix, seed, style = split_rg_spec(body)
     return generate_items(mix, limit or 1000, seed=seed, lines=style)
 
 
@@ -611,5 +522,3 @@ def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
         return 1.0 if answer is not None and any(answers_match(answer, item["answer"])) else 0.0
     return reasoning_gym_score(answer, item)
 
-
-GENERATED_KINDS["rg"] = (check_spec, load_spec)  # the data spec rg:<mix>[@<seed>][/<lines>]

@@ -251,7 +251,7 @@ def _check_config(repo_root: Path, config: str, overrides: dict[str, Any]) -> di
         raise BundleError(f"--config {config!r}: file not found; available: "
                           f"{', '.join(available) or 'none'}")
     from kaggle_lib import config as cfg
-    from kaggle_lib.data.datasets import spec_list
+    from kaggle_lib.data_spec import spec_list
 
     try:
         tree = cfg.apply_overrides(cfg.read_yaml(path), overrides)

@@ -29,7 +29,8 @@ from kaggle_lib.data.batching import (
     padding_stats,
     tokenize_items,
 )
-from kaggle_lib.data.datasets import load_items, load_sources, normalize_text
+from kaggle_lib.data.datasets import normalize_text
+from kaggle_lib.data.sources import load_items, load_sources
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
 from kaggle_lib.models.remat import remat

@@ -23,16 +23,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from kaggle_lib.data.datasets import (
-    DataError,
-    DataSpec,
     last_boxed,
     load_builtin,
-    load_items,
     load_jsonl,
     map_record,
-    parse_spec,
     split_gsm8k_answer,
 )
+from kaggle_lib.data.sources import load_items
+from kaggle_lib.data_spec import DataError, DataSpec, parse_spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 GOOD = {"id": "a-1", "section": "math", "category": "arithmetic", "difficulty": "easy",

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from kaggle_lib.data import reasoning_gym as rgdata
-from kaggle_lib.data.datasets import DataError, load_builtin, load_items
+from kaggle_lib.data.datasets import load_builtin
+from kaggle_lib.data.sources import load_items
+from kaggle_lib.data_spec import MIXES, DataError
 from kaggle_lib.evaluation import check_reasoning_lines
 from kaggle_lib.training.rewards import make_answer_reward
 
@@ -73,7 +75,7 @@ def test_wide_mix_covers_its_families_including_ours() -> None:
     categories = {item["category"] for item in items}
     assert {"gsm_symbolic", "knights_knaves", "leg_counting", "word_sorting",
             "unit_conversion", "ordering"} <= categories
-    assert rgdata.quotas(rgdata.MIXES["wide"], 64)["gsm_symbolic"] == 16
+    assert rgdata.quotas(MIXES["wide"], 64)["gsm_symbolic"] == 16
 
 
 def test_eval_split_file_is_the_generators_output_and_disjoint_from_shipped_data() -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-import kaggle_lib.data  # noqa: F401 - registers the rg: data spec
 from kaggle_lib.config import ConfigError, check_files, load_config, validate_config
-from kaggle_lib.data.datasets import DataError, load_items, load_sources, spec_list
+from kaggle_lib.data.sources import load_items, load_sources
+from kaggle_lib.data_spec import DataError, spec_list
 
 BASE = {"model": {"name": "gemma3-tiny", "source": "random"}}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -1,0 +1,57 @@
+"""Items for a data spec (`kaggle_lib.data_spec`): one loader per spec kind, in one table.
+
+`LOADERS` is the whole registry of spec kinds: a new source adds its loader here (and its
+form to `data_spec`), so nothing is registered by importing a module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kaggle_lib.data import datasets, reasoning_gym
+from kaggle_lib.data_spec import DataError, DataSpec, parse_spec, spec_list
+
+Items = list[dict[str, Any]]
+
+LOADERS: dict[str, Callable[[DataSpec, int | None], Items]] = {
+    "builtin": lambda spec, limit: datasets.load_builtin(spec.name, limit=limit),
+    "jsonl": lambda spec, limit: datasets.load_jsonl(spec.name, limit=limit),
+    "hf": lambda spec, limit: datasets.load_hf(spec.name, spec.config, spec.split or "train",
+                                               limit=limit),
+    "kaggle": lambda spec, limit: datasets.load_kaggle(spec.name, str(spec.file), limit=limit),
+    "rg": lambda spec, limit: reasoning_gym.load_spec(spec.name, limit),
+}
+
+
+def load_items(spec: str, limit: int | None = None) -> Items:
+    """Load, map and validate the items named by ``spec`` (first ``limit`` items if given)."""
+    if limit is not None and limit < 1:
+        raise DataError(f"data spec {spec!r}: limit must be >= 1 or None, got {limit}")
+    parsed = parse_spec(spec)
+    return LOADERS[parsed.kind](parsed, limit)
+
+
+def load_sources(
+    specs: str | Sequence[str], limit: int | None = None
+) -> tuple[Items, list[dict[str, Any]]]:
+    """Items of one data spec, or of a list of specs concatenated in order, and the count each
+    spec gave (``[{"spec", "items"}]``, for the run record).
+
+    ``limit`` applies to each spec (a mix such as GSM8K + reasoning-gym keeps every source's
+    share predictable). Ids must be unique across the sources: scorecards and predictions are
+    keyed by id.
+    """
+    items: list[dict[str, Any]] = []
+    counts: list[dict[str, Any]] = []
+    first: dict[str, str] = {}
+    for spec in spec_list(specs):
+        loaded = load_items(spec, limit=limit)
+        for item in loaded:
+            if item["id"] in first:
+                raise DataError(f"data spec {spec!r}: item id {item['id']!r} is also in "
+                                f"{first[item['id']]!r}; ids must be unique across a list of specs")
+            first[item["id"]] = spec
+        items.extend(loaded)
+        counts.append({"spec": spec, "items": len(loaded)})
+    return items, counts
