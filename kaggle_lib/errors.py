@@ -62,9 +62,9 @@ def cut(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def shorten(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
-    """repr(value), cut to `limit` characters."""
-    return cut(repr(value), limit)
+def shorten(value: Any) -> str:
+    """repr(value), cut to MESSAGE_VALUE_CHARS characters."""
+    return cut(repr(value))
 
 
 def allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:

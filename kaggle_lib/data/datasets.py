@@ -133,15 +133,13 @@ def validate_item(
     return dict(item)
 
 
-def validate_items(
-    items: Iterable[Any], *, source: str, require_reasoning: bool = False
-) -> list[dict[str, Any]]:
+def validate_items(items: Iterable[Any], *, source: str) -> list[dict[str, Any]]:
     """Validate items from ``source`` and check that ids are unique."""
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         where = f"{source}: item {i}"
-        checked = validate_item(item, where=where, require_reasoning=require_reasoning)
+        checked = validate_item(item, where=where)
         if checked["id"] in seen:
             first = seen[checked["id"]]
             raise DataError(f"{where}: duplicate id {checked['id']!r} (first at item {first})")
@@ -332,7 +330,6 @@ def load_hf(
     split: str = "train",
     *,
     limit: int | None = None,
-    cache_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Items from ``datasets.load_dataset(repo, config, split=split)``.
 
@@ -343,7 +340,7 @@ def load_hf(
 
     source = f"hf:{repo}" + (f":{config}" if config else "") + f"@{split}"
     try:
-        ds = datasets.load_dataset(repo, config, split=split, cache_dir=cache_dir)
+        ds = datasets.load_dataset(repo, config, split=split)
     except Exception as e:  # the library raises many types; all mean "cannot load this spec"
         hint = ""
         if isinstance(e, ConnectionError) or "offline" in str(e).lower():

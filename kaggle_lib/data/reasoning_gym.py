@@ -56,7 +56,6 @@ import random
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from kaggle_lib.data.datasets import FILES_DIR, load_builtin, normalize_text, validate_items
@@ -431,12 +430,12 @@ def quotas(mix: Mapping[str, float], count: int) -> dict[str, int]:
     return out
 
 
-def eval_split_prompts(path: Path = EVAL_SPLIT_FILE) -> set[str]:
+def eval_split_prompts() -> set[str]:
     """Normalised prompts of the committed evaluation split (empty if it is not there yet)."""
-    if not path.is_file():
+    if not EVAL_SPLIT_FILE.is_file():
         return set()
     return {normalize_text(json.loads(line)["prompt"])
-            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+            for line in EVAL_SPLIT_FILE.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,

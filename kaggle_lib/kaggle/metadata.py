@@ -42,7 +42,6 @@ RETIRED_SHAPES = {
     "tpuv232": ("TpuV232", "CPU (no accelerator)"),
     "tpuv2256": ("TpuV2256", "CPU (no accelerator)"),
 }
-DEFAULT_PINNING = "original"
 
 SLUG_MIN = 5
 TITLE_MIN = 5

