@@ -50,6 +50,12 @@ def test_overrides_that_are_not_a_mapping_are_refused() -> None:
     assert "must be a mapping" in refused([["overrides", "[1, 2]"]])
 
 
+def test_a_key_given_twice_in_yaml_parameters_is_refused() -> None:
+    # papermill's -y keeps the last value silently; ours names the key and both lines.
+    message = refused([], ["run_name: a\nrun_name: b"])
+    assert "duplicate key 'run_name' on line 2 (first given on line 1)" in message
+
+
 def test_the_one_secret_list_covers_wandb_for_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "WANDB_API_KEY" in auth.SECRET_ENV_VARS
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
