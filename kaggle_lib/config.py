@@ -217,7 +217,7 @@ class TrainSection(_Section):
     resume_from: str | None = None
     max_wall_time: str | None = Field(None, description="e.g. '8h30m'; stops cleanly with a checkpoint.")
     log_every: int = Field(1, ge=1, le=MAX_STEPS)
-    # Recompute activations in the backward pass (kaggle_lib.models.remat; Gemma 3 only).
+    # Recompute activations in the backward pass (kaggle_lib.compat.remat; Gemma 3 only).
     remat: Literal["none", "decoder", "block"] = "none"
 
     @field_validator("max_wall_time")

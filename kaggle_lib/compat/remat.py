@@ -1,5 +1,12 @@
 """Rematerialisation (gradient checkpointing) of a Tunix Gemma 3 model's layers.
 
+Written against google-tunix 0.1.7 and flax 0.12.8 (jax 0.10.2). Changes, for a `with` block:
+the frozen `remat_config` every Gemma 3 module keeps (`block`), or the class of each
+`DecoderLayer` instance, set past nnx's `__setattr__` (`decoder`). Goes away when Tunix takes
+the remat policy as a call or constructor argument of its Gemma 3 model (for `block`), and when
+XLA:CPU keeps `jax.checkpoint` recomputation in the backward pass (for `decoder`); no upstream
+issue filed yet.
+
 `block`: Tunix 0.1.7's Gemma 3 reads `ModelConfig.remat_config` at call time; `BLOCK` wraps the
 attention and the MLP in `nnx.remat`. The config is frozen and each module keeps its own
 reference (attention keeps the value itself), so `remat` swaps them on every module for the
