@@ -1,22 +1,18 @@
-"""Every override, monkeypatch or private read of the libraries kaggle_lib stands on, by concern.
+"""Every override, monkeypatch or private read of the libraries kaggle_lib stands on, one module
+per concern: sampler, trainer, lora_backward, remat, safetensors, jax_backends, jax_distributed,
+kaggle_client. Each says the version it was written against, what it changes and why, and what
+would let it go; nothing outside this package reads another library's private names.
 
-`sampler` (Tunix's Sampler), `trainer` (PeftTrainer's step hooks), `lora_backward` (qwix's LoRA
-delta), `remat` (Tunix Gemma 3 remat), `safetensors` (Tunix's private loader helpers),
-`jax_backends`, `jax_distributed` (jax internals), `kaggle_client` (kagglesdk's HTTP session).
-Each module says the version it was written against, what it changes and why, and what would
-let it go. Nothing outside this package reads another library's private names
-(`private_api_check.py`).
-
-The version guard (here, at import, once per process): the installed versions of the libraries
-those modules touch are compared with the tested ones, `tested_versions.json` in this package
-(generated from requirements.lock by `write_tested_versions`, `make tested-versions`: the lock
-does not travel in the Kaggle bundle, the package does). A mismatch logs one warning naming each
-library, both versions and the overrides at risk; `KAGGLE_LIB_STRICT_VERSIONS=1`, or the config's
-`strict_versions: true` (`check_versions(strict=True)`), makes it a `VersionMismatchError`.
+The version guard runs here, at import (once per process): the installed versions of those
+libraries against `tested_versions.json` (generated from requirements.lock, which the Kaggle
+bundle does not carry: `make tested-versions`). A mismatch logs one warning naming each library,
+both versions and the overrides at risk; KAGGLE_LIB_STRICT_VERSIONS=1 or the config's
+`strict_versions: true` makes it a `VersionMismatchError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -29,10 +25,6 @@ from typing import Any
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.logs import get_logger
 
-__all__ = ["AT_RISK", "STRICT_ENV", "TESTED_VERSIONS", "Mismatch", "VersionMismatchError",
-           "check_versions", "tested_versions", "tested_versions_from_lock",
-           "write_tested_versions"]
-
 log = get_logger(__name__)
 
 STRICT_ENV = "KAGGLE_LIB_STRICT_VERSIONS"
@@ -41,19 +33,19 @@ LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"  # in the repos
 
 # Each library compat touches -> what a different version of it may break.
 AT_RISK: dict[str, tuple[str, ...]] = {
-    "google-tunix": (
-        "compat.sampler (Sampler._sample, _sample_step, _compiled_*_fn, _transformer_state)",
-        "compat.trainer (PeftTrainer._train_step, _post_process_train_step, _may_update_pbar)",
-        "compat.remat (Gemma 3 remat_config, DecoderLayer class swap)",
-        "compat.safetensors (params_safetensors private helpers)"),
+    "google-tunix": ("compat.sampler (Sampler._sample, _sample_step, _compiled_*_fn, "
+                     "_transformer_state)", "compat.trainer (PeftTrainer._train_step, "
+                     "_post_process_train_step, _may_update_pbar)", "compat.remat (Gemma 3 "
+                     "remat_config, DecoderLayer class swap)", "compat.safetensors (private "
+                     "params_safetensors helpers)"),
     "qwix": ("compat.lora_backward (qwix._src.providers.lora._compute_lora_delta)",),
-    "jax": ("compat.jax_backends (jax._src.xla_bridge._backends)",
-            "compat.jax_distributed (jax._src distributed client)",
-            "compat.sampler (jit's _cache_size)", "compat.remat (late_checkpoint's jaxpr replay)"),
+    "jax": ("compat.jax_backends (jax._src.xla_bridge._backends)", "compat.jax_distributed "
+            "(jax._src distributed client)", "compat.sampler (jit's _cache_size)",
+            "compat.remat (late_checkpoint's jaxpr replay)"),
     "jaxlib": ("compat.jax_backends", "compat.jax_distributed",
                "compat.lora_backward (the XLA:CPU layout it works around)"),
-    "flax": ("compat.remat (class swap past nnx __setattr__)",
-             "compat.sampler (nnx.merge of the Sampler's graphdef)"),
+    "flax": ("compat.remat (class swap past nnx __setattr__)", "compat.sampler (nnx.merge of "
+             "the Sampler's graphdef)"),
     "orbax-checkpoint": ("compat.trainer (the non-finite guard's view of Tunix's async saves)",),
     "optax": ("compat.trainer (the progress bar's learning rate)",),
     "kaggle": ("compat.kaggle_client (KaggleApi.build_kaggle_client)",),
@@ -117,10 +109,8 @@ def check_versions(strict: bool | None = None,
     if installed is None:
         installed = {}
         for lib in table:
-            try:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 installed[lib] = importlib.metadata.version(lib)
-            except importlib.metadata.PackageNotFoundError:
-                pass
     found = [Mismatch(lib, installed[lib], entry["version"], tuple(entry["at_risk"]))
              for lib, entry in table.items()
              if lib in installed and installed[lib] != entry["version"]]

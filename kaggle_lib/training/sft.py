@@ -153,12 +153,9 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
 class GuardedPeftTrainer(CheckedPeftTrainer):
     """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed.
 
-    Tunix keeps up to two steps in flight and logs losses a step late, after that step may
-    already be saved. Each step here also returns whether the updated trainable weights are
-    finite (a finite loss can still come with an update that overflows the weights; the hooks
-    into Tunix's step: `compat.trainer`). Finished steps are checked as they complete, without
-    waiting; before a step that will be checkpointed, and at the end, the check waits for every
-    pending step.
+    Each dispatched step's loss and weights check (`compat.trainer`: why) is checked as it
+    completes, without waiting; before a step that will be checkpointed, and at the end, the
+    check waits for every pending step.
     """
 
     def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
