@@ -8,7 +8,7 @@ ARGS   ?=
 KERNEL := kaggle-lib
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint lock bench clean-venv
+.PHONY: setup run test lint lock tested-versions bench clean-venv
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ lock:
 	    | grep -v -e '^-e' -e '^pip==' | LC_ALL=C sort -f ) > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 	$(LOCK_VENV)/bin/pip install --isolated --dry-run --ignore-installed --quiet -r requirements.lock
+	$(MAKE) tested-versions
+
+# kaggle_lib/compat/tested_versions.json from the lock (the Kaggle bundle carries the package,
+# not the lock); tests/unit/test_compat.py fails while the two differ.
+tested-versions:
+	PYTHONPATH=. $(PY) -c 'from kaggle_lib.compat import write_tested_versions as w; print(w())'
 
 # The only target that installs PyTorch (CPU build, PyTorch's index; where that index cannot be
 # reached, pip takes the same version from the machine's configured find-links): transformers is

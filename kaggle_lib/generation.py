@@ -1,30 +1,9 @@
 """Generation: Tunix's KV-cache Sampler over our loaded models.
 
-`Generator` batches prompts through `tunix.generate.sampler.Sampler` (left padding, one KV
-cache, prefill then a `while_loop` decode). Tunix 0.1.7's Sampler is not exact in two cases,
-both found by `tests/integration/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
-compared token by token with the full-recompute reference in
-`tests/generation_reference.py`); `_ExactSampler` fixes them:
-
-1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`, i.e. Gemma 2) build the window from
-   the *cache slot* of each key and the RoPE *position* of the query
-   (`_create_sliding_mask`). With left padding a prompt that is d tokens shorter than the
-   longest sits d slots to the right of its positions: the window shifts by d, and once
-   d >= window the query cannot even see itself (random output from the first token).
-   Fix: give every row the slot index as its position. RoPE depends only on position
-   differences, so the attention is the same function; slot and position then agree.
-   Gemma 3 (`tunix.models.gemma3`) builds its window from slots only and is exact as is.
-2. Each decode step masks every buffer entry equal to pad_id, generated tokens included: a model
-   that emits token 0 (`<pad>`) stops seeing it (and the token itself) from then on.
-   Fix: only prompt padding is masked.
-
-With those, greedy decoding is token-identical to the full-recompute reference for tiny
-Gemma 1, 2 and 3 models (sliding window crossed) and for the real Gemma 3 270M.
-
-Prefill: Tunix's Sampler asks a model for the prompt's last-position logits only when the
-model takes `decode_only_last_token`; Tunix 0.1.7's Gemma models do not, so the prefill
-computed [batch, prompt, vocabulary] logits (2 GiB in float32 for 8 x 256 tokens with Gemma's
-262,144-token vocabulary). `_LastTokenPrefill` wraps the model to offer it.
+`Generator` batches prompts through Tunix's KV-cache Sampler (left padding, one KV cache,
+prefill then a `while_loop` decode), as `compat.sampler.ExactSampler`: Tunix 0.1.7's Sampler
+made token-identical to a full-recompute reference, with a last-token prefill (why and how:
+`kaggle_lib/compat/sampler.py`).
 
 Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on `eos_id()`
 by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
@@ -47,6 +26,7 @@ mix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -155,158 +135,6 @@ def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
     return texts + [""] * (vocab_size - len(texts))
 
 
-def _needs_slot_positions(model: Any) -> bool:
-    """Gemma 1/2 models with sliding-window layers (see fix 1 in the module docstring)."""
-    from tunix.models.gemma import model as gemma_model
-
-    if not isinstance(model, gemma_model.Gemma):
-        return False
-    types = getattr(model.config, "attention_types", ()) or ()
-    return gemma_model.AttentionType.LOCAL_SLIDING in tuple(types)
-
-
-def _project_last(model: Any, hidden: Any) -> Any:
-    """Vocabulary logits from final hidden states, as the end of Tunix's Gemma `__call__`:
-    the tied embedding's `decode`, then Gemma 1/2's final soft-cap (Gemma 3 has none)."""
-    import jax.numpy as jnp
-
-    logits = model.embedder.decode(hidden)
-    softcap = getattr(model, "final_logits_softcap", None)
-    if softcap is not None:
-        logits = jnp.tanh(logits / softcap) * softcap
-    return logits
-
-
-def _hidden_states(model: Any, *args: Any) -> tuple[Any, Any]:
-    """(final hidden states [B, L, D], cache) of one forward pass of a Tunix Gemma model.
-
-    The model sows them when asked (`output_hidden_states`) and still computes the full
-    logits, which XLA then drops as unused: vocabulary-sized work only where it is needed.
-    """
-    from flax import nnx
-
-    _, cache = model(*args, output_hidden_states=True)
-    (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
-    return hidden, cache
-
-
-def _last_token_prefill_classes() -> tuple[type, type]:
-    from flax import nnx
-
-    class _LastTokenPrefill(nnx.Module):
-        """A Tunix Gemma model with the `decode_only_last_token` prefill that Tunix's Sampler
-        uses when a model offers it (Gemma in 0.1.7 does not): the prompt's logits are
-        computed for its last position only, not [batch, prompt, vocabulary] of them
-        (8 x 256 x 262,144 float32 logits are 2 GiB; for the 270M most of the prefill)."""
-
-        def __init__(self, model: Any) -> None:
-            self.model = model
-            self.config = model.config
-
-        def __call__(self, last_tokens: Any, positions: Any, cache: Any, attention_mask: Any,
-                     decode_only_last_token: bool = False) -> tuple[Any, Any]:
-            if not decode_only_last_token:
-                return self.model(last_tokens, positions, cache, attention_mask)
-            hidden, cache = _hidden_states(self.model, last_tokens, positions, cache,
-                                           attention_mask)
-            # Left padding: every row's last prompt token is at the last position.
-            return _project_last(self.model, hidden[:, -1:]), cache
-
-        @property
-        def num_embed(self) -> int:
-            return self.model.num_embed
-
-    class _LastTokenPrefillWithCache(_LastTokenPrefill):
-        # Only for models that build their own cache (Gemma 1/2 in 0.1.7): the Sampler
-        # checks hasattr(model, "init_cache") and otherwise builds it from its CacheConfig.
-        def init_cache(self, batch_size: int, cache_size: int, dtype: Any) -> Any:
-            return self.model.init_cache(batch_size, cache_size, dtype)
-
-    return _LastTokenPrefill, _LastTokenPrefillWithCache
-
-
-def _exact_sampler_class() -> type:
-    """Tunix's Sampler with the two fixes of the module docstring (built lazily: tunix is heavy)."""
-    import jax.numpy as jnp
-    from flax import nnx
-    from tunix.generate import sampler as tunix_sampler
-    from tunix.generate import utils as tunix_utils
-
-    class _ExactSampler(tunix_sampler.Sampler):
-        def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
-                     slot_positions: bool, mesh: Any = None,
-                     stop_matchers: Sequence[StopMatcher] = ()) -> None:
-            super().__init__(transformer, tokenizer, cache_config)
-            self.slot_positions = slot_positions
-            self.stop_matchers = tuple(stop_matchers)
-            self.mesh = mesh  # several processes: fed this process's rows (docs/MULTIHOST.md)
-            if mesh is not None:
-                self._compiled_decode_fn = distributed.localize_sampling_output(
-                    self._compiled_decode_fn, mesh)
-
-        def _sample(self, logits: Any, eos: Any, cache: Any, sampler_state: Any) -> Any:
-            # Tunix's step, then a row that has just completed a stop string is done too.
-            state = super()._sample(logits=logits, eos=eos, cache=cache,
-                                    sampler_state=sampler_state)
-            if not self.stop_matchers:
-                return state
-            stopped = jnp.zeros_like(state.done)
-            last = state.decoding_step  # where the token just sampled was written
-            width = state.token_buffer.shape[1]
-            for matcher in self.stop_matchers:
-                span = matcher.max_tokens
-                index = last - span + 1 + jnp.arange(span)
-                classes = jnp.asarray(matcher.token_class)[
-                    state.token_buffer[:, jnp.clip(index, 0, width - 1)]]  # [batch, span]
-                next_state = jnp.asarray(matcher.next_state)
-                generated = index >= state.num_input_tokens  # the prompt never matches
-                match_state = jnp.zeros(classes.shape[0], jnp.int32)
-                for i in range(span - 1):
-                    match_state = jnp.where(generated[i], next_state[match_state, classes[:, i]], 0)
-                stopped = stopped | jnp.asarray(matcher.completes)[match_state, classes[:, -1]]
-            return dataclasses.replace(state, done=state.done | stopped)
-
-        def init_sample_state(self, *args: Any, **kwargs: Any) -> Any:
-            state = super().init_sample_state(*args, **kwargs)
-            if self.slot_positions:
-                batch, length = state.positions.shape
-                slots = jnp.broadcast_to(jnp.arange(length, dtype=state.positions.dtype),
-                                         (batch, length))
-                state = state.replace(positions=slots)
-            if self.mesh is not None:
-                state = distributed.global_sampling_state(state, self.mesh)
-            return state
-
-        def _sample_step(self, params: Any, sampler_state: Any) -> Any:
-            # Tunix 0.1.7's `Sampler._sample_step` except for `input_mask` (fix 2).
-            batch_size = sampler_state.token_buffer.shape[0]
-            decoding_step = sampler_state.decoding_step
-            last_token = sampler_state.token_buffer[:, decoding_step].reshape((batch_size, 1))
-            step_positions = jnp.expand_dims(sampler_state.positions[:, decoding_step], -1)
-            in_prompt = (jnp.arange(sampler_state.token_buffer.shape[1])
-                         < sampler_state.num_input_tokens)
-            input_mask = (sampler_state.token_buffer == self.tokenizer.pad_id()) & in_prompt
-            attention_mask = tunix_utils.compute_attention_masks(
-                decoding_step, self.cache_config.cache_size, input_mask
-            )
-            transformer = nnx.merge(self._transformer_graphdef, params)
-            logits, cache = transformer(
-                last_token, positions=step_positions, cache=sampler_state.cache,
-                attention_mask=attention_mask,
-            )
-            state = self._sample(logits=logits, cache=cache, eos=self.eos_ids,
-                                 sampler_state=sampler_state)
-            if state.logits_buffer is not None:
-                state = dataclasses.replace(
-                    state,
-                    logits_buffer=state.logits_buffer.at[:, decoding_step + 1].set(
-                        jnp.squeeze(logits, 1)),
-                )
-            return state
-
-    return _ExactSampler
-
-
 class Generator:
     """Batched generation with a KV cache; greedy when temperature == 0.
 
@@ -322,6 +150,8 @@ class Generator:
                  stop_strings: Sequence[str] = ()):
         from flax import nnx
         from tunix.generate.sampler import CacheConfig
+
+        from kaggle_lib.compat import sampler as compat_sampler
 
         check_special_ids(tokenizer, eos_ids=eos_ids)
         if max_prompt_len < 1 or max_new_tokens < 1:
@@ -340,9 +170,8 @@ class Generator:
             head_dim=config.head_dim,
         )
         processor = getattr(tokenizer, "processor", tokenizer)
-        self.slot_positions = _needs_slot_positions(model)
-        plain, with_cache = _last_token_prefill_classes()
-        wrapped = (with_cache if hasattr(model, "init_cache") else plain)(model)
+        self.slot_positions = compat_sampler.needs_slot_positions(model)
+        wrapped = compat_sampler.last_token_prefill(model)
         if isinstance(stop_strings, str):
             raise TypeError("stop_strings expects a sequence of strings, not one string")
         self.stop_strings = tuple(stop_strings)
@@ -352,9 +181,14 @@ class Generator:
         self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
         self.mesh = mesh if mesh is not None and distributed.is_multiprocess() else None
-        self.sampler = _exact_sampler_class()(wrapped, processor, cache,
-                                              slot_positions=self.slot_positions, mesh=self.mesh,
-                                              stop_matchers=self.stop_matchers)
+        sharded = self.mesh is not None  # docs/MULTIHOST.md
+        self.sampler = compat_sampler.ExactSampler(
+            wrapped, processor, cache, slot_positions=self.slot_positions,
+            stop_matchers=self.stop_matchers,
+            wrap_decode=functools.partial(distributed.localize_sampling_output,
+                                          mesh=self.mesh) if sharded else None,
+            place_state=functools.partial(distributed.global_sampling_state,
+                                          mesh=self.mesh) if sharded else None)
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens the sampler feeds for `prompt` (bos included)."""
@@ -369,21 +203,11 @@ class Generator:
         return (model is self.model and max_new_tokens <= self.max_new_tokens
                 and nnx.graphdef(model) == self._graphdef)
 
-    def _refresh_weights(self) -> None:
-        # The Sampler took the model's variables when built; training may since have put new
-        # Variable objects into the model. Same shapes and dtypes: jit's cache still hits.
-        import jax
-        from flax import nnx
-
-        variables = nnx.variables(self._wrapped)
-        self.sampler._transformer_state = variables  # noqa: SLF001
-        self.sampler._flattened_transformer_state = jax.tree.leaves(  # noqa: SLF001
-            variables, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
     def compilations(self) -> dict[str, int]:
         """How many times the prefill and the decode loop have been compiled so far."""
-        return {"prefill": self.sampler._compiled_prefill_fn._cache_size(),  # noqa: SLF001
-                "decode": self.sampler._compiled_decode_fn._cache_size()}  # noqa: SLF001
+        from kaggle_lib.compat import sampler as compat_sampler
+
+        return compat_sampler.compilations(self.sampler)
 
     def generate(
         self,
@@ -398,6 +222,8 @@ class Generator:
     ) -> list[Generation]:
         """Continue each prompt (a raw string; the sampler prepends bos)."""
         import jax
+
+        from kaggle_lib.compat import sampler as compat_sampler
 
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 1 <= max_new <= self.max_new_tokens:
@@ -420,7 +246,7 @@ class Generator:
                     f"prompt of {length} tokens exceeds max_prompt_len {self.max_prompt_len}: "
                     f"{prompt[:80]!r}..."
                 )
-        self._refresh_weights()
+        compat_sampler.refresh_weights(self.sampler, self._wrapped)  # training may have moved them
         sampling = temperature > 0
         base_key = jax.random.PRNGKey(seed)
         rows, fed = slice(None), batch_size

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaggle_lib import auth, distributed, evidence, logs, runtime
+from kaggle_lib import auth, compat, distributed, evidence, logs, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
@@ -234,6 +234,7 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
     run.record.write_text("config.yaml", auth.redact(config.to_yaml()))
     run.record.update_manifest(run_name=config.run_name, config_hash=config.hash,
                                config_resolved=config.to_dict())
+    compat.check_versions(strict=config.strict_versions)  # warns (or raises) once per process
     flags = runtime.configure_platform(config.device)
     if distributed.is_multiprocess():  # flags were set in start_run, before jax.distributed began
         flags["jax_already_started"] = False

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.compat.jax_backends import backends_initialised
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evidence.record import package_versions
 
@@ -117,7 +118,7 @@ def configure_platform(requested: str) -> dict[str, Any]:
     if requested not in ("auto", *PLATFORMS):
         raise ValueError(f"device must be one of auto, cpu, gpu, tpu; got {requested!r}")
     platform = guess_platform() if requested == "auto" else requested
-    jax_started = "jax" in sys.modules and _jax_backends_initialised()
+    jax_started = "jax" in sys.modules and backends_initialised()
     # jax's persistent compilation cache: a second run (or a restarted kernel) loads the train
     # step, prefill and decode programs instead of compiling them again. A user's choice wins.
     from kaggle_lib.models.loader import cache_root
@@ -156,15 +157,6 @@ def text_progress_bars() -> None:
         # tqdm.auto imports autonotebook once; later imports reuse the module, silent.
         warnings.filterwarnings("ignore", message="IProgress not found")
         import tqdm.autonotebook  # noqa: F401
-
-
-def _jax_backends_initialised() -> bool:
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge._backends)  # noqa: SLF001 - no public API for this
-    except Exception:  # pragma: no cover - private API moved
-        return True
 
 
 def describe_devices(requested: str = "auto") -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_lib.generation import PROMPT_ALIGN, _hidden_states, _project_last, _round_up
+from kaggle_lib.compat.sampler import hidden_states, project_last
+from kaggle_lib.generation import PROMPT_ALIGN, _round_up
 
 
 def _last_logits(model: Any, tokens: Any, lengths: Any, with_full: bool) -> Any:
@@ -26,9 +27,9 @@ def _last_logits(model: Any, tokens: Any, lengths: Any, with_full: bool) -> Any:
     mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
     args = (tokens, sft_utils.build_positions_from_mask(mask), None,
             sft_utils.make_causal_attn_mask(mask))
-    hidden, _ = _hidden_states(model, *args)
+    hidden, _ = hidden_states(model, *args)
     index = (lengths - 1)[:, None, None]
-    last = _project_last(model, jnp.take_along_axis(hidden, index, axis=1)[:, 0])
+    last = project_last(model, jnp.take_along_axis(hidden, index, axis=1)[:, 0])
     if with_full:
         logits, _ = model(*args)
         return last, jnp.take_along_axis(logits, index, axis=1)[:, 0]

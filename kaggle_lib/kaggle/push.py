@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from kaggle_lib import auth, logs
+from kaggle_lib.compat.kaggle_client import http_session
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.bundle import (
     MAX_SENT_BYTES,
@@ -189,11 +190,11 @@ def _mount(session: Any, adapter: Any) -> None:
 def kaggle_client(api: Any, *, timeout: Any, retries: int = 0) -> Any:
     """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries).
 
-    kagglesdk's KaggleHttpClient calls `session.send` without a timeout; its requests.Session
-    is reachable only as `http_client()._session`, so the adapter is mounted there.
+    kagglesdk's KaggleHttpClient calls `session.send` without a timeout; the adapter is
+    mounted on its requests.Session (`compat.kaggle_client`).
     """
     with api.build_kaggle_client() as client:
-        _mount(client.http_client()._session, _http_adapter(timeout, retries))
+        _mount(http_session(client), _http_adapter(timeout, retries))
         yield client
 
 

@@ -2,7 +2,7 @@
 
 * **GGUF -> HF** (llama.cpp's Gemma 3 names, `gguf_270m` reads the PyPI 270M with it);
 * **HF -> Tunix**: Tunix's own `params_safetensors` tables, with the one fix Gemma 1 needs
-  (`gemma1_hf_key_mapping`);
+  (`compat.safetensors.gemma1_hf_key_mapping`: it reads Tunix's private table);
 * **Tunix -> HF** (`hf_state_dict`, the inverse of Tunix's Gemma 3 safetensors table; the export);
 * **Tunix -> Kaggle "upstream" Orbax** (`upstream_params`, the inverse of Tunix's
   `gemma3.params.map_from_upstream_checkpoint`; the export and the Kaggle fixtures).
@@ -84,25 +84,6 @@ def gguf_tensor_to_hf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
         # llama.cpp stores Gemma's RMSNorm weights as (w + 1); HF/Tunix add the 1 at runtime.
         value = value - np.float32(1.0)
     return hf_name, value
-
-
-# ---------------------------------------------------------------------------- HF -> Tunix
-
-_GEMMA1_PRE_MLP_NORM = r"model\.layers\.([0-9]+)\.post_attention_layernorm\.weight"
-
-
-def gemma1_hf_key_mapping(config: Any) -> dict[str, Any]:
-    """Tunix's Gemma 1/2 safetensors key table, fixed for Gemma 1: HF's
-    `post_attention_layernorm` is Gemma 1's norm *before* the MLP (`pre_ffw_norm`); Tunix maps
-    it to `post_attn_norm`, which is right for Gemma 2 only."""
-    from tunix.models.gemma import params_safetensors as gps  # imports jax: see flat_params
-
-    mapping = dict(gps._get_key_and_transform_mapping(config))
-    if _GEMMA1_PRE_MLP_NORM not in mapping:  # Tunix changed its table: fail loudly
-        raise ConversionError("Tunix gemma key mapping lacks post_attention_layernorm; update "
-                              "kaggle_lib.models.convert.gemma1_hf_key_mapping")
-    mapping[_GEMMA1_PRE_MLP_NORM] = (r"layers.\1.pre_ffw_norm.scale", None)
-    return mapping
 
 
 # ---------------------------------------------------------------------------- Tunix -> HF

@@ -7,7 +7,7 @@ Tunix's `params_safetensors.create_model_from_safe_tensors` loaders take a Tunix
   Tunix's gemma loader maps that name to `post_attn_norm` (right for Gemma 2, where it
   *is* a post-attention norm), so a Gemma 1 checkpoint fails with a pytree error about
   `layers[0].pre_ffw_norm.scale`. `create_model_from_hf_dir` maps it to `pre_ffw_norm`
-  (`models.convert.gemma1_hf_key_mapping`).
+  (`compat.safetensors`: it repeats Tunix's loader steps through its private helpers).
 
 and a few things Tunix cannot express, which `tunix_config_from_hf` refuses with a clear
 error instead of producing a silently different model: rope theta other than 10,000 for
@@ -21,7 +21,6 @@ attention soft-capping; compare against `attn_implementation="eager"`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -29,14 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tunix.models import safetensors_loader
 from tunix.models.gemma import model as gm
 from tunix.models.gemma import params_safetensors as gps
 from tunix.models.gemma3 import model as g3
 from tunix.models.gemma3 import params_safetensors as g3ps
 
+from kaggle_lib.compat import safetensors as compat_safetensors
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.models.convert import gemma1_hf_key_mapping
 
 __all__ = [
     "HFCompatError",
@@ -274,16 +272,4 @@ def create_model_from_hf_dir(
         return g3ps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
     if family == "gemma2":
         return gps.create_model_from_safe_tensors(str(d), config, mesh=mesh, dtype=dtype)
-    # Same steps as gps.create_model_from_safe_tensors, with the Gemma 1 norm name fixed.
-    v_ckpt = gps._peek_vocab_size_from_safetensors(str(d))
-    if v_ckpt != config.num_embed:
-        config = dataclasses.replace(config, num_embed=v_ckpt)
-    return safetensors_loader.load_and_create_model(
-        file_dir=str(d),
-        model_class=gm.Gemma,
-        config=config,
-        key_mapping=gemma1_hf_key_mapping,
-        mesh=mesh,
-        preprocess_fn=gps._make_preprocess_fn(config),
-        dtype=dtype,
-    )
+    return compat_safetensors.create_gemma1_model(str(d), config, mesh=mesh, dtype=dtype)

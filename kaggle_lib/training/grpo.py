@@ -33,6 +33,7 @@ from tunix.rl import rl_cluster as rl
 from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
 from tunix.rl.rollout.base_rollout import RolloutConfig
 
+from kaggle_lib.compat.lora_backward import lora_matmul_gradients
 from kaggle_lib.config import GrpoSection
 from kaggle_lib.data.template import format_prompt
 from kaggle_lib.mesh import check_batch
@@ -46,7 +47,6 @@ from kaggle_lib.training.common import (
     make_optimizer,
     metrics_options,
 )
-from kaggle_lib.training.lora_matmul import lora_matmul_gradients
 from kaggle_lib.training.rewards import RewardFn, default_reward_fns
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,10 @@ import optax
 import qwix
 from flax import nnx
 from tunix.sft import utils as sft_utils
-from tunix.sft.metrics_logger import Mode
-from tunix.sft.peft_trainer import PeftTrainer, TrainingConfig
+from tunix.sft.peft_trainer import TrainingConfig
 
+from kaggle_lib.compat.lora_backward import lora_matmul_gradients
+from kaggle_lib.compat.trainer import CheckedPeftTrainer
 from kaggle_lib.config import SftSection
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models.loader import shard_model
@@ -49,7 +50,6 @@ from kaggle_lib.training.common import (
     make_optimizer,
     metrics_options,
 )
-from kaggle_lib.training.lora_matmul import lora_matmul_gradients
 from kaggle_lib.training.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,12 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
     return loss_fn
 
 
-class GuardedPeftTrainer(PeftTrainer):
+class GuardedPeftTrainer(CheckedPeftTrainer):
     """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed.
 
-    Tunix keeps up to two steps in flight and logs losses a step late, after that step may
-    already be saved. Each step here also returns whether the updated trainable weights are
-    finite (a finite loss can still come with an update that overflows the weights). Finished
-    steps are checked as they complete, without waiting; before a step that will be
-    checkpointed, and at the end, the check waits for every pending step.
+    Each dispatched step's loss and weights check (`compat.trainer`: why) is checked as it
+    completes, without waiting; before a step that will be checkpointed, and at the end, the
+    check waits for every pending step.
     """
 
     def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
@@ -165,42 +163,16 @@ class GuardedPeftTrainer(PeftTrainer):
         self.checkpoint_every = checkpoint_every
         self._pending_checks: list[tuple[int, jax.Array, jax.Array]] = []
 
-    def _train_step(self, model: nnx.Module, optimizer: nnx.Optimizer,
-                    inputs: Any) -> tuple[Any, Any, Any]:
-        loss, aux, grad_norm = super()._train_step(model, optimizer, inputs)
-        trainable = nnx.state(model, nnx.LoRAParam if self._lora_enabled else nnx.Param)
-        finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]
-        aux = {**(aux or {}), "loss": loss, "params_finite": jnp.stack(finite).all()}
-        return loss, aux, grad_norm
+    def on_train_step_dispatched(self, step: int, loss: jax.Array, params_finite: jax.Array,
+                                 completes_step: bool) -> None:
+        self._pending_checks.append((step, loss, params_finite))
+        self.check_finite(wait=completes_step and self.will_save(step))
 
-    def _post_process_train_step(self, aux: Any) -> None:
-        pending = self._pending_checks
-        step = self._train_steps + 1  # the optimizer step this (micro) batch belongs to
-        pending.append((step, aux["loss"], aux["params_finite"]))
-        accum = self.config.get_with_default("gradient_accumulation_steps", 1)
-        completes_step = (self._iter_steps + 1) % accum == 0
-        self.check_finite(wait=completes_step and self._will_save(step))
-
-    def _will_save(self, step: int) -> bool:
+    def will_save(self, step: int) -> bool:
         # Step-interval saves, plus Orbax's save of the first step of a fresh run.
         if self.config.checkpoint_root_directory is None:
             return False
         return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
-
-    def _may_update_pbar(self, metrics: list[str], step: int | None = None,
-                         loss: Any = None) -> None:
-        # Tunix's body, except the LR: Tunix shows the mean of all logged LRs rounded to 3
-        # decimals (any LR below 5e-4 reads 0); the bar gets the latest, 3 significant digits.
-        if self._pbar is not None:
-            self._pbar.update_metrics(metrics, self._mode, ndigits=3)
-            key = f"{self.metrics_prefix}_{self._mode}_learning_rate"
-            if key in self._pbar.metrics:
-                history = self.metrics_logger.get_metric_history(
-                    self.metrics_prefix, "learning_rate", self._mode)
-                self._pbar.metrics[key] = float(f"{float(history[-1]):.3g}")
-            self._pbar.update()
-        if self.training_hooks and self._mode == Mode.TRAIN:
-            self.training_hooks.on_train_step_end(self, step, loss)
 
     def check_finite(self, wait: bool) -> None:
         """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""

@@ -21,6 +21,7 @@ import numpy as np
 from tunix.sft.utils import is_lora_enabled
 
 from kaggle_lib import auth, distributed, logs
+from kaggle_lib.compat.remat import remat
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import (
     SFTBatches,
@@ -33,7 +34,6 @@ from kaggle_lib.data.datasets import normalize_text
 from kaggle_lib.data.sources import load_items, load_sources
 from kaggle_lib.evidence import RunRecord
 from kaggle_lib.models.loader import LoadedModel
-from kaggle_lib.models.remat import remat
 from kaggle_lib.training import checkpoints
 from kaggle_lib.training.common import CheckpointSettings, MetricsSettings
 from kaggle_lib.training.grpo import run_grpo, select_prompts

@@ -1,4 +1,4 @@
-"""Remat policies (kaggle_lib.models.remat): same loss and gradients, really rematerialised,
+"""Remat policies (kaggle_lib.compat.remat): same loss and gradients, really rematerialised,
 and the model is left as it was; the config rejects unknown policies."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kaggle_lib.compat.remat import REMAT_POLICIES, late_checkpoint, remat
 from kaggle_lib.config import LoraSection, TrainSection
 from kaggle_lib.models import registry
-from kaggle_lib.models.remat import REMAT_POLICIES, late_checkpoint, remat
 from kaggle_lib.training.loss import sft_loss
 from kaggle_lib.training.sft import apply_lora
 from tests import training_helpers as th

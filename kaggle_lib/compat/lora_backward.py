@@ -1,5 +1,10 @@
 """LoRA's two low-rank matmuls with their gradients written as plain row-major products.
 
+Written against qwix 0.1.8 and jax/jaxlib 0.10.2. Changes: swaps qwix's private
+`qwix._src.providers.lora._compute_lora_delta` for the duration of a `with` block. Goes away
+when qwix offers a public hook for the LoRA delta, or when XLA:CPU no longer emits the
+transposed-layout loop below (A/B: `benchmarks/sft_speed.py`); no upstream issue filed yet.
+
 qwix computes a linear layer's LoRA delta as `(x @ A) @ B` (`_compute_lora_delta`) and leaves the
 backward pass to autodiff. On XLA:CPU (jaxlib 0.10) that backward pass has one pathological
 piece: the gradient of B, `(x A)^T dy`, is emitted as a legacy (non-YNNPACK) dot whose right
@@ -13,7 +18,7 @@ layer: one contracted axis, the last of x; no batch axes) is a `jax.custom_vjp` 
 same forward and the four textbook products: dU = dy B^T, dB = U^T dy, dA = x^T dU,
 dx = dU A^T (U = x A). Same values, no transposed-layout loop: the step above took 5.1 s with
 identical losses to 5 decimals over 6 steps. Einsum layers (Gemma 3's attention projections) and
-anything else keep qwix's own code. The swap lasts for the `with` block, like `models.remat`:
+anything else keep qwix's own code. The swap lasts for the `with` block, like `compat.remat`:
 it matters while a train step is traced, and generation outside training is untouched (its
 forward is the same computation either way).
 """

@@ -1,5 +1,12 @@
 """Rematerialisation (gradient checkpointing) of a Tunix Gemma 3 model's layers.
 
+Written against google-tunix 0.1.7 and flax 0.12.8 (jax 0.10.2). Changes, for a `with` block:
+the frozen `remat_config` every Gemma 3 module keeps (`block`), or the class of each
+`DecoderLayer` instance, set past nnx's `__setattr__` (`decoder`). Goes away when Tunix takes
+the remat policy as a call or constructor argument of its Gemma 3 model (for `block`), and when
+XLA:CPU keeps `jax.checkpoint` recomputation in the backward pass (for `decoder`); no upstream
+issue filed yet.
+
 `block`: Tunix 0.1.7's Gemma 3 reads `ModelConfig.remat_config` at call time; `BLOCK` wraps the
 attention and the MLP in `nnx.remat`. The config is frozen and each module keeps its own
 reference (attention keeps the value itself), so `remat` swaps them on every module for the
@@ -24,26 +31,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+from flax import nnx
+from tunix.models.gemma3 import model as gemma3
 
-__all__ = ["REMAT_POLICIES", "check_policy", "late_checkpoint", "remat"]
+__all__ = ["REMAT_POLICIES", "late_checkpoint", "remat"]
 
 # "none": keep every activation; "decoder": keep one [batch, length, width] input per layer;
 # "block": keep the attention and MLP inputs of each layer.
 REMAT_POLICIES = ("none", "decoder", "block")
 
 
-def check_policy(policy: str) -> str:
-    """`policy` if it is one of REMAT_POLICIES, else ValueError naming them."""
-    if policy not in REMAT_POLICIES:
-        raise ValueError(f"remat policy must be one of {', '.join(REMAT_POLICIES)}; got {policy!r}")
-    return policy
-
-
 def _walk(model: Any) -> Iterator[tuple[Any, str, Any]]:
     """(module, attribute, current value) for every module that reads the remat setting."""
-    from flax import nnx
-    from tunix.models.gemma3 import model as gemma3
-
     config_type = gemma3.ModelConfig
     for _, module in nnx.iter_graph(model):
         if not isinstance(module, nnx.Module):
@@ -57,17 +56,16 @@ def _walk(model: Any) -> Iterator[tuple[Any, str, Any]]:
 @contextlib.contextmanager
 def remat(model: Any, policy: str) -> Iterator[None]:
     """Train `model` (a Tunix Gemma 3, LoRA or not) with `policy` inside the block."""
-    check_policy(policy)
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy must be one of {', '.join(REMAT_POLICIES)}; got {policy!r}")
     if policy == "none":
         yield
         return
-    from tunix.models.gemma3 import model as gemma3
-
     if not isinstance(getattr(model, "config", None), gemma3.ModelConfig):
         raise ValueError(f"remat policy {policy!r} needs a Tunix Gemma 3 model; got "
                          f"{type(model).__name__} (use remat: none)")
     if policy == "decoder":
-        layers = [m for _, m in nnx_iter_modules(model) if isinstance(m, gemma3.DecoderLayer)]
+        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, gemma3.DecoderLayer)]
         classes = [type(layer) for layer in layers]
         try:
             for layer, cls in zip(layers, classes, strict=True):
@@ -91,14 +89,6 @@ def remat(model: Any, policy: str) -> Iterator[None]:
     finally:
         for module, name, value in originals:
             setattr(module, name, value)
-
-
-def nnx_iter_modules(model: Any) -> Iterator[tuple[Any, Any]]:
-    from flax import nnx
-
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Module):
-            yield path, node
 
 
 def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,8 +169,6 @@ def _late_remat_class(cls: type) -> type:
     """Subclass of a Tunix Gemma 3 DecoderLayer class (qwix may have subclassed it) whose call
     is `late_checkpoint`-ed when there is no KV cache (training)."""
     if cls not in _LATE_CLASSES:
-        from flax import nnx
-
         def __call__(self: Any, x: Any, segment_pos: Any, cache: Any, attn_mask: Any) -> Any:
             if cache is not None:  # decoding: nothing to differentiate
                 return cls.__call__(self, x, segment_pos, cache, attn_mask)

@@ -1,4 +1,4 @@
-"""kaggle_lib.training.lora_matmul: the LoRA delta's hand-written backward equals autodiff's,
+"""kaggle_lib.compat.lora_backward: the LoRA delta's hand-written backward equals autodiff's,
 through qwix's real Linear-layer path in a tiny Gemma 3, and qwix is left as it was."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 from qwix._src.providers import lora as qwix_lora
 
-from kaggle_lib.training import lora_matmul
-from kaggle_lib.training.lora_matmul import lora_delta_2d, lora_matmul_gradients
+from kaggle_lib.compat import lora_backward
+from kaggle_lib.compat.lora_backward import lora_delta_2d, lora_matmul_gradients
 from kaggle_lib.training.loss import sft_loss
 from kaggle_lib.training.sft import apply_lora
 from tests import training_helpers as th
@@ -66,7 +66,7 @@ def test_lora_gradients_unchanged_through_qwix(monkeypatch: Any) -> None:
         calls.append(x.shape)
         return lora_delta_2d(x, a, b)
 
-    monkeypatch.setattr(lora_matmul, "lora_delta_2d", counted)
+    monkeypatch.setattr(lora_backward, "lora_delta_2d", counted)
     original = qwix_lora._compute_lora_delta
     loss_ref, grads_ref, jaxpr_ref = _loss_and_grads(model, batch)
     with lora_matmul_gradients():
