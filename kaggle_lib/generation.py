@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_lib import distributed
+from kaggle_lib import multihost
 
 __all__ = ["Generation", "Generator", "StopMatcher", "check_special_ids"]
 
@@ -270,7 +270,7 @@ def _exact_sampler_class() -> type:
             self.stop_matchers = tuple(stop_matchers)
             self.mesh = mesh  # several processes: fed this process's rows (docs/MULTIHOST.md)
             if mesh is not None:
-                self._compiled_decode_fn = distributed.localize_sampling_output(
+                self._compiled_decode_fn = multihost.localize_sampling_output(
                     self._compiled_decode_fn, mesh)
 
         def _sample(self, logits: Any, eos: Any, cache: Any, sampler_state: Any) -> Any:
@@ -303,7 +303,7 @@ def _exact_sampler_class() -> type:
                                          (batch, length))
                 state = state.replace(positions=slots)
             if self.mesh is not None:
-                state = distributed.global_sampling_state(state, self.mesh)
+                state = multihost.global_sampling_state(state, self.mesh)
             return state
 
         def _sample_step(self, params: Any, sampler_state: Any) -> Any:
@@ -380,7 +380,7 @@ class Generator:
         self._wrapped = wrapped
         self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
-        self.mesh = mesh if mesh is not None and distributed.is_multiprocess() else None
+        self.mesh = mesh if mesh is not None and multihost.is_multiprocess() else None
         self.sampler = _exact_sampler_class()(wrapped, processor, cache,
                                               slot_positions=self.slot_positions, mesh=self.mesh,
                                               stop_matchers=self.stop_matchers)
@@ -454,8 +454,8 @@ class Generator:
         base_key = jax.random.PRNGKey(seed)
         rows, fed = slice(None), batch_size
         if self.mesh is not None:
-            fed = distributed.generation_batch_size(batch_size, self.mesh)
-            rows = distributed.local_rows(fed, self.mesh)
+            fed = multihost.generation_batch_size(batch_size, self.mesh)
+            rows = multihost.local_rows(fed, self.mesh)
         generated: list[list[list[int]]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
@@ -477,7 +477,7 @@ class Generator:
             )
             generated.append([[int(t) for t in np.asarray(tokens)] for tokens in result.tokens])
         if self.mesh is not None:
-            generated = distributed.gather_generated(generated, fed, max_new, self.mesh)
+            generated = multihost.gather_generated(generated, fed, max_new, self.mesh)
         out: list[Generation] = []
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = list(prompts[start:start + batch_size])
