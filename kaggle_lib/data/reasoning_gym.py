@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib import jsonl
 from kaggle_lib.data.datasets import (
     FILES_DIR,
     GENERATED_KINDS,
@@ -483,8 +484,7 @@ def eval_split_prompts(path: Path = EVAL_SPLIT_FILE) -> set[str]:
     """Normalised prompts of the committed evaluation split (empty if it is not there yet)."""
     if not path.is_file():
         return set()
-    return {normalize_text(json.loads(line)["prompt"])
-            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {normalize_text(record["prompt"]) for _, record in jsonl.read_lines(path)}
 
 
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_lib import auth, multihost
+from kaggle_lib.evidence.identity import env_info
 from kaggle_lib.evidence.index import append_index, index_path
+from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
-from kaggle_lib.evidence.record import FAILURE, ManifestError, RunRecord
+from kaggle_lib.evidence.record import FAILURE, RunRecord
 from kaggle_lib.evidence.scan import (
     SecretLeakError,
     removed_files,
@@ -33,7 +35,6 @@ from kaggle_lib.evidence.scan import (
     scan_for_secrets,
 )
 from kaggle_lib.hashing import sha256_hex
-from kaggle_lib.runtime import env_info
 
 # ---------------------------------------------------------------------------- checkpoints
 
