@@ -27,7 +27,6 @@ from kaggle_lib.evidence.manifest import (
     MANIFEST,
     ManifestError,
     RunManifest,
-    load_manifest,
     manifest_errors,
     read_manifest,
     validate_manifest,
@@ -36,7 +35,6 @@ from kaggle_lib.evidence.record import (
     ATTEMPTS,
     FAILURE,
     METRICS,
-    ProcessLogRecord,
     RunRecord,
     last_good_checkpoint,
     make_record,
@@ -45,8 +43,8 @@ from kaggle_lib.evidence.record import (
 )
 
 __all__ = [
-    "ATTEMPTS", "FAILURE", "MANIFEST", "METRICS", "ManifestError", "ProcessLogRecord",
-    "RunManifest", "RunRecord", "git_info", "hash_text", "kaggle_identity", "last_good_checkpoint",
-    "load_manifest", "make_record", "make_run_id", "manifest_errors", "package_versions",
-    "read_manifest", "seconds_between", "utc_now", "validate_manifest",
+    "ATTEMPTS", "FAILURE", "MANIFEST", "METRICS", "ManifestError", "RunManifest", "RunRecord",
+    "git_info", "hash_text", "kaggle_identity", "last_good_checkpoint", "make_record",
+    "make_run_id", "manifest_errors", "package_versions", "read_manifest", "seconds_between",
+    "utc_now", "validate_manifest",
 ]

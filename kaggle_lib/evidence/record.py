@@ -323,10 +323,7 @@ class ProcessLogRecord(RunRecord):
         self._log("skipped_write", name)  # process 0 writes the run's files
         return self.log_dir / name
 
-    def write_json(self, name: str, payload: Any) -> Path:
-        self._log("skipped_write", name)
-        return self.log_dir / name
-
+    write_json = write_text  # type: ignore[assignment]  # (name, payload): same skip
     def log_metrics(self, record: dict[str, Any]) -> None:
         self._log("metrics", record)
 

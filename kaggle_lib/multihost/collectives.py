@@ -1,12 +1,9 @@
-"""Joining the run (`jax.distributed`) and the small collectives over jax's key-value store.
+"""Joining the run and the small collectives over jax's key-value store.
 
-- `jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that
-  every process id registered exactly once (a collision or a missing process is an error that
-  says so, not a hang), then the watchdog (multihost.watchdog);
-- barrier, process 0's value on every process (`agree`), JSON gathers (device lists, agreement
-  checks of predictions), and the stage status the peers' watchdogs read.
-
-Single-process runs never import jax here and behave exactly as before.
+`jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that every
+process id registered exactly once (a collision or a missing process is an error that says so,
+not a hang), then the watchdog; barrier, process 0's value on every process (`agree`), JSON
+gathers (device lists, agreement checks of predictions), the stage status peers' watchdogs read.
 """
 
 from __future__ import annotations
@@ -22,19 +19,8 @@ from typing import Any
 
 from kaggle_lib.compat import jax_distributed
 from kaggle_lib.hashing import sha256_hex
-from kaggle_lib.multihost import watchdog
-from kaggle_lib.multihost.env import (
-    DEFAULT_INIT_TIMEOUT_S,
-    ENV_COORDINATOR,
-    ENV_INIT_TIMEOUT,
-    ENV_NUM_PROCESSES,
-    ENV_PROCESS_ID,
-    DistributedStartError,
-    PeerProcessError,
-    ProcessMismatchError,
-    ProcessSpec,
-    spec_from_environment,
-)
+from kaggle_lib.multihost import env, watchdog
+from kaggle_lib.multihost.env import DistributedStartError, PeerProcessError, ProcessSpec
 from kaggle_lib.multihost.watchdog import KEY_PREFIX, STALE_FRACTION, Watchdog
 
 
@@ -50,18 +36,18 @@ _state = _State()
 
 
 def _timeout_ms(timeout_s: int | None) -> int:
-    timeout = timeout_s or (_state.spec.init_timeout_s if _state.spec else DEFAULT_INIT_TIMEOUT_S)
-    return timeout * 1000
+    spec_timeout = _state.spec.init_timeout_s if _state.spec else env.DEFAULT_INIT_TIMEOUT_S
+    return (timeout_s or spec_timeout) * 1000
 
 
 def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
     where = spec.coordinator_address or "auto-detected coordinator"
     return DistributedStartError(
         f"process {spec.process_id} could not join the run at {where} within "
-        f"{spec.init_timeout_s} s ({ENV_INIT_TIMEOUT}): every one of the "
-        f"{spec.num_processes or 'N'} processes must start with the same {ENV_COORDINATOR} and "
-        f"{ENV_NUM_PROCESSES} and its own {ENV_PROCESS_ID}; a process is missing, or two share "
-        f"an id. {detail}")
+        f"{spec.init_timeout_s} s ({env.ENV_INIT_TIMEOUT}): every one of the "
+        f"{spec.num_processes or 'N'} processes must start with the same {env.ENV_COORDINATOR} "
+        f"and {env.ENV_NUM_PROCESSES} and its own {env.ENV_PROCESS_ID}; a process is missing, "
+        f"or two share an id. {detail}")
 
 
 def _start_timed_out(spec: ProcessSpec, on_failure: Callable[[BaseException], None] | None
@@ -80,7 +66,7 @@ def initialize(spec: ProcessSpec | None = None,
     do not arrive in time, `on_start_failure` gets the error and the process exits (jax would
     abort it without a record a few seconds later).
     """
-    spec = spec if spec is not None else spec_from_environment()
+    spec = spec if spec is not None else env.spec_from_environment()
     if spec is None:
         return False
     if _state.started:
@@ -134,20 +120,9 @@ def _register_process(spec: ProcessSpec) -> None:
         client.key_value_set(f"{KEY_PREFIX}/process/{index}", me)
     except Exception as exc:
         raise DistributedStartError(
-            f"{ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every process "
-            f"its own id 0..{(spec.num_processes or 0) - 1}") from exc
+            f"{env.ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every "
+            f"process its own id 0..{(spec.num_processes or 0) - 1}") from exc
     barrier("registered", spec.init_timeout_s)
-
-
-def shutdown() -> None:
-    """Leave the run (jax.distributed.shutdown); safe to call when not started."""
-    if _state.started:
-        import jax
-
-        if _state.watchdog is not None:
-            _state.watchdog.stop.set()
-        jax.distributed.shutdown()
-        _state.started = False
 
 
 def is_multiprocess() -> bool:
@@ -211,7 +186,7 @@ def check_agreement(name: str, value: Any) -> None:
     digests = all_gather_json(f"agree_{name}", digest)
     if len(set(digests)) > 1:
         differing = [i for i, d in enumerate(digests) if d != digests[0]]
-        raise ProcessMismatchError(
+        raise env.ProcessMismatchError(
             f"{name}: processes {differing} computed different results from process 0; every "
             "process must run the same config, code and package versions")
 

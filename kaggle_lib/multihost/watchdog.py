@@ -76,7 +76,8 @@ class Watchdog(threading.Thread):
 
         client, me, count = self.client, self.me, jax.process_count()
         now = time.monotonic()
-        seen: dict[int, tuple[str | None, float]] = {p: (None, now) for p in range(count) if p != me}
+        seen: dict[int, tuple[str | None, float]] = {
+            p: (None, now) for p in range(count) if p != me}
         beat = 0
         while not self.stop.is_set():
             beat += 1
