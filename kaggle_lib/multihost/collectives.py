@@ -211,7 +211,7 @@ def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
     """Call `handler` (e.g. "record the failure") before the process exits for a dead peer.
     Only in a multi-process run (one run per process: the latest handler replaces others)."""
     if _state.started:
-        watchdog.failure_handlers[:] = [handler]  # type: ignore[list-item]  # only PeerProcessError
+        watchdog.failure_handlers[:] = [handler]
 
 
 def await_peer_verdict(error: BaseException) -> None:

@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from kaggle_lib.multihost.env import PEER_FAILURE_EXIT_CODE, PeerProcessError
@@ -27,12 +27,12 @@ KEY_PREFIX = "kaggle_lib"
 
 # Called (e.g. "record the failure") before the process exits for a dead peer
 # (`multihost.on_peer_failure`: one run per process, the latest handler replaces others).
-failure_handlers: list[Callable[[BaseException], None]] = []
+failure_handlers: list[Callable[[PeerProcessError], None]] = []
 _failure_lock = threading.Lock()
 
 
-def exit_after_recording(error: BaseException,
-                         handlers: list[Callable[[BaseException], None]]) -> NoReturn:
+def exit_after_recording(error: BaseException, handlers: Sequence[Callable[[Any], None]]
+                         ) -> NoReturn:
     """Say `error`, let `handlers` record it, then exit this process: the main thread may be
     blocked in a collective with a dead process (or jax may abort it any moment) and cannot
     raise."""
