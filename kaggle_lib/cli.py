@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from kaggle_lib import distributed, evidence, runtime
+    from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
     from kaggle_lib.evidence import close
 
@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = runtime.detect_environment()
     # Several processes (docs/MULTIHOST.md): process 0's runner chooses the run dir and owns the
     # record; the others' kernels learn the dir from process 0 and tell their runners.
-    process_id = distributed.runner_process_id()
+    process_id = multihost.runner_process_id()
     if run_dir is None and not process_id:
         try:
             cfg = load_config(config_path, overrides)
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # not a run directory
             raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
-        output = distributed.follower_scratch_notebook(process_id)
+        output = multihost.follower_scratch_notebook(process_id)
     else:
         output = run_dir / "executed.ipynb"
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         error = exc
     seconds = time.monotonic() - started
     if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
-        output = distributed.place_follower_notebook(output, process_id)
+        output = multihost.place_follower_notebook(output, process_id)
         log.info(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0

@@ -23,7 +23,6 @@ Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -111,9 +110,8 @@ def read_items(data: Path, limit: int | None) -> list[dict[str, Any]]:
 def _manifest(run_dir: Path) -> dict[str, Any]:
     from kaggle_lib import evidence
 
-    path = run_dir / evidence.MANIFEST
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return evidence.read_manifest(run_dir / evidence.MANIFEST)
     except ValueError:
         return {}
 

@@ -25,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import logs
+from kaggle_lib import jsonl, logs
 
 log = logs.get_logger(__name__)
 
@@ -609,19 +609,8 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
     records = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines) and not line.endswith("\n"):
-                # The last write was cut short (a killed kernel): the rest still counts.
-                log.error(f"warning: {path}:{lineno}: skipped a last line cut short "
-                      f"({exc.msg})")
-                continue
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    # A last line cut short (a killed kernel) is skipped: the rest still counts.
+    for lineno, record in jsonl.read_lines(path, skip_bad="last", decode="replace"):
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
         records.append(record)

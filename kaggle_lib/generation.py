@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_lib import distributed
+from kaggle_lib import multihost
 from kaggle_lib.models.tokenizer import check_special_ids
 
 __all__ = ["Generation", "Generator", "StopMatcher"]
@@ -180,14 +180,14 @@ class Generator:
         self._wrapped = wrapped
         self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
-        self.mesh = mesh if mesh is not None and distributed.is_multiprocess() else None
+        self.mesh = mesh if mesh is not None and multihost.is_multiprocess() else None
         sharded = self.mesh is not None  # docs/MULTIHOST.md
         self.sampler = compat_sampler.ExactSampler(
             wrapped, processor, cache, slot_positions=self.slot_positions,
             stop_matchers=self.stop_matchers,
-            wrap_decode=functools.partial(distributed.localize_sampling_output,
+            wrap_decode=functools.partial(multihost.localize_sampling_output,
                                           mesh=self.mesh) if sharded else None,
-            place_state=functools.partial(distributed.global_sampling_state,
+            place_state=functools.partial(multihost.global_sampling_state,
                                           mesh=self.mesh) if sharded else None)
 
     def prompt_length(self, prompt: str) -> int:
@@ -251,8 +251,8 @@ class Generator:
         base_key = jax.random.PRNGKey(seed)
         rows, fed = slice(None), batch_size
         if self.mesh is not None:
-            fed = distributed.generation_batch_size(batch_size, self.mesh)
-            rows = distributed.local_rows(fed, self.mesh)
+            fed = multihost.generation_batch_size(batch_size, self.mesh)
+            rows = multihost.local_rows(fed, self.mesh)
         generated: list[list[list[int]]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
@@ -274,7 +274,7 @@ class Generator:
             )
             generated.append([[int(t) for t in np.asarray(tokens)] for tokens in result.tokens])
         if self.mesh is not None:
-            generated = distributed.gather_generated(generated, fed, max_new, self.mesh)
+            generated = multihost.gather_generated(generated, fed, max_new, self.mesh)
         out: list[Generation] = []
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = list(prompts[start:start + batch_size])

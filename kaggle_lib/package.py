@@ -72,7 +72,7 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
     if hits:
         raise PackageError(f"secret values were found and redacted in {hits}; check them, then "
                            "package again")
-    run_manifest = json.loads(manifest_path.read_text())
+    run_manifest = evidence.read_manifest(manifest_path)
     run_id = str(run_manifest.get("run_id") or run_dir.name)
     entries = []
     for rel in files:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kaggle_lib import auth, compat, distributed, evidence, logs, runtime
+from kaggle_lib import auth, compat, evidence, logs, multihost, runtime
 from kaggle_lib import evaluation as ev
 from kaggle_lib.config import ConfigError, RunConfig, load_config, read_yaml
 from kaggle_lib.data import template
@@ -90,9 +89,9 @@ def stage(name: str) -> Callable[[F], F]:
             try:
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
-                distributed.await_peer_verdict(exc)  # a dead peer is named, not its symptom
+                multihost.await_peer_verdict(exc)  # a dead peer is named, not its symptom
                 run.failed_stage = label
-                distributed.mark_failed(label, exc)  # the other processes stop too
+                multihost.mark_failed(label, exc)  # the other processes stop too
                 run.record.stage(label, "failed", time.monotonic() - started)
                 run.record.fail(label, exc, checkpoint=run.last_checkpoint)
                 _close_failed(run)
@@ -149,15 +148,15 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     directory = _join_processes(directory, config_path, overrides)  # process 0's dir on all
     # A directory with an earlier attempt's files: record.start moves them to attempts/<n>/
     # (process 0 only: the others keep their own log under processes/<id>/).
-    record = distributed.make_record(directory)
+    record = evidence.make_record(directory)
     run = Run(run_id=directory.name, run_dir=directory, record=record, config_path=config_path,
               env=env)
     record.start(run.run_id, run_name or "", config_path)
     record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
-        **_kaggle_identity(env.on_kaggle),
+        **evidence.kaggle_identity(env.on_kaggle),
     })
-    distributed.on_peer_failure(functools.partial(_record_peer_failure, run))
+    multihost.on_peer_failure(functools.partial(_record_peer_failure, run))
     _configure(run, overrides)
     return run
 
@@ -166,7 +165,7 @@ def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]
     """Multi-process runs: start jax.distributed (platform flags first) and take process 0's
     run directory. A failed start is recorded by process 0 before it raises."""
     try:
-        spec = distributed.spec_from_environment()
+        spec = multihost.spec_from_environment()
         if spec is None:
             return directory
         try:
@@ -174,20 +173,20 @@ def _join_processes(directory: Path, config_path: str, overrides: dict[str, Any]
         except ConfigError:
             device = "auto"  # the config+runtime stage reports the config error itself
         runtime.configure_platform(device)
-        distributed.initialize(spec, on_start_failure=functools.partial(_record_start_failure,
-                                                                        directory))
-    except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
+        multihost.initialize(spec, on_start_failure=functools.partial(_record_start_failure,
+                                                                      directory))
+    except (multihost.DistributedConfigError, multihost.DistributedStartError) as exc:
         _record_start_failure(directory, exc)
         raise
-    return distributed.share_run_dir(directory)
+    return multihost.share_run_dir(directory)
 
 
 def _record_start_failure(directory: Path, error: BaseException) -> None:
-    if distributed.claimed_process_id() in (0, None):  # the would-be process 0 records it
+    if multihost.claimed_process_id() in (0, None):  # the would-be process 0 records it
         evidence.RunRecord(directory).fail("distributed", error)
 
 
-def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
+def _record_peer_failure(run: Run, error: multihost.PeerProcessError) -> None:
     """Another process died: the stage that was running fails, naming the dead process."""
     manifest = run.record.read_manifest()
     running = [k for k, v in (manifest.get("stages") or {}).items() if v.get("status") == "running"]
@@ -199,34 +198,6 @@ def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
     _close_failed(run)
 
 
-def _kaggle_identity(on_kaggle: bool = False) -> dict[str, Any]:
-    """Kaggle's notebook identity when it is in the environment (URL, version, run type), and
-    on Kaggle the image's identity: Kaggle's images write /etc/git_commit (docker-python
-    commit) and /etc/build_date at build time."""
-    keys = {"KAGGLE_KERNEL_RUN_TYPE": "run_type", "KAGGLE_KERNEL_INTEGRATIONS": "integrations",
-            "KAGGLE_URL_BASE": "url_base"}
-    out = {v: os.environ[k] for k, v in keys.items() if os.environ.get(k)}
-    slug = os.environ.get("KAGGLE_LIB_KERNEL_SLUG")  # baked in by the Kaggle bundle
-    if slug:
-        out["notebook_url"] = f"https://www.kaggle.com/code/{slug}"
-    if os.environ.get("KAGGLE_LIB_KERNEL_VERSION"):
-        out["notebook_version"] = os.environ["KAGGLE_LIB_KERNEL_VERSION"]
-    if on_kaggle:
-        image = {}
-        # docker-python's Dockerfiles: `RUN echo "$GIT_COMMIT" > /etc/git_commit && echo
-        # "$BUILD_DATE" > /etc/build_date`; the TPU one also sets ENV GIT_COMMIT / BUILD_DATE.
-        for name, env_name in (("git_commit", "GIT_COMMIT"), ("build_date", "BUILD_DATE")):
-            try:
-                value = (runtime.kaggle_root() / "etc" / name).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                value = os.environ.get(env_name, "").strip()
-            if value and value != "unknown":
-                image[name] = value[:200]
-        if image:
-            out["kaggle_image"] = image
-    return out
-
-
 @stage("config+runtime")
 def _configure(run: Run, overrides: dict[str, Any]) -> None:
     config = load_config(run.config_path, overrides)
@@ -236,12 +207,12 @@ def _configure(run: Run, overrides: dict[str, Any]) -> None:
                                config_resolved=config.to_dict())
     compat.check_versions(strict=config.strict_versions)  # warns (or raises) once per process
     flags = runtime.configure_platform(config.device)
-    if distributed.is_multiprocess():  # flags were set in start_run, before jax.distributed began
+    if multihost.is_multiprocess():  # flags were set in start_run, before jax.distributed began
         flags["jax_already_started"] = False
     run.devices = runtime.describe_devices(config.device)
     run.record.update_manifest(devices=run.devices, platform_flags=flags)
-    if distributed.is_multiprocess():  # the manifest names every process and its devices
-        run.record.update_manifest(processes=distributed.describe_processes())
+    if multihost.is_multiprocess():  # the manifest names every process and its devices
+        run.record.update_manifest(processes=multihost.describe_processes())
     log.info(runtime.banner(run.env, run.devices, flags))
     log.info(f"run {run.run_id} -> {run.run_dir}")
 
@@ -272,7 +243,7 @@ def load_model(run: Run) -> None:
     log.info(budget.text)
     run.record.update_manifest(preflight=budget.to_dict())
     started = time.monotonic()
-    multiprocess = distributed.is_multiprocess()
+    multiprocess = multihost.is_multiprocess()
     run.loaded = loader.load_model(
         cfg.model.name, source=cfg.model.source, path=cfg.model.path, revision=cfg.model.revision,
         repo=cfg.model.repo, dtype=cfg.model.dtype, platform=run.devices["platform"],
@@ -425,8 +396,8 @@ def evaluate(run: Run, which: str = "trained") -> None:
     run.generations[which] = gens
     # Several processes: each decoded its rows of every batch and the ids were gathered once;
     # the scored records must agree, and only process 0 writes them.
-    distributed.check_agreement(f"predictions_{which}", records)
-    if distributed.is_writer():
+    multihost.check_agreement(f"predictions_{which}", records)
+    if multihost.is_writer():
         ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage=which,
                              append=(run.run_dir / "predictions.jsonl").exists())
     card = ev.scorecard(records)
@@ -464,8 +435,8 @@ def _evaluate_fewshot(run: Run) -> None:
                                                     lambda t: len(tokenizer.encode(t)))
         records.append(ev.score_item(item, text, n_tokens, truncated, stage="baseline_fewshot"))
     run.records["baseline_fewshot"] = records
-    distributed.check_agreement("predictions_baseline_fewshot", records)
-    if distributed.is_writer():
+    multihost.check_agreement("predictions_baseline_fewshot", records)
+    if multihost.is_writer():
         ev.write_predictions(run.run_dir / "predictions.jsonl", records, stage="baseline_fewshot",
                              append=(run.run_dir / "predictions.jsonl").exists())
     card = ev.scorecard(records)
@@ -481,7 +452,7 @@ def _write_summary(run: Run) -> dict[str, Any]:
                            meta={"run_id": run.run_id, "eval_data": run.cfg.data.eval,
                                  "model": run.cfg.model.name},
                            fewshot_records=run.records.get("baseline_fewshot"))
-    if distributed.is_writer():
+    if multihost.is_writer():
         ev.write_summary(run.run_dir / "eval_summary.json", summary)
     return summary
 
@@ -520,7 +491,7 @@ def _export(run: Run) -> None:
     multi-process runs."""
     from kaggle_lib import export  # imports jax (see the note at the top)
 
-    if distributed.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
+    if multihost.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
         log.info("export: skipped in a multi-process run; restore its last checkpoint in a 1-process "
               "run (train.resume_from: <run>/checkpoints/sft) to export")
         return
@@ -550,5 +521,5 @@ def finish(run: Run) -> None:
     headline = close.headline_metrics(summary, run.train_results)
     run.record.update_manifest(metrics=headline)
     close.finalize(run.record, status="succeeded")
-    distributed.mark_done()
+    multihost.mark_done()
     log.info(json.dumps(headline, indent=2))

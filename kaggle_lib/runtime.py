@@ -7,11 +7,8 @@ Platform flags must be in the environment before jax initialises its backends, s
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
-import platform as host_platform
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +16,6 @@ from typing import Any
 
 from kaggle_lib.compat.jax_backends import backends_initialised
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evidence.record import package_versions
 
 # Tests (and the Kaggle-like local run) point this at a temporary directory that stands in
 # for "/", so that /kaggle/working becomes $KAGGLE_LIB_KAGGLE_ROOT/kaggle/working.
@@ -212,73 +208,3 @@ def banner(env: Environment, devices: dict[str, Any], flags: dict[str, Any]) -> 
         lines.append("  note    : jax was already initialised; platform flags could not apply")
     lines.append("=" * 72)
     return "\n".join(lines)
-
-
-# Environment variables worth recording in env_info.txt (values pass the redaction filter).
-_ENV_INFO_VARS = ("JAX_PLATFORMS", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "TPU_NAME",
-                  "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "CUDA_VISIBLE_DEVICES",
-                  "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_CONTAINER_NAME", "PYTHONHASHSEED")
-
-
-
-def _run_command(cmd: list[str], timeout: float = 20) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _memory_text() -> str:
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return f"{pages * size / 2**30:.1f} GiB"
-    except (ValueError, OSError, AttributeError):
-        return "unknown"
-
-
-def env_info() -> str:
-    """Python, host, every installed package, jax devices, accelerator details
-    (nvidia-smi / tpu-info / TPU device attributes when present)."""
-    lines = [
-        f"python: {sys.version}",
-        f"executable: {sys.executable}",
-        f"platform: {host_platform.platform()}",
-        f"cpu count: {os.cpu_count()}",
-        f"host memory: {_memory_text()}",
-        "",
-        "environment:",
-    ]
-    lines += [f"  {k}={os.environ[k]}" for k in _ENV_INFO_VARS if k in os.environ]
-    lines += ["", "tracked packages:"]
-    lines += [f"  {k}=={v}" for k, v in package_versions().items() if v]
-    try:
-        import jax
-
-        lines += ["", f"jax {jax.__version__}: {jax.device_count()} devices, "
-                  f"{jax.process_count()} process(es), default backend {jax.default_backend()}"]
-        for d in jax.devices():
-            extra = []
-            for attr in ("coords", "core_on_chip", "slice_index"):
-                if hasattr(d, attr):
-                    extra.append(f"{attr}={getattr(d, attr)}")
-            try:
-                stats = d.memory_stats() or {}
-                if stats.get("bytes_limit"):
-                    extra.append(f"memory={stats['bytes_limit'] / 2**30:.1f} GiB")
-            except Exception:  # noqa: BLE001 - CPU devices have no memory stats
-                pass
-            lines.append(f"  {d.id}: {d.platform} {d.device_kind} {' '.join(extra)}".rstrip())
-    except Exception as exc:  # noqa: BLE001 - the record must still be written
-        lines.append(f"jax unavailable: {exc}")
-    for cmd in (["nvidia-smi"], ["tpu-info"]):
-        out = _run_command(cmd)
-        if out:
-            lines += ["", f"$ {' '.join(cmd)}", out.rstrip()]
-    lines += ["", "all installed distributions:"]
-    dists = {(d.metadata["Name"] or "?").lower(): d.version
-             for d in importlib.metadata.distributions()}
-    lines += [f"  {name}=={version}" for name, version in sorted(dists.items())]
-    return "\n".join(lines) + "\n"

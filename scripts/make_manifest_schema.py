@@ -16,7 +16,7 @@ from pathlib import Path
 # Runs from a checkout without `pip install -e .` too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kaggle_lib.evidence.record import SCHEMA_PATH, manifest_json_schema  # noqa: E402
+from kaggle_lib.evidence.manifest import SCHEMA_PATH, manifest_json_schema  # noqa: E402
 
 if __name__ == "__main__":
     SCHEMA_PATH.write_text(json.dumps(manifest_json_schema(), indent=2) + "\n")

@@ -119,7 +119,7 @@ class ExactSampler(tunix_sampler.Sampler):
     """Tunix's Sampler with the two fixes of the module docstring; a row is also done once it
     has completed one of `stop_matchers` (`generation.StopMatcher`). Several processes:
     `wrap_decode` wraps the compiled decode loop, `place_state` each initial sampling state
-    (`distributed.localize_sampling_output`, `distributed.global_sampling_state`)."""
+    (`multihost.localize_sampling_output`, `multihost.global_sampling_state`)."""
 
     def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
                  slot_positions: bool, stop_matchers: Sequence[Any] = (),

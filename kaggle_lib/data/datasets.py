@@ -15,6 +15,7 @@ ending in ``#### N``), MATH-style (``problem`` + ``solution`` with ``\\boxed{}``
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from kaggle_lib import jsonl
 from kaggle_lib.data_spec import BUILTIN_SPLITS, DataError
 from kaggle_lib.errors import format_validation_error
 
@@ -148,18 +150,6 @@ def validate_items(items: Iterable[Any], *, source: str) -> list[dict[str, Any]]
     return out
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is a DataError naming the
-    file, the line and the byte."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line is "
-                                f"{raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
-
-
 def load_jsonl(
     path: str | os.PathLike[str], *, require_reasoning: bool = False, limit: int | None = None
 ) -> list[dict[str, Any]]:
@@ -172,16 +162,10 @@ def load_jsonl(
         raise DataError(f"{path}: no such file")
     items: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, line in _text_lines(path):
-        if limit is not None and len(items) >= limit:
-            break
-        if not line.strip():
-            continue
+    # Every non-blank line is an item or an error: the first `limit` of them are the items,
+    # and a line after them is not read.
+    for lineno, record in itertools.islice(jsonl.read_lines(path, error=DataError), limit):
         where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         item = validate_item(record, where=where, require_reasoning=require_reasoning)
         if item["id"] in seen:
             raise DataError(
@@ -363,12 +347,7 @@ def _read_table(path: Path) -> Iterator[dict[str, Any]]:
                 raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text "
                                 f"({e.reason}); save the file as UTF-8") from None
     elif suffix == ".jsonl":
-        for lineno, line in _text_lines(path):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        yield from (record for _, record in jsonl.read_lines(path, error=DataError))
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

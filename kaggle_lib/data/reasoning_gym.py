@@ -58,6 +58,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from kaggle_lib import jsonl
 from kaggle_lib.data.datasets import FILES_DIR, load_builtin, normalize_text, validate_items
 from kaggle_lib.data_spec import (
     FAMILIES,
@@ -434,8 +435,7 @@ def eval_split_prompts() -> set[str]:
     """Normalised prompts of the committed evaluation split (empty if it is not there yet)."""
     if not EVAL_SPLIT_FILE.is_file():
         return set()
-    return {normalize_text(json.loads(line)["prompt"])
-            for line in EVAL_SPLIT_FILE.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {normalize_text(record["prompt"]) for _, record in jsonl.read_lines(EVAL_SPLIT_FILE)}
 
 
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import auth, distributed
+from kaggle_lib import auth, multihost
+from kaggle_lib.evidence.identity import env_info
 from kaggle_lib.evidence.index import append_index, index_path
+from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
-from kaggle_lib.evidence.record import FAILURE, ManifestError, RunRecord
+from kaggle_lib.evidence.record import FAILURE, RunRecord
 from kaggle_lib.evidence.scan import (
     SecretLeakError,
     removed_files,
@@ -33,7 +35,6 @@ from kaggle_lib.evidence.scan import (
     scan_for_secrets,
 )
 from kaggle_lib.hashing import sha256_hex
-from kaggle_lib.runtime import env_info
 
 # ---------------------------------------------------------------------------- checkpoints
 
@@ -170,7 +171,7 @@ def _write_environment(record: RunRecord) -> None:
 
 def finalize(record: RunRecord, status: str) -> None:
     """Write the closing files; a secret found anywhere fails the run (after redacting it)."""
-    if not distributed.is_writer():  # process 0 writes the record's closing files
+    if not multihost.is_writer():  # process 0 writes the record's closing files
         if status == "succeeded":
             record.succeed()
         return
@@ -202,7 +203,7 @@ def close_failed(record: RunRecord, run_id: str,
     """What a failed run still leaves: env info, checkpoint list, eval summary (through the
     caller's `write_eval_summary`, the same writer a finished run uses), loss curve, config
     copy, secret scan, README, index line."""
-    if not distributed.is_writer():
+    if not multihost.is_writer():
         return
     _write_environment(record)
     _raw_config_copy(record)

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib.evidence.record import MANIFEST, load_manifest, read_jsonl
+from kaggle_lib import jsonl
+from kaggle_lib.evidence.manifest import MANIFEST, load_manifest, read_manifest
 
 INDEX_NAME = "index.jsonl"
 
@@ -24,7 +25,7 @@ def index_entry(run_dir: Path) -> dict[str, Any]:
     path = os.path.relpath(run_dir, index_path(run_dir).parent)
     m = load_manifest(run_dir / MANIFEST)
     if m is None:  # a failure recorded with schema_errors: say what can be said
-        raw = json.loads((run_dir / MANIFEST).read_text())
+        raw = read_manifest(run_dir / MANIFEST)
         return {"run_id": raw.get("run_id") or run_dir.name, "attempt": raw.get("attempt", 1),
                 "status": raw.get("status"), "schema_errors": True, "path": path}
     failure = m.failure
@@ -40,7 +41,7 @@ def index_entry(run_dir: Path) -> dict[str, Any]:
 def read_index(path: Path) -> list[dict[str, Any]]:
     """Index entries; a line that is not JSON (a merge conflict, a write cut short) is skipped
     and reported, not fatal."""
-    return [e for e in read_jsonl(path) if e.get("run_id")]
+    return [e for e in jsonl.read(path) if e.get("run_id")]
 
 
 def _index_key(entry: dict[str, Any]) -> tuple[Any, int]:

@@ -9,15 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kaggle_lib import auth
-from kaggle_lib.evidence.record import (
-    MANIFEST,
-    METRICS,
-    TRACKED_PACKAGES,
-    RunManifest,
-    load_manifest,
-    read_jsonl,
-)
+from kaggle_lib import auth, jsonl
+from kaggle_lib.evidence.identity import TRACKED_PACKAGES
+from kaggle_lib.evidence.manifest import MANIFEST, RunManifest, load_manifest
+from kaggle_lib.evidence.record import METRICS
 
 
 def _pct(value: Any) -> str:
@@ -108,7 +103,7 @@ def _load(values: list[float] | None) -> str:
 
 def _curve(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) of one metric of one stage in metrics.jsonl, by step."""
-    records = read_jsonl(Path(run_dir) / METRICS)
+    records = jsonl.read(Path(run_dir) / METRICS)
     by_step = {r["step"]: r[key] for r in records
                if r.get("stage") == stage and isinstance(r.get(key), int | float)}
     return sorted(by_step.items())

@@ -1,37 +1,36 @@
 """The run record: everything a run leaves in `evidence/runs/<run_id>/`, good or failed.
 
-Files: executed.ipynb (written by papermill), config.yaml, run_manifest.json, metrics.jsonl,
-failure_analysis.md when failed, and what later stages add (eval, samples, checkpoints).
-
-`run_manifest.json` is a `RunManifest` (pydantic), checked on every write: a write that would
-break it raises `ManifestError` and leaves the file as it was, except the write that records a
-failure, which is never lost (see `RunRecord.fail`). The JSON schema for readers outside Python,
-kaggle_lib/schemas/run_manifest.schema.json, is generated from the model
-(scripts/write_manifest_schema.py); a test keeps the two equal.
+Files: executed.ipynb (written by papermill), config.yaml, run_manifest.json (evidence.manifest),
+metrics.jsonl, failure_analysis.md when failed, and what later stages add (eval, samples,
+checkpoints). `RunRecord` reads and writes them, and moves an earlier attempt's files aside; in a
+multi-process run the other processes keep a `ProcessLogRecord` instead (`make_record`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
-import os
-import platform
-import re
 import shutil
-import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from kaggle_lib import auth, logs
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib import auth, jsonl, logs, multihost
 from kaggle_lib.evidence.failure import failure_analysis
-from kaggle_lib.hashing import sha256_hex
+from kaggle_lib.evidence.identity import git_info, host_info, load_average, package_versions
+from kaggle_lib.evidence.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    Attempt,
+    AttemptFailure,
+    ManifestError,
+    RunManifest,
+    manifest_errors,
+    read_manifest,
+    validate_manifest,
+)
 
-MANIFEST = "run_manifest.json"
 METRICS = "metrics.jsonl"
 FAILURE = "failure_analysis.md"
 # Earlier attempts of a run re-run in its own directory: attempts/<n>/ holds attempt n's files.
@@ -47,280 +46,7 @@ RECORD_NAMES = frozenset({
     "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
 })
 log = logs.get_logger(__name__)
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "run_manifest.schema.json"
-SCHEMA_VERSION = 1
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-class ManifestError(KaggleLibError, ValueError):
-    """A manifest write that does not match RunManifest (run_manifest.schema.json)."""
-
-    hint = (
-        "A stage wrote a manifest field the schema does not allow (named above); fix that stage or "
-        "the field's type in kaggle_lib/evidence/record.py (RunManifest)."
-    )
-
-
-# ---------------------------------------------------------------------------- the manifest
-
-Timestamp = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
-                                 description="UTC, second precision, e.g. 2026-01-31T12:00:00Z")]
-Seconds = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=1)]
-
-
-class _Section(BaseModel):
-    """A manifest object: typed where named, open to fields stages add (as the record grows)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class GitInfo(_Section):
-    sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] | None
-    dirty: bool | None
-    source: Literal["git", "bundle", "unknown"]
-
-
-class HostInfo(_Section):
-    system: str
-    machine: str
-    node: str | None = None
-    cpu_count: int | None = None
-    # 1/5/15-minute load averages when the run started and when it closed: a run's times mean
-    # little without knowing what else the machine was doing (None where the OS has none).
-    load_average_start: list[float] | None = None
-    load_average_end: list[float] | None = None
-
-
-class Packages(_Section):
-    """Versions of TRACKED_PACKAGES (None: not installed)."""
-
-    __pydantic_extra__: dict[str, str | None]
-    google_tunix: str | None = Field(alias="google-tunix")
-    jax: str | None
-    flax: str | None
-
-
-class KaggleImage(BaseModel):
-    """Kaggle image identity, from /etc/git_commit and /etc/build_date."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    git_commit: str | None = None
-    build_date: str | None = None
-
-
-class EnvironmentInfo(_Section):
-    on_kaggle: bool
-    run_type: str | None = Field(None, description="KAGGLE_KERNEL_RUN_TYPE: 'Interactive' or "
-                                 "'Batch' today; not an enum, so a new Kaggle value cannot break a "
-                                 "run. Required (non-empty) on Kaggle.")
-    working_dir: str | None = None
-    notebook_url: Annotated[str, Field(pattern=r"^https://www\.kaggle\.com/code/[^/]+/[^/]+")] | None = None
-    notebook_version: str | int | None = None
-    kaggle_image: KaggleImage | None = None
-
-    @model_validator(mode="after")
-    def _run_type_on_kaggle(self) -> EnvironmentInfo:
-        if self.on_kaggle and not self.run_type:
-            raise ValueError("run_type: required (non-empty) when on_kaggle is true")
-        return self
-
-
-class DeviceInfo(_Section):
-    platform: str
-    device_kind: str
-    device_count: Count
-    local_device_count: Count | None = None
-    memory_per_device_bytes: int | None = None
-    process_count: Count | None = None
-    jax_version: str | None = None
-
-
-class ModelInfo(_Section):
-    name: str
-    source: str
-    dtype: str | None = None
-    param_count: Annotated[int, Field(ge=0)] | None = None
-
-
-class StageEntry(_Section):
-    status: Literal["running", "succeeded", "failed", "skipped"]
-    seconds: Seconds | None = None
-
-
-class Failure(_Section):
-    stage: Annotated[str, Field(min_length=1)]
-    error_type: Annotated[str, Field(min_length=1)]
-    message: str
-    last_good_checkpoint: str | None
-
-
-class SecretScan(_Section):
-    files_scanned: Annotated[int, Field(ge=0)]
-    hits: list[str]
-    removed: list[str] = Field(default_factory=list, description="Binary files with a hit, "
-                               "deleted from the record (masking would break their framing).")
-
-
-class ExportEntry(_Section):
-    path: str
-    format: str
-
-
-class AttemptFailure(_Section):
-    stage: str | None = None
-    error_type: str | None = None
-    message: str | None = None
-
-
-class Attempt(_Section):
-    """An earlier attempt of this run (its files are under attempts/<n>/)."""
-
-    n: Count
-    status: Literal["succeeded", "failed", "interrupted", "unknown"] = Field(
-        description="interrupted: that attempt never closed its record (e.g. the runner was killed).")
-    started_at: str | None = None
-    ended_at: str | None = None
-    failure: AttemptFailure | None = None
-    path: Annotated[str, Field(pattern=r"^attempts/[0-9]+$")]
-
-
-class SetAsideCheckpoint(_Section):
-    """A checkpoint step that did not restore, moved to checkpoints/<stage>/corrupt/<step>/."""
-
-    stage: str
-    step: Annotated[int, Field(ge=0)]
-    path: str
-    reason: str
-
-
-Metric = bool | int | float | str | None
-
-
-class RunManifest(_Section):
-    """Identity, code, config, versions, devices, times, status, stage timings and headline
-    metrics of one run. While status is 'running' the closing fields may be missing;
-    'succeeded' and 'failed' require ended_at, duration_s and stages; 'succeeded' also
-    config_hash, devices, model and metrics, and no failed stage; 'failed' requires failure."""
-
-    model_config = ConfigDict(extra="allow", strict=True, title="kaggle_lib run manifest")
-
-    schema_version: Literal[1]
-    run_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")]
-    run_name: str | None = None
-    status: Literal["running", "succeeded", "failed"]
-    config_path: str
-    config_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    config_resolved: dict[str, Any] | None = None
-    started_at: Timestamp
-    ended_at: Timestamp | None = None
-    duration_s: Seconds | None = None
-    notebook_wall_seconds: Seconds | None = None
-    git: GitInfo
-    python: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+")]
-    host: HostInfo
-    packages: Packages
-    environment: EnvironmentInfo | None = None
-    devices: DeviceInfo | None = None
-    model: ModelInfo | None = None
-    stages: dict[str, StageEntry] | None = None
-    metrics: dict[str, Metric] | None = None
-    failure: Failure | None = None
-    secret_scan: SecretScan | None = None
-    exports: dict[str, ExportEntry] | None = None
-    attempt: Count = Field(1, description="Which attempt of this run this manifest records: a "
-                           "re-run in the same run directory is the next attempt.")
-    attempts: list[Attempt] = Field(default_factory=list,
-                                    description="Earlier attempts of this run, oldest first.")
-    checkpoints_set_aside: list[SetAsideCheckpoint] = Field(default_factory=list)
-    prepared_by_runner: bool = Field(False, description="Set by `python -m kaggle_lib run` "
-                                     "before the kernel starts; start_run then keeps this fresh "
-                                     "manifest instead of archiving it.")
-
-    @model_validator(mode="after")
-    def _closing_fields(self) -> RunManifest:
-        if self.status == "running":
-            return self
-        required = ["ended_at", "duration_s", "stages"]
-        required += (["config_hash", "devices", "model", "metrics"] if self.status == "succeeded"
-                     else ["failure"])
-        missing = [name for name in required if getattr(self, name) is None]
-        if missing:
-            raise ValueError(f"required when status is {self.status}: {', '.join(missing)}")
-        if self.status == "succeeded":
-            if self.failure is not None:
-                raise ValueError("failure: a succeeded run has no failure")
-            if not self.stages:
-                raise ValueError("stages: a succeeded run lists at least one stage")
-            for name, stage in self.stages.items():
-                # 'running' is allowed: the finish stage marks the run succeeded from inside
-                # itself, before its own entry is closed.
-                if stage.status == "failed":
-                    raise ValueError(f"stages.{name}.status: a succeeded run has no failed stage")
-        return self
-
-
-# A model-level rule names its field as 'field.path: message' (pydantic's location is the model).
-_FIELD_IN_MESSAGE = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.-]*): (.*)$", re.S)
-
-
-def manifest_errors(manifest: dict[str, Any]) -> list[str]:
-    """Violations as 'field.path: message' lines (empty when the manifest is valid)."""
-    try:
-        RunManifest.model_validate(manifest)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = [str(part) for part in error["loc"]]
-            message = error["msg"]
-            if error["type"] == "value_error" and (match := _FIELD_IN_MESSAGE.match(message)):
-                where.append(match.group(1))
-                message = match.group(2)
-            lines.append(f"{'.'.join(where) or '<top level>'}: {message}")
-        return sorted(lines)
-    return []
-
-
-def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
-    """Raise ManifestError naming the file, each bad field and what is allowed."""
-    errors = manifest_errors(manifest)
-    if errors:
-        raise ManifestError(
-            f"{source} does not match {SCHEMA_PATH.name} (RunManifest):\n  " + "\n  ".join(errors[:20])
-        )
-
-
-def load_manifest(path: Path) -> RunManifest | None:
-    """The manifest at `path`, typed; None when it does not validate (a failure that was
-    recorded with `schema_errors`), so that its reader can say so instead of breaking."""
-    try:
-        return RunManifest.model_validate(json.loads(Path(path).read_text()))
-    except ValidationError:
-        return None
-
-
-def manifest_json_schema() -> dict[str, Any]:
-    """The JSON schema of run_manifest.json, generated from RunManifest."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            **RunManifest.model_json_schema(by_alias=True)}
-
-
-# ---------------------------------------------------------------------------- identity
-
-# Versions recorded in every manifest: what decides numerics and behaviour.
-TRACKED_PACKAGES = (
-    "google-tunix", "jax", "jaxlib", "libtpu", "flax", "optax", "qwix", "orbax-checkpoint",
-    "numpy", "sentencepiece", "safetensors", "gguf", "transformers", "torch", "papermill",
-    "huggingface-hub", "kagglehub", "kaggle", "kaggle-lib",
-)
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages, rounded; None where the OS does not have them."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def utc_now() -> str:
@@ -336,49 +62,6 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
         return None
     return max(0.0, (t1 - t0).total_seconds())
 
-
-def make_run_id(config_hash: str, when: dt.datetime | None = None) -> str:
-    """UTC time + short config hash: sortable, and says which config ran."""
-    when = when or dt.datetime.now(dt.UTC)
-    return f"{when:%Y%m%dT%H%M%SZ}-{config_hash[:8]}"
-
-
-def hash_text(text: str | bytes) -> str:
-    """sha256 of a config's text or bytes (the run id's config hash)."""
-    return sha256_hex(text)
-
-
-def git_info(repo: Path | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout the code came from (bundles bake their own)."""
-    package_dir = Path(__file__).resolve().parent.parent
-    repo = repo or package_dir.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=repo, capture_output=True, text=True, check=True,
-            ).stdout.strip()
-        )
-        return {"sha": sha, "dirty": dirty, "source": "git"}
-    except (OSError, subprocess.CalledProcessError):
-        baked = package_dir / "_build_info.json"
-        if baked.is_file():
-            info = json.loads(baked.read_text())
-            return {"sha": info.get("git_sha"), "dirty": info.get("git_dirty"), "source": "bundle"}
-        return {"sha": None, "dirty": None, "source": "unknown"}
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def last_good_checkpoint(run_dir: Path) -> str | None:
@@ -401,38 +84,6 @@ def last_good_checkpoint(run_dir: Path) -> str | None:
             best = key if best is None or key > best else best
     return best[1] if best else None
 
-
-# ---------------------------------------------------------------------------- files
-
-
-def _ends_without_newline(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(-1, 2)
-            return fh.read(1) != b"\n"
-    except OSError:  # missing or empty
-        return False
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON objects of one of our own jsonl files. A line that does not parse (a write cut short
-    by a killed kernel) is skipped and reported, so that the record can still be closed."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            log.warning("[kaggle_lib] warning: %s:%d: skipped a line that is not JSON "
-                        "(a write cut short?)", path, lineno)
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -465,9 +116,7 @@ class RunRecord:
         return self.run_dir / MANIFEST
 
     def read_manifest(self) -> dict[str, Any]:
-        if self.manifest_path.is_file():
-            return json.loads(self.manifest_path.read_text())
-        return {}
+        return read_manifest(self.manifest_path)
 
     def manifest(self) -> RunManifest:
         """The manifest, typed (raises ManifestError if the file does not match)."""
@@ -576,21 +225,15 @@ class RunRecord:
             started_at=utc_now(),
             git=git_info(),
             python=sys.version.split()[0],
-            host={"system": platform.system(), "machine": platform.machine(),
-                  "node": platform.node(), "cpu_count": os.cpu_count(),
-                  "load_average_start": load_average()},
+            host=host_info(),
             packages=package_versions(),
         )
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        path = self.run_dir / METRICS
-        # A line cut short by a killed writer must not swallow this record.
-        separator = "\n" if _ends_without_newline(path) else ""
-        with path.open("a") as fh:
-            fh.write(separator + json.dumps(record, default=float) + "\n")
+        jsonl.append(self.run_dir / METRICS, record, default=float)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.run_dir / METRICS)
+        return jsonl.read(self.run_dir / METRICS)
 
     def stage(self, name: str, status: str, seconds: float | None = None, **extra: Any) -> None:
         entry = {"status": status, **({"seconds": round(seconds, 3)} if seconds is not None else {}), **extra}
@@ -641,3 +284,69 @@ class RunRecord:
 
     def succeed(self, **fields: Any) -> None:
         self.update_manifest(status="succeeded", **self._closing(self.read_manifest()), **fields)
+
+
+class ProcessLogRecord(RunRecord):
+    """What a process other than 0 of a multi-process run keeps: its own log,
+    <run_dir>/processes/<id>/log.jsonl, and its manifest in memory.
+
+    Same interface as RunRecord so the stages run unchanged; nothing is written to the run
+    directory itself (process 0 owns the record)."""
+
+    def __init__(self, run_dir: str | Path, process_id: int):  # no mkdir of the shared run dir
+        self.run_dir = Path(run_dir)
+        self.process_id = process_id
+        self.log_dir = multihost.process_dir(self.run_dir, process_id)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._manifest: dict[str, Any] = {}
+
+    def _log(self, kind: str, payload: Any) -> None:
+        jsonl.append(self.log_dir / "log.jsonl", {"time": utc_now(), kind: payload},
+                     text_filter=auth.redact)
+
+    def read_manifest(self) -> dict[str, Any]:
+        return dict(self._manifest)
+
+    def start(self, run_id: str, run_name: str, config_path: str) -> None:
+        # Process 0 moves earlier attempts aside; here only this process's log starts.
+        self.update_manifest(**self._identity(run_id, run_name, config_path))
+
+    def archive_previous_attempt(self) -> dict[str, Any]:
+        raise RuntimeError("only process 0 archives a run directory's earlier attempts")
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        self._manifest = self._merged(fields)
+        self._log("manifest", fields)
+        return dict(self._manifest)
+
+    def write_text(self, name: str, text: str) -> Path:
+        self._log("skipped_write", name)  # process 0 writes the run's files
+        return self.log_dir / name
+
+    write_json = write_text  # type: ignore[assignment]  # (name, payload): same skip
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        self._log("metrics", record)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return []
+
+    def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
+             details: str = "") -> None:
+        self._manifest["status"] = "failed"
+        self._log("failure", {"stage": stage, "error_type": type(error).__name__,
+                              "message": str(error)[:2000]})
+        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        (self.log_dir / "failure.txt").write_text(auth.redact(
+            f"process {self.process_id} failed in stage {stage}: {type(error).__name__}: "
+            f"{error}\n\n{tb}"))
+
+    def succeed(self, **fields: Any) -> None:
+        self._manifest["status"] = "succeeded"
+        self._log("status", "succeeded")
+
+
+def make_record(run_dir: Path) -> RunRecord:
+    """The run record on process 0 (or alone); a ProcessLogRecord on the other processes."""
+    if multihost.is_writer():
+        return RunRecord(run_dir)
+    return ProcessLogRecord(run_dir, multihost.process_index())

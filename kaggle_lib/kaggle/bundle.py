@@ -25,7 +25,6 @@ import io
 import json
 import pprint
 import re
-import subprocess
 import sys
 import time
 import tomllib
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evidence.identity import git_info
 from kaggle_lib.hashing import sha256_hex
 from kaggle_lib.kaggle.metadata import (
     METADATA_FILE,
@@ -168,26 +168,6 @@ def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
         if normalize(req.name) not in pinned and str(req) not in out:
             out.append(str(req))
     return out
-
-
-def git_info(repo_root: Path) -> dict[str, Any]:
-    """Commit sha and whether the bundled paths differ from it (CI: GITHUB_SHA as fallback)."""
-    import os
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True,
-                                 text=True, timeout=30, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    sha = git("rev-parse", "HEAD")
-    if not sha:
-        return {"sha": os.environ.get("GITHUB_SHA", "unknown"), "dirty": None, "dirty_files": []}
-    status = git("status", "--porcelain", "--", "kaggle_lib", "configs", PINS_FILE) or ""
-    dirty_files = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"sha": sha, "dirty": bool(dirty_files), "dirty_files": dirty_files[:50]}
 
 
 def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
@@ -417,7 +397,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     p_index = _find_parameters_cell(cells, str(nb_path))
     _check_blocking_calls(cells, str(nb_path))
 
-    git = git_info(repo)
+    git = git_info(repo, paths=("kaggle_lib", "configs", PINS_FILE))
     # kaggle_lib.evidence reads this when the code runs outside a git checkout (on Kaggle).
     build_info = {"git_sha": git["sha"], "git_dirty": git["dirty"], "kernel_id": meta["id"],
                   "config": opts.config}

@@ -137,8 +137,7 @@ def _first_failure(step: int, reason: str | None) -> str | None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    # jax's own collectives (not kaggle_lib.distributed, which sits above the run record that
-    # imports this module): every process learns which processes failed.
+    # One jax collective: every process learns which processes failed.
     failed = np.asarray(multihost_utils.process_allgather(np.array(reason is not None))).ravel()
     if not failed.any():
         return None

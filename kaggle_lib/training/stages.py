@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tunix.sft.utils import is_lora_enabled
 
-from kaggle_lib import auth, distributed, logs
+from kaggle_lib import auth, logs, multihost
 from kaggle_lib.compat.remat import remat
 from kaggle_lib.config import LoraSection, RunConfig
 from kaggle_lib.data.batching import (
@@ -69,7 +69,7 @@ class StageInputs:
                                   keep=train.keep_checkpoints)
 
     def training_log(self, line: str) -> None:
-        if not distributed.is_writer():  # process 0 keeps the run's training log
+        if not multihost.is_writer():  # process 0 keeps the run's training log
             return
         with (self.run_dir / "training_log.txt").open("a") as fh:
             fh.write(auth.redact(line) + "\n")
@@ -150,7 +150,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
                                instruct=loaded.spec.instruct, drop_truncated=True)
     buckets = tuple(cfg.data.length_buckets or length_buckets(cfg.data.max_seq_len))
     # Several processes: each builds only its rows; the global batch is assembled on devices.
-    rows = distributed.local_rows(sft.batch_size, mesh) if distributed.is_multiprocess() else None
+    rows = multihost.local_rows(sft.batch_size, mesh) if multihost.is_multiprocess() else None
     batches = SFTBatches(tokenized, sft.batch_size, seed=cfg.seed, length_buckets=buckets,
                          pad_id=loaded.tokenizer.pad_id(), rows=rows, packing=cfg.data.packing)
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
@@ -177,13 +177,13 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
 
     inputs.add_lora()
     ckpt_dir = inputs.checkpoint_dir("sft")
-    if distributed.is_writer():  # the checkpoint directory is shared: process 0 prepares it
+    if multihost.is_writer():  # the checkpoint directory is shared: process 0 prepares it
         if cfg.train.resume == "never" and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
         if cfg.train.resume_from:
             step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
             log.info(f"resume: continuing from step {step} of {cfg.train.resume_from}")
-    distributed.barrier("sft_checkpoints_ready")
+    multihost.barrier("sft_checkpoints_ready")
 
     def on_step(record: dict[str, Any]) -> None:
         inputs.record.log_metrics(record)
@@ -203,7 +203,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
         try:
             result = run_sft(
                 loaded.model,
-                distributed.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
+                multihost.GlobalBatches(batches, mesh, sft.batch_size) if rows is not None else batches,
                 sft, mesh=mesh, checkpointing=inputs.checkpointing("sft"),
                 validation_batches=validation,
                 metrics=MetricsSettings(inputs.run_dir / "tensorboard", wandb=cfg.evidence.wandb,
@@ -255,7 +255,7 @@ def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
     log.info(f"data: {len(held_out)} validation items ({len(items) - len(held_out)} dropped as "
              f"training prompts), {len(batches)} batches every {cfg.train.sft.validate_every} steps")
     if rows is not None:
-        return distributed.GlobalBatches(batches, inputs.mesh, batch_size)
+        return multihost.GlobalBatches(batches, inputs.mesh, batch_size)
     return batches
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kaggle_lib import distributed
+from kaggle_lib import multihost
 from kaggle_lib.data.batching import SFTBatches, tokenize_items
+from kaggle_lib.multihost import collectives
 from tests.fakes.byte_tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.multihost
@@ -49,21 +50,21 @@ def _env(**values: str) -> dict[str, str]:
 
 
 def test_no_multiprocess_variables_is_a_single_process_run() -> None:
-    assert distributed.spec_from_environment(_env()) is None
-    assert distributed.spec_from_environment(_env(JAX_COORDINATOR_ADDRESS="h:1", JAX_NUM_PROCESSES="1",
+    assert multihost.spec_from_environment(_env()) is None
+    assert multihost.spec_from_environment(_env(JAX_COORDINATOR_ADDRESS="h:1", JAX_NUM_PROCESSES="1",
                                                   JAX_PROCESS_ID="0")) is None
 
 
 def test_explicit_variables_give_the_spec_with_timeouts() -> None:
-    spec = distributed.spec_from_environment(_env(
+    spec = multihost.spec_from_environment(_env(
         JAX_COORDINATOR_ADDRESS="10.0.0.2:1234", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3",
         KAGGLE_LIB_HEARTBEAT_TIMEOUT_S="20", KAGGLE_LIB_INIT_TIMEOUT_S="60"))
-    assert spec == distributed.ProcessSpec("10.0.0.2:1234", 4, 3, heartbeat_timeout_s=20,
+    assert spec == multihost.ProcessSpec("10.0.0.2:1234", 4, 3, heartbeat_timeout_s=20,
                                            init_timeout_s=60)
 
 
 def test_auto_mode_leaves_detection_to_jax() -> None:
-    spec = distributed.spec_from_environment(_env(KAGGLE_LIB_MULTIHOST="auto"))
+    spec = multihost.spec_from_environment(_env(KAGGLE_LIB_MULTIHOST="auto"))
     assert spec is not None and spec.auto and spec.coordinator_address is None
 
 
@@ -85,8 +86,8 @@ def test_auto_mode_leaves_detection_to_jax() -> None:
      ["KAGGLE_LIB_HEARTBEAT_TIMEOUT_S", ">= 1"]),
 ])
 def test_bad_variables_are_named_with_what_is_allowed(env: dict[str, str], words: list[str]) -> None:
-    with pytest.raises(distributed.DistributedConfigError) as err:
-        distributed.spec_from_environment(env)
+    with pytest.raises(multihost.DistributedConfigError) as err:
+        multihost.spec_from_environment(env)
     for word in words:
         assert word in str(err.value)
 
@@ -337,7 +338,7 @@ def test_a_dead_process_fails_the_run_naming_it(tmp_path: Path) -> None:
     finally:
         launch.kill()
     print(f"survivor exited {code} {seconds:.1f} s after process 1 was killed")
-    assert code == distributed.PEER_FAILURE_EXIT_CODE, launch.output()
+    assert code == multihost.PEER_FAILURE_EXIT_CODE, launch.output()
     assert seconds < 90
     assert "process 1 stopped sending heartbeats" in launch.logs[0].read_text()
     run_dir = launch.run_dir()
@@ -356,7 +357,7 @@ def test_a_missing_process_is_a_clear_start_error(first_runs: dict[str, Any]) ->
     codes = launch.wait(timeout=120)
     assert codes != [0]
     text = launch.logs[0].read_text()
-    assert codes == [distributed.PEER_FAILURE_EXIT_CODE], text[-3000:]
+    assert codes == [multihost.PEER_FAILURE_EXIT_CODE], text[-3000:]
     assert "DistributedStartError" in text and "a process is missing" in text, text[-3000:]
     manifest = json.loads((launch.run_dir() / "run_manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failure"]["stage"] == "distributed"
@@ -381,23 +382,23 @@ def test_runner_knows_its_process_without_a_run_dir(monkeypatch: pytest.MonkeyPa
                                                     tmp_path: Path) -> None:
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "KAGGLE_LIB_MULTIHOST"):
         monkeypatch.delenv(name, raising=False)
-    assert distributed.runner_process_id() is None  # one process: unchanged
+    assert multihost.runner_process_id() is None  # one process: unchanged
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    assert distributed.runner_process_id() == 1
-    path = distributed.follower_notebook_path(tmp_path / "run", 1)
+    assert multihost.runner_process_id() == 1
+    path = multihost.follower_notebook_path(tmp_path / "run", 1)
     assert path == tmp_path / "run" / "processes" / "1" / "executed.ipynb" and path.parent.is_dir()
     # A follower's notebook waits in scratch until its kernel reports the run directory.
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
-    monkeypatch.setenv(distributed.ENV_RUN_DIR_FILE, "")  # set by the call below; undone after
-    scratch = distributed.follower_scratch_notebook(1)
+    monkeypatch.setenv(multihost.ENV_RUN_DIR_FILE, "")  # set by the call below; undone after
+    scratch = multihost.follower_scratch_notebook(1)
     assert scratch.parent.parent == tmp_path
     scratch.write_text("{}")
-    assert distributed.place_follower_notebook(scratch, 1) == scratch  # the kernel never joined
-    Path(os.environ[distributed.ENV_RUN_DIR_FILE]).write_text(str(tmp_path / "chosen"))
-    placed = distributed.place_follower_notebook(scratch, 1)
+    assert multihost.place_follower_notebook(scratch, 1) == scratch  # the kernel never joined
+    Path(os.environ[multihost.ENV_RUN_DIR_FILE]).write_text(str(tmp_path / "chosen"))
+    placed = multihost.place_follower_notebook(scratch, 1)
     assert placed == tmp_path / "chosen" / "processes" / "1" / "executed.ipynb"
     assert placed.read_text() == "{}" and not scratch.parent.exists()
 
@@ -416,14 +417,14 @@ def test_a_jax_error_waits_for_the_watchdog_to_name_a_dead_peer(monkeypatch: pyt
             verdict.wait(0.5)
 
     watchdog = Watchdog(daemon=True)
-    monkeypatch.setattr(distributed._state, "started", True)
-    monkeypatch.setattr(distributed._state, "watchdog", watchdog)
+    monkeypatch.setattr(collectives._state, "started", True)
+    monkeypatch.setattr(collectives._state, "watchdog", watchdog)
     JaxRuntimeError = type("JaxRuntimeError", (RuntimeError,), {"__module__": "jax.errors"})
 
     started = time.monotonic()
-    distributed.await_peer_verdict(ValueError("a config mistake"))  # not jax's: no wait
+    multihost.await_peer_verdict(ValueError("a config mistake"))  # not jax's: no wait
     assert time.monotonic() - started < 0.1
     watchdog.start()
-    distributed.await_peer_verdict(JaxRuntimeError("Gloo AllGather failed: Connection reset"))
+    multihost.await_peer_verdict(JaxRuntimeError("Gloo AllGather failed: Connection reset"))
     waited = time.monotonic() - started
     assert not watchdog.is_alive() and 0.4 <= waited < 1.5  # waited until the verdict, no longer

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from kaggle_lib import evidence, pipeline
+from kaggle_lib import evidence, jsonl, pipeline
 from kaggle_lib.config import ConfigError
 from kaggle_lib.evidence import close, readme
 from kaggle_lib.evidence import index as run_index
@@ -52,7 +52,7 @@ def manifest(run_dir: Path) -> dict:
 
 
 def sft_losses(metrics: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in evidence.read_jsonl(metrics) if r.get("stage") == "sft"}
+    return {r["step"]: r["loss"] for r in jsonl.read(metrics) if r.get("stage") == "sft"}
 
 
 # ---------------------------------------------------------------------------- fast: the record

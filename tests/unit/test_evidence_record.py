@@ -15,7 +15,7 @@ import pytest
 from kaggle_lib import auth, errors, evidence, logs
 from kaggle_lib.evidence import close, readme, scan
 from kaggle_lib.evidence import index as run_index
-from kaggle_lib.evidence.record import SCHEMA_PATH, manifest_json_schema
+from kaggle_lib.evidence.manifest import SCHEMA_PATH, manifest_json_schema
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MANIFESTS = sorted((REPO / "evidence" / "runs").rglob(evidence.MANIFEST))

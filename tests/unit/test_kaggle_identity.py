@@ -22,7 +22,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_image_identity_is_recorded_on_kaggle_and_passes_the_schema(root: Path) -> None:
-    identity = pipeline._kaggle_identity(on_kaggle=True)
+    identity = evidence.kaggle_identity(on_kaggle=True)
     assert identity["kaggle_image"] == {"git_commit": "3f2b9c1e7d",
                                         "build_date": "20261120-031502"}
     record = evidence.RunRecord(root / "run")
@@ -35,12 +35,12 @@ def test_image_identity_is_recorded_on_kaggle_and_passes_the_schema(root: Path) 
 
 
 def test_image_identity_is_absent_off_kaggle_and_when_files_are_missing(root: Path) -> None:
-    assert "kaggle_image" not in pipeline._kaggle_identity(on_kaggle=False)
+    assert "kaggle_image" not in evidence.kaggle_identity(on_kaggle=False)
     (root / "etc" / "git_commit").unlink()
-    assert pipeline._kaggle_identity(on_kaggle=True)["kaggle_image"] == {
+    assert evidence.kaggle_identity(on_kaggle=True)["kaggle_image"] == {
         "build_date": "20261120-031502"}
     (root / "etc" / "build_date").unlink()
-    assert "kaggle_image" not in pipeline._kaggle_identity(on_kaggle=True)
+    assert "kaggle_image" not in evidence.kaggle_identity(on_kaggle=True)
 
 
 def test_image_identity_falls_back_to_the_tpu_images_environment(
@@ -49,7 +49,7 @@ def test_image_identity_falls_back_to_the_tpu_images_environment(
     (root / "etc" / "build_date").unlink()
     monkeypatch.setenv("GIT_COMMIT", "abc123")
     monkeypatch.setenv("BUILD_DATE", "unknown")  # the Dockerfile's default: not an identity
-    assert pipeline._kaggle_identity(on_kaggle=True)["kaggle_image"] == {"git_commit": "abc123"}
+    assert evidence.kaggle_identity(on_kaggle=True)["kaggle_image"] == {"git_commit": "abc123"}
 
 
 def test_start_run_on_kaggle_writes_the_image_identity_into_the_manifest(

@@ -42,7 +42,7 @@ if not Path(kaggle_lib.__file__).resolve().is_relative_to(_KL_ROOT.resolve()):
     raise RuntimeError(f"kaggle_lib imports from {kaggle_lib.__file__}, "
                        f"not the bundle {_KL_ROOT}")
 os.environ["KAGGLE_LIB_GIT_SHA"] = _KL_BUNDLE["git"]["sha"]
-# The run manifest records the notebook URL from this (kaggle_lib.pipeline._kaggle_identity).
+# The run manifest records the notebook URL from this (kaggle_lib.evidence.identity.kaggle_identity).
 os.environ["KAGGLE_LIB_KERNEL_SLUG"] = _KL_BUNDLE["kernel_id"]
 os.environ["KAGGLE_LIB_BUNDLE_ROOT"] = str(_KL_ROOT)
 try:

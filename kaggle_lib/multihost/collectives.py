@@ -1,0 +1,248 @@
+"""Joining the run and the small collectives over jax's key-value store.
+
+`jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that every
+process id registered exactly once (a collision or a missing process is an error that says so,
+not a hang), then the watchdog; barrier, process 0's value on every process (`agree`), JSON
+gathers (device lists, agreement checks of predictions), the stage status peers' watchdogs read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kaggle_lib.compat import jax_distributed
+from kaggle_lib.hashing import sha256_hex
+from kaggle_lib.multihost import env, watchdog
+from kaggle_lib.multihost.env import DistributedStartError, PeerProcessError, ProcessSpec
+from kaggle_lib.multihost.watchdog import KEY_PREFIX, STALE_FRACTION, Watchdog
+
+
+@dataclasses.dataclass
+class _State:
+    spec: ProcessSpec | None = None
+    process_id: int | None = None
+    started: bool = False
+    watchdog: Watchdog | None = None
+
+
+_state = _State()
+
+
+def _timeout_ms(timeout_s: int | None) -> int:
+    spec_timeout = _state.spec.init_timeout_s if _state.spec else env.DEFAULT_INIT_TIMEOUT_S
+    return (timeout_s or spec_timeout) * 1000
+
+
+def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
+    where = spec.coordinator_address or "auto-detected coordinator"
+    return DistributedStartError(
+        f"process {spec.process_id} could not join the run at {where} within "
+        f"{spec.init_timeout_s} s ({env.ENV_INIT_TIMEOUT}): every one of the "
+        f"{spec.num_processes or 'N'} processes must start with the same {env.ENV_COORDINATOR} "
+        f"and {env.ENV_NUM_PROCESSES} and its own {env.ENV_PROCESS_ID}; a process is missing, "
+        f"or two share an id. {detail}")
+
+
+def _start_timed_out(spec: ProcessSpec, on_failure: Callable[[BaseException], None] | None
+                     ) -> None:
+    # jax aborts the process (LOG(QFATAL)) when its own, later, deadline passes: record first.
+    watchdog.exit_after_recording(_start_error(spec, "Timed out waiting for the other processes."),
+                                  [on_failure] if on_failure is not None else [])
+
+
+def initialize(spec: ProcessSpec | None = None,
+               on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
+    """Join the multi-process run described by the environment (no-op for one process).
+
+    Returns True when this is a multi-process run. Raises DistributedConfigError for bad
+    variables and DistributedStartError when the processes cannot form the run; when the others
+    do not arrive in time, `on_start_failure` gets the error and the process exits (jax would
+    abort it without a record a few seconds later).
+    """
+    spec = spec if spec is not None else env.spec_from_environment()
+    if spec is None:
+        return False
+    if _state.started:
+        return True
+    import jax
+
+    timer = threading.Timer(spec.init_timeout_s, _start_timed_out, (spec, on_start_failure))
+    timer.daemon = True
+    timer.start()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
+            process_id=spec.process_id, initialization_timeout=spec.init_timeout_s + 10,
+            heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
+        )
+    except Exception as exc:
+        timer.cancel()
+        raise _start_error(spec, f"jax: {type(exc).__name__}: {str(exc)[:600]}") from exc
+    timer.cancel()
+    _state.spec = spec
+    # From the runtime, not jax.process_index(): that would start the backends, and platform
+    # flags set after this point must still apply.
+    _state.process_id = jax_distributed.initialized_process_id()
+    _state.started = True
+    _register_process(spec)
+    _state.watchdog = Watchdog(jax_distributed.coordination_client(), process_index(),
+                               stale_s=spec.heartbeat_timeout_s / STALE_FRACTION)
+    _state.watchdog.start()
+    if _state.process_id == 0:
+        threading.Thread(target=_preload_failure_record, name="kaggle_lib-preload",
+                         daemon=True).start()
+    return True
+
+
+def _preload_failure_record() -> None:
+    """Import matplotlib (the loss plot of a failed run's record) now, in the background: when a
+    peer dies, jax aborts the survivors a few seconds after the watchdog notices (6 s after a
+    kill in one test run), and importing matplotlib on a loaded machine can take longer."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # noqa: BLE001 - only a head start; the record imports it again
+        pass
+
+
+def _register_process(spec: ProcessSpec) -> None:
+    """Each id once: key_value_set refuses an existing key, so a duplicate id is an error here."""
+    client = jax_distributed.coordination_client()
+    index = _state.process_id
+    me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    try:
+        client.key_value_set(f"{KEY_PREFIX}/process/{index}", me)
+    except Exception as exc:
+        raise DistributedStartError(
+            f"{env.ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every "
+            f"process its own id 0..{(spec.num_processes or 0) - 1}") from exc
+    barrier("registered", spec.init_timeout_s)
+
+
+def is_multiprocess() -> bool:
+    return _state.started
+
+
+def process_index() -> int:
+    return _state.process_id or 0 if _state.started else 0
+
+
+def process_count() -> int:
+    if not _state.started:
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def is_writer() -> bool:
+    """Only process 0 writes the run record, logs and plots."""
+    return process_index() == 0
+
+
+def barrier(name: str, timeout_s: int | None = None) -> None:
+    """All processes reach `name` (jax's coordination-service barrier); no-op for one process."""
+    if not _state.started:
+        return
+    jax_distributed.coordination_client().wait_at_barrier(f"{KEY_PREFIX}/barrier/{name}",
+                                                          _timeout_ms(timeout_s))
+
+
+def agree(name: str, value: str, timeout_s: int | None = None) -> str:
+    """Process 0's `value` on every process (jax's key-value store)."""
+    if not _state.started:
+        return value
+    key = f"{KEY_PREFIX}/agree/{name}"
+    client = jax_distributed.coordination_client()
+    if is_writer():
+        client.key_value_set(key, value)
+        return value
+    return str(client.blocking_key_value_get(key, _timeout_ms(timeout_s)))
+
+
+def all_gather_json(name: str, value: Any, timeout_s: int | None = None) -> list[Any]:
+    """Every process's JSON-serialisable `value`, in process order (one entry when alone)."""
+    if not _state.started:
+        return [value]
+    client = jax_distributed.coordination_client()
+    client.key_value_set(f"{KEY_PREFIX}/gather/{name}/{process_index()}",
+                         json.dumps(value, default=str))
+    return [json.loads(client.blocking_key_value_get(f"{KEY_PREFIX}/gather/{name}/{i}",
+                                                     _timeout_ms(timeout_s)))
+            for i in range(process_count())]
+
+
+def check_agreement(name: str, value: Any) -> None:
+    """Raise if `value` (JSON-serialisable) differs between processes; only its sha256 travels."""
+    if not _state.started:
+        return
+    digest = sha256_hex(json.dumps(value, sort_keys=True, default=str))
+    digests = all_gather_json(f"agree_{name}", digest)
+    if len(set(digests)) > 1:
+        differing = [i for i, d in enumerate(digests) if d != digests[0]]
+        raise env.ProcessMismatchError(
+            f"{name}: processes {differing} computed different results from process 0; every "
+            "process must run the same config, code and package versions")
+
+
+def describe_processes() -> list[dict[str, Any]]:
+    """Every process of the run and its devices, for the manifest (gathered on all processes)."""
+    import jax
+
+    mine = {
+        "process_index": process_index(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "devices": [{"id": d.id, "kind": d.device_kind, "platform": d.platform}
+                    for d in jax.local_devices()],
+    }
+    return all_gather_json("processes", mine)
+
+
+# --- failures: what the watchdogs of the other processes read --------------------------------
+
+def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
+    """Call `handler` (e.g. "record the failure") before the process exits for a dead peer.
+    Only in a multi-process run (one run per process: the latest handler replaces others)."""
+    if _state.started:
+        watchdog.failure_handlers[:] = [handler]
+
+
+def await_peer_verdict(error: BaseException) -> None:
+    """Before a jax runtime error is recorded as this process's failure: it is often a
+    collective whose peer died (gloo reports the broken connection first). Give the watchdog
+    the time it needs to name that peer; if it does, it records that and exits the process."""
+    dog = _state.watchdog
+    if not _state.started or dog is None or not dog.is_alive():
+        return
+    if not type(error).__module__.startswith(("jax", "jaxlib")):
+        return
+    deadline = time.monotonic() + dog.stale_s + 3 * dog.tick_s
+    while time.monotonic() < deadline and dog.is_alive():
+        time.sleep(0.2)
+
+
+def mark_failed(stage: str, error: BaseException) -> None:
+    """Tell the other processes this one failed (their watchdogs stop them with this text)."""
+    if _state.started:
+        try:
+            jax_distributed.coordination_client().key_value_set(
+                f"{KEY_PREFIX}/status/{process_index()}",
+                f"stage {stage}: {type(error).__name__}: {str(error)[:300]}", allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the coordinator may be the one that is gone
+            pass
+
+
+def mark_done() -> None:
+    """This process finished its stages: peers stop watching it (it may exit first)."""
+    if _state.started:
+        if _state.watchdog is not None:
+            _state.watchdog.stop.set()
+        jax_distributed.coordination_client().key_value_set(
+            f"{KEY_PREFIX}/status/{process_index()}", "done", allow_overwrite=True)
