@@ -67,7 +67,7 @@ def shorten(value: Any) -> str:
     return cut(repr(value))
 
 
-def allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:
+def _allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:
     """Field names the pydantic `model` allows at `loc` (the parent of an unknown key), in the
     order the model defines them."""
     cls = model
@@ -107,7 +107,7 @@ def format_validation_error(
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if group_unknown and unknown:
         lines.append(f"unknown key(s) {', '.join(sorted(_key(e['loc']) for e in unknown))}; "
-                     f"allowed keys: {', '.join(allowed_keys(model, unknown[0]['loc'][:-1]))}")
+                     f"allowed keys: {', '.join(_allowed_keys(model, unknown[0]['loc'][:-1]))}")
     for err in errors:
         line = explain(err) if explain else None
         if line is None:
@@ -115,7 +115,7 @@ def format_validation_error(
             if err["type"] == "extra_forbidden":
                 line = "" if group_unknown else (
                     f"{_key(loc)}: unknown key (value {shorten(value)}); allowed keys here: "
-                    f"{', '.join(sorted(allowed_keys(model, loc[:-1])))}")
+                    f"{', '.join(sorted(_allowed_keys(model, loc[:-1])))}")
             elif err["type"] == "missing":
                 line = f"{_key(loc)}: required key is missing"
             else:
