@@ -122,10 +122,9 @@ def eval_worker(items: int) -> dict[str, Any]:
     stop."""
     from kaggle_lib.config import load_config
     from kaggle_lib.data import template
-    from kaggle_lib.data.datasets import load_sources
+    from kaggle_lib.data.datasets import load_sources, stratified
     from kaggle_lib.generation import Generator
     from kaggle_lib.models import loader
-    from kaggle_lib.pipeline import stratified
 
     config = load_config(REPO_ROOT / DEFAULT_CONFIG)
     batch_size, new_tokens = config.eval.batch_size, config.eval.max_new_tokens

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kaggle_lib import auth, distributed, evidence, logs, runtime
 from kaggle_lib.config import RunConfig, load_config
 from kaggle_lib.evaluation import runner, tables
-from kaggle_lib.evaluation.scoring import STAGES
-from kaggle_lib.evidence import close
+from kaggle_lib.evidence import close, start
 from kaggle_lib.models import registry
 
 log = logs.get_logger(__name__)
@@ -124,15 +123,9 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
         config: RunConfig | Exception = load_config(config_path, overrides)
     except Exception as exc:  # noqa: BLE001 - the config stage records it, once there is a record
         config = exc
-    loaded = config if isinstance(config, RunConfig) else None
-    # Absolute: Orbax refuses relative checkpoint paths.
-    directory = (Path(run_dir).expanduser().absolute() if run_dir
-                 else evidence.new_run_dir(config_path, loaded, env.working_dir))
-    directory = _join_processes(directory, loaded)  # process 0's dir on all
-    # A directory with an earlier attempt's files: record.start moves them to attempts/<n>/
-    # (process 0 only: the others keep their own log under processes/<id>/).
-    run = Run(record=distributed.make_record(directory))
-    run.record.start(directory.name, run_name or "", config_path)
+    run = Run(record=start.open_record(config_path, config if isinstance(config, RunConfig)
+                                       else None, env.working_dir, run_name=run_name or "",
+                                       run_dir=run_dir))
     run.record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
         **_kaggle_identity(env.on_kaggle),
@@ -140,28 +133,6 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     distributed.on_peer_failure(functools.partial(_record_peer_failure, run))
     _configure(run, config, env)
     return run
-
-
-def _join_processes(directory: Path, config: RunConfig | None) -> Path:
-    """Multi-process runs: start jax.distributed (platform flags first) and take process 0's
-    run directory. A failed start is recorded by process 0 before it raises."""
-    try:
-        spec = distributed.spec_from_environment()
-        if spec is None:
-            return directory
-        # A config that did not load: the config+runtime stage reports it.
-        runtime.configure_platform(config.device if config else "auto")
-        distributed.initialize(spec, on_start_failure=functools.partial(_record_start_failure,
-                                                                        directory))
-    except (distributed.DistributedConfigError, distributed.DistributedStartError) as exc:
-        _record_start_failure(directory, exc)
-        raise
-    return distributed.share_run_dir(directory)
-
-
-def _record_start_failure(directory: Path, error: BaseException) -> None:
-    if distributed.claimed_process_id() in (0, None):  # the would-be process 0 records it
-        evidence.RunRecord(directory).fail("distributed", error)
 
 
 def _record_peer_failure(run: Run, error: distributed.PeerProcessError) -> None:
@@ -244,25 +215,13 @@ def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl: `which` is baseline
     (zero-shot), baseline_fewshot (the few-shot prompt: a fairer baseline for a base model; the
     summary's delta is against the better of the two) or trained."""
-    if _enabled(run, which):
-        run.evals.evaluate(run.loaded, which, mesh=run.mesh)
+    run.evals.evaluate(run.loaded, which, mesh=run.mesh)
 
 
 @stage("sample")
 def sample(run: Run, which: str = "trained") -> None:
     """The fixed sample prompts answered by the model (baseline or trained), into samples.md."""
-    if _enabled(run, which):
-        run.evals.sample(run.loaded, which, mesh=run.mesh)
-
-
-def _enabled(run: Run, which: str) -> bool:
-    if which not in STAGES:
-        raise ValueError(f"the evaluation stage must be one of {STAGES}, got {which!r}")
-    cfg = run.cfg.eval
-    if which == "trained" or cfg.baseline and (which == "baseline" or cfg.fewshot_baseline):
-        return True
-    log.info(f"{which} evaluation disabled (eval.baseline / eval.fewshot_baseline: false)")
-    return False
+    run.evals.sample(run.loaded, which, mesh=run.mesh)
 
 
 @stage("train")
@@ -270,12 +229,9 @@ def train(run: Run) -> None:
     """Run the configured stages (SFT, then GRPO) on the loaded model, in place; then loss.png."""
     from kaggle_lib.training import stages  # imports jax (see the note at the top)
 
-    def note_checkpoint(path: str) -> None:
-        run.last_checkpoint = path
-
     run.train_results.update(stages.run_stages(stages.StageInputs(
         config=run.cfg, loaded=run.loaded, mesh=run.mesh, run_dir=run.run_dir, record=run.record,
-        on_checkpoint=note_checkpoint)))
+        on_checkpoint=lambda path: setattr(run, "last_checkpoint", path))))
 
 
 @stage("export")

@@ -58,6 +58,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kaggle_lib.answer_format import (
+    EQUATION,
+    answers_match,
+    ascii_expression,
+    equation_holds,
+    evaluate_expression,
+)
 from kaggle_lib.data.datasets import (
     FILES_DIR,
     GENERATED_KINDS,
@@ -65,13 +72,6 @@ from kaggle_lib.data.datasets import (
     load_builtin,
     normalize_text,
     validate_items,
-)
-from kaggle_lib.answer_format import (
-    EQUATION,
-    answers_match,
-    ascii_expression,
-    equation_holds,
-    evaluate_expression,
 )
 
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"

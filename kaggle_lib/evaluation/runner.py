@@ -212,11 +212,22 @@ class Evaluations:
                 questions, style="zero-shot", instruct=loaded.spec.instruct), max_new, mesh)
         return self.generator
 
-    def evaluate(self, loaded: LoadedModel, stage: str, mesh: Any = None) -> Evaluation:
-        """Evaluate `stage` (baseline_fewshot with the few-shot prompt) on the eval items; the
-        records go to predictions.jsonl, a metrics line and eval_summary.json."""
+    def enabled(self, stage: str) -> bool:
+        """Whether the config asks for this evaluation and its samples: eval.baseline turns
+        both baselines off, eval.fewshot_baseline the few-shot one."""
         if stage not in STAGES:
-            raise ValueError(f"evaluation stage must be one of {STAGES}, got {stage!r}")
+            raise ValueError(f"the evaluation stage must be one of {STAGES}, got {stage!r}")
+        cfg = self.config.eval
+        if stage == "trained" or cfg.baseline and (stage == "baseline" or cfg.fewshot_baseline):
+            return True
+        log.info(f"{stage} evaluation disabled (eval.baseline / eval.fewshot_baseline: false)")
+        return False
+
+    def evaluate(self, loaded: LoadedModel, stage: str, mesh: Any = None) -> Evaluation | None:
+        """Evaluate `stage` (baseline_fewshot with the few-shot prompt) on the eval items, when
+        `enabled`; the records go to predictions.jsonl, a metrics line and eval_summary.json."""
+        if not self.enabled(stage):
+            return None
         style = "few-shot" if stage == "baseline_fewshot" else "zero-shot"
         # The few-shot prompts are much longer and asked once: their own Generator.
         generator = self.shared_generator(loaded, mesh) if style == "zero-shot" else None
@@ -231,7 +242,10 @@ class Evaluations:
         return result
 
     def sample(self, loaded: LoadedModel, which: str, mesh: Any = None) -> None:
-        """The sample questions answered after evaluation `which`, into samples.md."""
+        """The sample questions answered after evaluation `which` (when `enabled`), into
+        samples.md."""
+        if not self.enabled(which):
+            return
         cfg = self.config.sample
         questions = self.questions()
         gens = reused_samples(cfg, self.config.eval.max_new_tokens, self.generations.get(which))

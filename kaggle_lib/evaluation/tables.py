@@ -7,6 +7,7 @@ from typing import Any
 
 from kaggle_lib.evaluation.scoring import diff
 
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Plain-text table: first column left-aligned, the rest right-aligned."""
     widths = [len(h) for h in headers]

@@ -1,6 +1,6 @@
 """Compare the scores of two runs: side-by-side tables, regressed items, a baseline gate, a chart.
 
-A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation`).
+A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation.runner`).
 By default the "trained" stage of each run is compared; a single run can also be compared with
 itself (baseline stage vs trained stage).
 
@@ -27,17 +27,9 @@ from typing import Any
 
 from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evaluation import (
-    DELTA_METRICS,
-    GROUP_FIELDS,
-    STAGES,
-    fmt_number,
-    fmt_rate,
-    fmt_rate_delta,
-    format_table,
-    read_predictions,
-    scorecard_delta,
-)
+from kaggle_lib.evaluation.runner import read_predictions
+from kaggle_lib.evaluation.scoring import DELTA_METRICS, GROUP_FIELDS, STAGES, scorecard_delta
+from kaggle_lib.evaluation.tables import fmt_number, fmt_rate, fmt_rate_delta, format_table
 
 log = logs.get_logger(__name__)
 SUMMARY_FILE = "eval_summary.json"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_lib.answer_format import check_reasoning_lines
 from kaggle_lib.data import reasoning_gym as rgdata
 from kaggle_lib.data.datasets import DataError, load_builtin, load_items
-from kaggle_lib.evaluation import check_reasoning_lines
 from kaggle_lib.training.rewards import make_answer_reward
 
 REPO = Path(__file__).resolve().parents[2]
