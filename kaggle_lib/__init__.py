@@ -6,7 +6,7 @@ The notebook calls one function per stage (see `kaggle_lib.pipeline`):
     kl.authenticate(run); kl.load_model(run)
     kl.evaluate(run, "baseline"); kl.sample(run, "baseline"); kl.evaluate(run, "baseline_fewshot")
     kl.train(run); kl.evaluate(run, "trained"); kl.sample(run, "trained")
-    kl.export(run); kl.finish(run)
+    kl.export_model(run); kl.finish(run)
 
 Importing this package does not import jax: platform flags are set by `start_run` first.
 """
@@ -15,7 +15,7 @@ from kaggle_lib.pipeline import (
     Run,
     authenticate,
     evaluate,
-    export,
+    export_model,
     finish,
     load_model,
     sample,
@@ -23,6 +23,6 @@ from kaggle_lib.pipeline import (
     train,
 )
 
-__all__ = ["Run", "authenticate", "evaluate", "export", "finish", "load_model", "sample",
+__all__ = ["Run", "authenticate", "evaluate", "export_model", "finish", "load_model", "sample",
            "start_run", "train"]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """The notebook's stages, one function per cell, each a call into its domain module:
 start_run, authenticate, load_model, evaluate("baseline"), sample("baseline"),
-evaluate("baseline_fewshot"), train, evaluate("trained"), sample("trained"), export, finish.
+evaluate("baseline_fewshot"), train, evaluate("trained"), sample("trained"), export_model,
+finish.
 
 Each stage records its status and duration in the run manifest. A stage that raises marks the
 run failed and writes failure_analysis.md (stage, error, what to do, last good checkpoint)
@@ -235,13 +236,13 @@ def train(run: Run) -> None:
 
 
 @stage("export")
-def export(run: Run) -> None:
+def export_model(run: Run) -> None:
     """The trained model merged and exported into <run_dir>/export/ (HF safetensors and Orbax),
     recorded in the manifest, when evidence.export is on and a stage trained."""
-    from kaggle_lib import export as exports  # imports jax (see the note at the top)
+    from kaggle_lib.export import export_run  # imports jax (see the note at the top)
 
     if run.cfg.evidence.export and run.train_results:
-        exports.export_run(run.loaded, run.cfg.train.sft, run.record,
+        export_run(run.loaded, run.cfg.train.sft, run.record,
                            (run.train_results.get("sft") or {}).get("steps"))
 
 

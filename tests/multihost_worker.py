@@ -30,7 +30,7 @@ def main() -> None:
     kl.train(run)
     if "eval" in stages:
         kl.evaluate(run, "trained")
-    kl.export(run)
+    kl.export_model(run)
     kl.finish(run)
     print("WORKER-RESULT " + json.dumps({"run_dir": str(run.run_dir)}))
 

@@ -57,16 +57,6 @@ def make_generator(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: 
                      max_new_tokens=max_new_tokens, mesh=mesh)
 
 
-def trim_fewshot(text: str, n_tokens: int, truncated: bool,
-                 count_tokens: Callable[[str], int]) -> tuple[str, int, bool]:
-    """(text, token count, truncated) of a few-shot output cut by `first_answer_only`; an
-    output cut there was not truncated. Unchanged when there is no `</answer>`."""
-    cut = first_answer_only(text)
-    if cut == text:
-        return text, n_tokens, truncated
-    return cut, count_tokens(cut), False
-
-
 def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,
                            batch_size: int, desc: str = "eval") -> list[Any]:
     """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s).
@@ -126,9 +116,10 @@ def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: 
     records = []
     for item, gen in zip(items, gens, strict=True):
         text, n_tokens, truncated = gen.text, gen.n_tokens, gen.truncated
-        if style == "few-shot":  # the model goes on with an invented question: cut at </answer>
-            text, n_tokens, truncated = trim_fewshot(
-                text, n_tokens, truncated, lambda t: len(loaded.tokenizer.encode(t)))
+        if style == "few-shot" and (cut := first_answer_only(text)) != text:
+            # The model went on with an invented question: scored up to its first </answer>,
+            # which is where it stopped, not truncated.
+            text, n_tokens, truncated = cut, len(loaded.tokenizer.encode(cut)), False
         records.append(score_item(item, text, n_tokens, truncated, stage=stage))
     distributed.check_agreement(f"predictions_{stage}", records)
     if distributed.is_writer():
@@ -157,20 +148,6 @@ def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
             or sample.max_new_tokens != eval_max_new_tokens:
         return None
     return generations[:SAMPLE_ITEMS]
-
-
-def samples_markdown(run_id: str, sample: SampleSection,
-                     samples: Mapping[str, Sequence[tuple[str, Any]]]) -> str:
-    lines = [f"# Samples: run {run_id}", ""]
-    lines.append(f"Decoding: temperature {sample.temperature}, top_p {sample.top_p}, top_k "
-                 f"{sample.top_k}, seed {sample.seed}, max {sample.max_new_tokens} new tokens.")
-    lines.append("")
-    for which, pairs in samples.items():
-        lines += [f"## {which}", ""]
-        for i, (question, gen) in enumerate(pairs, 1):
-            lines += [f"### {i}. {question}", "", "```", gen.text.strip() or "(empty)", "```",
-                      f"({gen.n_tokens} tokens{', truncated' if gen.truncated else ''})", ""]
-    return "\n".join(lines)
 
 
 class Evaluations:
@@ -257,8 +234,15 @@ class Evaluations:
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed,
                 batch_size=self.config.eval.batch_size)
         self.samples[which] = list(zip(questions, gens, strict=True))
-        self.record.write_text("samples.md", auth.redact(
-            samples_markdown(self.record.run_dir.name, cfg, self.samples)))
+        lines = [f"# Samples: run {self.record.run_dir.name}", "",
+                 f"Decoding: temperature {cfg.temperature}, top_p {cfg.top_p}, top_k {cfg.top_k}, "
+                 f"seed {cfg.seed}, max {cfg.max_new_tokens} new tokens.", ""]
+        for stage, pairs in self.samples.items():
+            lines += [f"## {stage}", ""]
+            for i, (question, gen) in enumerate(pairs, 1):
+                lines += [f"### {i}. {question}", "", "```", gen.text.strip() or "(empty)", "```",
+                          f"({gen.n_tokens} tokens{', truncated' if gen.truncated else ''})", ""]
+        self.record.write_text("samples.md", auth.redact("\n".join(lines)))
         for question, gen in self.samples[which]:
             log.info(f"--- [{which}] {question}\n{gen.text}\n")
 

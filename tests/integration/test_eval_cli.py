@@ -34,7 +34,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline.train(run)
     pipeline.evaluate(run, "trained")
     pipeline.sample(run, "trained")
-    pipeline.export(run)
+    pipeline.export_model(run)
     pipeline.finish(run)
     assert json.loads((run_dir / "run_manifest.json").read_text())["status"] == "succeeded"
     return run_dir

@@ -52,4 +52,4 @@ def test_every_code_cell_is_one_short_library_call() -> None:
     assert stages == [("start_run",), ("authenticate",), ("load_model",),
                       ("evaluate", "baseline"), ("sample", "baseline"),
                       ("evaluate", "baseline_fewshot"), ("train",), ("evaluate", "trained"),
-                      ("sample", "trained"), ("export",), ("finish",)]
+                      ("sample", "trained"), ("export_model",), ("finish",)]
