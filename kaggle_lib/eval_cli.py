@@ -174,7 +174,7 @@ def load_run_model(run_dir: Path, config: Any, checkpoint: tuple[Path, int] | No
     `checkpoint` (root, step) the run's LoRA adapters and that step restored."""
     from kaggle_lib import auth, runtime
     from kaggle_lib import mesh as mesh_lib
-    from kaggle_lib.models import build, registry
+    from kaggle_lib.models import build
     from kaggle_lib.training.checkpoints import CheckpointError
 
     runtime.configure_platform(config.device)
@@ -185,10 +185,8 @@ def load_run_model(run_dir: Path, config: Any, checkpoint: tuple[Path, int] | No
         # Another machine than the run's: sharding does not change the numbers.
         log.info(f"eval: the run's mesh does not fit here ({exc}); using all devices on fsdp")
         mesh = mesh_lib.make_mesh()
-    spec = registry.get_spec(config.model.name)
-    source = spec.default_source if config.model.source == "auto" else config.model.source
     token = auth.resolve_hf_token(runtime.detect_environment().on_kaggle,
-                                  required=source == "hf" and spec.gated)
+                                  required=build.hf_source(config.model)[1])
     try:
         # The same weights as the run: its resolved HF commit unless the config pinned one.
         loaded = build.build_model(

@@ -23,12 +23,12 @@ from kaggle_lib import auth, distributed, evidence, logs, runtime
 from kaggle_lib.config import RunConfig, load_config
 from kaggle_lib.evaluation import runner, tables
 from kaggle_lib.evidence import close, start
-from kaggle_lib.models import registry
+from kaggle_lib.models import build
 
 log = logs.get_logger(__name__)
 
 # Modules that import jax are imported inside the stages that use them, after the config stage
-# has set the platform flags (runtime.configure_platform): models.build, training.*, export.
+# has set the platform flags (runtime.configure_platform): training.*, export.
 
 if TYPE_CHECKING:
     import jax
@@ -193,10 +193,7 @@ def _configure(run: Run, config: RunConfig | Exception, env: runtime.Environment
 @stage("auth")
 def authenticate(run: Run) -> None:
     """HF token for gated hub downloads (env, then Kaggle Secrets). Never printed."""
-    cfg = run.cfg
-    spec = registry.get_spec(cfg.model.name)
-    source = spec.default_source if cfg.model.source == "auto" else cfg.model.source
-    needs_token = source == "hf" and (spec.gated if cfg.model.gated is None else cfg.model.gated)
+    source, needs_token = build.hf_source(run.cfg.model)
     run.token = auth.resolve_hf_token(runtime.detect_environment().on_kaggle, required=needs_token)
     run.record.update_manifest(auth={"hf_token_source": run.token.source, "needed": needs_token})
     log.info(f"auth: model source {source}; HF token {'found via ' + run.token.source if run.token else 'not needed' if not needs_token else 'missing'}")
@@ -205,8 +202,6 @@ def authenticate(run: Run) -> None:
 @stage("load_model")
 def load_model(run: Run) -> None:
     """Build the mesh, check the memory budget, load weights and tokenizer onto the mesh."""
-    from kaggle_lib.models import build  # imports jax (see the note at the top)
-
     run.loaded, run.mesh = build.load_for_run(run.cfg, run.devices, run.record,
                                               token=run.token.value if run.token else None)
 

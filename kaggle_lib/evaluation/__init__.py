@@ -1,3 +1,1 @@
-"""Evaluation: `scoring` (pure: records, scorecards, summaries), `runner` (the one loop from a
-model and items to predictions and a scorecard; a run's evaluations and samples) and `tables`
-(plain-text scorecards)."""
+"""Evaluation: `scoring` (pure), `runner` (the one loop, a run's evaluations), `tables`."""

@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_lib import distributed, logs
-from kaggle_lib.models import loader, preflight
+from kaggle_lib.models import loader, preflight, registry
 
 if TYPE_CHECKING:
-    from kaggle_lib.config import LoraSection, RunConfig
+    from kaggle_lib.config import LoraSection, ModelSection, RunConfig
     from kaggle_lib.evidence import RunRecord
 
 log = logs.get_logger(__name__)
+
+
+def hf_source(model: ModelSection) -> tuple[str, bool]:
+    """(the source the weights load from, whether it needs an HF token: a gated hub model)."""
+    spec = registry.get_spec(model.name)
+    source = spec.default_source if model.source == "auto" else model.source
+    return source, source == "hf" and (spec.gated if model.gated is None else model.gated)
 
 
 def lora_settings(config: RunConfig) -> LoraSection | None:
