@@ -1,7 +1,6 @@
-"""The notebook's stages, one function per cell, each a call into its domain module:
-start_run, authenticate, load_model, evaluate("baseline"), sample("baseline"),
-evaluate("baseline_fewshot"), train, evaluate("trained"), sample("trained"), export_model,
-finish.
+"""The notebook's stages, one function per cell, each a call into its domain module: start_run,
+authenticate, load_model, evaluate("baseline"), sample("baseline"), evaluate("baseline_fewshot"),
+train, evaluate("trained"), sample("trained"), export_model, finish.
 
 Each stage records its status and duration in the run manifest. A stage that raises marks the
 run failed and writes failure_analysis.md (stage, error, what to do, last good checkpoint)
@@ -80,7 +79,6 @@ def stage(name: str) -> Callable[[F], F]:
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
                 distributed.await_peer_verdict(exc)  # a dead peer is named, not its symptom
-                run.failed_stage = label
                 distributed.mark_failed(label, exc)  # the other processes stop too
                 _fail(run, label, exc, time.monotonic() - started)
                 log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(exc).__name__}: "
@@ -95,8 +93,7 @@ def stage(name: str) -> Callable[[F], F]:
 
 
 def _fail(run: Run, label: str, error: BaseException, seconds: float | None = None) -> None:
-    """Stage `label` failed: the record says so and gets a failed run's closing files (which
-    never mask the original error)."""
+    """Stage `label` failed: so says the record, closed as failed (never masking the error)."""
     run.failed_stage = label
     run.record.stage(label, "failed", seconds)
     run.record.fail(label, error, checkpoint=run.last_checkpoint)
@@ -111,8 +108,7 @@ def _fail(run: Run, label: str, error: BaseException, seconds: float | None = No
 
 def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_name: str = "",
               run_dir: str = "") -> Run:
-    """Read and validate the config (once), create the run record, detect the runtime and print
-    the banner."""
+    """Read and validate the config once, start the run record, detect the runtime, banner."""
     env = runtime.detect_environment()
     auth.register_environment_secrets()
     auth.install_log_redaction()
@@ -124,8 +120,8 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
         config: RunConfig | Exception = load_config(config_path, overrides)
     except Exception as exc:  # noqa: BLE001 - the config stage records it, once there is a record
         config = exc
-    run = Run(record=start.open_record(config_path, config if isinstance(config, RunConfig)
-                                       else None, env.working_dir, run_name=run_name or "",
+    loaded = config if isinstance(config, RunConfig) else None
+    run = Run(record=start.open_record(config_path, loaded, env.working_dir, run_name=run_name,
                                        run_dir=run_dir))
     run.record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),

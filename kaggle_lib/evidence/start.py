@@ -38,7 +38,7 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
                  else new_run_dir(config_path, config, working_dir))
     directory = join_processes(directory, config)
     record = distributed.make_record(directory)
-    record.start(directory.name, run_name, config_path)
+    record.start(directory.name, run_name or "", config_path)
     return record
 
 
