@@ -242,7 +242,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     result = runner.evaluate(loaded, items, stage=stage, max_new_tokens=max_new, batch_size=batch,
                              predictions=out_dir / PREDICTIONS, mesh=mesh,
                              style="few-shot" if few_shot else "zero-shot")
-    seconds, tokens = result.seconds, result.tokens
+    timing = {k: v for k, v in result.metrics().items()
+              if k in ("seconds", "generated_tokens", "tokens_per_s")}
     meta = {
         "run_id": _manifest(run_dir).get("run_id", run_dir.name), "eval_data": str(data),
         "model": config.model.name, "model_weights": model, "stage": stage,
@@ -250,9 +251,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
         "checkpoint": loaded.info.get("checkpoint"),
         "checkpoint_step": step, "restored": restored, "items": len(items),
         "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy",
-        "seconds": round(seconds, 2), "generated_tokens": tokens,
-        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
-        "out_dir": str(out_dir),
+        **timing, "out_dir": str(out_dir),
     }
     summary = runner.summary_of({stage: result.records}, meta)
     runner.write_summary(out_dir / SUMMARY, summary)
