@@ -120,12 +120,12 @@ def eval_worker(items: int) -> dict[str, Any]:
     "</answer>" (Generator's stop_strings), next to the same evaluation without it as the
     pipeline runs it (run first), which also checks that stopping changed no token before the
     stop."""
+    from kaggle_lib.answer_format import ANSWER_END
     from kaggle_lib.config import load_config
     from kaggle_lib.data import template
-    from kaggle_lib.data.sources import load_sources
+    from kaggle_lib.data.sources import load_sources, stratified
     from kaggle_lib.generation import Generator
     from kaggle_lib.models import loader
-    from kaggle_lib.pipeline import stratified
 
     config = load_config(REPO_ROOT / DEFAULT_CONFIG)
     batch_size, new_tokens = config.eval.batch_size, config.eval.max_new_tokens
@@ -135,7 +135,7 @@ def eval_worker(items: int) -> dict[str, Any]:
     longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
     runs: dict[str, dict[str, Any]] = {}
     outputs: dict[str, list[list[int]]] = {}
-    for name, stops in (("no_stop", []), ("stop", [template.ANSWER_END])):
+    for name, stops in (("no_stop", []), ("stop", [ANSWER_END])):
         started = time.monotonic()
         generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
                               max_prompt_len=longest, max_new_tokens=new_tokens,

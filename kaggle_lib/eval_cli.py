@@ -10,13 +10,13 @@ records go under stage "baseline" (or "baseline_fewshot" with `--few-shot`, whic
 The last line printed is one JSON object: n, accuracy, its 95% Wilson interval ci95,
 format_exact, truncation_rate, the share of correct reasoning equations, model, stage, out_dir.
 
-The model is rebuilt the way the run built it: the run's own `config.yaml` (model section,
-seed, mesh, LoRA rank/alpha/targets), the base weights through `models.loader.load_model`
-(pinned to the HF commit the run recorded, when it recorded one), LoRA applied with the run's
-seed, then the latest SFT checkpoint restored with Tunix's `CheckpointManager` (LoRA params
-only when the run used LoRA). Items are generated greedily and scored with the notebook's own
-functions; `predictions.jsonl` and `eval_summary.json` go to `<run>/eval/<name>/`, the
-records under stage "trained" as in the run's own files (the default `--model trained`).
+The model is rebuilt the way the run built it, by `models.build`: the run's own `config.yaml`
+(model section, seed, mesh, LoRA rank/alpha/targets), the base weights (pinned to the HF commit
+the run recorded, when it recorded one), LoRA applied with the run's seed, then the latest SFT
+checkpoint restored (LoRA params only when the run used LoRA). Items go through the notebook's
+own evaluation loop (`evaluation.runner.evaluate`); `predictions.jsonl` and `eval_summary.json`
+go to `<run>/eval/<name>/`, the records under stage "trained" as in the run's own files (the
+default `--model trained`).
 
 Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad data.
 """
@@ -30,12 +30,11 @@ from typing import Any
 
 from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evaluation.runner import PREDICTIONS, SUMMARY
 
 log = logs.get_logger(__name__)
 
-PREDICTIONS = "predictions.jsonl"
 MODELS = ("base", "trained")
-SUMMARY = "eval_summary.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -119,11 +118,15 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- model
 
 
-def load_base_model(run_dir: Path, config: Any) -> tuple[Any, Any]:
-    """(the untrained model the run started from, the mesh it is sharded over)."""
+def load_run_model(run_dir: Path, config: Any, checkpoint: tuple[Path, int] | None
+                   ) -> tuple[Any, Any]:
+    """(the run's model, the mesh it is sharded over), built as the run built it
+    (`models.build`): its base weights (pinned to the HF commit the run recorded), and with a
+    `checkpoint` (root, step) the run's LoRA adapters and that step restored."""
     from kaggle_lib import auth, runtime
     from kaggle_lib import mesh as mesh_lib
-    from kaggle_lib.models import loader, registry
+    from kaggle_lib.models import build
+    from kaggle_lib.training.checkpoints import CheckpointError
 
     runtime.configure_platform(config.device)
     devices = runtime.describe_devices(config.device)
@@ -133,50 +136,17 @@ def load_base_model(run_dir: Path, config: Any) -> tuple[Any, Any]:
         # Another machine than the run's: sharding does not change the numbers.
         log.info(f"eval: the run's mesh does not fit here ({exc}); using all devices on fsdp")
         mesh = mesh_lib.make_mesh()
-    spec = registry.get_spec(config.model.name)
-    source = spec.default_source if config.model.source == "auto" else config.model.source
-    recorded = _manifest(run_dir).get("model") or {}
-    # The same weights as the run: its resolved HF commit unless the config pinned one.
-    revision = config.model.revision or recorded.get("hf_commit")
     token = auth.resolve_hf_token(runtime.detect_environment().on_kaggle,
-                                  required=source == "hf" and spec.gated)
-    loaded = loader.load_model(
-        config.model.name, source=config.model.source, path=config.model.path, revision=revision,
-        dtype=config.model.dtype, platform=devices["platform"], mesh=mesh,
-        token=token.value if token else None, seed=config.seed,
-    )
-    loaded.info.update(checkpoint=None, checkpoint_step=None, restored="none")
-    return loaded, mesh
-
-
-def load_trained_model(run_dir: Path, config: Any, root: Path, step: int) -> Any:
-    """The run's base model, LoRA-wrapped when the run used LoRA, with checkpoint `step`."""
-    loaded, mesh = load_base_model(run_dir, config)
-    sft = config.train.sft
-    lora = sft.mode == "lora"
-    if lora:
-        from kaggle_lib.training.sft import apply_lora
-
-        # Same call as the training stage, so the restored tree has the same structure.
-        loaded.model = apply_lora(loaded.model, rank=sft.lora.rank, alpha=sft.lora.alpha,
-                                  target_modules=sft.lora.target_modules, mesh=mesh,
-                                  seed=config.seed)
-    from tunix.sft.checkpoint_manager import CheckpointManager
-
-    manager = CheckpointManager(str(root))
+                                  required=build.hf_source(config.model)[1])
     try:
-        restored, _ = manager.maybe_restore(loaded.model, step=step,
-                                            restore_only_lora_params=lora)
-    except Exception as exc:  # noqa: BLE001 - a corrupt step is an input problem here
-        raise EvalError(f"checkpoint step {step} under {root} could not be restored: "
-                        f"{type(exc).__name__}: {str(exc)[:300]}") from None
-    finally:
-        manager.close()
-    if restored != step:
-        raise EvalError(f"checkpoint step {step} under {root} could not be restored")
-    loaded.info.update(checkpoint=str(root / str(step)), checkpoint_step=step,
-                       restored="lora" if lora else "full")
-    return loaded
+        # The same weights as the run: its resolved HF commit unless the config pinned one.
+        loaded = build.build_model(
+            config, platform=devices["platform"], mesh=mesh, token=token.value if token else None,
+            revision=(_manifest(run_dir).get("model") or {}).get("hf_commit"),
+            lora=checkpoint is not None, checkpoint=checkpoint)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
+    return loaded, mesh
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -188,9 +158,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
                  few_shot: bool = False) -> dict[str, Any]:
     """Evaluate the run's latest SFT checkpoint (`model="trained"`) or its untrained weights
     (`model="base"`) on `data`; returns the written summary."""
-    from kaggle_lib import evaluation as ev
-    from kaggle_lib.data import fewshot, template
-    from kaggle_lib.generation import Generator
+    from kaggle_lib.evaluation import runner
 
     if model not in MODELS:
         raise EvalError(f"--model {model!r} is not allowed; allowed: {', '.join(MODELS)}")
@@ -216,47 +184,27 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
         log.info(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
 
     started = time.monotonic()
-    if model == "trained":
-        loaded = load_trained_model(run_dir, config, root, step)
-        what = f"{loaded.info['restored']} checkpoint step {step}"
-    else:
-        loaded, _ = load_base_model(run_dir, config)
-        what = "untrained base weights"
+    loaded, mesh = load_run_model(run_dir, config, (root, step) if model == "trained" else None)
+    restored = loaded.info.get("restored", "none")
+    what = f"{restored} checkpoint step {step}" if model == "trained" else "untrained base weights"
     log.info(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
           f"{len(items)} items from {data}")
-    render = fewshot.format_fewshot_prompt if few_shot else template.format_prompt
-    prompts = [render(i["prompt"], instruct=loaded.spec.instruct) for i in items]
-    longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
-    generator = Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
-                          max_prompt_len=longest, max_new_tokens=max_new)
-    started = time.monotonic()
-    gens = ev.generate_with_progress(generator, prompts, max_new_tokens=max_new,
-                                     batch_size=batch, desc=f"eval {stage}")
-    seconds = time.monotonic() - started
-    records = []
-    for item, gen in zip(items, gens, strict=True):
-        text, n_tokens, truncated = gen.text, gen.n_tokens, gen.truncated
-        if few_shot:  # the model goes on with an invented question: cut at </answer>
-            text, n_tokens, truncated = ev.trim_fewshot(
-                text, n_tokens, truncated, lambda t: len(loaded.tokenizer.encode(t)))
-        records.append(ev.score_item(item, text, n_tokens, truncated, stage=stage))
     out_dir = run_dir / "eval" / name
-    tokens = sum(g.n_tokens for g in gens)
+    result = runner.evaluate(loaded, items, stage=stage, max_new_tokens=max_new, batch_size=batch,
+                             predictions=out_dir / PREDICTIONS, mesh=mesh,
+                             style="few-shot" if few_shot else "zero-shot")
+    timing = {k: v for k, v in result.metrics().items()
+              if k in ("seconds", "generated_tokens", "tokens_per_s")}
     meta = {
         "run_id": _manifest(run_dir).get("run_id", run_dir.name), "eval_data": str(data),
         "model": config.model.name, "model_weights": model, "stage": stage,
         "prompt": "few-shot" if few_shot else "zero-shot",
-        "checkpoint": loaded.info["checkpoint"],
-        "checkpoint_step": step, "restored": loaded.info["restored"], "items": len(items),
+        "checkpoint": loaded.info.get("checkpoint"),
+        "checkpoint_step": step, "restored": restored, "items": len(items),
         "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy",
-        "seconds": round(seconds, 2), "generated_tokens": tokens,
-        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
-        "out_dir": str(out_dir),
+        **timing, "out_dir": str(out_dir),
     }
-    ev.write_predictions(out_dir / PREDICTIONS, records, stage=stage)
-    summary = ev.summarize(records if stage == "baseline" else None,
-                           records if stage == "trained" else None, meta=meta,
-                           fewshot_records=records if stage == "baseline_fewshot" else None)
-    ev.write_summary(out_dir / SUMMARY, summary)
+    summary = runner.summary_of({stage: result.records}, meta)
+    runner.write_summary(out_dir / SUMMARY, summary)
     return summary
 

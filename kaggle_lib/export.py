@@ -37,10 +37,13 @@ from tunix.models.gemma3 import model as g3
 from tunix.models.gemma3 import params as g3_params
 from tunix.models.gemma3 import params_safetensors
 
+from kaggle_lib import logs, multihost
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.models import kaggle_format
 from kaggle_lib.models.convert import flat_params, hf_state_dict
 from kaggle_lib.models.lora_merge import build_model, is_lora_param, lora_rank, merge_lora_params
+
+log = logs.get_logger(__name__)
 
 HF_DIR = "hf"
 ORBAX_DIR = "orbax"
@@ -294,3 +297,25 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
             f"Orbax {orbax_diff:.3g}, tolerance {tol:g} (details in {out_dir / EXPORT_INFO})"
         )
     return ExportResult(hf_dir, orbax_dir, hf_diff, orbax_diff, tol)
+
+
+def export_run(loaded: Any, sft: Any, record: Any, step: int | None) -> None:
+    """A run's trained model (`loaded`) exported into <run_dir>/export/ and recorded in its
+    manifest (`exports`; `step` the SFT steps, `sft` the train.sft section: LoRA alpha).
+    Skipped, with a message, for families other than Gemma 3 (their Tunix code has no
+    safetensors merge helper to check against) and in multi-process runs."""
+    if multihost.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
+        log.info("export: skipped in a multi-process run; restore its last checkpoint in a "
+                 "1-process run (train.resume_from: <run>/checkpoints/sft) to export")
+        return
+    if loaded is None or loaded.spec.family != "gemma3":
+        family = loaded.spec.family if loaded is not None else "no model"
+        log.info(f"export: skipped ({family}; exports are implemented for gemma3 models)")
+        return
+    alpha = sft.lora.alpha if sft.mode == "lora" else None
+    result = export_model(loaded.model, record.run_dir / "export", tokenizer=loaded.tokenizer,
+                          alpha=alpha, eos_ids=loaded.eos_ids)
+    record.update_manifest(exports=result.to_manifest(record.run_dir, step))
+    log.info(f"export: {result.hf_dir} (HF safetensors, max |logit diff| "
+             f"{result.hf_max_logit_diff:.2e}) and {result.orbax_dir} (Orbax for Kaggle Models, "
+             f"{result.orbax_max_logit_diff:.2e})")

@@ -1,5 +1,6 @@
 """One process of a multi-process test run: the notebook's stages, called as the notebook calls
-them (start_run -> authenticate -> load_model -> [evaluate] -> train -> finish).
+them (start_run -> authenticate -> load_model -> [evaluate, sample, few-shot evaluate] -> train
+-> [evaluate] -> export -> finish).
 
 Usage: python tests/multihost_worker.py CONFIG RUN_DIR OVERRIDES_JSON STAGES
 The multi-process setting comes from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
@@ -24,9 +25,12 @@ def main() -> None:
     kl.load_model(run)
     if "eval" in stages:
         kl.evaluate(run, "baseline")
+        kl.sample(run, "baseline")
+        kl.evaluate(run, "baseline_fewshot")
     kl.train(run)
     if "eval" in stages:
         kl.evaluate(run, "trained")
+    kl.export_model(run)
     kl.finish(run)
     print("WORKER-RESULT " + json.dumps({"run_dir": str(run.run_dir)}))
 

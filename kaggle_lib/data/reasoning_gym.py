@@ -14,7 +14,7 @@ equation, rewrites the equation with ASCII operators and single spaces (``35 × 
 ``35 * 3 = 105``), drops bullets, numbering, headings and lines without an equation, and
 refuses the whole solution (None) when an equation is arithmetically wrong or the last
 equation does not produce the answer. Refused entries are skipped, so every rendered line
-checks out with :func:`kaggle_lib.evaluation.check_reasoning_lines`. ``gsm_symbolic`` has a single
+checks out with :func:`kaggle_lib.answer_format.check_reasoning_lines`. ``gsm_symbolic`` has a single
 difficulty; ours is derived from the number of equations (1-2 easy, 3 medium, 4+ hard).
 Other families carry no worked solution, so their items have no ``reasoning`` (GRPO and
 evaluation use them; SFT needs ``reasoning``: use ``wide_sft`` there).
@@ -59,6 +59,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kaggle_lib import jsonl
+from kaggle_lib.answer_format import (
+    EQUATION,
+    answers_match,
+    ascii_expression,
+    equation_holds,
+    evaluate_expression,
+)
 from kaggle_lib.data.datasets import FILES_DIR, load_builtin, normalize_text, validate_items
 from kaggle_lib.data_spec import (
     FAMILIES,
@@ -66,14 +73,6 @@ from kaggle_lib.data_spec import (
     DataError,
     parse_mix,
     split_rg_spec,
-)
-from kaggle_lib.evaluation import (
-    EQUATION,
-    answers_match,
-    ascii_expression,
-    equation_holds,
-    evaluate_expression,
-    reasoning_gym_score,
 )
 
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"
@@ -509,6 +508,24 @@ def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- scoring
+
+
+def reasoning_gym_score(answer: str | None, item: Mapping[str, Any]) -> float:
+    """reasoning-gym's scorer (0..1) for an item of this module, rebuilt from its `prompt`,
+    `answer`, `rg_dataset` and `rg_metadata` fields (evaluation's `score_item` uses it too)."""
+    if answer is None:
+        return 0.0
+    import reasoning_gym  # only items that came from it get here
+
+    family = str(item.get("rg_dataset"))
+    try:
+        scorer = reasoning_gym.get_score_answer_fn(family)
+    except Exception as exc:  # noqa: BLE001 - its registry raises plain errors for unknown names
+        raise ValueError(f"item {item.get('id')!r}: rg_dataset {family!r} is not a "
+                         f"reasoning-gym dataset ({exc})") from None
+    entry = {"question": item["prompt"], "answer": item["answer"],
+             "metadata": dict(item.get("rg_metadata") or {})}
+    return float(scorer(answer=answer, entry=entry))
 
 
 def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:

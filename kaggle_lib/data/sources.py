@@ -6,6 +6,7 @@ form to `data_spec`), so nothing is registered by importing a module.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,3 +56,34 @@ def load_sources(
         items.extend(loaded)
         counts.append({"spec": spec, "items": len(loaded)})
     return items, counts
+
+
+def stratified(items: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` items taken round-robin over (section, category, difficulty), so a
+    small evaluation still covers every group; order within a group is the file's order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for item in items:
+        key = (str(item.get("section")), str(item.get("category")), str(item.get("difficulty")))
+        groups.setdefault(key, []).append(item)
+    queues = [list(reversed(g)) for g in groups.values()]
+    picked: list[dict[str, Any]] = []
+    while len(picked) < limit:
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop())
+    return picked
+
+
+def pick_eval_items(specs: str | Sequence[str], limit: int | None
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The evaluation items of `specs` and each spec's counts (``[{"spec", "items",
+    "evaluated"}]``, for the run record). A list of specs is one union: `limit`'s stratified
+    pick covers every group of it."""
+    items, sources = load_sources(specs)
+    picked = stratified(items, limit)
+    owners = [source["spec"] for source in sources for _ in range(source["items"])]
+    spec_of = {item["id"]: spec for item, spec in zip(items, owners, strict=True)}
+    counts = Counter(spec_of[item["id"]] for item in picked)
+    return picked, [{**source, "evaluated": counts[source["spec"]]} for source in sources]

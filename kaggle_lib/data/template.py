@@ -23,14 +23,13 @@ which always starts with ``<reasoning>``::
     <reasoning>...</reasoning><answer>...</answer>
 
 Neither prompt contains ``<bos>``: the tokenizer (or :mod:`kaggle_lib.data.batching`) adds it.
+The tags themselves are :mod:`kaggle_lib.answer_format`'s.
 """
 
 from __future__ import annotations
 
-REASONING_START = "<reasoning>"
-REASONING_END = "</reasoning>"
-ANSWER_START = "<answer>"
-ANSWER_END = "</answer>"
+from kaggle_lib.answer_format import ANSWER_END, ANSWER_START, REASONING_END, REASONING_START
+
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 

@@ -1,6 +1,6 @@
 """Compare the scores of two runs: side-by-side tables, regressed items, a baseline gate, a chart.
 
-A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation`).
+A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation.runner`).
 By default the "trained" stage of each run is compared; a single run can also be compared with
 itself (baseline stage vs trained stage).
 
@@ -25,17 +25,15 @@ from typing import Any
 
 from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evaluation import (
+from kaggle_lib.evaluation.runner import read_predictions
+from kaggle_lib.evaluation.scoring import (
     DELTA_METRICS,
     GROUP_FIELDS,
     STAGES,
-    fmt_number,
-    fmt_rate,
-    fmt_rate_delta,
-    format_table,
-    read_predictions,
+    diff,
     scorecard_delta,
 )
+from kaggle_lib.evaluation.tables import fmt_number, fmt_rate, fmt_rate_delta, format_table
 
 log = logs.get_logger(__name__)
 SUMMARY_FILE = "eval_summary.json"
@@ -162,10 +160,6 @@ def _delta_cell(metric: str, value: float | None) -> str:
     return fmt_rate_delta(value)
 
 
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
-
-
 def format_comparison(result: CompareResult) -> str:
     """Side-by-side text: overall metrics, then accuracy per section / category / difficulty."""
     a, b = result.a_scorecard, result.b_scorecard
@@ -174,7 +168,7 @@ def format_comparison(result: CompareResult) -> str:
     for metric in DELTA_METRICS:
         va, vb = a["overall"].get(metric), b["overall"].get(metric)
         rows.append([metric, _metric_cell(metric, va), _metric_cell(metric, vb),
-                     _delta_cell(metric, _diff(va, vb))])
+                     _delta_cell(metric, diff(va, vb))])
     parts.append(format_table(["overall", "A", "B", "delta"], rows))
     for key in GROUP_FIELDS:
         ga, gb = a.get(key, {}), b.get(key, {})
@@ -183,7 +177,7 @@ def format_comparison(result: CompareResult) -> str:
             ma, mb = ga.get(name, {}), gb.get(name, {})
             va, vb = ma.get("accuracy"), mb.get("accuracy")
             rows.append([name, str(ma.get("n", "-")), str(mb.get("n", "-")),
-                         fmt_rate(va), fmt_rate(vb), fmt_rate_delta(_diff(va, vb))])
+                         fmt_rate(va), fmt_rate(vb), fmt_rate_delta(diff(va, vb))])
         if rows:
             parts += ["", format_table([f"accuracy {key}", "n A", "n B", "A", "B", "delta"], rows)]
     return "\n".join(parts)

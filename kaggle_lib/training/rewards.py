@@ -4,7 +4,7 @@ Tunix calls every reward function as ``fn(prompts=..., completions=..., **column
 columns are the other fields of the training batch (here ``answer`` and ``rg_item``: the JSON
 of a reasoning-gym item, empty for ours) plus Tunix's own extras
 (``mode``, ``trajectory_ids``), each repeated once per generation; it sums the returned lists.
-Parsing and answer matching are `kaggle_lib.evaluation.parse_output` / `answers_match`, so a
+Parsing and answer matching are `kaggle_lib.answer_format.parse_output` / `answers_match`, so a
 completion earns the answer reward exactly when the evaluation would count it correct;
 reasoning-gym items are scored by reasoning-gym's own scorer, partial credit included
 (knights_knaves gives 0.3-0.65 for some roles right).
@@ -13,12 +13,11 @@ reasoning-gym items are scored by reasoning-gym's own scorer, partial credit inc
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kaggle_lib.answer_format import TAG_PATTERNS, answers_match, parse_output
 from kaggle_lib.data.reasoning_gym import score_answer
-from kaggle_lib.evaluation import answers_match, parse_output
 
 RewardFn = Callable[..., list[float]]
 
@@ -27,8 +26,6 @@ FORMAT_APPROX = 0.5
 # Per distinct tag (<reasoning>, </reasoning>, <answer>, </answer>) present when the format is
 # not even approximately right: at most 0.4, always below FORMAT_APPROX.
 FORMAT_PER_TAG = 0.1
-_TAGS = [re.compile(p, re.IGNORECASE) for p in (
-    r"<\s*reasoning\s*>", r"<\s*/\s*reasoning\s*>", r"<\s*answer\s*>", r"<\s*/\s*answer\s*>")]
 
 
 def _check_lengths(name: str, completions: Sequence[str], **columns: Sequence[Any]) -> None:
@@ -45,7 +42,7 @@ def format_score(completion: str) -> float:
         return FORMAT_EXACT
     if parsed.format_approx:
         return FORMAT_APPROX
-    return FORMAT_PER_TAG * sum(1 for tag in _TAGS if tag.search(completion))
+    return FORMAT_PER_TAG * sum(1 for tag in TAG_PATTERNS if tag.search(completion))
 
 
 def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float]:

@@ -18,11 +18,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from tunix.sft.utils import is_lora_enabled
 
 from kaggle_lib import auth, logs, multihost
 from kaggle_lib.compat.remat import remat
-from kaggle_lib.config import LoraSection, RunConfig
+from kaggle_lib.config import RunConfig
 from kaggle_lib.data.batching import (
     SFTBatches,
     TokenizedSet,
@@ -32,12 +31,13 @@ from kaggle_lib.data.batching import (
 )
 from kaggle_lib.data.datasets import normalize_text
 from kaggle_lib.data.sources import load_items, load_sources
-from kaggle_lib.evidence import RunRecord
+from kaggle_lib.evidence import RunRecord, plots
+from kaggle_lib.models import build
 from kaggle_lib.models.loader import LoadedModel
 from kaggle_lib.training import checkpoints
 from kaggle_lib.training.common import CheckpointSettings, MetricsSettings
 from kaggle_lib.training.grpo import run_grpo, select_prompts
-from kaggle_lib.training.sft import apply_lora, run_sft
+from kaggle_lib.training.sft import run_sft
 
 log = logs.get_logger(__name__)
 
@@ -52,10 +52,6 @@ class StageInputs:
     mesh: jax.sharding.Mesh
     run_dir: Path
     record: RunRecord
-    # The LoRA adapters to add, or None for full fine-tuning (train.sft.mode / train.sft.lora).
-    lora: LoraSection | None
-    # True when the model already carries its LoRA adapters (added before sharding).
-    lora_applied: bool = False
     # Hears the path of each newest complete checkpoint (failure_analysis.md names it).
     on_checkpoint: Callable[[str], None] = lambda path: None
 
@@ -80,18 +76,10 @@ class StageInputs:
             self.on_checkpoint(str(root / str(step)))
 
     def add_lora(self) -> None:
-        """LoRA adapters on the model when the config asks for them and it has none yet."""
-        if self.lora is None or self.lora_applied or is_lora_enabled(self.loaded.model):
-            return
-        self.loaded.model = apply_lora(
-            self.loaded.model, rank=self.lora.rank, alpha=self.lora.alpha,
-            target_modules=self.lora.target_modules, mesh=self.mesh, seed=self.config.seed)
-        self.lora_applied = True
-
-
-def lora_settings(config: RunConfig) -> LoraSection | None:
-    """The adapters both stages train: train.sft.lora in LoRA mode, None for full weights."""
-    return config.train.sft.lora if config.train.sft.mode == "lora" else None
+        """The run's LoRA adapters on the model (`models.build.add_lora`: none in full-weights
+        mode, and none added twice: several processes add them before sharding)."""
+        self.loaded.model = build.add_lora(self.loaded.model, build.lora_settings(self.config),
+                                           seed=self.config.seed, mesh=self.mesh)
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
@@ -325,8 +313,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def run_stages(inputs: StageInputs) -> dict[str, Any]:
-    """The configured stages in order. train.max_wall_time bounds them all together, counted
-    from here: each stage gets what the previous ones left."""
+    """The configured stages in order, then loss.png. train.max_wall_time bounds them all
+    together, counted from here: each stage gets what the previous ones left."""
     results: dict[str, Any] = {}
     budget = inputs.config.train.max_wall_time_s
     started = time.monotonic()
@@ -338,4 +326,5 @@ def run_stages(inputs: StageInputs) -> dict[str, Any]:
     for name in inputs.config.train.stages:
         results[name] = adapters[name](inputs, max_wall_time_s=remaining())
         inputs.record.update_manifest(training={name: results[name]})
+    plots.plot_loss(inputs.record, inputs.run_dir.name)
     return results

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from kaggle_lib import cli, eval_cli
-from kaggle_lib import evaluation as ev
 from kaggle_lib.data.datasets import write_jsonl
+from kaggle_lib.data.sources import pick_eval_items
+from kaggle_lib.evaluation import runner, scoring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "configs" / "cpu_tiny.yaml"
@@ -29,16 +30,19 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline.authenticate(run)
     pipeline.load_model(run)
     pipeline.evaluate(run, "baseline")
+    pipeline.sample(run, "baseline")
+    pipeline.evaluate(run, "baseline_fewshot")
     pipeline.train(run)
     pipeline.evaluate(run, "trained")
-    pipeline.sample(run)
+    pipeline.sample(run, "trained")
+    pipeline.export_model(run)
     pipeline.finish(run)
     assert json.loads((run_dir / "run_manifest.json").read_text())["status"] == "succeeded"
     return run_dir
 
 
 def _by_stage(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in ev.read_predictions(run_dir / "predictions.jsonl")
+    return {r["id"]: r for r in runner.read_predictions(run_dir / "predictions.jsonl")
             if r["stage"] == stage}
 
 
@@ -51,13 +55,13 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
     # Five of the run's eval items, in another order and other batches than the run's.
     ids = sorted(trained)[:5]
     data = tmp_path / "heldout.jsonl"
-    write_jsonl(data, [{k: trained[i][k] for k in ev.ITEM_FIELDS} for i in reversed(ids)])
+    write_jsonl(data, [{k: trained[i][k] for k in scoring.ITEM_FIELDS} for i in reversed(ids)])
 
     code = cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--batch-size", "2"])
     assert code == 0
     out = finished_run / "eval" / "heldout"
-    records = ev.read_predictions(out / eval_cli.PREDICTIONS)
+    records = runner.read_predictions(out / eval_cli.PREDICTIONS)
     assert [r["id"] for r in records] == list(reversed(ids))
     for record in records:
         assert record["stage"] == "trained"
@@ -66,7 +70,7 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
         assert record["token_count"] == trained[record["id"]]["token_count"]
     summary = json.loads((out / eval_cli.SUMMARY).read_text())
     assert summary["baseline"] is None and summary["delta"] is None
-    assert summary["trained"] == ev.scorecard(records)
+    assert summary["trained"] == scoring.scorecard(records)
     assert summary["trained"]["overall"]["n"] == 5
     meta = summary["meta"]
     steps = sorted(int(p.name) for p in (finished_run / "checkpoints" / "sft").iterdir()
@@ -77,8 +81,25 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
     # --out-name and --limit: a second folder with the first two items only.
     assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--out-name", "first2", "--limit", "2"]) == 0
-    first2 = ev.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)
+    first2 = runner.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)
     assert [r["output"] for r in first2] == [r["output"] for r in records[:2]]
+
+
+def test_eval_and_the_run_write_identical_predictions(finished_run: Path, tmp_path: Path) -> None:
+    """One evaluation loop: `eval` on the run's own eval items (same order and batches) writes,
+    line for line, the predictions the run's trained evaluation wrote, and with `--model base
+    --few-shot` those of the run's few-shot baseline."""
+    lines = (finished_run / "predictions.jsonl").read_text().splitlines()
+    config = eval_cli.read_run_config(finished_run)
+    items, _ = pick_eval_items(config.data.eval, config.data.eval_limit)
+    data = tmp_path / "run_items.jsonl"
+    write_jsonl(data, items)
+    for stage, kwargs in (("trained", {}), ("baseline_fewshot", {"model": "base", "few_shot": True})):
+        summary = eval_cli.evaluate_run(finished_run, data, out_name=f"same-{stage}", **kwargs)
+        written = (Path(summary["meta"]["out_dir"]) / eval_cli.PREDICTIONS).read_text()
+        run_lines = [line for line in lines if json.loads(line)["stage"] == stage]
+        assert len(run_lines) == len(items) == config.data.eval_limit
+        assert written.splitlines() == run_lines, stage
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], message: str) -> None:
@@ -126,10 +147,10 @@ def test_relative_run_dir_as_docs_show_it(finished_run: Path, tmp_path: Path,
     trained = _by_stage(finished_run, "trained")
     first = sorted(trained)[0]
     data = finished_run.parent / "one.jsonl"
-    write_jsonl(data, [{k: trained[first][k] for k in ev.ITEM_FIELDS}])
+    write_jsonl(data, [{k: trained[first][k] for k in scoring.ITEM_FIELDS}])
     monkeypatch.chdir(finished_run.parent)
     assert cli.main(["eval", "--run-dir", finished_run.name, "--data", "one.jsonl"]) == 0
-    [record] = ev.read_predictions(finished_run / "eval" / "one" / eval_cli.PREDICTIONS)
+    [record] = runner.read_predictions(finished_run / "eval" / "one" / eval_cli.PREDICTIONS)
     assert record["output"] == trained[first]["output"]
 
 
@@ -141,25 +162,25 @@ def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_pa
     assert any(trained[i]["output"] != baseline[i]["output"] for i in ids), \
         "training changed none of these outputs; the test could not tell the models apart"
     data = tmp_path / "items.jsonl"
-    write_jsonl(data, [{k: baseline[i][k] for k in ev.ITEM_FIELDS} for i in ids])
+    write_jsonl(data, [{k: baseline[i][k] for k in scoring.ITEM_FIELDS} for i in ids])
 
     assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data),
                           "--model", "base", "--batch-size", "4"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = finished_run / "eval" / "items-baseline"
-    records = ev.read_predictions(out / eval_cli.PREDICTIONS)
+    records = runner.read_predictions(out / eval_cli.PREDICTIONS)
     # The untrained weights reproduce the run's own baseline outputs, not the trained ones.
     assert [r["output"] for r in records] == [baseline[i]["output"] for i in ids]
     assert {r["stage"] for r in records} == {"baseline"}
     summary = json.loads((out / eval_cli.SUMMARY).read_text())
-    assert summary["trained"] is None and summary["baseline"] == ev.scorecard(records)
+    assert summary["trained"] is None and summary["baseline"] == scoring.scorecard(records)
     assert summary["meta"]["restored"] == "none" and summary["meta"]["checkpoint"] is None
     card = summary["baseline"]
     assert last["n"] == 6 and last["model"] == "base" and last["stage"] == "baseline"
     assert last["accuracy"] == card["overall"]["accuracy"]
     assert last["format_exact"] == card["overall"]["format_exact"]
     correct = sum(r["correct"] for r in records)
-    assert last["ci95"] == pytest.approx(list(ev.wilson_interval(correct, 6)))
+    assert last["ci95"] == pytest.approx(list(scoring.wilson_interval(correct, 6)))
     assert last["out_dir"] == str(out)
 
     # --few-shot: the few-shot prompt, its own stage and folder.
@@ -167,7 +188,7 @@ def test_eval_model_base_scores_the_untrained_weights(finished_run: Path, tmp_pa
                           "--model", "base", "--few-shot", "--limit", "2"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["stage"] == "baseline_fewshot" and last["n"] == 2
-    fewshot = ev.read_predictions(finished_run / "eval" / "items-baseline_fewshot"
+    fewshot = runner.read_predictions(finished_run / "eval" / "items-baseline_fewshot"
                                   / eval_cli.PREDICTIONS)
     assert [r["stage"] for r in fewshot] == ["baseline_fewshot"] * 2
     assert all(r["output"].count("</answer>") <= 1 for r in fewshot)
@@ -177,10 +198,10 @@ def test_run_record_holds_zero_and_few_shot_baselines(finished_run: Path) -> Non
     summary = json.loads((finished_run / "eval_summary.json").read_text())
     zero, few = _by_stage(finished_run, "baseline"), _by_stage(finished_run, "baseline_fewshot")
     assert set(zero) == set(few) == set(_by_stage(finished_run, "trained"))
-    assert summary["baseline_fewshot"] == ev.scorecard(few.values())
+    assert summary["baseline_fewshot"] == scoring.scorecard(few.values())
     # The delta is taken against whichever baseline scored higher.
-    cards = {name: summary[name] for name in ev.BASELINES}
-    assert summary["delta_against"] == ev.better_baseline(cards)
+    cards = {name: summary[name] for name in scoring.BASELINES}
+    assert summary["delta_against"] == scoring.better_baseline(cards)
     reference = summary[summary["delta_against"]]["overall"]["accuracy"]
     assert summary["delta"]["overall"]["accuracy"] == pytest.approx(
         summary["trained"]["overall"]["accuracy"] - reference)

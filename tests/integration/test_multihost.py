@@ -233,9 +233,11 @@ def first_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _submission_notebook_without_sample(tmp: Path) -> Path:
-    """notebooks/submission.ipynb without its `kl.sample` cell (the stages of the single run)."""
+    """notebooks/submission.ipynb without its trained `kl.sample` cell (the stages of the single
+    run)."""
     notebook = json.loads((REPO / "notebooks" / "submission.ipynb").read_text())
-    cells = [c for c in notebook["cells"] if "kl.sample(" not in "".join(c["source"])]
+    cells = [c for c in notebook["cells"]
+             if 'kl.sample(run, "trained")' not in "".join(c["source"])]
     assert len(cells) == len(notebook["cells"]) - 1
     notebook["cells"] = cells
     path = tmp / "submission_without_sample.ipynb"

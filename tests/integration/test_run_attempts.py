@@ -157,7 +157,7 @@ def test_a_truncated_metrics_line_does_not_stop_the_record_from_closing(
 
 def test_a_cut_last_prediction_line_is_skipped_and_reported_but_a_bad_middle_line_is_an_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kaggle_lib.evaluation import read_predictions
+    from kaggle_lib.evaluation.runner import read_predictions
 
     path = tmp_path / "predictions.jsonl"
     path.write_text('{"id": "a", "correct": true}\n{"id": "b", "correct": false}\n{"id": "c", "cor')

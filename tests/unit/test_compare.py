@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kaggle_lib import cli
-from kaggle_lib.evaluation import score_item, summarize, write_predictions, write_summary
+from kaggle_lib.evaluation.runner import write_predictions, write_summary
+from kaggle_lib.evaluation.scoring import score_item, summarize
 from kaggle_lib.evidence.compare import (
     CompareError,
     compare_runs,

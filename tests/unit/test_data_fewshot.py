@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kaggle_lib.answer_format import check_reasoning_lines, parse_output
 from kaggle_lib.data.fewshot import EXAMPLES, format_fewshot_prompt
 from kaggle_lib.data.template import SYSTEM_INSTRUCTION, format_prompt
-from kaggle_lib.evaluation import check_reasoning_lines, parse_output
 
 
 def test_base_prompt_renders_exactly() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_lib.answer_format import check_reasoning_lines
 from kaggle_lib.data import reasoning_gym as rgdata
 from kaggle_lib.data.datasets import load_builtin
 from kaggle_lib.data.sources import load_items
 from kaggle_lib.data_spec import MIXES, DataError
-from kaggle_lib.evaluation import check_reasoning_lines
 from kaggle_lib.training.rewards import make_answer_reward
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
 from kaggle_lib.config import ConfigError, check_files, load_config, validate_config
-from kaggle_lib.data.sources import load_items, load_sources
+from kaggle_lib.data.sources import load_items, load_sources, pick_eval_items
 from kaggle_lib.data_spec import DataError, spec_list
 
 BASE = {"model": {"name": "gemma3-tiny", "source": "random"}}
@@ -82,16 +81,10 @@ def test_accelerator_configs_train_and_evaluate_on_gsm8k_and_reasoning_gym(name:
 
 
 def test_eval_items_record_each_sources_counts() -> None:
-    from kaggle_lib.pipeline import _eval_items
-
-    updates: list[dict[str, Any]] = []
     cfg = validate_config({**BASE, "data": {"eval": ["builtin:eval", "builtin:eval_rg"],
                                             "eval_limit": 350}})
-    run = SimpleNamespace(cfg=cfg, eval_items=[],
-                          record=SimpleNamespace(update_manifest=lambda **f: updates.append(f)))
-    items = _eval_items(run)  # type: ignore[arg-type]
+    items, sources = pick_eval_items(cfg.data.eval, cfg.data.eval_limit)
     assert len(items) == 350
-    sources = updates[0]["data"]["eval_sources"]
     assert [(s["spec"], s["items"]) for s in sources] == [("builtin:eval", 300),
                                                           ("builtin:eval_rg", 128)]
     assert sum(s["evaluated"] for s in sources) == 350

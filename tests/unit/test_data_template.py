@@ -6,15 +6,8 @@ import re
 
 import pytest
 
-from kaggle_lib.data.template import (
-    ANSWER_END,
-    ANSWER_START,
-    REASONING_END,
-    REASONING_START,
-    SYSTEM_INSTRUCTION,
-    format_prompt,
-    format_target,
-)
+from kaggle_lib.answer_format import ANSWER_END, ANSWER_START, REASONING_END, REASONING_START
+from kaggle_lib.data.template import SYSTEM_INSTRUCTION, format_prompt, format_target
 
 
 def test_system_instruction_names_both_tags() -> None:

@@ -1,4 +1,5 @@
-"""Tests for kaggle_lib.evaluation: parsing, matching, records, scorecards, summaries."""
+"""Tests for kaggle_lib.answer_format and kaggle_lib.evaluation: parsing, matching, records,
+scorecards, summaries, the runner's files and progress."""
 
 from __future__ import annotations
 
@@ -6,24 +7,28 @@ import json
 
 import pytest
 
-from kaggle_lib.evaluation import (
-    RECORD_FIELDS,
+from kaggle_lib.answer_format import (
     answers_match,
     check_reasoning_lines,
     equation_holds,
     first_answer_only,
-    format_scorecard_table,
-    generate_with_progress,
     parse_number,
     parse_output,
+)
+from kaggle_lib.evaluation.runner import (
+    generate_with_progress,
     read_predictions,
+    write_predictions,
+    write_summary,
+)
+from kaggle_lib.evaluation.scoring import (
+    RECORD_FIELDS,
     score_item,
     scorecard,
     summarize,
     wilson_interval,
-    write_predictions,
-    write_summary,
 )
+from kaggle_lib.evaluation.tables import format_scorecard_table
 
 GOOD = "<reasoning>2 + 2 is 4.</reasoning><answer>4</answer>"
 

@@ -47,6 +47,9 @@ def test_every_code_cell_is_one_short_library_call() -> None:
         call = node.value if isinstance(node, ast.Assign | ast.Expr) else None
         assert isinstance(call, ast.Call), cell.source
         assert isinstance(call.func, ast.Attribute) and call.func.value.id == "kl", cell.source
-        stages.append(call.func.attr)
-    assert stages == ["start_run", "authenticate", "load_model", "evaluate", "train", "evaluate",
-                      "sample", "finish"]
+        stages.append((call.func.attr, *(a.value for a in call.args[1:])))
+    # Baseline samples, the few-shot baseline and the export are cells of their own.
+    assert stages == [("start_run",), ("authenticate",), ("load_model",),
+                      ("evaluate", "baseline"), ("sample", "baseline"),
+                      ("evaluate", "baseline_fewshot"), ("train",), ("evaluate", "trained"),
+                      ("sample", "trained"), ("export_model",), ("finish",)]

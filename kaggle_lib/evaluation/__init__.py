@@ -1,0 +1,1 @@
+"""Evaluation: `scoring` (pure), `runner` (the one loop, a run's evaluations), `tables`."""

@@ -1,0 +1,124 @@
+"""The one model builder: base weights (`models.loader`), the run's LoRA adapters, a checkpoint.
+
+The notebook (`load_for_run`), `python -m kaggle_lib eval` and the training stages build their
+models here, and LoRA goes on only through `add_lora`: a restored checkpoint meets exactly the
+tree training saved. Imports jax only inside its functions, as `models.loader` does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kaggle_lib import logs, multihost
+from kaggle_lib.models import loader, preflight, registry
+
+if TYPE_CHECKING:
+    from kaggle_lib.config import LoraSection, ModelSection, RunConfig
+    from kaggle_lib.evidence import RunRecord
+
+log = logs.get_logger(__name__)
+
+
+def hf_source(model: ModelSection) -> tuple[str, bool]:
+    """(the source the weights load from, whether it needs an HF token: a gated hub model)."""
+    spec = registry.get_spec(model.name)
+    source = spec.default_source if model.source == "auto" else model.source
+    return source, source == "hf" and (spec.gated if model.gated is None else model.gated)
+
+
+def lora_settings(config: RunConfig) -> LoraSection | None:
+    """The adapters both stages train: train.sft.lora in LoRA mode, None for full weights."""
+    return config.train.sft.lora if config.train.sft.mode == "lora" else None
+
+
+def add_lora(model: Any, lora: LoraSection | None, *, seed: int, mesh: Any = None) -> Any:
+    """`model` with LoRA adapters (qwix, `training.sft.apply_lora`; sharded over `mesh` when
+    given), or `model` itself for full weights (`lora` None) or when it has them already: asked
+    as Tunix's PeftTrainer asks (`is_lora_enabled`: any nnx.LoRAParam). The init is seeded, so
+    every process and every rebuild gets the same adapters."""
+    from tunix.sft.utils import is_lora_enabled
+
+    from kaggle_lib.training.sft import apply_lora
+
+    if lora is None or is_lora_enabled(model):
+        return model
+    return apply_lora(model, rank=lora.rank, alpha=lora.alpha, target_modules=lora.target_modules,
+                      seed=seed, mesh=mesh)
+
+
+def restore(model: Any, root: Path, step: int) -> str:
+    """Checkpoint `step` under `root` restored into `model` in place with Tunix's
+    `CheckpointManager`, as its trainer saved it (LoRA params only when the model has LoRA);
+    returns "lora" or "full". Raises CheckpointError when the step does not restore."""
+    from tunix.sft.checkpoint_manager import CheckpointManager
+    from tunix.sft.utils import is_lora_enabled
+
+    from kaggle_lib.training.checkpoints import CheckpointError
+
+    lora = is_lora_enabled(model)
+    manager = CheckpointManager(str(root))
+    try:
+        restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=lora)
+    except Exception as exc:  # noqa: BLE001 - a corrupt step is an input problem here
+        raise CheckpointError(f"checkpoint step {step} under {root} could not be restored: "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    finally:
+        manager.close()
+    if restored != step:
+        raise CheckpointError(f"checkpoint step {step} under {root} could not be restored")
+    return "lora" if lora else "full"
+
+
+def build_model(config: RunConfig, *, platform: str, mesh: Any, token: str | None = None,
+                revision: str | None = None, lora: bool = False,
+                checkpoint: tuple[Path, int] | None = None) -> loader.LoadedModel:
+    """The run's model on `mesh`: base weights (`revision` pins the HF commit when the config
+    pins none), with `lora` the run's adapters (`lora_settings`), with `checkpoint` (root, step)
+    that step restored (`info` then names it).
+
+    Several processes: LoRA is wrapped while the weights are still process-local, then they are
+    sharded. qwix finds the layers to wrap by running the model op by op; op-by-op computations
+    on arrays spread over processes can deadlock on CPU (gloo) collectives (docs/MULTIHOST.md)."""
+    late = multihost.is_multiprocess()
+    spec = config.model
+    loaded = loader.load_model(
+        spec.name, source=spec.source, path=spec.path, revision=spec.revision or revision,
+        repo=spec.repo, dtype=spec.dtype, platform=platform, mesh=None if late else mesh,
+        token=token, seed=config.seed)
+    if lora:
+        loaded.model = add_lora(loaded.model, lora_settings(config), seed=config.seed,
+                                mesh=None if late else mesh)
+    if late:
+        loaded.model = loader.shard_model(loaded.model, mesh)
+    if checkpoint is not None:
+        root, step = checkpoint
+        loaded.info.update(checkpoint=str(root / str(step)), checkpoint_step=step,
+                           restored=restore(loaded.model, root, step))
+    return loaded
+
+
+def load_for_run(config: RunConfig, devices: dict[str, Any], record: RunRecord, *,
+                 token: str | None = None) -> tuple[loader.LoadedModel, Any]:
+    """The notebook's model and mesh: the (fsdp, tp) mesh, the memory check, the base weights
+    on the mesh (several processes training SFT: with the run's LoRA, see `build_model`); the
+    check and the load are recorded in the manifest."""
+    from kaggle_lib import mesh as mesh_lib  # imports jax
+
+    mesh = mesh_lib.make_mesh(config.mesh.fsdp, config.mesh.tp)
+    if "sft" in config.train.stages:
+        mesh_lib.check_batch(config.train.sft.batch_size, mesh)
+    budget = preflight.check(config, devices, mesh_shape=dict(mesh.shape))
+    log.info(budget.text)
+    record.update_manifest(preflight=budget.to_dict())
+    started = time.monotonic()
+    loaded = build_model(config, platform=devices["platform"], mesh=mesh, token=token,
+                         lora=multihost.is_multiprocess() and "sft" in config.train.stages)
+    info = {**loaded.info, "load_seconds": round(time.monotonic() - started, 2),
+            "mesh": dict(mesh.shape)}
+    record.update_manifest(model=info)
+    log.info(f"model: {config.model.name} from {info['source']} | {info['param_count']:,} params "
+             f"({info['param_bytes'] / 2**20:.0f} MiB, {info['dtype']}) | mesh "
+             f"{dict(mesh.shape)} | loaded in {info['load_seconds']} s")
+    return loaded, mesh
