@@ -107,9 +107,6 @@ def _log(msg: str) -> None:
     log.info(f"[kaggle] {msg}")
 
 
-# ---------------------------------------------------------------------------- credentials
-
-
 def connect() -> Any:
     """Check credentials, then import the kaggle client (it authenticates on import).
 
@@ -132,9 +129,6 @@ def connect() -> Any:
                                f"from {source} (refused, malformed, or Kaggle unreachable)")
     _log(f"authenticated with credentials from {source}")
     return api
-
-
-# ---------------------------------------------------------------------------- HTTP helpers
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -168,8 +162,8 @@ def _retry_policy(retries: int) -> Any:
                         respect_retry_after_header=True, raise_on_status=False)
 
 
-def _http_adapter(timeout: Any, retries: int) -> Any:
-    """A requests adapter that adds a timeout to requests sent without one, and retries."""
+def _mount(session: Any, timeout: Any, retries: int) -> None:
+    """Mount an adapter that adds a timeout to requests sent without one, and retries."""
     import requests
 
     class Adapter(requests.adapters.HTTPAdapter):
@@ -178,23 +172,17 @@ def _http_adapter(timeout: Any, retries: int) -> Any:
                 kwargs["timeout"] = timeout
             return super().send(request, **kwargs)
 
-    return Adapter(max_retries=_retry_policy(retries) if retries else 0)
-
-
-def _mount(session: Any, adapter: Any) -> None:
+    adapter = Adapter(max_retries=_retry_policy(retries) if retries else 0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
 
 
 @contextlib.contextmanager
 def kaggle_client(api: Any, *, timeout: Any, retries: int = 0) -> Any:
-    """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries).
-
-    kagglesdk's KaggleHttpClient calls `session.send` without a timeout; the adapter is
-    mounted on its requests.Session (`compat.kaggle_client`).
-    """
+    """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries):
+    kagglesdk's KaggleHttpClient calls `session.send` without one."""
     with api.build_kaggle_client() as client:
-        _mount(http_session(client), _http_adapter(timeout, retries))
+        _mount(http_session(client), timeout, retries)
         yield client
 
 
@@ -203,9 +191,6 @@ def _describe_http(exc: BaseException) -> str:
     if status in (401, 403):
         return f"HTTP {status}: Kaggle refused the credentials or the kernel is not yours ({exc})"
     return f"HTTP {status}: {exc}" if status else str(exc)
-
-
-# ---------------------------------------------------------------------------- push
 
 
 def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
@@ -225,12 +210,8 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
         if split_id(kernel_id)[0] == PLACEHOLDER_OWNER:
             hint = " (the id still has the placeholder owner: pass --owner or set KAGGLE_USERNAME)"
         raise PushFailure(f"Kaggle rejected the push of {kernel_id}: {response.error}{hint}")
-    invalid = {
-        "model_sources": list(response.invalid_model_sources or []),
-        "dataset_sources": list(response.invalid_dataset_sources or []),
-        "kernel_sources": list(response.invalid_kernel_sources or []),
-        "competition_sources": list(response.invalid_competition_sources or []),
-    }
+    invalid = {f"{kind}_sources": list(getattr(response, f"invalid_{kind}_sources") or [])
+               for kind in ("model", "dataset", "kernel", "competition")}
     invalid = {k: v for k, v in invalid.items() if v}
     if not response.version_number:
         raise PushFailure(f"push of {kernel_id}: the server returned no version number "
@@ -241,9 +222,6 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
     # so the caller reports and records it instead of abandoning a run that spends TPU quota.
     return PushResult(kernel_id=kernel_id, version=int(response.version_number),
                       url=response.url or "", invalid_sources=invalid)
-
-
-# ---------------------------------------------------------------------------- wait
 
 
 def get_status(api: Any, owner: str, slug: str, label: str,
@@ -327,9 +305,6 @@ def wait_for_version(
         delay = min(delay * BACKOFF, max_poll_s)
 
 
-# ---------------------------------------------------------------------------- fetch
-
-
 def _safe_target(dest: Path, name: str) -> Path:
     """Output names come from the server: refuse anything that would leave `dest`."""
     rel = PurePosixPath(name.replace("\\", "/"))
@@ -382,7 +357,7 @@ def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
     first = True
     form = 0
     with requests.Session() as session:
-        _mount(session, _http_adapter(OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES))
+        _mount(session, OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES)
         while True:
             try:
                 response = _list_page(api, owner, slug, labels[form], token)
@@ -410,9 +385,6 @@ def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                 return names
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
 def _parse_set(items: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in items:
@@ -421,10 +393,6 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise BundleError(f"--set {item!r}: expected KEY=VALUE, e.g. train.sft.max_steps=3")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def _owner(args: argparse.Namespace) -> str | None:
-    return args.owner or os.environ.get("KAGGLE_USERNAME") or None
 
 
 def _write_record(dest: Path, record: dict[str, Any]) -> None:
@@ -447,7 +415,7 @@ def run_push(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.poll_interval <= 0 or args.max_poll_interval <= 0:
         raise BundleError("--timeout, --poll-interval and --max-poll-interval must be positive")
-    owner = _owner(args)
+    owner = args.owner or os.environ.get("KAGGLE_USERNAME") or None
     bundle: Bundle | None = None
     if args.version is None:
         bundle = build_bundle(BundleOptions(
