@@ -224,15 +224,18 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
                       url=response.url or "", invalid_sources=invalid)
 
 
+def _request(request: Any, owner: str, slug: str, label: str) -> Any:
+    """A kagglesdk request (its classes take no constructor arguments) for one version."""
+    request.user_name, request.kernel_slug, request.version_label = owner, slug, label
+    return request
+
+
 def get_status(api: Any, owner: str, slug: str, label: str,
                http_timeout: float = STATUS_HTTP_TIMEOUT_S) -> tuple[str, str]:
     """(status name, failure message) of the version `label` (not the latest)."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
-    request = ApiGetKernelSessionStatusRequest()
-    request.user_name = owner
-    request.kernel_slug = slug
-    request.version_label = label
+    request = _request(ApiGetKernelSessionStatusRequest(), owner, slug, label)
     # No retries here: wait_for_version retries within the deadline.
     with kaggle_client(api, timeout=http_timeout) as client:
         response = client.kernels.kernels_api_client.get_kernel_session_status(request)
@@ -240,17 +243,11 @@ def get_status(api: Any, owner: str, slug: str, label: str,
     return getattr(status, "name", str(status)), response.failure_message or ""
 
 
-def wait_for_version(
-    fetch_status: Callable[[str, float], tuple[str, str]],
-    *,
-    label: str,
-    timeout_s: float,
-    version_labels: tuple[str, ...],
-    poll_s: float = DEFAULT_POLL_S,
-    max_poll_s: float = DEFAULT_MAX_POLL_S,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> StatusResult:
+def wait_for_version(fetch_status: Callable[[str, float], tuple[str, str]], *, label: str,
+                     timeout_s: float, version_labels: tuple[str, ...],
+                     poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S,
+                     sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> StatusResult:
     """Poll until a terminal status, backing off from poll_s to max_poll_s; raise on timeout.
 
     `fetch_status(version_label, http_timeout)`. On HTTP 404 the next form in `version_labels`
@@ -260,13 +257,9 @@ def wait_for_version(
     the deadline.
     """
     start = clock()
-    deadline = start + timeout_s
-    delay = poll_s
-    polls = 0
-    form = 0
+    deadline, delay, polls, form, last = start + timeout_s, poll_s, 0, 0, "UNKNOWN"
     found: str | None = None
     not_found: set[str] = set()
-    last = "UNKNOWN"
     while True:
         polls += 1
         current = found if found is not None else version_labels[form % len(version_labels)]
@@ -320,10 +313,7 @@ def _safe_target(dest: Path, name: str) -> Path:
 def _list_page(api: Any, owner: str, slug: str, label: str, token: str | None) -> Any:
     from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
-    request = ApiListKernelSessionOutputRequest()
-    request.user_name = owner
-    request.kernel_slug = slug
-    request.version_label = label
+    request = _request(ApiListKernelSessionOutputRequest(), owner, slug, label)
     request.page_size = 100
     if token:
         request.page_token = token
@@ -343,19 +333,14 @@ def _download(session: Any, url: str, target: Path) -> None:
 def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                   labels: tuple[str, ...] | None = None) -> list[str]:
     """Download every output file of one version (and its log) into dest; return names.
-
-    `labels`: version-label forms to try, preferred first (a 404 moves to the next form).
-    Listing and downloads retry 429/5xx/connection resets a bounded number of times,
-    honouring Retry-After.
-    """
+    `labels`: version-label forms to try, preferred first (a 404 moves to the next form)."""
     import requests
 
     labels = labels or version_labels(version)
     dest.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     token: str | None = None
-    first = True
-    form = 0
+    first, form = True, 0
     with requests.Session() as session:
         _mount(session, OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES)
         while True:
