@@ -121,7 +121,8 @@ def configure_platform(requested: str) -> dict[str, Any]:
             os.environ.setdefault(key, value)
     return {"requested": requested, "expected_platform": platform,
             "jax_already_started": jax_started,
-            **{k: os.environ.get(k, "") for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "JAX_PLATFORMS")},
+            **{k: os.environ.get(k, "") for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS",
+                                                  "JAX_PLATFORMS")},
             "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"]}
 
 

@@ -180,13 +180,10 @@ def close_failed(record: RunRecord, run_id: str,
 
 def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,
                        seconds: float) -> dict[str, Any]:
-    """Finish the record after papermill returns, whatever happened inside the kernel.
-
-    Records a failure the kernel could not record (kernel died, cell timeout, error before
-    `start_run`) against the stage that was running; writes env info and checkpoints.json if
-    the kernel did not; scans the whole directory *and* the executed notebook for secrets (a
-    hit fails the run); rewrites README.md and the index line. Returns the final manifest.
-    """
+    """Finish the record after papermill returns, whatever happened inside the kernel: a failure
+    the kernel could not record (kernel died, cell timeout, error before `start_run`) goes to
+    the stage that was running; env info and checkpoints.json if the kernel did not write them;
+    the secret scan covers the executed notebook too. Returns the final manifest."""
     record = RunRecord(run_dir)
     manifest = record.read_manifest()
     if error is not None and manifest.get("status") != "failed":

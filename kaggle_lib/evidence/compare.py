@@ -72,15 +72,13 @@ def load_run_scores(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str,
     summary_path, predictions_path = run_dir / SUMMARY_FILE, run_dir / PREDICTIONS_FILE
     missing = [p.name for p in (summary_path, predictions_path) if not p.is_file()]
     if missing:
-        raise CompareError(
-            f"run directory {run_dir} lacks {' and '.join(missing)} "
-            f"(a scored run has {SUMMARY_FILE} and {PREDICTIONS_FILE}; did its eval stage run?)"
-        )
+        raise CompareError(f"run directory {run_dir} lacks {' and '.join(missing)} (a scored "
+                           f"run has {SUMMARY_FILE} and {PREDICTIONS_FILE}; did its eval stage "
+                           "run?)")
     summary = _read_json(summary_path)
     if not isinstance(summary, dict) or not any(k in summary for k in STAGES):
-        raise CompareError(
-            f"{summary_path}: expected an object with a 'baseline' and/or 'trained' scorecard"
-        )
+        raise CompareError(f"{summary_path}: expected an object with a 'baseline' and/or "
+                           "'trained' scorecard")
     try:
         predictions = read_predictions(predictions_path)
     except ValueError as exc:
@@ -94,21 +92,17 @@ def _stage_scorecard(summary: Mapping[str, Any], stage: str, source: Path) -> di
     card = summary.get(stage)
     if card is None:
         present = [s for s in STAGES if summary.get(s) is not None]
-        raise CompareError(
-            f"{source / SUMMARY_FILE}: field {stage!r} is empty; stages present: {present}"
-        )
+        raise CompareError(f"{source / SUMMARY_FILE}: field {stage!r} is empty; stages "
+                           f"present: {present}")
     overall = card.get("overall") if isinstance(card, dict) else None
     if not isinstance(overall, dict) or not isinstance(overall.get("accuracy"), int | float):
-        raise CompareError(
-            f"{source / SUMMARY_FILE}: field '{stage}.overall.accuracy' must be a number "
-            f"(a scorecard of at least one item)"
-        )
+        raise CompareError(f"{source / SUMMARY_FILE}: field '{stage}.overall.accuracy' must be a "
+                           "number (a scorecard of at least one item)")
     return card
 
 
-def _stage_predictions(
-    records: Sequence[Mapping[str, Any]], stage: str, source: Path
-) -> dict[Any, Mapping[str, Any]]:
+def _stage_predictions(records: Sequence[Mapping[str, Any]], stage: str,
+                       source: Path) -> dict[Any, Mapping[str, Any]]:
     by_id: dict[Any, Mapping[str, Any]] = {}
     for index, record in enumerate(records, start=1):
         if record.get("stage") not in STAGES:
@@ -118,13 +112,11 @@ def _stage_predictions(
             continue
         for name in ("id", "correct"):
             if name not in record:
-                raise CompareError(
-                    f"{source / PREDICTIONS_FILE}: record {index} lacks field {name!r}"
-                )
+                raise CompareError(f"{source / PREDICTIONS_FILE}: record {index} lacks field "
+                                   f"{name!r}")
         if record["id"] in by_id:
-            raise CompareError(
-                f"{source / PREDICTIONS_FILE}: id {record['id']!r} appears twice in stage {stage!r}"
-            )
+            raise CompareError(f"{source / PREDICTIONS_FILE}: id {record['id']!r} appears twice "
+                               f"in stage {stage!r}")
         by_id[record["id"]] = record
     return by_id
 
@@ -202,7 +194,8 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEF
 
     acc_a, acc_b = card_a["overall"]["accuracy"], card_b["overall"]["accuracy"]
     result = CompareResult(
-        a_label=_run_label(summary_a, a_dir, a_stage), b_label=_run_label(summary_b, b_dir, b_stage),
+        a_label=_run_label(summary_a, a_dir, a_stage),
+        b_label=_run_label(summary_b, b_dir, b_stage),
         a_scorecard=card_a, b_scorecard=card_b, delta=scorecard_delta(card_a, card_b),
         accuracy_a=acc_a, accuracy_b=acc_b, threshold=threshold,
         # A tiny epsilon so a drop of exactly `threshold` (float noise) does not count.
@@ -240,9 +233,8 @@ def baseline_run_dir(evidence_root: str | Path) -> Path:
     evidence_root = Path(evidence_root)
     path = evidence_root / BASELINE_FILE
     if not path.is_file():
-        raise CompareError(
-            f"no baseline marked: {path} not found (mark one with `compare --mark-baseline RUN`)"
-        )
+        raise CompareError(f"no baseline marked: {path} not found (mark one with "
+                           "`compare --mark-baseline RUN`)")
     record = _read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("path"), str):
         raise CompareError(f"{path}: field 'path' must be a string (the baseline run directory)")

@@ -53,13 +53,10 @@ def hash_text(text: str | bytes) -> str:
 
 
 def git_info(repo: Path | None = None, paths: Sequence[str] = ()) -> dict[str, Any]:
-    """The commit the code came from and whether it had uncommitted changes.
-
-    Without `paths` (the manifest's `git`): the checkout holding kaggle_lib, tracked files only;
-    outside a checkout, the sha a Kaggle bundle baked in (`source: bundle`). With `paths` (the
-    Kaggle bundle's folders): changes there only, untracked files too (they are bundled), listed
-    in `dirty_files`; outside a checkout, CI's GITHUB_SHA or "unknown".
-    """
+    """The commit the code came from and whether it had uncommitted changes. Without `paths`
+    (the manifest's `git`): tracked files of the checkout holding kaggle_lib; outside one, the
+    sha a Kaggle bundle baked in. With `paths` (the bundle's folders): changes there, untracked
+    files too (they are bundled), in `dirty_files`; outside a checkout, GITHUB_SHA or "unknown"."""
     package_dir = Path(__file__).resolve().parent.parent
     repo = repo or package_dir.parent
 

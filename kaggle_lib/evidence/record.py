@@ -89,15 +89,13 @@ def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
     failure = manifest.get("failure") or {}
     status = manifest.get("status")
     summary = Attempt(
-        n=n,
         # "running" in a manifest that is being archived: the attempt never closed its record.
-        status={"running": "interrupted"}.get(status, status) or "unknown",
+        n=n, status={"running": "interrupted"}.get(status, status) or "unknown",
         started_at=manifest.get("started_at"), ended_at=manifest.get("ended_at"),
         failure=(AttemptFailure(stage=failure.get("stage"), error_type=failure.get("error_type"),
                                 message=str(failure.get("message") or "")[:500])
                  if failure else None),
-        path=f"{ATTEMPTS}/{n}",
-    )
+        path=f"{ATTEMPTS}/{n}")
     return summary.model_dump(mode="json")
 
 
@@ -133,15 +131,13 @@ class RunRecord:
                 manifest[key] = value
         return manifest
 
-    def _write_json(self, path: Path, payload: Any) -> None:
+    def _write_json(self, path: Path, payload: Any) -> Path:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-        tmp.replace(path)
+        return tmp.replace(path)
 
     def write_json(self, name: str, payload: Any) -> Path:
-        path = self.run_dir / name
-        self._write_json(path, payload)
-        return path
+        return self._write_json(self.run_dir / name, payload)
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.run_dir / name
@@ -249,14 +245,11 @@ class RunRecord:
             fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
             manifest = {**fields, **manifest}
         kind = type(error).__name__
-        fields.update(
-            status="failed",
-            stages=manifest.get("stages") or {},
-            failure={"stage": stage, "error_type": kind,
-                     "message": auth.redact(str(error) or kind)[:2000],
-                     "last_good_checkpoint": checkpoint},
-            **self._closing(manifest),
-        )
+        fields.update(status="failed", stages=manifest.get("stages") or {},
+                      failure={"stage": stage, "error_type": kind,
+                               "message": auth.redact(str(error) or kind)[:2000],
+                               "last_good_checkpoint": checkpoint},
+                      **self._closing(manifest))
         try:
             self.update_manifest(**fields)
         except ManifestError:

@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name as normalize  # PEP 503 project names
+
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evidence.identity import git_info
 from kaggle_lib.hashing import sha256_hex
@@ -64,11 +66,6 @@ _BLOCKING_CALL_RE = re.compile(r"(?<![\w.])(input|getpass\.getpass|getpass)\s*\(
 
 class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
-
-
-def normalize(name: str) -> str:
-    """PEP 503 project-name normalisation."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclasses.dataclass
@@ -404,7 +401,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         install = fill_template("install_cell.py", {
             "_KL_PINS": pprint.pformat(pins, width=96),
             "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96),
-            "_KL_KEEP": pprint.pformat(KEEP_PACKAGES), "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
+            "_KL_KEEP": pprint.pformat(KEEP_PACKAGES),
+            "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
         head.append(new.new_code_cell(install, metadata={"tags": ["kaggle-install"]}))
     b64 = base64.b64encode(archive).decode()
     chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))

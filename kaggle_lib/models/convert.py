@@ -35,29 +35,17 @@ def flat_params(model: Any) -> FlatParams:
     import jax
     from flax import nnx
 
-    out = {}
-    for path, value in nnx.iter_graph(model):
-        if isinstance(value, nnx.Param):
-            out[tuple(path)] = np.asarray(jax.device_get(value.get_value()))
-    return out
+    return {tuple(path): np.asarray(jax.device_get(value.get_value()))
+            for path, value in nnx.iter_graph(model) if isinstance(value, nnx.Param)}
 
-
-# ---------------------------------------------------------------------------- GGUF -> HF
 
 # llama.cpp tensor suffix -> HF suffix inside `model.layers.N.`.
 GGUF_TO_HF: dict[str, str] = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 GGUF_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
@@ -71,10 +59,9 @@ def gguf_tensor_to_hf_name(name: str) -> str:
     m = _GGUF_BLOCK_RE.fullmatch(name)
     if m and m.group(2) in GGUF_TO_HF:
         return f"model.layers.{m.group(1)}.{GGUF_TO_HF[m.group(2)]}.weight"
-    raise ConversionError(
-        f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
-        f"{sorted(GGUF_TOP_LEVEL)} and blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight"
-    )
+    raise ConversionError(f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
+                          f"{sorted(GGUF_TOP_LEVEL)} and "
+                          f"blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight")
 
 
 def gguf_tensor_to_hf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -86,14 +73,10 @@ def gguf_tensor_to_hf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     return hf_name, value
 
 
-# ---------------------------------------------------------------------------- Tunix -> HF
-
-_NORMS_HF = {
-    "pre_attention_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "pre_ffw_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
+_NORMS_HF = {"pre_attention_norm": "input_layernorm",
+             "post_attention_norm": "post_attention_layernorm",
+             "pre_ffw_norm": "pre_feedforward_layernorm",
+             "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 def _heads_to_rows(w: np.ndarray) -> np.ndarray:
@@ -136,9 +119,6 @@ def hf_state_dict(flat: Mapping[tuple[Any, ...], np.ndarray]) -> dict[str, np.nd
         else:
             raise ConversionError(f"no HF name for Tunix parameter {'.'.join(map(str, path))}")
     return out
-
-
-# ---------------------------------------------------------------------------- Tunix -> Kaggle
 
 
 def upstream_params(flat: Mapping[tuple[Any, ...], np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

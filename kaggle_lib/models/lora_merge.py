@@ -83,10 +83,9 @@ def merge_lora_params(model: nnx.Module, alpha: float, dtype: Any = None) -> Fla
         elif w.ndim == 2 and a.shape == (w.shape[0], rank) and b.shape == (rank, w.shape[1]):
             delta = a @ b  # nnx.Linear: x @ kernel
         else:
-            raise LoraMergeError(
-                f"LoRA on {'.'.join(map(str, owner))} ({type(module).__name__}, weight "
-                f"{w.shape}, A {a.shape}, B {b.shape}): only Einsum and nnx.Linear are supported"
-            )
+            raise LoraMergeError(f"LoRA on {'.'.join(map(str, owner))} ({type(module).__name__}, "
+                                 f"weight {w.shape}, A {a.shape}, B {b.shape}): only Einsum and "
+                                 "nnx.Linear are supported")
         merged[w_key] = (w.astype(np.float32) + scale * delta).astype(dtype or w.dtype)
     return {k: v.astype(dtype or v.dtype) for k, v in merged.items()}
 
