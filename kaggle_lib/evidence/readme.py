@@ -10,6 +10,7 @@ from typing import Any
 from kaggle_lib import auth, jsonl
 from kaggle_lib.evidence.identity import TRACKED_PACKAGES
 from kaggle_lib.evidence.manifest import MANIFEST, RunManifest, load_manifest
+from kaggle_lib.evidence.plots import curve
 from kaggle_lib.evidence.record import METRICS
 
 
@@ -94,17 +95,11 @@ def _load(values: list[float] | None) -> str:
     return " / ".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 
-def _curve(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
-    """(step, value) of one metric of one stage in metrics.jsonl, by step."""
-    records = jsonl.read(Path(run_dir) / METRICS)
-    by_step = {r["step"]: r[key] for r in records
-               if r.get("stage") == stage and isinstance(r.get(key), int | float)}
-    return sorted(by_step.items())
-
-
 def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     model = m.model
-    summary = plain_summary(m, _curve(run_dir), _curve(run_dir, "sft_validation", "val_loss"))
+    metrics = jsonl.read(run_dir / METRICS)
+    summary = plain_summary(m, curve(metrics, "sft", "loss"),
+                            curve(metrics, "sft_validation", "val_loss"))
     lines = [f"# Run {m.run_id}", "", summary, ""]
     if m.status == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
