@@ -1,15 +1,13 @@
 """The one in-memory LoRA merge: a qwix-LoRA Tunix Gemma 3's adapters folded into its weights.
 
-Why not only Tunix's merge: `tunix.models.gemma3.params.save_lora_merged_model_as_safetensors`
-(which the HF export uses) reads a base from disk and writes merged safetensors to disk. The
-Orbax export (Kaggle's upstream layout) and the export's bfloat16 logit check need the merged
-weights in memory, so they come from here; tests/integration/test_export.py checks that both merges give the
-same tensors.
+Tunix's `gemma3.params.save_lora_merged_model_as_safetensors` (the HF export's) goes disk to
+disk; the Orbax export and the export's bfloat16 logit check need the merged weights in memory
+(tests/integration/test_export.py checks that both merges give the same tensors).
 
-Merging follows qwix's LoRA exactly: for a weight used as `einsum(lhs, W)` qwix adds
-`einsum(lhs, A, B) * alpha / rank`, where A carries W's dimensions shared with lhs plus the rank
-and B the rank plus W's other dimensions, so W' = W + alpha / rank * einsum(A, B -> W's layout);
-for `nnx.Linear` (dot_general) A is (in, r), B is (r, out) and W' = W + alpha / rank * A @ B.
+As qwix's LoRA: for `einsum(lhs, W)` qwix adds `einsum(lhs, A, B) * alpha / rank` (A: W's dims
+shared with lhs plus the rank; B: the rank plus W's other dims), so W' = W + alpha / rank *
+einsum(A, B -> W's layout); for `nnx.Linear` (A: (in, r), B: (r, out)) W' = W + alpha / rank
+* A @ B.
 """
 
 from __future__ import annotations
