@@ -434,8 +434,7 @@ def _run(args: argparse.Namespace) -> int:
                           "or set KAGGLE_USERNAME to your Kaggle username")
 
     api = connect()
-    record: dict[str, Any] = {"kernel_id": kernel_id,
-                              "bundle": bundle.info if bundle else None}
+    record: dict[str, Any] = {"kernel_id": kernel_id, "bundle": bundle.info if bundle else None}
     if bundle is not None:
         result = push_bundle(api, bundle.dir, kernel_id)
         _log(f"pushed {kernel_id} version {result.version}: {result.url}")

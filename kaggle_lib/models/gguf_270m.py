@@ -100,18 +100,14 @@ def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, A
 def sentencepiece_from_gguf(reader: Any) -> bytes:
     """Serialized SentencePiece `ModelProto` rebuilt from the GGUF vocabulary.
 
-    BPE with byte fallback, identity normalizer, no dummy prefix, no whitespace folding:
-    how Gemma 3's own tokenizer.model is configured. `<unk>` must be UNKNOWN (sentencepiece
-    refuses a model without one) and the trainer_spec piece names must be Gemma's, because
-    sentencepiece derives bos_id()/eos_id()/pad_id() from those names.
-
-    llama.cpp marks every token that HF's tokenizer_config calls "special" as CONTROL
-    (`<start_of_turn>`, `<end_of_turn>`, `<mask>`, `<unusedN>`, ...). SentencePiece never
-    matches CONTROL pieces in input text, so chat-formatted text would be split into
-    characters, while HF's tokenizer splits every added token out of the text. Those
-    pieces therefore become USER_DEFINED here (not checked against Google's original
-    tokenizer.model, which is not available offline); only pad/eos/bos stay CONTROL (text "<eos>"
-    must not inject an end of sequence) and `<unk>` is UNKNOWN.
+    As Gemma 3's own tokenizer.model: BPE with byte fallback, identity normalizer, no dummy
+    prefix, no whitespace folding. `<unk>` must be UNKNOWN (sentencepiece refuses a model
+    without one); the trainer_spec piece names must be Gemma's (sentencepiece derives
+    bos_id()/eos_id()/pad_id() from them). llama.cpp marks every token HF calls "special" as
+    CONTROL (`<start_of_turn>`, `<unusedN>`, ...), which SentencePiece never matches in text,
+    while HF's tokenizer splits added tokens out of it: those become USER_DEFINED here (not
+    checked against Google's original tokenizer.model, not available offline); only pad/eos/bos
+    stay CONTROL (text "<eos>" must not end a sequence).
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
