@@ -101,13 +101,10 @@ class Token:
 
 def _kaggle_secret(label: str) -> str:
     """Read a Kaggle secret through Kaggle's own `kaggle_secrets` module (Kaggle's image only).
-
-    Every failure becomes an AuthError naming the label: on Kaggle, `get_secret` raises
-    `BackendError` when no secret with that label is attached, `CredentialError` without a JWT
-    (its 401/403 branch is shadowed by the URLError one), `ValidationError` for an empty label
-    and the builtin `ConnectionError` on network trouble and HTTP errors (docker-python
-    patches/kaggle_secrets.py).
-    """
+    Every failure becomes an AuthError naming the label: `get_secret` raises `BackendError`
+    when no such secret is attached, `CredentialError` without a JWT (its 401/403 branch is
+    shadowed by the URLError one), `ValidationError` for an empty label and `ConnectionError`
+    on network and HTTP errors (docker-python patches/kaggle_secrets.py)."""
     try:
         import kaggle_secrets  # type: ignore[import-not-found]
     except ImportError:
@@ -165,12 +162,9 @@ def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
 
 
 def kaggle_credentials_source() -> str | None:
-    """Which Kaggle credentials kagglehub would use (named, never read out), or None.
-
-    kagglehub's resolution: an API token (KAGGLE_API_TOKEN, or ~/.kaggle/access_token), then
-    KAGGLE_USERNAME + KAGGLE_KEY, then kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle. A
-    malformed kaggle.json counts as none.
-    """
+    """Which Kaggle credentials kagglehub would use (named, never read out), or None: an API
+    token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then KAGGLE_USERNAME + KAGGLE_KEY, then
+    kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle (malformed: none)."""
     from kagglehub.config import get_kaggle_credentials
     from kagglesdk.kaggle_env import get_access_token_from_env
 

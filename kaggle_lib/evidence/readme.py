@@ -107,8 +107,7 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     packages = m.packages.model_dump(by_alias=True)
     hf_repo = (model.model_extra or {}).get("hf_repo") if model else None
     lines += [
-        "## Identity",
-        "",
+        "## Identity", "",
         f"- config: `{m.config_path}` (sha256 `{str(m.config_hash)[:12]}`), run name "
         f"`{m.run_name or '-'}`; the resolved config is in `config.yaml`",
         f"- code: git `{m.git.sha}`" + (" with uncommitted changes" if m.git.dirty else "")

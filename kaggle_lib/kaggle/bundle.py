@@ -180,11 +180,9 @@ def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
 
 
 def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> bytes:
-    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}.
-
-    bzip2 (stdlib on both ends): the shipped JSONL data compresses to ~half of deflate, which
-    keeps the notebook text well under Kaggle's 1 MB source limit.
-    """
+    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}. bzip2
+    (stdlib on both ends): the shipped JSONL data compresses to ~half of deflate, which keeps
+    the notebook text well under Kaggle's 1 MB source limit."""
     files = {name: path.read_bytes() for name, path in _bundled_files(repo_root)}
     files.update(extra or {})
     buf = io.BytesIO()
@@ -198,11 +196,9 @@ def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> byte
 
 
 def sent_notebook_bytes(notebook: Path) -> int:
-    """Size of the notebook text the kaggle client sends (`ApiSaveKernelRequest.text`).
-
-    Mirrors kaggle 2.2.4 `KaggleApi.kernels_push`: code-cell outputs emptied, list sources
-    joined, then `json.dumps` (compact separators off, ASCII escapes on).
-    """
+    """Size of the notebook text the kaggle client sends (`ApiSaveKernelRequest.text`), as
+    kaggle 2.2.4 `KaggleApi.kernels_push` makes it: code-cell outputs emptied, list sources
+    joined, then `json.dumps` (compact separators off, ASCII escapes on)."""
     body = json.loads(notebook.read_text(encoding="utf-8"))
     for cell in body.get("cells", []):
         if "outputs" in cell and cell.get("cell_type") == "code":

