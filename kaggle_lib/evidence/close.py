@@ -23,12 +23,7 @@ from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
 from kaggle_lib.evidence.record import FAILURE, RunRecord
-from kaggle_lib.evidence.scan import (
-    SecretLeakError,
-    removed_files,
-    scan_files,
-    scan_for_secrets,
-)
+from kaggle_lib.evidence.scan import SecretLeakError, removed_files, scan_files, scan_for_secrets
 from kaggle_lib.hashing import sha256_hex
 
 
