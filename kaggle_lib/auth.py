@@ -1,9 +1,9 @@
 """Credentials through their own libraries, and redaction of every secret.
 
-Hugging Face token: huggingface_hub's lookup (`HF_TOKEN`, then the `hf auth login` token
-file), else the Kaggle secret labelled `HF_TOKEN` when running on Kaggle, else none. Kaggle
-credentials: kagglehub's lookup, named but never read out. Values are registered for redaction the moment they are read; they are
-never printed, logged, written to evidence or passed to papermill.
+Hugging Face token: huggingface_hub's lookup, else on Kaggle the secret labelled `HF_TOKEN`.
+Kaggle credentials: kagglehub's lookup, named but never read out. Values are registered for
+redaction the moment they are read; never printed, logged, written to evidence or passed to
+papermill.
 """
 
 from __future__ import annotations
@@ -101,22 +101,18 @@ class Token:
 
 def _kaggle_secret(label: str) -> str:
     """Read a Kaggle secret through Kaggle's own `kaggle_secrets` module (Kaggle's image only).
-
-    Every failure becomes an AuthError naming the label: on Kaggle, `get_secret` raises
-    `BackendError` when no secret with that label is attached, `CredentialError` without a JWT
-    (its 401/403 branch is shadowed by the URLError one), `ValidationError` for an empty label
-    and the builtin `ConnectionError` on network trouble and HTTP errors (docker-python
-    patches/kaggle_secrets.py).
-    """
+    Every failure becomes an AuthError naming the label: `get_secret` raises `BackendError`
+    when no such secret is attached, `CredentialError` without a JWT (its 401/403 branch is
+    shadowed by the URLError one), `ValidationError` for an empty label and `ConnectionError`
+    on network and HTTP errors (docker-python patches/kaggle_secrets.py)."""
     try:
         import kaggle_secrets  # type: ignore[import-not-found]
     except ImportError:
-        raise AuthError(
-            f"Kaggle Secrets are not available in this session (no kaggle_secrets module: not "
-            f"Kaggle's notebook image); attach the secret '{label}' in the notebook editor "
-            "(Add-ons -> Secrets), or export HF_TOKEN outside Kaggle."
-        ) from None
-    hints = {
+        raise AuthError(f"Kaggle Secrets are not available in this session (no kaggle_secrets "
+                        f"module: not Kaggle's notebook image); attach the secret '{label}' in "
+                        "the notebook editor (Add-ons -> Secrets), or export HF_TOKEN outside "
+                        "Kaggle.") from None
+    hints = {  # by exception class name
         "BackendError": f"no secret labelled '{label}' is attached to this notebook, or the "
                         "secrets service failed",
         "CredentialError": "the secrets service refused this session (HTTP 401/403 or no "
@@ -131,32 +127,23 @@ def _kaggle_secret(label: str) -> str:
         return kaggle_secrets.UserSecretsClient().get_secret(label)
     except (*errors, ConnectionError) as exc:
         hint = hints.get(type(exc).__name__, "the secrets service failed")
-        raise AuthError(
-            f"Kaggle secret '{label}' could not be read: {hint} ({type(exc).__name__}). "
-            f"Attach it in the notebook editor: Add-ons -> Secrets -> '{label}', then re-run."
-        ) from None
-
-
-def _hf_token_source(value: str) -> str:
-    """Where huggingface_hub found `value`: an environment variable, else its own store."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(var, "").strip() == value:
-            return f"env:{var}"
-    return "huggingface_hub"  # the token file of `hf auth login` (HF_TOKEN_PATH), or OIDC
+        raise AuthError(f"Kaggle secret '{label}' could not be read: {hint} "
+                        f"({type(exc).__name__}). Attach it in the notebook editor: Add-ons -> "
+                        f"Secrets -> '{label}', then re-run.") from None
 
 
 def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
-    """HF token by precedence; raises AuthError if `required` and none is found.
-
-    huggingface_hub's own lookup first (HF_TOKEN, then the `hf auth login` token file), then
-    on Kaggle the secret labelled HF_TOKEN.
-    """
+    """HF token: huggingface_hub's lookup (HF_TOKEN, then the `hf auth login` token file), then
+    on Kaggle the secret labelled HF_TOKEN; raises AuthError if `required` and none is found."""
     from huggingface_hub import get_token
 
     value = get_token()
     if value:
         register_secret(value)
-        return Token(value, _hf_token_source(value))
+        # An environment variable, else huggingface_hub's own store (token file or OIDC).
+        source = next((f"env:{var}" for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+                       if os.environ.get(var, "").strip() == value), "huggingface_hub")
+        return Token(value, source)
     if on_kaggle:
         try:
             value = _kaggle_secret(HF_SECRET_LABEL)
@@ -168,22 +155,16 @@ def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
             register_secret(value)
             return Token(value, f"kaggle-secrets:{HF_SECRET_LABEL}")
     if required:
-        where = (
-            "attach the Kaggle secret 'HF_TOKEN' (Add-ons -> Secrets)"
-            if on_kaggle
-            else "export HF_TOKEN in the shell that runs `make run`"
-        )
+        where = ("attach the Kaggle secret 'HF_TOKEN' (Add-ons -> Secrets)" if on_kaggle
+                 else "export HF_TOKEN in the shell that runs `make run`")
         raise AuthError(f"This model is gated and no Hugging Face token was found: {where}.")
     return Token(None, "none")
 
 
 def kaggle_credentials_source() -> str | None:
-    """Which Kaggle credentials kagglehub would use (named, never read out), or None.
-
-    kagglehub's resolution: an API token (KAGGLE_API_TOKEN, or ~/.kaggle/access_token), then
-    KAGGLE_USERNAME + KAGGLE_KEY, then kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle. A
-    malformed kaggle.json counts as none.
-    """
+    """Which Kaggle credentials kagglehub would use (named, never read out), or None: an API
+    token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then KAGGLE_USERNAME + KAGGLE_KEY, then
+    kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle (malformed: none)."""
     from kagglehub.config import get_kaggle_credentials
     from kagglesdk.kaggle_env import get_access_token_from_env
 

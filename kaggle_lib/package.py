@@ -7,12 +7,10 @@ verification, and the upload of an export to Kaggle Models through kagglehub.
     python -m kaggle_lib package --run-dir evidence/runs/<id> --upload owner/model/framework/variation
         [--upload-dir export/orbax] [--license "Gemma"] [--notes "..."]
 
-The zip holds `<run_id>/...` with `PACKAGE_MANIFEST.json` (run identity, status, headline
-metrics, every file with bytes and sha256) and `SHA256SUMS` (`cd <run_id> && sha256sum -c
-SHA256SUMS` checks an unzipped copy). Entries are sorted and time-stamped 1980-01-01, so the
-same record always gives the same zip bytes. Weights (checkpoints/, export/) are left out
-unless asked for. The files are scanned for secrets first; a hit is redacted and refuses the
-package.
+The zip holds `<run_id>/...` with `PACKAGE_MANIFEST.json` (identity, status, metrics, every
+file with bytes and sha256) and `SHA256SUMS` (for `sha256sum -c`). Entries are sorted and dated
+1980-01-01: the same record gives the same bytes. Weights (checkpoints/, export/) only when asked
+for. A secret found by the scan first is redacted and refuses the package.
 """
 
 from __future__ import annotations
@@ -43,20 +41,11 @@ def package_files(run_dir: Path, *, with_checkpoints: bool = False,
                   with_exports: bool = False) -> list[Path]:
     """The files that go into the zip, relative to the run directory, sorted."""
     run_dir = Path(run_dir)
-    skip = set()
-    if not with_checkpoints:
-        skip.add("checkpoints")
-    if not with_exports:
-        skip.add("export")
-    files = []
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir)
-        if not path.is_file() or rel.parts[0] in skip or path.name.endswith(".tmp"):
-            continue
-        if rel.name in (PACKAGE_MANIFEST, SUMS):
-            continue
-        files.append(rel)
-    return files
+    skip = {name for name, wanted in (("checkpoints", with_checkpoints), ("export", with_exports))
+            if not wanted}
+    return [path.relative_to(run_dir) for path in sorted(run_dir.rglob("*"))
+            if path.is_file() and path.relative_to(run_dir).parts[0] not in skip
+            and not path.name.endswith(".tmp") and path.name not in (PACKAGE_MANIFEST, SUMS)]
 
 
 def build_package(run_dir: str | Path, out: str | Path | None = None, *,
@@ -78,18 +67,12 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
     for rel in files:
         data = (run_dir / rel).read_bytes()
         entries.append({"path": rel.as_posix(), "bytes": len(data), "sha256": sha256_hex(data)})
-    package_manifest = {
-        "package_format": PACKAGE_FORMAT,
-        "run_id": run_id,
-        "status": run_manifest.get("status"),
-        # No packaging time: the same record always gives the same zip bytes.
-        "run_ended_at": run_manifest.get("ended_at"),
-        "git": run_manifest.get("git"),
+    package_manifest = {  # no packaging time: the same record always gives the same bytes
+        "package_format": PACKAGE_FORMAT, "run_id": run_id, "status": run_manifest.get("status"),
+        "run_ended_at": run_manifest.get("ended_at"), "git": run_manifest.get("git"),
         "config_hash": run_manifest.get("config_hash"),
-        "metrics": run_manifest.get("metrics") or {},
-        "includes_checkpoints": with_checkpoints,
-        "includes_exports": with_exports,
-        "files": entries,
+        "metrics": run_manifest.get("metrics") or {}, "includes_checkpoints": with_checkpoints,
+        "includes_exports": with_exports, "files": entries,
     }
     sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
     out = Path(out) if out else run_dir.parent / f"{run_id}.zip"
@@ -130,10 +113,8 @@ def verify_package(path: str | Path) -> list[str]:
             sums_text = zf.read(f"{root}/{SUMS}").decode()
         except KeyError as exc:
             return [f"missing {exc.args[0]}"]
-        sums = {}
-        for line in sums_text.splitlines():
-            digest, _, name = line.partition("  ")
-            sums[name] = digest
+        sums = {name: digest for digest, _, name in
+                (line.partition("  ") for line in sums_text.splitlines())}
         listed = {e["path"]: e for e in manifest.get("files", [])}
         if set(listed) != set(sums):
             problems.append(f"{PACKAGE_MANIFEST} and {SUMS} list different files: "
@@ -154,9 +135,6 @@ def verify_package(path: str | Path) -> list[str]:
             errors = evidence.manifest_errors(json.loads(zf.read(f"{root}/{evidence.MANIFEST}")))
             problems += [f"{evidence.MANIFEST}: {e}" for e in errors]
     return problems
-
-
-# ---------------------------------------------------------------------------- Kaggle Models
 
 
 def upload_model(local_dir: str | Path, handle: str, *, license_name: str | None = "Gemma",

@@ -55,26 +55,18 @@ def detect_environment(cwd: Path | None = None) -> Environment:
     """Kaggle if its env vars or its /kaggle/working directory are present."""
     root = kaggle_root()
     working = root / "kaggle" / "working"
-    on_kaggle = bool(
-        os.environ.get("KAGGLE_KERNEL_RUN_TYPE")
-        or os.environ.get("KAGGLE_URL_BASE")
-        or os.environ.get("KAGGLE_DATA_PROXY_URL")
-    ) or working.is_dir()
+    on_kaggle = any(os.environ.get(k) for k in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE",
+                                                "KAGGLE_DATA_PROXY_URL")) or working.is_dir()
     if on_kaggle:
         input_dir = root / "kaggle" / "input"
-        return Environment(
-            on_kaggle=True,
-            run_type=os.environ.get("KAGGLE_KERNEL_RUN_TYPE"),
-            working_dir=working,
-            input_dir=input_dir if input_dir.is_dir() else None,
-        )
+        return Environment(on_kaggle=True, run_type=os.environ.get("KAGGLE_KERNEL_RUN_TYPE"),
+                           working_dir=working, input_dir=input_dir if input_dir.is_dir() else None)
     return Environment(on_kaggle=False, run_type=None, working_dir=cwd or Path.cwd(), input_dir=None)
 
 
 def _tpu_present() -> bool:
-    if os.environ.get("TPU_ACCELERATOR_TYPE") or os.environ.get("TPU_NAME"):
-        return True
-    return any(Path("/dev").glob("accel*")) or Path("/dev/vfio/0").exists()
+    return bool(os.environ.get("TPU_ACCELERATOR_TYPE") or os.environ.get("TPU_NAME")
+                or any(Path("/dev").glob("accel*")) or Path("/dev/vfio/0").exists())
 
 
 def _gpu_present() -> bool:
@@ -94,10 +86,8 @@ def guess_platform() -> str:
 # throughput. They are appended only for their own platform (GPU flags on a TPU abort XLA).
 _TPU_LIBTPU_ARGS = ["--xla_tpu_enable_latency_hiding_scheduler=true"]
 _GPU_XLA_FLAGS = ["--xla_gpu_enable_latency_hiding_scheduler=true"]
-_GPU_ENV = {
-    # Let jax take most of the GPU up front instead of growing (fragmentation on long runs).
-    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",
-}
+# Let jax take most of the GPU up front instead of growing (fragmentation on long runs).
+_GPU_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90"}
 
 
 def _append_flags(var: str, flags: list[str]) -> None:
@@ -129,26 +119,18 @@ def configure_platform(requested: str) -> dict[str, Any]:
         _append_flags("XLA_FLAGS", _GPU_XLA_FLAGS)
         for key, value in _GPU_ENV.items():
             os.environ.setdefault(key, value)
-    return {
-        "requested": requested,
-        "expected_platform": platform,
-        "jax_already_started": jax_started,
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "LIBTPU_INIT_ARGS": os.environ.get("LIBTPU_INIT_ARGS", ""),
-        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
-        "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
-    }
+    return {"requested": requested, "expected_platform": platform,
+            "jax_already_started": jax_started,
+            **{k: os.environ.get(k, "") for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS",
+                                                  "JAX_PLATFORMS")},
+            "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"]}
 
 
 def text_progress_bars() -> None:
-    """Let tqdm.auto (Tunix's training progress bar, huggingface_hub's downloads) choose its
-    plain-text bar without the "IProgress not found" warning it prints in a kernel that has no
-    ipywidgets. It falls back to that text bar anyway; the warning is noise nobody can act on.
-
-    ipywidgets is left out on purpose: papermill saves a widget bar as a widget model that reads
-    "HBox(children=...)" wherever the widget state is not saved with it (GitHub, Kaggle's
-    viewer, a text diff), while the text bar reads the same everywhere.
-    """
+    """Let tqdm.auto (Tunix's progress bar, huggingface_hub's downloads) use its text bar
+    without the "IProgress not found" warning of a kernel without ipywidgets. ipywidgets is left
+    out on purpose: papermill saves a widget bar as a model that reads "HBox(children=...)"
+    wherever the widget state is not saved (GitHub, Kaggle's viewer, a diff)."""
     with warnings.catch_warnings():
         # tqdm.auto imports autonotebook once; later imports reuse the module, silent.
         warnings.filterwarnings("ignore", message="IProgress not found")
@@ -163,29 +145,18 @@ def describe_devices(requested: str = "auto") -> dict[str, Any]:
     platform = devices[0].platform
     if requested != "auto" and platform != requested:
         present = sorted({f"{d.platform} ({d.device_kind})" for d in devices})
-        raise DeviceError(
-            f"device: {requested} was requested but jax sees no {requested.upper()}; present: "
-            f"{', '.join(present)} x{len(devices)}. Set `device: auto` or `device: {platform}` "
-            "in the config, or run on a machine with that accelerator."
-        )
-    first = devices[0]
-    memory = None
+        raise DeviceError(f"device: {requested} was requested but jax sees no "
+                          f"{requested.upper()}; present: {', '.join(present)} x{len(devices)}. "
+                          f"Set `device: auto` or `device: {platform}` in the config, or run on "
+                          "a machine with that accelerator.")
     try:
-        stats = first.memory_stats()
-        if stats:
-            memory = stats.get("bytes_limit")
+        memory = (devices[0].memory_stats() or {}).get("bytes_limit")
     except Exception:  # CPU devices have no memory stats
         memory = None
-    return {
-        "platform": platform,
-        "device_kind": first.device_kind,
-        "device_count": jax.device_count(),
-        "local_device_count": jax.local_device_count(),
-        "memory_per_device_bytes": memory,
-        "process_count": jax.process_count(),
-        "process_index": jax.process_index(),
-        "jax_version": jax.__version__,
-    }
+    return {"platform": platform, "device_kind": devices[0].device_kind,
+            "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
+            "memory_per_device_bytes": memory, "process_count": jax.process_count(),
+            "process_index": jax.process_index(), "jax_version": jax.__version__}
 
 
 def banner(env: Environment, devices: dict[str, Any], flags: dict[str, Any]) -> str:

@@ -1,20 +1,15 @@
 """Closing a run record, whichever way the run ends: environment details, checkpoint list,
 secret scan, README and the index line.
 
-Three entry points:
-
-* `finalize(run, "succeeded")`: the notebook's last stage (`pipeline.finish`).
-* `close_failed(run)`: the `stage` decorator, when any stage raises inside the kernel.
-* `close_after_kernel(run_dir, notebook, error, seconds)`: the papermill runner, after the
-  kernel has gone (also when it died or never started): records what the kernel could not,
-  scans the executed notebook, rewrites the README and the index line.
-
-Every one of them ends with the secret scan of `kaggle_lib.evidence.scan`; a hit fails the run
-with `SecretLeakError`, and failure_analysis.md names each file that was redacted or removed.
+`finalize` is the notebook's last stage, `close_failed` runs when a stage raises in the kernel,
+`close_after_kernel` is the papermill runner's, after the kernel has gone (also when it died or
+never started). Each ends with the secret scan (`evidence.scan`): a hit fails the run with
+`SecretLeakError`, and failure_analysis.md names each file that was redacted or removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -28,15 +23,8 @@ from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
 from kaggle_lib.evidence.record import FAILURE, RunRecord
-from kaggle_lib.evidence.scan import (
-    SecretLeakError,
-    removed_files,
-    scan_files,
-    scan_for_secrets,
-)
+from kaggle_lib.evidence.scan import SecretLeakError, removed_files, scan_files, scan_for_secrets
 from kaggle_lib.hashing import sha256_hex
-
-# ---------------------------------------------------------------------------- checkpoints
 
 
 def tree_digest(directory: Path) -> tuple[str, int, int]:
@@ -54,33 +42,25 @@ def checkpoint_listing(run_dir: Path) -> list[dict[str, Any]]:
     step, file count, bytes and a sha256 over the tree."""
     run_dir = Path(run_dir)
     entries: list[dict[str, Any]] = []
-    root = run_dir / "checkpoints"
-    if root.is_dir():
-        for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            steps = sorted((p for p in stage_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                           key=lambda p: int(p.name))
-            for step_dir in steps:
-                sha, n, size = tree_digest(step_dir)
-                entries.append({"kind": "checkpoint", "stage": stage_dir.name,
-                                "step": int(step_dir.name),
-                                "path": step_dir.relative_to(run_dir).as_posix(),
-                                "files": n, "bytes": size, "sha256": sha})
-    manifest = RunRecord(run_dir).read_manifest()
-    exports = manifest.get("exports") or {}
-    root = run_dir / "export"
-    if root.is_dir():
-        for export_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            sha, n, size = tree_digest(export_dir)
-            info = exports.get(export_dir.name) or {}
-            entries.append({"kind": "export", "stage": export_dir.name, "step": info.get("step"),
-                            "format": info.get("format"),
-                            "path": export_dir.relative_to(run_dir).as_posix(),
-                            "files": n, "bytes": size, "sha256": sha})
+
+    def add(tree: Path, **fields: Any) -> None:
+        sha, n, size = tree_digest(tree)
+        entries.append({**fields, "path": tree.relative_to(run_dir).as_posix(), "files": n,
+                        "bytes": size, "sha256": sha})
+
+    def subdirs(root: Path) -> list[Path]:
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    for stage_dir in subdirs(run_dir / "checkpoints"):
+        for step_dir in sorted((p for p in subdirs(stage_dir) if p.name.isdigit()),
+                               key=lambda p: int(p.name)):
+            add(step_dir, kind="checkpoint", stage=stage_dir.name, step=int(step_dir.name))
+    exports = RunRecord(run_dir).read_manifest().get("exports") or {}
+    for export_dir in subdirs(run_dir / "export"):
+        info = exports.get(export_dir.name) or {}
+        add(export_dir, kind="export", stage=export_dir.name, step=info.get("step"),
+            format=info.get("format"))
     return entries
-
-
-
-# ---------------------------------------------------------------------------- secret scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,26 +94,12 @@ def _scan_and_record(record: RunRecord, notebook: Path | None = None) -> ScanOut
     removed = [relative(h) for h in removed_files(hits)]
     outcome = ScanOutcome([relative(h) for h in hits if relative(h) not in removed], removed)
     previous = record.read_manifest().get("secret_scan") or {}
-    try:
+    with contextlib.suppress(ManifestError):  # also in the raised error, failure_analysis.md
         record.update_manifest(secret_scan={
             "files_scanned": len(files),
             "hits": sorted(set(previous.get("hits") or []) | set(outcome.redacted) | set(removed)),
             "removed": sorted(set(previous.get("removed") or []) | set(removed))})
-    except ManifestError:
-        pass  # the scan result is also in the raised error and failure_analysis.md
     return outcome
-
-
-def _note_in_failure_analysis(record: RunRecord, outcome: ScanOutcome) -> None:
-    """A run that had already failed keeps its first failure as the headline; the scan's
-    finding is added below it."""
-    path = record.run_dir / FAILURE
-    if path.is_file() and outcome.message() not in path.read_text():
-        with path.open("a") as fh:
-            fh.write(f"\n## Secret scan\n\n{outcome.message()}\n")
-
-
-# ---------------------------------------------------------------------------- summaries
 
 
 def headline_metrics(summary: dict[str, Any] | None,
@@ -144,24 +110,17 @@ def headline_metrics(summary: dict[str, Any] | None,
         card = (summary or {}).get(which) or {}
         overall = card.get("overall") if isinstance(card, dict) else None
         if overall:
-            out[f"{which}_accuracy"] = overall["accuracy"]
-            out[f"{which}_format_exact"] = overall["format_exact"]
-            out[f"{which}_format_approx"] = overall["format_approx"]
+            for key in ("accuracy", "format_exact", "format_approx"):
+                out[f"{which}_{key}"] = overall[key]
             out["eval_items"] = overall.get("n")
     sft = (train_results or {}).get("sft")
     if sft:
-        out["sft_steps"] = sft["steps"]
-        out["sft_loss_first10_mean"] = sft["loss_first10_mean"]
-        out["sft_loss_last10_mean"] = sft["loss_last10_mean"]
+        for key in ("steps", "loss_first10_mean", "loss_last10_mean"):
+            out[f"sft_{key}"] = sft[key]
     grpo = (train_results or {}).get("grpo")
     if grpo:
-        out["grpo_steps"] = grpo.get("steps")
-        out["grpo_reward_last"] = grpo.get("reward_last")
+        out.update(grpo_steps=grpo.get("steps"), grpo_reward_last=grpo.get("reward_last"))
     return out
-
-
-
-# ---------------------------------------------------------------------------- closing
 
 
 def _write_environment(record: RunRecord) -> None:
@@ -178,10 +137,8 @@ def finalize(record: RunRecord, status: str) -> None:
     _write_environment(record)
     found = _scan_and_record(record)
     if found:
-        raise SecretLeakError(
-            f"{found.message()}. Find what printed them (a log line, a print, a config value) "
-            "and remove it."
-        )
+        raise SecretLeakError(f"{found.message()}. Find what printed them (a log line, a "
+                              "print, a config value) and remove it.")
     if status == "succeeded":
         record.succeed()
     write_readme(record.run_dir)
@@ -218,13 +175,10 @@ def close_failed(record: RunRecord, run_id: str,
 
 def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,
                        seconds: float) -> dict[str, Any]:
-    """Finish the record after papermill returns, whatever happened inside the kernel.
-
-    Records a failure the kernel could not record (kernel died, cell timeout, error before
-    `start_run`) against the stage that was running; writes env info and checkpoints.json if
-    the kernel did not; scans the whole directory *and* the executed notebook for secrets (a
-    hit fails the run); rewrites README.md and the index line. Returns the final manifest.
-    """
+    """Finish the record after papermill returns, whatever happened inside the kernel: a failure
+    the kernel could not record (kernel died, cell timeout, error before `start_run`) goes to
+    the stage that was running; env info and checkpoints.json if the kernel did not write them;
+    the secret scan covers the executed notebook too. Returns the final manifest."""
     record = RunRecord(run_dir)
     manifest = record.read_manifest()
     if error is not None and manifest.get("status") != "failed":
@@ -242,16 +196,17 @@ def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseExceptio
         # Hashing checkpoints is not free: only when the kernel could not list them itself.
         record.write_json("checkpoints.json", checkpoint_listing(record.run_dir))
     _raw_config_copy(record)
-    try:
+    with contextlib.suppress(ManifestError):
         record.update_manifest(notebook_wall_seconds=round(seconds, 1))
-    except ManifestError:
-        pass
     found = _scan_and_record(record, notebook)
     if found:
         if record.read_manifest().get("status") == "failed":
-            # the first failure stays the headline
+            # The first failure stays the headline; the scan's finding goes below it.
             record.update_manifest(secret_leak=found.redacted + found.removed)
-            _note_in_failure_analysis(record, found)
+            path = record.run_dir / FAILURE
+            if path.is_file() and found.message() not in path.read_text():
+                with path.open("a") as fh:
+                    fh.write(f"\n## Secret scan\n\n{found.message()}\n")
         else:
             record.fail("secret-scan", SecretLeakError(found.message()))
     write_readme(record.run_dir)

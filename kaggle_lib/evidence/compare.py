@@ -1,17 +1,8 @@
 """Compare the scores of two runs: side-by-side tables, regressed items, a baseline gate, a chart.
 
-A run directory holds `eval_summary.json` and `predictions.jsonl` (see `kaggle_lib.evaluation.runner`).
+A run directory holds `eval_summary.json` and `predictions.jsonl` (`evaluation.runner`).
 By default the "trained" stage of each run is compared; a single run can also be compared with
-itself (baseline stage vs trained stage).
-
-CLI (routed from `python -m kaggle_lib compare ...`; `main` gets the arguments after `compare`):
-
-    compare A B [--threshold T] [--png out.png]       run B against run A
-    compare RUN [--png out.png]                       RUN's baseline stage vs its trained stage
-    compare --baseline RUN [--evidence-root DIR]      RUN against the marked baseline run
-    compare --mark-baseline RUN [--evidence-root DIR] mark RUN as the regression baseline
-
-Exit codes: 0 no regression, 1 overall accuracy dropped by more than the threshold, 2 bad input.
+itself (baseline stage vs trained stage). The CLI is `python -m kaggle_lib compare`.
 """
 
 from __future__ import annotations
@@ -64,9 +55,6 @@ class CompareResult:
     table: str = ""
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -82,15 +70,13 @@ def load_run_scores(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str,
     summary_path, predictions_path = run_dir / SUMMARY_FILE, run_dir / PREDICTIONS_FILE
     missing = [p.name for p in (summary_path, predictions_path) if not p.is_file()]
     if missing:
-        raise CompareError(
-            f"run directory {run_dir} lacks {' and '.join(missing)} "
-            f"(a scored run has {SUMMARY_FILE} and {PREDICTIONS_FILE}; did its eval stage run?)"
-        )
+        raise CompareError(f"run directory {run_dir} lacks {' and '.join(missing)} (a scored "
+                           f"run has {SUMMARY_FILE} and {PREDICTIONS_FILE}; did its eval stage "
+                           "run?)")
     summary = _read_json(summary_path)
     if not isinstance(summary, dict) or not any(k in summary for k in STAGES):
-        raise CompareError(
-            f"{summary_path}: expected an object with a 'baseline' and/or 'trained' scorecard"
-        )
+        raise CompareError(f"{summary_path}: expected an object with a 'baseline' and/or "
+                           "'trained' scorecard")
     try:
         predictions = read_predictions(predictions_path)
     except ValueError as exc:
@@ -104,39 +90,31 @@ def _stage_scorecard(summary: Mapping[str, Any], stage: str, source: Path) -> di
     card = summary.get(stage)
     if card is None:
         present = [s for s in STAGES if summary.get(s) is not None]
-        raise CompareError(
-            f"{source / SUMMARY_FILE}: field {stage!r} is empty; stages present: {present}"
-        )
+        raise CompareError(f"{source / SUMMARY_FILE}: field {stage!r} is empty; stages "
+                           f"present: {present}")
     overall = card.get("overall") if isinstance(card, dict) else None
     if not isinstance(overall, dict) or not isinstance(overall.get("accuracy"), int | float):
-        raise CompareError(
-            f"{source / SUMMARY_FILE}: field '{stage}.overall.accuracy' must be a number "
-            f"(a scorecard of at least one item)"
-        )
+        raise CompareError(f"{source / SUMMARY_FILE}: field '{stage}.overall.accuracy' must be a "
+                           "number (a scorecard of at least one item)")
     return card
 
 
-def _stage_predictions(
-    records: Sequence[Mapping[str, Any]], stage: str, source: Path
-) -> dict[Any, Mapping[str, Any]]:
+def _stage_predictions(records: Sequence[Mapping[str, Any]], stage: str,
+                       source: Path) -> dict[Any, Mapping[str, Any]]:
     by_id: dict[Any, Mapping[str, Any]] = {}
     for index, record in enumerate(records, start=1):
         if record.get("stage") not in STAGES:
-            raise CompareError(
-                f"{source / PREDICTIONS_FILE}: record {index} has 'stage' "
-                f"{record.get('stage')!r}; allowed: {list(STAGES)}"
-            )
+            raise CompareError(f"{source / PREDICTIONS_FILE}: record {index} has 'stage' "
+                               f"{record.get('stage')!r}; allowed: {list(STAGES)}")
         if record["stage"] != stage:
             continue
         for name in ("id", "correct"):
             if name not in record:
-                raise CompareError(
-                    f"{source / PREDICTIONS_FILE}: record {index} lacks field {name!r}"
-                )
+                raise CompareError(f"{source / PREDICTIONS_FILE}: record {index} lacks field "
+                                   f"{name!r}")
         if record["id"] in by_id:
-            raise CompareError(
-                f"{source / PREDICTIONS_FILE}: id {record['id']!r} appears twice in stage {stage!r}"
-            )
+            raise CompareError(f"{source / PREDICTIONS_FILE}: id {record['id']!r} appears twice "
+                               f"in stage {stage!r}")
         by_id[record["id"]] = record
     return by_id
 
@@ -145,9 +123,6 @@ def _run_label(summary: Mapping[str, Any], run_dir: Path, stage: str) -> str:
     meta = summary.get("meta") or {}
     run_id = meta.get("run_id") if isinstance(meta, dict) else None
     return f"{run_id or run_dir.name} [{stage}]"
-
-
-# --------------------------------------------------------------------------- comparing
 
 
 def _metric_cell(metric: str, value: float | None) -> str:
@@ -183,14 +158,8 @@ def format_comparison(result: CompareResult) -> str:
     return "\n".join(parts)
 
 
-def compare_runs(
-    a_dir: str | Path,
-    b_dir: str | Path,
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-    a_stage: str = "trained",
-    b_stage: str = "trained",
-) -> CompareResult:
+def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
+                 a_stage: str = "trained", b_stage: str = "trained") -> CompareResult:
     """Compare run B against run A.
 
     `regressed` is True when B's overall accuracy is below A's by more than `threshold`
@@ -212,36 +181,22 @@ def compare_runs(
         rec_b = items_b.get(item_id)
         if rec_b is not None and rec_a["correct"] and not rec_b["correct"]:
             regressed_items.append({
-                "id": item_id,
-                "section": rec_a.get("section"),
-                "category": rec_a.get("category"),
-                "difficulty": rec_a.get("difficulty"),
-                "expected": rec_a.get("answer"),
-                "a_answer": rec_a.get("parsed_answer"),
-                "b_answer": rec_b.get("parsed_answer"),
-            })
+                "id": item_id, "section": rec_a.get("section"), "category": rec_a.get("category"),
+                "difficulty": rec_a.get("difficulty"), "expected": rec_a.get("answer"),
+                "a_answer": rec_a.get("parsed_answer"), "b_answer": rec_b.get("parsed_answer")})
     unmatched = [item_id for item_id in items_a if item_id not in items_b]
 
     acc_a, acc_b = card_a["overall"]["accuracy"], card_b["overall"]["accuracy"]
     result = CompareResult(
         a_label=_run_label(summary_a, a_dir, a_stage),
         b_label=_run_label(summary_b, b_dir, b_stage),
-        a_scorecard=card_a,
-        b_scorecard=card_b,
-        delta=scorecard_delta(card_a, card_b),
-        accuracy_a=acc_a,
-        accuracy_b=acc_b,
-        threshold=threshold,
+        a_scorecard=card_a, b_scorecard=card_b, delta=scorecard_delta(card_a, card_b),
+        accuracy_a=acc_a, accuracy_b=acc_b, threshold=threshold,
         # A tiny epsilon so a drop of exactly `threshold` (float noise) does not count.
         regressed=(acc_a - acc_b) > threshold + 1e-12,
-        regressed_items=regressed_items,
-        unmatched_ids=unmatched,
-    )
+        regressed_items=regressed_items, unmatched_ids=unmatched)
     result.table = format_comparison(result)
     return result
-
-
-# --------------------------------------------------------------------------- baseline gate
 
 
 def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
@@ -258,12 +213,9 @@ def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
     except ValueError:
         stored = str(run_dir.resolve())
     meta = summary.get("meta") or {}
-    record = {
-        "run_id": (meta.get("run_id") if isinstance(meta, dict) else None) or run_dir.name,
-        "path": stored,
-        "accuracy": card["overall"]["accuracy"],
-        "marked_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    record = {"run_id": (meta.get("run_id") if isinstance(meta, dict) else None) or run_dir.name,
+              "path": stored, "accuracy": card["overall"]["accuracy"],
+              "marked_at": datetime.now(UTC).isoformat(timespec="seconds")}
     evidence_root.mkdir(parents=True, exist_ok=True)
     out = evidence_root / BASELINE_FILE
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -275,9 +227,8 @@ def baseline_run_dir(evidence_root: str | Path) -> Path:
     evidence_root = Path(evidence_root)
     path = evidence_root / BASELINE_FILE
     if not path.is_file():
-        raise CompareError(
-            f"no baseline marked: {path} not found (mark one with `compare --mark-baseline RUN`)"
-        )
+        raise CompareError(f"no baseline marked: {path} not found (mark one with "
+                           "`compare --mark-baseline RUN`)")
     record = _read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("path"), str):
         raise CompareError(f"{path}: field 'path' must be a string (the baseline run directory)")
@@ -285,49 +236,22 @@ def baseline_run_dir(evidence_root: str | Path) -> Path:
     return run_dir if run_dir.is_absolute() else evidence_root / run_dir
 
 
-def compare_to_baseline(
-    run_dir: str | Path, evidence_root: str | Path, threshold: float = DEFAULT_THRESHOLD
-) -> CompareResult:
+def compare_to_baseline(run_dir: str | Path, evidence_root: str | Path,
+                        threshold: float = DEFAULT_THRESHOLD) -> CompareResult:
     """Compare `run_dir` (B) against the marked baseline run (A)."""
     return compare_runs(baseline_run_dir(evidence_root), run_dir, threshold=threshold)
 
 
-# --------------------------------------------------------------------------- chart
-
-
-def _chart_series(
-    source: CompareResult | Mapping[str, Any] | Sequence[Mapping[str, Any]],
-) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
-    if isinstance(source, CompareResult):
-        return source.a_label, source.a_scorecard, source.b_label, source.b_scorecard
-    if isinstance(source, Mapping):  # one eval_summary: baseline vs trained
-        if source.get("baseline") is None or source.get("trained") is None:
-            raise CompareError("a single summary needs both 'baseline' and 'trained' scorecards")
-        return "baseline", source["baseline"], "trained", source["trained"]
-    if isinstance(source, Sequence) and len(source) == 2:  # two summaries: trained vs trained
-        cards = []
-        for side, summary in zip("AB", source, strict=True):
-            if not isinstance(summary, Mapping) or summary.get("trained") is None:
-                raise CompareError(f"summary {side} has no 'trained' scorecard")
-            cards.append(summary["trained"])
-        return "A", cards[0], "B", cards[1]
-    raise CompareError(
-        "plot_category_accuracy takes a CompareResult, one summary or a pair of summaries"
-    )
-
-
-def plot_category_accuracy(
-    result_or_summaries: CompareResult | Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    out_png: str | Path,
-) -> Path:
-    """Grouped bar chart of per-category accuracy (A vs B, or baseline vs trained) as a PNG."""
+def plot_category_accuracy(result: CompareResult, out_png: str | Path) -> Path:
+    """Grouped bar chart of per-category accuracy (A vs B) as a PNG."""
     # Figure + Agg canvas instead of pyplot: no global backend switch, so calling this from a
     # notebook does not break its inline plotting.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    label_a, card_a, label_b, card_b = _chart_series(result_or_summaries)
-    cats_a, cats_b = card_a.get("by_category", {}), card_b.get("by_category", {})
+    label_a, label_b = result.a_label, result.b_label
+    cats_a = result.a_scorecard.get("by_category", {})
+    cats_b = result.b_scorecard.get("by_category", {})
     names = sorted(set(cats_a) | set(cats_b))
     if not names:
         raise CompareError("no per-category scores to plot")
@@ -357,9 +281,6 @@ def plot_category_accuracy(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
-
-
-# --------------------------------------------------------------------------- CLI
 
 
 def format_regressions(result: CompareResult, limit: int = 50) -> str:

@@ -19,22 +19,10 @@ def failure_analysis(*, run_id: str, stage: str, error: BaseException, checkpoin
     message = str(error) or kind
     tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     lines = [
-        f"# Run failed in stage `{stage}`",
-        "",
-        f"- run: `{run_id}`",
-        f"- stage: `{stage}`",
+        f"# Run failed in stage `{stage}`", "", f"- run: `{run_id}`", f"- stage: `{stage}`",
         f"- error: `{kind}`",
-        f"- last good checkpoint: {f'`{checkpoint}`' if checkpoint else 'none'}",
-        "",
-        "## What happened",
-        "",
-        "```",
-        message,
-        "```",
-        "",
-        "## What to do",
-        "",
-        hint_for(error),
+        f"- last good checkpoint: {f'`{checkpoint}`' if checkpoint else 'none'}", "",
+        "## What happened", "", "```", message, "```", "", "## What to do", "", hint_for(error),
     ]
     if checkpoint:
         lines += ["", f"Training resumes from `{checkpoint}` when the same run directory is used "

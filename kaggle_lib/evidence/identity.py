@@ -52,15 +52,11 @@ def hash_text(text: str | bytes) -> str:
     return sha256_hex(text)
 
 
-
 def git_info(repo: Path | None = None, paths: Sequence[str] = ()) -> dict[str, Any]:
-    """The commit the code came from and whether it had uncommitted changes.
-
-    Without `paths` (the manifest's `git`): the checkout holding kaggle_lib, tracked files only;
-    outside a checkout, the sha a Kaggle bundle baked in (`source: bundle`). With `paths` (the
-    Kaggle bundle's folders): changes there only, untracked files too (they are bundled), listed
-    in `dirty_files`; outside a checkout, CI's GITHUB_SHA or "unknown".
-    """
+    """The commit the code came from and whether it had uncommitted changes. Without `paths`
+    (the manifest's `git`): tracked files of the checkout holding kaggle_lib; outside one, the
+    sha a Kaggle bundle baked in. With `paths` (the bundle's folders): changes there, untracked
+    files too (they are bundled), in `dirty_files`; outside a checkout, GITHUB_SHA or "unknown"."""
     package_dir = Path(__file__).resolve().parent.parent
     repo = repo or package_dir.parent
 
@@ -90,6 +86,7 @@ def git_info(repo: Path | None = None, paths: Sequence[str] = ()) -> dict[str, A
 
 
 def package_versions() -> dict[str, str | None]:
+    """Versions of TRACKED_PACKAGES (None: not installed)."""
     versions: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:
         try:
@@ -133,37 +130,16 @@ _ENV_INFO_VARS = ("JAX_PLATFORMS", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "TPU_NAME",
                   "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_CONTAINER_NAME", "PYTHONHASHSEED")
 
 
-
-def _run_command(cmd: list[str], timeout: float = 20) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _memory_text() -> str:
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return f"{pages * size / 2**30:.1f} GiB"
-    except (ValueError, OSError, AttributeError):
-        return "unknown"
-
-
 def env_info() -> str:
     """Python, host, every installed package, jax devices, accelerator details
     (nvidia-smi / tpu-info / TPU device attributes when present)."""
-    lines = [
-        f"python: {sys.version}",
-        f"executable: {sys.executable}",
-        f"platform: {host_platform.platform()}",
-        f"cpu count: {os.cpu_count()}",
-        f"host memory: {_memory_text()}",
-        "",
-        "environment:",
-    ]
+    try:
+        memory = f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        memory = "unknown"
+    lines = [f"python: {sys.version}", f"executable: {sys.executable}",
+             f"platform: {host_platform.platform()}", f"cpu count: {os.cpu_count()}",
+             f"host memory: {memory}", "", "environment:"]
     lines += [f"  {k}={os.environ[k]}" for k in _ENV_INFO_VARS if k in os.environ]
     lines += ["", "tracked packages:"]
     lines += [f"  {k}=={v}" for k, v in package_versions().items() if v]
@@ -173,10 +149,8 @@ def env_info() -> str:
         lines += ["", f"jax {jax.__version__}: {jax.device_count()} devices, "
                   f"{jax.process_count()} process(es), default backend {jax.default_backend()}"]
         for d in jax.devices():
-            extra = []
-            for attr in ("coords", "core_on_chip", "slice_index"):
-                if hasattr(d, attr):
-                    extra.append(f"{attr}={getattr(d, attr)}")
+            extra = [f"{attr}={getattr(d, attr)}" for attr in ("coords", "core_on_chip",
+                                                                "slice_index") if hasattr(d, attr)]
             try:
                 stats = d.memory_stats() or {}
                 if stats.get("bytes_limit"):
@@ -186,10 +160,15 @@ def env_info() -> str:
             lines.append(f"  {d.id}: {d.platform} {d.device_kind} {' '.join(extra)}".rstrip())
     except Exception as exc:  # noqa: BLE001 - the record must still be written
         lines.append(f"jax unavailable: {exc}")
-    for cmd in (["nvidia-smi"], ["tpu-info"]):
-        out = _run_command(cmd)
-        if out:
-            lines += ["", f"$ {' '.join(cmd)}", out.rstrip()]
+    for cmd in ("nvidia-smi", "tpu-info"):
+        if shutil.which(cmd) is None:
+            continue
+        try:
+            out = subprocess.run([cmd], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            lines += ["", f"$ {cmd}", out.stdout.rstrip()]
     lines += ["", "all installed distributions:"]
     dists = {(d.metadata["Name"] or "?").lower(): d.version
              for d in importlib.metadata.distributions()}

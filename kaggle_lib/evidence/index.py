@@ -32,10 +32,9 @@ def index_entry(run_dir: Path) -> dict[str, Any]:
     return {"run_id": m.run_id, "attempt": m.attempt, "status": m.status,
             "config": m.config_path, "model": m.model.name if m.model else None,
             "started_at": m.started_at, "ended_at": m.ended_at, "duration_s": m.duration_s,
-            "git_sha": m.git.sha,
-            "failed_stage": failure.stage if failure else None,
-            "error_type": failure.error_type if failure else None,
-            "path": path, **(m.metrics or {})}
+            "git_sha": m.git.sha, "failed_stage": failure.stage if failure else None,
+            "error_type": failure.error_type if failure else None, "path": path,
+            **(m.metrics or {})}
 
 
 def read_index(path: Path) -> list[dict[str, Any]]:
@@ -55,12 +54,10 @@ def append_index(run_dir: Path) -> Path:
     path = index_path(run_dir)
     entries, seen = [], False
     for old in read_index(path):
-        if _index_key(old) == _index_key(entry):
-            if not seen:
-                entries.append(entry)
-                seen = True
-            continue
-        entries.append(old)
+        same = _index_key(old) == _index_key(entry)
+        if not (same and seen):  # a duplicate line of this attempt is dropped
+            entries.append(entry if same else old)
+        seen = seen or same
     if not seen:
         entries.append(entry)
     tmp = path.with_suffix(".jsonl.tmp")

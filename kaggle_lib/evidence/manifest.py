@@ -254,10 +254,8 @@ def validate_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> None:
     """Raise ManifestError naming the file, each bad field and what is allowed."""
     errors = manifest_errors(manifest)
     if errors:
-        raise ManifestError(
-            f"{source} does not match {SCHEMA_PATH.name} (RunManifest):\n  " + "\n  ".join(errors[:20])
-        )
-
+        raise ManifestError(f"{source} does not match {SCHEMA_PATH.name} (RunManifest):\n  "
+                            + "\n  ".join(errors[:20]))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

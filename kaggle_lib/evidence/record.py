@@ -25,7 +25,6 @@ from kaggle_lib.evidence.manifest import (
     Attempt,
     AttemptFailure,
     ManifestError,
-    RunManifest,
     manifest_errors,
     read_manifest,
     validate_manifest,
@@ -63,7 +62,6 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     return max(0.0, (t1 - t0).total_seconds())
 
 
-
 def last_good_checkpoint(run_dir: Path) -> str | None:
     """The newest complete checkpoint step under <run_dir>/checkpoints/<stage>/ (GRPO's under
     <stage>/actor/), by the rule of `kaggle_lib.training.checkpoints`: finalised by Orbax, with
@@ -85,22 +83,19 @@ def last_good_checkpoint(run_dir: Path) -> str | None:
     return best[1] if best else None
 
 
-
 def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
     """What the manifest of the next attempt says about attempt `n` (`manifest` may be partial
     or broken: it is whatever that attempt left)."""
     failure = manifest.get("failure") or {}
     status = manifest.get("status")
     summary = Attempt(
-        n=n,
         # "running" in a manifest that is being archived: the attempt never closed its record.
-        status={"running": "interrupted"}.get(status, status) or "unknown",
+        n=n, status={"running": "interrupted"}.get(status, status) or "unknown",
         started_at=manifest.get("started_at"), ended_at=manifest.get("ended_at"),
         failure=(AttemptFailure(stage=failure.get("stage"), error_type=failure.get("error_type"),
                                 message=str(failure.get("message") or "")[:500])
                  if failure else None),
-        path=f"{ATTEMPTS}/{n}",
-    )
+        path=f"{ATTEMPTS}/{n}")
     return summary.model_dump(mode="json")
 
 
@@ -117,12 +112,6 @@ class RunRecord:
 
     def read_manifest(self) -> dict[str, Any]:
         return read_manifest(self.manifest_path)
-
-    def manifest(self) -> RunManifest:
-        """The manifest, typed (raises ManifestError if the file does not match)."""
-        data = self.read_manifest()
-        validate_manifest(data, str(self.manifest_path))
-        return RunManifest.model_validate(data)
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` (dicts one level deep) and write; raises ManifestError, leaving the
@@ -142,15 +131,13 @@ class RunRecord:
                 manifest[key] = value
         return manifest
 
-    def _write_json(self, path: Path, payload: Any) -> None:
+    def _write_json(self, path: Path, payload: Any) -> Path:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-        tmp.replace(path)
+        return tmp.replace(path)
 
     def write_json(self, name: str, payload: Any) -> Path:
-        path = self.run_dir / name
-        self._write_json(path, payload)
-        return path
+        return self._write_json(self.run_dir / name, payload)
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.run_dir / name
@@ -158,9 +145,8 @@ class RunRecord:
         return path
 
     def start(self, run_id: str, run_name: str, config_path: str) -> None:
-        """Begin this attempt with a fresh manifest (identity, status running, the earlier
-        attempts). Files of an earlier attempt are first moved to attempts/<n>/, unless the
-        runner already did that for this attempt (`prepare_attempt`)."""
+        """Begin this attempt with a fresh manifest; an earlier attempt's files first go to
+        attempts/<n>/, unless the runner already did that (`prepare_attempt`)."""
         try:
             manifest = self.read_manifest()
         except ValueError:
@@ -216,18 +202,10 @@ class RunRecord:
 
     @staticmethod
     def _identity(run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
-        return dict(
-            schema_version=SCHEMA_VERSION,
-            run_id=run_id,
-            run_name=run_name,
-            status="running",
-            config_path=config_path,
-            started_at=utc_now(),
-            git=git_info(),
-            python=sys.version.split()[0],
-            host=host_info(),
-            packages=package_versions(),
-        )
+        return dict(schema_version=SCHEMA_VERSION, run_id=run_id, run_name=run_name,
+                    status="running", config_path=config_path, started_at=utc_now(),
+                    git=git_info(), python=sys.version.split()[0], host=host_info(),
+                    packages=package_versions())
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         jsonl.append(self.run_dir / METRICS, record, default=float)
@@ -236,8 +214,8 @@ class RunRecord:
         return jsonl.read(self.run_dir / METRICS)
 
     def stage(self, name: str, status: str, seconds: float | None = None, **extra: Any) -> None:
-        entry = {"status": status, **({"seconds": round(seconds, 3)} if seconds is not None else {}), **extra}
-        self.update_manifest(stages={name: entry})
+        timing = {"seconds": round(seconds, 3)} if seconds is not None else {}
+        self.update_manifest(stages={name: {"status": status, **timing, **extra}})
 
     def _closing(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """ended_at, duration_s (from the manifest's own started_at) and the closing load."""
@@ -267,14 +245,11 @@ class RunRecord:
             fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
             manifest = {**fields, **manifest}
         kind = type(error).__name__
-        fields.update(
-            status="failed",
-            stages=manifest.get("stages") or {},
-            failure={"stage": stage, "error_type": kind,
-                     "message": auth.redact(str(error) or kind)[:2000],
-                     "last_good_checkpoint": checkpoint},
-            **self._closing(manifest),
-        )
+        fields.update(status="failed", stages=manifest.get("stages") or {},
+                      failure={"stage": stage, "error_type": kind,
+                               "message": auth.redact(str(error) or kind)[:2000],
+                               "last_good_checkpoint": checkpoint},
+                      **self._closing(manifest))
         try:
             self.update_manifest(**fields)
         except ManifestError:
@@ -288,10 +263,8 @@ class RunRecord:
 
 class ProcessLogRecord(RunRecord):
     """What a process other than 0 of a multi-process run keeps: its own log,
-    <run_dir>/processes/<id>/log.jsonl, and its manifest in memory.
-
-    Same interface as RunRecord so the stages run unchanged; nothing is written to the run
-    directory itself (process 0 owns the record)."""
+    <run_dir>/processes/<id>/log.jsonl, and its manifest in memory. Same interface as
+    RunRecord; nothing is written to the run directory itself (process 0 owns the record)."""
 
     def __init__(self, run_dir: str | Path, process_id: int):  # no mkdir of the shared run dir
         self.run_dir = Path(run_dir)

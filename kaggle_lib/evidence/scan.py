@@ -7,6 +7,7 @@ Text files are redacted in place; a binary file with a hit is removed from the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,16 +35,15 @@ class SecretLeakError(KaggleLibError, RuntimeError):
     )
 
 
-def _credential_file_values() -> set[str]:
-    """Secret values from the usual credential files (Kaggle key/token, cached HF token)."""
-    values: set[str] = set()
+def secret_values(extra: Iterable[str] = ()) -> set[str]:
+    """Every secret value this process knows of (environment, the usual credential files:
+    Kaggle key/token, cached HF token), registered for redaction on the way."""
+    values = set(extra) | {os.environ[v] for v in auth.SECRET_ENV_VARS if os.environ.get(v)}
     kaggle_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    try:
+    with contextlib.suppress(OSError, ValueError):
         data = json.loads((kaggle_dir / "kaggle.json").read_text())
         if isinstance(data, dict) and data.get("key"):
             values.add(str(data["key"]))
-    except (OSError, ValueError):
-        pass
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     candidates = [kaggle_dir / "access_token", kaggle_dir / "access_token.txt",
                   Path(os.environ.get("HF_TOKEN_PATH", hf_home / "token"))]
@@ -54,23 +54,9 @@ def _credential_file_values() -> set[str]:
             continue
         if text:
             values.add(text)
-    return values
-
-
-def secret_values(extra: Iterable[str] = ()) -> set[str]:
-    """Every secret value this process knows of, registered for redaction on the way."""
-    values = set(extra)
-    values |= {os.environ[v] for v in auth.SECRET_ENV_VARS if os.environ.get(v)}
-    values |= _credential_file_values()
     for value in values:
         auth.register_secret(value)
     return set(auth.registered_secrets())
-
-
-def _binary_has_secret(data: bytes, values: set[str]) -> bool:
-    if any(value.encode() in data for value in values):
-        return True
-    return any(re.search(pattern.pattern.encode(), data) for pattern in auth.TOKEN_PATTERNS)
 
 
 def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None) -> list[str]:
@@ -92,9 +78,12 @@ def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None
             if cleaned != text:
                 path.write_text(cleaned, errors="surrogateescape")
                 hits.append(str(path))
-        elif path.stat().st_size <= BINARY_SCAN_LIMIT and _binary_has_secret(path.read_bytes(), values):
-            path.unlink()
-            hits.append(str(path))
+        elif path.stat().st_size <= BINARY_SCAN_LIMIT:
+            data = path.read_bytes()
+            if any(value.encode() in data for value in values) or any(
+                    re.search(p.pattern.encode(), data) for p in auth.TOKEN_PATTERNS):
+                path.unlink()
+                hits.append(str(path))
     return hits
 
 

@@ -1,19 +1,14 @@
 """Build the self-contained notebook that is pushed to Kaggle.
 
-Choice: `kaggle_lib` (and `configs/`) of this commit travel *inlined in the pushed notebook*,
-as a base64 zip checked by sha256 and extracted to a temporary directory at run time.
-One push then carries code and notebook together, so the version that runs is always the one
-that was pushed; a Kaggle utility script or a wheel in a dataset would be a second artefact
-with its own version to publish, attach and keep in step (and a dataset upload needs more API
-calls and permissions). The cost is notebook size (the package is pure Python: a few hundred kB).
+`kaggle_lib` and `configs/` of this commit travel inlined in the notebook as a base64 zip
+checked by sha256: one push carries code and notebook together, so what runs is what was
+pushed (a utility script or a wheel in a dataset would be a second artefact to publish, attach
+and keep in step). The cost is notebook size (pure Python: a few hundred kB).
 
-The built notebook, in order: an info cell; an install cell (exact pins from
-`requirements-kaggle.txt`, `--no-deps` so Kaggle's jax/libtpu stay); the bundle cell (extract,
-import, record the git sha); the original `parameters` cell, then papermill's `injected-parameters`
-cell with the chosen config (papermill's own injection, as in a local run); a cell that resolves
-repo-relative config paths inside the bundle; then the notebook's own cells. The install, bundle
-and resolve cells are the .py files in `templates/` (ruff checks them), filled in by
-`fill_template`.
+Cells, in order: info; install (exact pins of `requirements-kaggle.txt`, `--no-deps` so
+Kaggle's jax/libtpu stay); bundle (extract, import); `parameters`, then papermill's
+`injected-parameters`; resolve (config paths inside the bundle); the notebook's own cells.
+Install, bundle and resolve are the .py files in `templates/`, filled in by `fill_template`.
 """
 
 from __future__ import annotations
@@ -32,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name as normalize  # PEP 503 project names
+
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evidence.identity import git_info
 from kaggle_lib.hashing import sha256_hex
@@ -44,6 +41,7 @@ from kaggle_lib.kaggle.metadata import (
     split_id,
     validate_metadata,
 )
+from kaggle_lib.models.registry import get_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = "requirements-kaggle.txt"
@@ -68,11 +66,6 @@ _BLOCKING_CALL_RE = re.compile(r"(?<![\w.])(input|getpass\.getpass|getpass)\s*\(
 
 class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
-
-
-def normalize(name: str) -> str:
-    """PEP 503 project-name normalisation."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclasses.dataclass
@@ -187,11 +180,9 @@ def _bundled_files(repo_root: Path) -> list[tuple[str, Path]]:
 
 
 def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> bytes:
-    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}.
-
-    bzip2 (stdlib on both ends): the shipped JSONL data compresses to ~half of deflate, which
-    keeps the notebook text well under Kaggle's 1 MB source limit.
-    """
+    """Deterministic zip of kaggle_lib/, configs/*.yaml and `extra` {name: content}. bzip2
+    (stdlib on both ends): the shipped JSONL data compresses to ~half of deflate, which keeps
+    the notebook text well under Kaggle's 1 MB source limit."""
     files = {name: path.read_bytes() for name, path in _bundled_files(repo_root)}
     files.update(extra or {})
     buf = io.BytesIO()
@@ -205,11 +196,9 @@ def make_archive(repo_root: Path, extra: dict[str, bytes] | None = None) -> byte
 
 
 def sent_notebook_bytes(notebook: Path) -> int:
-    """Size of the notebook text the kaggle client sends (`ApiSaveKernelRequest.text`).
-
-    Mirrors kaggle 2.2.4 `KaggleApi.kernels_push`: code-cell outputs emptied, list sources
-    joined, then `json.dumps` (compact separators off, ASCII escapes on).
-    """
+    """Size of the notebook text the kaggle client sends (`ApiSaveKernelRequest.text`), as
+    kaggle 2.2.4 `KaggleApi.kernels_push` makes it: code-cell outputs emptied, list sources
+    joined, then `json.dumps` (compact separators off, ASCII escapes on)."""
     body = json.loads(notebook.read_text(encoding="utf-8"))
     for cell in body.get("cells", []):
         if "outputs" in cell and cell.get("cell_type") == "code":
@@ -268,10 +257,8 @@ def _model_source_warning(meta: dict[str, Any], facts: dict[str, Any]) -> list[s
     if facts.get("model_source") not in ("kaggle", "auto"):
         return []
     try:
-        from kaggle_lib.models.registry import get_spec  # type: ignore[attr-defined]
-
         handle = get_spec(facts["model"]).kaggle_handle
-    except Exception:  # registry API not available: nothing to compare against
+    except KeyError:  # an unknown model: the run's config stage names it
         return []
     attached = meta.get("model_sources") or []
     if facts["model_source"] == "kaggle" and handle and handle not in attached:
@@ -333,21 +320,6 @@ def fill_template(name: str, values: dict[str, str]) -> str:
     return _FILLED_LINE.sub(lambda m: f"{m['name']} = {values[m['name']]}", text).rstrip("\n")
 
 
-def _install_cell(pins: dict[str, str], required: list[str]) -> str:
-    # pformat writes Python literals (True/None), unlike json.dumps.
-    return fill_template("install_cell.py", {
-        "_KL_PINS": pprint.pformat(pins, width=96),
-        "_KL_REQUIRED": pprint.pformat(required, width=96),
-        "_KL_KEEP": pprint.pformat(KEEP_PACKAGES), "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
-
-
-def _bundle_cell(info: dict[str, Any], archive: bytes) -> str:
-    b64 = base64.b64encode(archive).decode()
-    chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))
-    return fill_template("bundle_cell.py", {"_KL_BUNDLE": pprint.pformat(info, width=96),
-                                            "_KL_ZIP_B64": f"(\n{chunks}\n)"})
-
-
 def _info_markdown(info: dict[str, Any]) -> str:
     dirty = " (uncommitted changes were bundled)" if info["git"].get("dirty") else ""
     return (f"**Built by `kaggle_lib` bundle** from commit `{info['git']['sha']}`{dirty}, "
@@ -403,18 +375,10 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                   "config": opts.config}
     archive = make_archive(repo, {BUILD_INFO: json.dumps(build_info, indent=2).encode()})
     info = {
-        "kernel_id": meta["id"],
-        "git": git,
-        "config": opts.config,
-        "config_hash": facts["hash"],
-        "device": facts["device"],
-        "overrides": opts.overrides,
-        "run_name": opts.run_name,
-        "zip_sha256": sha256_hex(archive),
-        "zip_compression": "bzip2",
-        "zip_bytes": len(archive),
-        "pins": pins,
-        "install_cell": not opts.skip_install,
+        "kernel_id": meta["id"], "git": git, "config": opts.config, "config_hash": facts["hash"],
+        "device": facts["device"], "overrides": opts.overrides, "run_name": opts.run_name,
+        "zip_sha256": sha256_hex(archive), "zip_compression": "bzip2", "zip_bytes": len(archive),
+        "pins": pins, "install_cell": not opts.skip_install,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
     }
@@ -429,10 +393,18 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     new = nbformat.v4
     head = [new.new_markdown_cell(_info_markdown(info), metadata={"tags": ["kaggle-bundle-info"]})]
     if not opts.skip_install:
-        head.append(new.new_code_cell(_install_cell(pins, required_preinstalled(repo, pins)),
-                                      metadata={"tags": ["kaggle-install"]}))
-    head.append(new.new_code_cell(_bundle_cell(info, archive),
-                                  metadata={"tags": ["kaggle-bundle"]}))
+        # pformat writes Python literals (True/None), unlike json.dumps.
+        install = fill_template("install_cell.py", {
+            "_KL_PINS": pprint.pformat(pins, width=96),
+            "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96),
+            "_KL_KEEP": pprint.pformat(KEEP_PACKAGES),
+            "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
+        head.append(new.new_code_cell(install, metadata={"tags": ["kaggle-install"]}))
+    b64 = base64.b64encode(archive).decode()
+    chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))
+    bundle_cell = fill_template("bundle_cell.py", {"_KL_BUNDLE": pprint.pformat(info, width=96),
+                                                   "_KL_ZIP_B64": f"(\n{chunks}\n)"})
+    head.append(new.new_code_cell(bundle_cell, metadata={"tags": ["kaggle-bundle"]}))
     resolve = new.new_code_cell(fill_template("resolve_cell.py", {}),
                                 metadata={"tags": ["kaggle-bundle-resolve"]})
     # The bundle must run before any code cell: insert ahead of the first one.
@@ -453,9 +425,11 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     # `parameters` cell; a papermill run of the bundle with -p would replace it.
     nb = parameterize_notebook(nb, baked, comment="Parameters baked in by the kaggle_lib bundle")
     nb.nbformat, nb.nbformat_minor = 4, 5
-    for cell in nb.cells:  # nbformat 4.5 wants cell ids; make them stable (no random ids)
-        cell["id"] = hashlib.sha1(str(cell.source).encode()).hexdigest()[:12]
-    _dedupe_ids(nb.cells)
+    seen: set[str] = set()
+    for i, cell in enumerate(nb.cells):  # nbformat 4.5 wants cell ids; stable, not random
+        cell_id = hashlib.sha1(str(cell.source).encode()).hexdigest()[:12]
+        cell["id"] = f"{cell_id[:8]}-{i:03d}" if cell_id in seen else cell_id
+        seen.add(cell["id"])
     nbformat.validate(nb)
 
     _, slug = split_id(str(meta["id"]))
@@ -482,11 +456,3 @@ def build_bundle(opts: BundleOptions) -> Bundle:
             f"more). Largest bundled files: "
             f"{', '.join(f'{n} ({p.stat().st_size:,} B)' for n, p in biggest)}")
     return Bundle(dir=out, metadata=bundled_meta, notebook=nb_out, info=info, warnings=warnings)
-
-
-def _dedupe_ids(cells: list[Any]) -> None:
-    seen: set[str] = set()
-    for i, cell in enumerate(cells):
-        if cell["id"] in seen:
-            cell["id"] = f"{cell['id'][:8]}-{i:03d}"
-        seen.add(cell["id"])

@@ -95,11 +95,8 @@ class StatusResult:
 
 
 def version_labels(version: int) -> tuple[str, str]:
-    """Version labels to try, preferred first.
-
-    kaggle-cli issue 1200 / PR 1201 report live probes where the status API takes `v7` and
-    answers 404 to `7`; kagglesdk documents neither. `v<N>` is sent first, `<N>` on a 404.
-    """
+    """Version labels to try, preferred first: kaggle-cli issue 1200 / PR 1201 report the
+    status API taking `v7` and answering 404 to `7`; kagglesdk documents neither."""
     return f"v{version}", str(version)
 
 
@@ -107,16 +104,10 @@ def _log(msg: str) -> None:
     log.info(f"[kaggle] {msg}")
 
 
-# ---------------------------------------------------------------------------- credentials
-
-
 def connect() -> Any:
-    """Check credentials, then import the kaggle client (it authenticates on import).
-
-    kagglehub names the source when it knows it. When it finds none, the kaggle client still
-    gets its say: it also reads places kagglehub does not (OAuth `credentials.json` from
-    `kaggle auth login`, $XDG_CONFIG_HOME/kaggle), and only if it fails too are there none.
-    """
+    """Check credentials, then import the kaggle client (it authenticates on import). When
+    kagglehub finds none the client still gets its say: it also reads OAuth `credentials.json`
+    of `kaggle auth login` and $XDG_CONFIG_HOME/kaggle."""
     source = auth.kaggle_credentials_source()
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
@@ -132,9 +123,6 @@ def connect() -> Any:
                                f"from {source} (refused, malformed, or Kaggle unreachable)")
     _log(f"authenticated with credentials from {source}")
     return api
-
-
-# ---------------------------------------------------------------------------- HTTP helpers
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -168,8 +156,8 @@ def _retry_policy(retries: int) -> Any:
                         respect_retry_after_header=True, raise_on_status=False)
 
 
-def _http_adapter(timeout: Any, retries: int) -> Any:
-    """A requests adapter that adds a timeout to requests sent without one, and retries."""
+def _mount(session: Any, timeout: Any, retries: int) -> None:
+    """Mount an adapter that adds a timeout to requests sent without one, and retries."""
     import requests
 
     class Adapter(requests.adapters.HTTPAdapter):
@@ -178,23 +166,17 @@ def _http_adapter(timeout: Any, retries: int) -> Any:
                 kwargs["timeout"] = timeout
             return super().send(request, **kwargs)
 
-    return Adapter(max_retries=_retry_policy(retries) if retries else 0)
-
-
-def _mount(session: Any, adapter: Any) -> None:
+    adapter = Adapter(max_retries=_retry_policy(retries) if retries else 0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
 
 
 @contextlib.contextmanager
 def kaggle_client(api: Any, *, timeout: Any, retries: int = 0) -> Any:
-    """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries).
-
-    kagglesdk's KaggleHttpClient calls `session.send` without a timeout; the adapter is
-    mounted on its requests.Session (`compat.kaggle_client`).
-    """
+    """`api.build_kaggle_client()` whose requests carry a timeout (and optional retries):
+    kagglesdk's KaggleHttpClient calls `session.send` without one."""
     with api.build_kaggle_client() as client:
-        _mount(http_session(client), _http_adapter(timeout, retries))
+        _mount(http_session(client), timeout, retries)
         yield client
 
 
@@ -203,9 +185,6 @@ def _describe_http(exc: BaseException) -> str:
     if status in (401, 403):
         return f"HTTP {status}: Kaggle refused the credentials or the kernel is not yours ({exc})"
     return f"HTTP {status}: {exc}" if status else str(exc)
-
-
-# ---------------------------------------------------------------------------- push
 
 
 def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
@@ -225,12 +204,8 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
         if split_id(kernel_id)[0] == PLACEHOLDER_OWNER:
             hint = " (the id still has the placeholder owner: pass --owner or set KAGGLE_USERNAME)"
         raise PushFailure(f"Kaggle rejected the push of {kernel_id}: {response.error}{hint}")
-    invalid = {
-        "model_sources": list(response.invalid_model_sources or []),
-        "dataset_sources": list(response.invalid_dataset_sources or []),
-        "kernel_sources": list(response.invalid_kernel_sources or []),
-        "competition_sources": list(response.invalid_competition_sources or []),
-    }
+    invalid = {f"{kind}_sources": list(getattr(response, f"invalid_{kind}_sources") or [])
+               for kind in ("model", "dataset", "kernel", "competition")}
     invalid = {k: v for k, v in invalid.items() if v}
     if not response.version_number:
         raise PushFailure(f"push of {kernel_id}: the server returned no version number "
@@ -243,7 +218,10 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
                       url=response.url or "", invalid_sources=invalid)
 
 
-# ---------------------------------------------------------------------------- wait
+def _request(request: Any, owner: str, slug: str, label: str) -> Any:
+    """A kagglesdk request (its classes take no constructor arguments) for one version."""
+    request.user_name, request.kernel_slug, request.version_label = owner, slug, label
+    return request
 
 
 def get_status(api: Any, owner: str, slug: str, label: str,
@@ -251,10 +229,7 @@ def get_status(api: Any, owner: str, slug: str, label: str,
     """(status name, failure message) of the version `label` (not the latest)."""
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
-    request = ApiGetKernelSessionStatusRequest()
-    request.user_name = owner
-    request.kernel_slug = slug
-    request.version_label = label
+    request = _request(ApiGetKernelSessionStatusRequest(), owner, slug, label)
     # No retries here: wait_for_version retries within the deadline.
     with kaggle_client(api, timeout=http_timeout) as client:
         response = client.kernels.kernels_api_client.get_kernel_session_status(request)
@@ -262,33 +237,20 @@ def get_status(api: Any, owner: str, slug: str, label: str,
     return getattr(status, "name", str(status)), response.failure_message or ""
 
 
-def wait_for_version(
-    fetch_status: Callable[[str, float], tuple[str, str]],
-    *,
-    label: str,
-    timeout_s: float,
-    version_labels: tuple[str, ...],
-    poll_s: float = DEFAULT_POLL_S,
-    max_poll_s: float = DEFAULT_MAX_POLL_S,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> StatusResult:
-    """Poll until a terminal status, backing off from poll_s to max_poll_s; raise on timeout.
-
-    `fetch_status(version_label, http_timeout)`. On HTTP 404 the next form in `version_labels`
-    is tried (a new version may also be unknown for a while right after the push); the form
-    that answered is kept. Transient errors (connection, timeout, 5xx, 429) are retried until
-    the deadline; other HTTP errors end the wait. Each call's HTTP timeout never reaches past
-    the deadline.
-    """
+def wait_for_version(fetch_status: Callable[[str, float], tuple[str, str]], *, label: str,
+                     timeout_s: float, version_labels: tuple[str, ...],
+                     poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S,
+                     sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> StatusResult:
+    """Poll `fetch_status(version_label, http_timeout)` until a terminal status, backing off
+    from poll_s to max_poll_s; raise on timeout. On HTTP 404 the next form in `version_labels`
+    is tried (a new version may be unknown for a while) and the form that answers is kept.
+    Transient errors (connection, timeout, 5xx, 429) are retried until the deadline, which no
+    call's HTTP timeout passes; other HTTP errors end the wait."""
     start = clock()
-    deadline = start + timeout_s
-    delay = poll_s
-    polls = 0
-    form = 0
+    deadline, delay, polls, form, last = start + timeout_s, poll_s, 0, 0, "UNKNOWN"
     found: str | None = None
     not_found: set[str] = set()
-    last = "UNKNOWN"
     while True:
         polls += 1
         current = found if found is not None else version_labels[form % len(version_labels)]
@@ -327,9 +289,6 @@ def wait_for_version(
         delay = min(delay * BACKOFF, max_poll_s)
 
 
-# ---------------------------------------------------------------------------- fetch
-
-
 def _safe_target(dest: Path, name: str) -> Path:
     """Output names come from the server: refuse anything that would leave `dest`."""
     rel = PurePosixPath(name.replace("\\", "/"))
@@ -345,10 +304,7 @@ def _safe_target(dest: Path, name: str) -> Path:
 def _list_page(api: Any, owner: str, slug: str, label: str, token: str | None) -> Any:
     from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
-    request = ApiListKernelSessionOutputRequest()
-    request.user_name = owner
-    request.kernel_slug = slug
-    request.version_label = label
+    request = _request(ApiListKernelSessionOutputRequest(), owner, slug, label)
     request.page_size = 100
     if token:
         request.page_token = token
@@ -368,21 +324,16 @@ def _download(session: Any, url: str, target: Path) -> None:
 def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                   labels: tuple[str, ...] | None = None) -> list[str]:
     """Download every output file of one version (and its log) into dest; return names.
-
-    `labels`: version-label forms to try, preferred first (a 404 moves to the next form).
-    Listing and downloads retry 429/5xx/connection resets a bounded number of times,
-    honouring Retry-After.
-    """
+    `labels`: version-label forms to try, preferred first (a 404 moves to the next form)."""
     import requests
 
     labels = labels or version_labels(version)
     dest.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     token: str | None = None
-    first = True
-    form = 0
+    first, form = True, 0
     with requests.Session() as session:
-        _mount(session, _http_adapter(OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES))
+        _mount(session, OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES)
         while True:
             try:
                 response = _list_page(api, owner, slug, labels[form], token)
@@ -410,9 +361,6 @@ def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                 return names
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
 def _parse_set(items: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in items:
@@ -421,10 +369,6 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise BundleError(f"--set {item!r}: expected KEY=VALUE, e.g. train.sft.max_steps=3")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def _owner(args: argparse.Namespace) -> str | None:
-    return args.owner or os.environ.get("KAGGLE_USERNAME") or None
 
 
 def _write_record(dest: Path, record: dict[str, Any]) -> None:
@@ -447,7 +391,7 @@ def run_push(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.poll_interval <= 0 or args.max_poll_interval <= 0:
         raise BundleError("--timeout, --poll-interval and --max-poll-interval must be positive")
-    owner = _owner(args)
+    owner = args.owner or os.environ.get("KAGGLE_USERNAME") or None
     bundle: Bundle | None = None
     if args.version is None:
         bundle = build_bundle(BundleOptions(
@@ -481,8 +425,7 @@ def _run(args: argparse.Namespace) -> int:
                           "or set KAGGLE_USERNAME to your Kaggle username")
 
     api = connect()
-    record: dict[str, Any] = {"kernel_id": kernel_id,
-                              "bundle": bundle.info if bundle else None}
+    record: dict[str, Any] = {"kernel_id": kernel_id, "bundle": bundle.info if bundle else None}
     if bundle is not None:
         result = push_bundle(api, bundle.dir, kernel_id)
         _log(f"pushed {kernel_id} version {result.version}: {result.url}")

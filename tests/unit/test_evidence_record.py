@@ -57,7 +57,7 @@ def test_committed_manifests_still_load() -> None:
 def test_typed_read_of_a_record(tmp_path: Path) -> None:
     record = evidence.RunRecord(tmp_path / "r1")
     record.start("r1", "demo", "configs/cpu_tiny.yaml")
-    typed = record.manifest()
+    typed = evidence.RunManifest.model_validate(record.read_manifest())
     assert typed.run_id == "r1" and typed.status == "running" and typed.attempt == 1
     assert typed.packages.jax is not None
 

@@ -45,13 +45,9 @@ os.environ["KAGGLE_LIB_GIT_SHA"] = _KL_BUNDLE["git"]["sha"]
 # The run manifest records the notebook URL from this (kaggle_lib.evidence.identity.kaggle_identity).
 os.environ["KAGGLE_LIB_KERNEL_SLUG"] = _KL_BUNDLE["kernel_id"]
 os.environ["KAGGLE_LIB_BUNDLE_ROOT"] = str(_KL_ROOT)
-try:
-    from kaggle_lib.runtime import detect_environment
+from kaggle_lib.runtime import detect_environment  # noqa: E402
 
-    _kl_working = detect_environment().working_dir
-except Exception:  # older runtime API: outputs go to the current directory
-    _kl_working = Path.cwd()
-_kl_info_path = Path(_kl_working) / "evidence" / "kaggle_bundle.json"
+_kl_info_path = detect_environment().working_dir / "evidence" / "kaggle_bundle.json"
 _kl_info_path.parent.mkdir(parents=True, exist_ok=True)
 _kl_info_path.write_text(json.dumps(_KL_BUNDLE, indent=2))
 os.environ["KAGGLE_LIB_BUNDLE_INFO"] = str(_kl_info_path)
