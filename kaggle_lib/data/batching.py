@@ -3,35 +3,24 @@
 Batch layout (numpy, right-padded with the pad id)::
 
     input_tokens  int32[B, T]  [bos] prompt target [eos] pad...
-    input_mask    int32[B, T]  1 on target tokens and the final eos: the LOSS mask. Tunix's
-                               default loss uses input_mask[:, 1:] as the mask of targets.
-    segment_mask  int32[B, T]  1 on every real (non-pad) token: the padding mask from which
-                               positions (`tunix.sft.utils.build_positions_from_mask`) and the
-                               causal mask (`make_causal_attn_mask`) must be built. Building them
-                               from input_mask instead would hide the prompt from attention.
+    input_mask    int32[B, T]  1 on target tokens and the final eos: the LOSS mask (Tunix's
+                               default loss masks targets with input_mask[:, 1:]).
+    segment_mask  int32[B, T]  1 on every real token: the padding mask positions and the causal
+                               mask must be built from (from input_mask they would hide the prompt).
+    segment_ids   int32[B, T]  packing only: 1, 2, 3 ... per example in its row, 0 on padding.
 
-Bucketing (the default) or packing: sorting by length inside shuffled windows gets padding low
-(see :func:`padding_stats`) while every row stays one example, so Tunix's stock mask and
-position helpers stay correct. ``packing=True`` instead fills every row of ``max_len`` tokens
-with several whole examples (first-fit decreasing over the epoch's shuffled examples, rows then
-shuffled into batches) and adds ``segment_ids``::
+Bucketing (default): sorting by length inside shuffled windows keeps padding low (`padding_stats`)
+with one example per row. ``packing=True`` fills every ``max_len`` row with whole examples
+(first-fit decreasing over the shuffled epoch); `kaggle_lib.training.sft.model_inputs` then builds
+per-example positions and attention, so each example's loss is its unpacked loss
+(tests/unit/test_training_packing.py); one shape, one compilation.
 
-    segment_ids   int32[B, T]  1, 2, 3 ... per example in its row, 0 on padding
-
-from which `kaggle_lib.training.sft.model_inputs` builds positions that restart at 0 for each
-example and an attention mask that keeps each example to itself: every example's loss is its
-unpacked loss (tests/unit/test_training_packing.py). A packed step holds a varying number of
-examples (as many as fit in ``batch_size`` rows); one shape, one compilation.
-
-Determinism: the batches of epoch ``e`` are a pure function of ``(seed, e)``, and step ``s`` is
-batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. ``batch_at(s)`` and
-``iter_from(s)`` rebuild any step without replaying earlier ones. Note that Tunix 0.1.7's
-PeftTrainer, when it restores a checkpoint at step K, itself skips the first K batches of the
-iterator it is given: hand it ``iter_from(0)`` (or the object itself), not ``iter_from(K)``.
-
-Every distinct padded length T is a new shape, i.e. one more XLA compilation of the train
-step. ``pad_multiple`` bounds the count at ``max_len / pad_multiple``; ``length_buckets``
-(e.g. ``(128, 256, 512)``) bounds it to a few shapes at the price of some padding.
+Determinism: epoch ``e``'s batches are a pure function of ``(seed, e)``; step ``s`` is batch
+``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (``batch_at``, ``iter_from``). Tunix
+0.1.7's PeftTrainer, resuming at step K, skips the first K batches itself: hand it
+``iter_from(0)`` (or the object), not ``iter_from(K)``. Each padded length T is one more XLA
+compilation: ``pad_multiple`` bounds them at ``max_len / pad_multiple``, ``length_buckets``
+(e.g. ``(128, 256, 512)``) to a few, at the price of some padding.
 """
 
 from __future__ import annotations
@@ -58,13 +47,9 @@ class TokenizerLike(Protocol):
 def tokenize_example(
     tok: TokenizerLike, prompt: str, target: str, max_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos).
-
-    Prompt and target are encoded separately so that the mask boundary is exact and the
-    prompt tokens are those the sampler will see. Sequences longer than ``max_len`` keep
-    their first ``max_len`` tokens (the end of the target, and its eos, are cut);
-    :func:`tokenize_items` counts such cases. Returns two int32 arrays of equal length.
-    """
+    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos), as
+    int32 arrays cut to ``max_len``. Prompt and target are encoded separately: the mask boundary
+    is exact and the prompt tokens are those the sampler will see."""
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     prompt_ids = list(tok.encode(prompt))
@@ -117,10 +102,8 @@ def tokenize_items(
     drop_truncated: bool = False,
 ) -> TokenizedSet:
     """Tokenize training items (``prompt``, ``reasoning``, ``answer``) with the shared template.
-
-    Overlong examples are truncated and counted; those with no target token left (or all of
-    them with ``drop_truncated``) are dropped, because they would add compute but no loss.
-    """
+    Overlong examples are truncated and counted; those with no target token left (all of them
+    with ``drop_truncated``) are dropped: compute but no loss."""
     out = TokenizedSet(tokens=[], loss_masks=[], ids=[], max_len=max_len)
     for i, item in enumerate(items):
         missing = [k for k in ("prompt", "reasoning", "answer") if not item.get(k)]
@@ -164,11 +147,10 @@ def plan_epoch(
 ) -> list[np.ndarray]:
     """Example indices of every batch of one epoch; a pure function of its arguments.
 
-    Shuffle all examples with ``(seed, epoch)``; with ``bucketing``, sort each window of
-    ``window_batches * batch_size`` examples by length, cut it into batches, and shuffle the
-    batch order so that long and short batches alternate. Windows (rather than one global
-    sort) keep every batch a random sample of nearby lengths and keep epochs different.
-    Without ``drop_remainder`` the last batch may be short (the caller pads it with empty rows).
+    Shuffle with ``(seed, epoch)``; with ``bucketing``, sort each window of ``window_batches *
+    batch_size`` examples by length, cut it into batches and shuffle the batch order. Windows
+    (not one global sort) keep batches random samples of nearby lengths and epochs different.
+    Without ``drop_remainder`` the last batch may be short (padded with empty rows).
     """
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
@@ -213,10 +195,9 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[np.n
 
 def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, seed: int,
                       epoch: int) -> list[list[np.ndarray]]:
-    """Rows of example indices for every batch of one packed epoch; a pure function of its
-    arguments. The examples are shuffled with ``(seed, epoch)``, packed by `pack_rows`, the rows
-    shuffled again and cut into batches of ``batch_size`` rows; the rows of a last, partial
-    batch wait for another epoch (its shuffle puts other examples there)."""
+    """Rows of example indices for every batch of one packed epoch, a pure function of its
+    arguments: shuffle with ``(seed, epoch)``, `pack_rows`, shuffle the rows, cut into batches;
+    a last partial batch's rows wait for another epoch (whose shuffle puts others there)."""
     rng = np.random.default_rng([seed, epoch])
     rows = pack_rows(lengths, rng.permutation(len(lengths)), row_len)
     rows = [rows[i] for i in rng.permutation(len(rows))]
@@ -305,13 +286,12 @@ class SFTBatches:
         # One epoch's plan is reused for all its steps (sequential reads hit the cache).
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             if self.packing:
-                self._plan_cache = (epoch, plan_packed_epoch(
-                    self._lengths, self.batch_size, self.data.max_len, seed=self.seed,
-                    epoch=epoch))
-                return self._plan_cache[1]
-            plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
-                              bucketing=self.bucketing, window_batches=self.window_batches,
-                              drop_remainder=self.drop_remainder)
+                plan = plan_packed_epoch(self._lengths, self.batch_size, self.data.max_len,
+                                         seed=self.seed, epoch=epoch)
+            else:
+                plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
+                                  bucketing=self.bucketing, window_batches=self.window_batches,
+                                  drop_remainder=self.drop_remainder)
             self._plan_cache = (epoch, plan)
         return self._plan_cache[1]
 
@@ -333,46 +313,27 @@ class SFTBatches:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """The batch of global step ``step`` (same result however it is reached)."""
-        if self.packing:
-            return self._packed_batch_at(step)
         indices = self.indices_at(step)
-        width = self.row_length(indices)
-        shape = (self.batch_size, width)
+        if self.packing:
+            rows = self._plan(step // self.steps_per_epoch)[step % self.steps_per_epoch]
+            width = self.data.max_len
+        else:  # one example per row; a short last batch is padded with empty rows
+            rows, width = [[i] for i in indices], self.row_length(indices)
+        n_rows = self.batch_size
         if self.rows is not None:
-            indices = indices[self.rows]
-            shape = (len(range(self.batch_size)[self.rows]), width)
-        tokens = np.full(shape, self.pad_id, dtype=np.int32)
-        loss = np.zeros(shape, dtype=np.int32)
-        segment = np.zeros(shape, dtype=np.int32)
-        for row, i in enumerate(indices):
-            t, m = self.data.tokens[i], self.data.loss_masks[i]
-            tokens[row, :len(t)] = t
-            loss[row, :len(t)] = m
-            segment[row, :len(t)] = 1
-        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
-
-    def _packed_batch_at(self, step: int) -> dict[str, np.ndarray]:
-        self.indices_at(step)  # the range check
-        epoch, k = divmod(step, self.steps_per_epoch)
-        rows = self._plan(epoch)[k]
-        if self.rows is not None:
-            rows = rows[self.rows]
-        shape = (len(rows), self.data.max_len)
-        tokens = np.full(shape, self.pad_id, dtype=np.int32)
-        loss = np.zeros(shape, dtype=np.int32)
-        segment = np.zeros(shape, dtype=np.int32)
-        ids = np.zeros(shape, dtype=np.int32)
+            rows, n_rows = rows[self.rows], len(range(self.batch_size)[self.rows])
+        tokens = np.full((n_rows, width), self.pad_id, dtype=np.int32)
+        loss, segment, ids = (np.zeros((n_rows, width), dtype=np.int32) for _ in range(3))
         for row, members in enumerate(rows):
             start = 0
             for number, i in enumerate(members, start=1):
                 t, m = self.data.tokens[i], self.data.loss_masks[i]
-                tokens[row, start:start + len(t)] = t
-                loss[row, start:start + len(t)] = m
-                segment[row, start:start + len(t)] = 1
-                ids[row, start:start + len(t)] = number
-                start += len(t)
-        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment,
-                "segment_ids": ids}
+                end = start + len(t)
+                tokens[row, start:end], loss[row, start:end] = t, m
+                segment[row, start:end], ids[row, start:end] = 1, number
+                start = end
+        batch = {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
+        return {**batch, "segment_ids": ids} if self.packing else batch
 
     def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches from global step ``step`` on (forever when ``num_epochs`` is None)."""
@@ -404,13 +365,9 @@ def padding_stats(
     pad_multiple: int = 16,
     length_buckets: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Fraction of padded tokens per strategy, over ``epochs`` epochs of batches.
-
-    ``fixed``: random batches padded to ``max_len`` (the naive baseline);
-    ``random_dynamic``: random batches padded to their longest row (rounded as configured);
-    ``bucketed``: length-bucketed batches padded the same way.
-    ``shapes_*`` counts distinct padded lengths, i.e. XLA compilations of the train step.
-    """
+    """Fraction of padded tokens over ``epochs`` epochs for random batches padded to ``max_len``
+    (``fixed``) or to their longest row (``random_dynamic``), and for ``bucketed`` batches;
+    ``shapes_*`` counts distinct padded lengths (XLA compilations of the train step)."""
     lens = np.minimum(np.asarray(lengths, dtype=np.int64), max_len)
     out: dict[str, Any] = {"examples": len(lens), "batch_size": batch_size, "max_len": max_len}
     for name, bucketing, fixed in (("fixed", False, True), ("random_dynamic", False, False),
