@@ -1,26 +1,19 @@
 """Generation: Tunix's KV-cache Sampler over our loaded models.
 
-`Generator` batches prompts through Tunix's KV-cache Sampler (left padding, one KV cache,
-prefill then a `while_loop` decode), as `compat.sampler.ExactSampler`: Tunix 0.1.7's Sampler
-made token-identical to a full-recompute reference, with a last-token prefill (why and how:
-`kaggle_lib/compat/sampler.py`).
+`Generator` batches prompts (left padding, one KV cache, prefill then a `while_loop` decode)
+through `compat.sampler.ExactSampler`: Tunix 0.1.7's Sampler made token-identical to a
+full-recompute reference, with a last-token prefill. Tokenizers reporting a -1 bos/eos id
+(SentencePiece with unset piece names) are refused: the Sampler would feed token -1 and never stop.
 
-Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on `eos_id()`
-by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
-token -1 and never stop, so `Generator` refuses such tokenizers up front.
+Stop strings (e.g. "</answer>"): a row is done once its generated text contains one, found by a
+string matcher over tokens (`StopMatcher`) however the model splits it ("</" "answer" ">", ...);
+the loop ends when every row is done. A row's tokens up to the stop are what an unstopped run
+writes.
 
-Stop strings (`stop_strings`, e.g. "</answer>"): a row is done once its generated text contains
-one, and the decode loop ends when every row is done (Tunix ends it on eos only). The check is a
-string matcher over tokens (`StopMatcher`), so "</answer>" is found however the model splits it
-into tokens ("</" "answer" ">", ".</" "answer" "><" ...). Being done does not change a row's
-tokens, so the output up to and including the stop is exactly what an unstopped run writes.
-
-Sampling (temperature > 0) is reproducible: batch i of a call uses the key
-`fold_in(PRNGKey(seed), i)`, and Tunix folds the decoding step into it. The draws of a prompt
-depend on the seed, its position in the prompt list and `batch_size` (the noise is drawn for
-the whole [batch, vocab] array), and not on the other prompts: the last batch is padded with
-copies of its last prompt so every call has the same shapes (one compilation) and rows never
-mix.
+Sampling (temperature > 0) is reproducible: batch i uses `fold_in(PRNGKey(seed), i)` (Tunix folds
+in the step). A prompt's draws depend on the seed, its position and `batch_size` (noise is drawn
+per [batch, vocab]), not on other prompts: the last batch is padded with copies of its last prompt
+(one compilation; rows never mix).
 """
 
 from __future__ import annotations
@@ -56,19 +49,13 @@ class Generation:
         return len(self.token_ids)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
 class StopMatcher:
     """Finds where generated text first contains a stop string, token by token.
 
-    A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of
-    the stop string the text so far ends with; `next_state[state, token]` and
-    `completes[state, token]` (the stop string occurs within the stop's first `state`
-    characters followed by the token's text) come from each token's text decoded alone.
-    Tokens are grouped into classes with equal columns, so the tables handed to jit are one
-    int32 per vocabulary entry plus a few small columns.
+    A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of the
+    stop the text so far ends with; `next_state[state, class]` and `completes[state, class]`
+    come from each token's text decoded alone. Tokens with equal columns share a class, so jit
+    gets one int32 per vocabulary entry plus a few small columns.
     """
 
     def __init__(self, stop: str, token_texts: Sequence[str]) -> None:
@@ -136,14 +123,10 @@ def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
 
 
 class Generator:
-    """Batched generation with a KV cache; greedy when temperature == 0.
-
-    A generation ends at an eos id (not included) or at the end of its first stop string
-    (included), or after `max_new_tokens`.
-
-    Build one per evaluation: every `generate` call with the same batch size, length budget
-    and decoding settings reuses one compilation of the prefill and one of the decode loop.
-    """
+    """Batched generation with a KV cache; greedy when temperature == 0. A generation ends at an
+    eos id (not included), at the end of its first stop string (included) or after
+    `max_new_tokens`. Calls with the same batch size, budget and settings share one compilation
+    of the prefill and one of the decode loop."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
                  max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None,
@@ -160,44 +143,35 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = [int(e) for e in eos_ids]
-        self.max_prompt_len = _round_up(max_prompt_len, PROMPT_ALIGN)
+        self.max_prompt_len = max(PROMPT_ALIGN, -(-max_prompt_len // PROMPT_ALIGN) * PROMPT_ALIGN)
         self.max_new_tokens = max_new_tokens
         config = model.config
-        cache = CacheConfig(
-            cache_size=self.max_prompt_len + max_new_tokens,
-            num_layers=config.num_layers,
-            num_kv_heads=config.num_kv_heads,
-            head_dim=config.head_dim,
-        )
+        cache = CacheConfig(cache_size=self.max_prompt_len + max_new_tokens,
+                            num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
+                            head_dim=config.head_dim)
         processor = getattr(tokenizer, "processor", tokenizer)
         self.slot_positions = compat_sampler.needs_slot_positions(model)
-        wrapped = compat_sampler.last_token_prefill(model)
+        self._wrapped = compat_sampler.last_token_prefill(model)
         if isinstance(stop_strings, str):
             raise TypeError("stop_strings expects a sequence of strings, not one string")
         self.stop_strings = tuple(stop_strings)
         texts = _token_texts(tokenizer, int(model.num_embed)) if self.stop_strings else []
         self.stop_matchers = [StopMatcher(stop, texts) for stop in self.stop_strings]
-        self._wrapped = wrapped
         self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
         self.mesh = mesh if mesh is not None and multihost.is_multiprocess() else None
         sharded = self.mesh is not None  # docs/MULTIHOST.md
         self.sampler = compat_sampler.ExactSampler(
-            wrapped, processor, cache, slot_positions=self.slot_positions,
+            self._wrapped, processor, cache, slot_positions=self.slot_positions,
             stop_matchers=self.stop_matchers,
             wrap_decode=functools.partial(multihost.localize_sampling_output,
                                           mesh=self.mesh) if sharded else None,
             place_state=functools.partial(multihost.global_sampling_state,
                                           mesh=self.mesh) if sharded else None)
 
-    def prompt_length(self, prompt: str) -> int:
-        """Tokens the sampler feeds for `prompt` (bos included)."""
-        return len(self.tokenizer.encode(prompt)) + 1
-
     def serves(self, model: Any, max_new_tokens: int) -> bool:
-        """Whether this generator can generate for `model` (the same module, with the same
-        structure, whatever its weights now are) without being rebuilt: reusing it reuses
-        its compilations (baseline evaluation, samples and trained evaluation share them)."""
+        """Whether this generator (and its compilations) can serve `model`: the same module and
+        structure, whatever its weights now are."""
         from flax import nnx
 
         return (model is self.model and max_new_tokens <= self.max_new_tokens
@@ -226,26 +200,23 @@ class Generator:
         from kaggle_lib.compat import sampler as compat_sampler
 
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not 1 <= max_new <= self.max_new_tokens:
-            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens} (the cache "
-                             f"this Generator was built for), got {max_new}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        for bad, message in (
+                (not 1 <= max_new <= self.max_new_tokens,
+                 f"max_new_tokens must be in 1..{self.max_new_tokens} (the cache this Generator "
+                 f"was built for), got {max_new}"),
+                (batch_size < 1, f"batch_size must be >= 1, got {batch_size}"),
+                (temperature < 0, f"temperature must be >= 0, got {temperature}"),
+                (top_p is not None and not 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+                (top_k is not None and top_k < 1, f"top_k must be >= 1 or None, got {top_k}")):
+            if bad:
+                raise ValueError(message)
         if isinstance(prompts, str):
             raise TypeError("generate expects a sequence of prompts, not one string")
         for prompt in prompts:
-            length = self.prompt_length(prompt)
+            length = len(self.tokenizer.encode(prompt)) + 1  # the sampler prepends bos
             if length > self.max_prompt_len:
-                raise ValueError(
-                    f"prompt of {length} tokens exceeds max_prompt_len {self.max_prompt_len}: "
-                    f"{prompt[:80]!r}..."
-                )
+                raise ValueError(f"prompt of {length} tokens exceeds max_prompt_len "
+                                 f"{self.max_prompt_len}: {prompt[:80]!r}...")
         compat_sampler.refresh_weights(self.sampler, self._wrapped)  # training may have moved them
         sampling = temperature > 0
         base_key = jax.random.PRNGKey(seed)
@@ -283,10 +254,6 @@ class Generator:
                 stops = [i for m in self.stop_matchers if (i := m.first_stop(ids)) is not None]
                 if stops:
                     ids = ids[: min(stops) + 1]
-                out.append(Generation(
-                    prompt=prompt,
-                    text=self.tokenizer.decode(ids),
-                    token_ids=ids,
-                    truncated=not stops and len(ids) >= max_new,
-                ))
+                out.append(Generation(prompt=prompt, text=self.tokenizer.decode(ids), token_ids=ids,
+                                      truncated=not stops and len(ids) >= max_new))
         return out
