@@ -45,13 +45,10 @@ class MetricsSettings:
 
 def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0,
                 kind: str = "cosine", decay_fraction: float = 0.2) -> optax.Schedule:
-    """The LR of optimizer step s (1-based) is schedule(s - 1). Linear warmup, then:
-
-    - ``cosine``: cosine decay to 10% at ``max_steps``;
-    - ``wsd`` (warmup-stable-decay): the peak rate until the last ``decay_fraction`` of the
-      steps, then linear decay to 10%. A short run spends most of its steps at the peak
-      instead of a third of them below half of it, as cosine does.
-    """
+    """The LR of optimizer step s (1-based) is schedule(s - 1). Linear warmup, then ``cosine``
+    decay to 10% at ``max_steps``, or ``wsd`` (warmup-stable-decay): the peak until the last
+    ``decay_fraction`` of the steps, then linear decay to 10% (a short run spends most steps at
+    the peak, not a third of them below half of it as with cosine)."""
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0 if warmup_steps else learning_rate,
@@ -113,23 +110,12 @@ def metrics_options(settings: MetricsSettings | None) -> MetricsLoggerOptions | 
 class StageHooks(TrainingHooks):
     """Tunix's `TrainingHooks` with every callback a no-op; subclasses override what they use."""
 
-    def on_train_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_end(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_step_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None:
-        pass
-
-    def on_eval_step_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None:
-        pass
+    def on_train_start(self, train_ctx: Any) -> None: ...
+    def on_train_end(self, train_ctx: Any) -> None: ...
+    def on_train_step_start(self, train_ctx: Any) -> None: ...
+    def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None: ...
+    def on_eval_step_start(self, train_ctx: Any) -> None: ...
+    def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None: ...
 
     @staticmethod
     def latest_metric(trainer: Any, name: str) -> float | None:
@@ -144,8 +130,8 @@ def make_newest_checkpoint_restorable(
     root: Path | None, model: nnx.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
     on_set_aside: Callable[[checkpoints.SetAside], None],
 ) -> list[checkpoints.SetAside]:
-    """Before a Tunix trainer is built (it restores its newest step on construction): set aside
-    newest steps that do not restore into `model` and `tx` (`training.checkpoints`' rule)."""
+    """Before a Tunix trainer is built (it restores its newest step then): set aside newest steps
+    that do not restore into `model` and `tx` (`training.checkpoints`' rule)."""
     if root is None:
         return []
     with mesh:

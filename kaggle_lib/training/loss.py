@@ -1,11 +1,9 @@
 """Next-token cross-entropy that never materialises [tokens, vocab] logits for the whole batch.
 
 Gemma 3's vocabulary has 262,144 entries: for 4 x 1024 tokens the full float32 logits are 4 GiB,
-and Tunix's default loss also builds a one-hot of the same size. Here the final hidden states are
-split into chunks of `chunk_size` tokens; each chunk's logits are computed, reduced to
-(logsumexp - target logit) and, under differentiation, to their gradient in the same pass, so
-the peak holds one chunk's logits at a time. Only chunks holding loss-carrying positions are
-computed at all.
+and Tunix's default loss also builds a one-hot of the same size. Here each chunk of `chunk_size`
+tokens' logits is reduced to (logsumexp - target logit) and, under differentiation, its gradient
+in the same pass: the peak holds one chunk's logits. Chunks without loss positions are skipped.
 """
 
 from __future__ import annotations
@@ -21,11 +19,8 @@ from flax import nnx
 
 def final_hidden_states(model: nnx.Module, tokens: jax.Array, positions: jax.Array,
                         attention_mask: jax.Array) -> jax.Array:
-    """Run the model and return the final-norm hidden states [B, T, D].
-
-    Tunix's Gemma models sow these when `output_hidden_states=True`; the logits the model also
-    returns are unused here, and XLA removes their computation from the jitted step.
-    """
+    """The final-norm hidden states [B, T, D] (Tunix's Gemma sows them when asked; XLA drops the
+    unused logits from the jitted step)."""
     model(tokens, positions, None, attention_mask, output_hidden_states=True)
     intermediates = nnx.pop(model, nnx.Intermediate)
     (hidden,) = jax.tree.leaves(intermediates)[-1:]
@@ -43,14 +38,12 @@ def chunked_cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
 
-    Only positions that carry loss are projected onto the vocabulary: a stable permutation puts
-    them first, and a loop runs over just the chunks that hold any (prompt and padding
-    positions, about half of an SFT batch, cost no [chunk, V] matmul). Under differentiation
-    each chunk's gradient is computed with its loss, from the same logits (one projection
-    forward and one back, instead of forward + rematerialised forward + back); the table's
-    gradient only when the table is being differentiated (full fine-tuning).
-    N is padded up to a multiple of the chunk size (padding carries mask 0); a chunk is never
-    longer than N, so short batches do not pay for a full chunk of logits.
+    A stable permutation puts loss positions first and a loop runs over just the chunks holding
+    any (prompt and padding, about half of an SFT batch, cost no [chunk, V] matmul). Under
+    differentiation each chunk's gradient comes with its loss from the same logits (one
+    projection forward and one back, not forward + rematerialised forward + back); the table's
+    only when it is differentiated (full fine-tuning). N is padded to a multiple of the chunk
+    size (mask 0); a chunk is never longer than N.
     """
     n_tokens, dim = hidden.shape
     mask = (mask > 0).astype(jnp.float32)
@@ -146,12 +139,6 @@ def _masked_loss_sum_bwd(softcap: float | None, residuals: tuple[Any, ...],
 _masked_loss_sum.defvjp(_masked_loss_sum_fwd, _masked_loss_sum_bwd, symbolic_zeros=True)
 
 
-def _embedding_and_softcap(model: nnx.Module) -> tuple[jax.Array, float | None]:
-    table = model.embedder.input_embedding.value
-    # Gemma 2 caps its final logits (tanh * 30); Gemma 1 and 3 do not.
-    return table, getattr(model, "final_logits_softcap", None)
-
-
 def sft_loss(
     model: nnx.Module,
     input_tokens: jax.Array,
@@ -162,14 +149,11 @@ def sft_loss(
     chunk_size: int = 512,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Mean next-token loss over response tokens (input_mask marks them), chunked over vocab."""
-    hidden = final_hidden_states(model, input_tokens, positions, attention_mask)
-    hidden = hidden[:, :-1, :]
-    targets = input_tokens[:, 1:]
-    target_mask = input_mask[:, 1:]
-    table, softcap = _embedding_and_softcap(model)
+    hidden = final_hidden_states(model, input_tokens, positions, attention_mask)[:, :-1, :]
     total, count = chunked_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]), table, targets.reshape(-1),
-        target_mask.reshape(-1), chunk_size=chunk_size, softcap=softcap,
-    )
+        hidden.reshape(-1, hidden.shape[-1]), model.embedder.input_embedding.value,
+        input_tokens[:, 1:].reshape(-1), input_mask[:, 1:].reshape(-1), chunk_size=chunk_size,
+        # Gemma 2 caps its final logits (tanh * 30); Gemma 1 and 3 do not.
+        softcap=getattr(model, "final_logits_softcap", None))
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}
