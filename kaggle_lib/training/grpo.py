@@ -1,18 +1,12 @@
 """GRPO after SFT on Tunix 0.1.7: `RLCluster` + `GRPOLearner`, vanilla (Tunix Sampler) rollouts.
 
-Read top to bottom: pick the prompts, build the actor (the SFT-trained LoRA model, trained
-further) and the reference (a frozen copy of the same SFT result, for the KL term), describe
-rollouts and training to Tunix, train, return what happened.
-
-- Prompts: the training items' questions in the shared template, with their `answer` column
-  for the answer reward; batch order is a pure function of (seed, step), and step s samples
-  with seed `seed + s`, so a resumed run continues exactly.
-- Rewards: `kaggle_lib.training.rewards` (format + answer), logged per step into the run record
-  (`metrics.jsonl`, stage "grpo").
-- Checkpoints: Tunix's actor checkpoints under `<run_dir>/checkpoints/grpo/actor/<step>`,
-  restored automatically on a re-run with the same run directory.
-- Time: rollouts stop being handed out once the wall-clock budget is spent; Tunix then closes
-  the learner, which saves the last step.
+The actor is the SFT-trained LoRA model, trained further; the reference a frozen copy of it (KL).
+Prompts are the training items' questions in the shared template with their `answer` column;
+batch order is a pure function of (seed, step) and step s samples with a seed derived from s,
+so a resumed run continues exactly. Rewards (`training.rewards`) are logged per step into
+`metrics.jsonl` (stage "grpo"). Tunix restores its actor checkpoints
+(`<run_dir>/checkpoints/grpo/actor/<step>`) on a re-run; once the wall-clock budget is spent no
+rollouts are handed out and Tunix closes the learner, which saves the last step.
 """
 
 from __future__ import annotations
@@ -88,9 +82,9 @@ class PromptBatches:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
         picked = [self.prompts[i] for i in order[k * self.batch_size:(k + 1) * self.batch_size]]
         # Arrays, not lists: Tunix repeats every column per generation with np.repeat.
-        return {"prompts": np.array([p.text for p in picked], dtype=object),
-                "answer": np.array([p.answer for p in picked], dtype=object),
-                "rg_item": np.array([p.rg_item for p in picked], dtype=object)}
+        return {column: np.array([getattr(p, field) for p in picked], dtype=object)
+                for column, field in (("prompts", "text"), ("answer", "answer"),
+                                      ("rg_item", "rg_item"))}
 
 
 _RG_FIELDS = ("id", "prompt", "answer", "rg_dataset", "rg_metadata")
@@ -116,10 +110,10 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
 
 def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float | None,
                     state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for Tunix's learner. Each one sets that step's sampling seed first (the learner
-    requests batch s just before generating for it, also when fast-forwarding on resume), and
-    the stream ends once the deadline has passed: the learner then closes and saves. The first
-    batch always comes (Tunix reads it to learn the batch size before any step)."""
+    """Batches for Tunix's learner, each setting its step's sampling seed first (the learner asks
+    for batch s just before generating for it, also when fast-forwarding on resume); ends after
+    the deadline (the learner then closes and saves), but the first batch always comes (Tunix
+    reads it for the batch size)."""
     step = 0
     while True:
         if step > 0 and deadline is not None and time.monotonic() >= deadline:
@@ -134,9 +128,7 @@ class _ActorHooks(StageHooks):
     """Per-step actor loss into the run record."""
 
     def __init__(self, on_record: Callable[[dict[str, Any]], None], schedule: Any):
-        self.on_record = on_record
-        self.schedule = schedule
-        self.last = time.monotonic()
+        self.on_record, self.schedule, self.last = on_record, schedule, time.monotonic()
 
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
@@ -150,9 +142,9 @@ class _ActorHooks(StageHooks):
 
 def rewards_record(buffer: Any) -> dict[str, Any] | None:
     """One `metrics.jsonl` record from a Tunix MetricsBuffer of one GRPO step (train mode)."""
-    if str(buffer.mode) != "train":
-        return None
     metrics = buffer.metrics
+    if str(buffer.mode) != "train" or "rewards/sum" not in metrics:
+        return None
 
     def value(name: str) -> float | None:
         if name not in metrics:
@@ -161,8 +153,6 @@ def rewards_record(buffer: Any) -> dict[str, Any] | None:
         arr = np.asarray(values, dtype=np.float64)
         return float(op(arr) if op is not None else arr.mean())
 
-    if "rewards/sum" not in metrics:
-        return None
     record: dict[str, Any] = {
         "stage": "grpo", "step": int(buffer.global_steps) + 1,
         "reward_mean": value("rewards/sum"), "reward_min": value("rewards/min"),
@@ -192,20 +182,17 @@ def run_grpo(
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:
-    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps.
-
-    Each step samples `grpo.num_generations` completions for each of `grpo.batch_size` prompts,
-    scores them with `reward_fns` (default: format + answer), and takes `grpo.num_iterations`
-    optimizer steps on the group-relative advantages, with a KL penalty `grpo.beta` towards a
-    frozen copy of `actor` as it is now. `tokenizer` is a SentencePieceProcessor with checked
-    special ids. The actor's checkpoints go to `<checkpointing.directory>/actor/<step>`.
-    """
+    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps:
+    each samples `grpo.num_generations` completions per prompt of a batch, scores them with
+    `reward_fns` (default: format + answer) and takes `grpo.num_iterations` optimizer steps on
+    the group-relative advantages, with a KL penalty `grpo.beta` towards a frozen copy of `actor`.
+    `tokenizer`: a SentencePieceProcessor with checked special ids. Checkpoints:
+    `<checkpointing.directory>/actor/<step>`."""
     checkpointing = checkpointing or CheckpointSettings()
     checkpoint_dir = checkpointing.directory
-    max_steps, batch_size, num_generations = grpo.max_steps, grpo.batch_size, grpo.num_generations
-    num_iterations = grpo.num_iterations
+    max_steps, num_iterations = grpo.max_steps, grpo.num_iterations
     max_prompt_len, max_new_tokens = grpo.max_prompt_len, grpo.max_new_tokens
-    check_batch(batch_size * num_generations, mesh,
+    check_batch(grpo.batch_size * grpo.num_generations, mesh,
                 what="train.grpo.batch_size x train.grpo.num_generations (rollouts per step)")
     if tokenizer.pad_id() < 0 or tokenizer.eos_id() < 0 or tokenizer.bos_id() < 0:
         raise ValueError("the GRPO tokenizer reports a negative bos/eos/pad id; load it with "
@@ -256,7 +243,7 @@ def run_grpo(
     cluster.with_external_metrics_logger(on_buffer)
     learner = GRPOLearner(
         rl_cluster=cluster,
-        algo_config=GRPOConfig(num_generations=num_generations, num_iterations=num_iterations,
+        algo_config=GRPOConfig(num_generations=grpo.num_generations, num_iterations=num_iterations,
                                beta=grpo.beta, epsilon=grpo.epsilon),
         reward_fns=list(reward_fns or default_reward_fns()),
     )
@@ -267,7 +254,7 @@ def run_grpo(
     state: dict[str, Any] = {"stopped_for_time": False}
     deadline = None if max_wall_time_s is None else time.monotonic() + max_wall_time_s
     started = time.monotonic()
-    stream = _rollout_stream(PromptBatches(prompts, batch_size, seed=seed),
+    stream = _rollout_stream(PromptBatches(prompts, grpo.batch_size, seed=seed),
                              rollout_config, deadline, state)
     # Tunix's learner checks max_steps only after a step: a finished run must not start one.
     if start_step < max_steps:
@@ -284,7 +271,3 @@ def run_grpo(
         last_checkpoint_step=None if last is None else math.ceil(last / num_iterations),
         seconds=time.monotonic() - started,
     )
-
-
-__all__ = ["GrpoResult", "Prompt", "PromptBatches", "rewards_record", "run_grpo",
-           "select_prompts"]
