@@ -28,8 +28,6 @@ import numpy as np
 from kaggle_lib import multihost
 from kaggle_lib.models.tokenizer import check_special_ids
 
-__all__ = ["Generation", "Generator", "StopMatcher"]
-
 # Prompts are left-padded to a multiple of this rather than to a power of two (Tunix's default),
 # which can nearly double the prefill; one Generator still compiles once.
 PROMPT_ALIGN = 16

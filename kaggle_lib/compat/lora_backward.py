@@ -25,8 +25,6 @@ from typing import Any
 import jax
 from jax import lax
 
-__all__ = ["lora_delta_2d", "lora_matmul_gradients"]
-
 
 def _nt(a: jax.Array, b: jax.Array) -> jax.Array:
     """a @ b^T without materialising b^T (contract the last axis of both)."""

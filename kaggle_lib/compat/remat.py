@@ -30,8 +30,6 @@ import jax.numpy as jnp
 from flax import nnx
 from tunix.models.gemma3 import model as gemma3
 
-__all__ = ["REMAT_POLICIES", "late_checkpoint", "remat"]
-
 # "none": keep every activation; "decoder": keep one [batch, length, width] input per layer;
 # "block": keep the attention and MLP inputs of each layer.
 REMAT_POLICIES = ("none", "decoder", "block")

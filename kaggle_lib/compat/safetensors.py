@@ -22,8 +22,6 @@ from tunix.models.gemma import params_safetensors as gps
 
 from kaggle_lib.models.convert import ConversionError
 
-__all__ = ["create_gemma1_model", "gemma1_hf_key_mapping"]
-
 _GEMMA1_PRE_MLP_NORM = r"model\.layers\.([0-9]+)\.post_attention_layernorm\.weight"
 
 

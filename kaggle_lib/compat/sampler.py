@@ -42,9 +42,6 @@ from tunix.generate import sampler as tunix_sampler
 from tunix.generate import utils as tunix_utils
 from tunix.models.gemma import model as gemma_model
 
-__all__ = ["ExactSampler", "compilations", "hidden_states", "last_token_prefill",
-           "needs_slot_positions", "project_last", "refresh_weights"]
-
 
 def needs_slot_positions(model: Any) -> bool:
     """Gemma 1/2 models with sliding-window layers (see fix 1 in the module docstring)."""

@@ -22,8 +22,6 @@ from flax import nnx
 from tunix.sft.metrics_logger import Mode
 from tunix.sft.peft_trainer import PeftTrainer
 
-__all__ = ["CheckedPeftTrainer"]
-
 
 class CheckedPeftTrainer(PeftTrainer):
     """PeftTrainer that reports every dispatched (micro-)step to `on_train_step_dispatched`."""
