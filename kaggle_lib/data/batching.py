@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,9 +44,8 @@ class TokenizerLike(Protocol):
     def pad_id(self) -> int: ...
 
 
-def tokenize_example(
-    tok: TokenizerLike, prompt: str, target: str, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_example(tok: TokenizerLike, prompt: str, target: str,
+                     max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos), as
     int32 arrays cut to ``max_len``. Prompt and target are encoded separately: the mask boundary
     is exact and the prompt tokens are those the sampler will see."""
@@ -93,14 +92,8 @@ class TokenizedSet:
         }
 
 
-def tokenize_items(
-    tok: TokenizerLike,
-    items: Sequence[Mapping[str, Any]],
-    max_len: int,
-    *,
-    instruct: bool,
-    drop_truncated: bool = False,
-) -> TokenizedSet:
+def tokenize_items(tok: TokenizerLike, items: Sequence[Mapping[str, Any]], max_len: int, *,
+                   instruct: bool, drop_truncated: bool = False) -> TokenizedSet:
     """Tokenize training items (``prompt``, ``reasoning``, ``answer``) with the shared template.
     Overlong examples are truncated and counted; those with no target token left (all of them
     with ``drop_truncated``) are dropped: compute but no loss."""
@@ -128,10 +121,8 @@ def tokenize_items(
     return out
 
 
-def padded_length(
-    longest: int, max_len: int, *, pad_multiple: int = 16,
-    length_buckets: Sequence[int] | None = None,
-) -> int:
+def padded_length(longest: int, max_len: int, *, pad_multiple: int = 16,
+                  length_buckets: Sequence[int] | None = None) -> int:
     """Row length for a batch whose longest example has ``longest`` tokens."""
     if length_buckets:
         for bucket in sorted(length_buckets):
@@ -141,10 +132,9 @@ def padded_length(
     return min(max_len, pad_multiple * math.ceil(longest / pad_multiple))
 
 
-def plan_epoch(
-    lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int, bucketing: bool = True,
-    window_batches: int = 32, drop_remainder: bool = True,
-) -> list[np.ndarray]:
+def plan_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
+               bucketing: bool = True, window_batches: int = 32,
+               drop_remainder: bool = True) -> list[np.ndarray]:
     """Example indices of every batch of one epoch; a pure function of its arguments.
 
     Shuffle with ``(seed, epoch)``; with ``bucketing``, sort each window of ``window_batches *
@@ -205,61 +195,46 @@ def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, see
     return [rows[i:i + batch_size] for i in range(0, usable, batch_size)]
 
 
+@dataclass(eq=False, repr=False)
 class SFTBatches:
     """Deterministic, re-iterable, seeded SFT batches (see the module docstring).
+    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it)."""
 
-    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it).
-    """
+    data: TokenizedSet
+    batch_size: int
+    _: KW_ONLY
+    seed: int = 0
+    num_epochs: int | None = None
+    bucketing: bool = True
+    window_batches: int = 32
+    pad_multiple: int = 16
+    length_buckets: Sequence[int] | None = None
+    fixed_length: bool = False
+    drop_remainder: bool = True
+    pad_id: int = 0
+    # Multi-process runs: only these rows of every global batch (this process's share); the
+    # padded width still comes from the whole batch, so every process agrees on it.
+    rows: slice | None = None
+    packing: bool = False
 
-    def __init__(
-        self,
-        data: TokenizedSet,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        num_epochs: int | None = None,
-        bucketing: bool = True,
-        window_batches: int = 32,
-        pad_multiple: int = 16,
-        length_buckets: Sequence[int] | None = None,
-        fixed_length: bool = False,
-        drop_remainder: bool = True,
-        pad_id: int = 0,
-        rows: slice | None = None,
-        packing: bool = False,
-    ) -> None:
+    def __post_init__(self) -> None:
+        data, batch_size, length_buckets = self.data, self.batch_size, self.length_buckets
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(data.tokens) < batch_size and drop_remainder:
+        if len(data.tokens) < batch_size and self.drop_remainder:
             raise ValueError(
                 f"{len(data.tokens)} examples cannot fill one batch of {batch_size}; lower "
-                "batch_size or set drop_remainder=False"
-            )
+                "batch_size or set drop_remainder=False")
         if not data.tokens:
             raise ValueError("no examples to batch")
         if length_buckets and max(length_buckets) < data.max_len:
             raise ValueError(
                 f"length_buckets {sorted(length_buckets)} must include a bucket >= max_len "
-                f"{data.max_len}"
-            )
-        self.data = data
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_epochs = num_epochs
-        self.bucketing = bucketing
-        self.window_batches = window_batches
-        self.pad_multiple = pad_multiple
+                f"{data.max_len}")
         self.length_buckets = tuple(length_buckets) if length_buckets else None
-        self.fixed_length = fixed_length
-        self.drop_remainder = drop_remainder
-        self.pad_id = pad_id
-        # Multi-process runs: only these rows of every global batch (this process's share);
-        # the padded width still comes from the whole batch, so every process agrees on it.
-        self.rows = rows
-        self.packing = packing
         self._lengths = data.lengths
         self._plan_cache: tuple[int, list[Any]] | None = None
-        if packing and len(self._plan(0)) == 0:
+        if self.packing and len(self._plan(0)) == 0:
             raise ValueError(f"{len(data.tokens)} examples packed into rows of {data.max_len} "
                              f"tokens fill no batch of {batch_size} rows; lower batch_size")
 
@@ -354,17 +329,9 @@ def packed_padding_fraction(batches: SFTBatches) -> float:
     return 1.0 - real / max(1, len(rows) * batches.data.max_len)
 
 
-def padding_stats(
-    lengths: Sequence[int] | np.ndarray,
-    batch_size: int,
-    max_len: int,
-    *,
-    seed: int = 0,
-    epochs: int = 1,
-    window_batches: int = 32,
-    pad_multiple: int = 16,
-    length_buckets: Sequence[int] | None = None,
-) -> dict[str, Any]:
+def padding_stats(lengths: Sequence[int] | np.ndarray, batch_size: int, max_len: int, *,
+                  seed: int = 0, epochs: int = 1, window_batches: int = 32, pad_multiple: int = 16,
+                  length_buckets: Sequence[int] | None = None) -> dict[str, Any]:
     """Fraction of padded tokens over ``epochs`` epochs for random batches padded to ``max_len``
     (``fixed``) or to their longest row (``random_dynamic``), and for ``bucketed`` batches;
     ``shapes_*`` counts distinct padded lengths (XLA compilations of the train step)."""
