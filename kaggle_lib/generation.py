@@ -181,17 +181,9 @@ class Generator:
 
         return compat_sampler.compilations(self.sampler)
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
+                 seed: int = 0, batch_size: int = 8) -> list[Generation]:
         """Continue each prompt (a raw string; the sampler prepends bos)."""
         import jax
 

@@ -167,18 +167,10 @@ def rewards_record(buffer: Any) -> dict[str, Any] | None:
 
 
 def run_grpo(
-    actor: nnx.Module,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    grpo: GrpoSection,
-    *,
-    mesh: jax.sharding.Mesh,
-    eos_ids: Sequence[int],
-    seed: int = 0,
-    reward_fns: Sequence[RewardFn] | None = None,
-    checkpointing: CheckpointSettings | None = None,
-    metrics: MetricsSettings | None = None,
-    max_wall_time_s: float | None = None,
+    actor: nnx.Module, tokenizer: Any, prompts: Sequence[Prompt], grpo: GrpoSection, *,
+    mesh: jax.sharding.Mesh, eos_ids: Sequence[int], seed: int = 0,
+    reward_fns: Sequence[RewardFn] | None = None, checkpointing: CheckpointSettings | None = None,
+    metrics: MetricsSettings | None = None, max_wall_time_s: float | None = None,
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:

@@ -27,15 +27,9 @@ def final_hidden_states(model: nnx.Module, tokens: jax.Array, positions: jax.Arr
     return hidden
 
 
-def chunked_cross_entropy(
-    hidden: jax.Array,
-    embedding: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-    *,
-    chunk_size: int = 512,
-    softcap: float | None = None,
-) -> tuple[jax.Array, jax.Array]:
+def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
+                          mask: jax.Array, *, chunk_size: int = 512,
+                          softcap: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
 
     A stable permutation puts loss positions first and a loop runs over just the chunks holding
@@ -139,15 +133,9 @@ def _masked_loss_sum_bwd(softcap: float | None, residuals: tuple[Any, ...],
 _masked_loss_sum.defvjp(_masked_loss_sum_fwd, _masked_loss_sum_bwd, symbolic_zeros=True)
 
 
-def sft_loss(
-    model: nnx.Module,
-    input_tokens: jax.Array,
-    input_mask: jax.Array,
-    positions: jax.Array,
-    attention_mask: jax.Array,
-    *,
-    chunk_size: int = 512,
-) -> tuple[jax.Array, dict[str, Any]]:
+def sft_loss(model: nnx.Module, input_tokens: jax.Array, input_mask: jax.Array,
+             positions: jax.Array, attention_mask: jax.Array, *,
+             chunk_size: int = 512) -> tuple[jax.Array, dict[str, Any]]:
     """Mean next-token loss over response tokens (input_mask marks them), chunked over vocab."""
     hidden = final_hidden_states(model, input_tokens, positions, attention_mask)[:, :-1, :]
     total, count = chunked_cross_entropy(

@@ -248,16 +248,10 @@ class _StepHooks(StageHooks):
 
 
 def run_sft(
-    model: nnx.Module,
-    batches: Iterable[Any],
-    sft: SftSection,
-    *,
-    mesh: jax.sharding.Mesh,
+    model: nnx.Module, batches: Iterable[Any], sft: SftSection, *, mesh: jax.sharding.Mesh,
     validation_batches: Iterable[Any] | None = None,
-    checkpointing: CheckpointSettings | None = None,
-    metrics: MetricsSettings | None = None,
-    max_wall_time_s: float | None = None,
-    pad_id: int = 0,
+    checkpointing: CheckpointSettings | None = None, metrics: MetricsSettings | None = None,
+    max_wall_time_s: float | None = None, pad_id: int = 0,
     tokens_per_step: Callable[[int], int] | None = None,
     on_step: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
