@@ -52,7 +52,13 @@ def _lora_delta_2d_bwd(residuals: tuple[jax.Array, ...],
 lora_delta_2d.defvjp(_lora_delta_2d_fwd, _lora_delta_2d_bwd)
 
 
-def _delta(original: Any) -> Any:
+@contextlib.contextmanager
+def lora_matmul_gradients() -> Iterator[None]:
+    """Inside the block, qwix's Linear-layer LoRA deltas use `lora_delta_2d`."""
+    from qwix._src.providers import lora as qwix_lora
+
+    original = qwix_lora._compute_lora_delta
+
     def compute_lora_delta(lhs: jax.Array, lora_a: jax.Array, lora_b: jax.Array,
                            lhs_ca: Sequence[int], lhs_ba: Sequence[int],
                            contract_shape: Sequence[int], batch_shape: Sequence[int],
@@ -67,16 +73,7 @@ def _delta(original: Any) -> Any:
         return original(lhs, lora_a, lora_b, lhs_ca, lhs_ba, contract_shape, batch_shape,
                         remain_shape, rank, precision=precision)
 
-    return compute_lora_delta
-
-
-@contextlib.contextmanager
-def lora_matmul_gradients() -> Iterator[None]:
-    """Inside the block, qwix's Linear-layer LoRA deltas use `lora_delta_2d`."""
-    from qwix._src.providers import lora as qwix_lora
-
-    original = qwix_lora._compute_lora_delta
-    qwix_lora._compute_lora_delta = _delta(original)
+    qwix_lora._compute_lora_delta = compute_lora_delta
     try:
         yield
     finally:

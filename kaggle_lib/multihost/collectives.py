@@ -73,8 +73,7 @@ def initialize(spec: ProcessSpec | None = None,
         jax.distributed.initialize(
             coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
             process_id=spec.process_id, initialization_timeout=spec.init_timeout_s + 10,
-            heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
-        )
+            heartbeat_timeout_seconds=spec.heartbeat_timeout_s)
     except Exception as exc:
         timer.cancel()
         raise _start_error(spec, f"jax: {type(exc).__name__}: {str(exc)[:600]}") from exc
@@ -84,7 +83,16 @@ def initialize(spec: ProcessSpec | None = None,
     # flags set after this point must still apply.
     _state.process_id = jax_distributed.initialized_process_id()
     _state.started = True
-    _register_process(spec)
+    # Each id once: key_value_set refuses an existing key, so a duplicate id is an error here.
+    try:
+        jax_distributed.coordination_client().key_value_set(
+            f"{KEY_PREFIX}/process/{_state.process_id}",
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    except Exception as exc:
+        raise DistributedStartError(
+            f"{env.ENV_PROCESS_ID} = {_state.process_id} is used by two processes ({exc}); give "
+            f"every process its own id 0..{(spec.num_processes or 0) - 1}") from exc
+    barrier("registered", spec.init_timeout_s)
     _state.watchdog = Watchdog(jax_distributed.coordination_client(), process_index(),
                                stale_s=spec.heartbeat_timeout_s / STALE_FRACTION)
     _state.watchdog.start()
@@ -100,20 +108,6 @@ def _preload_failure_record() -> None:
     the import can take longer on a loaded machine."""
     with contextlib.suppress(Exception):  # only a head start; the record imports it again
         import matplotlib.figure  # noqa: F401
-
-
-def _register_process(spec: ProcessSpec) -> None:
-    """Each id once: key_value_set refuses an existing key, so a duplicate id is an error here."""
-    client = jax_distributed.coordination_client()
-    index = _state.process_id
-    me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
-    try:
-        client.key_value_set(f"{KEY_PREFIX}/process/{index}", me)
-    except Exception as exc:
-        raise DistributedStartError(
-            f"{env.ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every "
-            f"process its own id 0..{(spec.num_processes or 0) - 1}") from exc
-    barrier("registered", spec.init_timeout_s)
 
 
 def is_multiprocess() -> bool:

@@ -153,14 +153,8 @@ def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
     return SetAside(step=step, path=str(target), reason=reason)
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300].rstrip()}"
-
-
 def resume_from_newest_restorable(
-    root: Path | str | None,
-    probe: Callable[[int], None],
+    root: Path | str | None, probe: Callable[[int], None],
     on_set_aside: Callable[[SetAside], None] = lambda entry: None,
 ) -> tuple[int | None, list[SetAside]]:
     """Make the newest step under `root` one that restores (`probe(step)` raises if it does not),
@@ -179,7 +173,8 @@ def resume_from_newest_restorable(
             try:
                 probe(step)
             except Exception as exc:  # noqa: BLE001 - any restore failure disqualifies the step
-                reason = f"does not restore: {_short(exc)}"
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                reason = f"does not restore: {type(exc).__name__}: {text[:300].rstrip()}"
         # Several processes probe the same shared step together (the restore is collective)
         # and must take the same branch: a step fails if it failed on any of them.
         reason = _first_failure(step, reason)
@@ -193,8 +188,7 @@ def resume_from_newest_restorable(
             f"no checkpoint under {root} restores; each was moved to {Path(root) / CORRUPT_DIR}:\n"
             + "\n".join(f"  step {e.step}: {e.reason}" for e in removed)
             + "\nRe-run to train from the start, or set train.resume_from to another run's "
-            "checkpoints."
-        )
+            "checkpoints.")
     return None, removed
 
 
