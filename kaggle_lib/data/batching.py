@@ -77,18 +77,15 @@ class TokenizedSet:
 
     def summary(self) -> dict[str, Any]:
         lengths = self.lengths
+        empty = len(lengths) == 0
         return {
-            "examples": len(self.tokens),
-            "truncated": self.n_truncated,
-            "dropped": self.n_dropped,
-            "max_len": self.max_len,
-            "mean_len": float(lengths.mean()) if len(lengths) else 0.0,
-            "p95_len": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
+            "examples": len(self.tokens), "truncated": self.n_truncated,
+            "dropped": self.n_dropped, "max_len": self.max_len,
+            "mean_len": 0.0 if empty else float(lengths.mean()),
+            "p95_len": 0.0 if empty else float(np.percentile(lengths, 95)),
             "longest_untruncated": max(self.full_lengths, default=0),
-            "loss_token_fraction": (
-                float(sum(int(m.sum()) for m in self.loss_masks) / lengths.sum())
-                if len(lengths) else 0.0
-            ),
+            "loss_token_fraction": 0.0 if empty else float(
+                sum(int(m.sum()) for m in self.loss_masks) / lengths.sum()),
         }
 
 

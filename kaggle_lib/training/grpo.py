@@ -201,29 +201,23 @@ def run_grpo(
     rollout_config = RolloutConfig(
         max_tokens_to_generate=max_new_tokens, max_prompt_length=max_prompt_len,
         kv_cache_size=max_prompt_len + max_new_tokens, temperature=grpo.temperature,
-        top_p=grpo.top_p, top_k=grpo.top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
-    )
+        top_p=grpo.top_p, top_k=grpo.top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed)
     actor_tx = make_optimizer(learning_rate=grpo.learning_rate, max_steps=actor_steps,
                               max_grad_norm=grpo.max_grad_norm)
     actor_dir = Path(checkpoint_dir) / "actor" if checkpoint_dir else None
     # The actor trainer restores its newest step on construction: make sure that one does.
     make_newest_checkpoint_restorable(actor_dir, actor, actor_tx, mesh, on_set_aside)
     training_config = rl.RLTrainingConfig(
-        actor_optimizer=actor_tx,
-        eval_every_n_steps=actor_steps + 1,
-        max_steps=actor_steps,
+        actor_optimizer=actor_tx, eval_every_n_steps=actor_steps + 1, max_steps=actor_steps,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
         checkpointing_options=checkpointing.orbax_options(),
-        metrics_logging_options=metrics_options(metrics),
-        pbar_description="GRPO",
-    )
+        metrics_logging_options=metrics_options(metrics), pbar_description="GRPO")
     cluster = rl.RLCluster(
         actor=actor, reference=reference, tokenizer=tokenizer,
         cluster_config=rl.ClusterConfig(
             role_to_mesh={rl.Role.ACTOR: mesh, rl.Role.REFERENCE: mesh, rl.Role.ROLLOUT: mesh},
             rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=training_config, rollout_config=rollout_config),
-    )
+            training_config=training_config, rollout_config=rollout_config))
     rewards: list[float] = []
 
     def on_buffer(buffer: Any) -> None:
@@ -237,8 +231,7 @@ def run_grpo(
         rl_cluster=cluster,
         algo_config=GRPOConfig(num_generations=grpo.num_generations, num_iterations=num_iterations,
                                beta=grpo.beta, epsilon=grpo.epsilon),
-        reward_fns=list(reward_fns or default_reward_fns()),
-    )
+        reward_fns=list(reward_fns or default_reward_fns()))
     cluster.actor_trainer.with_training_hooks(_ActorHooks(on_record, schedule))
     start_step = cluster.actor_trainer.train_steps // num_iterations
     if start_step:
@@ -261,5 +254,4 @@ def run_grpo(
         stopped_reason="max_wall_time" if state["stopped_for_time"] else "max_steps",
         rewards=rewards, checkpoint_dir=str(actor_dir) if actor_dir else None,
         last_checkpoint_step=None if last is None else math.ceil(last / num_iterations),
-        seconds=time.monotonic() - started,
-    )
+        seconds=time.monotonic() - started)

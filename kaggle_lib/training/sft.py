@@ -274,18 +274,14 @@ def run_sft(
     tx = make_optimizer(
         learning_rate=sft.learning_rate, max_steps=max_steps, warmup_steps=sft.warmup_steps,
         optimizer=sft.optimizer, weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
-        schedule_kind=sft.lr_schedule,
-    )
+        schedule_kind=sft.lr_schedule)
     checkpoint_dir = checkpointing.directory
     training_config = TrainingConfig(
         eval_every_n_steps=sft.validate_every if validation_batches is not None else max_steps + 1,
-        max_steps=max_steps,
-        gradient_accumulation_steps=accum if accum > 1 else None,
+        max_steps=max_steps, gradient_accumulation_steps=accum if accum > 1 else None,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
         checkpointing_options=checkpointing.orbax_options(),
-        metrics_logging_options=metrics_options(metrics),
-        pbar_description="SFT",
-    )
+        metrics_logging_options=metrics_options(metrics), pbar_description="SFT")
 
     def step_tokens(step_index: int) -> int:
         # One optimizer step consumes grad_accum_steps batches.
@@ -324,6 +320,4 @@ def run_sft(
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         last_checkpoint_step=checkpoints.latest_complete_step(checkpoint_dir),
         seconds=time.monotonic() - started,
-        set_aside=[entry.to_dict() for entry in set_aside],
-        validation=list(hooks.validation),
-    )
+        set_aside=[entry.to_dict() for entry in set_aside], validation=list(hooks.validation))
