@@ -96,8 +96,7 @@ def metrics_options(settings: MetricsSettings | None) -> MetricsLoggerOptions | 
         return None
     log_dir = str(settings.log_dir)
     factories: list[Callable[[], Any]] = [
-        functools.partial(TensorboardBackend, log_dir=log_dir, flush_every_n_steps=10)
-    ]
+        functools.partial(TensorboardBackend, log_dir=log_dir, flush_every_n_steps=10)]
     if settings.wandb:
         # Imported only when asked: importing wandb is what makes Tunix start it.
         from metrax.logging.wandb_backend import WandbBackend

@@ -72,11 +72,6 @@ def _chunk(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array, softcap: 
     return loss, dlogits
 
 
-def _needed_chunks(mask: jax.Array) -> jax.Array:
-    # Loss positions come first: chunks 0 .. k-1 hold all of them.
-    return (jnp.sum(mask > 0).astype(jnp.int32) + mask.shape[1] - 1) // mask.shape[1]
-
-
 def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax.Array,
               softcap: float | None, grad_hidden: bool, grad_table: bool) -> tuple[Any, ...]:
     grads = grad_hidden or grad_table
@@ -99,8 +94,10 @@ def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax
     init = (jnp.zeros((), jnp.float32),
             jnp.zeros_like(hidden) if grad_hidden else None,
             jnp.zeros(table.shape, jnp.float32) if grad_table else None)
-    # A loop with a run-time trip count: chunks without loss positions are never computed.
-    return jax.lax.fori_loop(0, _needed_chunks(mask), body, init)
+    # A run-time trip count: loss positions come first, so chunks 0 .. k-1 hold all of them and
+    # the others are never computed.
+    needed = (jnp.sum(mask > 0).astype(jnp.int32) + mask.shape[1] - 1) // mask.shape[1]
+    return jax.lax.fori_loop(0, needed, body, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -187,9 +187,8 @@ class _StepHooks(StageHooks):
         # the time between those calls is not the step's.
         self.dispatched: dict[int, float] = {}
         self.ended: float | None = None
-        self.stopped_for_time = False
+        self.stopped_for_time, self.eval_batches = False, 0
         self.losses: list[float] = []
-        self.eval_batches = 0
         self.validation: list[tuple[int, float]] = []
 
     def on_train_start(self, trainer: Any) -> None:
@@ -217,16 +216,11 @@ class _StepHooks(StageHooks):
         # Before Tunix's close() saves the last checkpoint: every pending step must be finite.
         trainer.check_finite(wait=True)
 
-    def step_time(self, step: int) -> float:
-        began = self.dispatched.get(step)
-        finished = self.dispatched.get(step + 1, self.ended)
-        if began is None or finished is None:
-            return 0.0
-        return finished - began
-
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
-        step_time = self.step_time(int(step))
+        began = self.dispatched.get(int(step))
+        finished = self.dispatched.get(int(step) + 1, self.ended)
+        step_time = 0.0 if began is None or finished is None else finished - began
         loss = float(loss)
         self.losses.append(loss)
         tokens = self.tokens_per_step(step - 1)
