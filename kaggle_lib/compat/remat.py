@@ -46,38 +46,30 @@ def remat(model: Any, policy: str) -> Iterator[None]:
     if not isinstance(getattr(model, "config", None), gemma3.ModelConfig):
         raise ValueError(f"remat policy {policy!r} needs a Tunix Gemma 3 model; got "
                          f"{type(model).__name__} (use remat: none)")
-    if policy == "decoder":
-        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, gemma3.DecoderLayer)]
-        classes = [type(layer) for layer in layers]
-        try:
-            for layer, cls in zip(layers, classes, strict=True):
-                # object.__setattr__: nnx's own would record `__class__` in the graph
-                # definition, which must stay as generation compiled it.
-                object.__setattr__(layer, "__class__", _late_remat_class(cls))
-            yield
-        finally:
-            for layer, cls in zip(layers, classes, strict=True):
-                object.__setattr__(layer, "__class__", cls)
-        return
+    # (object, attribute, value inside the block, value outside) of every swap.
+    swaps: list[tuple[Any, str, Any, Any]] = []
+    # decoder: object.__setattr__, as nnx's own would record `__class__` in the graph definition,
+    # which must stay as generation compiled it.
+    assign: Callable[[Any, str, Any], None] = object.__setattr__ if policy == "decoder" else setattr
     setting = gemma3.RematConfig.BLOCK
-    # (module, attribute, value) of every module that reads the remat setting.
-    originals: list[tuple[Any, str, Any]] = []
     for _, module in nnx.iter_graph(model):
-        if isinstance(module, nnx.Module):
+        if policy == "decoder" and isinstance(module, gemma3.DecoderLayer):
+            cls = type(module)
+            swaps.append((module, "__class__", _late_remat_class(cls), cls))
+        elif policy == "block" and isinstance(module, nnx.Module):
             if isinstance(getattr(module, "config", None), gemma3.ModelConfig):
-                originals.append((module, "config", module.config))
-            if isinstance(module, gemma3.Attention):
-                originals.append((module, "remat_config", module.remat_config))
+                swaps.append((module, "config",
+                              dataclasses.replace(module.config, remat_config=setting),
+                              module.config))
+            if isinstance(module, gemma3.Attention):  # attention's own copy
+                swaps.append((module, "remat_config", setting, module.remat_config))
     try:
-        for module, name, value in originals:
-            if name == "config":
-                setattr(module, name, dataclasses.replace(value, remat_config=setting))
-            else:  # attention's own copy
-                setattr(module, name, setting)
+        for obj, name, inside, _ in swaps:
+            assign(obj, name, inside)
         yield
     finally:
-        for module, name, value in originals:
-            setattr(module, name, value)
+        for obj, name, _, outside in swaps:
+            assign(obj, name, outside)
 
 
 def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
