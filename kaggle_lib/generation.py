@@ -49,12 +49,10 @@ class Generation:
 
 class StopMatcher:
     """Finds where generated text first contains a stop string, token by token.
-
     A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of the
     stop the text so far ends with; `next_state[state, class]` and `completes[state, class]`
     come from each token's text decoded alone. Tokens with equal columns share a class, so jit
-    gets one int32 per vocabulary entry plus a few small columns.
-    """
+    gets one int32 per vocabulary entry plus a few small columns."""
 
     def __init__(self, stop: str, token_texts: Sequence[str]) -> None:
         if not stop:

@@ -19,11 +19,9 @@ def read_lines(path: str | Path, *, error: Callable[[str], Exception] = ValueErr
                skip_bad: Literal["none", "last", "any"] = "none",
                decode: Literal["strict", "replace"] = "strict") -> Iterator[tuple[int, Any]]:
     """(line number, value) of every non-blank line of `path`.
-
     A line that is not JSON raises `error("<path>:<line>: not valid JSON (...)")` unless
     `skip_bad` skips it with a warning ("last": a last line without its newline, a write cut
-    short; "any": any line). Non-UTF-8: `error` naming line and byte, or U+FFFD ("replace").
-    """
+    short; "any": any line). Non-UTF-8: `error` naming line and byte, or U+FFFD ("replace")."""
     path = Path(path)
     with path.open("rb") as fh:
         raws = list(fh) if skip_bad == "last" else fh  # split at b"\n" only, as written

@@ -74,13 +74,11 @@ def remat(model: Any, policy: str) -> Iterator[None]:
 
 def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` (arrays in, pytree out) recomputed in the backward pass, not before it.
-
     Only the arguments are kept, as with `jax.checkpoint`, but the recomputation takes them
     made dependent on the cotangent (`_after`), so XLA cannot hoist it into the forward pass.
     `fn` is traced once where it is called (qwix's LoRA interception, active only inside the
     model's call, is part of the trace) and the backward pass re-runs that trace. Gradients flow
-    only to differentiated arguments (symbolic zeros elsewhere).
-    """
+    only to differentiated arguments (symbolic zeros elsewhere)."""
 
     def wrapped(*args: Any) -> Any:
         flat, tree = jax.tree.flatten(args)

@@ -51,11 +51,9 @@ def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
 def initialize(spec: ProcessSpec | None = None,
                on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
     """Join the multi-process run the environment describes; True when there is one.
-
     DistributedConfigError for bad variables, DistributedStartError when the processes cannot
     form the run; when the others do not arrive in time, `on_start_failure` gets the error and
-    the process exits (jax would abort it, with no record, a few seconds later).
-    """
+    the process exits (jax would abort it, with no record, a few seconds later)."""
     spec = spec if spec is not None else env.spec_from_environment()
     if spec is None:
         return False

@@ -83,10 +83,8 @@ def _int_env(environ: Environ, name: str, minimum: int) -> int | None:
 
 def spec_from_environment(environ: Environ | None = None) -> ProcessSpec | None:
     """The multi-process setting of this process, or None for a single-process run.
-
     Explicit: all three of JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES (>= 1) and
-    JAX_PROCESS_ID (0 .. N-1). Automatic: KAGGLE_LIB_MULTIHOST=auto (jax's cluster detection).
-    """
+    JAX_PROCESS_ID (0 .. N-1). Automatic: KAGGLE_LIB_MULTIHOST=auto (jax's cluster detection)."""
     env = os.environ if environ is None else environ
     heartbeat = _int_env(env, ENV_HEARTBEAT, 1) or DEFAULT_HEARTBEAT_S
     init_timeout = _int_env(env, ENV_INIT_TIMEOUT, 1) or DEFAULT_INIT_TIMEOUT_S

@@ -52,8 +52,7 @@ class GlobalBatches:
     Tunix 0.1.7's `sharding_utils.shard_input` picks the sharding from the LOCAL shape and
     replicates a field whose local row count is not a multiple of the mesh's fsdp size: with
     2 processes x 4 devices and batch 8 (tests/integration/test_multihost.py) each process's
-    4 rows would be "replicated", a different loss per process. It skips arrays already sharded.
-    """
+    4 rows would be "replicated", a different loss per process. It skips arrays already sharded."""
 
     def __init__(self, batches: Any, mesh: Any, batch_size: int):
         self.batches = batches
@@ -158,12 +157,10 @@ def gather_generated(local: list[list[list[int]]], batch_size: int, width: int, 
             packed[b, r, :len(ids)] = ids
     gathered = np.asarray(multihost_utils.process_allgather(packed))  # [process, batch, row, width]
     spans = rows_by_process(batch_size, mesh, axis)
-    out: list[list[list[int]]] = []
-    for b in range(len(local)):
-        rows: list[list[int] | None] = [None] * batch_size
+    out: list[list[list[int]]] = [[[] for _ in range(batch_size)] for _ in local]
+    for b, rows in enumerate(out):
         for process, span in enumerate(spans):
             for offset, row in enumerate(range(span.start, span.stop)):
                 ids = gathered[process, b, offset]
                 rows[row] = [int(t) for t in ids[ids >= 0]]
-        out.append([r if r is not None else [] for r in rows])
     return out

@@ -88,8 +88,7 @@ def complete_steps(root: Path | str | None) -> list[int]:
 
 
 def latest_complete_step(root: Path | str | None) -> int | None:
-    steps = complete_steps(root)
-    return steps[-1] if steps else None
+    return max(complete_steps(root), default=None)
 
 
 def _set_aside_target(root: Path, step: int) -> Path:

@@ -31,14 +31,12 @@ def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, targets: jax.
                           mask: jax.Array, *, chunk_size: int = 512,
                           softcap: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
-
     A stable permutation puts loss positions first and a loop runs over just the chunks holding
     any (prompt and padding, about half of an SFT batch, cost no [chunk, V] matmul). Under
     differentiation each chunk's gradient comes with its loss from the same logits (one
     projection forward and one back, not forward + rematerialised forward + back); the table's
     only when it is differentiated (full fine-tuning). N is padded to a multiple of the chunk
-    size (mask 0); a chunk is never longer than N.
-    """
+    size (mask 0); a chunk is never longer than N."""
     n_tokens, dim = hidden.shape
     mask = (mask > 0).astype(jnp.float32)
     order = jnp.argsort(mask == 0, stable=True)

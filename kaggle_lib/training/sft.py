@@ -151,13 +151,11 @@ class GuardedPeftTrainer(CheckedPeftTrainer):
     def on_train_step_dispatched(self, step: int, loss: jax.Array, params_finite: jax.Array,
                                  completes_step: bool) -> None:
         self._pending_checks.append((step, loss, params_finite))
-        self.check_finite(wait=completes_step and self.will_save(step))
-
-    def will_save(self, step: int) -> bool:
-        # Step-interval saves, plus Orbax's save of the first step of a fresh run.
-        if self.config.checkpoint_root_directory is None:
-            return False
-        return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
+        # Wait before a step that will be saved: step-interval saves, plus Orbax's save of the
+        # first step of a fresh run.
+        self.check_finite(wait=completes_step and self.config.checkpoint_root_directory is not None
+                          and (step % self.checkpoint_every == 0
+                               or self.checkpoint_manager.latest_step() is None))
 
     def check_finite(self, wait: bool) -> None:
         """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
@@ -260,8 +258,7 @@ def run_sft(
     `max_wall_time_s`; `NonFiniteLossError` if the loss or weights go NaN/inf.
     `tokens_per_step(i)`: tokens of batch i (tokens/s). `validation_batches` (finite): mean
     validation loss before step 1 and every `sft.validate_every` steps, as "sft_validation"
-    records to `on_step`.
-    """
+    records to `on_step`."""
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
     schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
