@@ -7,8 +7,7 @@ full-recompute reference, with a last-token prefill. Tokenizers reporting a -1 b
 
 Stop strings (e.g. "</answer>"): a row is done once its generated text contains one, found by a
 string matcher over tokens (`StopMatcher`) however the model splits it ("</" "answer" ">", ...);
-the loop ends when every row is done. A row's tokens up to the stop are what an unstopped run
-writes.
+the loop ends when every row is done; a row's tokens up to the stop are an unstopped run's.
 
 Sampling (temperature > 0) is reproducible: batch i uses `fold_in(PRNGKey(seed), i)` (Tunix folds
 in the step). A prompt's draws depend on the seed, its position and `batch_size` (noise is drawn
@@ -61,9 +60,9 @@ class StopMatcher:
         length = len(stop)
         prefixes = tuple(stop[:j] for j in range(1, length + 1))
         proper_suffixes = tuple(stop[i:] for i in range(1, length))
-        columns: dict[tuple[tuple[int, ...], tuple[bool, ...]], int] = {}
         # Class 0: text that neither completes the stop nor ends with a prefix of it.
-        columns[(tuple([0] * (length + 1)), tuple([False] * (length + 1)))] = 0
+        columns: dict[tuple[tuple[int, ...], tuple[bool, ...]], int] = {
+            (tuple([0] * (length + 1)), tuple([False] * (length + 1))): 0}
         classes = np.zeros(len(token_texts), np.int32)
         for token, text in enumerate(token_texts):
             if not text:  # control tokens: the text, and so the state, is unchanged
@@ -120,9 +119,8 @@ def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
 
 class Generator:
     """Batched generation with a KV cache; greedy when temperature == 0. A generation ends at an
-    eos id (not included), at the end of its first stop string (included) or after
-    `max_new_tokens`. Calls with the same batch size, budget and settings share one compilation
-    of the prefill and one of the decode loop."""
+    eos id (excluded), its first stop string (included) or `max_new_tokens`. Calls with the same
+    batch size, budget and settings share one compilation of the prefill and of the decode loop."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
                  max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None,
@@ -136,8 +134,7 @@ class Generator:
         if max_prompt_len < 1 or max_new_tokens < 1:
             raise ValueError(f"max_prompt_len ({max_prompt_len}) and max_new_tokens "
                              f"({max_new_tokens}) must be >= 1")
-        self.model = model
-        self.tokenizer = tokenizer
+        self.model, self.tokenizer = model, tokenizer
         self.eos_ids = [int(e) for e in eos_ids]
         self.max_prompt_len = max(PROMPT_ALIGN, -(-max_prompt_len // PROMPT_ALIGN) * PROMPT_ALIGN)
         self.max_new_tokens = max_new_tokens

@@ -12,5 +12,4 @@ def sha256_hex(content: str | bytes | Path) -> str:
     if isinstance(content, Path):
         with content.open("rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
-    data = content.encode() if isinstance(content, str) else content
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(content.encode() if isinstance(content, str) else content).hexdigest()

@@ -49,8 +49,7 @@ def read_lines(path: str | Path, *, error: Callable[[str], Exception] = ValueErr
 def read(path: str | Path) -> list[dict[str, Any]]:
     """The JSON objects of one of our own jsonl files (none when it is missing; bad lines skipped
     and reported)."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         return []
     return [value for _, value in read_lines(path, skip_bad="any", decode="replace")
             if isinstance(value, dict)]

@@ -1,5 +1,4 @@
-"""jax's multi-process runtime, read where jax has no public API (written against jax 0.10.2).
-
+"""jax's multi-process runtime, read where jax has no public API (written against jax 0.10.2):
 - `coordination_client()` (`jax._src.distributed.global_state.client`): kaggle_lib.multihost's
   key-value store and barriers (run directory, agreement checks, registration, watchdog) must
   work before any backend starts and while a peer is dead; `jax.experimental.multihost_utils`'
@@ -9,7 +8,6 @@
 - `detect_process_id(timeout_s)` (`jax._src.clusters.ClusterEnv`): the id jax's cluster
   detection (TPU pod slice, SLURM, Open MPI, Kubernetes) gives, without joining the run: the
   `python -m kaggle_lib run` runner needs it before any kernel, and before jax, starts.
-
 Goes away with a public accessor for the coordination service's key-value store and barrier
 (jax 0.10.2 has only `jax.distributed.initialize / is_initialized / shutdown`) and a public
 "which process am I" that does not start the backends.

@@ -4,7 +4,6 @@ Written against qwix 0.1.8 and jax/jaxlib 0.10.2. Changes: swaps qwix's private
 `qwix._src.providers.lora._compute_lora_delta` for the duration of a `with` block (it matters
 while a train step is traced). Goes away when qwix offers a public hook for the LoRA delta, or
 XLA:CPU no longer emits the loop below; no upstream issue filed yet.
-
 Why: qwix computes `(x @ A) @ B` and leaves the backward pass to autodiff. On XLA:CPU (jaxlib
 0.10) the gradient of B, `(x A)^T dy`, is a legacy dot whose transposed operand layout is fused
 into the loop computing `dy` (GELU's derivative for the MLP's gate/up), which then writes

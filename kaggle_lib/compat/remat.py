@@ -6,10 +6,8 @@ the frozen `remat_config` every Gemma 3 module keeps (`block`), or the class of 
 afterwards, so generation's compiled module structure is unchanged. Goes away when Tunix takes
 the remat policy as an argument of its Gemma 3 model (`block`), and when XLA:CPU keeps
 `jax.checkpoint` recomputation in the backward pass (`decoder`); no upstream issue filed yet.
-
 `block`: Gemma 3 reads `ModelConfig.remat_config` at call time; `BLOCK` wraps attention and MLP
 in `nnx.remat`. Each module keeps its own reference (attention the value itself): all swapped.
-
 `decoder`: each layer keeps only its inputs and recomputes the rest in the backward pass, by
 `late_checkpoint`, not `nnx.remat` (= `jax.checkpoint`): XLA's CPU scheduler runs a checkpoint's
 recomputation as soon as its inputs exist (optimization barriers are removed before

@@ -9,9 +9,7 @@ ends rows on a caller's stop condition, takes new weights through a public metho
 Gemma models take `decode_only_last_token`; no upstream issue filed yet.
 
 Tunix 0.1.7's Sampler is not exact in two cases, found by tests/integration/test_generation.py
-(greedy, 32 new tokens, prompts of different lengths, against the full-recompute reference in
-tests/generation_reference.py):
-
+(greedy, 32 new tokens, prompts of different lengths, against tests/generation_reference.py):
 1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`) build the window from each key's
    *cache slot* and the query's RoPE *position* (`_create_sliding_mask`). With left padding a
    prompt d tokens shorter than the longest sits d slots right of its positions: the window
@@ -19,7 +17,6 @@ tests/generation_reference.py):
    indices (RoPE depends only on position differences). Gemma 3 uses slots only: exact as is.
 2. Each decode step masks every buffer entry equal to pad_id, generated tokens included: a model
    that emits token 0 stops seeing it. Fix: only prompt padding is masked.
-
 With those, greedy decoding is token-identical to the reference for tiny Gemma 1, 2 and 3 models
 (sliding window crossed) and for the real Gemma 3 270M.
 
@@ -90,8 +87,7 @@ class _LastTokenPrefill(nnx.Module):
 
 
 class _LastTokenPrefillWithCache(_LastTokenPrefill):
-    # Only for models that build their own cache (Gemma 1/2 in 0.1.7): the Sampler
-    # checks hasattr(model, "init_cache") and otherwise builds it from its CacheConfig.
+    # Models that build their own cache (Gemma 1/2 in 0.1.7; the Sampler checks hasattr).
     def init_cache(self, batch_size: int, cache_size: int, dtype: Any) -> Any:
         return self.model.init_cache(batch_size, cache_size, dtype)
 

@@ -6,7 +6,6 @@ trainable weights are finite), `_post_process_train_step` (hands each step's los
 to the public `on_train_step_dispatched`) and `_may_update_pbar` (reads `_pbar`, `_mode`). Goes
 away when PeftTrainer has a public per-step aux hook with the step number and its progress bar
 shows the latest LR; no upstream issue filed yet.
-
 Why: Tunix keeps up to two steps in flight and logs losses a step late, after that step may be
 saved; the non-finite guard (`training.sft.GuardedPeftTrainer`) needs each step's loss and
 weights check (a finite loss can come with overflowing weights) as soon as it is dispatched.

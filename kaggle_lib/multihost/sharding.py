@@ -46,13 +46,12 @@ def rows_by_process(batch_size: int, mesh: Any, axis: str = "fsdp") -> list[slic
 
 
 class GlobalBatches:
-    """Iterates `batches` (an SFTBatches of this process's rows) as global arrays, re-iterable
-    from step 0 like the batches (Tunix skips trained steps on resume).
-
-    Tunix 0.1.7's `sharding_utils.shard_input` picks the sharding from the LOCAL shape and
-    replicates a field whose local row count is not a multiple of the mesh's fsdp size: with
-    2 processes x 4 devices and batch 8 (tests/integration/test_multihost.py) each process's
-    4 rows would be "replicated", a different loss per process. It skips arrays already sharded."""
+    """Iterates `batches` (an SFTBatches of this process's rows) as global arrays, re-iterable from
+    step 0 like the batches (Tunix skips trained steps on resume). Tunix 0.1.7's
+    `sharding_utils.shard_input` picks the sharding from the LOCAL shape and replicates a field
+    whose local row count is not a multiple of the mesh's fsdp size: with 2 processes x 4 devices
+    and batch 8 (tests/integration/test_multihost.py) each process's 4 rows would be "replicated", a
+    different loss per process. It skips arrays already sharded."""
 
     def __init__(self, batches: Any, mesh: Any, batch_size: int):
         self.batches = batches

@@ -84,7 +84,8 @@ def missing_items(root: Path | str, step: int) -> list[str]:
 
 def complete_steps(root: Path | str | None) -> list[int]:
     """Finalised steps whose metadata lists model params and optimizer state (ascending)."""
-    return [s for s in finalised_steps(root) if not missing_items(root, s)]  # type: ignore[arg-type]
+    return [s for s in finalised_steps(root)
+            if not missing_items(root, s)]  # type: ignore[arg-type]
 
 
 def latest_complete_step(root: Path | str | None) -> int | None:

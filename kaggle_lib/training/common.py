@@ -81,9 +81,11 @@ def make_optimizer(
     def build(learning_rate: Any) -> optax.GradientTransformation:
         if optimizer == "adafactor":
             # Factored second moments: ~no optimizer memory for full fine-tuning of 2B models.
-            opt = optax.adafactor(learning_rate=learning_rate, weight_decay_rate=weight_decay or None)
+            opt = optax.adafactor(learning_rate=learning_rate,
+                                  weight_decay_rate=weight_decay or None)
         else:
-            opt = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.99, weight_decay=weight_decay)
+            opt = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.99,
+                              weight_decay=weight_decay)
         parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
         return optax.chain(*parts, opt)
 

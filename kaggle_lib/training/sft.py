@@ -6,8 +6,7 @@ the non-finite guard and the wall-clock stop. Guarantees (tests/integration/test
 tests/unit/test_training_nan.py):
 - Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process.
 - A run killed after checkpoint K and restarted continues at step K + 1 with an uninterrupted
-  run's losses. Checkpoints: every `checkpoint_every` steps, on stopping, and (Orbax) the first
-  step of a fresh run.
+  run's losses (checkpoints: every `checkpoint_every` steps, on stopping, first step of a run).
 - A NaN/inf loss or weight raises `NonFiniteLossError` naming the step; no checkpoint of that
   step or any later one exists.
 """
@@ -248,17 +247,14 @@ def run_sft(
     on_step: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> SftResult:
-    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, as the `sft`
-    config section says.
-
-    `batches` must be re-iterable from step 0 in a fixed order (e.g. `SFTBatches`): on resume
-    Tunix restores the latest checkpoint in `checkpointing.directory` (None: none) and skips the
-    trained batches; a newest step that does not restore is set aside first (`on_set_aside`;
+    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, as the `sft` config
+    section says. `batches` must be re-iterable from step 0 in a fixed order (e.g. `SFTBatches`): on
+    resume Tunix restores the latest checkpoint in `checkpointing.directory` (None: none) and skips
+    the trained batches; a newest step that does not restore is set aside first (`on_set_aside`;
     `checkpoints.CheckpointError` when none restores). Stops, with a checkpoint, after
-    `max_wall_time_s`; `NonFiniteLossError` if the loss or weights go NaN/inf.
-    `tokens_per_step(i)`: tokens of batch i (tokens/s). `validation_batches` (finite): mean
-    validation loss before step 1 and every `sft.validate_every` steps, as "sft_validation"
-    records to `on_step`."""
+    `max_wall_time_s`; `NonFiniteLossError` if the loss or weights go NaN/inf. `tokens_per_step(i)`:
+    tokens of batch i (tokens/s). `validation_batches` (finite): mean validation loss before step 1
+    and every `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
     schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
