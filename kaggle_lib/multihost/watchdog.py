@@ -54,10 +54,9 @@ def try_get(client: Any, key: str) -> str | None:
 
 
 class Watchdog(threading.Thread):
-    """Posts this process's heartbeat counter and status to jax's key-value store every
-    `tick_s`, and fails the run when a peer reports a failure or its counter stops moving for
-    `stale_s` seconds (a quarter of jax's heartbeat timeout: jax aborted the survivor of a
-    killed peer 6 s after the kill with a 10 s timeout, and the record must be written first)."""
+    """Posts this process's heartbeat counter every `tick_s`; fails the run when a peer reports a
+    failure or its counter stands still for `stale_s` (a quarter of jax's heartbeat timeout: jax
+    aborted a killed peer's survivor 6 s after the kill with a 10 s timeout)."""
 
     def __init__(self, client: Any, me: int, stale_s: float, tick_s: float = 1.0):
         super().__init__(name="kaggle_lib-watchdog", daemon=True)

@@ -72,9 +72,7 @@ class PromptBatches:
         if len(prompts) < batch_size:
             raise ValueError(f"{len(prompts)} GRPO prompts cannot fill one batch of {batch_size}; "
                              "lower train.grpo.batch_size or add data")
-        self.prompts = list(prompts)
-        self.batch_size = batch_size
-        self.seed = seed
+        self.prompts, self.batch_size, self.seed = list(prompts), batch_size, seed
         self.steps_per_epoch = len(self.prompts) // batch_size
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
