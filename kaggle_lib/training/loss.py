@@ -46,8 +46,7 @@ def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, targets: jax.
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk_size, dim)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk_size)
     mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk_size)
-    total = _masked_loss_sum(hidden, embedding, targets, mask, softcap)
-    return total, jnp.sum(mask)
+    return _masked_loss_sum(hidden, embedding, targets, mask, softcap), jnp.sum(mask)
 
 
 def _chunk(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array, softcap: float | None,
@@ -76,9 +75,8 @@ def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax
 
     def body(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         total, d_hidden, d_table = carry
-        h = jax.lax.dynamic_index_in_dim(hidden, i, keepdims=False)
-        t = jax.lax.dynamic_index_in_dim(targets, i, keepdims=False)
-        m = jax.lax.dynamic_index_in_dim(mask, i, keepdims=False)
+        h, t, m = (jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+                   for x in (hidden, targets, mask))
         loss, dlogits = _chunk(h, t, m, table, softcap, grads)
         if grad_hidden:
             dh = jnp.einsum("nv,vd->nd", dlogits, table, preferred_element_type=jnp.float32)

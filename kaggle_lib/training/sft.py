@@ -63,9 +63,7 @@ class NonFiniteLossError(KaggleLibError, FloatingPointError):
                 else "the updated weights became non-finite")
         super().__init__(f"{what} at step {step}; training stopped there (no checkpoint of step "
                          f"{step} or later was written)")
-        self.step = step
-        self.loss = loss
-        self.params_finite = params_finite
+        self.step, self.loss, self.params_finite = step, loss, params_finite
 
 
 @dataclasses.dataclass
