@@ -209,32 +209,27 @@ class Generator:
         if self.mesh is not None:
             fed = multihost.generation_batch_size(batch_size, self.mesh)
             rows = multihost.local_rows(fed, self.mesh)
+        chunks = [list(prompts[s:s + batch_size]) for s in range(0, len(prompts), batch_size)]
         generated: list[list[list[int]]] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+        for b, chunk in enumerate(chunks):
             # Pad the last batch to a full one so every call reuses the same compiled shapes;
             # the copies finish with the prompt they copy, so the decode loop runs no longer.
             padded = chunk + [chunk[-1]] * (fed - len(chunk))
             result = self.sampler(
-                padded[rows],
-                max_generation_steps=max_new,
-                max_prompt_length=self.max_prompt_len,
-                eos_tokens=self.eos_ids,
-                temperature=temperature if sampling else 0.0,
+                padded[rows], max_generation_steps=max_new, max_prompt_length=self.max_prompt_len,
+                eos_tokens=self.eos_ids, temperature=temperature if sampling else 0.0,
                 # Tunix samples only when top_p is given; None means greedy.
                 top_p=(top_p if top_p is not None else 1.0) if sampling else None,
                 top_k=top_k if sampling else None,
                 # A key per batch: distinct batches never share random draws, and distinct
                 # seeds never collide (`seed + start` did: seed 0's 2nd batch == seed 8's 1st).
-                seed=jax.random.fold_in(base_key, start // batch_size) if sampling else None,
-            )
+                seed=jax.random.fold_in(base_key, b) if sampling else None)
             generated.append([[int(t) for t in np.asarray(tokens)] for tokens in result.tokens])
         if self.mesh is not None:
             generated = multihost.gather_generated(generated, fed, max_new, self.mesh)
         out: list[Generation] = []
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = list(prompts[start:start + batch_size])
-            for prompt, ids in zip(chunk, generated[b][: len(chunk)], strict=True):
+        for chunk, batch_ids in zip(chunks, generated, strict=True):
+            for prompt, ids in zip(chunk, batch_ids[: len(chunk)], strict=True):
                 # The loop runs on while other rows are not done: cut after the first stop.
                 stops = [i for m in self.stop_matchers if (i := m.first_stop(ids)) is not None]
                 if stops:
