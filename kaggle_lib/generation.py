@@ -46,6 +46,10 @@ class Generation:
         return len(self.token_ids)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
 class StopMatcher:
     """Finds where generated text first contains a stop string, token by token.
     A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of the
@@ -136,7 +140,7 @@ class Generator:
                              f"({max_new_tokens}) must be >= 1")
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = [int(e) for e in eos_ids]
-        self.max_prompt_len = max(PROMPT_ALIGN, -(-max_prompt_len // PROMPT_ALIGN) * PROMPT_ALIGN)
+        self.max_prompt_len = _round_up(max_prompt_len, PROMPT_ALIGN)
         self.max_new_tokens = max_new_tokens
         config = model.config
         cache = CacheConfig(cache_size=self.max_prompt_len + max_new_tokens,
