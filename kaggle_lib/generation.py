@@ -1,26 +1,18 @@
 """Generation: Tunix's KV-cache Sampler over our loaded models.
 
-`Generator` batches prompts through Tunix's KV-cache Sampler (left padding, one KV cache,
-prefill then a `while_loop` decode), as `compat.sampler.ExactSampler`: Tunix 0.1.7's Sampler
-made token-identical to a full-recompute reference, with a last-token prefill (why and how:
-`kaggle_lib/compat/sampler.py`).
+`Generator` batches prompts (left padding, one KV cache, prefill then a `while_loop` decode)
+through `compat.sampler.ExactSampler`: Tunix 0.1.7's Sampler made token-identical to a
+full-recompute reference, with a last-token prefill. Tokenizers reporting a -1 bos/eos id
+(SentencePiece with unset piece names) are refused: the Sampler would feed token -1 and never stop.
 
-Special ids: the Sampler prepends `bos_id()` only when it is truthy and stops on `eos_id()`
-by default; a tokenizer reporting -1 (SentencePiece with unset piece names) makes it feed
-token -1 and never stop, so `Generator` refuses such tokenizers up front.
+Stop strings (e.g. "</answer>"): a row is done once its generated text contains one, found by a
+string matcher over tokens (`StopMatcher`) however the model splits it ("</" "answer" ">", ...);
+the loop ends when every row is done; a row's tokens up to the stop are an unstopped run's.
 
-Stop strings (`stop_strings`, e.g. "</answer>"): a row is done once its generated text contains
-one, and the decode loop ends when every row is done (Tunix ends it on eos only). The check is a
-string matcher over tokens (`StopMatcher`), so "</answer>" is found however the model splits it
-into tokens ("</" "answer" ">", ".</" "answer" "><" ...). Being done does not change a row's
-tokens, so the output up to and including the stop is exactly what an unstopped run writes.
-
-Sampling (temperature > 0) is reproducible: batch i of a call uses the key
-`fold_in(PRNGKey(seed), i)`, and Tunix folds the decoding step into it. The draws of a prompt
-depend on the seed, its position in the prompt list and `batch_size` (the noise is drawn for
-the whole [batch, vocab] array), and not on the other prompts: the last batch is padded with
-copies of its last prompt so every call has the same shapes (one compilation) and rows never
-mix.
+Sampling (temperature > 0) is reproducible: batch i uses `fold_in(PRNGKey(seed), i)` (Tunix folds
+in the step). A prompt's draws depend on the seed, its position and `batch_size` (noise is drawn
+per [batch, vocab]), not on other prompts: the last batch is padded with copies of its last prompt
+(one compilation; rows never mix).
 """
 
 from __future__ import annotations
@@ -34,8 +26,6 @@ import numpy as np
 
 from kaggle_lib import multihost
 from kaggle_lib.models.tokenizer import check_special_ids
-
-__all__ = ["Generation", "Generator", "StopMatcher"]
 
 # Prompts are left-padded to a multiple of this rather than to a power of two (Tunix's default),
 # which can nearly double the prefill; one Generator still compiles once.
@@ -62,14 +52,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 class StopMatcher:
     """Finds where generated text first contains a stop string, token by token.
-
-    A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of
-    the stop string the text so far ends with; `next_state[state, token]` and
-    `completes[state, token]` (the stop string occurs within the stop's first `state`
-    characters followed by the token's text) come from each token's text decoded alone.
-    Tokens are grouped into classes with equal columns, so the tables handed to jit are one
-    int32 per vocabulary entry plus a few small columns.
-    """
+    A Knuth-Morris-Pratt automaton over tokens: the state is how many leading characters of the
+    stop the text so far ends with; `next_state[state, class]` and `completes[state, class]`
+    come from each token's text decoded alone. Tokens with equal columns share a class, so jit
+    gets one int32 per vocabulary entry plus a few small columns."""
 
     def __init__(self, stop: str, token_texts: Sequence[str]) -> None:
         if not stop:
@@ -78,9 +64,9 @@ class StopMatcher:
         length = len(stop)
         prefixes = tuple(stop[:j] for j in range(1, length + 1))
         proper_suffixes = tuple(stop[i:] for i in range(1, length))
-        columns: dict[tuple[tuple[int, ...], tuple[bool, ...]], int] = {}
         # Class 0: text that neither completes the stop nor ends with a prefix of it.
-        columns[(tuple([0] * (length + 1)), tuple([False] * (length + 1)))] = 0
+        columns: dict[tuple[tuple[int, ...], tuple[bool, ...]], int] = {
+            (tuple([0] * (length + 1)), tuple([False] * (length + 1))): 0}
         classes = np.zeros(len(token_texts), np.int32)
         for token, text in enumerate(token_texts):
             if not text:  # control tokens: the text, and so the state, is unchanged
@@ -136,14 +122,9 @@ def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
 
 
 class Generator:
-    """Batched generation with a KV cache; greedy when temperature == 0.
-
-    A generation ends at an eos id (not included) or at the end of its first stop string
-    (included), or after `max_new_tokens`.
-
-    Build one per evaluation: every `generate` call with the same batch size, length budget
-    and decoding settings reuses one compilation of the prefill and one of the decode loop.
-    """
+    """Batched generation with a KV cache; greedy when temperature == 0. A generation ends at an
+    eos id (excluded), its first stop string (included) or `max_new_tokens`. Calls with the same
+    batch size, budget and settings share one compilation of the prefill and of the decode loop."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int], *,
                  max_prompt_len: int = 256, max_new_tokens: int = 128, mesh: Any = None,
@@ -157,47 +138,37 @@ class Generator:
         if max_prompt_len < 1 or max_new_tokens < 1:
             raise ValueError(f"max_prompt_len ({max_prompt_len}) and max_new_tokens "
                              f"({max_new_tokens}) must be >= 1")
-        self.model = model
-        self.tokenizer = tokenizer
+        self.model, self.tokenizer = model, tokenizer
         self.eos_ids = [int(e) for e in eos_ids]
         self.max_prompt_len = _round_up(max_prompt_len, PROMPT_ALIGN)
         self.max_new_tokens = max_new_tokens
         config = model.config
-        cache = CacheConfig(
-            cache_size=self.max_prompt_len + max_new_tokens,
-            num_layers=config.num_layers,
-            num_kv_heads=config.num_kv_heads,
-            head_dim=config.head_dim,
-        )
+        cache = CacheConfig(cache_size=self.max_prompt_len + max_new_tokens,
+                            num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
+                            head_dim=config.head_dim)
         processor = getattr(tokenizer, "processor", tokenizer)
         self.slot_positions = compat_sampler.needs_slot_positions(model)
-        wrapped = compat_sampler.last_token_prefill(model)
+        self._wrapped = compat_sampler.last_token_prefill(model)
         if isinstance(stop_strings, str):
             raise TypeError("stop_strings expects a sequence of strings, not one string")
         self.stop_strings = tuple(stop_strings)
         texts = _token_texts(tokenizer, int(model.num_embed)) if self.stop_strings else []
         self.stop_matchers = [StopMatcher(stop, texts) for stop in self.stop_strings]
-        self._wrapped = wrapped
         self._graphdef = nnx.graphdef(model)
         # Several processes (`mesh` given): each feeds its rows of every batch; one gather.
         self.mesh = mesh if mesh is not None and multihost.is_multiprocess() else None
         sharded = self.mesh is not None  # docs/MULTIHOST.md
         self.sampler = compat_sampler.ExactSampler(
-            wrapped, processor, cache, slot_positions=self.slot_positions,
+            self._wrapped, processor, cache, slot_positions=self.slot_positions,
             stop_matchers=self.stop_matchers,
             wrap_decode=functools.partial(multihost.localize_sampling_output,
                                           mesh=self.mesh) if sharded else None,
             place_state=functools.partial(multihost.global_sampling_state,
                                           mesh=self.mesh) if sharded else None)
 
-    def prompt_length(self, prompt: str) -> int:
-        """Tokens the sampler feeds for `prompt` (bos included)."""
-        return len(self.tokenizer.encode(prompt)) + 1
-
     def serves(self, model: Any, max_new_tokens: int) -> bool:
-        """Whether this generator can generate for `model` (the same module, with the same
-        structure, whatever its weights now are) without being rebuilt: reusing it reuses
-        its compilations (baseline evaluation, samples and trained evaluation share them)."""
+        """Whether this generator (and its compilations) can serve `model`: the same module and
+        structure, whatever its weights now are."""
         from flax import nnx
 
         return (model is self.model and max_new_tokens <= self.max_new_tokens
@@ -209,43 +180,32 @@ class Generator:
 
         return compat_sampler.compilations(self.sampler)
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
+                 seed: int = 0, batch_size: int = 8) -> list[Generation]:
         """Continue each prompt (a raw string; the sampler prepends bos)."""
         import jax
 
         from kaggle_lib.compat import sampler as compat_sampler
 
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not 1 <= max_new <= self.max_new_tokens:
-            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens} (the cache "
-                             f"this Generator was built for), got {max_new}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        for bad, message in (
+                (not 1 <= max_new <= self.max_new_tokens,
+                 f"max_new_tokens must be in 1..{self.max_new_tokens} (the cache this Generator "
+                 f"was built for), got {max_new}"),
+                (batch_size < 1, f"batch_size must be >= 1, got {batch_size}"),
+                (temperature < 0, f"temperature must be >= 0, got {temperature}"),
+                (top_p is not None and not 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+                (top_k is not None and top_k < 1, f"top_k must be >= 1 or None, got {top_k}")):
+            if bad:
+                raise ValueError(message)
         if isinstance(prompts, str):
             raise TypeError("generate expects a sequence of prompts, not one string")
         for prompt in prompts:
-            length = self.prompt_length(prompt)
+            length = len(self.tokenizer.encode(prompt)) + 1  # the sampler prepends bos
             if length > self.max_prompt_len:
-                raise ValueError(
-                    f"prompt of {length} tokens exceeds max_prompt_len {self.max_prompt_len}: "
-                    f"{prompt[:80]!r}..."
-                )
+                raise ValueError(f"prompt of {length} tokens exceeds max_prompt_len "
+                                 f"{self.max_prompt_len}: {prompt[:80]!r}...")
         compat_sampler.refresh_weights(self.sampler, self._wrapped)  # training may have moved them
         sampling = temperature > 0
         base_key = jax.random.PRNGKey(seed)
@@ -253,40 +213,31 @@ class Generator:
         if self.mesh is not None:
             fed = multihost.generation_batch_size(batch_size, self.mesh)
             rows = multihost.local_rows(fed, self.mesh)
+        chunks = [list(prompts[s:s + batch_size]) for s in range(0, len(prompts), batch_size)]
         generated: list[list[list[int]]] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+        for b, chunk in enumerate(chunks):
             # Pad the last batch to a full one so every call reuses the same compiled shapes;
             # the copies finish with the prompt they copy, so the decode loop runs no longer.
             padded = chunk + [chunk[-1]] * (fed - len(chunk))
             result = self.sampler(
-                padded[rows],
-                max_generation_steps=max_new,
-                max_prompt_length=self.max_prompt_len,
-                eos_tokens=self.eos_ids,
-                temperature=temperature if sampling else 0.0,
+                padded[rows], max_generation_steps=max_new, max_prompt_length=self.max_prompt_len,
+                eos_tokens=self.eos_ids, temperature=temperature if sampling else 0.0,
                 # Tunix samples only when top_p is given; None means greedy.
                 top_p=(top_p if top_p is not None else 1.0) if sampling else None,
                 top_k=top_k if sampling else None,
                 # A key per batch: distinct batches never share random draws, and distinct
                 # seeds never collide (`seed + start` did: seed 0's 2nd batch == seed 8's 1st).
-                seed=jax.random.fold_in(base_key, start // batch_size) if sampling else None,
-            )
+                seed=jax.random.fold_in(base_key, b) if sampling else None)
             generated.append([[int(t) for t in np.asarray(tokens)] for tokens in result.tokens])
         if self.mesh is not None:
             generated = multihost.gather_generated(generated, fed, max_new, self.mesh)
         out: list[Generation] = []
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = list(prompts[start:start + batch_size])
-            for prompt, ids in zip(chunk, generated[b][: len(chunk)], strict=True):
+        for chunk, batch_ids in zip(chunks, generated, strict=True):
+            for prompt, ids in zip(chunk, batch_ids[: len(chunk)], strict=True):
                 # The loop runs on while other rows are not done: cut after the first stop.
                 stops = [i for m in self.stop_matchers if (i := m.first_stop(ids)) is not None]
                 if stops:
                     ids = ids[: min(stops) + 1]
-                out.append(Generation(
-                    prompt=prompt,
-                    text=self.tokenizer.decode(ids),
-                    token_ids=ids,
-                    truncated=not stops and len(ids) >= max_new,
-                ))
+                out.append(Generation(prompt=prompt, text=self.tokenizer.decode(ids), token_ids=ids,
+                                      truncated=not stops and len(ids) >= max_new))
         return out

@@ -7,12 +7,9 @@ from pathlib import Path
 
 
 def sha256_hex(content: str | bytes | Path) -> str:
-    """sha256 hex digest of `content`: text (UTF-8), bytes, or the bytes of the file at a Path.
-
-    Files are hashed by `hashlib.file_digest`, in blocks, so multi-GB weights need no memory.
-    """
+    """sha256 hex digest of text (UTF-8), bytes, or a Path's file (in blocks: multi-GB weights
+    need no memory)."""
     if isinstance(content, Path):
         with content.open("rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
-    data = content.encode() if isinstance(content, str) else content
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(content.encode() if isinstance(content, str) else content).hexdigest()

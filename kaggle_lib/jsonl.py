@@ -1,8 +1,6 @@
-"""JSON lines: the package's one jsonl reader (and the appender of its own logs).
-
-Each caller keeps its own error behaviour through the parameters: data files are strict (an
-error names the file and line, in the caller's error type), our own logs are tolerant (a line
-cut short by a killed kernel is skipped and reported, so a record can still be closed).
+"""JSON lines: the package's one jsonl reader (and the appender of its own logs). Data files are
+read strictly (errors name file and line, in the caller's error type); our own logs tolerantly
+(a line cut short by a killed kernel is skipped and reported, so a record can still be closed).
 """
 
 from __future__ import annotations
@@ -21,12 +19,9 @@ def read_lines(path: str | Path, *, error: Callable[[str], Exception] = ValueErr
                skip_bad: Literal["none", "last", "any"] = "none",
                decode: Literal["strict", "replace"] = "strict") -> Iterator[tuple[int, Any]]:
     """(line number, value) of every non-blank line of `path`.
-
-    A line that is not JSON raises `error("<path>:<line>: not valid JSON (...)")`, except where
-    `skip_bad` allows skipping it with a warning: "last" a last line without its newline (a
-    write cut short), "any" any line. `decode="strict"`: a line that is not UTF-8 raises `error`
-    naming the line and the byte; "replace" reads it with U+FFFD.
-    """
+    A line that is not JSON raises `error("<path>:<line>: not valid JSON (...)")` unless
+    `skip_bad` skips it with a warning ("last": a last line without its newline, a write cut
+    short; "any": any line). Non-UTF-8: `error` naming line and byte, or U+FFFD ("replace")."""
     path = Path(path)
     with path.open("rb") as fh:
         raws = list(fh) if skip_bad == "last" else fh  # split at b"\n" only, as written
@@ -52,10 +47,9 @@ def read_lines(path: str | Path, *, error: Callable[[str], Exception] = ValueErr
 
 
 def read(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON objects of one of our own jsonl files (metrics, logs, the runs index): none when
-    it is missing; a line that does not parse is skipped and reported."""
-    path = Path(path)
-    if not path.is_file():
+    """The JSON objects of one of our own jsonl files (none when it is missing; bad lines skipped
+    and reported)."""
+    if not Path(path).is_file():
         return []
     return [value for _, value in read_lines(path, skip_bad="any", decode="replace")
             if isinstance(value, dict)]

@@ -1,9 +1,8 @@
 """kaggle_lib's output: log records as the plain lines a print would give.
 
-Every module logs through `get_logger(__name__)`. One handler on the "kaggle_lib" logger writes
-INFO lines to stdout and WARNING and above to stderr, message only, so they read the same in a
-notebook cell, in papermill's output and in a terminal. auth's RedactingFilter sits on that
-handler: every line of the package passes the secret redaction before it is written.
+One handler on the "kaggle_lib" logger writes INFO lines to stdout and WARNING and above to
+stderr, message only (the same in a notebook cell, papermill's output and a terminal), through
+auth's RedactingFilter: every line of the package passes the secret redaction.
 """
 
 from __future__ import annotations
@@ -29,7 +28,8 @@ class PlainLineHandler(logging.Handler):
             self.handleError(record)
 
 
-def _package_logger() -> logging.Logger:
+def get_logger(name: str) -> logging.Logger:
+    """The logger of a kaggle_lib module (`name` is its __name__), writing through the handler."""
     logger = logging.getLogger(PACKAGE_LOGGER)
     if not any(isinstance(h, PlainLineHandler) for h in logger.handlers):
         handler = PlainLineHandler()
@@ -39,10 +39,4 @@ def _package_logger() -> logging.Logger:
         logger.setLevel(logging.INFO)
         # The lines are written once, here; a root handler (basicConfig) would repeat them.
         logger.propagate = False
-    return logger
-
-
-def get_logger(name: str) -> logging.Logger:
-    """The logger of a kaggle_lib module (`name` is its __name__), writing through the handler."""
-    _package_logger()
     return logging.getLogger(name)

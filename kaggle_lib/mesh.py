@@ -12,7 +12,7 @@ AXES = ("fsdp", "tp")
 
 
 class MeshError(KaggleLibError, ValueError):
-    pass
+    """The mesh does not fit the devices or the batch."""
 
 
 def mesh_shape(device_count: int, fsdp: int = 0, tp: int = 1) -> tuple[int, int]:
@@ -23,8 +23,7 @@ def mesh_shape(device_count: int, fsdp: int = 0, tp: int = 1) -> tuple[int, int]
     if fsdp * tp != device_count:
         raise MeshError(
             f"mesh fsdp x tp = {fsdp} x {tp} = {fsdp * tp} but there are {device_count} devices; "
-            f"every device must be used (e.g. fsdp={device_count // tp}, tp={tp})"
-        )
+            f"every device must be used (e.g. fsdp={device_count // tp}, tp={tp})")
     return fsdp, tp
 
 
@@ -38,11 +37,11 @@ def make_mesh(fsdp: int = 0, tp: int = 1, devices: list[Any] | None = None) -> j
                          devices=devices)
 
 
-def check_batch(batch_size: int, mesh: jax.sharding.Mesh, what: str = "train.sft.batch_size") -> None:
+def check_batch(batch_size: int, mesh: jax.sharding.Mesh,
+                what: str = "train.sft.batch_size") -> None:
     """The batch is split over fsdp: it must divide evenly."""
     fsdp = mesh.shape["fsdp"]
     if batch_size % fsdp:
         raise MeshError(
             f"{what} = {batch_size} must be a multiple of the mesh's fsdp size {fsdp} "
-            f"(the batch is split across devices); use {fsdp * max(1, round(batch_size / fsdp))}"
-        )
+            f"(the batch is split across devices); use {fsdp * max(1, round(batch_size / fsdp))}")

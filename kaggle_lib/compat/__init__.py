@@ -1,13 +1,11 @@
 """Every override, monkeypatch or private read of the libraries kaggle_lib stands on, one module
-per concern: sampler, trainer, lora_backward, remat, safetensors, jax_backends, jax_distributed,
-kaggle_client. Each says the version it was written against, what it changes and why, and what
-would let it go; nothing outside this package reads another library's private names.
+per concern; each names the version it was written against, what it changes, why, and what
+would let it go. Nothing outside this package reads another library's private names.
 
-The version guard runs here, at import (once per process): the installed versions of those
-libraries against `tested_versions.json` (generated from requirements.lock, which the Kaggle
-bundle does not carry: `make tested-versions`). A mismatch logs one warning naming each library,
-both versions and the overrides at risk; KAGGLE_LIB_STRICT_VERSIONS=1 or the config's
-`strict_versions: true` makes it a `VersionMismatchError`.
+At import, the installed versions are checked against `tested_versions.json` (from
+requirements.lock, which the Kaggle bundle lacks: `make tested-versions`): a mismatch logs one
+warning naming each library, both versions and the overrides at risk; KAGGLE_LIB_STRICT_VERSIONS=1
+or `strict_versions: true` raises `VersionMismatchError` instead.
 """
 
 from __future__ import annotations
@@ -102,9 +100,8 @@ _warned: set[str] = set()
 
 def check_versions(strict: bool | None = None,
                    installed: Mapping[str, str] | None = None) -> list[Mismatch]:
-    """The libraries whose installed version differs from the tested one (not installed:
-    skipped), after one warning naming them; `strict` (or KAGGLE_LIB_STRICT_VERSIONS=1) raises
-    `VersionMismatchError` instead. `installed` defaults to what importlib.metadata finds."""
+    """The installed libraries (default: importlib.metadata's view) whose version differs from
+    the tested one, after one warning; `strict` or STRICT_ENV=1 raises instead."""
     table = tested_versions()
     if installed is None:
         installed = {}

@@ -7,8 +7,6 @@ Goes away when jax offers one; no upstream issue filed yet.
 
 from __future__ import annotations
 
-__all__ = ["backends_initialised"]
-
 
 def backends_initialised() -> bool:
     """True once jax has initialised a backend; True too if the private name has moved (the

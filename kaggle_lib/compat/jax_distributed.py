@@ -1,22 +1,16 @@
-"""jax's multi-process runtime, read where jax has no public API (written against jax 0.10.2).
-
-What it reads, and why:
-- `coordination_client()`: the client of jax's coordination service
-  (`jax._src.distributed.global_state.client`). kaggle_lib.multihost uses its key-value store
-  and barriers for the run directory, agreement checks, process registration and the watchdog's
-  heartbeats: they must work before any backend starts and while a peer is dead, which the public
-  device collectives (`jax.experimental.multihost_utils`) cannot.
-- `initialized_process_id()`: this process's id as the runtime assigned it
-  (`global_state.process_id`). `jax.process_index()` would start the backends, and platform
-  flags set after `jax.distributed.initialize` must still apply.
-- `detect_process_id(timeout_s)`: the id jax's cluster detection gives this process (Cloud TPU
-  pod slice, SLURM, Open MPI, Kubernetes), without joining the run
-  (`jax._src.clusters.ClusterEnv.auto_detect_unset_distributed_params`): the runner of
-  `python -m kaggle_lib run` needs it before any kernel, and before jax, starts.
-
-What would let it go: a public accessor for the coordination service's key-value store and
-barrier (jax 0.10.2 exposes only `jax.distributed.initialize / is_initialized / shutdown`), and a
-public "which process am I" for auto-detected clusters that does not start the backends.
+"""jax's multi-process runtime, read where jax has no public API (written against jax 0.10.2):
+- `coordination_client()` (`jax._src.distributed.global_state.client`): kaggle_lib.multihost's
+  key-value store and barriers (run directory, agreement checks, registration, watchdog) must
+  work before any backend starts and while a peer is dead; `jax.experimental.multihost_utils`'
+  device collectives cannot.
+- `initialized_process_id()` (`global_state.process_id`): `jax.process_index()` would start the
+  backends, and platform flags set after `jax.distributed.initialize` must still apply.
+- `detect_process_id(timeout_s)` (`jax._src.clusters.ClusterEnv`): the id jax's cluster
+  detection (TPU pod slice, SLURM, Open MPI, Kubernetes) gives, without joining the run: the
+  `python -m kaggle_lib run` runner needs it before any kernel, and before jax, starts.
+Goes away with a public accessor for the coordination service's key-value store and barrier
+(jax 0.10.2 has only `jax.distributed.initialize / is_initialized / shutdown`) and a public
+"which process am I" that does not start the backends.
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["http_session"]
-
 
 def http_session(client: Any) -> Any:
     """The requests.Session of `client` (`api.build_kaggle_client()`)."""

@@ -1,26 +1,17 @@
 """LoRA's two low-rank matmuls with their gradients written as plain row-major products.
 
 Written against qwix 0.1.8 and jax/jaxlib 0.10.2. Changes: swaps qwix's private
-`qwix._src.providers.lora._compute_lora_delta` for the duration of a `with` block. Goes away
-when qwix offers a public hook for the LoRA delta, or when XLA:CPU no longer emits the
-transposed-layout loop below (A/B: `benchmarks/sft_speed.py`); no upstream issue filed yet.
-
-qwix computes a linear layer's LoRA delta as `(x @ A) @ B` (`_compute_lora_delta`) and leaves the
-backward pass to autodiff. On XLA:CPU (jaxlib 0.10) that backward pass has one pathological
-piece: the gradient of B, `(x A)^T dy`, is emitted as a legacy (non-YNNPACK) dot whose right
-operand XLA lays out transposed, and the transpose is fused into the loop that computes `dy`
-(for the MLP's gate and up projections: GELU's derivative), which then writes [hidden, tokens]
-with a stride of one row per element. Gemma 3 270M, LoRA r16, 4 x 256 tokens: 36 such loops
-took 1.5 s of a 6.8 s step (`benchmarks/sft_speed.py`, profiled with `jax.profiler`).
-
-`lora_matmul_gradients()` swaps qwix's `_compute_lora_delta` for one whose 2-D case (a Linear
-layer: one contracted axis, the last of x; no batch axes) is a `jax.custom_vjp` computing the
-same forward and the four textbook products: dU = dy B^T, dB = U^T dy, dA = x^T dU,
-dx = dU A^T (U = x A). Same values, no transposed-layout loop: the step above took 5.1 s with
-identical losses to 5 decimals over 6 steps. Einsum layers (Gemma 3's attention projections) and
-anything else keep qwix's own code. The swap lasts for the `with` block, like `compat.remat`:
-it matters while a train step is traced, and generation outside training is untouched (its
-forward is the same computation either way).
+`qwix._src.providers.lora._compute_lora_delta` for the duration of a `with` block (it matters
+while a train step is traced). Goes away when qwix offers a public hook for the LoRA delta, or
+XLA:CPU no longer emits the loop below; no upstream issue filed yet.
+Why: qwix computes `(x @ A) @ B` and leaves the backward pass to autodiff. On XLA:CPU (jaxlib
+0.10) the gradient of B, `(x A)^T dy`, is a legacy dot whose transposed operand layout is fused
+into the loop computing `dy` (GELU's derivative for the MLP's gate/up), which then writes
+[hidden, tokens] one row per element. Gemma 3 270M, LoRA r16, 4 x 256 tokens: 36 such loops
+took 1.5 s of a 6.8 s step. Here a Linear layer's delta (one contracted axis, the last of x; no
+batch axes) is a `jax.custom_vjp` with the textbook products dU = dy B^T, dB = U^T dy,
+dA = x^T dU, dx = dU A^T (U = x A): the step took 5.1 s, losses identical to 5 decimals over
+6 steps (`benchmarks/sft_speed.py`). Einsum layers (Gemma 3's attention) keep qwix's code.
 """
 
 from __future__ import annotations
@@ -32,8 +23,6 @@ from typing import Any
 
 import jax
 from jax import lax
-
-__all__ = ["lora_delta_2d", "lora_matmul_gradients"]
 
 
 def _nt(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -47,8 +36,7 @@ def lora_delta_2d(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     return (x @ a) @ b
 
 
-def _lora_delta_2d_fwd(x: jax.Array, a: jax.Array,
-                       b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+def _lora_delta_2d_fwd(x: jax.Array, a: jax.Array, b: jax.Array) -> tuple[jax.Array, Any]:
     u = x @ a
     return u @ b, (x, a, b, u)
 
@@ -63,7 +51,13 @@ def _lora_delta_2d_bwd(residuals: tuple[jax.Array, ...],
 lora_delta_2d.defvjp(_lora_delta_2d_fwd, _lora_delta_2d_bwd)
 
 
-def _delta(original: Any) -> Any:
+@contextlib.contextmanager
+def lora_matmul_gradients() -> Iterator[None]:
+    """Inside the block, qwix's Linear-layer LoRA deltas use `lora_delta_2d`."""
+    from qwix._src.providers import lora as qwix_lora
+
+    original = qwix_lora._compute_lora_delta
+
     def compute_lora_delta(lhs: jax.Array, lora_a: jax.Array, lora_b: jax.Array,
                            lhs_ca: Sequence[int], lhs_ba: Sequence[int],
                            contract_shape: Sequence[int], batch_shape: Sequence[int],
@@ -78,16 +72,7 @@ def _delta(original: Any) -> Any:
         return original(lhs, lora_a, lora_b, lhs_ca, lhs_ba, contract_shape, batch_shape,
                         remain_shape, rank, precision=precision)
 
-    return compute_lora_delta
-
-
-@contextlib.contextmanager
-def lora_matmul_gradients() -> Iterator[None]:
-    """Inside the block, qwix's Linear-layer LoRA deltas use `lora_delta_2d`."""
-    from qwix._src.providers import lora as qwix_lora
-
-    original = qwix_lora._compute_lora_delta
-    qwix_lora._compute_lora_delta = _delta(original)
+    qwix_lora._compute_lora_delta = compute_lora_delta
     try:
         yield
     finally:

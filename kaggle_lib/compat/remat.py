@@ -2,25 +2,18 @@
 
 Written against google-tunix 0.1.7 and flax 0.12.8 (jax 0.10.2). Changes, for a `with` block:
 the frozen `remat_config` every Gemma 3 module keeps (`block`), or the class of each
-`DecoderLayer` instance, set past nnx's `__setattr__` (`decoder`). Goes away when Tunix takes
-the remat policy as a call or constructor argument of its Gemma 3 model (for `block`), and when
-XLA:CPU keeps `jax.checkpoint` recomputation in the backward pass (for `decoder`); no upstream
-issue filed yet.
-
-`block`: Tunix 0.1.7's Gemma 3 reads `ModelConfig.remat_config` at call time; `BLOCK` wraps the
-attention and the MLP in `nnx.remat`. The config is frozen and each module keeps its own
-reference (attention keeps the value itself), so `remat` swaps them on every module for the
-duration of a `with` block and puts the originals back afterwards: the module structure
-generation was compiled for is unchanged outside training.
-
-`decoder`: each decoder layer keeps only its inputs for the backward pass and recomputes the
-rest there, by `late_checkpoint` (not Tunix's `DECODER`, i.e. `nnx.remat` = `jax.checkpoint`).
-Why: XLA's CPU scheduler is free to run a `jax.checkpoint` recomputation as soon as its inputs
-exist (its optimization barriers are removed before scheduling), and it does so during the
-forward pass, so every layer's activations are live at once and remat saves nothing (Gemma 3
-270M, LoRA, 4 x 1024 tokens: 11.6 GiB of compiled temp with `block`, 12.2 without).
-`late_checkpoint` makes the recomputation's inputs depend on the incoming cotangent, so it
-cannot start before the backward pass reaches the layer. The layers' classes are swapped for the `with` block and put back afterwards.
+`DecoderLayer` instance, set past nnx's `__setattr__` (`decoder`); the originals are put back
+afterwards, so generation's compiled module structure is unchanged. Goes away when Tunix takes
+the remat policy as an argument of its Gemma 3 model (`block`), and when XLA:CPU keeps
+`jax.checkpoint` recomputation in the backward pass (`decoder`); no upstream issue filed yet.
+`block`: Gemma 3 reads `ModelConfig.remat_config` at call time; `BLOCK` wraps attention and MLP
+in `nnx.remat`. Each module keeps its own reference (attention the value itself): all swapped.
+`decoder`: each layer keeps only its inputs and recomputes the rest in the backward pass, by
+`late_checkpoint`, not `nnx.remat` (= `jax.checkpoint`): XLA's CPU scheduler runs a checkpoint's
+recomputation as soon as its inputs exist (optimization barriers are removed before
+scheduling), i.e. in the forward pass, so remat saved nothing (Gemma 3 270M, LoRA, 4 x 1024
+tokens: 11.6 GiB compiled temp with `block`, 12.2 without). `late_checkpoint` makes the
+recomputation's inputs depend on the incoming cotangent.
 """
 
 from __future__ import annotations
@@ -31,26 +24,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from tunix.models.gemma3 import model as gemma3
-
-__all__ = ["REMAT_POLICIES", "late_checkpoint", "remat"]
 
 # "none": keep every activation; "decoder": keep one [batch, length, width] input per layer;
 # "block": keep the attention and MLP inputs of each layer.
 REMAT_POLICIES = ("none", "decoder", "block")
-
-
-def _walk(model: Any) -> Iterator[tuple[Any, str, Any]]:
-    """(module, attribute, current value) for every module that reads the remat setting."""
-    config_type = gemma3.ModelConfig
-    for _, module in nnx.iter_graph(model):
-        if not isinstance(module, nnx.Module):
-            continue
-        if isinstance(getattr(module, "config", None), config_type):
-            yield module, "config", module.config
-        if isinstance(module, gemma3.Attention):
-            yield module, "remat_config", module.remat_config
 
 
 @contextlib.contextmanager
@@ -64,43 +44,39 @@ def remat(model: Any, policy: str) -> Iterator[None]:
     if not isinstance(getattr(model, "config", None), gemma3.ModelConfig):
         raise ValueError(f"remat policy {policy!r} needs a Tunix Gemma 3 model; got "
                          f"{type(model).__name__} (use remat: none)")
-    if policy == "decoder":
-        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, gemma3.DecoderLayer)]
-        classes = [type(layer) for layer in layers]
-        try:
-            for layer, cls in zip(layers, classes, strict=True):
-                # object.__setattr__: nnx's own would record `__class__` in the graph
-                # definition, which must stay as generation compiled it.
-                object.__setattr__(layer, "__class__", _late_remat_class(cls))
-            yield
-        finally:
-            for layer, cls in zip(layers, classes, strict=True):
-                object.__setattr__(layer, "__class__", cls)
-        return
+    # (object, attribute, value inside the block, value outside) of every swap.
+    swaps: list[tuple[Any, str, Any, Any]] = []
+    # decoder: object.__setattr__, as nnx's own would record `__class__` in the graph definition,
+    # which must stay as generation compiled it.
+    assign: Callable[[Any, str, Any], None] = object.__setattr__ if policy == "decoder" else setattr
     setting = gemma3.RematConfig.BLOCK
-    originals = list(_walk(model))
+    for _, module in nnx.iter_graph(model):
+        if policy == "decoder" and isinstance(module, gemma3.DecoderLayer):
+            cls = type(module)
+            swaps.append((module, "__class__", _late_remat_class(cls), cls))
+        elif policy == "block" and isinstance(module, nnx.Module):
+            if isinstance(getattr(module, "config", None), gemma3.ModelConfig):
+                swaps.append((module, "config",
+                              dataclasses.replace(module.config, remat_config=setting),
+                              module.config))
+            if isinstance(module, gemma3.Attention):  # attention's own copy
+                swaps.append((module, "remat_config", setting, module.remat_config))
     try:
-        for module, name, value in originals:
-            if name == "config":
-                setattr(module, name, dataclasses.replace(value, remat_config=setting))
-            else:  # attention's own copy
-                setattr(module, name, setting)
+        for obj, name, inside, _ in swaps:
+            assign(obj, name, inside)
         yield
     finally:
-        for module, name, value in originals:
-            setattr(module, name, value)
+        for obj, name, _, outside in swaps:
+            assign(obj, name, outside)
 
 
 def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` (arrays in, pytree out) recomputed in the backward pass, not before it.
-
-    Like `jax.checkpoint`, only the arguments are kept for the backward pass. Unlike it, the
-    recomputation takes arguments that depend on the cotangent (`_after`), so XLA cannot hoist
-    it into the forward pass (which would keep all activations alive).
-    `fn` is traced once, where it is called (inside the model's call: qwix's LoRA interception,
-    active only there, is part of the trace), and that trace is what the backward pass re-runs.
-    Gradients flow only to arguments that are differentiated (symbolic zeros elsewhere).
-    """
+    Only the arguments are kept, as with `jax.checkpoint`, but the recomputation takes them
+    made dependent on the cotangent (`_after`), so XLA cannot hoist it into the forward pass.
+    `fn` is traced once where it is called (qwix's LoRA interception, active only inside the
+    model's call, is part of the trace) and the backward pass re-runs that trace. Gradients flow
+    only to differentiated arguments (symbolic zeros elsewhere)."""
 
     def wrapped(*args: Any) -> Any:
         flat, tree = jax.tree.flatten(args)
@@ -122,7 +98,7 @@ def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         def call_bwd(residuals: tuple[Any, ...], cts: list[Any]) -> tuple[Any, ...]:
             values, perturbed = residuals
-            cts = [jax.numpy.zeros(ct.shape, ct.dtype)
+            cts = [jnp.zeros(ct.shape, ct.dtype)
                    if isinstance(ct, jax.custom_derivatives.SymbolicZero) else ct for ct in cts]
             values = _after(values, cts)
             diff = [i for i, p in enumerate(perturbed) if p]
@@ -144,15 +120,10 @@ def late_checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _after(values: list[Any], cts: list[Any]) -> list[Any]:
-    """`values`, made to depend on the cotangents: each float value plus 0 * one cotangent entry.
-
-    XLA's CPU pipeline drops optimization barriers before scheduling, so only a data dependency
-    keeps the recomputation in the backward pass. XLA never folds a float `0 * c` (it would be
-    NaN for an infinite c), and `v + 0.0 == v` exactly, so values and gradients are unchanged
-    (a non-finite cotangent makes the gradients non-finite either way).
-    """
-    import jax.numpy as jnp
-
+    """`values`, each float one plus 0 * one cotangent entry: a data dependency (XLA:CPU drops
+    optimization barriers). XLA never folds a float `0 * c` (NaN for infinite c) and
+    `v + 0.0 == v`: values and gradients are unchanged (a non-finite cotangent makes the
+    gradients non-finite either way)."""
     scalars = [jnp.ravel(ct)[0] for ct in cts
                if ct.size and jnp.issubdtype(ct.dtype, jnp.floating)]
     if not scalars:

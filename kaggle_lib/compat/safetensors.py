@@ -22,15 +22,11 @@ from tunix.models.gemma import params_safetensors as gps
 
 from kaggle_lib.models.convert import ConversionError
 
-__all__ = ["create_gemma1_model", "gemma1_hf_key_mapping"]
-
 _GEMMA1_PRE_MLP_NORM = r"model\.layers\.([0-9]+)\.post_attention_layernorm\.weight"
 
 
 def gemma1_hf_key_mapping(config: Any) -> dict[str, Any]:
-    """Tunix's Gemma 1/2 safetensors key table, fixed for Gemma 1: HF's
-    `post_attention_layernorm` is Gemma 1's norm *before* the MLP (`pre_ffw_norm`); Tunix maps
-    it to `post_attn_norm`, which is right for Gemma 2 only."""
+    """Tunix's Gemma 1/2 safetensors key table with Gemma 1's pre-MLP norm (module docstring)."""
     mapping = dict(gps._get_key_and_transform_mapping(config))
     if _GEMMA1_PRE_MLP_NORM not in mapping:  # Tunix changed its table: fail loudly
         raise ConversionError("Tunix gemma key mapping lacks post_attention_layernorm; update "

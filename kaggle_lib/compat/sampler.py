@@ -1,37 +1,29 @@
 """Tunix's KV-cache Sampler made exact, with a last-token prefill and stop strings.
 
-Written against google-tunix 0.1.7 (flax 0.12.8, jax 0.10.2). Changes: `ExactSampler`
-overrides the private `Sampler._sample` and `Sampler._sample_step`, replaces
-`_compiled_decode_fn` (several processes), and `refresh_weights` / `compilations` read and
-write the Sampler's private `_transformer_state`, `_flattened_transformer_state` and its jitted
-functions' `_cache_size`. Goes away when Tunix's Sampler masks only prompt padding and builds
-the sliding window from cache slots (fixes 1 and 2), ends rows on a caller's stop condition,
-takes new weights through a public method, and its Gemma models take
-`decode_only_last_token`; no upstream issue filed yet.
+Written against google-tunix 0.1.7 (flax 0.12.8, jax 0.10.2). Changes: `ExactSampler` overrides
+the private `Sampler._sample` and `_sample_step` and replaces `_compiled_decode_fn` (several
+processes); `refresh_weights` / `compilations` read and write the private `_transformer_state`,
+`_flattened_transformer_state` and the jitted functions' `_cache_size`. Goes away when Tunix's
+Sampler masks only prompt padding and builds the sliding window from cache slots (fixes 1, 2),
+ends rows on a caller's stop condition, takes new weights through a public method, and its
+Gemma models take `decode_only_last_token`; no upstream issue filed yet.
 
-Tunix 0.1.7's Sampler is not exact in two cases, both found by
-`tests/integration/test_generation.py` (greedy, 32 new tokens, prompts of different lengths,
-compared token by token with the full-recompute reference in `tests/generation_reference.py`):
-
-1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`, i.e. Gemma 2) build the window from
-   the *cache slot* of each key and the RoPE *position* of the query
-   (`_create_sliding_mask`). With left padding a prompt that is d tokens shorter than the
-   longest sits d slots to the right of its positions: the window shifts by d, and once
-   d >= window the query cannot even see itself (random output from the first token).
-   Fix: give every row the slot index as its position. RoPE depends only on position
-   differences, so the attention is the same function; slot and position then agree.
-   Gemma 3 (`tunix.models.gemma3`) builds its window from slots only and is exact as is.
+Tunix 0.1.7's Sampler is not exact in two cases, found by tests/integration/test_generation.py
+(greedy, 32 new tokens, prompts of different lengths, against tests/generation_reference.py):
+1. Gemma 1/2 sliding-window layers (`tunix.models.gemma`) build the window from each key's
+   *cache slot* and the query's RoPE *position* (`_create_sliding_mask`). With left padding a
+   prompt d tokens shorter than the longest sits d slots right of its positions: the window
+   shifts by d, and once d >= window the query cannot see itself. Fix: positions = slot
+   indices (RoPE depends only on position differences). Gemma 3 uses slots only: exact as is.
 2. Each decode step masks every buffer entry equal to pad_id, generated tokens included: a model
-   that emits token 0 (`<pad>`) stops seeing it (and the token itself) from then on.
-   Fix: only prompt padding is masked.
+   that emits token 0 stops seeing it. Fix: only prompt padding is masked.
+With those, greedy decoding is token-identical to the reference for tiny Gemma 1, 2 and 3 models
+(sliding window crossed) and for the real Gemma 3 270M.
 
-With those, greedy decoding is token-identical to the full-recompute reference for tiny
-Gemma 1, 2 and 3 models (sliding window crossed) and for the real Gemma 3 270M.
-
-Prefill: Tunix's Sampler asks a model for the prompt's last-position logits only when the
-model takes `decode_only_last_token`; Tunix 0.1.7's Gemma models do not, so the prefill
-computed [batch, prompt, vocabulary] logits (2 GiB in float32 for 8 x 256 tokens with Gemma's
-262,144-token vocabulary). `last_token_prefill` wraps the model to offer it.
+Prefill: the Sampler asks for the last position's logits only from models that take
+`decode_only_last_token`; Tunix 0.1.7's Gemma models do not, so the prefill computed
+[batch, prompt, vocabulary] logits (2 GiB in float32 for 8 x 256 tokens, 262,144-token
+vocabulary). `last_token_prefill` wraps the model to offer it.
 """
 
 from __future__ import annotations
@@ -47,9 +39,6 @@ from tunix.generate import sampler as tunix_sampler
 from tunix.generate import utils as tunix_utils
 from tunix.models.gemma import model as gemma_model
 
-__all__ = ["ExactSampler", "compilations", "hidden_states", "last_token_prefill",
-           "needs_slot_positions", "project_last", "refresh_weights"]
-
 
 def needs_slot_positions(model: Any) -> bool:
     """Gemma 1/2 models with sliding-window layers (see fix 1 in the module docstring)."""
@@ -60,8 +49,8 @@ def needs_slot_positions(model: Any) -> bool:
 
 
 def project_last(model: Any, hidden: Any) -> Any:
-    """Vocabulary logits from final hidden states, as the end of Tunix's Gemma `__call__`:
-    the tied embedding's `decode`, then Gemma 1/2's final soft-cap (Gemma 3 has none)."""
+    """Vocabulary logits from final hidden states, as Tunix's Gemma `__call__` ends them (tied
+    embedding's `decode`, then Gemma 1/2's final soft-cap)."""
     logits = model.embedder.decode(hidden)
     softcap = getattr(model, "final_logits_softcap", None)
     if softcap is not None:
@@ -70,21 +59,15 @@ def project_last(model: Any, hidden: Any) -> Any:
 
 
 def hidden_states(model: Any, *args: Any) -> tuple[Any, Any]:
-    """(final hidden states [B, L, D], cache) of one forward pass of a Tunix Gemma model.
-
-    The model sows them when asked (`output_hidden_states`) and still computes the full
-    logits, which XLA then drops as unused: vocabulary-sized work only where it is needed.
-    """
+    """(final hidden states [B, L, D], cache) of one forward pass of a Tunix Gemma model (the
+    full logits it still computes are dropped by XLA as unused)."""
     _, cache = model(*args, output_hidden_states=True)
     (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
     return hidden, cache
 
 
 class _LastTokenPrefill(nnx.Module):
-    """A Tunix Gemma model with the `decode_only_last_token` prefill that Tunix's Sampler
-    uses when a model offers it (Gemma in 0.1.7 does not): the prompt's logits are
-    computed for its last position only, not [batch, prompt, vocabulary] of them
-    (8 x 256 x 262,144 float32 logits are 2 GiB; for the 270M most of the prefill)."""
+    """A Tunix Gemma model offering the `decode_only_last_token` prefill (module docstring)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -104,22 +87,21 @@ class _LastTokenPrefill(nnx.Module):
 
 
 class _LastTokenPrefillWithCache(_LastTokenPrefill):
-    # Only for models that build their own cache (Gemma 1/2 in 0.1.7): the Sampler
-    # checks hasattr(model, "init_cache") and otherwise builds it from its CacheConfig.
+    # Models that build their own cache (Gemma 1/2 in 0.1.7; the Sampler checks hasattr).
     def init_cache(self, batch_size: int, cache_size: int, dtype: Any) -> Any:
         return self.model.init_cache(batch_size, cache_size, dtype)
 
 
 def last_token_prefill(model: Any) -> nnx.Module:
-    """`model` wrapped to offer the last-token prefill (see the module docstring)."""
-    return (_LastTokenPrefillWithCache if hasattr(model, "init_cache") else _LastTokenPrefill)(model)
+    """`model` wrapped to offer the last-token prefill."""
+    cls = _LastTokenPrefillWithCache if hasattr(model, "init_cache") else _LastTokenPrefill
+    return cls(model)
 
 
 class ExactSampler(tunix_sampler.Sampler):
-    """Tunix's Sampler with the two fixes of the module docstring; a row is also done once it
-    has completed one of `stop_matchers` (`generation.StopMatcher`). Several processes:
-    `wrap_decode` wraps the compiled decode loop, `place_state` each initial sampling state
-    (`multihost.localize_sampling_output`, `multihost.global_sampling_state`)."""
+    """Tunix's Sampler with fixes 1 and 2; a row is also done once it has completed one of
+    `stop_matchers` (`generation.StopMatcher`). Several processes: `wrap_decode` wraps the
+    compiled decode loop, `place_state` each initial sampling state (multihost.sharding)."""
 
     def __init__(self, transformer: Any, tokenizer: Any, cache_config: Any, *,
                  slot_positions: bool, stop_matchers: Sequence[Any] = (),
@@ -175,28 +157,21 @@ class ExactSampler(tunix_sampler.Sampler):
                      < sampler_state.num_input_tokens)
         input_mask = (sampler_state.token_buffer == self.tokenizer.pad_id()) & in_prompt
         attention_mask = tunix_utils.compute_attention_masks(
-            decoding_step, self.cache_config.cache_size, input_mask
-        )
+            decoding_step, self.cache_config.cache_size, input_mask)
         transformer = nnx.merge(self._transformer_graphdef, params)
-        logits, cache = transformer(
-            last_token, positions=step_positions, cache=sampler_state.cache,
-            attention_mask=attention_mask,
-        )
+        logits, cache = transformer(last_token, positions=step_positions,
+                                    cache=sampler_state.cache, attention_mask=attention_mask)
         state = self._sample(logits=logits, cache=cache, eos=self.eos_ids,
                              sampler_state=sampler_state)
         if state.logits_buffer is not None:
-            state = dataclasses.replace(
-                state,
-                logits_buffer=state.logits_buffer.at[:, decoding_step + 1].set(
-                    jnp.squeeze(logits, 1)),
-            )
+            state = dataclasses.replace(state, logits_buffer=state.logits_buffer.at[
+                :, decoding_step + 1].set(jnp.squeeze(logits, 1)))
         return state
 
 
 def refresh_weights(sampler: Any, module: Any) -> None:
-    """Point `sampler` at `module`'s current variables. The Sampler took them when built;
-    training may since have put new Variable objects into the model. Same shapes and dtypes:
-    jit's cache still hits."""
+    """Point `sampler` at `module`'s current variables (training may have put new Variable
+    objects into it since the Sampler was built); same shapes and dtypes, so jit's cache hits."""
     variables = nnx.variables(module)
     sampler._transformer_state = variables
     sampler._flattened_transformer_state = jax.tree.leaves(

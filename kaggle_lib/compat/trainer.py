@@ -1,16 +1,14 @@
 """Tunix's PeftTrainer with public hooks over its private step methods, and a readable LR.
 
 Written against google-tunix 0.1.7 (orbax-checkpoint 0.12.8, optax 0.2.8). Changes:
-`CheckedPeftTrainer` overrides the private `_train_step` (the step also reports whether the
-updated trainable weights are finite), `_post_process_train_step` (hands each step's loss and
-that flag to the public `on_train_step_dispatched`) and `_may_update_pbar` (reads `_pbar` and
-`_mode`). Goes away when PeftTrainer has a public per-step aux hook with the step number, and
-its progress bar shows the latest learning rate; no upstream issue filed yet.
-
-Why: Tunix keeps up to two steps in flight and logs losses a step late, after that step may
-already be saved; the non-finite guard (`training.sft.GuardedPeftTrainer`) needs each step's
-loss and weights check as soon as the step is dispatched. A finite loss can still come with an
-update that overflows the weights, so the weights are checked too.
+`CheckedPeftTrainer` overrides the private `_train_step` (also reports whether the updated
+trainable weights are finite), `_post_process_train_step` (hands each step's loss and that flag
+to the public `on_train_step_dispatched`) and `_may_update_pbar` (reads `_pbar`, `_mode`). Goes
+away when PeftTrainer has a public per-step aux hook with the step number and its progress bar
+shows the latest LR; no upstream issue filed yet.
+Why: Tunix keeps up to two steps in flight and logs losses a step late, after that step may be
+saved; the non-finite guard (`training.sft.GuardedPeftTrainer`) needs each step's loss and
+weights check (a finite loss can come with overflowing weights) as soon as it is dispatched.
 """
 
 from __future__ import annotations
@@ -23,17 +21,14 @@ from flax import nnx
 from tunix.sft.metrics_logger import Mode
 from tunix.sft.peft_trainer import PeftTrainer
 
-__all__ = ["CheckedPeftTrainer"]
-
 
 class CheckedPeftTrainer(PeftTrainer):
     """PeftTrainer that reports every dispatched (micro-)step to `on_train_step_dispatched`."""
 
     def on_train_step_dispatched(self, step: int, loss: jax.Array, params_finite: jax.Array,
                                  completes_step: bool) -> None:
-        """Called as (micro-)batch `iter_steps + 1` is dispatched, with the optimizer `step` it
-        belongs to, its loss and whether the updated weights are finite (both still on device),
-        and whether it is the last micro-batch of that step. Override it."""
+        """Override: (micro-)batch `iter_steps + 1` of optimizer `step` was dispatched, with its
+        loss and weights-finite flag (on device) and whether it completes the step."""
 
     def _train_step(self, model: nnx.Module, optimizer: nnx.Optimizer,
                     inputs: Any) -> tuple[Any, Any, Any]:

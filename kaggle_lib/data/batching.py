@@ -3,42 +3,29 @@
 Batch layout (numpy, right-padded with the pad id)::
 
     input_tokens  int32[B, T]  [bos] prompt target [eos] pad...
-    input_mask    int32[B, T]  1 on target tokens and the final eos: the LOSS mask. Tunix's
-                               default loss uses input_mask[:, 1:] as the mask of targets.
-    segment_mask  int32[B, T]  1 on every real (non-pad) token: the padding mask from which
-                               positions (`tunix.sft.utils.build_positions_from_mask`) and the
-                               causal mask (`make_causal_attn_mask`) must be built. Building them
-                               from input_mask instead would hide the prompt from attention.
-
-Bucketing (the default) or packing: sorting by length inside shuffled windows gets padding low
-(see :func:`padding_stats`) while every row stays one example, so Tunix's stock mask and
-position helpers stay correct. ``packing=True`` instead fills every row of ``max_len`` tokens
-with several whole examples (first-fit decreasing over the epoch's shuffled examples, rows then
-shuffled into batches) and adds ``segment_ids``::
-
-    segment_ids   int32[B, T]  1, 2, 3 ... per example in its row, 0 on padding
-
-from which `kaggle_lib.training.sft.model_inputs` builds positions that restart at 0 for each
-example and an attention mask that keeps each example to itself: every example's loss is its
-unpacked loss (tests/unit/test_training_packing.py). A packed step holds a varying number of
-examples (as many as fit in ``batch_size`` rows); one shape, one compilation.
-
-Determinism: the batches of epoch ``e`` are a pure function of ``(seed, e)``, and step ``s`` is
-batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. ``batch_at(s)`` and
-``iter_from(s)`` rebuild any step without replaying earlier ones. Note that Tunix 0.1.7's
-PeftTrainer, when it restores a checkpoint at step K, itself skips the first K batches of the
-iterator it is given: hand it ``iter_from(0)`` (or the object itself), not ``iter_from(K)``.
-
-Every distinct padded length T is a new shape, i.e. one more XLA compilation of the train
-step. ``pad_multiple`` bounds the count at ``max_len / pad_multiple``; ``length_buckets``
-(e.g. ``(128, 256, 512)``) bounds it to a few shapes at the price of some padding.
+    input_mask    int32[B, T]  1 on target tokens and the final eos: the LOSS mask (Tunix's
+                               default loss masks targets with input_mask[:, 1:]).
+    segment_mask  int32[B, T]  1 on every real token: the padding mask positions and the causal
+                               mask must be built from (from input_mask they would hide the prompt).
+    segment_ids   int32[B, T]  packing only: 1, 2, 3 ... per example in its row, 0 on padding.
+Bucketing (default): sorting by length inside shuffled windows keeps padding low (`padding_stats`)
+with one example per row. ``packing=True`` fills every ``max_len`` row with whole examples
+(first-fit decreasing over the shuffled epoch); `kaggle_lib.training.sft.model_inputs` then builds
+per-example positions and attention, so each example's loss is its unpacked loss
+(tests/unit/test_training_packing.py); one shape, one compilation.
+Determinism: epoch ``e``'s batches are a pure function of ``(seed, e)``; step ``s`` is batch
+``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (``batch_at``, ``iter_from``). Tunix
+0.1.7's PeftTrainer, resuming at step K, skips the first K batches itself: hand it
+``iter_from(0)`` (or the object), not ``iter_from(K)``. Each padded length T is one more XLA
+compilation: ``pad_multiple`` bounds them at ``max_len / pad_multiple``, ``length_buckets``
+(e.g. ``(128, 256, 512)``) to a few, at the price of some padding.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,16 +42,11 @@ class TokenizerLike(Protocol):
     def pad_id(self) -> int: ...
 
 
-def tokenize_example(
-    tok: TokenizerLike, prompt: str, target: str, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos).
-
-    Prompt and target are encoded separately so that the mask boundary is exact and the
-    prompt tokens are those the sampler will see. Sequences longer than ``max_len`` keep
-    their first ``max_len`` tokens (the end of the target, and its eos, are cut);
-    :func:`tokenize_items` counts such cases. Returns two int32 arrays of equal length.
-    """
+def tokenize_example(tok: TokenizerLike, prompt: str, target: str,
+                     max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos), as
+    int32 arrays cut to ``max_len``. Prompt and target are encoded separately: the mask boundary
+    is exact and the prompt tokens are those the sampler will see."""
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     prompt_ids = list(tok.encode(prompt))
@@ -93,34 +75,23 @@ class TokenizedSet:
 
     def summary(self) -> dict[str, Any]:
         lengths = self.lengths
+        empty = len(lengths) == 0
         return {
-            "examples": len(self.tokens),
-            "truncated": self.n_truncated,
-            "dropped": self.n_dropped,
-            "max_len": self.max_len,
-            "mean_len": float(lengths.mean()) if len(lengths) else 0.0,
-            "p95_len": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
+            "examples": len(self.tokens), "truncated": self.n_truncated,
+            "dropped": self.n_dropped, "max_len": self.max_len,
+            "mean_len": 0.0 if empty else float(lengths.mean()),
+            "p95_len": 0.0 if empty else float(np.percentile(lengths, 95)),
             "longest_untruncated": max(self.full_lengths, default=0),
-            "loss_token_fraction": (
-                float(sum(int(m.sum()) for m in self.loss_masks) / lengths.sum())
-                if len(lengths) else 0.0
-            ),
+            "loss_token_fraction": 0.0 if empty else float(
+                sum(int(m.sum()) for m in self.loss_masks) / lengths.sum()),
         }
 
 
-def tokenize_items(
-    tok: TokenizerLike,
-    items: Sequence[Mapping[str, Any]],
-    max_len: int,
-    *,
-    instruct: bool,
-    drop_truncated: bool = False,
-) -> TokenizedSet:
+def tokenize_items(tok: TokenizerLike, items: Sequence[Mapping[str, Any]], max_len: int, *,
+                   instruct: bool, drop_truncated: bool = False) -> TokenizedSet:
     """Tokenize training items (``prompt``, ``reasoning``, ``answer``) with the shared template.
-
-    Overlong examples are truncated and counted; those with no target token left (or all of
-    them with ``drop_truncated``) are dropped, because they would add compute but no loss.
-    """
+    Overlong examples are truncated and counted; those with no target token left (all of them
+    with ``drop_truncated``) are dropped: compute but no loss."""
     out = TokenizedSet(tokens=[], loss_masks=[], ids=[], max_len=max_len)
     for i, item in enumerate(items):
         missing = [k for k in ("prompt", "reasoning", "answer") if not item.get(k)]
@@ -145,10 +116,8 @@ def tokenize_items(
     return out
 
 
-def padded_length(
-    longest: int, max_len: int, *, pad_multiple: int = 16,
-    length_buckets: Sequence[int] | None = None,
-) -> int:
+def padded_length(longest: int, max_len: int, *, pad_multiple: int = 16,
+                  length_buckets: Sequence[int] | None = None) -> int:
     """Row length for a batch whose longest example has ``longest`` tokens."""
     if length_buckets:
         for bucket in sorted(length_buckets):
@@ -158,18 +127,14 @@ def padded_length(
     return min(max_len, pad_multiple * math.ceil(longest / pad_multiple))
 
 
-def plan_epoch(
-    lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int, bucketing: bool = True,
-    window_batches: int = 32, drop_remainder: bool = True,
-) -> list[np.ndarray]:
+def plan_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
+               bucketing: bool = True, window_batches: int = 32,
+               drop_remainder: bool = True) -> list[np.ndarray]:
     """Example indices of every batch of one epoch; a pure function of its arguments.
-
-    Shuffle all examples with ``(seed, epoch)``; with ``bucketing``, sort each window of
-    ``window_batches * batch_size`` examples by length, cut it into batches, and shuffle the
-    batch order so that long and short batches alternate. Windows (rather than one global
-    sort) keep every batch a random sample of nearby lengths and keep epochs different.
-    Without ``drop_remainder`` the last batch may be short (the caller pads it with empty rows).
-    """
+    Shuffle with ``(seed, epoch)``; with ``bucketing``, sort each window of ``window_batches *
+    batch_size`` examples by length, cut it into batches and shuffle the batch order. Windows
+    (not one global sort) keep batches random samples of nearby lengths and epochs different.
+    Without ``drop_remainder`` the last batch may be short (padded with empty rows)."""
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
@@ -213,10 +178,9 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[np.n
 
 def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, seed: int,
                       epoch: int) -> list[list[np.ndarray]]:
-    """Rows of example indices for every batch of one packed epoch; a pure function of its
-    arguments. The examples are shuffled with ``(seed, epoch)``, packed by `pack_rows`, the rows
-    shuffled again and cut into batches of ``batch_size`` rows; the rows of a last, partial
-    batch wait for another epoch (its shuffle puts other examples there)."""
+    """Rows of example indices for every batch of one packed epoch, a pure function of its
+    arguments: shuffle with ``(seed, epoch)``, `pack_rows`, shuffle the rows, cut into batches;
+    a last partial batch's rows wait for another epoch (whose shuffle puts others there)."""
     rng = np.random.default_rng([seed, epoch])
     rows = pack_rows(lengths, rng.permutation(len(lengths)), row_len)
     rows = [rows[i] for i in rng.permutation(len(rows))]
@@ -224,61 +188,46 @@ def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, see
     return [rows[i:i + batch_size] for i in range(0, usable, batch_size)]
 
 
+@dataclass(eq=False, repr=False)
 class SFTBatches:
     """Deterministic, re-iterable, seeded SFT batches (see the module docstring).
+    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it)."""
 
-    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it).
-    """
+    data: TokenizedSet
+    batch_size: int
+    _: KW_ONLY
+    seed: int = 0
+    num_epochs: int | None = None
+    bucketing: bool = True
+    window_batches: int = 32
+    pad_multiple: int = 16
+    length_buckets: Sequence[int] | None = None
+    fixed_length: bool = False
+    drop_remainder: bool = True
+    pad_id: int = 0
+    # Multi-process runs: only these rows of every global batch (this process's share); the
+    # padded width still comes from the whole batch, so every process agrees on it.
+    rows: slice | None = None
+    packing: bool = False
 
-    def __init__(
-        self,
-        data: TokenizedSet,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        num_epochs: int | None = None,
-        bucketing: bool = True,
-        window_batches: int = 32,
-        pad_multiple: int = 16,
-        length_buckets: Sequence[int] | None = None,
-        fixed_length: bool = False,
-        drop_remainder: bool = True,
-        pad_id: int = 0,
-        rows: slice | None = None,
-        packing: bool = False,
-    ) -> None:
+    def __post_init__(self) -> None:
+        data, batch_size, length_buckets = self.data, self.batch_size, self.length_buckets
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(data.tokens) < batch_size and drop_remainder:
+        if len(data.tokens) < batch_size and self.drop_remainder:
             raise ValueError(
                 f"{len(data.tokens)} examples cannot fill one batch of {batch_size}; lower "
-                "batch_size or set drop_remainder=False"
-            )
+                "batch_size or set drop_remainder=False")
         if not data.tokens:
             raise ValueError("no examples to batch")
         if length_buckets and max(length_buckets) < data.max_len:
             raise ValueError(
                 f"length_buckets {sorted(length_buckets)} must include a bucket >= max_len "
-                f"{data.max_len}"
-            )
-        self.data = data
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_epochs = num_epochs
-        self.bucketing = bucketing
-        self.window_batches = window_batches
-        self.pad_multiple = pad_multiple
+                f"{data.max_len}")
         self.length_buckets = tuple(length_buckets) if length_buckets else None
-        self.fixed_length = fixed_length
-        self.drop_remainder = drop_remainder
-        self.pad_id = pad_id
-        # Multi-process runs: only these rows of every global batch (this process's share);
-        # the padded width still comes from the whole batch, so every process agrees on it.
-        self.rows = rows
-        self.packing = packing
         self._lengths = data.lengths
         self._plan_cache: tuple[int, list[Any]] | None = None
-        if packing and len(self._plan(0)) == 0:
+        if self.packing and len(self._plan(0)) == 0:
             raise ValueError(f"{len(data.tokens)} examples packed into rows of {data.max_len} "
                              f"tokens fill no batch of {batch_size} rows; lower batch_size")
 
@@ -305,13 +254,12 @@ class SFTBatches:
         # One epoch's plan is reused for all its steps (sequential reads hit the cache).
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             if self.packing:
-                self._plan_cache = (epoch, plan_packed_epoch(
-                    self._lengths, self.batch_size, self.data.max_len, seed=self.seed,
-                    epoch=epoch))
-                return self._plan_cache[1]
-            plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
-                              bucketing=self.bucketing, window_batches=self.window_batches,
-                              drop_remainder=self.drop_remainder)
+                plan = plan_packed_epoch(self._lengths, self.batch_size, self.data.max_len,
+                                         seed=self.seed, epoch=epoch)
+            else:
+                plan = plan_epoch(self._lengths, self.batch_size, seed=self.seed, epoch=epoch,
+                                  bucketing=self.bucketing, window_batches=self.window_batches,
+                                  drop_remainder=self.drop_remainder)
             self._plan_cache = (epoch, plan)
         return self._plan_cache[1]
 
@@ -333,46 +281,27 @@ class SFTBatches:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """The batch of global step ``step`` (same result however it is reached)."""
-        if self.packing:
-            return self._packed_batch_at(step)
         indices = self.indices_at(step)
-        width = self.row_length(indices)
-        shape = (self.batch_size, width)
+        if self.packing:
+            rows = self._plan(step // self.steps_per_epoch)[step % self.steps_per_epoch]
+            width = self.data.max_len
+        else:  # one example per row; a short last batch is padded with empty rows
+            rows, width = [[i] for i in indices], self.row_length(indices)
+        n_rows = self.batch_size
         if self.rows is not None:
-            indices = indices[self.rows]
-            shape = (len(range(self.batch_size)[self.rows]), width)
-        tokens = np.full(shape, self.pad_id, dtype=np.int32)
-        loss = np.zeros(shape, dtype=np.int32)
-        segment = np.zeros(shape, dtype=np.int32)
-        for row, i in enumerate(indices):
-            t, m = self.data.tokens[i], self.data.loss_masks[i]
-            tokens[row, :len(t)] = t
-            loss[row, :len(t)] = m
-            segment[row, :len(t)] = 1
-        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
-
-    def _packed_batch_at(self, step: int) -> dict[str, np.ndarray]:
-        self.indices_at(step)  # the range check
-        epoch, k = divmod(step, self.steps_per_epoch)
-        rows = self._plan(epoch)[k]
-        if self.rows is not None:
-            rows = rows[self.rows]
-        shape = (len(rows), self.data.max_len)
-        tokens = np.full(shape, self.pad_id, dtype=np.int32)
-        loss = np.zeros(shape, dtype=np.int32)
-        segment = np.zeros(shape, dtype=np.int32)
-        ids = np.zeros(shape, dtype=np.int32)
+            rows, n_rows = rows[self.rows], len(range(self.batch_size)[self.rows])
+        tokens = np.full((n_rows, width), self.pad_id, dtype=np.int32)
+        loss, segment, ids = (np.zeros((n_rows, width), dtype=np.int32) for _ in range(3))
         for row, members in enumerate(rows):
             start = 0
             for number, i in enumerate(members, start=1):
                 t, m = self.data.tokens[i], self.data.loss_masks[i]
-                tokens[row, start:start + len(t)] = t
-                loss[row, start:start + len(t)] = m
-                segment[row, start:start + len(t)] = 1
-                ids[row, start:start + len(t)] = number
-                start += len(t)
-        return {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment,
-                "segment_ids": ids}
+                end = start + len(t)
+                tokens[row, start:end], loss[row, start:end] = t, m
+                segment[row, start:end], ids[row, start:end] = 1, number
+                start = end
+        batch = {"input_tokens": tokens, "input_mask": loss, "segment_mask": segment}
+        return {**batch, "segment_ids": ids} if self.packing else batch
 
     def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches from global step ``step`` on (forever when ``num_epochs`` is None)."""
@@ -393,24 +322,12 @@ def packed_padding_fraction(batches: SFTBatches) -> float:
     return 1.0 - real / max(1, len(rows) * batches.data.max_len)
 
 
-def padding_stats(
-    lengths: Sequence[int] | np.ndarray,
-    batch_size: int,
-    max_len: int,
-    *,
-    seed: int = 0,
-    epochs: int = 1,
-    window_batches: int = 32,
-    pad_multiple: int = 16,
-    length_buckets: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """Fraction of padded tokens per strategy, over ``epochs`` epochs of batches.
-
-    ``fixed``: random batches padded to ``max_len`` (the naive baseline);
-    ``random_dynamic``: random batches padded to their longest row (rounded as configured);
-    ``bucketed``: length-bucketed batches padded the same way.
-    ``shapes_*`` counts distinct padded lengths, i.e. XLA compilations of the train step.
-    """
+def padding_stats(lengths: Sequence[int] | np.ndarray, batch_size: int, max_len: int, *,
+                  seed: int = 0, epochs: int = 1, window_batches: int = 32, pad_multiple: int = 16,
+                  length_buckets: Sequence[int] | None = None) -> dict[str, Any]:
+    """Fraction of padded tokens over ``epochs`` epochs for random batches padded to ``max_len``
+    (``fixed``) or to their longest row (``random_dynamic``), and for ``bucketed`` batches;
+    ``shapes_*`` counts distinct padded lengths (XLA compilations of the train step)."""
     lens = np.minimum(np.asarray(lengths, dtype=np.int64), max_len)
     out: dict[str, Any] = {"examples": len(lens), "batch_size": batch_size, "max_len": max_len}
     for name, bucketing, fixed in (("fixed", False, True), ("random_dynamic", False, False),

@@ -1,12 +1,7 @@
-"""Several processes, one run: glue over JAX's multi-process runtime (`jax.distributed`).
-
-Every process runs the same notebook/command with the same config; only the environment says
-how many processes there are and which one this is (docs/MULTIHOST.md). Modules: env (the
-environment, the errors), collectives (start-up, key-value collectives), watchdog (dead peers),
-rundir (process 0's run directory), sharding (batch rows per process, split generation).
-From kaggle_lib it imports only errors, hashing and compat: it knows nothing of the run record.
-Single-process runs never import jax here and behave exactly as before.
-"""
+"""Several processes, one run: glue over `jax.distributed`. Every process runs the same notebook or
+command and config; the environment says how many there are and which one this is
+(docs/MULTIHOST.md). Imports only errors, hashing and compat from kaggle_lib; single-process
+runs never import jax here."""
 
 from kaggle_lib.multihost.collectives import (
     await_peer_verdict,

@@ -1,13 +1,11 @@
-"""Joining the run and the small collectives over jax's key-value store.
-
-`jax.distributed.initialize` with our heartbeat/initialization timeouts, plus a check that every
-process id registered exactly once (a collision or a missing process is an error that says so,
-not a hang), then the watchdog; barrier, process 0's value on every process (`agree`), JSON
-gathers (device lists, agreement checks of predictions), the stage status peers' watchdogs read.
+"""Joining the run (`jax.distributed.initialize` with our timeouts, a check that every process
+id registered exactly once, the watchdog) and small collectives over jax's key-value store:
+barrier, process 0's value everywhere (`agree`), JSON gathers, the status peers' watchdogs read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -50,22 +48,12 @@ def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
         f"or two share an id. {detail}")
 
 
-def _start_timed_out(spec: ProcessSpec, on_failure: Callable[[BaseException], None] | None
-                     ) -> None:
-    # jax aborts the process (LOG(QFATAL)) when its own, later, deadline passes: record first.
-    watchdog.exit_after_recording(_start_error(spec, "Timed out waiting for the other processes."),
-                                  [on_failure] if on_failure is not None else [])
-
-
 def initialize(spec: ProcessSpec | None = None,
                on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
-    """Join the multi-process run described by the environment (no-op for one process).
-
-    Returns True when this is a multi-process run. Raises DistributedConfigError for bad
-    variables and DistributedStartError when the processes cannot form the run; when the others
-    do not arrive in time, `on_start_failure` gets the error and the process exits (jax would
-    abort it without a record a few seconds later).
-    """
+    """Join the multi-process run the environment describes; True when there is one.
+    DistributedConfigError for bad variables, DistributedStartError when the processes cannot
+    form the run; when the others do not arrive in time, `on_start_failure` gets the error and
+    the process exits (jax would abort it, with no record, a few seconds later)."""
     spec = spec if spec is not None else env.spec_from_environment()
     if spec is None:
         return False
@@ -73,15 +61,17 @@ def initialize(spec: ProcessSpec | None = None,
         return True
     import jax
 
-    timer = threading.Timer(spec.init_timeout_s, _start_timed_out, (spec, on_start_failure))
+    # jax aborts the process (LOG(QFATAL)) when its own, later, deadline passes: record first.
+    timer = threading.Timer(spec.init_timeout_s, lambda: watchdog.exit_after_recording(
+        _start_error(spec, "Timed out waiting for the other processes."),
+        [on_start_failure] if on_start_failure is not None else []))
     timer.daemon = True
     timer.start()
     try:
         jax.distributed.initialize(
             coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
             process_id=spec.process_id, initialization_timeout=spec.init_timeout_s + 10,
-            heartbeat_timeout_seconds=spec.heartbeat_timeout_s,
-        )
+            heartbeat_timeout_seconds=spec.heartbeat_timeout_s)
     except Exception as exc:
         timer.cancel()
         raise _start_error(spec, f"jax: {type(exc).__name__}: {str(exc)[:600]}") from exc
@@ -91,7 +81,16 @@ def initialize(spec: ProcessSpec | None = None,
     # flags set after this point must still apply.
     _state.process_id = jax_distributed.initialized_process_id()
     _state.started = True
-    _register_process(spec)
+    # Each id once: key_value_set refuses an existing key, so a duplicate id is an error here.
+    try:
+        jax_distributed.coordination_client().key_value_set(
+            f"{KEY_PREFIX}/process/{_state.process_id}",
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    except Exception as exc:
+        raise DistributedStartError(
+            f"{env.ENV_PROCESS_ID} = {_state.process_id} is used by two processes ({exc}); give "
+            f"every process its own id 0..{(spec.num_processes or 0) - 1}") from exc
+    barrier("registered", spec.init_timeout_s)
     _state.watchdog = Watchdog(jax_distributed.coordination_client(), process_index(),
                                stale_s=spec.heartbeat_timeout_s / STALE_FRACTION)
     _state.watchdog.start()
@@ -102,27 +101,11 @@ def initialize(spec: ProcessSpec | None = None,
 
 
 def _preload_failure_record() -> None:
-    """Import matplotlib (the loss plot of a failed run's record) now, in the background: when a
-    peer dies, jax aborts the survivors a few seconds after the watchdog notices (6 s after a
-    kill in one test run), and importing matplotlib on a loaded machine can take longer."""
-    try:
+    """Import matplotlib (a failed run's loss plot) ahead: when a peer dies, jax aborts the
+    survivors a few seconds after the watchdog notices (6 s after a kill in one test run), and
+    the import can take longer on a loaded machine."""
+    with contextlib.suppress(Exception):  # only a head start; the record imports it again
         import matplotlib.figure  # noqa: F401
-    except Exception:  # noqa: BLE001 - only a head start; the record imports it again
-        pass
-
-
-def _register_process(spec: ProcessSpec) -> None:
-    """Each id once: key_value_set refuses an existing key, so a duplicate id is an error here."""
-    client = jax_distributed.coordination_client()
-    index = _state.process_id
-    me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
-    try:
-        client.key_value_set(f"{KEY_PREFIX}/process/{index}", me)
-    except Exception as exc:
-        raise DistributedStartError(
-            f"{env.ENV_PROCESS_ID} = {index} is used by two processes ({exc}); give every "
-            f"process its own id 0..{(spec.num_processes or 0) - 1}") from exc
-    barrier("registered", spec.init_timeout_s)
 
 
 def is_multiprocess() -> bool:
@@ -195,29 +178,25 @@ def describe_processes() -> list[dict[str, Any]]:
     """Every process of the run and its devices, for the manifest (gathered on all processes)."""
     import jax
 
-    mine = {
-        "process_index": process_index(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
+    return all_gather_json("processes", {
+        "process_index": process_index(), "host": socket.gethostname(), "pid": os.getpid(),
         "devices": [{"id": d.id, "kind": d.device_kind, "platform": d.platform}
-                    for d in jax.local_devices()],
-    }
-    return all_gather_json("processes", mine)
+                    for d in jax.local_devices()]})
 
 
 # --- failures: what the watchdogs of the other processes read --------------------------------
 
 def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
-    """Call `handler` (e.g. "record the failure") before the process exits for a dead peer.
-    Only in a multi-process run (one run per process: the latest handler replaces others)."""
+    """Call `handler` (e.g. "record the failure") before exiting for a dead peer (multi-process
+    runs only; the latest handler replaces others)."""
     if _state.started:
         watchdog.failure_handlers[:] = [handler]
 
 
 def await_peer_verdict(error: BaseException) -> None:
-    """Before a jax runtime error is recorded as this process's failure: it is often a
-    collective whose peer died (gloo reports the broken connection first). Give the watchdog
-    the time it needs to name that peer; if it does, it records that and exits the process."""
+    """Before a jax runtime error is recorded as this process's failure (often a collective
+    whose peer died: gloo reports the broken connection first), give the watchdog time to name
+    that peer; if it does, it records that and exits the process."""
     dog = _state.watchdog
     if not _state.started or dog is None or not dog.is_alive():
         return
@@ -231,12 +210,10 @@ def await_peer_verdict(error: BaseException) -> None:
 def mark_failed(stage: str, error: BaseException) -> None:
     """Tell the other processes this one failed (their watchdogs stop them with this text)."""
     if _state.started:
-        try:
+        with contextlib.suppress(Exception):  # the coordinator may be the one that is gone
             jax_distributed.coordination_client().key_value_set(
                 f"{KEY_PREFIX}/status/{process_index()}",
                 f"stage {stage}: {type(error).__name__}: {str(error)[:300]}", allow_overwrite=True)
-        except Exception:  # noqa: BLE001 - the coordinator may be the one that is gone
-            pass
 
 
 def mark_done() -> None:

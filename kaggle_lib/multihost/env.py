@@ -34,10 +34,9 @@ class DistributedConfigError(KaggleLibError, ValueError):
 class DistributedStartError(KaggleLibError, RuntimeError):
     """The processes could not form one run (a process missing, ids colliding)."""
 
-    hint = (
-        "Start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and its "
-        "own JAX_PROCESS_ID (0..N-1), within the initialization timeout (docs/MULTIHOST.md)."
-    )
+    hint = ("Start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and "
+            "its own JAX_PROCESS_ID (0..N-1), within the initialization timeout "
+            "(docs/MULTIHOST.md).")
 
 
 class ProcessMismatchError(KaggleLibError, RuntimeError):
@@ -47,11 +46,10 @@ class ProcessMismatchError(KaggleLibError, RuntimeError):
 class PeerProcessError(KaggleLibError, RuntimeError):
     """Another process of the run died or stopped answering; this one stops too."""
 
-    hint = (
-        "Another process of this multi-process run died or hung (named above; its log is under "
-        "processes/<id>/). Fix its cause, then start every process again with the same command "
-        "and run directory and `train.resume: auto`: training continues from the last checkpoint."
-    )
+    hint = ("Another process of this multi-process run died or hung (named above; its log is "
+            "under processes/<id>/). Fix its cause, then start every process again with the same "
+            "command and run directory and `train.resume: auto`: training continues from the last "
+            "checkpoint.")
 
     def __init__(self, message: str, dead_processes: Sequence[int] = ()):
         super().__init__(message)
@@ -72,7 +70,7 @@ class ProcessSpec:
 
 def _int_env(environ: Environ, name: str, minimum: int) -> int | None:
     raw = environ.get(name)
-    if raw is None or raw.strip() == "":
+    if not (raw or "").strip():
         return None
     try:
         value = int(raw)
@@ -85,10 +83,8 @@ def _int_env(environ: Environ, name: str, minimum: int) -> int | None:
 
 def spec_from_environment(environ: Environ | None = None) -> ProcessSpec | None:
     """The multi-process setting of this process, or None for a single-process run.
-
     Explicit: all three of JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES (>= 1) and
-    JAX_PROCESS_ID (0 .. N-1). Automatic: KAGGLE_LIB_MULTIHOST=auto (jax's cluster detection).
-    """
+    JAX_PROCESS_ID (0 .. N-1). Automatic: KAGGLE_LIB_MULTIHOST=auto (jax's cluster detection)."""
     env = os.environ if environ is None else environ
     heartbeat = _int_env(env, ENV_HEARTBEAT, 1) or DEFAULT_HEARTBEAT_S
     init_timeout = _int_env(env, ENV_INIT_TIMEOUT, 1) or DEFAULT_INIT_TIMEOUT_S
@@ -138,11 +134,8 @@ def claimed_process_id(environ: Environ | None = None) -> int | None:
 
 
 def runner_process_id() -> int | None:
-    """For `python -m kaggle_lib run`: this process's id in a multi-process run, else None.
-
-    The runner starts no jax backend: explicit ids come from the environment, automatic ones from
-    jax's own cluster detection.
-    """
+    """For `python -m kaggle_lib run`: this process's id in a multi-process run, else None, from
+    the environment or jax's cluster detection (no jax backend starts)."""
     spec = spec_from_environment()
     if spec is None:
         return None

@@ -21,9 +21,8 @@ def process_dir(run_dir: Path, process_id: int) -> Path:
 
 
 def share_run_dir(directory: Path) -> Path:
-    """Process 0's run directory on every process (jax's key-value store). A kernel started by
-    `python -m kaggle_lib run` also tells its runner, through the file in KAGGLE_LIB_RUN_DIR_FILE,
-    where to put its executed notebook."""
+    """Process 0's run directory on every process; also written to the file named by
+    KAGGLE_LIB_RUN_DIR_FILE (a `python -m kaggle_lib run` runner's notebook goes there)."""
     chosen = Path(agree("run_dir", str(directory)))
     report = os.environ.get(ENV_RUN_DIR_FILE, "").strip()
     if report:
@@ -32,17 +31,16 @@ def share_run_dir(directory: Path) -> Path:
 
 
 def follower_scratch_notebook(process_id: int) -> Path:
-    """Where the runner of a process other than 0 writes its executed notebook while the kernel
-    runs (a fresh local directory); the kernel reports the run directory next to it."""
+    """A follower runner's executed notebook, in a fresh local directory while the kernel runs
+    (the kernel reports the run directory next to it)."""
     scratch = Path(tempfile.mkdtemp(prefix=f"kaggle_lib-process{process_id}-"))
     os.environ[ENV_RUN_DIR_FILE] = str(scratch / "run_dir.txt")
     return scratch / "executed.ipynb"
 
 
 def place_follower_notebook(notebook: Path, process_id: int) -> Path:
-    """Move a follower's executed notebook to <run dir>/processes/<id>/executed.ipynb, the run
-    directory being the one its kernel learned from process 0; where it is when the kernel
-    never learned it (it failed before joining the run)."""
+    """Move a follower's executed notebook to <run dir>/processes/<id>/executed.ipynb (the run
+    dir its kernel learned); left where it is if the kernel never learned one."""
     try:
         run_dir = Path(notebook.parent.joinpath("run_dir.txt").read_text().strip())
     except OSError:

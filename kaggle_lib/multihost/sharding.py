@@ -1,7 +1,6 @@
-"""A global batch split over processes: the rows each process holds, the global arrays assembled
-from process-local pieces (`jax.make_array_from_process_local_data`) for training, and
-generation split the same way: each process feeds its rows of every batch into one global
-sampling state, and the generated ids are gathered once (`process_allgather`)."""
+"""A global batch split over processes: each process's rows, global arrays assembled from
+process-local pieces for training, and generation split the same way (each process feeds its rows
+into one global sampling state; the generated ids are gathered once)."""
 
 from __future__ import annotations
 
@@ -18,19 +17,19 @@ def batch_sharding(mesh: Any, axis: str = "fsdp") -> Any:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
-def local_rows(batch_size: int, mesh: Any, axis: str = "fsdp") -> slice:
-    """The rows of a global batch (split over `axis`) that this process's devices hold.
+def _spans(indices: Any, batch_size: int) -> list[tuple[int, int]]:
+    return [(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else batch_size)
+            for idx in indices]
 
-    Read from the sharding itself (`addressable_devices_indices_map`), so any device order
-    works as long as a process's rows are contiguous, which jax's process-ordered device list
-    gives for an (fsdp, tp) mesh.
-    """
-    spans = {(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else batch_size)
-             for idx in batch_sharding(mesh, axis).addressable_devices_indices_map(
-                 (batch_size,)).values()}
+
+def local_rows(batch_size: int, mesh: Any, axis: str = "fsdp") -> slice:
+    """The rows of a global batch (split over `axis`) that this process's devices hold, read
+    from the sharding: any device order works if a process's rows are contiguous (jax's
+    process-ordered device list gives that for an (fsdp, tp) mesh)."""
+    spans = set(_spans(batch_sharding(mesh, axis).addressable_devices_indices_map(
+        (batch_size,)).values(), batch_size))
     start, stop = min(s for s, _ in spans), max(e for _, e in spans)
-    covered = sum(e - s for s, e in spans)
-    if covered != stop - start:
+    if sum(e - s for s, e in spans) != stop - start:
         raise ValueError(
             f"the batch rows of process {process_index()} are not contiguous in mesh "
             f"{dict(mesh.shape)}; use a mesh whose '{axis}' axis follows process order")
@@ -38,28 +37,21 @@ def local_rows(batch_size: int, mesh: Any, axis: str = "fsdp") -> slice:
 
 
 def rows_by_process(batch_size: int, mesh: Any, axis: str = "fsdp") -> list[slice]:
-    """The rows of a global batch (split over `axis`) that each process holds, in process order;
-    the entry of this process is `local_rows`."""
-    spans: dict[int, list[int]] = {}
-    for device, index in batch_sharding(mesh, axis).devices_indices_map((batch_size,)).items():
-        start = index[0].start or 0
-        stop = index[0].stop if index[0].stop is not None else batch_size
-        spans.setdefault(device.process_index, []).extend((start, stop))
-    return [slice(min(spans[p]), max(spans[p])) for p in sorted(spans)]
+    """Each process's `local_rows`, in process order."""
+    by_process: dict[int, list[int]] = {}
+    index_map = batch_sharding(mesh, axis).devices_indices_map((batch_size,))
+    for device, span in zip(index_map, _spans(index_map.values(), batch_size), strict=True):
+        by_process.setdefault(device.process_index, []).extend(span)
+    return [slice(min(by_process[p]), max(by_process[p])) for p in sorted(by_process)]
 
 
 class GlobalBatches:
-    """Iterates `batches` (an SFTBatches holding only this process's rows) as global arrays,
-    re-iterable from step 0 like the batches themselves (Tunix skips trained steps on resume).
-
-    Tunix's own `sharding_utils.shard_input` (PeftTrainer, tunix 0.1.7) cannot do this: it
-    builds the array from the process-local rows without a global shape and picks the sharding
-    from the LOCAL shape, replicating any field whose local row count is not a multiple of the
-    whole mesh's fsdp size. With 2 processes x 4 devices and batch 8 (tests/integration/
-    test_multihost.py) each process holds 4 rows and 4 % 8 != 0: the batch would be "replicated"
-    with different rows on each process, i.e. a different loss per process. Global arrays made
-    here pass through shard_input unchanged (it skips arrays already sharded on the mesh).
-    """
+    """Iterates `batches` (an SFTBatches of this process's rows) as global arrays, re-iterable from
+    step 0 like the batches (Tunix skips trained steps on resume). Tunix 0.1.7's
+    `sharding_utils.shard_input` picks the sharding from the LOCAL shape and replicates a field
+    whose local row count is not a multiple of the mesh's fsdp size: with 2 processes x 4 devices
+    and batch 8 (tests/integration/test_multihost.py) each process's 4 rows would be "replicated", a
+    different loss per process. It skips arrays already sharded."""
 
     def __init__(self, batches: Any, mesh: Any, batch_size: int):
         self.batches = batches
@@ -78,10 +70,6 @@ class GlobalBatches:
 _reshard_fns: dict[Any, Any] = {}
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def host_rows(array: Any, mesh: Any, axis: str = "fsdp") -> Any:
     """This process's rows of a global array split (or not) over its first axis, as numpy:
     one compiled reshard to the batch sharding, then the addressable shards in row order."""
@@ -90,7 +78,7 @@ def host_rows(array: Any, mesh: Any, axis: str = "fsdp") -> Any:
 
     sharding = batch_sharding(mesh, axis)
     if sharding not in _reshard_fns:  # one jit object per sharding: compiled once per shape
-        _reshard_fns[sharding] = jax.jit(_identity, out_shardings=sharding)
+        _reshard_fns[sharding] = jax.jit(lambda value: value, out_shardings=sharding)
     resharded = _reshard_fns[sharding](array)
     blocks: dict[int, Any] = {}
     for shard in resharded.addressable_shards:
@@ -109,10 +97,9 @@ def generation_batch_size(batch_size: int, mesh: Any, axis: str = "fsdp") -> int
 
 
 def global_sampling_state(state: Any, mesh: Any, axis: str = "fsdp") -> Any:
-    """A Tunix sampling state built from this process's prompts (its rows of the batch) as one
-    global state: every per-row buffer (tokens, positions, done, KV cache, logits) becomes a
-    global array split over `axis` (`jax.make_array_from_process_local_data`), as training's
-    batches are. The prefill and decode steps are then one SPMD program over the global batch."""
+    """A Tunix sampling state of this process's rows as one global state: every per-row buffer
+    (tokens, positions, done, KV cache, logits) a global array split over `axis`, so prefill and
+    decode are one SPMD program over the global batch."""
     import jax
     import numpy as np
 
@@ -140,18 +127,15 @@ def global_sampling_state(state: Any, mesh: Any, axis: str = "fsdp") -> Any:
 
 def localize_sampling_output(decode: Callable[..., Any], mesh: Any, axis: str = "fsdp"
                              ) -> Callable[..., Any]:
-    """Wrap a Tunix sampler's compiled decode so that the buffers it returns are this process's
-    rows on the host (Tunix then reads them with `jax.device_get`, which a global array would
-    refuse: it is not fully addressable)."""
+    """Wrap a Tunix sampler's compiled decode to return this process's rows on the host (Tunix
+    reads them with `jax.device_get`, which refuses a not fully addressable global array)."""
 
     def call(params: Any, state: Any) -> Any:
         out = decode(params, state)
-        return dataclasses.replace(
-            out, token_buffer=host_rows(out.token_buffer, mesh, axis),
-            logits_buffer=None if out.logits_buffer is None else host_rows(out.logits_buffer, mesh,
-                                                                          axis),
-            logprobs_buffer=None if out.logprobs_buffer is None else host_rows(
-                out.logprobs_buffer, mesh, axis))
+        fields = ("token_buffer", "logits_buffer", "logprobs_buffer")
+        return dataclasses.replace(out, **{
+            f: None if getattr(out, f) is None else host_rows(getattr(out, f), mesh, axis)
+            for f in fields})
 
     call._cache_size = decode._cache_size  # type: ignore[attr-defined]  # Generator.compilations
     return call
@@ -159,9 +143,8 @@ def localize_sampling_output(decode: Callable[..., Any], mesh: Any, axis: str = 
 
 def gather_generated(local: list[list[list[int]]], batch_size: int, width: int, mesh: Any,
                      axis: str = "fsdp") -> list[list[list[int]]]:
-    """Every process's generated token ids, once, after all batches: `local[b]` holds the ids of
-    this process's rows of batch b (at most `width` each). Returns, on every process, the ids of
-    every row of every batch in batch order (one `process_allgather` of a padded int32 array)."""
+    """Every row's generated ids of every batch, on every process, from `local[b]`: this
+    process's rows of batch b (at most `width` ids each); one `process_allgather`."""
     import numpy as np
     from jax.experimental import multihost_utils
 
@@ -173,12 +156,10 @@ def gather_generated(local: list[list[list[int]]], batch_size: int, width: int, 
             packed[b, r, :len(ids)] = ids
     gathered = np.asarray(multihost_utils.process_allgather(packed))  # [process, batch, row, width]
     spans = rows_by_process(batch_size, mesh, axis)
-    out: list[list[list[int]]] = []
-    for b in range(len(local)):
-        rows: list[list[int] | None] = [None] * batch_size
+    out: list[list[list[int]]] = [[[] for _ in range(batch_size)] for _ in local]
+    for b, rows in enumerate(out):
         for process, span in enumerate(spans):
             for offset, row in enumerate(range(span.start, span.stop)):
                 ids = gathered[process, b, offset]
                 rows[row] = [int(t) for t in ids[ids >= 0]]
-        out.append([r if r is not None else [] for r in rows])
     return out

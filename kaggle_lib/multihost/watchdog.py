@@ -1,13 +1,12 @@
 """The watchdog: names a dead or failed peer process in the run record, then stops this one.
 
 When the coordination service finds a dead process (no heartbeat for `heartbeat_timeout_seconds`)
-jax 0.10.2 aborts every survivor from its client thread (LOG(QFATAL): no Python runs, no record
-is written), and its `missed_heartbeat_callback` hook cannot be used instead: jaxlib 0.10.2
-cannot convert the absl::Status it passes (the process dies with `std::bad_cast`, see
-docs/MULTIHOST.md). So each process posts a counter to jax's key-value store every second and
-watches the others'; a peer that reported a failed stage, or whose counter stood still for a
-quarter of the heartbeat timeout, is named in the record (process 0) or the process log, then
-this process exits with PEER_FAILURE_EXIT_CODE. jax's own heartbeat check stays as the backstop.
+jax 0.10.2 aborts every survivor from its client thread (LOG(QFATAL): no Python runs, no record),
+and its `missed_heartbeat_callback` cannot be used instead (jaxlib 0.10.2 dies with
+`std::bad_cast` converting the status, docs/MULTIHOST.md). So each process posts a counter to the
+key-value store every second and watches the others'; a peer that reported a failed stage, or
+whose counter stood still for a quarter of the heartbeat timeout, is named in the record or log,
+and this process exits with PEER_FAILURE_EXIT_CODE. jax's own heartbeat check is the backstop.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ _failure_lock = threading.Lock()
 
 def exit_after_recording(error: BaseException, handlers: Sequence[Callable[[Any], None]]
                          ) -> NoReturn:
-    """Say `error`, let `handlers` record it, then exit this process: the main thread may be
-    blocked in a collective with a dead process (or jax may abort it any moment) and cannot
-    raise."""
+    """Say `error`, let `handlers` record it, then exit: the main thread may be blocked in a
+    collective with a dead process (or jax may abort it any moment) and cannot raise."""
     with _failure_lock:
         print(f"\n[kaggle_lib] {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         for handler in list(handlers):
@@ -56,16 +54,13 @@ def try_get(client: Any, key: str) -> str | None:
 
 
 class Watchdog(threading.Thread):
-    """Posts this process's heartbeat counter and status to jax's key-value store every
-    `tick_s`, and fails the run when a peer reports a failure or its counter stops moving for
-    `stale_s` seconds (a quarter of jax's heartbeat timeout: jax aborted the survivor of a
-    killed peer 6 s after the kill with a 10 s timeout, and the record must be written first)."""
+    """Posts this process's heartbeat counter every `tick_s`; fails the run when a peer reports a
+    failure or its counter stands still for `stale_s` (a quarter of jax's heartbeat timeout: jax
+    aborted a killed peer's survivor 6 s after the kill with a 10 s timeout)."""
 
     def __init__(self, client: Any, me: int, stale_s: float, tick_s: float = 1.0):
         super().__init__(name="kaggle_lib-watchdog", daemon=True)
-        self.client, self.me = client, me
-        self.stale_s = stale_s
-        self.tick_s = tick_s
+        self.client, self.me, self.stale_s, self.tick_s = client, me, stale_s, tick_s
         self.stop = threading.Event()
 
     def _fail(self, message: str, peer: int) -> None:

@@ -1,19 +1,15 @@
-"""The one rule for "the latest complete checkpoint", shared by resume, seeding (`train.resume_from`),
-`python -m kaggle_lib eval` and `failure_analysis.md`.
+"""The one rule for "the latest complete checkpoint", shared by resume, seeding
+(`train.resume_from`), `python -m kaggle_lib eval` and `failure_analysis.md`.
 
-A step is complete when Orbax lists it as finalised (`orbax.checkpoint.utils.checkpoint_steps`:
-saves go to a temporary name and are renamed when done), its step metadata lists both items
-Tunix writes (`model_params` and `optimizer_state`), and it restores. The first two are read
-from disk (`complete_steps`); the last needs the model, so training probes it before Tunix's
-trainer is built (`resume_from_newest_restorable`): Tunix's trainer always restores the newest
-step and would fail on a corrupt one, or silently start a fresh optimizer when the optimizer
-state is missing (tunix/sft/checkpoint_manager.py restores the optimizer only "if found").
-
-A step that is not complete is moved to `<root>/corrupt/<step>/` with a `reason.txt`, so that
-neither Tunix nor a later run picks it, and training continues from the previous step. In a
-multi-process run (docs/MULTIHOST.md) every process probes the step, a failure on any of them
-rejects it on all, and only process 0 moves it, behind a barrier. When
-no step restores, training stops with `CheckpointError` naming each step and why.
+A step is complete when Orbax lists it as finalised (`orbax.checkpoint.utils.checkpoint_steps`),
+its step metadata lists both items Tunix writes (`model_params`, `optimizer_state`), and it
+restores. The last needs the model, so training probes it before Tunix's trainer is built
+(`resume_from_newest_restorable`): the trainer restores the newest step and would fail on a
+corrupt one, or silently start a fresh optimizer without the optimizer state
+(tunix/sft/checkpoint_manager.py restores it only "if found"). A step that is not complete is
+moved to `<root>/corrupt/<step>/` with a `reason.txt` and training continues from the one
+before; with several processes each probes, a failure on any rejects it on all, and process 0
+moves it (docs/MULTIHOST.md). When none restores: `CheckpointError` naming each step and why.
 """
 
 from __future__ import annotations
@@ -36,11 +32,9 @@ CORRUPT_DIR = "corrupt"
 class CheckpointError(KaggleLibError, RuntimeError):
     """No checkpoint step restores; the message names each step and why."""
 
-    hint = (
-        "No checkpoint step of this run restores; each is listed above with the reason and was "
-        "moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train from the "
-        "start, or set train.resume_from to another run's checkpoint directory."
-    )
+    hint = ("No checkpoint step of this run restores; each is listed above with the reason and "
+            "was moved to checkpoints/<stage>/corrupt/. Re-run in the same directory to train from "
+            "the start, or set train.resume_from to another run's checkpoint directory.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +65,7 @@ STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
 def missing_items(root: Path | str, step: int) -> list[str]:
-    """Items of REQUIRED_ITEMS that the step's Orbax metadata does not list (all of them for an
-    empty or unreadable step directory)."""
+    """REQUIRED_ITEMS the step's Orbax metadata does not list (all, if it is unreadable)."""
     import orbax.checkpoint as ocp  # imports jax: see finalised_steps
 
     step_dir = Path(root) / str(step)
@@ -81,7 +74,6 @@ def missing_items(root: Path | str, step: int) -> list[str]:
         # notebook before failing: a line nobody can act on, so the answer is given here.
         return list(REQUIRED_ITEMS)
     try:
-        # Orbax's own reader of <step>/_CHECKPOINT_METADATA.
         metadata = ocp.metadata.get_step_metadata(step_dir)
     except Exception:  # noqa: BLE001 - unreadable metadata means "not complete"
         return list(REQUIRED_ITEMS)
@@ -92,12 +84,12 @@ def missing_items(root: Path | str, step: int) -> list[str]:
 
 def complete_steps(root: Path | str | None) -> list[int]:
     """Finalised steps whose metadata lists model params and optimizer state (ascending)."""
-    return [s for s in finalised_steps(root) if not missing_items(root, s)]  # type: ignore[arg-type]
+    return [s for s in finalised_steps(root)
+            if not missing_items(root, s)]  # type: ignore[arg-type]
 
 
 def latest_complete_step(root: Path | str | None) -> int | None:
-    steps = complete_steps(root)
-    return steps[-1] if steps else None
+    return max(complete_steps(root), default=None)
 
 
 def _set_aside_target(root: Path, step: int) -> Path:
@@ -111,8 +103,7 @@ def _set_aside_target(root: Path, step: int) -> Path:
 
 
 def set_aside(root: Path | str, step: int, reason: str, target: Path | None = None) -> SetAside:
-    """Move `<root>/<step>` to `target` (default `<root>/corrupt/<step>`, suffixed if taken), with
-    reason.txt."""
+    """Move `<root>/<step>` to `target` (default `_set_aside_target`), with reason.txt."""
     root = Path(root)
     target = target or _set_aside_target(root, step)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +121,7 @@ def _process_count() -> int:
 
 def _first_failure(step: int, reason: str | None) -> str | None:
     """None when every process restored `step`; else this process's reason, or the first failing
-    process's id (its own log has the reason). Just `reason` in a one-process run."""
+    process's id (its log has the reason)."""
     if _process_count() == 1:
         return reason
     import jax
@@ -147,10 +138,8 @@ def _first_failure(step: int, reason: str | None) -> str | None:
 
 
 def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
-    """`set_aside` by process 0 only, on storage every process sees; the others wait and then see
-    the same directory (moving it on every process would race: a second move would find the
-    step gone, or set it aside twice). Every process computes the target first, then they meet,
-    process 0 moves, and they meet again."""
+    """`set_aside` by process 0 only, on shared storage (a move on every process would race): all
+    compute the target, meet, process 0 moves, they meet again."""
     if _process_count() == 1:
         return set_aside(root, step, reason)
     import jax
@@ -164,22 +153,13 @@ def _set_aside_once(root: Path | str, step: int, reason: str) -> SetAside:
     return SetAside(step=step, path=str(target), reason=reason)
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300].rstrip()}"
-
-
 def resume_from_newest_restorable(
-    root: Path | str | None,
-    probe: Callable[[int], None],
+    root: Path | str | None, probe: Callable[[int], None],
     on_set_aside: Callable[[SetAside], None] = lambda entry: None,
 ) -> tuple[int | None, list[SetAside]]:
-    """Make the newest step under `root` one that restores, setting aside those that do not.
-
-    `probe(step)` restores the step the way the trainer will (raising if it cannot). Returns
-    (the step training resumes from or None for a fresh start, the steps set aside). Raises
-    CheckpointError when steps existed and none restored.
-    """
+    """Make the newest step under `root` one that restores (`probe(step)` raises if it does not),
+    setting aside those that do not: (resume step or None, steps set aside). CheckpointError
+    when steps existed and none restored."""
     removed: list[SetAside] = []
     if root is None or not Path(root).is_dir():
         return None, removed
@@ -193,7 +173,8 @@ def resume_from_newest_restorable(
             try:
                 probe(step)
             except Exception as exc:  # noqa: BLE001 - any restore failure disqualifies the step
-                reason = f"does not restore: {_short(exc)}"
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                reason = f"does not restore: {type(exc).__name__}: {text[:300].rstrip()}"
         # Several processes probe the same shared step together (the restore is collective)
         # and must take the same branch: a step fails if it failed on any of them.
         reason = _first_failure(step, reason)
@@ -207,16 +188,14 @@ def resume_from_newest_restorable(
             f"no checkpoint under {root} restores; each was moved to {Path(root) / CORRUPT_DIR}:\n"
             + "\n".join(f"  step {e.step}: {e.reason}" for e in removed)
             + "\nRe-run to train from the start, or set train.resume_from to another run's "
-            "checkpoints."
-        )
+            "checkpoints.")
     return None, removed
 
 
 def restore_probe(root: Path | str, model: Any, tx: Any) -> Callable[[int], None]:
-    """A probe that restores a step into `model` and a fresh optimizer exactly as Tunix's trainer
-    does on construction (LoRA params only when the model has LoRA). Restoring into the real
-    model is harmless: the trainer restores the same step into it right after, and Orbax reads
-    every item before anything is updated."""
+    """A probe restoring a step into `model` and a fresh optimizer as Tunix's trainer does on
+    construction (harmless: the trainer restores the same step right after, and Orbax reads every
+    item before anything is updated)."""
 
     def probe(step: int) -> None:
         from flax import nnx  # imports jax: see finalised_steps

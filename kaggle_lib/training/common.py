@@ -45,13 +45,10 @@ class MetricsSettings:
 
 def lr_schedule(learning_rate: float, max_steps: int, warmup_steps: int = 0,
                 kind: str = "cosine", decay_fraction: float = 0.2) -> optax.Schedule:
-    """The LR of optimizer step s (1-based) is schedule(s - 1). Linear warmup, then:
-
-    - ``cosine``: cosine decay to 10% at ``max_steps``;
-    - ``wsd`` (warmup-stable-decay): the peak rate until the last ``decay_fraction`` of the
-      steps, then linear decay to 10%. A short run spends most of its steps at the peak
-      instead of a third of them below half of it, as cosine does.
-    """
+    """The LR of optimizer step s (1-based) is schedule(s - 1). Linear warmup, then ``cosine``
+    decay to 10% at ``max_steps``, or ``wsd`` (warmup-stable-decay): the peak until the last
+    ``decay_fraction`` of the steps, then linear decay to 10% (a short run spends most steps at
+    the peak, not a third of them below half of it as with cosine)."""
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0 if warmup_steps else learning_rate,
@@ -84,9 +81,11 @@ def make_optimizer(
     def build(learning_rate: Any) -> optax.GradientTransformation:
         if optimizer == "adafactor":
             # Factored second moments: ~no optimizer memory for full fine-tuning of 2B models.
-            opt = optax.adafactor(learning_rate=learning_rate, weight_decay_rate=weight_decay or None)
+            opt = optax.adafactor(learning_rate=learning_rate,
+                                  weight_decay_rate=weight_decay or None)
         else:
-            opt = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.99, weight_decay=weight_decay)
+            opt = optax.adamw(learning_rate=learning_rate, b1=0.9, b2=0.99,
+                              weight_decay=weight_decay)
         parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
         return optax.chain(*parts, opt)
 
@@ -99,8 +98,7 @@ def metrics_options(settings: MetricsSettings | None) -> MetricsLoggerOptions | 
         return None
     log_dir = str(settings.log_dir)
     factories: list[Callable[[], Any]] = [
-        functools.partial(TensorboardBackend, log_dir=log_dir, flush_every_n_steps=10)
-    ]
+        functools.partial(TensorboardBackend, log_dir=log_dir, flush_every_n_steps=10)]
     if settings.wandb:
         # Imported only when asked: importing wandb is what makes Tunix start it.
         from metrax.logging.wandb_backend import WandbBackend
@@ -113,23 +111,12 @@ def metrics_options(settings: MetricsSettings | None) -> MetricsLoggerOptions | 
 class StageHooks(TrainingHooks):
     """Tunix's `TrainingHooks` with every callback a no-op; subclasses override what they use."""
 
-    def on_train_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_end(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_step_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None:
-        pass
-
-    def on_eval_step_start(self, train_ctx: Any) -> None:
-        pass
-
-    def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None:
-        pass
+    def on_train_start(self, train_ctx: Any) -> None: ...
+    def on_train_end(self, train_ctx: Any) -> None: ...
+    def on_train_step_start(self, train_ctx: Any) -> None: ...
+    def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None: ...
+    def on_eval_step_start(self, train_ctx: Any) -> None: ...
+    def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None: ...
 
     @staticmethod
     def latest_metric(trainer: Any, name: str) -> float | None:
@@ -144,8 +131,8 @@ def make_newest_checkpoint_restorable(
     root: Path | None, model: nnx.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
     on_set_aside: Callable[[checkpoints.SetAside], None],
 ) -> list[checkpoints.SetAside]:
-    """Before a Tunix trainer is built (it restores its newest step on construction): set aside
-    newest steps that do not restore into `model` and `tx` (`training.checkpoints`' rule)."""
+    """Before a Tunix trainer is built (it restores its newest step then): set aside newest steps
+    that do not restore into `model` and `tx` (`training.checkpoints`' rule)."""
     if root is None:
         return []
     with mesh:

@@ -1,18 +1,12 @@
 """GRPO after SFT on Tunix 0.1.7: `RLCluster` + `GRPOLearner`, vanilla (Tunix Sampler) rollouts.
 
-Read top to bottom: pick the prompts, build the actor (the SFT-trained LoRA model, trained
-further) and the reference (a frozen copy of the same SFT result, for the KL term), describe
-rollouts and training to Tunix, train, return what happened.
-
-- Prompts: the training items' questions in the shared template, with their `answer` column
-  for the answer reward; batch order is a pure function of (seed, step), and step s samples
-  with seed `seed + s`, so a resumed run continues exactly.
-- Rewards: `kaggle_lib.training.rewards` (format + answer), logged per step into the run record
-  (`metrics.jsonl`, stage "grpo").
-- Checkpoints: Tunix's actor checkpoints under `<run_dir>/checkpoints/grpo/actor/<step>`,
-  restored automatically on a re-run with the same run directory.
-- Time: rollouts stop being handed out once the wall-clock budget is spent; Tunix then closes
-  the learner, which saves the last step.
+The actor is the SFT-trained LoRA model, trained further; the reference a frozen copy of it (KL).
+Prompts are the training items' questions in the shared template with their `answer` column;
+batch order is a pure function of (seed, step) and step s samples with a seed derived from s,
+so a resumed run continues exactly. Rewards (`training.rewards`) are logged per step into
+`metrics.jsonl` (stage "grpo"). Tunix restores its actor checkpoints
+(`<run_dir>/checkpoints/grpo/actor/<step>`) on a re-run; once the wall-clock budget is spent no
+rollouts are handed out and Tunix closes the learner, which saves the last step.
 """
 
 from __future__ import annotations
@@ -78,9 +72,7 @@ class PromptBatches:
         if len(prompts) < batch_size:
             raise ValueError(f"{len(prompts)} GRPO prompts cannot fill one batch of {batch_size}; "
                              "lower train.grpo.batch_size or add data")
-        self.prompts = list(prompts)
-        self.batch_size = batch_size
-        self.seed = seed
+        self.prompts, self.batch_size, self.seed = list(prompts), batch_size, seed
         self.steps_per_epoch = len(self.prompts) // batch_size
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
@@ -88,9 +80,9 @@ class PromptBatches:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
         picked = [self.prompts[i] for i in order[k * self.batch_size:(k + 1) * self.batch_size]]
         # Arrays, not lists: Tunix repeats every column per generation with np.repeat.
-        return {"prompts": np.array([p.text for p in picked], dtype=object),
-                "answer": np.array([p.answer for p in picked], dtype=object),
-                "rg_item": np.array([p.rg_item for p in picked], dtype=object)}
+        return {column: np.array([getattr(p, field) for p in picked], dtype=object)
+                for column, field in (("prompts", "text"), ("answer", "answer"),
+                                      ("rg_item", "rg_item"))}
 
 
 _RG_FIELDS = ("id", "prompt", "answer", "rg_dataset", "rg_metadata")
@@ -116,10 +108,10 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
 
 def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float | None,
                     state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for Tunix's learner. Each one sets that step's sampling seed first (the learner
-    requests batch s just before generating for it, also when fast-forwarding on resume), and
-    the stream ends once the deadline has passed: the learner then closes and saves. The first
-    batch always comes (Tunix reads it to learn the batch size before any step)."""
+    """Batches for Tunix's learner, each setting its step's sampling seed first (the learner asks
+    for batch s just before generating for it, also when fast-forwarding on resume); ends after
+    the deadline (the learner then closes and saves), but the first batch always comes (Tunix
+    reads it for the batch size)."""
     step = 0
     while True:
         if step > 0 and deadline is not None and time.monotonic() >= deadline:
@@ -134,9 +126,7 @@ class _ActorHooks(StageHooks):
     """Per-step actor loss into the run record."""
 
     def __init__(self, on_record: Callable[[dict[str, Any]], None], schedule: Any):
-        self.on_record = on_record
-        self.schedule = schedule
-        self.last = time.monotonic()
+        self.on_record, self.schedule, self.last = on_record, schedule, time.monotonic()
 
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
@@ -150,9 +140,9 @@ class _ActorHooks(StageHooks):
 
 def rewards_record(buffer: Any) -> dict[str, Any] | None:
     """One `metrics.jsonl` record from a Tunix MetricsBuffer of one GRPO step (train mode)."""
-    if str(buffer.mode) != "train":
-        return None
     metrics = buffer.metrics
+    if str(buffer.mode) != "train" or "rewards/sum" not in metrics:
+        return None
 
     def value(name: str) -> float | None:
         if name not in metrics:
@@ -161,8 +151,6 @@ def rewards_record(buffer: Any) -> dict[str, Any] | None:
         arr = np.asarray(values, dtype=np.float64)
         return float(op(arr) if op is not None else arr.mean())
 
-    if "rewards/sum" not in metrics:
-        return None
     record: dict[str, Any] = {
         "stage": "grpo", "step": int(buffer.global_steps) + 1,
         "reward_mean": value("rewards/sum"), "reward_min": value("rewards/min"),
@@ -177,35 +165,24 @@ def rewards_record(buffer: Any) -> dict[str, Any] | None:
 
 
 def run_grpo(
-    actor: nnx.Module,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    grpo: GrpoSection,
-    *,
-    mesh: jax.sharding.Mesh,
-    eos_ids: Sequence[int],
-    seed: int = 0,
-    reward_fns: Sequence[RewardFn] | None = None,
-    checkpointing: CheckpointSettings | None = None,
-    metrics: MetricsSettings | None = None,
-    max_wall_time_s: float | None = None,
+    actor: nnx.Module, tokenizer: Any, prompts: Sequence[Prompt], grpo: GrpoSection, *,
+    mesh: jax.sharding.Mesh, eos_ids: Sequence[int], seed: int = 0,
+    reward_fns: Sequence[RewardFn] | None = None, checkpointing: CheckpointSettings | None = None,
+    metrics: MetricsSettings | None = None, max_wall_time_s: float | None = None,
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:
-    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps.
-
-    Each step samples `grpo.num_generations` completions for each of `grpo.batch_size` prompts,
-    scores them with `reward_fns` (default: format + answer), and takes `grpo.num_iterations`
-    optimizer steps on the group-relative advantages, with a KL penalty `grpo.beta` towards a
-    frozen copy of `actor` as it is now. `tokenizer` is a SentencePieceProcessor with checked
-    special ids. The actor's checkpoints go to `<checkpointing.directory>/actor/<step>`.
-    """
+    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps:
+    each samples `grpo.num_generations` completions per prompt of a batch, scores them with
+    `reward_fns` (default: format + answer) and takes `grpo.num_iterations` optimizer steps on
+    the group-relative advantages, with a KL penalty `grpo.beta` towards a frozen copy of `actor`.
+    `tokenizer`: a SentencePieceProcessor with checked special ids. Checkpoints:
+    `<checkpointing.directory>/actor/<step>`."""
     checkpointing = checkpointing or CheckpointSettings()
     checkpoint_dir = checkpointing.directory
-    max_steps, batch_size, num_generations = grpo.max_steps, grpo.batch_size, grpo.num_generations
-    num_iterations = grpo.num_iterations
+    max_steps, num_iterations = grpo.max_steps, grpo.num_iterations
     max_prompt_len, max_new_tokens = grpo.max_prompt_len, grpo.max_new_tokens
-    check_batch(batch_size * num_generations, mesh,
+    check_batch(grpo.batch_size * grpo.num_generations, mesh,
                 what="train.grpo.batch_size x train.grpo.num_generations (rollouts per step)")
     if tokenizer.pad_id() < 0 or tokenizer.eos_id() < 0 or tokenizer.bos_id() < 0:
         raise ValueError("the GRPO tokenizer reports a negative bos/eos/pad id; load it with "
@@ -222,29 +199,23 @@ def run_grpo(
     rollout_config = RolloutConfig(
         max_tokens_to_generate=max_new_tokens, max_prompt_length=max_prompt_len,
         kv_cache_size=max_prompt_len + max_new_tokens, temperature=grpo.temperature,
-        top_p=grpo.top_p, top_k=grpo.top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed,
-    )
+        top_p=grpo.top_p, top_k=grpo.top_k, eos_tokens=[int(e) for e in eos_ids], seed=seed)
     actor_tx = make_optimizer(learning_rate=grpo.learning_rate, max_steps=actor_steps,
                               max_grad_norm=grpo.max_grad_norm)
     actor_dir = Path(checkpoint_dir) / "actor" if checkpoint_dir else None
     # The actor trainer restores its newest step on construction: make sure that one does.
     make_newest_checkpoint_restorable(actor_dir, actor, actor_tx, mesh, on_set_aside)
     training_config = rl.RLTrainingConfig(
-        actor_optimizer=actor_tx,
-        eval_every_n_steps=actor_steps + 1,
-        max_steps=actor_steps,
+        actor_optimizer=actor_tx, eval_every_n_steps=actor_steps + 1, max_steps=actor_steps,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
         checkpointing_options=checkpointing.orbax_options(),
-        metrics_logging_options=metrics_options(metrics),
-        pbar_description="GRPO",
-    )
+        metrics_logging_options=metrics_options(metrics), pbar_description="GRPO")
     cluster = rl.RLCluster(
         actor=actor, reference=reference, tokenizer=tokenizer,
         cluster_config=rl.ClusterConfig(
             role_to_mesh={rl.Role.ACTOR: mesh, rl.Role.REFERENCE: mesh, rl.Role.ROLLOUT: mesh},
             rollout_engine="vanilla", offload_to_cpu=False,
-            training_config=training_config, rollout_config=rollout_config),
-    )
+            training_config=training_config, rollout_config=rollout_config))
     rewards: list[float] = []
 
     def on_buffer(buffer: Any) -> None:
@@ -256,10 +227,9 @@ def run_grpo(
     cluster.with_external_metrics_logger(on_buffer)
     learner = GRPOLearner(
         rl_cluster=cluster,
-        algo_config=GRPOConfig(num_generations=num_generations, num_iterations=num_iterations,
+        algo_config=GRPOConfig(num_generations=grpo.num_generations, num_iterations=num_iterations,
                                beta=grpo.beta, epsilon=grpo.epsilon),
-        reward_fns=list(reward_fns or default_reward_fns()),
-    )
+        reward_fns=list(reward_fns or default_reward_fns()))
     cluster.actor_trainer.with_training_hooks(_ActorHooks(on_record, schedule))
     start_step = cluster.actor_trainer.train_steps // num_iterations
     if start_step:
@@ -267,7 +237,7 @@ def run_grpo(
     state: dict[str, Any] = {"stopped_for_time": False}
     deadline = None if max_wall_time_s is None else time.monotonic() + max_wall_time_s
     started = time.monotonic()
-    stream = _rollout_stream(PromptBatches(prompts, batch_size, seed=seed),
+    stream = _rollout_stream(PromptBatches(prompts, grpo.batch_size, seed=seed),
                              rollout_config, deadline, state)
     # Tunix's learner checks max_steps only after a step: a finished run must not start one.
     if start_step < max_steps:
@@ -282,9 +252,4 @@ def run_grpo(
         stopped_reason="max_wall_time" if state["stopped_for_time"] else "max_steps",
         rewards=rewards, checkpoint_dir=str(actor_dir) if actor_dir else None,
         last_checkpoint_step=None if last is None else math.ceil(last / num_iterations),
-        seconds=time.monotonic() - started,
-    )
-
-
-__all__ = ["GrpoResult", "Prompt", "PromptBatches", "rewards_record", "run_grpo",
-           "select_prompts"]
+        seconds=time.monotonic() - started)

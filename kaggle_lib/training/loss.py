@@ -1,11 +1,9 @@
 """Next-token cross-entropy that never materialises [tokens, vocab] logits for the whole batch.
 
 Gemma 3's vocabulary has 262,144 entries: for 4 x 1024 tokens the full float32 logits are 4 GiB,
-and Tunix's default loss also builds a one-hot of the same size. Here the final hidden states are
-split into chunks of `chunk_size` tokens; each chunk's logits are computed, reduced to
-(logsumexp - target logit) and, under differentiation, to their gradient in the same pass, so
-the peak holds one chunk's logits at a time. Only chunks holding loss-carrying positions are
-computed at all.
+and Tunix's default loss also builds a one-hot of the same size. Here each chunk of `chunk_size`
+tokens' logits is reduced to (logsumexp - target logit) and, under differentiation, its gradient
+in the same pass: the peak holds one chunk's logits. Chunks without loss positions are skipped.
 """
 
 from __future__ import annotations
@@ -21,37 +19,24 @@ from flax import nnx
 
 def final_hidden_states(model: nnx.Module, tokens: jax.Array, positions: jax.Array,
                         attention_mask: jax.Array) -> jax.Array:
-    """Run the model and return the final-norm hidden states [B, T, D].
-
-    Tunix's Gemma models sow these when `output_hidden_states=True`; the logits the model also
-    returns are unused here, and XLA removes their computation from the jitted step.
-    """
+    """The final-norm hidden states [B, T, D] (Tunix's Gemma sows them when asked; XLA drops the
+    unused logits from the jitted step)."""
     model(tokens, positions, None, attention_mask, output_hidden_states=True)
     intermediates = nnx.pop(model, nnx.Intermediate)
     (hidden,) = jax.tree.leaves(intermediates)[-1:]
     return hidden
 
 
-def chunked_cross_entropy(
-    hidden: jax.Array,
-    embedding: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-    *,
-    chunk_size: int = 512,
-    softcap: float | None = None,
-) -> tuple[jax.Array, jax.Array]:
+def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
+                          mask: jax.Array, *, chunk_size: int = 512,
+                          softcap: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and token count. hidden [N, D], embedding [V, D], targets/mask [N].
-
-    Only positions that carry loss are projected onto the vocabulary: a stable permutation puts
-    them first, and a loop runs over just the chunks that hold any (prompt and padding
-    positions, about half of an SFT batch, cost no [chunk, V] matmul). Under differentiation
-    each chunk's gradient is computed with its loss, from the same logits (one projection
-    forward and one back, instead of forward + rematerialised forward + back); the table's
-    gradient only when the table is being differentiated (full fine-tuning).
-    N is padded up to a multiple of the chunk size (padding carries mask 0); a chunk is never
-    longer than N, so short batches do not pay for a full chunk of logits.
-    """
+    A stable permutation puts loss positions first and a loop runs over just the chunks holding
+    any (prompt and padding, about half of an SFT batch, cost no [chunk, V] matmul). Under
+    differentiation each chunk's gradient comes with its loss from the same logits (one
+    projection forward and one back, not forward + rematerialised forward + back); the table's
+    only when it is differentiated (full fine-tuning). N is padded to a multiple of the chunk
+    size (mask 0); a chunk is never longer than N."""
     n_tokens, dim = hidden.shape
     mask = (mask > 0).astype(jnp.float32)
     order = jnp.argsort(mask == 0, stable=True)
@@ -61,8 +46,7 @@ def chunked_cross_entropy(
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk_size, dim)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk_size)
     mask = jnp.pad(mask, (0, pad)).reshape(-1, chunk_size)
-    total = _masked_loss_sum(hidden, embedding, targets, mask, softcap)
-    return total, jnp.sum(mask)
+    return _masked_loss_sum(hidden, embedding, targets, mask, softcap), jnp.sum(mask)
 
 
 def _chunk(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array, softcap: float | None,
@@ -85,20 +69,14 @@ def _chunk(h: jax.Array, t: jax.Array, m: jax.Array, table: jax.Array, softcap: 
     return loss, dlogits
 
 
-def _needed_chunks(mask: jax.Array) -> jax.Array:
-    # Loss positions come first: chunks 0 .. k-1 hold all of them.
-    return (jnp.sum(mask > 0).astype(jnp.int32) + mask.shape[1] - 1) // mask.shape[1]
-
-
 def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax.Array,
               softcap: float | None, grad_hidden: bool, grad_table: bool) -> tuple[Any, ...]:
     grads = grad_hidden or grad_table
 
     def body(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         total, d_hidden, d_table = carry
-        h = jax.lax.dynamic_index_in_dim(hidden, i, keepdims=False)
-        t = jax.lax.dynamic_index_in_dim(targets, i, keepdims=False)
-        m = jax.lax.dynamic_index_in_dim(mask, i, keepdims=False)
+        h, t, m = (jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+                   for x in (hidden, targets, mask))
         loss, dlogits = _chunk(h, t, m, table, softcap, grads)
         if grad_hidden:
             dh = jnp.einsum("nv,vd->nd", dlogits, table, preferred_element_type=jnp.float32)
@@ -112,8 +90,10 @@ def _loss_sum(hidden: jax.Array, table: jax.Array, targets: jax.Array, mask: jax
     init = (jnp.zeros((), jnp.float32),
             jnp.zeros_like(hidden) if grad_hidden else None,
             jnp.zeros(table.shape, jnp.float32) if grad_table else None)
-    # A loop with a run-time trip count: chunks without loss positions are never computed.
-    return jax.lax.fori_loop(0, _needed_chunks(mask), body, init)
+    # A run-time trip count: loss positions come first, so chunks 0 .. k-1 hold all of them and
+    # the others are never computed.
+    needed = (jnp.sum(mask > 0).astype(jnp.int32) + mask.shape[1] - 1) // mask.shape[1]
+    return jax.lax.fori_loop(0, needed, body, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -146,30 +126,15 @@ def _masked_loss_sum_bwd(softcap: float | None, residuals: tuple[Any, ...],
 _masked_loss_sum.defvjp(_masked_loss_sum_fwd, _masked_loss_sum_bwd, symbolic_zeros=True)
 
 
-def _embedding_and_softcap(model: nnx.Module) -> tuple[jax.Array, float | None]:
-    table = model.embedder.input_embedding.value
-    # Gemma 2 caps its final logits (tanh * 30); Gemma 1 and 3 do not.
-    return table, getattr(model, "final_logits_softcap", None)
-
-
-def sft_loss(
-    model: nnx.Module,
-    input_tokens: jax.Array,
-    input_mask: jax.Array,
-    positions: jax.Array,
-    attention_mask: jax.Array,
-    *,
-    chunk_size: int = 512,
-) -> tuple[jax.Array, dict[str, Any]]:
+def sft_loss(model: nnx.Module, input_tokens: jax.Array, input_mask: jax.Array,
+             positions: jax.Array, attention_mask: jax.Array, *,
+             chunk_size: int = 512) -> tuple[jax.Array, dict[str, Any]]:
     """Mean next-token loss over response tokens (input_mask marks them), chunked over vocab."""
-    hidden = final_hidden_states(model, input_tokens, positions, attention_mask)
-    hidden = hidden[:, :-1, :]
-    targets = input_tokens[:, 1:]
-    target_mask = input_mask[:, 1:]
-    table, softcap = _embedding_and_softcap(model)
+    hidden = final_hidden_states(model, input_tokens, positions, attention_mask)[:, :-1, :]
     total, count = chunked_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]), table, targets.reshape(-1),
-        target_mask.reshape(-1), chunk_size=chunk_size, softcap=softcap,
-    )
+        hidden.reshape(-1, hidden.shape[-1]), model.embedder.input_embedding.value,
+        input_tokens[:, 1:].reshape(-1), input_mask[:, 1:].reshape(-1), chunk_size=chunk_size,
+        # Gemma 2 caps its final logits (tanh * 30); Gemma 1 and 3 do not.
+        softcap=getattr(model, "final_logits_softcap", None))
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}

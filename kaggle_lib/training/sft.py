@@ -1,17 +1,12 @@
 """Supervised fine-tuning on Tunix's PeftTrainer: LoRA (qwix) or full weights.
 
-Read top to bottom: build the optimizer, wrap the model with LoRA, make the trainer with our
-chunked loss and hooks, train, return what happened. Tunix owns the step, the Orbax checkpoints
-(restored automatically from the run's checkpoint directory) and skipping already-trained batches
-on resume; this module adds the schedule, the loss, per-step metrics, the non-finite guard and the
-wall-clock stop.
-
-Guarantees (tests/integration/test_training_sft.py, tests/unit/test_training_nan.py):
-- Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process:
-  the LoRA init is seeded, the batch order is a pure function of (seed, step).
-- A run killed after checkpoint K and started again continues at step K + 1 with the losses an
-  uninterrupted run has. Checkpoints: every `checkpoint_every` steps, on stopping, and (Orbax's
-  own rule) the first step of a fresh run.
+Tunix owns the step, the Orbax checkpoints (restored from the run's checkpoint directory) and
+skipping trained batches on resume; this module adds the schedule, the loss, per-step metrics,
+the non-finite guard and the wall-clock stop. Guarantees (tests/integration/test_training_sft.py,
+tests/unit/test_training_nan.py):
+- Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process.
+- A run killed after checkpoint K and restarted continues at step K + 1 with an uninterrupted
+  run's losses (checkpoints: every `checkpoint_every` steps, on stopping, first step of a run).
 - A NaN/inf loss or weight raises `NonFiniteLossError` naming the step; no checkpoint of that
   step or any later one exists.
 """
@@ -59,20 +54,16 @@ class NonFiniteLossError(KaggleLibError, FloatingPointError):
     """The loss (or the weights after the update) became NaN/inf at `step`; that step and every
     later one were never checkpointed."""
 
-    hint = (
-        "Lower train.sft.learning_rate, keep max_grad_norm set, check the data for empty "
-        "responses; the last good checkpoint is listed below and `resume: auto` continues from "
-        "it."
-    )
+    hint = ("Lower train.sft.learning_rate, keep max_grad_norm set, check the data for empty "
+            "responses; the last good checkpoint is listed below and `resume: auto` continues "
+            "from it.")
 
     def __init__(self, step: int, loss: float, params_finite: bool = True):
         what = (f"loss became {loss}" if not math.isfinite(loss)
                 else "the updated weights became non-finite")
         super().__init__(f"{what} at step {step}; training stopped there (no checkpoint of step "
                          f"{step} or later was written)")
-        self.step = step
-        self.loss = loss
-        self.params_finite = params_finite
+        self.step, self.loss, self.params_finite = step, loss, params_finite
 
 
 @dataclasses.dataclass
@@ -100,11 +91,8 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: st
     if n_lora == 0:
         raise ValueError(
             f"train.sft.lora.target_modules = {target_modules!r} matched no module of the model; "
-            "check the module names (e.g. '.*attn.*|.*mlp.*')"
-        )
-    if mesh is not None:
-        lora_model = shard_model(lora_model, mesh)
-    return lora_model
+            "check the module names (e.g. '.*attn.*|.*mlp.*')")
+    return lora_model if mesh is None else shard_model(lora_model, mesh)
 
 
 def packed_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -127,23 +115,20 @@ def model_inputs(batch: dict[str, Any], pad_id: int = 0) -> dict[str, Any]:
     tokens = batch["input_tokens"]
     if "segment_ids" in batch:
         positions, mask = packed_positions_and_mask(jnp.asarray(batch["segment_ids"]))
-        return {"input_tokens": tokens, "input_mask": batch["input_mask"],
-                "positions": positions, "attention_mask": mask}
-    segment = batch.get("segment_mask")
-    if segment is None:
-        segment = tokens != pad_id
-    return {
-        "input_tokens": tokens,
-        "input_mask": batch["input_mask"],
-        "positions": sft_utils.build_positions_from_mask(segment),
-        "attention_mask": sft_utils.make_causal_attn_mask(segment),
-    }
+    else:
+        segment = batch.get("segment_mask")
+        if segment is None:
+            segment = tokens != pad_id
+        positions = sft_utils.build_positions_from_mask(segment)
+        mask = sft_utils.make_causal_attn_mask(segment)
+    return {"input_tokens": tokens, "input_mask": batch["input_mask"], "positions": positions,
+            "attention_mask": mask}
 
 
 def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
     # nnx.value_and_grad resolves keyword arguments by signature: no functools.partial here.
     def loss_fn(model: nnx.Module, input_tokens: jax.Array, input_mask: jax.Array,
-                positions: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+                positions: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, Any]:
         return sft_loss(model, input_tokens, input_mask, positions, attention_mask,
                         chunk_size=chunk_size)
 
@@ -151,12 +136,9 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
 
 
 class GuardedPeftTrainer(CheckedPeftTrainer):
-    """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed.
-
-    Each dispatched step's loss and weights check (`compat.trainer`: why) is checked as it
-    completes, without waiting; before a step that will be checkpointed, and at the end, the
-    check waits for every pending step.
-    """
+    """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed:
+    each dispatched step's loss and weights flag (`compat.trainer`) is checked once ready, and
+    waited for before a step that will be saved and at the end."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -166,13 +148,11 @@ class GuardedPeftTrainer(CheckedPeftTrainer):
     def on_train_step_dispatched(self, step: int, loss: jax.Array, params_finite: jax.Array,
                                  completes_step: bool) -> None:
         self._pending_checks.append((step, loss, params_finite))
-        self.check_finite(wait=completes_step and self.will_save(step))
-
-    def will_save(self, step: int) -> bool:
-        # Step-interval saves, plus Orbax's save of the first step of a fresh run.
-        if self.config.checkpoint_root_directory is None:
-            return False
-        return step % self.checkpoint_every == 0 or self.checkpoint_manager.latest_step() is None
+        # Wait before a step that will be saved: step-interval saves, plus Orbax's save of the
+        # first step of a fresh run.
+        self.check_finite(wait=completes_step and self.config.checkpoint_root_directory is not None
+                          and (step % self.checkpoint_every == 0
+                               or self.checkpoint_manager.latest_step() is None))
 
     def check_finite(self, wait: bool) -> None:
         """Raise NonFiniteLossError for the first bad pending step (waiting if `wait`)."""
@@ -190,12 +170,11 @@ class GuardedPeftTrainer(CheckedPeftTrainer):
 class _StepHooks(StageHooks):
     """Per-step metrics into the run record, progress, and the wall-clock stop."""
 
-    def __init__(self, on_step: Callable[[dict[str, Any]], None], tokens_per_step: Callable[[int], int],
-                 max_wall_time_s: float | None, schedule: optax.Schedule):
-        self.on_step = on_step
-        self.tokens_per_step = tokens_per_step
-        self.max_wall_time_s = max_wall_time_s
-        self.schedule = schedule
+    def __init__(self, on_step: Callable[[dict[str, Any]], None],
+                 tokens_per_step: Callable[[int], int], max_wall_time_s: float | None,
+                 schedule: optax.Schedule):
+        self.on_step, self.tokens_per_step = on_step, tokens_per_step
+        self.max_wall_time_s, self.schedule = max_wall_time_s, schedule
         self.started = time.monotonic()
         # When each optimizer step was dispatched, and when training ended: step k took
         # dispatch(k + 1) - dispatch(k) (the last one: end - dispatch(k)). Tunix calls
@@ -203,9 +182,8 @@ class _StepHooks(StageHooks):
         # the time between those calls is not the step's.
         self.dispatched: dict[int, float] = {}
         self.ended: float | None = None
-        self.stopped_for_time = False
+        self.stopped_for_time, self.eval_batches = False, 0
         self.losses: list[float] = []
-        self.eval_batches = 0
         self.validation: list[tuple[int, float]] = []
 
     def on_train_start(self, trainer: Any) -> None:
@@ -233,29 +211,21 @@ class _StepHooks(StageHooks):
         # Before Tunix's close() saves the last checkpoint: every pending step must be finite.
         trainer.check_finite(wait=True)
 
-    def step_time(self, step: int) -> float:
-        began = self.dispatched.get(step)
-        finished = self.dispatched.get(step + 1, self.ended)
-        if began is None or finished is None:
-            return 0.0
-        return finished - began
-
     def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
         now = time.monotonic()
-        step_time = self.step_time(int(step))
+        began = self.dispatched.get(int(step))
+        finished = self.dispatched.get(int(step) + 1, self.ended)
+        step_time = 0.0 if began is None or finished is None else finished - began
         loss = float(loss)
         self.losses.append(loss)
         tokens = self.tokens_per_step(step - 1)
         self.on_step({
-            "stage": "sft",
-            "step": int(step),
-            "loss": loss,
+            "stage": "sft", "step": int(step), "loss": loss,
             # Tunix logs the LR of the optimizer state when it writes the (late) metrics, i.e.
             # the next step's; the schedule gives the one this step used.
             "learning_rate": float(self.schedule(step - 1)),
             "grad_norm": self.latest_metric(trainer, "grad_norm"),
-            "step_time_s": round(step_time, 4),
-            "tokens": tokens,
+            "step_time_s": round(step_time, 4), "tokens": tokens,
             "tokens_per_s": round(tokens / step_time, 2) if step_time > 0 else None,
             "elapsed_s": round(now - self.started, 3),
         })
@@ -267,53 +237,36 @@ class _StepHooks(StageHooks):
 
 
 def run_sft(
-    model: nnx.Module,
-    batches: Iterable[Any],
-    sft: SftSection,
-    *,
-    mesh: jax.sharding.Mesh,
+    model: nnx.Module, batches: Iterable[Any], sft: SftSection, *, mesh: jax.sharding.Mesh,
     validation_batches: Iterable[Any] | None = None,
-    checkpointing: CheckpointSettings | None = None,
-    metrics: MetricsSettings | None = None,
-    max_wall_time_s: float | None = None,
-    pad_id: int = 0,
+    checkpointing: CheckpointSettings | None = None, metrics: MetricsSettings | None = None,
+    max_wall_time_s: float | None = None, pad_id: int = 0,
     tokens_per_step: Callable[[int], int] | None = None,
     on_step: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> SftResult:
-    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, with the
-    optimizer, schedule, clipping, accumulation and loss chunk of the `sft` config section.
-
-    `batches` must be re-iterable from step 0 with a fixed order (e.g. `SFTBatches`): on resume
-    Tunix restores the latest checkpoint in `checkpointing.directory` (None: no checkpoints) and skips the batches
-    already trained. Stops early, with a checkpoint, once `max_wall_time_s` has passed; raises
-    `NonFiniteLossError` (with no checkpoint of the bad step) if the loss or weights go NaN/inf.
-    A newest checkpoint that does not restore (or lacks its optimizer state) is moved to
-    `<directory>/corrupt/` first (`on_set_aside` hears of it) and training resumes from the
-    step before; `checkpoints.CheckpointError` when none restores. `tokens_per_step(i)` counts
-    the tokens of batch i, for the tokens/s metric. With `validation_batches` (finite, e.g.
-    one epoch of `SFTBatches`), Tunix's eval loop computes the mean validation loss before the
-    first step and every `sft.validate_every` steps; `on_step` hears each as a record of stage
-    "sft_validation".
-    """
+    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, as the `sft` config
+    section says. `batches` must be re-iterable from step 0 in a fixed order (e.g. `SFTBatches`): on
+    resume Tunix restores the latest checkpoint in `checkpointing.directory` (None: none) and skips
+    the trained batches; a newest step that does not restore is set aside first (`on_set_aside`;
+    `checkpoints.CheckpointError` when none restores). Stops, with a checkpoint, after
+    `max_wall_time_s`; `NonFiniteLossError` if the loss or weights go NaN/inf. `tokens_per_step(i)`:
+    tokens of batch i (tokens/s). `validation_batches` (finite): mean validation loss before step 1
+    and every `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
     schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
     tx = make_optimizer(
         learning_rate=sft.learning_rate, max_steps=max_steps, warmup_steps=sft.warmup_steps,
         optimizer=sft.optimizer, weight_decay=sft.weight_decay, max_grad_norm=sft.max_grad_norm,
-        schedule_kind=sft.lr_schedule,
-    )
+        schedule_kind=sft.lr_schedule)
     checkpoint_dir = checkpointing.directory
     training_config = TrainingConfig(
         eval_every_n_steps=sft.validate_every if validation_batches is not None else max_steps + 1,
-        max_steps=max_steps,
-        gradient_accumulation_steps=accum if accum > 1 else None,
+        max_steps=max_steps, gradient_accumulation_steps=accum if accum > 1 else None,
         checkpoint_root_directory=str(checkpoint_dir) if checkpoint_dir else None,
         checkpointing_options=checkpointing.orbax_options(),
-        metrics_logging_options=metrics_options(metrics),
-        pbar_description="SFT",
-    )
+        metrics_logging_options=metrics_options(metrics), pbar_description="SFT")
 
     def step_tokens(step_index: int) -> int:
         # One optimizer step consumes grad_accum_steps batches.
@@ -345,17 +298,11 @@ def run_sft(
             trainer.metrics_logger.close()
             raise
         steps_done = trainer.train_steps
-    if hooks.stopped_for_time:
-        reason = "max_wall_time"
-    elif steps_done >= max_steps:
-        reason = "max_steps"
-    else:
-        reason = "data_exhausted"
+    reason = ("max_wall_time" if hooks.stopped_for_time
+              else "max_steps" if steps_done >= max_steps else "data_exhausted")
     return SftResult(
         steps_done=steps_done, start_step=start_step, stopped_reason=reason,
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         last_checkpoint_step=checkpoints.latest_complete_step(checkpoint_dir),
         seconds=time.monotonic() - started,
-        set_aside=[entry.to_dict() for entry in set_aside],
-        validation=list(hooks.validation),
-    )
+        set_aside=[entry.to_dict() for entry in set_aside], validation=list(hooks.validation))
