@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.errors import KaggleLibError, format_validation_error
 
 MANIFEST = "run_manifest.json"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "run_manifest.schema.json"
@@ -233,20 +233,20 @@ class RunManifest(_Section):
 _FIELD_IN_MESSAGE = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.-]*): (.*)$", re.S)
 
 
+def _field_line(error: dict[str, Any]) -> str:
+    where, message = [str(part) for part in error["loc"]], error["msg"]
+    if error["type"] == "value_error" and (match := _FIELD_IN_MESSAGE.match(message)):
+        where.append(match.group(1))
+        message = match.group(2)
+    return f"{'.'.join(where) or '<top level>'}: {message}"
+
+
 def manifest_errors(manifest: dict[str, Any]) -> list[str]:
     """Violations as 'field.path: message' lines (empty when the manifest is valid)."""
     try:
         RunManifest.model_validate(manifest)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = [str(part) for part in error["loc"]]
-            message = error["msg"]
-            if error["type"] == "value_error" and (match := _FIELD_IN_MESSAGE.match(message)):
-                where.append(match.group(1))
-                message = match.group(2)
-            lines.append(f"{'.'.join(where) or '<top level>'}: {message}")
-        return sorted(lines)
+        return sorted(format_validation_error(exc, explain=_field_line, bullet="").splitlines())
     return []
 
 
