@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from kaggle_lib import eval_cli, logs, package
-from kaggle_lib.evaluation.tables import fmt_rate, format_scorecard_table
+from kaggle_lib.evaluation.scoring import fmt_rate, format_scorecard_table
 from kaggle_lib.evidence import compare
 from kaggle_lib.kaggle import bundle, push
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_lib import auth, compat, evidence, logs, multihost, runtime
 from kaggle_lib.config import RunConfig, load_config
-from kaggle_lib.evaluation import runner, tables
+from kaggle_lib.evaluation import runner, scoring
 from kaggle_lib.evidence import close, start
 from kaggle_lib.models import build
 
@@ -214,7 +214,7 @@ def finish(run: Run) -> None:
     """Summaries, plots, secret scan, README; status succeeded."""
     summary = run.evals.write_summary() if run.evals and run.evals.records else {}
     if summary:
-        log.info(tables.format_scorecard_table(summary))
+        log.info(scoring.format_scorecard_table(summary))
     headline = close.headline_metrics(summary, run.train_results)
     run.record.update_manifest(metrics=headline)
     close.finalize(run.record, status="succeeded")
