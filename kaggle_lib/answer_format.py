@@ -1,16 +1,14 @@
-"""The answer format every part of the package shares: the tags, reading a model output
-(`parse_output`), matching an answer (`answers_match`, `parse_number`) and the ``a op b = c``
-equations of a reasoning (`EQUATION`, `check_reasoning_lines`).
-
-Pure Python at the bottom of the package: data (prompts, reasoning-gym lines), evaluation
-(scoring) and training (GRPO rewards) import it, so a completion is read the same way wherever
-it is judged.
+"""The answer format: the tags, reading a model output (`parse_output`), matching an answer
+(`answers_match`, `parse_number`) and the ``a op b = c`` equations of a reasoning (`EQUATION`,
+`check_reasoning_lines`). Pure Python at the bottom of the package: data, evaluation and the
+GRPO rewards import it, so a completion is read the same way wherever it is judged.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -57,13 +55,9 @@ _APPROX = re.compile(
 
 def _strip_stop_markers(text: str) -> str:
     text = text.strip()
-    changed = True
-    while changed:  # e.g. "...</answer><end_of_turn>\n<eos>"
-        changed = False
-        for marker in _STOP_MARKERS:
-            if text.endswith(marker):
-                text = text[: -len(marker)].rstrip()
-                changed = True
+    while text.endswith(_STOP_MARKERS):  # e.g. "...</answer><end_of_turn>\n<eos>"
+        marker = next(m for m in _STOP_MARKERS if text.endswith(m))
+        text = text[: -len(marker)].rstrip()
     return text
 
 
@@ -99,16 +93,9 @@ def parse_output(text: str) -> ParsedOutput:
     answer = _last_pair(body, _ANSWER_OPEN, _ANSWER_CLOSE)
     reasoning = _last_pair(body, _REASONING_OPEN, _REASONING_CLOSE)
 
-    exact = False
     match = _EXACT.fullmatch(body)
-    if match is not None:
-        inner_reasoning, inner_answer = match.group(1), match.group(2)
-        exact = (
-            bool(inner_reasoning.strip())
-            and bool(inner_answer.strip())
-            and not _ANY_TAG.search(inner_reasoning)
-            and not _ANY_TAG.search(inner_answer)
-        )
+    exact = match is not None and all(inner.strip() and not _ANY_TAG.search(inner)
+                                      for inner in match.groups())
     approx = _APPROX.search(body) is not None
     return ParsedOutput(reasoning=reasoning, answer=answer, format_exact=exact, format_approx=approx)
 
@@ -211,6 +198,8 @@ EQUATION = re.compile(
     r"(?![\w])"
 )
 _ASCII_OPS = str.maketrans({"×": "*", "÷": "/", "\u2212": "-"})
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv}
 
 
 def ascii_expression(expression: str) -> str:
@@ -244,27 +233,15 @@ def evaluate_expression(expression: str) -> Fraction | None:
             return Fraction(num, den)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -walk(node.operand)
-        if isinstance(node, ast.BinOp):
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult):
-                return left * right
-            if isinstance(node.op, ast.Div):
-                return left / right  # ZeroDivisionError -> None below
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            # A division by zero raises ZeroDivisionError: None below.
+            return _BINARY[type(node.op)](walk(node.left), walk(node.right))
         raise ValueError("unsupported")
 
     try:
         return walk(tree)
     except (ValueError, ZeroDivisionError, TypeError):
         return None
-
-
-def find_equations(text: str) -> list[tuple[str, str]]:
-    """Every ``lhs = rhs`` equation in ``text`` with at least one operator, as (lhs, rhs)."""
-    return [(m.group("lhs").strip(), m.group("rhs").strip()) for m in EQUATION.finditer(text)]
 
 
 def equation_holds(lhs: str, rhs: str) -> bool:
@@ -282,6 +259,8 @@ def equation_holds(lhs: str, rhs: str) -> bool:
 
 
 def check_reasoning_lines(text: str | None) -> tuple[int, int]:
-    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning)."""
-    found = find_equations(text or "")
+    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning): every
+    ``lhs = rhs`` with at least one operator."""
+    found = [(m.group("lhs").strip(), m.group("rhs").strip())
+             for m in EQUATION.finditer(text or "")]
     return len(found), sum(equation_holds(lhs, rhs) for lhs, rhs in found)
