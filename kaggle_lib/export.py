@@ -1,19 +1,13 @@
-"""Exports of a trained Gemma 3: the LoRA adapters merged into the base weights, written as
+"""Exports of a trained Gemma 3, LoRA merged into the base weights, as
 
-* **HF safetensors** (`model.safetensors`, `config.json`, `generation_config.json`,
-  `tokenizer.model`): loads in our loader (`load_model(name, source="local", path=dir)`),
-  in Tunix's `create_model_from_safe_tensors` and in transformers' `Gemma3ForCausalLM`.
-  The merge itself is Tunix's `gemma3.params.save_lora_merged_model_as_safetensors`, fed with a
-  float32 base written from memory (its loader reads safetensors with numpy, which has no
-  bfloat16), so the export is float32 unless `dtype="bfloat16"` is asked for.
-* **Orbax checkpoint in the upstream Gemma 3 layout** (`transformer/layer_N/...`, the layout of
-  Kaggle's `google/gemma-3/flax` models; `models.kaggle_format`): Tunix's
-  `gemma3.params.create_model_from_checkpoint` restores it, so it is what a Kaggle Model for the
-  multi-session track holds (no safetensors). Its merged weights come from
-  `models.lora_merge` (in memory; Tunix's merge only writes safetensors).
+* HF safetensors (+ config.json, generation_config.json, tokenizer.model): loads in our loader,
+  Tunix's `create_model_from_safe_tensors` and transformers' `Gemma3ForCausalLM`. The merge is
+  Tunix's `save_lora_merged_model_as_safetensors`, fed a float32 base written from memory (its
+  loader reads safetensors with numpy, which has no bfloat16): float32 unless asked for bfloat16.
+* an Orbax checkpoint in the upstream Gemma 3 layout (`models.kaggle_format`, Kaggle's
+  `google/gemma-3/flax`), what a Kaggle Model holds; merged in memory by `models.lora_merge`.
 
 Both are loaded back and their logits compared with the trained model's (`export_model`).
-Weight names: `models.convert`.
 """
 
 from __future__ import annotations
@@ -69,9 +63,6 @@ def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
     return model.config
 
 
-# ---------------------------------------------------------------------------- HF layout
-
-
 def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
     """The config.json transformers writes for a Tunix Gemma3 config (inverse of
     `models.hf_compat.tunix_config_from_hf`): built as transformers' own `Gemma3TextConfig`, so
@@ -93,42 +84,32 @@ def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: s
 
     eos = list(eos_ids)
     return Gemma3TextConfig(
-        architectures=["Gemma3ForCausalLM"],
-        vocab_size=config.num_embed,
-        hidden_size=config.embed_dim,
-        intermediate_size=config.hidden_dim,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
+        architectures=["Gemma3ForCausalLM"], vocab_size=config.num_embed,
+        hidden_size=config.embed_dim, intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
         hidden_activation="gelu_pytorch_tanh",
         # Gemma 3 270M/1B publish 32k positions; the rope-scaled larger models 128k.
         max_position_embeddings=32768 if config.global_scale_factor == 1.0 else 131072,
-        rms_norm_eps=1e-6,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=eos[0] if len(eos) == 1 else eos,
-        tie_word_embeddings=True,
+        rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2,
+        eos_token_id=eos[0] if len(eos) == 1 else eos, tie_word_embeddings=True,
         rope_parameters={
             "full_attention": rope(config.global_base_frequency, config.global_scale_factor),
             "sliding_attention": rope(config.local_base_frequency, config.local_scale_factor),
         },
-        query_pre_attn_scalar=scalar,
-        sliding_window=config.sliding_window_size,
+        query_pre_attn_scalar=scalar, sliding_window=config.sliding_window_size,
         layer_types=[pattern[i % len(pattern)] for i in range(config.num_layers)],
-        final_logit_softcapping=None,
-        attn_logit_softcapping=None,
-        dtype=dtype,
+        final_logit_softcapping=None, attn_logit_softcapping=None, dtype=dtype,
     ).to_diff_dict()
 
 
 def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
     if dtype == "float32":
-        save_numpy_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-                  str(path), metadata={"format": "pt"})
+        save_numpy_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
+                               str(path), metadata={"format": "pt"})
     elif dtype == "bfloat16":
-        save_bfloat16_safetensors({k: jnp.asarray(v, dtype=jnp.bfloat16) for k, v in tensors.items()}, str(path),
-                  metadata={"format": "pt"})
+        save_bfloat16_safetensors({k: jnp.asarray(v, jnp.bfloat16) for k, v in tensors.items()},
+                                  str(path), metadata={"format": "pt"})
     else:
         raise ExportError(f"export dtype {dtype!r}; allowed: 'float32', 'bfloat16'")
 
@@ -144,18 +125,14 @@ def _write_side_files(directory: Path, config: g3.ModelConfig, tokenizer: Any, e
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": eos[0] if len(eos) == 1 else eos},
         indent=2) + "\n")
+    _write_tokenizer(directory, tokenizer)
+
+
+def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
+    """tokenizer.model: the serialized SentencePiece model of our Tokenizer or a processor."""
     if tokenizer is not None:
-        (directory / "tokenizer.model").write_bytes(_tokenizer_bytes(tokenizer))
-
-
-def _tokenizer_bytes(tokenizer: Any) -> bytes:
-    """A serialized SentencePiece model from our Tokenizer, a processor, bytes or a path."""
-    if isinstance(tokenizer, bytes):
-        return tokenizer
-    if isinstance(tokenizer, str | Path):
-        return Path(tokenizer).read_bytes()
-    processor = getattr(tokenizer, "processor", tokenizer)
-    return processor.serialized_model_proto()
+        processor = getattr(tokenizer, "processor", tokenizer)
+        (directory / "tokenizer.model").write_bytes(processor.serialized_model_proto())
 
 
 def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
@@ -191,9 +168,6 @@ def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: An
     return out_dir
 
 
-# ---------------------------------------------------------------------------- Orbax (Kaggle)
-
-
 def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                alpha: float | None = None) -> Path:
     """Write the (LoRA-merged) model as an upstream-layout Orbax checkpoint in `out_dir`
@@ -202,12 +176,8 @@ def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
     if lora_rank(model) is not None and alpha is None:
         raise ExportError("the model has LoRA params: pass alpha (train.sft.lora.alpha) to merge them")
     out_dir = kaggle_format.write_upstream_checkpoint(merge_lora_params(model, alpha or 0.0), out_dir)
-    if tokenizer is not None:
-        (out_dir / "tokenizer.model").write_bytes(_tokenizer_bytes(tokenizer))
+    _write_tokenizer(out_dir, tokenizer)
     return out_dir
-
-
-# ---------------------------------------------------------------------------- checks
 
 
 @nnx.jit  # compiled once per model structure; eager is ~10x slower
@@ -241,13 +211,11 @@ class ExportResult:
         def rel(p: Path) -> str:
             return str(p.resolve().relative_to(Path(run_dir).resolve()))
 
-        return {
-            HF_DIR: {"path": rel(self.hf_dir), "format": "hf-safetensors", "step": step,
-                     "max_logit_diff": self.hf_max_logit_diff, "tolerance": self.tolerance},
-            ORBAX_DIR: {"path": rel(self.orbax_dir), "format": "orbax-gemma3-upstream",
-                        "step": step, "max_logit_diff": self.orbax_max_logit_diff,
-                        "tolerance": self.tolerance},
-        }
+        return {HF_DIR: {"path": rel(self.hf_dir), "format": "hf-safetensors", "step": step,
+                         "max_logit_diff": self.hf_max_logit_diff, "tolerance": self.tolerance},
+                ORBAX_DIR: {"path": rel(self.orbax_dir), "format": "orbax-gemma3-upstream",
+                            "step": step, "max_logit_diff": self.orbax_max_logit_diff,
+                            "tolerance": self.tolerance}}
 
 
 def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
