@@ -1,9 +1,7 @@
-"""The notebook's training stages, SFT then GRPO, as adapters from a run's config and model to
-`training.sft.run_sft` / `training.grpo.run_grpo`: they load and tokenize the data, prepare the
-checkpoint directory, record metrics, the training log and the manifest, and summarise.
-
-They see a run only through `StageInputs` (the pipeline builds it); `run_stages` runs the
-configured stages in order under one wall-clock budget.
+"""The notebook's training stages, SFT then GRPO, as adapters from a run (`StageInputs`) to
+`training.sft.run_sft` / `training.grpo.run_grpo`: they load the data, prepare the checkpoint
+directory, record metrics, the training log and the manifest, and summarise. `run_stages` runs
+the configured stages in order under one wall-clock budget.
 """
 
 from __future__ import annotations
@@ -127,10 +125,8 @@ def data_fingerprint(tokenized: TokenizedSet) -> str:
 
 def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
     """LoRA/full SFT of `inputs.loaded.model` in place; checkpoints in the run's own directory."""
-    cfg = inputs.config
+    cfg, loaded, mesh = inputs.config, inputs.loaded, inputs.mesh
     sft = cfg.train.sft
-    loaded = inputs.loaded
-    mesh = inputs.mesh
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     # An example cut before its answer would teach the model to stop mid-reasoning: drop it
     # (the count is in the manifest's data.n_dropped).
@@ -204,17 +200,11 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
             # Also on failure: failure_analysis.md names the last good checkpoint.
             inputs.note_checkpoint(ckpt_dir)
     losses = result.losses
-    summary = {
-        "steps": result.steps_done, "start_step": result.start_step,
-        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
-        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
-        "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
-        "mode": sft.mode, "checkpoints_set_aside": len(result.set_aside),
+    return _summary(
+        result, started, loss_first10_mean=_mean(losses[:10]), loss_last10_mean=_mean(losses[-10:]),
+        mode=sft.mode, checkpoints_set_aside=len(result.set_aside),
         **({"validation_loss": [[step, round(loss, 5)] for step, loss in result.validation]}
-           if result.validation else {}),
-    }
-    log.info(f"sft: {summary}")
-    return summary
+           if result.validation else {}))
 
 
 def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
@@ -250,9 +240,8 @@ def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
 def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
     """GRPO of the model in place: the SFT result (LoRA) trained further. Without an SFT stage
     before it, the model gets the run's LoRA adapters first, as SFT would add them."""
-    cfg = inputs.config
+    cfg, loaded = inputs.config, inputs.loaded
     grpo = cfg.train.grpo
-    loaded = inputs.loaded
     # The same data.train as SFT: with reasoning-gym items in it, the answer reward scores them
     # with reasoning-gym's own scorer (rewards.py).
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
@@ -287,16 +276,10 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
     finally:
         inputs.note_checkpoint(ckpt_dir / "actor")
     rewards = result.rewards
-    summary = {
-        "steps": result.steps_done, "start_step": result.start_step,
-        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
-        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
-        "prompts": len(prompts), "reward_first": rewards[0] if rewards else None,
-        "reward_last": rewards[-1] if rewards else None,
-        "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
-    }
-    log.info(f"grpo: {summary}")
-    return summary
+    return _summary(result, started, prompts=len(prompts),
+                    reward_first=rewards[0] if rewards else None,
+                    reward_last=rewards[-1] if rewards else None,
+                    reward_mean=round(float(np.mean(rewards)), 5) if rewards else None)
 
 
 def length_buckets(max_len: int) -> tuple[int, ...]:
@@ -312,6 +295,15 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
+def _summary(result: Any, started: float, **stage_fields: Any) -> dict[str, Any]:
+    """A stage's summary for the manifest: what both trainers report, then the stage's own."""
+    return {"steps": result.steps_done, "start_step": result.start_step,
+            "stopped_reason": result.stopped_reason,
+            "seconds": round(time.monotonic() - started, 2),
+            "checkpoint_dir": result.checkpoint_dir,
+            "last_checkpoint_step": result.last_checkpoint_step, **stage_fields}
+
+
 def run_stages(inputs: StageInputs) -> dict[str, Any]:
     """The configured stages in order, then loss.png. train.max_wall_time bounds them all
     together, counted from here: each stage gets what the previous ones left."""
@@ -325,6 +317,7 @@ def run_stages(inputs: StageInputs) -> dict[str, Any]:
     adapters = {"sft": run_sft_stage, "grpo": run_grpo_stage}
     for name in inputs.config.train.stages:
         results[name] = adapters[name](inputs, max_wall_time_s=remaining())
+        log.info(f"{name}: {results[name]}")
         inputs.record.update_manifest(training={name: results[name]})
     plots.plot_loss(inputs.record, inputs.run_dir.name)
     return results
