@@ -1,13 +1,10 @@
 """GRPO reward functions in Tunix's signature, scored with the same rules as evaluation.
 
-Tunix calls every reward function as ``fn(prompts=..., completions=..., **columns)``, where the
-columns are the other fields of the training batch (here ``answer`` and ``rg_item``: the JSON
-of a reasoning-gym item, empty for ours) plus Tunix's own extras
-(``mode``, ``trajectory_ids``), each repeated once per generation; it sums the returned lists.
-Parsing and answer matching are `kaggle_lib.answer_format.parse_output` / `answers_match`, so a
-completion earns the answer reward exactly when the evaluation would count it correct;
-reasoning-gym items are scored by reasoning-gym's own scorer, partial credit included
-(knights_knaves gives 0.3-0.65 for some roles right).
+Tunix calls each as ``fn(prompts=..., completions=..., **columns)`` (the batch's other fields,
+here ``answer`` and ``rg_item``: a reasoning-gym item's JSON, else empty; plus Tunix's extras),
+one value per generation, and sums the lists. Answers are read with `answer_format`, so a
+completion earns the answer reward exactly when evaluation counts it correct; reasoning-gym
+items are scored by its own scorer, partial credit included (knights_knaves: 0.3-0.65).
 """
 
 from __future__ import annotations
@@ -65,12 +62,10 @@ def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer",
         if column not in kwargs:
             raise KeyError(
                 f"answer_reward needs the {column!r} column of the GRPO batch (got columns "
-                f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}"
-            )
+                f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}")
         expected = kwargs[column]
         items = kwargs.get(item_column)
-        if items is None:
-            items = [""] * len(completions)
+        items = [""] * len(completions) if items is None else items
         _check_lengths("answer_reward", completions, prompts=prompts,
                        **{column: expected, item_column: items})
         scores = []
