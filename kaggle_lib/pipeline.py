@@ -1,10 +1,8 @@
 """The notebook's stages, one function per cell, each a call into its domain module: start_run,
 authenticate, load_model, evaluate("baseline"), sample("baseline"), evaluate("baseline_fewshot"),
-train, evaluate("trained"), sample("trained"), export_model, finish.
-
-Each stage records its status and duration in the run manifest. A stage that raises marks the
-run failed and writes failure_analysis.md (stage, error, what to do, last good checkpoint)
-before the error propagates, so papermill stops with the record already complete.
+train, evaluate("trained"), sample("trained"), export_model, finish. Each records its status and
+duration in the manifest; one that raises first fails the run and writes failure_analysis.md,
+so papermill stops with the record already complete.
 """
 
 from __future__ import annotations
@@ -177,8 +175,8 @@ def load_model(run: Run) -> None:
 @stage("evaluate")
 def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl: `which` is baseline
-    (zero-shot), baseline_fewshot (the few-shot prompt: a fairer baseline for a base model; the
-    summary's delta is against the better of the two) or trained."""
+    (zero-shot), baseline_fewshot (the few-shot prompt; the delta is against the better
+    baseline) or trained."""
     run.evals.evaluate(run.loaded, which, mesh=run.mesh)
 
 
@@ -206,7 +204,7 @@ def export_model(run: Run) -> None:
 
     if run.cfg.evidence.export and run.train_results:
         export_run(run.loaded, run.cfg.train.sft, run.record,
-                           (run.train_results.get("sft") or {}).get("steps"))
+                   (run.train_results.get("sft") or {}).get("steps"))
 
 
 @stage("finish")
