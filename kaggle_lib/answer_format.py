@@ -62,11 +62,8 @@ def _strip_stop_markers(text: str) -> str:
 
 
 def _last_pair(text: str, open_re: re.Pattern[str], close_re: re.Pattern[str]) -> str | None:
-    """Content of the last opening tag that is closed later (innermost for nested tags).
-
-    An unclosed final tag (typically a truncated output) is skipped rather than read to the
-    end of the text: a half-written answer should not be scored.
-    """
+    """Content of the last opening tag that is closed later (innermost for nested tags): an
+    unclosed final tag (a truncated output) is skipped, a half-written answer is not scored."""
     for opening in reversed(list(open_re.finditer(text))):
         closing = close_re.search(text, opening.end())
         if closing is not None:
@@ -75,17 +72,11 @@ def _last_pair(text: str, open_re: re.Pattern[str], close_re: re.Pattern[str]) -
 
 
 def parse_output(text: str) -> ParsedOutput:
-    """Split a model output into reasoning and answer and judge its format.
-
-    - `format_exact`: after stripping whitespace and trailing `<end_of_turn>`/`<eos>`, the
-      output is exactly `<reasoning>R</reasoning>` then `<answer>A</answer>` (lowercase tags,
-      only whitespace between the two blocks, nothing before or after), with non-empty R and A
-      and no further reasoning/answer tags inside them. Empty blocks do not count because a
-      format reward must not pay for `<reasoning></reasoning><answer></answer>`.
-    - `format_approx`: both tag pairs appear in order, tags matched case-insensitively with
-      whitespace allowed inside them, any text around them.
-    - `answer` / `reasoning`: stripped content of the last closed tag pair (see `_last_pair`);
-      None when there is no closed pair.
+    """Split a model output into reasoning and answer (the last closed pairs, `_last_pair`) and
+    judge its format. `format_exact`: without surrounding whitespace and trailing stop markers,
+    exactly `<reasoning>R</reasoning>` `<answer>A</answer>` (lowercase, only whitespace between),
+    R and A non-empty (a format reward must not pay for empty blocks) and free of further tags.
+    `format_approx`: both pairs in order, tags in any case with inner whitespace, any text around.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_output expects the decoded output as str, got {type(text).__name__}")
@@ -105,9 +96,8 @@ TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
 
 
 def first_answer_only(text: str) -> str:
-    """``text`` up to and including its first ``</answer>``: what a stop at ``</answer>``
-    gives. A few-shot prompt invites the model to go on with another invented question,
-    whose answer would otherwise be the last one and be scored."""
+    """``text`` up to its first ``</answer>``: after a few-shot prompt the model goes on with an
+    invented question, whose answer would otherwise be the last one and be scored."""
     closing = _ANSWER_CLOSE.search(text)
     return text if closing is None else text[: closing.end()]
 

@@ -117,10 +117,9 @@ def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -
 def _write_side_files(directory: Path, config: g3.ModelConfig, tokenizer: Any, eos_ids: Sequence[int],
                       dtype: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(
-        # As transformers' save_pretrained writes it.
-        json.dumps(hf_config(config, eos_ids=eos_ids, dtype=dtype), indent=2, sort_keys=True)
-        + "\n")
+    hf = hf_config(config, eos_ids=eos_ids, dtype=dtype)
+    # As transformers' save_pretrained writes it.
+    (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     eos = list(eos_ids)
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": eos[0] if len(eos) == 1 else eos},
@@ -138,11 +137,7 @@ def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
 def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                         alpha: float | None = None, eos_ids: Sequence[int] = (1,),
                         dtype: str = "float32") -> Path:
-    """Write the (LoRA-merged) model as an HF Gemma 3 directory; returns it.
-
-    With LoRA params, `alpha` (train.sft.lora.alpha) is required and the merge is done by
-    Tunix's `save_lora_merged_model_as_safetensors` on a float32 base written from memory.
-    """
+    """Write the (LoRA-merged: `alpha` required) model as an HF Gemma 3 directory; returns it."""
     config = _gemma3_config(model)
     out_dir = Path(out_dir)
     rank = lora_rank(model)

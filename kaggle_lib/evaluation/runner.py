@@ -55,11 +55,8 @@ def make_generator(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: 
 
 def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,
                            batch_size: int, desc: str = "eval") -> list[Any]:
-    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s).
-
-    Same outputs as one call: greedy decoding does not depend on the batching, and each
-    batch keeps the compiled shapes (`Generator` pads the last batch to `batch_size`).
-    """
+    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s): the
+    same outputs as one call, and each batch keeps the compiled shapes (the last is padded)."""
     from tqdm.auto import tqdm
 
     outputs: list[Any] = []
@@ -133,10 +130,8 @@ def summary_of(records: Mapping[str, Sequence[Mapping[str, Any]]],
 def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
                    generations: list[Any] | None) -> list[Any] | None:
     """The evaluation's own outputs for the sample questions when sampling would only repeat
-    them: the default questions (the first eval items), greedy, the eval's token budget.
-    Greedy decoding does not depend on the other rows of a batch (tests/integration/
-    test_generation.py), so a second decode would cost a batch of decode steps for the same
-    tokens."""
+    them (default questions, greedy, the eval's token budget): greedy decoding does not depend
+    on the other rows of a batch (tests/integration/test_generation.py)."""
     if generations is None or sample.prompts or sample.temperature != 0.0 \
             or sample.max_new_tokens != eval_max_new_tokens:
         return None

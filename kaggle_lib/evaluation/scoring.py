@@ -76,11 +76,8 @@ def score_item(item: Mapping[str, Any], output: str, token_count: int, truncated
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054
                     ) -> tuple[float, float] | None:
-    """Wilson score interval for a proportion (95% by default); None when n == 0.
-
-    Chosen over the normal approximation because it stays inside [0, 1] and is not empty at
-    0 or n successes, the usual case for small evaluations.
-    """
+    """Wilson score interval for a proportion (95% by default); None when n == 0. Unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n successes."""
     if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes} of {n}")
     if n == 0:
@@ -122,17 +119,10 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Metrics overall and per section / category / difficulty.
-
-    Returns `{"overall": m, "by_section": {name: m}, "by_category": ..., "by_difficulty": ...,
-    "ci95": ..., "reasoning_lines": ...}` where `m = {"n", "accuracy", "format_exact",
-    "format_approx", "mean_tokens", "truncation_rate"}` (rates in [0, 1], None when n == 0).
-    `ci95` is the 95% Wilson interval of the accuracy, `[lo, hi]` (None when n == 0), and
-    `reasoning_lines` is `{"equations", "correct", "share"}` (the arithmetic of every
-    `a op b = c` in the reasoning checked; share None without equations); both overall and
-    by section. Group names are strings (so the scorecard survives a JSON round trip
-    unchanged) in sorted order.
-    """
+    """Metrics (`_metrics`; None when n == 0) overall and `by_section` / `by_category` /
+    `by_difficulty`, plus `ci95` (the accuracy's Wilson interval) and `reasoning_lines` (the
+    equations of the reasoning checked), both overall and by section. Group names are strings
+    (the scorecard survives a JSON round trip unchanged), in sorted order."""
     records = list(records)
     for index, record in enumerate(records):
         for field in _SCORED_FIELDS:
@@ -187,13 +177,9 @@ def summarize(baseline_records: Iterable[Mapping[str, Any]] | None,
               trained_records: Iterable[Mapping[str, Any]] | None,
               meta: Mapping[str, Any] | None = None, *,
               fewshot_records: Iterable[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """The `eval_summary.json` structure (`baseline`, `baseline_fewshot`, `trained`: scorecard
-    or None; `delta`, `delta_against`, `meta`); any stage may be missing (None).
-
-    `delta` is trained minus the better baseline (`better_baseline`: zero-shot or few-shot,
-    named in `delta_against`), so training is credited only with what a good prompt alone
-    could not do; None unless trained and a baseline are present.
-    """
+    """The `eval_summary.json` structure; any stage may be missing (None). `delta` is trained
+    minus the better baseline (named in `delta_against`), so training is credited only with
+    what a good prompt alone could not do; None unless trained and a baseline are present."""
     if baseline_records is None and trained_records is None and fewshot_records is None:
         raise ValueError("summarize needs baseline_records, trained_records or both; got neither")
     cards = {

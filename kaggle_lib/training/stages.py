@@ -81,11 +81,9 @@ class StageInputs:
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
-    """Copy the complete steps of a previous run's checkpoints into this run (inputs on Kaggle
-    are read-only, and the record of each run stays self-contained); returns the newest.
-    Whether it restores is checked with the run's own steps before training (`checkpoints`):
-    every complete step is copied, so that a newest step that does not restore is set aside
-    for the previous one, as on a resume in place."""
+    """Copy every complete step of a previous run's checkpoints into this run (Kaggle inputs are
+    read-only; each run's record stays self-contained) -> the newest. All are copied so that a
+    newest step that does not restore is set aside for the previous one, as on a resume."""
     source = Path(resume_from)
     steps = checkpoints.complete_steps(source)
     if not steps:
@@ -156,8 +154,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     validation = validation_batches(inputs, items, buckets, rows)
 
     def tokens_per_step(step: int) -> int:
-        indices = batches.indices_at(step)
-        return int(tokenized.lengths[indices].sum())
+        return int(tokenized.lengths[batches.indices_at(step)].sum())
 
     inputs.add_lora()
     ckpt_dir = inputs.checkpoint_dir("sft")
