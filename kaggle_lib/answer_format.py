@@ -148,17 +148,13 @@ def parse_number(text: str) -> float | None:
         whole, num, den = fraction.groups()
         if int(den) == 0:
             return None
-        value = Fraction(int(num), int(den)) + (int(whole) if whole else 0)
-        return sign * float(value)
+        return sign * float(Fraction(int(num), int(den)) + (int(whole) if whole else 0))
     # The regex guard keeps float() from accepting "nan", "inf" or "1_000".
-    if _PLAIN_NUMBER.fullmatch(s):
-        return sign * float(s)
-    return None
+    return sign * float(s) if _PLAIN_NUMBER.fullmatch(s) else None
 
 
-def answers_match(
-    predicted: str | None, expected: str | int | float, rel_tol: float = 1e-4
-) -> tuple[bool, bool]:
+def answers_match(predicted: str | None, expected: str | int | float, rel_tol: float = 1e-4
+                  ) -> tuple[bool, bool]:
     """Return `(exact, numeric)`; an answer is correct when either is True.
 
     exact: equal after `normalize_answer`. numeric: both parse with `parse_number` and

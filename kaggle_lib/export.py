@@ -56,10 +56,8 @@ class ExportError(KaggleLibError, ValueError):
 
 def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
     if not isinstance(model, g3.Gemma3):
-        raise ExportError(
-            f"exports support Tunix Gemma3 models; got {type(model).__name__} "
-            "(allowed: tunix.models.gemma3.model.Gemma3, LoRA-wrapped or not)"
-        )
+        raise ExportError(f"exports support Tunix Gemma3 models; got {type(model).__name__} "
+                          "(allowed: tunix.models.gemma3.model.Gemma3, LoRA-wrapped or not)")
     return model.config
 
 
@@ -255,18 +253,16 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
             "hf_max_logit_diff": hf_diff, "orbax_max_logit_diff": orbax_diff, "tolerance": tol}
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     if not (hf_diff <= tol and orbax_diff <= tol):
-        raise ExportError(
-            f"exported weights do not reproduce the trained model: max |logit diff| HF {hf_diff:.3g}, "
-            f"Orbax {orbax_diff:.3g}, tolerance {tol:g} (details in {out_dir / EXPORT_INFO})"
-        )
+        raise ExportError(f"exported weights do not reproduce the trained model: max |logit diff| "
+                          f"HF {hf_diff:.3g}, Orbax {orbax_diff:.3g}, tolerance {tol:g} (details "
+                          f"in {out_dir / EXPORT_INFO})")
     return ExportResult(hf_dir, orbax_dir, hf_diff, orbax_diff, tol)
 
 
 def export_run(loaded: Any, sft: Any, record: Any, step: int | None) -> None:
-    """A run's trained model (`loaded`) exported into <run_dir>/export/ and recorded in its
-    manifest (`exports`; `step` the SFT steps, `sft` the train.sft section: LoRA alpha).
-    Skipped, with a message, for families other than Gemma 3 (their Tunix code has no
-    safetensors merge helper to check against) and in multi-process runs."""
+    """A run's trained model exported into <run_dir>/export/ and recorded in the manifest
+    (`sft`: train.sft, for the LoRA alpha; `step`: the SFT steps). Skipped, saying so, for other
+    families than Gemma 3 (Tunix has no merge helper for them) and in multi-process runs."""
     if multihost.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
         log.info("export: skipped in a multi-process run; restore its last checkpoint in a "
                  "1-process run (train.resume_from: <run>/checkpoints/sft) to export")
