@@ -37,10 +37,8 @@ class ParsedOutput:
 
 def _tag_res(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     # Lenient tags: any case, whitespace inside the angle brackets.
-    return (
-        re.compile(rf"<\s*{name}\s*>", re.IGNORECASE),
-        re.compile(rf"<\s*/\s*{name}\s*>", re.IGNORECASE),
-    )
+    return (re.compile(rf"<\s*{name}\s*>", re.IGNORECASE),
+            re.compile(rf"<\s*/\s*{name}\s*>", re.IGNORECASE))
 
 
 _REASONING_OPEN, _REASONING_CLOSE = _tag_res("reasoning")

@@ -1,7 +1,4 @@
-"""`python -m kaggle_lib eval`: evaluate a finished run's model on another jsonl.
-
-    python -m kaggle_lib eval --run-dir <run> --data <file.jsonl> [--model base|trained]
-        [--few-shot] [--out-name NAME] [--limit N] [--max-new-tokens N] [--batch-size N]
+"""`python -m kaggle_lib eval` (options: `cli.py`): evaluate a finished run's model on a jsonl.
 
 `--model trained` (default): the run's latest SFT checkpoint, stage "trained"; `--model base`:
 the untrained weights it started from, stage "baseline" ("baseline_fewshot" with `--few-shot`).

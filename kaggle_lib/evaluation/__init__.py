@@ -1,1 +1,1 @@
-"""Evaluation: `scoring` (pure: records, scorecards, tables), `runner` (the one loop, a run's evaluations)."""
+"""Evaluation: `scoring` (pure: records, scorecards, tables), `runner` (the one loop)."""

@@ -47,7 +47,8 @@ def score_item(item: Mapping[str, Any], output: str, token_count: int, truncated
         raise ValueError(f"evaluation item {item_id!r}: token_count must be an int >= 0, "
                          f"got {token_count!r}")
     if not isinstance(truncated, bool):
-        raise ValueError(f"evaluation item {item_id!r}: truncated must be a bool, got {truncated!r}")
+        raise ValueError(f"evaluation item {item_id!r}: truncated must be a bool, "
+                         f"got {truncated!r}")
     if stage is not None and stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 

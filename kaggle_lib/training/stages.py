@@ -229,9 +229,8 @@ def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
         "validation_examples": len(tokenized.tokens), "validation_batches": len(batches)})
     log.info(f"data: {len(held_out)} validation items ({len(items) - len(held_out)} dropped as "
              f"training prompts), {len(batches)} batches every {cfg.train.sft.validate_every} steps")
-    if rows is not None:
-        return multihost.GlobalBatches(batches, inputs.mesh, batch_size)
-    return batches
+    return (multihost.GlobalBatches(batches, inputs.mesh, batch_size) if rows is not None
+            else batches)
 
 
 def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
