@@ -112,7 +112,6 @@ def normalize_answer(text: str) -> str:
 _PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?")
 _FRACTION = re.compile(r"(?:(\d+)\s+)?(\d+)\s*/\s*(\d+)")
-_CURRENCY = "$£€¥"
 
 
 def parse_number(text: str) -> float | None:
@@ -128,7 +127,7 @@ def parse_number(text: str) -> float | None:
     if s and s[0] in "+-":
         sign = -1.0 if s[0] == "-" else 1.0
         s = s[1:].strip()
-    if s and s[0] in _CURRENCY:
+    if s and s[0] in "$£€¥":
         s = s[1:].strip()
         if s and s[0] in "+-" and sign == 1.0:  # "$-12"
             sign = -1.0 if s[0] == "-" else 1.0

@@ -35,8 +35,7 @@ def final_line(summary: dict[str, Any]) -> dict[str, Any]:
     card = summary[meta["stage"]]
     overall = card["overall"]
     return {"n": overall["n"], "accuracy": overall["accuracy"], "ci95": card["ci95"]["overall"],
-            "format_exact": overall["format_exact"],
-            "truncation_rate": overall["truncation_rate"],
+            "format_exact": overall["format_exact"], "truncation_rate": overall["truncation_rate"],
             "equations_correct_share": card["reasoning_lines"]["overall"]["share"],
             "model": meta["model_weights"], "stage": meta["stage"], "out_dir": meta["out_dir"]}
 

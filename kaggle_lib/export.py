@@ -233,14 +233,13 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
     with jax.default_matmul_precision("highest"):
         if param_dtype == jnp.float32:
             reference = forward_logits(model, check_tokens)
-            tol = (max(LOGITS_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max()))
-                   if tolerance is None else tolerance)
+            tol = max(LOGITS_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max()))
         else:
             ref_model = build_model(f32, merge_lora_params(model, alpha or 0.0, dtype=np.float32))
             reference = forward_logits(ref_model, check_tokens)
             del ref_model
-            tol = (0.01 * max(1.0, float(np.abs(reference).max()))
-                   if tolerance is None else tolerance)
+            tol = 0.01 * max(1.0, float(np.abs(reference).max()))
+        tol = tol if tolerance is None else tolerance
         hf_model = params_safetensors.create_model_from_safe_tensors(str(hf_dir), f32,
                                                                      dtype=jnp.float32)
         hf_diff = max_abs_diff(forward_logits(hf_model, check_tokens), reference)

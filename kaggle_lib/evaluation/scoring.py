@@ -63,12 +63,10 @@ def score_item(item: Mapping[str, Any], output: str, token_count: int, truncated
         parsed.reasoning if parsed.reasoning is not None else output)
     record: dict[str, Any] = {} if stage is None else {"stage": stage}
     record.update({field: item[field] for field in ITEM_FIELDS})
-    record.update({
-        "output": output, "parsed_answer": parsed.answer, "correct": exact or numeric,
-        "exact_match": exact, "numeric_match": numeric, "format_exact": parsed.format_exact,
-        "format_approx": parsed.format_approx, "token_count": token_count,
-        "truncated": truncated, "equations": n_equations, "equations_correct": n_correct,
-    })
+    record.update(output=output, parsed_answer=parsed.answer, correct=exact or numeric,
+                  exact_match=exact, numeric_match=numeric, format_exact=parsed.format_exact,
+                  format_approx=parsed.format_approx, token_count=token_count,
+                  truncated=truncated, equations=n_equations, equations_correct=n_correct)
     return record
 
 
@@ -183,17 +181,12 @@ def summarize(baseline_records: Iterable[Mapping[str, Any]] | None,
     what a good prompt alone could not do; None unless trained and a baseline are present."""
     if baseline_records is None and trained_records is None and fewshot_records is None:
         raise ValueError("summarize needs baseline_records, trained_records or both; got neither")
-    cards = {
-        "baseline": None if baseline_records is None else scorecard(baseline_records),
-        "baseline_fewshot": None if fewshot_records is None else scorecard(fewshot_records),
-    }
-    trained = None if trained_records is None else scorecard(trained_records)
-    against = better_baseline(cards)
+    stages = zip(STAGES, (baseline_records, fewshot_records, trained_records), strict=True)
+    cards = {stage: None if records is None else scorecard(records) for stage, records in stages}
+    against, trained = better_baseline(cards), cards["trained"]
     delta = None if against is None or trained is None else scorecard_delta(cards[against],
                                                                             trained)
-    return {"baseline": cards["baseline"], "baseline_fewshot": cards["baseline_fewshot"],
-            "trained": trained, "delta": delta, "delta_against": against,
-            "meta": dict(meta or {})}
+    return {**cards, "delta": delta, "delta_against": against, "meta": dict(meta or {})}
 
 
 # --------------------------------------------------------------------------- tables

@@ -18,11 +18,6 @@ from kaggle_lib.data.reasoning_gym import score_answer
 
 RewardFn = Callable[..., list[float]]
 
-FORMAT_EXACT = 1.0
-FORMAT_APPROX = 0.5
-# Per distinct tag (<reasoning>, </reasoning>, <answer>, </answer>) present when the format is
-# not even approximately right: at most 0.4, always below FORMAT_APPROX.
-FORMAT_PER_TAG = 0.1
 
 
 def _check_lengths(name: str, completions: Sequence[str], **columns: Sequence[Any]) -> None:
@@ -36,10 +31,11 @@ def format_score(completion: str) -> float:
     """1.0 for the exact format, 0.5 for the approximate one, else 0.1 per tag present."""
     parsed = parse_output(completion)
     if parsed.format_exact:
-        return FORMAT_EXACT
+        return 1.0
     if parsed.format_approx:
-        return FORMAT_APPROX
-    return FORMAT_PER_TAG * sum(1 for tag in TAG_PATTERNS if tag.search(completion))
+        return 0.5
+    # Per distinct tag present: at most 0.4, always below the approximate format's 0.5.
+    return 0.1 * sum(1 for tag in TAG_PATTERNS if tag.search(completion))
 
 
 def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float]:

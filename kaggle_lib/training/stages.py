@@ -63,10 +63,9 @@ class StageInputs:
                                   keep=train.keep_checkpoints)
 
     def training_log(self, line: str) -> None:
-        if not multihost.is_writer():  # process 0 keeps the run's training log
-            return
-        with (self.run_dir / "training_log.txt").open("a") as fh:
-            fh.write(auth.redact(line) + "\n")
+        if multihost.is_writer():  # process 0 keeps the run's training log
+            with (self.run_dir / "training_log.txt").open("a") as fh:
+                fh.write(auth.redact(line) + "\n")
 
     def note_checkpoint(self, root: Path) -> None:
         step = checkpoints.latest_complete_step(root)
@@ -138,8 +137,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
     stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
-             "length_buckets": list(buckets),
-             "padding_fraction_fixed": round(padding["fixed"], 4),
+             "length_buckets": list(buckets), "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
     if cfg.data.packing:
         stats["padding_fraction_packed"] = round(packed_padding_fraction(batches), 4)
