@@ -140,9 +140,7 @@ def scorecard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if key == "by_section":
             ci95[key] = {name: _interval(groups[name]) for name in sorted(groups)}
             lines[key] = {name: _lines(groups[name]) for name in sorted(groups)}
-    card["ci95"] = ci95
-    card["reasoning_lines"] = lines
-    return card
+    return {**card, "ci95": ci95, "reasoning_lines": lines}
 
 
 def diff(a: float | None, b: float | None) -> float | None:
