@@ -45,10 +45,9 @@ _REASONING_OPEN, _REASONING_CLOSE = _tag_res("reasoning")
 _ANSWER_OPEN, _ANSWER_CLOSE = _tag_res("answer")
 _ANY_TAG = re.compile(r"<\s*/?\s*(?:reasoning|answer)\s*>", re.IGNORECASE)
 _EXACT = re.compile(r"<reasoning>(.*?)</reasoning>\s*<answer>(.*?)</answer>", re.DOTALL)
-_APPROX = re.compile(
-    r"<\s*reasoning\s*>.*?<\s*/\s*reasoning\s*>.*?<\s*answer\s*>.*?<\s*/\s*answer\s*>",
-    re.IGNORECASE | re.DOTALL,
-)
+# The four lenient tags (any case, whitespace inside the brackets): the format reward counts them.
+TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
+_APPROX = re.compile(".*?".join(tag.pattern for tag in TAG_PATTERNS), re.IGNORECASE | re.DOTALL)
 
 
 def _strip_stop_markers(text: str) -> str:
@@ -87,10 +86,6 @@ def parse_output(text: str) -> ParsedOutput:
                                       for inner in match.groups())
     approx = _APPROX.search(body) is not None
     return ParsedOutput(reasoning=reasoning, answer=answer, format_exact=exact, format_approx=approx)
-
-
-# The four tags, leniently (any case, whitespace inside the brackets): the format reward counts them.
-TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
 
 
 def first_answer_only(text: str) -> str:

@@ -175,8 +175,7 @@ def load_model(run: Run) -> None:
 @stage("evaluate")
 def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl: `which` is baseline
-    (zero-shot), baseline_fewshot (the few-shot prompt; the delta is against the better
-    baseline) or trained."""
+    (zero-shot), baseline_fewshot (few-shot prompt: the delta is against the better) or trained."""
     run.evals.evaluate(run.loaded, which, mesh=run.mesh)
 
 

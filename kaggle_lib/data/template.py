@@ -17,10 +17,8 @@ END_OF_TURN = "<end_of_turn>"
 
 # Short on purpose (24 tokens with Gemma 3's tokenizer, 44 before issue 14): it is repeated in
 # every training row and every evaluation prompt.
-SYSTEM_INSTRUCTION = (
-    f"Think step by step in {REASONING_START}{REASONING_END}, then give only the final answer "
-    f"in {ANSWER_START}{ANSWER_END}."
-)
+SYSTEM_INSTRUCTION = (f"Think step by step in {REASONING_START}{REASONING_END}, then give only "
+                      f"the final answer in {ANSWER_START}{ANSWER_END}.")
 
 
 def format_prompt(question: str, *, instruct: bool) -> str:

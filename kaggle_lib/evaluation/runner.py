@@ -93,9 +93,8 @@ class Evaluation:
 def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: str,
              max_new_tokens: int, batch_size: int, predictions: Path, style: str = "zero-shot",
              append: bool = False, mesh: Any = None, generator: Any = None) -> Evaluation:
-    """Generate greedily for every item in the prompt `style`, score each output as `stage`,
-    and write the records to `predictions` (added to the file with `append`). `generator`, one
-    that serves the model, is reused; without it one is built for these prompts."""
+    """Generate greedily for every item in the prompt `style`, score each output as `stage`, and
+    write the records to `predictions` (added with `append`); a `generator` given is reused."""
     prompts = render_prompts([i["prompt"] for i in items], style=style,
                              instruct=loaded.spec.instruct)
     generator = generator or make_generator(loaded, prompts, max_new_tokens, mesh)

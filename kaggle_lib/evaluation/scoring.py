@@ -1,10 +1,7 @@
-"""Scoring of model outputs against evaluation items: records, scorecards, summaries, tables.
-
-Pure Python (no model, no files): outputs generated elsewhere (`evaluation.runner`) are handed
-to `score_item`, so saved outputs can be scored again. Answers are read with
-`kaggle_lib.answer_format`; reasoning-gym items are also judged by reasoning-gym's own scorer.
-`predictions.jsonl` holds one `score_item` record per line (with a "stage", one of `STAGES`);
-`eval_summary.json` is the `summarize` structure.
+"""Scoring of model outputs against evaluation items: records (`score_item`, one per line of
+`predictions.jsonl`), scorecards, summaries (`summarize`: `eval_summary.json`), tables.
+Pure Python, no model and no files, so saved outputs can be scored again; reasoning-gym items
+are also judged by reasoning-gym's own scorer.
 """
 
 from __future__ import annotations
