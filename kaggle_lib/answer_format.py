@@ -1,16 +1,14 @@
-"""The answer format every part of the package shares: the tags, reading a model output
-(`parse_output`), matching an answer (`answers_match`, `parse_number`) and the ``a op b = c``
-equations of a reasoning (`EQUATION`, `check_reasoning_lines`).
-
-Pure Python at the bottom of the package: data (prompts, reasoning-gym lines), evaluation
-(scoring) and training (GRPO rewards) import it, so a completion is read the same way wherever
-it is judged.
+"""The answer format: the tags, reading a model output (`parse_output`), matching an answer
+(`answers_match`, `parse_number`) and the ``a op b = c`` equations of a reasoning (`EQUATION`,
+`check_reasoning_lines`). Pure Python at the bottom of the package: data, evaluation and the
+GRPO rewards import it, so a completion is read the same way wherever it is judged.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,40 +37,30 @@ class ParsedOutput:
 
 def _tag_res(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     # Lenient tags: any case, whitespace inside the angle brackets.
-    return (
-        re.compile(rf"<\s*{name}\s*>", re.IGNORECASE),
-        re.compile(rf"<\s*/\s*{name}\s*>", re.IGNORECASE),
-    )
+    return (re.compile(rf"<\s*{name}\s*>", re.IGNORECASE),
+            re.compile(rf"<\s*/\s*{name}\s*>", re.IGNORECASE))
 
 
 _REASONING_OPEN, _REASONING_CLOSE = _tag_res("reasoning")
 _ANSWER_OPEN, _ANSWER_CLOSE = _tag_res("answer")
 _ANY_TAG = re.compile(r"<\s*/?\s*(?:reasoning|answer)\s*>", re.IGNORECASE)
 _EXACT = re.compile(r"<reasoning>(.*?)</reasoning>\s*<answer>(.*?)</answer>", re.DOTALL)
-_APPROX = re.compile(
-    r"<\s*reasoning\s*>.*?<\s*/\s*reasoning\s*>.*?<\s*answer\s*>.*?<\s*/\s*answer\s*>",
-    re.IGNORECASE | re.DOTALL,
-)
+# The four lenient tags (any case, whitespace inside the brackets): the format reward counts them.
+TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
+_APPROX = re.compile(".*?".join(tag.pattern for tag in TAG_PATTERNS), re.IGNORECASE | re.DOTALL)
 
 
 def _strip_stop_markers(text: str) -> str:
     text = text.strip()
-    changed = True
-    while changed:  # e.g. "...</answer><end_of_turn>\n<eos>"
-        changed = False
-        for marker in _STOP_MARKERS:
-            if text.endswith(marker):
-                text = text[: -len(marker)].rstrip()
-                changed = True
+    while text.endswith(_STOP_MARKERS):  # e.g. "...</answer><end_of_turn>\n<eos>"
+        marker = next(m for m in _STOP_MARKERS if text.endswith(m))
+        text = text[: -len(marker)].rstrip()
     return text
 
 
 def _last_pair(text: str, open_re: re.Pattern[str], close_re: re.Pattern[str]) -> str | None:
-    """Content of the last opening tag that is closed later (innermost for nested tags).
-
-    An unclosed final tag (typically a truncated output) is skipped rather than read to the
-    end of the text: a half-written answer should not be scored.
-    """
+    """Content of the last opening tag that is closed later (innermost for nested tags): an
+    unclosed final tag (a truncated output) is skipped, a half-written answer is not scored."""
     for opening in reversed(list(open_re.finditer(text))):
         closing = close_re.search(text, opening.end())
         if closing is not None:
@@ -81,17 +69,11 @@ def _last_pair(text: str, open_re: re.Pattern[str], close_re: re.Pattern[str]) -
 
 
 def parse_output(text: str) -> ParsedOutput:
-    """Split a model output into reasoning and answer and judge its format.
-
-    - `format_exact`: after stripping whitespace and trailing `<end_of_turn>`/`<eos>`, the
-      output is exactly `<reasoning>R</reasoning>` then `<answer>A</answer>` (lowercase tags,
-      only whitespace between the two blocks, nothing before or after), with non-empty R and A
-      and no further reasoning/answer tags inside them. Empty blocks do not count because a
-      format reward must not pay for `<reasoning></reasoning><answer></answer>`.
-    - `format_approx`: both tag pairs appear in order, tags matched case-insensitively with
-      whitespace allowed inside them, any text around them.
-    - `answer` / `reasoning`: stripped content of the last closed tag pair (see `_last_pair`);
-      None when there is no closed pair.
+    """Split a model output into reasoning and answer (the last closed pairs, `_last_pair`) and
+    judge its format. `format_exact`: without surrounding whitespace and trailing stop markers,
+    exactly `<reasoning>R</reasoning>` `<answer>A</answer>` (lowercase, only whitespace between),
+    R and A non-empty (a format reward must not pay for empty blocks) and free of further tags.
+    `format_approx`: both pairs in order, tags in any case with inner whitespace, any text around.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_output expects the decoded output as str, got {type(text).__name__}")
@@ -99,28 +81,16 @@ def parse_output(text: str) -> ParsedOutput:
     answer = _last_pair(body, _ANSWER_OPEN, _ANSWER_CLOSE)
     reasoning = _last_pair(body, _REASONING_OPEN, _REASONING_CLOSE)
 
-    exact = False
     match = _EXACT.fullmatch(body)
-    if match is not None:
-        inner_reasoning, inner_answer = match.group(1), match.group(2)
-        exact = (
-            bool(inner_reasoning.strip())
-            and bool(inner_answer.strip())
-            and not _ANY_TAG.search(inner_reasoning)
-            and not _ANY_TAG.search(inner_answer)
-        )
+    exact = match is not None and all(inner.strip() and not _ANY_TAG.search(inner)
+                                      for inner in match.groups())
     approx = _APPROX.search(body) is not None
     return ParsedOutput(reasoning=reasoning, answer=answer, format_exact=exact, format_approx=approx)
 
 
-# The four tags, leniently (any case, whitespace inside the brackets): the format reward counts them.
-TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
-
-
 def first_answer_only(text: str) -> str:
-    """``text`` up to and including its first ``</answer>``: what a stop at ``</answer>``
-    gives. A few-shot prompt invites the model to go on with another invented question,
-    whose answer would otherwise be the last one and be scored."""
+    """``text`` up to its first ``</answer>``: after a few-shot prompt the model goes on with an
+    invented question, whose answer would otherwise be the last one and be scored."""
     closing = _ANSWER_CLOSE.search(text)
     return text if closing is None else text[: closing.end()]
 
@@ -137,7 +107,6 @@ def normalize_answer(text: str) -> str:
 _PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?", re.IGNORECASE)
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?")
 _FRACTION = re.compile(r"(?:(\d+)\s+)?(\d+)\s*/\s*(\d+)")
-_CURRENCY = "$£€¥"
 
 
 def parse_number(text: str) -> float | None:
@@ -153,7 +122,7 @@ def parse_number(text: str) -> float | None:
     if s and s[0] in "+-":
         sign = -1.0 if s[0] == "-" else 1.0
         s = s[1:].strip()
-    if s and s[0] in _CURRENCY:
+    if s and s[0] in "$£€¥":
         s = s[1:].strip()
         if s and s[0] in "+-" and sign == 1.0:  # "$-12"
             sign = -1.0 if s[0] == "-" else 1.0
@@ -171,17 +140,13 @@ def parse_number(text: str) -> float | None:
         whole, num, den = fraction.groups()
         if int(den) == 0:
             return None
-        value = Fraction(int(num), int(den)) + (int(whole) if whole else 0)
-        return sign * float(value)
+        return sign * float(Fraction(int(num), int(den)) + (int(whole) if whole else 0))
     # The regex guard keeps float() from accepting "nan", "inf" or "1_000".
-    if _PLAIN_NUMBER.fullmatch(s):
-        return sign * float(s)
-    return None
+    return sign * float(s) if _PLAIN_NUMBER.fullmatch(s) else None
 
 
-def answers_match(
-    predicted: str | None, expected: str | int | float, rel_tol: float = 1e-4
-) -> tuple[bool, bool]:
+def answers_match(predicted: str | None, expected: str | int | float, rel_tol: float = 1e-4
+                  ) -> tuple[bool, bool]:
     """Return `(exact, numeric)`; an answer is correct when either is True.
 
     exact: equal after `normalize_answer`. numeric: both parse with `parse_number` and
@@ -211,6 +176,8 @@ EQUATION = re.compile(
     r"(?![\w])"
 )
 _ASCII_OPS = str.maketrans({"×": "*", "÷": "/", "\u2212": "-"})
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv}
 
 
 def ascii_expression(expression: str) -> str:
@@ -244,27 +211,15 @@ def evaluate_expression(expression: str) -> Fraction | None:
             return Fraction(num, den)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -walk(node.operand)
-        if isinstance(node, ast.BinOp):
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult):
-                return left * right
-            if isinstance(node.op, ast.Div):
-                return left / right  # ZeroDivisionError -> None below
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            # A division by zero raises ZeroDivisionError: None below.
+            return _BINARY[type(node.op)](walk(node.left), walk(node.right))
         raise ValueError("unsupported")
 
     try:
         return walk(tree)
     except (ValueError, ZeroDivisionError, TypeError):
         return None
-
-
-def find_equations(text: str) -> list[tuple[str, str]]:
-    """Every ``lhs = rhs`` equation in ``text`` with at least one operator, as (lhs, rhs)."""
-    return [(m.group("lhs").strip(), m.group("rhs").strip()) for m in EQUATION.finditer(text)]
 
 
 def equation_holds(lhs: str, rhs: str) -> bool:
@@ -282,6 +237,8 @@ def equation_holds(lhs: str, rhs: str) -> bool:
 
 
 def check_reasoning_lines(text: str | None) -> tuple[int, int]:
-    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning)."""
-    found = find_equations(text or "")
+    """(equations found, equations whose arithmetic holds) in ``text`` (the reasoning): every
+    ``lhs = rhs`` with at least one operator."""
+    found = [(m.group("lhs").strip(), m.group("rhs").strip())
+             for m in EQUATION.finditer(text or "")]
     return len(found), sum(equation_holds(lhs, rhs) for lhs, rhs in found)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from kaggle_lib import eval_cli, logs, package
-from kaggle_lib.evaluation.tables import fmt_rate, format_scorecard_table
+from kaggle_lib.evaluation.scoring import fmt_rate, format_scorecard_table
 from kaggle_lib.evidence import compare
 from kaggle_lib.kaggle import bundle, push
 
@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
-    from kaggle_lib.evidence import close
+    from kaggle_lib.evidence import close, start
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -154,13 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_dir is None and not process_id:
         try:
             cfg = load_config(config_path, overrides)
-            digest, root = cfg.hash, Path(cfg.evidence.root)
         except ConfigError:  # the kernel records the error; the run still gets a directory
-            digest = evidence.hash_text(config_path.read_bytes() if config_path.is_file()
-                                        else str(config_path))
-            root = Path("evidence/runs")
-        root = root if root.is_absolute() else env.working_dir / root
-        run_dir = root / evidence.make_run_id(digest)
+            cfg = None
+        run_dir = start.new_run_dir(config_path, cfg, env.working_dir)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to

@@ -1,23 +1,10 @@
-"""`python -m kaggle_lib eval`: evaluate a finished run's model on another jsonl.
+"""`python -m kaggle_lib eval` (options: `cli.py`): evaluate a finished run's model on a jsonl.
 
-    python -m kaggle_lib eval --run-dir <run> --data <file.jsonl> [--model base|trained]
-        [--few-shot] [--out-name NAME] [--limit N] [--max-new-tokens N] [--batch-size N]
-
-`--model trained` (default) evaluates the run's trained model; `--model base` the untrained
-weights the run started from (same loader, same pinned revision, no LoRA, no checkpoint), whose
-records go under stage "baseline" (or "baseline_fewshot" with `--few-shot`, which asks with
-`kaggle_lib.data.fewshot`'s prompt and scores each output up to its first `</answer>`).
-The last line printed is one JSON object: n, accuracy, its 95% Wilson interval ci95,
-format_exact, truncation_rate, the share of correct reasoning equations, model, stage, out_dir.
-
-The model is rebuilt the way the run built it, by `models.build`: the run's own `config.yaml`
-(model section, seed, mesh, LoRA rank/alpha/targets), the base weights (pinned to the HF commit
-the run recorded, when it recorded one), LoRA applied with the run's seed, then the latest SFT
-checkpoint restored (LoRA params only when the run used LoRA). Items go through the notebook's
-own evaluation loop (`evaluation.runner.evaluate`); `predictions.jsonl` and `eval_summary.json`
-go to `<run>/eval/<name>/`, the records under stage "trained" as in the run's own files (the
-default `--model trained`).
-
+`--model trained` (default): the run's latest SFT checkpoint, stage "trained"; `--model base`:
+the untrained weights it started from, stage "baseline" ("baseline_fewshot" with `--few-shot`).
+The model is rebuilt as the run built it (`models.build`, the run's `config.yaml`, its pinned HF
+commit, LoRA with its seed); items go through the notebook's loop (`evaluation.runner`) into
+`<run>/eval/<name>/`. The last line printed is one JSON object (`final_line`).
 Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad data.
 """
 
@@ -48,13 +35,9 @@ def final_line(summary: dict[str, Any]) -> dict[str, Any]:
     card = summary[meta["stage"]]
     overall = card["overall"]
     return {"n": overall["n"], "accuracy": overall["accuracy"], "ci95": card["ci95"]["overall"],
-            "format_exact": overall["format_exact"],
-            "truncation_rate": overall["truncation_rate"],
+            "format_exact": overall["format_exact"], "truncation_rate": overall["truncation_rate"],
             "equations_correct_share": card["reasoning_lines"]["overall"]["share"],
             "model": meta["model_weights"], "stage": meta["stage"], "out_dir": meta["out_dir"]}
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def read_run_config(run_dir: Path) -> Any:
@@ -95,33 +78,10 @@ def latest_sft_checkpoint(run_dir: Path, config: Any) -> tuple[Path, int]:
     return root, step
 
 
-def read_items(data: Path, limit: int | None) -> list[dict[str, Any]]:
-    from kaggle_lib.data.datasets import DataError, load_jsonl
-
-    if limit is not None and limit < 1:
-        raise EvalError(f"--limit must be >= 1, got {limit}")
-    try:
-        return load_jsonl(data, limit=limit)
-    except DataError as exc:
-        raise EvalError(f"bad data: {exc}") from None
-
-
-def _manifest(run_dir: Path) -> dict[str, Any]:
-    from kaggle_lib import evidence
-
-    try:
-        return evidence.read_manifest(run_dir / evidence.MANIFEST)
-    except ValueError:
-        return {}
-
-
-# --------------------------------------------------------------------------- model
-
-
-def load_run_model(run_dir: Path, config: Any, checkpoint: tuple[Path, int] | None
+def load_run_model(config: Any, checkpoint: tuple[Path, int] | None, revision: str | None
                    ) -> tuple[Any, Any]:
     """(the run's model, the mesh it is sharded over), built as the run built it
-    (`models.build`): its base weights (pinned to the HF commit the run recorded), and with a
+    (`models.build`): its base weights (`revision`: the HF commit the run recorded), and with a
     `checkpoint` (root, step) the run's LoRA adapters and that step restored."""
     from kaggle_lib import auth, runtime
     from kaggle_lib import mesh as mesh_lib
@@ -139,17 +99,12 @@ def load_run_model(run_dir: Path, config: Any, checkpoint: tuple[Path, int] | No
     token = auth.resolve_hf_token(runtime.detect_environment().on_kaggle,
                                   required=build.hf_source(config.model)[1])
     try:
-        # The same weights as the run: its resolved HF commit unless the config pinned one.
         loaded = build.build_model(
             config, platform=devices["platform"], mesh=mesh, token=token.value if token else None,
-            revision=(_manifest(run_dir).get("model") or {}).get("hf_commit"),
-            lora=checkpoint is not None, checkpoint=checkpoint)
+            revision=revision, lora=checkpoint is not None, checkpoint=checkpoint)
     except CheckpointError as exc:
         raise EvalError(str(exc)) from None
     return loaded, mesh
-
-
-# --------------------------------------------------------------------------- evaluation
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None = None,
@@ -158,6 +113,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
                  few_shot: bool = False) -> dict[str, Any]:
     """Evaluate the run's latest SFT checkpoint (`model="trained"`) or its untrained weights
     (`model="base"`) on `data`; returns the written summary."""
+    from kaggle_lib import evidence
+    from kaggle_lib.data.datasets import DataError, load_jsonl
     from kaggle_lib.evaluation import runner
 
     if model not in MODELS:
@@ -168,7 +125,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     # The base weights need no checkpoint; trained ones need the run's latest SFT step.
     root, step = latest_sft_checkpoint(run_dir, config) if model == "trained" else (None, None)
     stage = "trained" if model == "trained" else ("baseline_fewshot" if few_shot else "baseline")
-    items = read_items(data, limit)
+    style = "few-shot" if few_shot else "zero-shot"
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    try:
+        items = load_jsonl(data, limit=limit)
+    except DataError as exc:
+        raise EvalError(f"bad data: {exc}") from None
     # Default folder: the data file's stem, plus the stage for the untrained model, so a base
     # evaluation does not overwrite the trained one on the same file.
     default_name = data.stem if stage == "trained" else f"{data.stem}-{stage}"
@@ -179,31 +142,32 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     batch = batch_size if batch_size is not None else config.eval.batch_size
     if max_new < 1 or batch < 1:
         raise EvalError(f"--max-new-tokens ({max_new}) and --batch-size ({batch}) must be >= 1")
-    status = _manifest(run_dir).get("status")
+    try:
+        manifest = evidence.read_manifest(run_dir / evidence.MANIFEST)
+    except ValueError:
+        manifest = {}
+    status = manifest.get("status")
     if status and status != "succeeded" and model == "trained":
         log.info(f"eval: warning: the run's status is {status!r}; evaluating checkpoint step {step}")
 
     started = time.monotonic()
-    loaded, mesh = load_run_model(run_dir, config, (root, step) if model == "trained" else None)
+    # The same weights as the run: its resolved HF commit unless the config pinned one.
+    loaded, mesh = load_run_model(config, (root, step) if model == "trained" else None,
+                                  (manifest.get("model") or {}).get("hf_commit"))
     restored = loaded.info.get("restored", "none")
     what = f"{restored} checkpoint step {step}" if model == "trained" else "untrained base weights"
     log.info(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
-          f"{len(items)} items from {data}")
+             f"{len(items)} items from {data}")
     out_dir = run_dir / "eval" / name
     result = runner.evaluate(loaded, items, stage=stage, max_new_tokens=max_new, batch_size=batch,
-                             predictions=out_dir / PREDICTIONS, mesh=mesh,
-                             style="few-shot" if few_shot else "zero-shot")
+                             predictions=out_dir / PREDICTIONS, mesh=mesh, style=style)
     timing = {k: v for k, v in result.metrics().items()
               if k in ("seconds", "generated_tokens", "tokens_per_s")}
-    meta = {
-        "run_id": _manifest(run_dir).get("run_id", run_dir.name), "eval_data": str(data),
-        "model": config.model.name, "model_weights": model, "stage": stage,
-        "prompt": "few-shot" if few_shot else "zero-shot",
-        "checkpoint": loaded.info.get("checkpoint"),
-        "checkpoint_step": step, "restored": restored, "items": len(items),
-        "limit": limit, "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy",
-        **timing, "out_dir": str(out_dir),
-    }
+    meta = {"run_id": manifest.get("run_id", run_dir.name), "eval_data": str(data),
+            "model": config.model.name, "model_weights": model, "stage": stage, "prompt": style,
+            "checkpoint": loaded.info.get("checkpoint"), "checkpoint_step": step,
+            "restored": restored, "items": len(items), "limit": limit, "max_new_tokens": max_new,
+            "batch_size": batch, "decoding": "greedy", **timing, "out_dir": str(out_dir)}
     summary = runner.summary_of({stage: result.records}, meta)
     runner.write_summary(out_dir / SUMMARY, summary)
     return summary

@@ -1,19 +1,13 @@
-"""Exports of a trained Gemma 3: the LoRA adapters merged into the base weights, written as
+"""Exports of a trained Gemma 3, LoRA merged into the base weights, as
 
-* **HF safetensors** (`model.safetensors`, `config.json`, `generation_config.json`,
-  `tokenizer.model`): loads in our loader (`load_model(name, source="local", path=dir)`),
-  in Tunix's `create_model_from_safe_tensors` and in transformers' `Gemma3ForCausalLM`.
-  The merge itself is Tunix's `gemma3.params.save_lora_merged_model_as_safetensors`, fed with a
-  float32 base written from memory (its loader reads safetensors with numpy, which has no
-  bfloat16), so the export is float32 unless `dtype="bfloat16"` is asked for.
-* **Orbax checkpoint in the upstream Gemma 3 layout** (`transformer/layer_N/...`, the layout of
-  Kaggle's `google/gemma-3/flax` models; `models.kaggle_format`): Tunix's
-  `gemma3.params.create_model_from_checkpoint` restores it, so it is what a Kaggle Model for the
-  multi-session track holds (no safetensors). Its merged weights come from
-  `models.lora_merge` (in memory; Tunix's merge only writes safetensors).
+* HF safetensors (+ config.json, generation_config.json, tokenizer.model): loads in our loader,
+  Tunix's `create_model_from_safe_tensors` and transformers' `Gemma3ForCausalLM`. The merge is
+  Tunix's `save_lora_merged_model_as_safetensors`, fed a float32 base written from memory (its
+  loader reads safetensors with numpy, which has no bfloat16): float32 unless asked for bfloat16.
+* an Orbax checkpoint in the upstream Gemma 3 layout (`models.kaggle_format`, Kaggle's
+  `google/gemma-3/flax`), what a Kaggle Model holds; merged in memory by `models.lora_merge`.
 
 Both are loaded back and their logits compared with the trained model's (`export_model`).
-Weight names: `models.convert`.
 """
 
 from __future__ import annotations
@@ -62,14 +56,9 @@ class ExportError(KaggleLibError, ValueError):
 
 def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
     if not isinstance(model, g3.Gemma3):
-        raise ExportError(
-            f"exports support Tunix Gemma3 models; got {type(model).__name__} "
-            "(allowed: tunix.models.gemma3.model.Gemma3, LoRA-wrapped or not)"
-        )
+        raise ExportError(f"exports support Tunix Gemma3 models; got {type(model).__name__} "
+                          "(allowed: tunix.models.gemma3.model.Gemma3, LoRA-wrapped or not)")
     return model.config
-
-
-# ---------------------------------------------------------------------------- HF layout
 
 
 def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
@@ -93,42 +82,32 @@ def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: s
 
     eos = list(eos_ids)
     return Gemma3TextConfig(
-        architectures=["Gemma3ForCausalLM"],
-        vocab_size=config.num_embed,
-        hidden_size=config.embed_dim,
-        intermediate_size=config.hidden_dim,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
+        architectures=["Gemma3ForCausalLM"], vocab_size=config.num_embed,
+        hidden_size=config.embed_dim, intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
         hidden_activation="gelu_pytorch_tanh",
         # Gemma 3 270M/1B publish 32k positions; the rope-scaled larger models 128k.
         max_position_embeddings=32768 if config.global_scale_factor == 1.0 else 131072,
-        rms_norm_eps=1e-6,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=eos[0] if len(eos) == 1 else eos,
-        tie_word_embeddings=True,
+        rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2,
+        eos_token_id=eos[0] if len(eos) == 1 else eos, tie_word_embeddings=True,
         rope_parameters={
             "full_attention": rope(config.global_base_frequency, config.global_scale_factor),
             "sliding_attention": rope(config.local_base_frequency, config.local_scale_factor),
         },
-        query_pre_attn_scalar=scalar,
-        sliding_window=config.sliding_window_size,
+        query_pre_attn_scalar=scalar, sliding_window=config.sliding_window_size,
         layer_types=[pattern[i % len(pattern)] for i in range(config.num_layers)],
-        final_logit_softcapping=None,
-        attn_logit_softcapping=None,
-        dtype=dtype,
+        final_logit_softcapping=None, attn_logit_softcapping=None, dtype=dtype,
     ).to_diff_dict()
 
 
 def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
     if dtype == "float32":
-        save_numpy_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-                  str(path), metadata={"format": "pt"})
+        save_numpy_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
+                               str(path), metadata={"format": "pt"})
     elif dtype == "bfloat16":
-        save_bfloat16_safetensors({k: jnp.asarray(v, dtype=jnp.bfloat16) for k, v in tensors.items()}, str(path),
-                  metadata={"format": "pt"})
+        save_bfloat16_safetensors({k: jnp.asarray(v, jnp.bfloat16) for k, v in tensors.items()},
+                                  str(path), metadata={"format": "pt"})
     else:
         raise ExportError(f"export dtype {dtype!r}; allowed: 'float32', 'bfloat16'")
 
@@ -136,36 +115,27 @@ def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, dtype: str) -
 def _write_side_files(directory: Path, config: g3.ModelConfig, tokenizer: Any, eos_ids: Sequence[int],
                       dtype: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(
-        # As transformers' save_pretrained writes it.
-        json.dumps(hf_config(config, eos_ids=eos_ids, dtype=dtype), indent=2, sort_keys=True)
-        + "\n")
+    hf = hf_config(config, eos_ids=eos_ids, dtype=dtype)
+    # As transformers' save_pretrained writes it.
+    (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     eos = list(eos_ids)
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": eos[0] if len(eos) == 1 else eos},
         indent=2) + "\n")
+    _write_tokenizer(directory, tokenizer)
+
+
+def _write_tokenizer(directory: Path, tokenizer: Any) -> None:
+    """tokenizer.model: the serialized SentencePiece model of our Tokenizer or a processor."""
     if tokenizer is not None:
-        (directory / "tokenizer.model").write_bytes(_tokenizer_bytes(tokenizer))
-
-
-def _tokenizer_bytes(tokenizer: Any) -> bytes:
-    """A serialized SentencePiece model from our Tokenizer, a processor, bytes or a path."""
-    if isinstance(tokenizer, bytes):
-        return tokenizer
-    if isinstance(tokenizer, str | Path):
-        return Path(tokenizer).read_bytes()
-    processor = getattr(tokenizer, "processor", tokenizer)
-    return processor.serialized_model_proto()
+        processor = getattr(tokenizer, "processor", tokenizer)
+        (directory / "tokenizer.model").write_bytes(processor.serialized_model_proto())
 
 
 def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                         alpha: float | None = None, eos_ids: Sequence[int] = (1,),
                         dtype: str = "float32") -> Path:
-    """Write the (LoRA-merged) model as an HF Gemma 3 directory; returns it.
-
-    With LoRA params, `alpha` (train.sft.lora.alpha) is required and the merge is done by
-    Tunix's `save_lora_merged_model_as_safetensors` on a float32 base written from memory.
-    """
+    """Write the (LoRA-merged: `alpha` required) model as an HF Gemma 3 directory; returns it."""
     config = _gemma3_config(model)
     out_dir = Path(out_dir)
     rank = lora_rank(model)
@@ -191,9 +161,6 @@ def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: An
     return out_dir
 
 
-# ---------------------------------------------------------------------------- Orbax (Kaggle)
-
-
 def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                alpha: float | None = None) -> Path:
     """Write the (LoRA-merged) model as an upstream-layout Orbax checkpoint in `out_dir`
@@ -202,12 +169,8 @@ def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
     if lora_rank(model) is not None and alpha is None:
         raise ExportError("the model has LoRA params: pass alpha (train.sft.lora.alpha) to merge them")
     out_dir = kaggle_format.write_upstream_checkpoint(merge_lora_params(model, alpha or 0.0), out_dir)
-    if tokenizer is not None:
-        (out_dir / "tokenizer.model").write_bytes(_tokenizer_bytes(tokenizer))
+    _write_tokenizer(out_dir, tokenizer)
     return out_dir
-
-
-# ---------------------------------------------------------------------------- checks
 
 
 @nnx.jit  # compiled once per model structure; eager is ~10x slower
@@ -241,13 +204,11 @@ class ExportResult:
         def rel(p: Path) -> str:
             return str(p.resolve().relative_to(Path(run_dir).resolve()))
 
-        return {
-            HF_DIR: {"path": rel(self.hf_dir), "format": "hf-safetensors", "step": step,
-                     "max_logit_diff": self.hf_max_logit_diff, "tolerance": self.tolerance},
-            ORBAX_DIR: {"path": rel(self.orbax_dir), "format": "orbax-gemma3-upstream",
-                        "step": step, "max_logit_diff": self.orbax_max_logit_diff,
-                        "tolerance": self.tolerance},
-        }
+        return {HF_DIR: {"path": rel(self.hf_dir), "format": "hf-safetensors", "step": step,
+                         "max_logit_diff": self.hf_max_logit_diff, "tolerance": self.tolerance},
+                ORBAX_DIR: {"path": rel(self.orbax_dir), "format": "orbax-gemma3-upstream",
+                            "step": step, "max_logit_diff": self.orbax_max_logit_diff,
+                            "tolerance": self.tolerance}}
 
 
 def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
@@ -272,14 +233,13 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
     with jax.default_matmul_precision("highest"):
         if param_dtype == jnp.float32:
             reference = forward_logits(model, check_tokens)
-            tol = (max(LOGITS_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max()))
-                   if tolerance is None else tolerance)
+            tol = max(LOGITS_TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(reference).max()))
         else:
             ref_model = build_model(f32, merge_lora_params(model, alpha or 0.0, dtype=np.float32))
             reference = forward_logits(ref_model, check_tokens)
             del ref_model
-            tol = (0.01 * max(1.0, float(np.abs(reference).max()))
-                   if tolerance is None else tolerance)
+            tol = 0.01 * max(1.0, float(np.abs(reference).max()))
+        tol = tol if tolerance is None else tolerance
         hf_model = params_safetensors.create_model_from_safe_tensors(str(hf_dir), f32,
                                                                      dtype=jnp.float32)
         hf_diff = max_abs_diff(forward_logits(hf_model, check_tokens), reference)
@@ -292,18 +252,16 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
             "hf_max_logit_diff": hf_diff, "orbax_max_logit_diff": orbax_diff, "tolerance": tol}
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     if not (hf_diff <= tol and orbax_diff <= tol):
-        raise ExportError(
-            f"exported weights do not reproduce the trained model: max |logit diff| HF {hf_diff:.3g}, "
-            f"Orbax {orbax_diff:.3g}, tolerance {tol:g} (details in {out_dir / EXPORT_INFO})"
-        )
+        raise ExportError(f"exported weights do not reproduce the trained model: max |logit diff| "
+                          f"HF {hf_diff:.3g}, Orbax {orbax_diff:.3g}, tolerance {tol:g} (details "
+                          f"in {out_dir / EXPORT_INFO})")
     return ExportResult(hf_dir, orbax_dir, hf_diff, orbax_diff, tol)
 
 
 def export_run(loaded: Any, sft: Any, record: Any, step: int | None) -> None:
-    """A run's trained model (`loaded`) exported into <run_dir>/export/ and recorded in its
-    manifest (`exports`; `step` the SFT steps, `sft` the train.sft section: LoRA alpha).
-    Skipped, with a message, for families other than Gemma 3 (their Tunix code has no
-    safetensors merge helper to check against) and in multi-process runs."""
+    """A run's trained model exported into <run_dir>/export/ and recorded in the manifest
+    (`sft`: train.sft, for the LoRA alpha; `step`: the SFT steps). Skipped, saying so, for other
+    families than Gemma 3 (Tunix has no merge helper for them) and in multi-process runs."""
     if multihost.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
         log.info("export: skipped in a multi-process run; restore its last checkpoint in a "
                  "1-process run (train.resume_from: <run>/checkpoints/sft) to export")

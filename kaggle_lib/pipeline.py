@@ -1,10 +1,8 @@
 """The notebook's stages, one function per cell, each a call into its domain module: start_run,
 authenticate, load_model, evaluate("baseline"), sample("baseline"), evaluate("baseline_fewshot"),
-train, evaluate("trained"), sample("trained"), export_model, finish.
-
-Each stage records its status and duration in the run manifest. A stage that raises marks the
-run failed and writes failure_analysis.md (stage, error, what to do, last good checkpoint)
-before the error propagates, so papermill stops with the record already complete.
+train, evaluate("trained"), sample("trained"), export_model, finish. Each records its status and
+duration in the manifest; one that raises first fails the run and writes failure_analysis.md,
+so papermill stops with the record already complete.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_lib import auth, compat, evidence, logs, multihost, runtime
 from kaggle_lib.config import RunConfig, load_config
-from kaggle_lib.evaluation import runner, tables
+from kaggle_lib.evaluation import runner, scoring
 from kaggle_lib.evidence import close, start
 from kaggle_lib.models import build
 
@@ -177,8 +175,7 @@ def load_model(run: Run) -> None:
 @stage("evaluate")
 def evaluate(run: Run, which: str = "trained") -> None:
     """Generate for every eval item, score, append to predictions.jsonl: `which` is baseline
-    (zero-shot), baseline_fewshot (the few-shot prompt: a fairer baseline for a base model; the
-    summary's delta is against the better of the two) or trained."""
+    (zero-shot), baseline_fewshot (few-shot prompt: the delta is against the better) or trained."""
     run.evals.evaluate(run.loaded, which, mesh=run.mesh)
 
 
@@ -206,7 +203,7 @@ def export_model(run: Run) -> None:
 
     if run.cfg.evidence.export and run.train_results:
         export_run(run.loaded, run.cfg.train.sft, run.record,
-                           (run.train_results.get("sft") or {}).get("steps"))
+                   (run.train_results.get("sft") or {}).get("steps"))
 
 
 @stage("finish")
@@ -214,7 +211,7 @@ def finish(run: Run) -> None:
     """Summaries, plots, secret scan, README; status succeeded."""
     summary = run.evals.write_summary() if run.evals and run.evals.records else {}
     if summary:
-        log.info(tables.format_scorecard_table(summary))
+        log.info(scoring.format_scorecard_table(summary))
     headline = close.headline_metrics(summary, run.train_results)
     run.record.update_manifest(metrics=headline)
     close.finalize(run.record, status="succeeded")

@@ -1,33 +1,13 @@
 """A short few-shot prompt in the target format: the fair baseline for an untrained model.
 
-A base model asked zero-shot (:func:`kaggle_lib.data.template.format_prompt`) tends to repeat
-the question; two worked examples in exactly the trained format show it what to write. The
-examples are fixed (not drawn from any split), so no evaluation item can leak into them.
-
-Base models (``instruct=False``)::
-
-    {SYSTEM_INSTRUCTION}
-
-    Question: {example question}
-    Answer:
-    <reasoning>...</reasoning><answer>...</answer>
-
-    (second example)
-
-    Question: {question}
-    Answer:
-
-Instruction-tuned models get the same examples as earlier user/model turns.
+A base model asked zero-shot (`data.template.format_prompt`) tends to repeat the question; two
+worked examples in exactly the trained format (for instruction-tuned models, as earlier turns)
+show it what to write. They are fixed, not drawn from any split, so no eval item can leak in.
 """
 
 from __future__ import annotations
 
-from kaggle_lib.data.template import (
-    END_OF_TURN,
-    START_OF_TURN,
-    SYSTEM_INSTRUCTION,
-    format_target,
-)
+from kaggle_lib.data.template import END_OF_TURN, START_OF_TURN, SYSTEM_INSTRUCTION, format_target
 
 # (question, reasoning in our line format, answer): one arithmetic, one logic problem.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (

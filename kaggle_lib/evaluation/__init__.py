@@ -1,1 +1,1 @@
-"""Evaluation: `scoring` (pure), `runner` (the one loop, a run's evaluations), `tables`."""
+"""Evaluation: `scoring` (pure: records, scorecards, tables), `runner` (the one loop)."""

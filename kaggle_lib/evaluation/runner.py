@@ -1,12 +1,8 @@
-"""The one evaluation loop: a model, items, a prompt style and settings -> generations, scored
-records, `predictions.jsonl`, a scorecard and a metrics line (`evaluate`). The notebook's
-evaluations (zero-shot and few-shot baselines, trained) and samples (`Evaluations`, what a run
-keeps between its cells) and `python -m kaggle_lib eval` all run through it.
-
-Prompt styles: "zero-shot" (`data.template.format_prompt`, the trained format) and "few-shot"
-(`data.fewshot`: two worked examples first; each output is scored up to its first `</answer>`,
-since the model goes on with an invented question). Several processes: each decodes its rows
-of every batch, the scored records must agree, and only process 0 writes them.
+"""The one evaluation loop (`evaluate`): a model, items, a prompt style ("zero-shot": the
+trained format; "few-shot": `data.fewshot`) and settings -> scored records in
+`predictions.jsonl`, a scorecard and a metrics line. The notebook (`Evaluations`, what a run keeps
+between its cells) and `python -m kaggle_lib eval` both run through it. Several processes: each
+decodes its rows of every batch, the scored records must agree, and only process 0 writes them.
 """
 
 from __future__ import annotations
@@ -59,11 +55,8 @@ def make_generator(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: 
 
 def generate_with_progress(generator: Any, prompts: Sequence[str], *, max_new_tokens: int,
                            batch_size: int, desc: str = "eval") -> list[Any]:
-    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s).
-
-    Same outputs as one call: greedy decoding does not depend on the batching, and each
-    batch keeps the compiled shapes (`Generator` pads the last batch to `batch_size`).
-    """
+    """Greedy `generator.generate` batch by batch under a tqdm bar (items done, tokens/s): the
+    same outputs as one call, and each batch keeps the compiled shapes (the last is padded)."""
     from tqdm.auto import tqdm
 
     outputs: list[Any] = []
@@ -88,24 +81,20 @@ class Evaluation:
     generations: list[Any]
     seconds: float
 
-    @property
-    def tokens(self) -> int:
-        return sum(g.n_tokens for g in self.generations)
-
     def metrics(self) -> dict[str, Any]:
         """The `metrics.jsonl` line: items, decode time and speed, the overall scorecard."""
+        tokens = sum(g.n_tokens for g in self.generations)
         return {"stage": f"eval_{self.stage}", "items": len(self.records),
-                "seconds": round(self.seconds, 2), "generated_tokens": self.tokens,
-                "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds > 0 else None,
+                "seconds": round(self.seconds, 2), "generated_tokens": tokens,
+                "tokens_per_s": round(tokens / self.seconds, 2) if self.seconds > 0 else None,
                 **scorecard(self.records)["overall"]}
 
 
 def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: str,
              max_new_tokens: int, batch_size: int, predictions: Path, style: str = "zero-shot",
              append: bool = False, mesh: Any = None, generator: Any = None) -> Evaluation:
-    """Generate greedily for every item in the prompt `style`, score each output as `stage`,
-    and write the records to `predictions` (added to the file with `append`). `generator`, one
-    that serves the model, is reused; without it one is built for these prompts."""
+    """Generate greedily for every item in the prompt `style`, score each output as `stage`, and
+    write the records to `predictions` (added with `append`); a `generator` given is reused."""
     prompts = render_prompts([i["prompt"] for i in items], style=style,
                              instruct=loaded.spec.instruct)
     generator = generator or make_generator(loaded, prompts, max_new_tokens, mesh)
@@ -140,10 +129,8 @@ def summary_of(records: Mapping[str, Sequence[Mapping[str, Any]]],
 def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
                    generations: list[Any] | None) -> list[Any] | None:
     """The evaluation's own outputs for the sample questions when sampling would only repeat
-    them: the default questions (the first eval items), greedy, the eval's token budget.
-    Greedy decoding does not depend on the other rows of a batch (tests/integration/
-    test_generation.py), so a second decode would cost a batch of decode steps for the same
-    tokens."""
+    them (default questions, greedy, the eval's token budget): greedy decoding does not depend
+    on the other rows of a batch (tests/integration/test_generation.py)."""
     if generations is None or sample.prompts or sample.temperature != 0.0 \
             or sample.max_new_tokens != eval_max_new_tokens:
         return None
@@ -152,9 +139,8 @@ def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
 
 class Evaluations:
     """A run's evaluations and samples between the notebook's cells: the eval items (picked on
-    first use, their sources recorded in the manifest), each stage's records and generations,
-    the samples, and the Generator that the zero-shot evaluations and the samples share (new
-    weights reuse its compilations). Files go to the record's run directory."""
+    first use), each stage's records and generations, the samples, and the Generator that the
+    zero-shot evaluations and the samples share (new weights reuse its compilations)."""
 
     def __init__(self, config: RunConfig, record: RunRecord) -> None:
         self.config, self.record = config, record
@@ -202,7 +188,7 @@ class Evaluations:
 
     def evaluate(self, loaded: LoadedModel, stage: str, mesh: Any = None) -> Evaluation | None:
         """Evaluate `stage` (baseline_fewshot with the few-shot prompt) on the eval items, when
-        `enabled`; the records go to predictions.jsonl, a metrics line and eval_summary.json."""
+        `enabled`: predictions.jsonl, a metrics line and eval_summary.json."""
         if not self.enabled(stage):
             return None
         style = "few-shot" if stage == "baseline_fewshot" else "zero-shot"
@@ -219,8 +205,7 @@ class Evaluations:
         return result
 
     def sample(self, loaded: LoadedModel, which: str, mesh: Any = None) -> None:
-        """The sample questions answered after evaluation `which` (when `enabled`), into
-        samples.md."""
+        """The sample questions answered after evaluation `which` (when `enabled`): samples.md."""
         if not self.enabled(which):
             return
         cfg = self.config.sample
@@ -256,16 +241,8 @@ class Evaluations:
         return summary
 
 
-# --------------------------------------------------------------------------- files
-
-
-def write_predictions(
-    path: str | Path,
-    records: Iterable[Mapping[str, Any]],
-    *,
-    stage: str | None = None,
-    append: bool = False,
-) -> Path:
+def write_predictions(path: str | Path, records: Iterable[Mapping[str, Any]], *,
+                      stage: str | None = None, append: bool = False) -> Path:
     """Write records as JSON lines. `stage` stamps every record (the input is not modified);
     `append=True` adds to an existing file (e.g. trained after baseline)."""
     if stage is not None and stage not in STAGES:

@@ -16,19 +16,22 @@ from typing import Any
 
 from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.evaluation.runner import PREDICTIONS as PREDICTIONS_FILE
+from kaggle_lib.evaluation.runner import SUMMARY as SUMMARY_FILE
 from kaggle_lib.evaluation.runner import read_predictions
 from kaggle_lib.evaluation.scoring import (
     DELTA_METRICS,
     GROUP_FIELDS,
     STAGES,
     diff,
+    fmt_number,
+    fmt_rate,
+    fmt_rate_delta,
+    format_table,
     scorecard_delta,
 )
-from kaggle_lib.evaluation.tables import fmt_number, fmt_rate, fmt_rate_delta, format_table
 
 log = logs.get_logger(__name__)
-SUMMARY_FILE = "eval_summary.json"
-PREDICTIONS_FILE = "predictions.jsonl"
 BASELINE_FILE = "baseline.json"
 DEFAULT_THRESHOLD = 0.02
 

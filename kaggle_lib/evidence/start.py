@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def new_run_dir(config_path: str | Path, config: RunConfig | None, working_dir: Path) -> Path:
     """<evidence.root>/<utc time>-<config hash>, absolute, under `working_dir` (/kaggle/working
     on Kaggle) unless the root is absolute. A config that did not load (None) is hashed as its
-    file's bytes and goes under evidence/runs, as `python -m kaggle_lib run` does."""
+    file's bytes and goes under evidence/runs. `python -m kaggle_lib run` names runs so too."""
     if config is None:
         path = Path(config_path)
         digest = hash_text(path.read_bytes() if path.is_file() else str(config_path))
@@ -31,10 +31,9 @@ def new_run_dir(config_path: str | Path, config: RunConfig | None, working_dir: 
 
 def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *,
                 run_name: str = "", run_dir: str = "") -> Any:
-    """The run's record, started: in `run_dir` (made absolute: Orbax refuses relative checkpoint
-    paths) or a new directory, process 0's on every process. A directory with an earlier
-    attempt's files: record.start moves them to attempts/<n>/ (process 0 only: the others keep
-    their own log under processes/<id>/)."""
+    """The run's record, started in `run_dir` (absolute: Orbax refuses relative checkpoint paths)
+    or a new directory, process 0's on every process; an earlier attempt's files go to
+    attempts/<n>/ (`RunRecord.start`)."""
     directory = (Path(run_dir).expanduser().absolute() if run_dir
                  else new_run_dir(config_path, config, working_dir))
     directory = join_processes(directory, config)

@@ -1,8 +1,7 @@
-"""The one model builder: base weights (`models.loader`), the run's LoRA adapters, a checkpoint.
-
-The notebook (`load_for_run`), `python -m kaggle_lib eval` and the training stages build their
-models here, and LoRA goes on only through `add_lora`: a restored checkpoint meets exactly the
-tree training saved. Imports jax only inside its functions, as `models.loader` does.
+"""The one model builder: base weights (`models.loader`), the run's LoRA adapters, a checkpoint,
+for the notebook, `python -m kaggle_lib eval` and the training stages. LoRA goes on only through
+`add_lora`, so a restored checkpoint meets exactly the tree training saved. jax is imported
+inside the functions, as in `models.loader`.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ def lora_settings(config: RunConfig) -> LoraSection | None:
 
 
 def add_lora(model: Any, lora: LoraSection | None, *, seed: int, mesh: Any = None) -> Any:
-    """`model` with LoRA adapters (qwix, `training.sft.apply_lora`; sharded over `mesh` when
-    given), or `model` itself for full weights (`lora` None) or when it has them already: asked
-    as Tunix's PeftTrainer asks (`is_lora_enabled`: any nnx.LoRAParam). The init is seeded, so
-    every process and every rebuild gets the same adapters."""
+    """`model` with seeded LoRA adapters (`training.sft.apply_lora`, over `mesh` when given: the
+    same on every process and rebuild), or `model` itself for full weights (`lora` None) or when
+    it has them already (Tunix's `is_lora_enabled`, as its PeftTrainer asks)."""
     from tunix.sft.utils import is_lora_enabled
 
     from kaggle_lib.training.sft import apply_lora
@@ -49,9 +47,8 @@ def add_lora(model: Any, lora: LoraSection | None, *, seed: int, mesh: Any = Non
 
 
 def restore(model: Any, root: Path, step: int) -> str:
-    """Checkpoint `step` under `root` restored into `model` in place with Tunix's
-    `CheckpointManager`, as its trainer saved it (LoRA params only when the model has LoRA);
-    returns "lora" or "full". Raises CheckpointError when the step does not restore."""
+    """Checkpoint `step` under `root` restored into `model` in place by Tunix's CheckpointManager
+    (LoRA params only when the model has LoRA) -> "lora" or "full"; else CheckpointError."""
     from tunix.sft.checkpoint_manager import CheckpointManager
     from tunix.sft.utils import is_lora_enabled
 
@@ -101,9 +98,8 @@ def build_model(config: RunConfig, *, platform: str, mesh: Any, token: str | Non
 
 def load_for_run(config: RunConfig, devices: dict[str, Any], record: RunRecord, *,
                  token: str | None = None) -> tuple[loader.LoadedModel, Any]:
-    """The notebook's model and mesh: the (fsdp, tp) mesh, the memory check, the base weights
-    on the mesh (several processes training SFT: with the run's LoRA, see `build_model`); the
-    check and the load are recorded in the manifest."""
+    """The notebook's model and mesh: the (fsdp, tp) mesh, the memory check and the base weights
+    (several processes training SFT: with the run's LoRA, see `build_model`), both recorded."""
     from kaggle_lib import mesh as mesh_lib  # imports jax
 
     mesh = mesh_lib.make_mesh(config.mesh.fsdp, config.mesh.tp)

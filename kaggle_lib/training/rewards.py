@@ -1,13 +1,10 @@
 """GRPO reward functions in Tunix's signature, scored with the same rules as evaluation.
 
-Tunix calls every reward function as ``fn(prompts=..., completions=..., **columns)``, where the
-columns are the other fields of the training batch (here ``answer`` and ``rg_item``: the JSON
-of a reasoning-gym item, empty for ours) plus Tunix's own extras
-(``mode``, ``trajectory_ids``), each repeated once per generation; it sums the returned lists.
-Parsing and answer matching are `kaggle_lib.answer_format.parse_output` / `answers_match`, so a
-completion earns the answer reward exactly when the evaluation would count it correct;
-reasoning-gym items are scored by reasoning-gym's own scorer, partial credit included
-(knights_knaves gives 0.3-0.65 for some roles right).
+Tunix calls each as ``fn(prompts=..., completions=..., **columns)`` (the batch's other fields,
+here ``answer`` and ``rg_item``: a reasoning-gym item's JSON, else empty; plus Tunix's extras),
+one value per generation, and sums the lists. Answers are read with `answer_format`, so a
+completion earns the answer reward exactly when evaluation counts it correct; reasoning-gym
+items are scored by its own scorer, partial credit included (knights_knaves: 0.3-0.65).
 """
 
 from __future__ import annotations
@@ -21,11 +18,6 @@ from kaggle_lib.data.reasoning_gym import score_answer
 
 RewardFn = Callable[..., list[float]]
 
-FORMAT_EXACT = 1.0
-FORMAT_APPROX = 0.5
-# Per distinct tag (<reasoning>, </reasoning>, <answer>, </answer>) present when the format is
-# not even approximately right: at most 0.4, always below FORMAT_APPROX.
-FORMAT_PER_TAG = 0.1
 
 
 def _check_lengths(name: str, completions: Sequence[str], **columns: Sequence[Any]) -> None:
@@ -39,10 +31,11 @@ def format_score(completion: str) -> float:
     """1.0 for the exact format, 0.5 for the approximate one, else 0.1 per tag present."""
     parsed = parse_output(completion)
     if parsed.format_exact:
-        return FORMAT_EXACT
+        return 1.0
     if parsed.format_approx:
-        return FORMAT_APPROX
-    return FORMAT_PER_TAG * sum(1 for tag in TAG_PATTERNS if tag.search(completion))
+        return 0.5
+    # Per distinct tag present: at most 0.4, always below the approximate format's 0.5.
+    return 0.1 * sum(1 for tag in TAG_PATTERNS if tag.search(completion))
 
 
 def format_reward(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> list[float]:
@@ -65,12 +58,10 @@ def make_answer_reward(rel_tol: float = 1e-4, column: str = "answer",
         if column not in kwargs:
             raise KeyError(
                 f"answer_reward needs the {column!r} column of the GRPO batch (got columns "
-                f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}"
-            )
+                f"{sorted(kwargs)}); the prompt dataset must yield {{'prompts', '{column}'}}")
         expected = kwargs[column]
         items = kwargs.get(item_column)
-        if items is None:
-            items = [""] * len(completions)
+        items = [""] * len(completions) if items is None else items
         _check_lengths("answer_reward", completions, prompts=prompts,
                        **{column: expected, item_column: items})
         scores = []

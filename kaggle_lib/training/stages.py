@@ -1,9 +1,7 @@
-"""The notebook's training stages, SFT then GRPO, as adapters from a run's config and model to
-`training.sft.run_sft` / `training.grpo.run_grpo`: they load and tokenize the data, prepare the
-checkpoint directory, record metrics, the training log and the manifest, and summarise.
-
-They see a run only through `StageInputs` (the pipeline builds it); `run_stages` runs the
-configured stages in order under one wall-clock budget.
+"""The notebook's training stages, SFT then GRPO, as adapters from a run (`StageInputs`) to
+`training.sft.run_sft` / `training.grpo.run_grpo`: they load the data, prepare the checkpoint
+directory, record metrics, the training log and the manifest, and summarise. `run_stages` runs
+the configured stages in order under one wall-clock budget.
 """
 
 from __future__ import annotations
@@ -65,10 +63,9 @@ class StageInputs:
                                   keep=train.keep_checkpoints)
 
     def training_log(self, line: str) -> None:
-        if not multihost.is_writer():  # process 0 keeps the run's training log
-            return
-        with (self.run_dir / "training_log.txt").open("a") as fh:
-            fh.write(auth.redact(line) + "\n")
+        if multihost.is_writer():  # process 0 keeps the run's training log
+            with (self.run_dir / "training_log.txt").open("a") as fh:
+                fh.write(auth.redact(line) + "\n")
 
     def note_checkpoint(self, root: Path) -> None:
         step = checkpoints.latest_complete_step(root)
@@ -83,11 +80,9 @@ class StageInputs:
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
-    """Copy the complete steps of a previous run's checkpoints into this run (inputs on Kaggle
-    are read-only, and the record of each run stays self-contained); returns the newest.
-    Whether it restores is checked with the run's own steps before training (`checkpoints`):
-    every complete step is copied, so that a newest step that does not restore is set aside
-    for the previous one, as on a resume in place."""
+    """Copy every complete step of a previous run's checkpoints into this run (Kaggle inputs are
+    read-only; each run's record stays self-contained) -> the newest. All are copied so that a
+    newest step that does not restore is set aside for the previous one, as on a resume."""
     source = Path(resume_from)
     steps = checkpoints.complete_steps(source)
     if not steps:
@@ -127,10 +122,8 @@ def data_fingerprint(tokenized: TokenizedSet) -> str:
 
 def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
     """LoRA/full SFT of `inputs.loaded.model` in place; checkpoints in the run's own directory."""
-    cfg = inputs.config
+    cfg, loaded, mesh = inputs.config, inputs.loaded, inputs.mesh
     sft = cfg.train.sft
-    loaded = inputs.loaded
-    mesh = inputs.mesh
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     # An example cut before its answer would teach the model to stop mid-reasoning: drop it
     # (the count is in the manifest's data.n_dropped).
@@ -144,8 +137,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
     stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
-             "length_buckets": list(buckets),
-             "padding_fraction_fixed": round(padding["fixed"], 4),
+             "length_buckets": list(buckets), "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
     if cfg.data.packing:
         stats["padding_fraction_packed"] = round(packed_padding_fraction(batches), 4)
@@ -160,8 +152,7 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     validation = validation_batches(inputs, items, buckets, rows)
 
     def tokens_per_step(step: int) -> int:
-        indices = batches.indices_at(step)
-        return int(tokenized.lengths[indices].sum())
+        return int(tokenized.lengths[batches.indices_at(step)].sum())
 
     inputs.add_lora()
     ckpt_dir = inputs.checkpoint_dir("sft")
@@ -204,17 +195,11 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
             # Also on failure: failure_analysis.md names the last good checkpoint.
             inputs.note_checkpoint(ckpt_dir)
     losses = result.losses
-    summary = {
-        "steps": result.steps_done, "start_step": result.start_step,
-        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
-        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
-        "loss_first10_mean": _mean(losses[:10]), "loss_last10_mean": _mean(losses[-10:]),
-        "mode": sft.mode, "checkpoints_set_aside": len(result.set_aside),
+    return _summary(
+        result, started, loss_first10_mean=_mean(losses[:10]), loss_last10_mean=_mean(losses[-10:]),
+        mode=sft.mode, checkpoints_set_aside=len(result.set_aside),
         **({"validation_loss": [[step, round(loss, 5)] for step, loss in result.validation]}
-           if result.validation else {}),
-    }
-    log.info(f"sft: {summary}")
-    return summary
+           if result.validation else {}))
 
 
 def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
@@ -242,17 +227,15 @@ def validation_batches(inputs: StageInputs, train_items: list[dict[str, Any]],
         "validation_examples": len(tokenized.tokens), "validation_batches": len(batches)})
     log.info(f"data: {len(held_out)} validation items ({len(items) - len(held_out)} dropped as "
              f"training prompts), {len(batches)} batches every {cfg.train.sft.validate_every} steps")
-    if rows is not None:
-        return multihost.GlobalBatches(batches, inputs.mesh, batch_size)
-    return batches
+    return (multihost.GlobalBatches(batches, inputs.mesh, batch_size) if rows is not None
+            else batches)
 
 
 def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> dict[str, Any]:
     """GRPO of the model in place: the SFT result (LoRA) trained further. Without an SFT stage
     before it, the model gets the run's LoRA adapters first, as SFT would add them."""
-    cfg = inputs.config
+    cfg, loaded = inputs.config, inputs.loaded
     grpo = cfg.train.grpo
-    loaded = inputs.loaded
     # The same data.train as SFT: with reasoning-gym items in it, the answer reward scores them
     # with reasoning-gym's own scorer (rewards.py).
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
@@ -287,16 +270,10 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
     finally:
         inputs.note_checkpoint(ckpt_dir / "actor")
     rewards = result.rewards
-    summary = {
-        "steps": result.steps_done, "start_step": result.start_step,
-        "stopped_reason": result.stopped_reason, "seconds": round(time.monotonic() - started, 2),
-        "checkpoint_dir": result.checkpoint_dir, "last_checkpoint_step": result.last_checkpoint_step,
-        "prompts": len(prompts), "reward_first": rewards[0] if rewards else None,
-        "reward_last": rewards[-1] if rewards else None,
-        "reward_mean": round(float(np.mean(rewards)), 5) if rewards else None,
-    }
-    log.info(f"grpo: {summary}")
-    return summary
+    return _summary(result, started, prompts=len(prompts),
+                    reward_first=rewards[0] if rewards else None,
+                    reward_last=rewards[-1] if rewards else None,
+                    reward_mean=round(float(np.mean(rewards)), 5) if rewards else None)
 
 
 def length_buckets(max_len: int) -> tuple[int, ...]:
@@ -312,6 +289,15 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
+def _summary(result: Any, started: float, **stage_fields: Any) -> dict[str, Any]:
+    """A stage's summary for the manifest: what both trainers report, then the stage's own."""
+    return {"steps": result.steps_done, "start_step": result.start_step,
+            "stopped_reason": result.stopped_reason,
+            "seconds": round(time.monotonic() - started, 2),
+            "checkpoint_dir": result.checkpoint_dir,
+            "last_checkpoint_step": result.last_checkpoint_step, **stage_fields}
+
+
 def run_stages(inputs: StageInputs) -> dict[str, Any]:
     """The configured stages in order, then loss.png. train.max_wall_time bounds them all
     together, counted from here: each stage gets what the previous ones left."""
@@ -325,6 +311,7 @@ def run_stages(inputs: StageInputs) -> dict[str, Any]:
     adapters = {"sft": run_sft_stage, "grpo": run_grpo_stage}
     for name in inputs.config.train.stages:
         results[name] = adapters[name](inputs, max_wall_time_s=remaining())
+        log.info(f"{name}: {results[name]}")
         inputs.record.update_manifest(training={name: results[name]})
     plots.plot_loss(inputs.record, inputs.run_dir.name)
     return results

@@ -23,12 +23,12 @@ from kaggle_lib.evaluation.runner import (
 )
 from kaggle_lib.evaluation.scoring import (
     RECORD_FIELDS,
+    format_scorecard_table,
     score_item,
     scorecard,
     summarize,
     wilson_interval,
 )
-from kaggle_lib.evaluation.tables import format_scorecard_table
 
 GOOD = "<reasoning>2 + 2 is 4.</reasoning><answer>4</answer>"
 
