@@ -298,6 +298,10 @@ def _summary(result: Any, started: float, **stage_fields: Any) -> dict[str, Any]
             "last_checkpoint_step": result.last_checkpoint_step, **stage_fields}
 
 
+# The stage list: a stage is one adapter here, one config section and its name in train.stages.
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {"sft": run_sft_stage, "grpo": run_grpo_stage}
+
+
 def run_stages(inputs: StageInputs) -> dict[str, Any]:
     """The configured stages in order, then loss.png. train.max_wall_time bounds them all
     together, counted from here: each stage gets what the previous ones left."""
@@ -308,9 +312,8 @@ def run_stages(inputs: StageInputs) -> dict[str, Any]:
     def remaining() -> float | None:
         return None if budget is None else max(0.0, budget - (time.monotonic() - started))
 
-    adapters = {"sft": run_sft_stage, "grpo": run_grpo_stage}
     for name in inputs.config.train.stages:
-        results[name] = adapters[name](inputs, max_wall_time_s=remaining())
+        results[name] = STAGES[name](inputs, max_wall_time_s=remaining())
         log.info(f"{name}: {results[name]}")
         inputs.record.update_manifest(training={name: results[name]})
     plots.plot_loss(inputs.record, inputs.run_dir.name)
