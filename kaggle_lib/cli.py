@@ -107,8 +107,7 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
 
 
 def _absolute(path: str | Path) -> Path:
-    """A path given on the command line, made absolute against the caller's directory (once,
-    here: the kernel gets absolute paths)."""
+    """A command-line path made absolute against the caller's directory (the kernel's cwd too)."""
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
@@ -254,11 +253,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except (compare.CompareError, OSError) as exc:
         log.error("error: %s", exc)
         return 2
-    drop = result.accuracy_a - result.accuracy_b
     if result.regressed:
         log.info("REGRESSION: accuracy %s -> %s (drop %.1fpp > threshold %.1fpp)",
                  fmt_rate(result.accuracy_a), fmt_rate(result.accuracy_b),
-                 100 * drop, 100 * result.threshold)
+                 100 * (result.accuracy_a - result.accuracy_b), 100 * result.threshold)
         return 1
     log.info("OK: accuracy %s -> %s (threshold %.1fpp)", fmt_rate(result.accuracy_a),
              fmt_rate(result.accuracy_b), 100 * result.threshold)
@@ -297,10 +295,6 @@ def cmd_package(args: argparse.Namespace) -> int:
     log.info(f"{out}: {count} files, {out.stat().st_size:,} bytes, "
              f"sha256 {sha256_hex(out)}; checksums {'OK' if not problems else problems}")
     return 0 if not problems else 1
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    return push.run_push(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     push_p.add_argument("--poll-interval", type=float, default=push.DEFAULT_POLL_S,
                         help="first poll interval in seconds; it grows x1.5 per poll")
     push_p.add_argument("--max-poll-interval", type=float, default=push.DEFAULT_MAX_POLL_S)
-    push_p.set_defaults(func=cmd_push, parser=push_p)
+    push_p.set_defaults(func=push.run_push, parser=push_p)
     return parser
 
 

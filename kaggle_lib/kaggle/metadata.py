@@ -125,11 +125,8 @@ NonEmptyString = Annotated[str, AfterValidator(_non_empty)]
 
 
 class KernelMetadata(BaseModel):
-    """The keys of kernel-metadata.json the kaggle client (2.2.x) reads for `kernels push`.
-
-    Strict: JSON booleans must be booleans, lists lists. Rules that involve several keys, the
-    folder or the TPU requirement are in `validate_metadata`.
-    """
+    """The keys of kernel-metadata.json the kaggle client (2.2.x) reads for `kernels push`;
+    strict (JSON booleans must be booleans). Rules across keys are in `validate_metadata`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
