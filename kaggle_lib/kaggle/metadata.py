@@ -219,30 +219,7 @@ _ALLOWED = {
 }
 
 
-def _explain(meta: dict[str, Any]) -> Any:
-    """Lines naming what each key allows (unknown keys: `errors.format_validation_error`)."""
-
-    def explain(error: dict[str, Any]) -> str | None:
-        loc, kind = error["loc"], error["type"]
-        key = str(loc[0])
-        where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
-        if kind == "extra_forbidden":
-            return None
-        if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
-            return str(error["ctx"]["error"])
-        if kind == "value_error":
-            return f"{where} = {error['input']!r}: {error['ctx']['error']}"
-        if len(loc) > 1:  # a list item of the wrong type
-            return f"{where} = {error['input']!r}: must be a string"
-        if key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
-            return _REQUIRED[key]
-        return f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}"
-
-    return explain
-
-
-def _cross_key_problems(meta: KernelMetadata, folder: Path | None,
-                        require_tpu: bool) -> list[str]:
+def _cross_key_problems(meta: KernelMetadata, folder: Path | None, require_tpu: bool) -> list[str]:
     problems: list[str] = []
     slug = split_id(meta.id)[1]
     if slugify(meta.title) != slug:
@@ -300,11 +277,29 @@ def validate_metadata(meta: dict[str, Any], *, source: str = METADATA_FILE,
     across keys are checked once every key is valid; `folder` holds `code_file` (None: not
     checked); `require_tpu` insists on a TPU v5e-8 session (the submission kernel)."""
     header = f"{source}: invalid kernel metadata:"
+
+    # Each error's line names what the key allows (unknown keys: format_validation_error's).
+    def explain(error: dict[str, Any]) -> str | None:
+        loc, kind = error["loc"], error["type"]
+        key = str(loc[0])
+        where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
+        if kind == "extra_forbidden":
+            return None
+        if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
+            return str(error["ctx"]["error"])
+        if kind == "value_error":
+            return f"{where} = {error['input']!r}: {error['ctx']['error']}"
+        if len(loc) > 1:  # a list item of the wrong type
+            return f"{where} = {error['input']!r}: must be a string"
+        if key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
+            return _REQUIRED[key]
+        return f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}"
+
     try:
         parsed = KernelMetadata.model_validate(meta)
     except ValidationError as exc:
         raise MetadataError(format_validation_error(
-            exc, header, model=KernelMetadata, explain=_explain(meta), bullet="  - ",
+            exc, header, model=KernelMetadata, explain=explain, bullet="  - ",
             group_unknown=True)) from None
     problems = _cross_key_problems(parsed, folder, require_tpu)
     if problems:
@@ -315,9 +310,8 @@ def validate_metadata(meta: dict[str, Any], *, source: str = METADATA_FILE,
 def check_notebook_metadata(notebook: dict[str, Any], source: str) -> None:
     """The .ipynb must not carry Kaggle image/accelerator settings (they override the push)."""
     kaggle_meta = (notebook.get("metadata") or {}).get("kaggle")
-    if not isinstance(kaggle_meta, dict):
-        return
-    found = [k for k in NOTEBOOK_ACCELERATOR_KEYS if k in kaggle_meta]
+    found = [k for k in NOTEBOOK_ACCELERATOR_KEYS if k in kaggle_meta] \
+        if isinstance(kaggle_meta, dict) else []
     if found:
         raise MetadataError(
             f"{source}: notebook metadata.kaggle has {', '.join(found)}; remove the "
