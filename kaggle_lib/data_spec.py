@@ -43,21 +43,17 @@ OURS_CATEGORIES: dict[str, str] = {"unit_conversion": "math", "ordering": "logic
 MIXES: dict[str, dict[str, float]] = {
     "gsm": {"gsm_symbolic": 1.0},
     "wide": {
-        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
-        "knights_knaves": 1.0, "syllogism": 1.0, "number_sequence": 1.0,
-        "leg_counting": 1.0, "letter_counting": 1.0,
+        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0, "knights_knaves": 1.0,
+        "syllogism": 1.0, "number_sequence": 1.0, "leg_counting": 1.0, "letter_counting": 1.0,
         "spell_backward": 1.0, "word_sorting": 1.0, "calendar_arithmetic": 1.0,
-        "ours.unit_conversion": 1.0, "ours.ordering": 1.0,
-    },
+        "ours.unit_conversion": 1.0, "ours.ordering": 1.0},
     # SFT needs a worked solution in every item: the families that have one or get one from
     # RENDERED, plus our categories reasoning-gym has no worked solution for.
     "wide_sft": {
-        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0,
-        "knights_knaves": 1.0, "syllogism": 1.0, "leg_counting": 1.0, "letter_counting": 1.0,
-        "spell_backward": 1.0, "word_sorting": 1.0,
-        "ours.unit_conversion": 0.5, "ours.ordering": 0.5, "ours.sequence": 0.5,
-        "ours.date_time": 0.5,
-    },
+        "gsm_symbolic": 4.0, "basic_arithmetic": 1.0, "chain_sum": 1.0, "knights_knaves": 1.0,
+        "syllogism": 1.0, "leg_counting": 1.0, "letter_counting": 1.0, "spell_backward": 1.0,
+        "word_sorting": 1.0, "ours.unit_conversion": 0.5, "ours.ordering": 0.5,
+        "ours.sequence": 0.5, "ours.date_time": 0.5},
 }
 # wide_sft with the arithmetic families at weight 3 (33% of the problems instead of 14%): the
 # long CPU recipe's mix (configs/cpu_gemma3_270m_long.yaml says why).

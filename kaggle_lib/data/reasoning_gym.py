@@ -197,10 +197,9 @@ def _truth(statement: Sequence[Any], world: Sequence[bool]) -> bool:
 
 
 def knights_knaves_lines(metadata: Mapping[str, Any]) -> list[str] | None:
-    """Case analysis: one line per assignment of roles, saying whose statement rules it out,
-    or that every statement fits (the solution). None for more than two people (four lines
-    fit the evaluation's token budget, eight would not) or when the metadata does not agree
-    with reasoning-gym's solution."""
+    """Case analysis: per assignment of roles, whose statement rules it out or that all fit.
+    None for more than two people (four lines fit the evaluation's token budget, eight would
+    not) or when the metadata disagrees with reasoning-gym's solution."""
     names, statements = metadata.get("names"), metadata.get("statements")
     terms, solution = metadata.get("knight_knave_terms") or {}, metadata.get("solution")
     if not names or len(names) > 2 or not statements or not solution:
@@ -351,11 +350,9 @@ def quotas(mix: Mapping[str, float], count: int) -> dict[str, int]:
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
                    exclude: Iterable[str] | None = None, id_prefix: str = "rg",
                    lines: str = "op") -> list[dict]:
-    """``count`` items drawn from ``mix`` (a preset name or family -> weight), deterministic
-    for (mix, count, seed). Prompts whose normalised text is in ``exclude`` (default: both
-    scorecards' files, the reasoning-gym split and ``builtin:eval``) or already drawn are
-    skipped. Order: shuffled with ``seed``. ``lines="place_value"`` renders every worked
-    solution with :func:`place_value_lines`."""
+    """``count`` items of ``mix`` (a preset name or family -> weight), shuffled with ``seed``;
+    prompts already drawn or in ``exclude`` (default: both scorecards' files) are skipped.
+    ``lines="place_value"`` renders every worked solution with :func:`place_value_lines`."""
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if count < 1:

@@ -176,9 +176,9 @@ def load_model(name: str, *, source: str = "auto", path: str | None = None,
     spec = registry.get_spec(name)
     if repo:
         # A different hub repo / Kaggle handle for the same architecture (mirrors, fine-tunes).
-        spec = dataclasses.replace(spec, hf_repo=repo if "/" in repo and repo.count("/") == 1
-                                   else spec.hf_repo,
-                                   kaggle_handle=repo if repo.count("/") == 4 else spec.kaggle_handle)
+        slashes = repo.count("/")
+        spec = dataclasses.replace(spec, hf_repo=repo if slashes == 1 else spec.hf_repo,
+                                   kaggle_handle=repo if slashes == 4 else spec.kaggle_handle)
     source = spec.default_source if source == "auto" else source
     if source not in spec.sources:
         raise ValueError(f"model.source {source!r} is not available for {name}; allowed: "
@@ -189,10 +189,10 @@ def load_model(name: str, *, source: str = "auto", path: str | None = None,
     expected_special = {"pad": 0, "eos": 1, "bos": 2}
 
     if source == "random":
-        tok_dir = TINY_TOKENIZER_DIR if spec.tiny else None
-        if tok_dir is None:
+        if not spec.tiny:
             raise ValueError(f"source 'random' is only for tiny models; {name} needs real weights")
-        tokenizer = load_tokenizer(tok_dir / "tokenizer.model", expected=expected_special)
+        tokenizer = load_tokenizer(TINY_TOKENIZER_DIR / "tokenizer.model",
+                                   expected=expected_special)
         config = registry.tunix_config(spec, vocab_size=tokenizer.vocab_size, dtype=jdtype)
         model = _random_model(spec, config, mesh, seed)
         info["path"] = None
