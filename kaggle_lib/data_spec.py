@@ -19,8 +19,7 @@ BUILTIN_SPLITS: tuple[str, ...] = ("train", "eval", "eval_rg")  # eval_rg: reaso
 SPEC_FORMS = (
     "builtin:train | builtin:eval | builtin:eval_rg | jsonl:<path> | "
     "hf:<repo>[:<config>][@<split>] | kaggle:<owner>/<dataset>/versions/<N>/<file> | "
-    "rg:<mix>[@<seed>][/op|/place_value]"
-)
+    "rg:<mix>[@<seed>][/op|/place_value]")
 LINE_STYLES = ("op", "place_value")  # reasoning lines: one per operation, or per place value
 
 OURS_PREFIX = "ours."
@@ -31,8 +30,7 @@ FAMILIES: dict[str, str] = {
     "knights_knaves": "logic", "syllogism": "logic", "number_sequence": "logic",
     "leg_counting": "counting", "letter_counting": "counting",
     "spell_backward": "algorithmic", "word_sorting": "algorithmic",
-    "calendar_arithmetic": "date_time",
-}
+    "calendar_arithmetic": "date_time"}
 # Our shipped categories kept: unit_conversion and ordering have no reasoning-gym counterpart;
 # knights_knaves, sequence and date_time have one, but without a worked solution, so only ours
 # can teach their reasoning in SFT.

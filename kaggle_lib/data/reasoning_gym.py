@@ -298,8 +298,7 @@ def entry_to_item(entry: Mapping[str, Any], family: str, item_id: str) -> dict[s
     metadata = json.loads(json.dumps(entry.get("metadata", {}), default=str))
     item: dict[str, Any] = {
         "id": item_id, "section": FAMILIES[family], "category": family, "difficulty": "unrated",
-        "prompt": str(entry["question"]).strip(), "answer": str(answer).strip(),
-    }
+        "prompt": str(entry["question"]).strip(), "answer": str(answer).strip()}
     if family in RENDERED:
         lines = RENDERED[family](family, metadata, item["answer"])
         if lines is None:
@@ -328,12 +327,6 @@ def _family_stream(family: str, seed: int, chunk: int = 256) -> Iterable[tuple[i
         for index in range(chunk):
             yield block * chunk + index, dataset[index]
     raise DataError(f"reasoning-gym family {family!r}: no more items")  # pragma: no cover
-
-
-def _ours_stream(category: str, seed: int) -> Iterable[tuple[int, dict[str, Any]]]:
-    items = [i for i in load_builtin("train") if i["category"] == category]
-    random.Random(seed).shuffle(items)
-    yield from enumerate(items)
 
 
 def quotas(mix: Mapping[str, float], count: int) -> dict[str, int]:
@@ -368,8 +361,10 @@ def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
         if quota == 0:
             continue
         ours = family.startswith(OURS_PREFIX)
-        stream = (_ours_stream(family[len(OURS_PREFIX):], seed) if ours
-                  else _family_stream(family, seed))
+        if ours:  # our shipped training items of that category, shuffled
+            mine = [i for i in load_builtin("train") if i["category"] == family[len(OURS_PREFIX):]]
+            random.Random(seed).shuffle(mine)
+        stream = enumerate(mine) if ours else _family_stream(family, seed)
         taken = 0
         for index, entry in stream:
             if taken == quota:

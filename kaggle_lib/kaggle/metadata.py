@@ -36,12 +36,9 @@ CURRENT_SHAPES = ("TpuV5E8", "TpuV6E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem",
 DROPPED_SHAPES = ("NvidiaTeslaP100",)
 # TPU v3/v2 shapes: Kaggle retired those TPUs; what the server runs instead (kaggle-cli's
 # retired-accelerator warning).
-RETIRED_SHAPES = {
-    "tpuv38": ("TpuV38", "TpuV5E8"),
-    "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
-    "tpuv232": ("TpuV232", "CPU (no accelerator)"),
-    "tpuv2256": ("TpuV2256", "CPU (no accelerator)"),
-}
+RETIRED_SHAPES = {"tpuv38": ("TpuV38", "TpuV5E8"), "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
+                  "tpuv232": ("TpuV232", "CPU (no accelerator)"),
+                  "tpuv2256": ("TpuV2256", "CPU (no accelerator)")}
 
 SLUG_MIN = 5
 TITLE_MIN = 5
