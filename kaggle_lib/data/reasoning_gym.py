@@ -114,9 +114,7 @@ def expression_lines(expression: str, answer: str) -> list[str] | None:
         result = walk(ast.parse(expression.strip().rstrip("="), mode="eval").body)
     except (SyntaxError, ValueError):
         return None
-    if not lines or evaluate_expression(str(answer)) != result:
-        return None
-    return lines
+    return lines if lines and evaluate_expression(str(answer)) == result else None
 
 
 def _place_parts(number: int) -> list[int]:

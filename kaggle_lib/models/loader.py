@@ -159,13 +159,6 @@ def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, handle: str, confi
     return shard_model(model, mesh)
 
 
-def _find_tokenizer(directory: Path) -> Path:
-    for candidate in (directory / "tokenizer.model", *directory.glob("**/tokenizer.model")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no tokenizer.model in {directory}")
-
-
 def load_model(name: str, *, source: str = "auto", path: str | None = None,
                revision: str | None = None, repo: str | None = None, dtype: str = "auto",
                platform: str = "cpu", mesh: Any = None, token: str | None = None,
@@ -212,7 +205,11 @@ def load_model(name: str, *, source: str = "auto", path: str | None = None,
         else:  # pragma: no cover - guarded above
             raise ValueError(source)
         info["path"] = str(directory)
-        tokenizer = load_tokenizer(_find_tokenizer(directory), expected=expected_special)
+        found = [c for c in (directory / "tokenizer.model", *directory.glob("**/tokenizer.model"))
+                 if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no tokenizer.model in {directory}")
+        tokenizer = load_tokenizer(found[0], expected=expected_special)
         from kaggle_lib.models import hf_compat
 
         if source == "kaggle":
