@@ -304,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="execute the notebook headless into a run record")
-    run_p.add_argument("--config", default=None,
-                       help=f"run config (default: {DEFAULT_CONFIG} of this checkout)")
+    run_p.add_argument("--config", help=f"run config (default: {DEFAULT_CONFIG} of this checkout)")
     run_p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
     run_p.add_argument("--kernel", default="kaggle-lib")
     run_p.add_argument("--run-dir", default="",
@@ -330,14 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "untrained weights it started from")
     eval_p.add_argument("--few-shot", action="store_true",
                         help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
-    eval_p.add_argument("--out-name", default=None,
-                        help="output folder name under <run>/eval/ (default: the data file stem, "
-                             "plus -baseline or -baseline_fewshot for --model base)")
+    eval_p.add_argument("--out-name", help="output folder name under <run>/eval/ (default: the "
+                        "data file stem, plus -baseline or -baseline_fewshot for --model base)")
     eval_p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
-    eval_p.add_argument("--max-new-tokens", type=int, default=None,
-                        help="default: the run's eval.max_new_tokens")
-    eval_p.add_argument("--batch-size", type=int, default=None,
-                        help="default: the run's eval.batch_size")
+    eval_p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
+    eval_p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     eval_p.set_defaults(func=cmd_eval, parser=eval_p)
 
     cmp_p = sub.add_parser(
@@ -381,11 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="config override baked in as a parameter (repeatable; YAML value)")
     push_p.add_argument("--run-name", default="", help="run name baked in as a parameter")
-    push_p.add_argument("--owner", default=None,
-                        help="Kaggle username for the kernel id (default: $KAGGLE_USERNAME, "
-                             "else the owner in kernel-metadata.json)")
-    push_p.add_argument("--out", type=Path, default=None,
-                        help="bundle folder (default: build/kaggle/<slug>)")
+    push_p.add_argument("--owner", help="Kaggle username for the kernel id (default: "
+                        "$KAGGLE_USERNAME, else the owner in kernel-metadata.json)")
+    push_p.add_argument("--out", type=Path, help="bundle folder (default: build/kaggle/<slug>)")
     push_p.add_argument("--skip-install", action="store_true",
                         help="leave out the pip install cell (images that already have the pins)")
     push_p.add_argument("--dry-run", action="store_true",
