@@ -1,9 +1,7 @@
-"""`kernel-metadata.json` and notebook-metadata checks, run before anything is pushed.
-
-The `kaggle` client checks little (title length, source formats) and the server accepts a
-lot it then ignores or misapplies: a `docker_image`, or accelerator metadata inside the .ipynb,
-can put a TPU push on the CPU image (kaggle-cli issue 1197), and a retired machine shape is
-silently swapped for another. Every rule here fails with the file, the field and what is allowed.
+"""`kernel-metadata.json` and notebook-metadata checks, run before anything is pushed: the
+`kaggle` client checks little and the server misapplies a lot (a `docker_image`, or accelerator
+metadata inside the .ipynb, can put a TPU push on the CPU image, kaggle-cli issue 1197; a retired
+machine shape is silently swapped). Each rule fails naming the file, the field and what is allowed.
 """
 
 from __future__ import annotations
@@ -229,8 +227,7 @@ def _cross_key_problems(meta: KernelMetadata, folder: Path | None, require_tpu: 
         problems.append(f"code_file = {meta.code_file!r}: file not found in {folder}")
     if meta.kernel_type == "notebook" and meta.language == "python" \
             and not meta.code_file.endswith(".ipynb"):
-        problems.append(f"code_file = {meta.code_file!r}: a python notebook must be an .ipynb "
-                        "file")
+        problems.append(f"code_file = {meta.code_file!r}: a python notebook must be an .ipynb file")
     shape, enable_tpu, enable_gpu = meta.machine_shape, meta.enable_tpu, meta.enable_gpu
     if shape is not None and shape.startswith("Tpu") and not enable_tpu:
         problems.append(f"machine_shape = {shape!r} needs enable_tpu: true")
