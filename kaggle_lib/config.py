@@ -286,8 +286,7 @@ class RunConfig(_Section):
         """sha256 of the resolved config (canonical JSON) without `strict_versions`: that switch
         changes no result, so a run keeps its id (and hash) whichever way it is set."""
         data = {k: v for k, v in self.to_dict().items() if k != "strict_versions"}
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return sha256_hex(canonical)
+        return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
