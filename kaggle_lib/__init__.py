@@ -1,14 +1,6 @@
-"""kaggle_lib: glue and guardrails around Tunix for Gemma reasoning fine-tunes.
-
-The notebook calls one function per stage (see `kaggle_lib.pipeline`):
-
-    run = kl.start_run(config_path, overrides=..., run_name=..., run_dir=...)
-    kl.authenticate(run); kl.load_model(run)
-    kl.evaluate(run, "baseline"); kl.sample(run, "baseline"); kl.evaluate(run, "baseline_fewshot")
-    kl.train(run); kl.evaluate(run, "trained"); kl.sample(run, "trained")
-    kl.export_model(run); kl.finish(run)
-
-Importing this package does not import jax: platform flags are set by `start_run` first.
+"""kaggle_lib: glue and guardrails around Tunix for Gemma reasoning fine-tunes. The notebook
+calls one function per stage (`kaggle_lib.pipeline`). Importing this package does not import
+jax: platform flags are set by `start_run` first.
 """
 
 from kaggle_lib.pipeline import (

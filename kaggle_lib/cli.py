@@ -107,8 +107,7 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
 
 
 def _absolute(path: str | Path) -> Path:
-    """A path given on the command line, made absolute against the caller's directory (once,
-    here: the kernel gets absolute paths)."""
+    """A command-line path made absolute against the caller's directory (the kernel's cwd too)."""
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
@@ -250,11 +249,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except (compare.CompareError, OSError) as exc:
         log.error("error: %s", exc)
         return 2
-    drop = result.accuracy_a - result.accuracy_b
     if result.regressed:
         log.info("REGRESSION: accuracy %s -> %s (drop %.1fpp > threshold %.1fpp)",
                  fmt_rate(result.accuracy_a), fmt_rate(result.accuracy_b),
-                 100 * drop, 100 * result.threshold)
+                 100 * (result.accuracy_a - result.accuracy_b), 100 * result.threshold)
         return 1
     log.info("OK: accuracy %s -> %s (threshold %.1fpp)", fmt_rate(result.accuracy_a),
              fmt_rate(result.accuracy_b), 100 * result.threshold)
@@ -295,10 +293,6 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    return push.run_push(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Every command's arguments; each subparser's `func` runs it."""
     parser = argparse.ArgumentParser(prog="python -m kaggle_lib", description=__doc__,
@@ -306,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="execute the notebook headless into a run record")
-    run_p.add_argument("--config", default=None,
-                       help=f"run config (default: {DEFAULT_CONFIG} of this checkout)")
+    run_p.add_argument("--config", help=f"run config (default: {DEFAULT_CONFIG} of this checkout)")
     run_p.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
     run_p.add_argument("--kernel", default="kaggle-lib")
     run_p.add_argument("--run-dir", default="",
@@ -332,14 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "untrained weights it started from")
     eval_p.add_argument("--few-shot", action="store_true",
                         help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
-    eval_p.add_argument("--out-name", default=None,
-                        help="output folder name under <run>/eval/ (default: the data file stem, "
-                             "plus -baseline or -baseline_fewshot for --model base)")
+    eval_p.add_argument("--out-name", help="output folder name under <run>/eval/ (default: the "
+                        "data file stem, plus -baseline or -baseline_fewshot for --model base)")
     eval_p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
-    eval_p.add_argument("--max-new-tokens", type=int, default=None,
-                        help="default: the run's eval.max_new_tokens")
-    eval_p.add_argument("--batch-size", type=int, default=None,
-                        help="default: the run's eval.batch_size")
+    eval_p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
+    eval_p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     eval_p.set_defaults(func=cmd_eval, parser=eval_p)
 
     cmp_p = sub.add_parser(
@@ -383,11 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="config override baked in as a parameter (repeatable; YAML value)")
     push_p.add_argument("--run-name", default="", help="run name baked in as a parameter")
-    push_p.add_argument("--owner", default=None,
-                        help="Kaggle username for the kernel id (default: $KAGGLE_USERNAME, "
-                             "else the owner in kernel-metadata.json)")
-    push_p.add_argument("--out", type=Path, default=None,
-                        help="bundle folder (default: build/kaggle/<slug>)")
+    push_p.add_argument("--owner", help="Kaggle username for the kernel id (default: "
+                        "$KAGGLE_USERNAME, else the owner in kernel-metadata.json)")
+    push_p.add_argument("--out", type=Path, help="bundle folder (default: build/kaggle/<slug>)")
     push_p.add_argument("--skip-install", action="store_true",
                         help="leave out the pip install cell (images that already have the pins)")
     push_p.add_argument("--dry-run", action="store_true",
@@ -407,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     push_p.add_argument("--poll-interval", type=float, default=push.DEFAULT_POLL_S,
                         help="first poll interval in seconds; it grows x1.5 per poll")
     push_p.add_argument("--max-poll-interval", type=float, default=push.DEFAULT_MAX_POLL_S)
-    push_p.set_defaults(func=cmd_push, parser=push_p)
+    push_p.set_defaults(func=push.run_push, parser=push_p)
     return parser
 
 

@@ -1,8 +1,6 @@
-"""Run configuration: YAML files validated into a typed, frozen `RunConfig`.
-
-Every mistake in a config file becomes one `ConfigError` that names the file, the key, the
-value and what is allowed, so a run fails before any model work.
-"""
+"""Run configuration: YAML files validated into a typed, frozen `RunConfig`. Every mistake in
+a config file becomes one `ConfigError` naming the file, the key, the value and what is allowed,
+so a run fails before any model work."""
 
 from __future__ import annotations
 
@@ -288,26 +286,12 @@ class RunConfig(_Section):
         """sha256 of the resolved config (canonical JSON) without `strict_versions`: that switch
         changes no result, so a run keeps its id (and hash) whichever way it is set."""
         data = {k: v for k, v in self.to_dict().items() if k != "strict_versions"}
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return sha256_hex(canonical)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
+        return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
     """Merge overrides into a raw config tree. Keys may be dotted ('train.sft.max_steps')."""
-    if overrides is None:
-        overrides = {}
+    overrides = {} if overrides is None else overrides
     if not isinstance(overrides, Mapping):
         raise ConfigError(
             f"overrides must be a mapping of config keys to values, e.g. "
@@ -319,8 +303,14 @@ def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
                               "'train.sft.max_steps'")
         if isinstance(value, dict) and "." not in key and isinstance(merged.get(key), dict):
             merged[key] = apply_overrides(merged[key], value)
-        else:
-            _set_dotted(merged, key, value)
+            continue
+        *parents, last = key.split(".")
+        node = merged
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
     return merged
 
 
@@ -363,8 +353,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         tree = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {cut(str(exc), 600)}") from None
-    if tree is None:
-        tree = {}
+    tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping, got {type(tree).__name__}")
     return tree

@@ -52,8 +52,6 @@ def hint_for(error: BaseException) -> str:
     return FOREIGN_HINTS.get(kind, DEFAULT_HINT)
 
 
-# ------------------------------------------------------------------ pydantic validation errors
-
 MESSAGE_VALUE_CHARS = 200  # values quoted in error messages are cut to this many characters
 
 
@@ -73,9 +71,8 @@ def _allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:
     cls = model
     for part in loc:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not hasattr(
-            field.annotation, "model_fields"
-        ):
+        if field is None or not isinstance(field.annotation, type) \
+                or not hasattr(field.annotation, "model_fields"):
             return []
         cls = field.annotation
     return list(cls.model_fields) if cls is not None else []
@@ -85,23 +82,13 @@ def _key(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc) or "<top level>"
 
 
-def format_validation_error(
-    errors: Any,
-    header: str | None = None,
-    *,
-    model: Any = None,
-    explain: Callable[[dict[str, Any]], str | None] | None = None,
-    bullet: str = "  ",
-    group_unknown: bool = False,
-) -> str:
-    """pydantic's errors (a ValidationError or its `.errors()`) as one message: `header` (the
-    file or item), then one line per error naming the key, its value and what is allowed.
-
-    An unknown key lists the keys `model` allows there (`group_unknown`: all unknown keys on one
-    line); a missing key says so; any other error is `key = value: pydantic's message`, the
-    value cut to MESSAGE_VALUE_CHARS. `explain(error)` may return the line for an error itself
-    (a field's allowed values in the caller's words); "" drops the error, None keeps the rule.
-    """
+def format_validation_error(errors: Any, header: str | None = None, *, model: Any = None,
+                            explain: Callable[[dict[str, Any]], str | None] | None = None,
+                            bullet: str = "  ", group_unknown: bool = False) -> str:
+    """pydantic's errors (a ValidationError or its `.errors()`) as `header` then one line per
+    error naming the key, its value and what is allowed: an unknown key lists the keys `model`
+    allows there (`group_unknown`: all on one line); other errors are `key = value: message`.
+    `explain(error)` may word a line itself: "" drops the error, None keeps the rule."""
     errors = [dict(e) for e in (errors.errors() if hasattr(errors, "errors") else errors)]
     lines: list[str] = []
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]

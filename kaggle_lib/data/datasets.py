@@ -1,15 +1,8 @@
 """Item schema, jsonl files, the shipped data, and loaders for HF / Kaggle datasets.
 
-All loaders return items in the project schema (``docs/DESIGN.md``)::
-
-    {"id", "section", "category", "difficulty", "prompt", "answer"}  (+ "reasoning" for SFT)
-
-Which loader a data spec string names (``builtin:``, ``jsonl:``, ``hf:``, ``kaggle:``, ``rg:``)
-is said in ``kaggle_lib.data_spec``; ``kaggle_lib.data.sources`` loads them.
-
-External records are mapped by their columns (``map_record``): GSM8K (``question`` + ``answer``
-ending in ``#### N``), MATH-style (``problem`` + ``solution`` with ``\\boxed{}``, optional
-``answer``), or records already in the project schema.
+All loaders return items in the project schema (``docs/DESIGN.md``): ``{"id", "section",
+"category", "difficulty", "prompt", "answer"}`` (+ ``"reasoning"`` for SFT). External records
+are mapped by their columns (:func:`map_record`).
 """
 
 from __future__ import annotations
@@ -38,9 +31,6 @@ _LABEL = re.compile(r"[a-z][a-z0-9_]*")
 _KAGGLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-# ------------------------------------------------------------------------------------- schema
-
-
 class _Blank(ValueError):
     """A required text field holds only whitespace."""
 
@@ -67,11 +57,8 @@ Label = Annotated[str, AfterValidator(_not_blank), AfterValidator(_label)]
 
 
 class Item(BaseModel):
-    """One item of the project schema. Extra fields are allowed and kept.
-
-    ``section``/``category`` are lower-case labels because scorecards group by them;
-    ``difficulty`` is one of :data:`DIFFICULTIES`. Strict: numbers are not strings.
-    """
+    """One item; extra fields are kept. Labels are lower-case because scorecards group by them;
+    strict: numbers are not strings."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -90,10 +77,14 @@ def normalize_text(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", str(text).casefold()).split())
 
 
-def _explain_item(item: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
-    """Each pydantic error about an item as 'field <name> ...: what is allowed'."""
+def validate_item(item: Any, *, where: str, require_reasoning: bool = False) -> dict[str, Any]:
+    """Check one item against :class:`Item` and return it; the error names ``where`` and the
+    first problem, missing fields first."""
+    if not isinstance(item, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    fields = REQUIRED_FIELDS + (("reasoning",) if require_reasoning else ())
 
-    def explain(error: dict[str, Any]) -> str:
+    def explain(error: dict[str, Any]) -> str:  # as 'field <name> ...: what is allowed'
         name = str(error["loc"][0])
         value = item.get(name)
         kind = error["type"]
@@ -108,19 +99,6 @@ def _explain_item(item: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
         hint = f' (write it as a string: "{value}")' if isinstance(value, int | float) else ""
         return f"field {name!r} must be a string, got {type(value).__name__} {value!r}{hint}"
 
-    return explain
-
-
-def validate_item(
-    item: Any, *, where: str, require_reasoning: bool = False
-) -> dict[str, Any]:
-    """Check one item against :class:`Item` and return it; ``where`` prefixes the error.
-
-    The first problem is reported, missing fields first.
-    """
-    if not isinstance(item, Mapping):
-        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
-    fields = REQUIRED_FIELDS + (("reasoning",) if require_reasoning else ())
     try:
         Item.model_validate(dict(item))
         errors = []
@@ -131,7 +109,7 @@ def validate_item(
     if errors:
         first = min(errors, key=lambda e: e["type"] != "missing")  # missing fields first
         raise DataError(f"{where}: " + format_validation_error(
-            [first], explain=_explain_item(item, fields), bullet=""))
+            [first], explain=explain, bullet=""))
     return dict(item)
 
 
@@ -150,13 +128,9 @@ def validate_items(items: Iterable[Any], *, source: str) -> list[dict[str, Any]]
     return out
 
 
-def load_jsonl(
-    path: str | os.PathLike[str], *, require_reasoning: bool = False, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Read and validate a jsonl file of items; errors name the file and line number.
-
-    Blank lines are skipped. ``limit`` keeps the first ``limit`` items.
-    """
+def load_jsonl(path: str | os.PathLike[str], *, require_reasoning: bool = False,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` items of a jsonl file, validated; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -168,9 +142,8 @@ def load_jsonl(
         where = f"{path}:{lineno}"
         item = validate_item(record, where=where, require_reasoning=require_reasoning)
         if item["id"] in seen:
-            raise DataError(
-                f"{where}: duplicate id {item['id']!r} (first on line {seen[item['id']]})"
-            )
+            raise DataError(f"{where}: duplicate id {item['id']!r} "
+                            f"(first on line {seen[item['id']]})")
         seen[item["id"]] = lineno
         items.append(item)
     if not items and limit != 0:
@@ -191,13 +164,10 @@ def write_jsonl(path: str | os.PathLike[str], items: Iterable[Mapping[str, Any]]
 def load_builtin(split: str, *, limit: int | None = None) -> list[dict[str, Any]]:
     """The shipped synthetic data: ``"train"`` (with reasoning) or ``"eval"``."""
     if split not in BUILTIN_SPLITS:
-        raise DataError(
-            f"builtin split {split!r} is not allowed; allowed: {', '.join(BUILTIN_SPLITS)}"
-        )
+        raise DataError(f"builtin split {split!r} is not allowed; "
+                        f"allowed: {', '.join(BUILTIN_SPLITS)}")
     return load_jsonl(FILES_DIR / f"{split}.jsonl", require_reasoning=split == "train", limit=limit)
 
-
-# -------------------------------------------------------------------------- external records
 
 _CALC = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations: "<<48/2=24>>"
 _NUMBER = re.compile(r"-?\$?\d{1,3}(,\d{3})+(\.\d+)?|-?\$?\d+(\.\d+)?")
@@ -206,9 +176,7 @@ _NUMBER = re.compile(r"-?\$?\d{1,3}(,\d{3})+(\.\d+)?|-?\$?\d+(\.\d+)?")
 def _clean_number(text: str) -> str:
     """``"1,234"`` -> ``"1234"``, ``"$5"`` -> ``"5"``; other answers are only stripped."""
     text = text.strip().rstrip(".")
-    if _NUMBER.fullmatch(text):
-        return text.replace(",", "").replace("$", "")
-    return text
+    return text.replace(",", "").replace("$", "") if _NUMBER.fullmatch(text) else text
 
 
 def split_gsm8k_answer(answer: str) -> tuple[str, str]:
@@ -247,11 +215,9 @@ def _level_to_difficulty(level: Any) -> str:
 
 
 def map_record(record: Mapping[str, Any], *, source: str, index: int) -> dict[str, Any]:
-    """Map one external record into the project schema.
-
-    Recognized layouts: project schema (``prompt`` + ``answer`` [+ labels]); GSM8K
-    (``question`` + ``answer`` with ``####``); MATH (``problem`` + ``solution`` [+ ``answer``,
-    ``level``, ``type``/``subject``]). ``source`` names the dataset in ids and errors.
+    """One external record in the project schema: GSM8K (``question`` + ``answer`` with
+    ``####``), MATH (``problem`` + ``solution`` [+ ``answer``, ``level``, ``type``/``subject``])
+    or ours (``prompt`` + ``answer`` [+ labels]). ``source`` names the dataset in ids and errors.
     """
     where = f"{source}: record {index}"
     keys = set(record)
@@ -282,21 +248,16 @@ def map_record(record: Mapping[str, Any], *, source: str, index: int) -> dict[st
             "section": str(record.get("section") or "general"),
             "category": str(record.get("category") or _slug(source)),
             "difficulty": str(record.get("difficulty") or "unrated"),
-            "prompt": str(record["prompt"]).strip(),
-            "answer": str(record["answer"]).strip(),
-        }
+            "prompt": str(record["prompt"]).strip(), "answer": str(record["answer"]).strip()}
         if record.get("reasoning"):
             item["reasoning"] = str(record["reasoning"]).strip()
         return item
-    raise DataError(
-        f"{where}: unrecognized columns {sorted(keys)}; supported layouts: "
-        "question+answer with '#### N' (GSM8K), problem+solution (MATH), prompt+answer"
-    )
+    raise DataError(f"{where}: unrecognized columns {sorted(keys)}; supported layouts: "
+                    "question+answer with '#### N' (GSM8K), problem+solution (MATH), prompt+answer")
 
 
-def _map_all(
-    records: Iterable[Mapping[str, Any]], *, source: str, limit: int | None
-) -> list[dict[str, Any]]:
+def _map_all(records: Iterable[Mapping[str, Any]], *, source: str,
+             limit: int | None) -> list[dict[str, Any]]:
     items = []
     for i, record in enumerate(records):
         if limit is not None and len(items) >= limit:
@@ -305,35 +266,20 @@ def _map_all(
     return validate_items(items, source=source)
 
 
-# ------------------------------------------------------------------------------- HuggingFace
-
-
-def load_hf(
-    repo: str,
-    config: str | None = None,
-    split: str = "train",
-    *,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
-    """Items from ``datasets.load_dataset(repo, config, split=split)``.
-
-    ``repo`` is a hub id or a local directory laid out like a hub repo (data files plus a
-    README whose YAML ``configs`` name the files of each config and split).
-    """
+def load_hf(repo: str, config: str | None = None, split: str = "train", *,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Items from ``datasets.load_dataset(repo, config, split=split)``; ``repo`` is a hub id or
+    a local directory laid out like a hub repo."""
     import datasets  # slow import (pyarrow, fsspec): only when HF data is asked for
 
     source = f"hf:{repo}" + (f":{config}" if config else "") + f"@{split}"
     try:
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as e:  # the library raises many types; all mean "cannot load this spec"
-        hint = ""
-        if isinstance(e, ConnectionError) or "offline" in str(e).lower():
-            hint = " (no network or HF_HUB_OFFLINE=1, and no usable local copy)"
+        offline = isinstance(e, ConnectionError) or "offline" in str(e).lower()
+        hint = " (no network or HF_HUB_OFFLINE=1, and no usable local copy)" if offline else ""
         raise DataError(f"{source}: cannot load ({type(e).__name__}: {e}){hint}") from e
     return _map_all(ds, source=source, limit=limit)
-
-
-# ------------------------------------------------------------------------------------ Kaggle
 
 
 def _read_table(path: Path) -> Iterator[dict[str, Any]]:
@@ -361,17 +307,13 @@ def _read_table(path: Path) -> Iterator[dict[str, Any]]:
 
         yield from pq.read_table(path).to_pylist()
     else:
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}; allowed: {', '.join(_KAGGLE_SUFFIXES)}"
-        )
+        raise DataError(f"{path}: unsupported file type {suffix!r}; allowed: "
+                        f"{', '.join(_KAGGLE_SUFFIXES)}")
 
 
 def load_kaggle(handle: str, file: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """Items from ``file`` inside the Kaggle dataset ``handle`` (``owner/dataset/versions/N``).
-
-    Only that file is downloaded (``dataset_download(handle, path=file)``); kagglehub serves
-    it from ``$KAGGLEHUB_CACHE`` without any API call when that version is already cached.
-    """
+    """Items from ``file`` of the Kaggle dataset ``handle`` (``owner/dataset/versions/N``).
+    Only that file is downloaded; kagglehub serves a cached version without any API call."""
     import kagglehub
 
     source = f"kaggle:{handle}/{file}"

@@ -1,50 +1,17 @@
-"""Training and evaluation problems from reasoning-gym, in the project's item schema.
+"""Training and evaluation problems from reasoning-gym (PyPI, Apache-2.0) as project items,
+plus ``rg_dataset`` / ``rg_metadata`` (what its scorer needs) and ``reasoning`` where a worked
+solution can be rendered in our line format: one ``a op b = c`` equation per line, every line
+checked (:func:`kaggle_lib.answer_format.check_reasoning_lines`); unrenderable entries are
+skipped. ``gsm_symbolic``'s prose solution is kept line by line where it holds a correct
+equation (:func:`derive_lines`); arithmetic expressions give one line per operation; a few
+families get theirs from metadata (:data:`RENDERED`). Others have no ``reasoning`` (GRPO and
+evaluation only). ``place_value`` lines add place-value steps before each operation: Gemma's
+tokenizer writes a number digit by digit, so one ``8528 - 5771 = 2757`` asks for every borrow
+at once. Mixes and the spec ``rg:<mix>[@<seed>][/<lines>]`` are in ``data_spec``.
 
-reasoning-gym (PyPI ``reasoning-gym``, Apache-2.0) generates verifiable problems procedurally
-from a seed and scores answers to them. This module turns its entries into our items::
-
-    {"id", "section", "category", "difficulty", "prompt", "answer"}
-    (+ "reasoning" where a worked solution can be rendered in our line format)
-    (+ "rg_dataset", "rg_metadata": what reasoning-gym's scorer needs)
-
-Line format. The shipped data writes one ``a op b = c`` equation per reasoning line
-(``He buys 16 more: 19 + 16 = 35.``). ``gsm_symbolic`` entries carry a prose worked solution
-(``metadata["answer_cot"]``); :func:`derive_lines` keeps each of its lines that holds an
-equation, rewrites the equation with ASCII operators and single spaces (``35 × 3=105`` ->
-``35 * 3 = 105``), drops bullets, numbering, headings and lines without an equation, and
-refuses the whole solution (None) when an equation is arithmetically wrong or the last
-equation does not produce the answer. Refused entries are skipped, so every rendered line
-checks out with :func:`kaggle_lib.answer_format.check_reasoning_lines`. ``gsm_symbolic`` has a single
-difficulty; ours is derived from the number of equations (1-2 easy, 3 medium, 4+ hard).
-Other families carry no worked solution, so their items have no ``reasoning`` (GRPO and
-evaluation use them; SFT needs ``reasoning``: use ``wide_sft`` there).
-
-``basic_arithmetic`` and ``chain_sum`` carry their expression: :func:`expression_lines`
-writes one line per operation, innermost first.
-
-Line styles. ``op`` (the default) keeps one line per operation. ``place_value``
-(:func:`place_value_lines`) adds, before each line whose equation is one operation on whole
-numbers, the steps a small model can compute: the second operand's place values added one at
-a time (``97 + 90 = 187``, ``187 + 8 = 195``, then ``97 + 98 = 195``) and multi-digit products
-as partial products (``55 * 20``, ``55 * 6``, their sum in steps). Gemma's tokenizer writes a
-number digit by digit, so a one-line ``8528 - 5771 = 2757`` asks for every borrow at once.
-
-Mixes. A mix maps a family to a weight. ``gsm`` is gsm_symbolic alone; ``wide`` (the TPU
-recipes; GRPO and evaluation) adds arithmetic, logic, counting and algorithmic families and two
-categories of our own that reasoning-gym lacks: ``unit_conversion`` and ``ordering``
-(``ours.<category>``, drawn from the shipped training file). ``wide_sft`` is the part of that
-with worked solutions, plus our knights_knaves, sequence and date_time items (reasoning-gym has
-those tasks, but without worked solutions); ``wide_sft_arith`` weighs its arithmetic families 3
-instead of 1. The data spec ``rg:<mix>[@<seed>][/<lines>]`` names
-one, where ``<mix>`` is a preset name or ``family=weight,...`` (``data_spec.parse_mix``, where
-the families and presets are listed) and
-``<lines>`` a line style.
-
-Determinism and disjointness. Items depend only on (mix, count, seed). Every generated item
-whose normalised prompt (:func:`normalize_text`) is in the committed evaluation split
-(``files/eval_rg.jsonl``, made by ``scripts/make_eval_split.py``), in the second scorecard
-(``files/eval.jsonl``) or already drawn is skipped, so training never sees an evaluation
-problem and holds no duplicates.
+Items depend only on (mix, count, seed); a prompt (normalised) already drawn, in the committed
+evaluation split (``files/eval_rg.jsonl``, ``scripts/make_eval_split.py``) or in
+``files/eval.jsonl`` is skipped, so training never sees an evaluation problem.
 """
 
 from __future__ import annotations
@@ -67,35 +34,16 @@ from kaggle_lib.answer_format import (
     evaluate_expression,
 )
 from kaggle_lib.data.datasets import FILES_DIR, load_builtin, normalize_text, validate_items
-from kaggle_lib.data_spec import (
-    FAMILIES,
-    OURS_PREFIX,
-    DataError,
-    parse_mix,
-    split_rg_spec,
-)
+from kaggle_lib.data_spec import FAMILIES, OURS_PREFIX, DataError, parse_mix, split_rg_spec
 
 EVAL_SPLIT_FILE = FILES_DIR / "eval_rg.jsonl"
 # Evaluation split: seed and per-family counts (128 items over 4 sections).
 EVAL_SEED = 14_014
 EVAL_COUNTS: dict[str, int] = {
-    "gsm_symbolic": 48, "basic_arithmetic": 8, "chain_sum": 8,
-    "knights_knaves": 16, "syllogism": 16,
-    "leg_counting": 8, "letter_counting": 8,
-    "spell_backward": 8, "word_sorting": 8,
+    "gsm_symbolic": 48, "basic_arithmetic": 8, "chain_sum": 8, "knights_knaves": 16,
+    "syllogism": 16, "leg_counting": 8, "letter_counting": 8, "spell_backward": 8,
+    "word_sorting": 8,
 }
-
-
-def _import_rg() -> Any:
-    try:
-        import reasoning_gym
-    except ImportError as exc:  # a declared dependency; a clear message if an env lacks it
-        raise DataError("reasoning-gym data needs the package reasoning-gym==0.1.25 "
-                        "(pip install -r requirements.lock)") from exc
-    return reasoning_gym
-
-
-# ----------------------------------------------------------------------------- text and lines
 
 
 _BULLET = re.compile(r"^\s*(?:[-•*]|\d+[.)])\s+")
@@ -109,11 +57,9 @@ def _spaced(lhs: str, rhs: str) -> str:
 
 
 def derive_lines(answer_cot: str, answer: str) -> list[str] | None:
-    """Render a prose worked solution as our reasoning lines (see the module docstring).
-
-    None when a line holds no checkable equation at all, when any equation is wrong, or when
-    the last equation's result is not ``answer``.
-    """
+    """A prose worked solution's lines that hold an equation, each equation rewritten with ASCII
+    operators and single spaces (``35 × 3=105`` -> ``35 * 3 = 105``), bullets and numbering
+    dropped. None when there is none, any is wrong, or the last does not give ``answer``."""
     lines: list[str] = []
     last_rhs: str | None = None
     for raw in answer_cot.splitlines():
@@ -135,9 +81,8 @@ def derive_lines(answer_cot: str, answer: str) -> list[str] | None:
         pieces.append(line[cursor:])
         text = _BULLET.sub("", "".join(pieces)).strip()
         lines.append(text[0].upper() + text[1:] if text else text)
-    if not lines or last_rhs is None:
-        return None
-    if evaluate_expression(last_rhs) != evaluate_expression(str(answer)):
+    if not lines or last_rhs is None \
+            or evaluate_expression(last_rhs) != evaluate_expression(str(answer)):
         return None
     return lines
 
@@ -169,14 +114,11 @@ def expression_lines(expression: str, answer: str) -> list[str] | None:
         result = walk(ast.parse(expression.strip().rstrip("="), mode="eval").body)
     except (SyntaxError, ValueError):
         return None
-    if not lines or evaluate_expression(str(answer)) != result:
-        return None
-    return lines
+    return lines if lines and evaluate_expression(str(answer)) == result else None
 
 
 def _place_parts(number: int) -> list[int]:
-    """The nonzero place values of ``number``, largest first, with its sign (-736 -> -700,
-    -30, -6)."""
+    """The signed nonzero place values of ``number``, largest first (-736 -> -700, -30, -6)."""
     digits = str(abs(number))
     sign = -1 if number < 0 else 1
     return [sign * int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
@@ -192,15 +134,10 @@ def _add_steps(left: int, right: int) -> tuple[list[str], int]:
 
 
 def operation_steps(left: int, op: str, right: int) -> list[str]:
-    """Lines for one operation in steps a small model can compute, the last one
-    ``left op right = value``.
-
-    ``+``/``-``: the second operand's place values are added (taken away) one at a time
-    (``97 + 98``: ``97 + 90 = 187``, ``187 + 8 = 195``). ``*``: partial products by the place
-    values of the operand with fewer of them, then their sum in the same steps. An operand with
-    a single nonzero place (``700``, ``6``), and division, stay one line. ValueError unless
-    the result is a whole number.
-    """
+    """Lines for one operation in steps a small model can compute, the last ``left op right =
+    value``: ``+``/``-`` add the second operand's place values one at a time (``97 + 90 = 187``,
+    ``187 + 8 = 195``); ``*`` takes partial products by the operand with fewer places, then sums
+    them so. One nonzero place (``700``), or division, stays one line. ValueError unless whole."""
     value = evaluate_expression(f"{left} {op} {right}")
     if value is None or value.denominator != 1:
         raise ValueError(f"{left} {op} {right}: not a whole number")
@@ -223,21 +160,16 @@ def operation_steps(left: int, op: str, right: int) -> list[str]:
     return [*lines, whole]
 
 
-def _binary_operation(lhs: str) -> tuple[int, str, int] | None:
-    """``"122 - 21"`` -> (122, "-", 21); None unless two whole numbers and one of + - *."""
-    match = re.fullmatch(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*", lhs)
-    return (int(match[1]), match[2], int(match[3])) if match else None
-
-
 def place_value_lines(lines: Sequence[str]) -> list[str]:
     """Rendered reasoning lines with place-value steps (:func:`operation_steps`) before each
     line whose equation is one operation on whole numbers; the line itself stays last."""
     out: list[str] = []
     for line in lines:
         for match in EQUATION.finditer(line):
-            operation = _binary_operation(match.group("lhs"))
+            # Two whole numbers and one of + - * ("122 - 21").
+            operation = re.fullmatch(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*", match.group("lhs"))
             if operation is not None:
-                out += operation_steps(*operation)[:-1]
+                out += operation_steps(int(operation[1]), operation[2], int(operation[3]))[:-1]
         out.append(line)
     return out
 
@@ -263,10 +195,9 @@ def _truth(statement: Sequence[Any], world: Sequence[bool]) -> bool:
 
 
 def knights_knaves_lines(metadata: Mapping[str, Any]) -> list[str] | None:
-    """Case analysis: one line per assignment of roles, saying whose statement rules it out,
-    or that every statement fits (the solution). None for more than two people (four lines
-    fit the evaluation's token budget, eight would not) or when the metadata does not agree
-    with reasoning-gym's solution."""
+    """Case analysis: per assignment of roles, whose statement rules it out or that all fit.
+    None for more than two people (four lines fit the evaluation's token budget, eight would
+    not) or when the metadata disagrees with reasoning-gym's solution."""
     names, statements = metadata.get("names"), metadata.get("statements")
     terms, solution = metadata.get("knight_knave_terms") or {}, metadata.get("solution")
     if not names or len(names) > 2 or not statements or not solution:
@@ -320,10 +251,6 @@ def letter_counting_lines(metadata: Mapping[str, Any]) -> list[str] | None:
     return lines
 
 
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
-
-
 def simple_lines(family: str, metadata: Mapping[str, Any], answer: str) -> list[str] | None:
     """Short worked steps for the families whose solution is a procedure on the text."""
     if family == "spell_backward":
@@ -342,19 +269,18 @@ def simple_lines(family: str, metadata: Mapping[str, Any], answer: str) -> list[
         valid = metadata.get("is_valid")
         if not (p1 and p2 and c) or valid is None or answer != ("Yes" if valid else "No"):
             return None
-        return [_sentence(p1), _sentence(p2),
+        return [*(p[:1].upper() + p[1:] + ("" if p.endswith(".") else ".") for p in (p1, p2)),
                 f'So "{c}" {"follows" if valid else "does not follow"}.']
     return None
 
 
-def _difficulty(n_equations: int) -> str:
-    return "easy" if n_equations <= 2 else "medium" if n_equations == 3 else "hard"
-
-
-# ----------------------------------------------------------------------------- items
-
-# Families without a worked solution in reasoning-gym whose solution we render from metadata.
+# family -> its reasoning lines from (family, metadata, answer); None: the entry is skipped.
+# gsm_symbolic has a worked solution, the arithmetic families an expression; the others carry
+# no worked solution, so ours is rendered from their metadata.
 RENDERED: dict[str, Callable[[str, Mapping[str, Any], str], list[str] | None]] = {
+    "gsm_symbolic": lambda f, m, a: derive_lines(str(m.get("answer_cot", "")), a),
+    "basic_arithmetic": lambda f, m, a: expression_lines(str(m.get("expression", "")), a),
+    "chain_sum": lambda f, m, a: expression_lines(str(m.get("expression", "")), a),
     "knights_knaves": lambda f, m, a: knights_knaves_lines(m),
     "leg_counting": lambda f, m, a: leg_counting_lines(m),
     "letter_counting": lambda f, m, a: letter_counting_lines(m),
@@ -370,53 +296,35 @@ def entry_to_item(entry: Mapping[str, Any], family: str, item_id: str) -> dict[s
     metadata = json.loads(json.dumps(entry.get("metadata", {}), default=str))
     item: dict[str, Any] = {
         "id": item_id, "section": FAMILIES[family], "category": family, "difficulty": "unrated",
-        "prompt": str(entry["question"]).strip(), "answer": str(answer).strip(),
-    }
-    if family == "gsm_symbolic":
-        lines = derive_lines(str(metadata.get("answer_cot", "")), item["answer"])
-        if lines is None:
-            return None
-        item["difficulty"] = _difficulty(len(lines))
-        item["reasoning"] = "\n".join(lines)
-    elif family in ("basic_arithmetic", "chain_sum"):
-        # No worked solution in the entry: the expression itself gives one line per operation.
-        lines = expression_lines(str(metadata.get("expression", "")), item["answer"])
-        if lines is None:
-            return None
-        item["difficulty"] = _difficulty(len(lines))
-        item["reasoning"] = "\n".join(lines)
-    elif family in RENDERED:
-        # No worked solution in the entry: our renderer writes one from its metadata.
+        "prompt": str(entry["question"]).strip(), "answer": str(answer).strip()}
+    if family in RENDERED:
         lines = RENDERED[family](family, metadata, item["answer"])
         if lines is None:
             return None
+        if family in ("gsm_symbolic", "basic_arithmetic", "chain_sum"):
+            # gsm_symbolic has a single difficulty: ours is 1-2 equations easy, 3 medium, 4+ hard.
+            n = len(lines)
+            item["difficulty"] = "easy" if n <= 2 else "medium" if n == 3 else "hard"
         item["reasoning"] = "\n".join(lines)
     # The scorer reads only these; answer_cot is in `reasoning` already.
     metadata.pop("answer_cot", None)
-    item["rg_dataset"] = family
-    item["rg_metadata"] = metadata
-    return item
-
-
-def family_seed(family: str, seed: int) -> int:
-    """A stable per-family seed (crc32, not hash(): that changes between processes)."""
-    return (zlib.crc32(family.encode()) + 1_000_003 * seed) % (2**31)
+    return {**item, "rg_dataset": family, "rg_metadata": metadata}
 
 
 def _family_stream(family: str, seed: int, chunk: int = 256) -> Iterable[tuple[int, Any]]:
     """(index, entry) pairs of a family, chunk after chunk, without end."""
-    rg = _import_rg()
+    try:
+        import reasoning_gym as rg
+    except ImportError as exc:  # a declared dependency; a clear message if an env lacks it
+        raise DataError("reasoning-gym data needs the package reasoning-gym==0.1.25 "
+                        "(pip install -r requirements.lock)") from exc
+    # A stable per-family seed (crc32, not hash(): that changes between processes).
+    first = (zlib.crc32(family.encode()) + 1_000_003 * seed) % (2**31)
     for block in range(1_000_000):
-        dataset = rg.create_dataset(family, seed=family_seed(family, seed) + block, size=chunk)
+        dataset = rg.create_dataset(family, seed=first + block, size=chunk)
         for index in range(chunk):
             yield block * chunk + index, dataset[index]
     raise DataError(f"reasoning-gym family {family!r}: no more items")  # pragma: no cover
-
-
-def _ours_stream(category: str, seed: int) -> Iterable[tuple[int, dict[str, Any]]]:
-    items = [i for i in load_builtin("train") if i["category"] == category]
-    random.Random(seed).shuffle(items)
-    yield from enumerate(items)
 
 
 def quotas(mix: Mapping[str, float], count: int) -> dict[str, int]:
@@ -430,27 +338,20 @@ def quotas(mix: Mapping[str, float], count: int) -> dict[str, int]:
     return out
 
 
-def eval_split_prompts() -> set[str]:
-    """Normalised prompts of the committed evaluation split (empty if it is not there yet)."""
-    if not EVAL_SPLIT_FILE.is_file():
-        return set()
-    return {normalize_text(record["prompt"]) for _, record in jsonl.read_lines(EVAL_SPLIT_FILE)}
-
-
 def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
                    exclude: Iterable[str] | None = None, id_prefix: str = "rg",
                    lines: str = "op") -> list[dict]:
-    """``count`` items drawn from ``mix`` (a preset name or family -> weight), deterministic
-    for (mix, count, seed). Prompts whose normalised text is in ``exclude`` (default: both
-    scorecards' files, the reasoning-gym split and ``builtin:eval``) or already drawn are
-    skipped. Order: shuffled with ``seed``. ``lines="place_value"`` renders every worked
-    solution with :func:`place_value_lines`."""
+    """``count`` items of ``mix`` (a preset name or family -> weight), shuffled with ``seed``;
+    prompts already drawn or in ``exclude`` (default: both scorecards' files) are skipped.
+    ``lines="place_value"`` renders every worked solution with :func:`place_value_lines`."""
     if isinstance(mix, str):
         mix = parse_mix(mix)
     if count < 1:
         raise DataError(f"reasoning-gym items: count must be >= 1, got {count}")
-    if exclude is None:
-        seen = eval_split_prompts() | {normalize_text(i["prompt"]) for i in load_builtin("eval")}
+    if exclude is None:  # the evaluation split may not be written yet
+        split = jsonl.read_lines(EVAL_SPLIT_FILE) if EVAL_SPLIT_FILE.is_file() else []
+        seen = {normalize_text(r["prompt"]) for _, r in split}
+        seen |= {normalize_text(i["prompt"]) for i in load_builtin("eval")}
     else:
         seen = {normalize_text(text) for text in exclude}
     items: list[dict[str, Any]] = []
@@ -458,8 +359,10 @@ def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
         if quota == 0:
             continue
         ours = family.startswith(OURS_PREFIX)
-        stream = (_ours_stream(family[len(OURS_PREFIX):], seed) if ours
-                  else _family_stream(family, seed))
+        if ours:  # our shipped training items of that category, shuffled
+            mine = [i for i in load_builtin("train") if i["category"] == family[len(OURS_PREFIX):]]
+            random.Random(seed).shuffle(mine)
+        stream = enumerate(mine) if ours else _family_stream(family, seed)
         taken = 0
         for index, entry in stream:
             if taken == quota:
@@ -483,11 +386,8 @@ def generate_items(mix: Mapping[str, float] | str, count: int, *, seed: int = 0,
 
 
 def build_eval_split(seed: int = EVAL_SEED) -> list[dict[str, Any]]:
-    """The evaluation split: :data:`EVAL_COUNTS` items per family, family by family.
-
-    Its families are seeded with ``seed`` (training uses its own run seed and additionally
-    drops every evaluation prompt), and it excludes the shipped train and eval prompts.
-    """
+    """:data:`EVAL_COUNTS` items per family, seeded with ``seed`` (training uses its run seed and
+    drops every evaluation prompt too), without the shipped train and eval prompts."""
     shipped = [i["prompt"] for split in ("train", "eval") for i in load_builtin(split)]
     items: list[dict[str, Any]] = []
     for family, count in EVAL_COUNTS.items():
@@ -497,17 +397,10 @@ def build_eval_split(seed: int = EVAL_SEED) -> list[dict[str, Any]]:
     return items  # family after family, so the file reads by section
 
 
-# ----------------------------------------------------------------------------- specs
-
-
 def load_spec(body: str, limit: int | None) -> list[dict[str, Any]]:
-    """Items for the data spec ``rg:<mix>[@<seed>][/<lines>]``; ``limit`` is the count
-    (default 1000)."""
+    """Items of the spec ``rg:<mix>[@<seed>][/<lines>]``; ``limit`` is the count (default 1000)."""
     mix, seed, style = split_rg_spec(body)
     return generate_items(mix, limit or 1000, seed=seed, lines=style)
-
-
-# ----------------------------------------------------------------------------- scoring
 
 
 def reasoning_gym_score(answer: str | None, item: Mapping[str, Any]) -> float:
@@ -529,11 +422,8 @@ def reasoning_gym_score(answer: str | None, item: Mapping[str, Any]) -> float:
 
 
 def score_answer(answer: str | None, item: Mapping[str, Any]) -> float:
-    """reasoning-gym's own score (0..1) of ``answer`` for ``item`` (an item from this module);
-    GRPO's answer reward (:mod:`kaggle_lib.training.rewards`) uses it for these items.
-
-    Items of ours (no ``rg_dataset``) are scored 1.0/0.0 with the evaluation's matching rules.
-    """
+    """GRPO's answer reward for an item of this module: reasoning-gym's score (0..1), or for
+    items of ours (no ``rg_dataset``) 1.0/0.0 by the evaluation's matching rules."""
     if item.get("rg_dataset") is None:
         return 1.0 if answer is not None and any(answers_match(answer, item["answer"])) else 0.0
     return reasoning_gym_score(answer, item)

@@ -1,8 +1,5 @@
-"""Items for a data spec (`kaggle_lib.data_spec`): one loader per spec kind, in one table.
-
-`LOADERS` is the whole registry of spec kinds: a new source adds its loader here (and its
-form to `data_spec`), so nothing is registered by importing a module.
-"""
+"""Items for a data spec (`kaggle_lib.data_spec`). `LOADERS` is the whole registry of spec
+kinds: a new source adds its loader here, so nothing is registered by importing a module."""
 
 from __future__ import annotations
 
@@ -33,19 +30,12 @@ def load_items(spec: str, limit: int | None = None) -> Items:
     return LOADERS[parsed.kind](parsed, limit)
 
 
-def load_sources(
-    specs: str | Sequence[str], limit: int | None = None
-) -> tuple[Items, list[dict[str, Any]]]:
-    """Items of one data spec, or of a list of specs concatenated in order, and the count each
-    spec gave (``[{"spec", "items"}]``, for the run record).
-
-    ``limit`` applies to each spec (a mix such as GSM8K + reasoning-gym keeps every source's
-    share predictable). Ids must be unique across the sources: scorecards and predictions are
-    keyed by id.
-    """
-    items: list[dict[str, Any]] = []
-    counts: list[dict[str, Any]] = []
-    first: dict[str, str] = {}
+def load_sources(specs: str | Sequence[str],
+                 limit: int | None = None) -> tuple[Items, list[dict[str, Any]]]:
+    """Items of a spec or of a list of specs in order, and each spec's ``{"spec", "items"}``
+    count. ``limit`` applies to each spec (every source keeps a predictable share); ids must be
+    unique across the sources: scorecards and predictions are keyed by id."""
+    items, counts, first = [], [], {}
     for spec in spec_list(specs):
         loaded = load_items(spec, limit=limit)
         for item in loaded:

@@ -1,9 +1,7 @@
-"""`kernel-metadata.json` and notebook-metadata checks, run before anything is pushed.
-
-The `kaggle` client checks little (title length, source formats) and the server accepts a
-lot it then ignores or misapplies: a `docker_image`, or accelerator metadata inside the .ipynb,
-can put a TPU push on the CPU image (kaggle-cli issue 1197), and a retired machine shape is
-silently swapped for another. Every rule here fails with the file, the field and what is allowed.
+"""`kernel-metadata.json` and notebook-metadata checks, run before anything is pushed: the
+`kaggle` client checks little and the server misapplies a lot (a `docker_image`, or accelerator
+metadata inside the .ipynb, can put a TPU push on the CPU image, kaggle-cli issue 1197; a retired
+machine shape is silently swapped). Each rule fails naming the file, the field and what is allowed.
 """
 
 from __future__ import annotations
@@ -36,12 +34,9 @@ CURRENT_SHAPES = ("TpuV5E8", "TpuV6E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem",
 DROPPED_SHAPES = ("NvidiaTeslaP100",)
 # TPU v3/v2 shapes: Kaggle retired those TPUs; what the server runs instead (kaggle-cli's
 # retired-accelerator warning).
-RETIRED_SHAPES = {
-    "tpuv38": ("TpuV38", "TpuV5E8"),
-    "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
-    "tpuv232": ("TpuV232", "CPU (no accelerator)"),
-    "tpuv2256": ("TpuV2256", "CPU (no accelerator)"),
-}
+RETIRED_SHAPES = {"tpuv38": ("TpuV38", "TpuV5E8"), "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
+                  "tpuv232": ("TpuV232", "CPU (no accelerator)"),
+                  "tpuv2256": ("TpuV2256", "CPU (no accelerator)")}
 
 SLUG_MIN = 5
 TITLE_MIN = 5
@@ -119,30 +114,14 @@ def _non_empty(item: str) -> str:
     return item
 
 
-def check_machine_shape(shape: str, where: str) -> str | None:
-    """Error text for a retired or unknown machine shape, else None."""
-    key = shape.strip().lower()
-    if key in RETIRED_SHAPES:
-        name, replacement = RETIRED_SHAPES[key]
-        return (f"{where} = {shape!r}: {name} is retired; the server would run {replacement} "
-                f"instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
-    if shape not in CURRENT_SHAPES + DROPPED_SHAPES:
-        return (f"{where} = {shape!r}: not a machine shape kaggle-cli documents; allowed: "
-                f"{', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
-    return None
-
-
 ModelSource = Annotated[str, AfterValidator(_model_source)]
 OwnerSlugSource = Annotated[str, AfterValidator(_owner_slug_source)]
 NonEmptyString = Annotated[str, AfterValidator(_non_empty)]
 
 
 class KernelMetadata(BaseModel):
-    """The keys of kernel-metadata.json the kaggle client (2.2.x) reads for `kernels push`.
-
-    Strict: JSON booleans must be booleans, lists lists. Rules that involve several keys, the
-    folder or the TPU requirement are in `validate_metadata`.
-    """
+    """The keys of kernel-metadata.json the kaggle client (2.2.x) reads for `kernels push`;
+    strict (JSON booleans must be booleans). Rules across keys are in `validate_metadata`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -206,9 +185,13 @@ class KernelMetadata(BaseModel):
     @field_validator("machine_shape")
     @classmethod
     def _documented_shape(cls, shape: str | None) -> str | None:
-        error = None if shape is None else check_machine_shape(shape, "machine_shape")
-        if error:
-            raise _Problem(error)
+        if shape is not None and shape.strip().lower() in RETIRED_SHAPES:
+            name, replacement = RETIRED_SHAPES[shape.strip().lower()]
+            raise _Problem(f"machine_shape = {shape!r}: {name} is retired; the server would run "
+                           f"{replacement} instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
+        if shape is not None and shape not in CURRENT_SHAPES + DROPPED_SHAPES:
+            raise _Problem(f"machine_shape = {shape!r}: not a machine shape kaggle-cli documents; "
+                           f"allowed: {', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
         return shape
 
 
@@ -231,31 +214,7 @@ _ALLOWED = {
 }
 
 
-def _explain(meta: dict[str, Any]) -> Any:
-    """Lines for the errors our validators or pydantic raise about the metadata, naming what
-    each key allows; unknown keys are left to `errors.format_validation_error`."""
-
-    def explain(error: dict[str, Any]) -> str | None:
-        loc, kind = error["loc"], error["type"]
-        key = str(loc[0])
-        where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
-        if kind == "extra_forbidden":
-            return None
-        if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
-            return str(error["ctx"]["error"])
-        if kind == "value_error":
-            return f"{where} = {error['input']!r}: {error['ctx']['error']}"
-        if len(loc) > 1:  # a list item of the wrong type
-            return f"{where} = {error['input']!r}: must be a string"
-        if key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
-            return _REQUIRED[key]
-        return f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}"
-
-    return explain
-
-
-def _cross_key_problems(meta: KernelMetadata, folder: Path | None,
-                        require_tpu: bool) -> list[str]:
+def _cross_key_problems(meta: KernelMetadata, folder: Path | None, require_tpu: bool) -> list[str]:
     problems: list[str] = []
     slug = split_id(meta.id)[1]
     if slugify(meta.title) != slug:
@@ -268,8 +227,7 @@ def _cross_key_problems(meta: KernelMetadata, folder: Path | None,
         problems.append(f"code_file = {meta.code_file!r}: file not found in {folder}")
     if meta.kernel_type == "notebook" and meta.language == "python" \
             and not meta.code_file.endswith(".ipynb"):
-        problems.append(f"code_file = {meta.code_file!r}: a python notebook must be an .ipynb "
-                        "file")
+        problems.append(f"code_file = {meta.code_file!r}: a python notebook must be an .ipynb file")
     shape, enable_tpu, enable_gpu = meta.machine_shape, meta.enable_tpu, meta.enable_gpu
     if shape is not None and shape.startswith("Tpu") and not enable_tpu:
         problems.append(f"machine_shape = {shape!r} needs enable_tpu: true")
@@ -307,26 +265,35 @@ def _warnings(meta: KernelMetadata) -> list[str]:
     return warnings
 
 
-def validate_metadata(
-    meta: dict[str, Any],
-    *,
-    source: str = METADATA_FILE,
-    folder: Path | None = None,
-    require_tpu: bool = False,
-) -> list[str]:
-    """Check every rule; raise MetadataError listing the problems, else return warnings.
-
-    Per-key problems are all listed together; rules across keys (title vs id, shape vs
-    enable_tpu, `folder`, `require_tpu`) are checked once every key is valid. `folder` is where
-    `code_file` must exist (skipped when None). `require_tpu` insists on a TPU v5e-8 session
-    (the submission kernel).
-    """
+def validate_metadata(meta: dict[str, Any], *, source: str = METADATA_FILE,
+                      folder: Path | None = None, require_tpu: bool = False) -> list[str]:
+    """Check every rule; raise MetadataError listing the problems, else return warnings. Rules
+    across keys are checked once every key is valid; `folder` holds `code_file` (None: not
+    checked); `require_tpu` insists on a TPU v5e-8 session (the submission kernel)."""
     header = f"{source}: invalid kernel metadata:"
+
+    # Each error's line names what the key allows (unknown keys: format_validation_error's).
+    def explain(error: dict[str, Any]) -> str | None:
+        loc, kind = error["loc"], error["type"]
+        key = str(loc[0])
+        where = key if len(loc) == 1 else f"{key}[{loc[1]}]"
+        if kind == "extra_forbidden":
+            return None
+        if kind == "value_error" and isinstance(error["ctx"]["error"], _Problem):
+            return str(error["ctx"]["error"])
+        if kind == "value_error":
+            return f"{where} = {error['input']!r}: {error['ctx']['error']}"
+        if len(loc) > 1:  # a list item of the wrong type
+            return f"{where} = {error['input']!r}: must be a string"
+        if key in _REQUIRED and (kind == "missing" or not isinstance(meta.get(key), str)):
+            return _REQUIRED[key]
+        return f"{key} = {meta.get(key)!r}: {_ALLOWED[key]}"
+
     try:
         parsed = KernelMetadata.model_validate(meta)
     except ValidationError as exc:
         raise MetadataError(format_validation_error(
-            exc, header, model=KernelMetadata, explain=_explain(meta), bullet="  - ",
+            exc, header, model=KernelMetadata, explain=explain, bullet="  - ",
             group_unknown=True)) from None
     problems = _cross_key_problems(parsed, folder, require_tpu)
     if problems:
@@ -337,9 +304,8 @@ def validate_metadata(
 def check_notebook_metadata(notebook: dict[str, Any], source: str) -> None:
     """The .ipynb must not carry Kaggle image/accelerator settings (they override the push)."""
     kaggle_meta = (notebook.get("metadata") or {}).get("kaggle")
-    if not isinstance(kaggle_meta, dict):
-        return
-    found = [k for k in NOTEBOOK_ACCELERATOR_KEYS if k in kaggle_meta]
+    found = [k for k in NOTEBOOK_ACCELERATOR_KEYS if k in kaggle_meta] \
+        if isinstance(kaggle_meta, dict) else []
     if found:
         raise MetadataError(
             f"{source}: notebook metadata.kaggle has {', '.join(found)}; remove the "

