@@ -1,13 +1,10 @@
 """Push a bundle through the kaggle client library, wait for that version, fetch its outputs.
 
-The `kaggle` CLI exits 0 when the server rejects a push and when a run ends in ERROR, and
-`kernels status` / `kernels output` ask for the latest version rather than the one just
-pushed. So this module calls the client library (`KaggleApi.kernels_push`, then kagglesdk
-requests carrying `version_label`) and checks every response itself.
-
-Exit codes of `main`: 0 done; 1 missing/refused credentials, push rejected, run ended in
-ERROR or was cancelled, timeout, download failed; 2 invalid input (metadata, notebook,
-config, pins, arguments).
+The `kaggle` CLI exits 0 on a rejected push and on a run ending in ERROR, and `kernels
+status`/`output` ask for the latest version, not the one pushed: so this module calls the client
+library (kagglesdk requests carrying `version_label`) and checks every response itself.
+Exit codes: 0 done; 1 credentials, push rejected, run ERROR/cancelled, timeout, download failed;
+2 invalid input (metadata, notebook, config, pins, arguments).
 """
 
 from __future__ import annotations
@@ -105,9 +102,8 @@ def _log(msg: str) -> None:
 
 
 def connect() -> Any:
-    """Check credentials, then import the kaggle client (it authenticates on import). When
-    kagglehub finds none the client still gets its say: it also reads OAuth `credentials.json`
-    of `kaggle auth login` and $XDG_CONFIG_HOME/kaggle."""
+    """Check credentials, then import the kaggle client (it authenticates on import; it also
+    reads `kaggle auth login` OAuth and $XDG_CONFIG_HOME/kaggle, which kagglehub does not)."""
     source = auth.kaggle_credentials_source()
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
@@ -242,11 +238,9 @@ def wait_for_version(fetch_status: Callable[[str, float], tuple[str, str]], *, l
                      poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S,
                      sleep: Callable[[float], None] = time.sleep,
                      clock: Callable[[], float] = time.monotonic) -> StatusResult:
-    """Poll `fetch_status(version_label, http_timeout)` until a terminal status, backing off
-    from poll_s to max_poll_s; raise on timeout. On HTTP 404 the next form in `version_labels`
-    is tried (a new version may be unknown for a while) and the form that answers is kept.
-    Transient errors (connection, timeout, 5xx, 429) are retried until the deadline, which no
-    call's HTTP timeout passes; other HTTP errors end the wait."""
+    """Poll `fetch_status(version_label, http_timeout)` until a terminal status, with backoff.
+    A 404 moves to the next form in `version_labels` (a new version may be unknown for a while);
+    transient errors are retried until the deadline; other HTTP errors end the wait."""
     start = clock()
     deadline, delay, polls, form, last = start + timeout_s, poll_s, 0, 0, "UNKNOWN"
     found: str | None = None
@@ -301,31 +295,12 @@ def _safe_target(dest: Path, name: str) -> Path:
     return target
 
 
-def _list_page(api: Any, owner: str, slug: str, label: str, token: str | None) -> Any:
-    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
-
-    request = _request(ApiListKernelSessionOutputRequest(), owner, slug, label)
-    request.page_size = 100
-    if token:
-        request.page_token = token
-    with kaggle_client(api, timeout=OUTPUT_HTTP_TIMEOUT_S, retries=OUTPUT_RETRIES) as client:
-        return client.kernels.kernels_api_client.list_kernel_session_output(request)
-
-
-def _download(session: Any, url: str, target: Path) -> None:
-    # Output URLs are pre-signed: no Kaggle credentials go with this request.
-    with session.get(url, stream=True) as got:
-        got.raise_for_status()
-        with open(target, "wb") as fh:
-            for chunk in got.iter_content(chunk_size=1 << 20):
-                fh.write(chunk)
-
-
 def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                   labels: tuple[str, ...] | None = None) -> list[str]:
     """Download every output file of one version (and its log) into dest; return names.
     `labels`: version-label forms to try, preferred first (a 404 moves to the next form)."""
     import requests
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
     labels = labels or version_labels(version)
     dest.mkdir(parents=True, exist_ok=True)
@@ -335,8 +310,14 @@ def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
     with requests.Session() as session:
         _mount(session, OUTPUT_HTTP_TIMEOUT_S, OUTPUT_RETRIES)
         while True:
+            request = _request(ApiListKernelSessionOutputRequest(), owner, slug, labels[form])
+            request.page_size = 100
+            if token:
+                request.page_token = token
             try:
-                response = _list_page(api, owner, slug, labels[form], token)
+                with kaggle_client(api, timeout=OUTPUT_HTTP_TIMEOUT_S,
+                                   retries=OUTPUT_RETRIES) as client:
+                    response = client.kernels.kernels_api_client.list_kernel_session_output(request)
             except requests.RequestException as exc:
                 if _http_status(exc) == 404 and first and form + 1 < len(labels):
                     form += 1
@@ -346,8 +327,12 @@ def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
             for item in response.files or []:
                 target = _safe_target(dest, item.file_name or "")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    _download(session, item.url, target)
+                try:  # pre-signed URLs: no Kaggle credentials go with this request
+                    with session.get(item.url, stream=True) as got:
+                        got.raise_for_status()
+                        with open(target, "wb") as fh:
+                            for chunk in got.iter_content(chunk_size=1 << 20):
+                                fh.write(chunk)
                 except requests.RequestException as exc:
                     raise PushFailure(f"downloading output {item.file_name!r} failed: "
                                       f"{_describe_http(exc)}") from None
