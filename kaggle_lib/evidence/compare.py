@@ -1,9 +1,5 @@
-"""Compare the scores of two runs: side-by-side tables, regressed items, a baseline gate, a chart.
-
-A run directory holds `eval_summary.json` and `predictions.jsonl` (`evaluation.runner`).
-By default the "trained" stage of each run is compared; a single run can also be compared with
-itself (baseline stage vs trained stage). The CLI is `python -m kaggle_lib compare`.
-"""
+"""Compare the scores of two runs (or two stages of one): tables, regressed items, a baseline
+gate, a chart. CLI: `python -m kaggle_lib compare`."""
 
 from __future__ import annotations
 
@@ -163,12 +159,8 @@ def format_comparison(result: CompareResult) -> str:
 
 def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
                  a_stage: str = "trained", b_stage: str = "trained") -> CompareResult:
-    """Compare run B against run A.
-
-    `regressed` is True when B's overall accuracy is below A's by more than `threshold`
-    (absolute, e.g. 0.02 = 2 points). `regressed_items` are the ids correct in A and wrong in
-    B, matched by id; ids scored in A but missing from B are listed in `unmatched_ids`.
-    """
+    """Compare run B against run A: `regressed` when B's overall accuracy is below A's by more
+    than `threshold` (absolute); `regressed_items`: ids correct in A and wrong in B."""
     if not 0 <= threshold < 1:
         raise CompareError(f"threshold must be in [0, 1) (absolute accuracy), got {threshold}")
     a_dir, b_dir = Path(a_dir), Path(b_dir)
@@ -203,11 +195,8 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEF
 
 
 def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
-    """Record `run_dir` as the regression baseline in `evidence_root/baseline.json`.
-
-    The run must be scoreable (its trained stage is loaded first). The path is stored
-    relative to `evidence_root` when the run lives under it, so the evidence tree can move.
-    """
+    """Record scoreable `run_dir` as the baseline in `evidence_root/baseline.json` (relative to
+    `evidence_root` when under it, so the evidence tree can move)."""
     run_dir, evidence_root = Path(run_dir), Path(evidence_root)
     summary, _ = load_run_scores(run_dir)
     card = _stage_scorecard(summary, "trained", run_dir)
@@ -252,7 +241,6 @@ def plot_category_accuracy(result: CompareResult, out_png: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    label_a, label_b = result.a_label, result.b_label
     cats_a = result.a_scorecard.get("by_category", {})
     cats_b = result.b_scorecard.get("by_category", {})
     names = sorted(set(cats_a) | set(cats_b))
@@ -268,7 +256,8 @@ def plot_category_accuracy(result: CompareResult, out_png: str | Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     xs = range(len(names))
     width = 0.4
-    for offset, label, cats in ((-width / 2, label_a, cats_a), (width / 2, label_b, cats_b)):
+    for offset, label, cats in ((-width / 2, result.a_label, cats_a),
+                                (width / 2, result.b_label, cats_b)):
         bars = ax.bar([x + offset for x in xs], values(cats), width, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(list(xs))
@@ -293,10 +282,8 @@ def format_regressions(result: CompareResult, limit: int = 50) -> str:
     else:
         lines = [f"{len(result.regressed_items)} regressed item(s) (correct in A, wrong in B):"]
         for item in result.regressed_items[:limit]:
-            lines.append(
-                f"  {item['id']} [{item['section']}/{item['category']}] expected "
-                f"{item['expected']!r}, A {item['a_answer']!r}, B {item['b_answer']!r}"
-            )
+            lines.append(f"  {item['id']} [{item['section']}/{item['category']}] expected "
+                         f"{item['expected']!r}, A {item['a_answer']!r}, B {item['b_answer']!r}")
         if len(result.regressed_items) > limit:
             lines.append(f"  ... and {len(result.regressed_items) - limit} more")
     if result.unmatched_ids:

@@ -50,10 +50,9 @@ def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
 
 def initialize(spec: ProcessSpec | None = None,
                on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
-    """Join the multi-process run the environment describes; True when there is one.
-    DistributedConfigError for bad variables, DistributedStartError when the processes cannot
-    form the run; when the others do not arrive in time, `on_start_failure` gets the error and
-    the process exits (jax would abort it, with no record, a few seconds later)."""
+    """Join the multi-process run the environment describes; True when there is one. When the
+    others do not arrive in time, `on_start_failure` gets the error and the process exits (jax
+    would abort it, with no record, a few seconds later)."""
     spec = spec if spec is not None else env.spec_from_environment()
     if spec is None:
         return False
@@ -187,16 +186,14 @@ def describe_processes() -> list[dict[str, Any]]:
 # --- failures: what the watchdogs of the other processes read --------------------------------
 
 def on_peer_failure(handler: Callable[[PeerProcessError], None]) -> None:
-    """Call `handler` (e.g. "record the failure") before exiting for a dead peer (multi-process
-    runs only; the latest handler replaces others)."""
+    """Call `handler` before exiting for a dead peer (multi-process only; replaces others)."""
     if _state.started:
         watchdog.failure_handlers[:] = [handler]
 
 
 def await_peer_verdict(error: BaseException) -> None:
-    """Before a jax runtime error is recorded as this process's failure (often a collective
-    whose peer died: gloo reports the broken connection first), give the watchdog time to name
-    that peer; if it does, it records that and exits the process."""
+    """Before recording a jax runtime error (often a collective whose peer died: gloo reports
+    the broken connection first), give the watchdog time to name that peer and exit."""
     dog = _state.watchdog
     if not _state.started or dog is None or not dog.is_alive():
         return

@@ -1,11 +1,8 @@
 """GRPO after SFT on Tunix 0.1.7: `RLCluster` + `GRPOLearner`, vanilla (Tunix Sampler) rollouts.
 
-The actor is the SFT-trained LoRA model, trained further; the reference a frozen copy of it (KL).
-Prompts are the training items' questions in the shared template with their `answer` column;
-batch order is a pure function of (seed, step) and step s samples with a seed derived from s,
-so a resumed run continues exactly. Rewards (`training.rewards`) are logged per step into
-`metrics.jsonl` (stage "grpo"). Tunix restores its actor checkpoints
-(`<run_dir>/checkpoints/grpo/actor/<step>`) on a re-run; once the wall-clock budget is spent no
+The actor is the SFT-trained model; the KL reference a frozen copy of it. Batch order and each
+step's sampling seed are pure functions of (seed, step), so a resumed run (Tunix restores
+`checkpoints/grpo/actor/<step>`) continues exactly. Once the wall-clock budget is spent no
 rollouts are handed out and Tunix closes the learner, which saves the last step.
 """
 
@@ -90,8 +87,7 @@ _RG_FIELDS = ("id", "prompt", "answer", "rg_dataset", "rg_metadata")
 
 def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_len: int, *,
                    instruct: bool) -> tuple[list[Prompt], int]:
-    """Template every item's question; drop those longer than `max_prompt_len` tokens (+bos).
-    Returns the kept prompts and how many were dropped."""
+    """(kept prompts, number dropped): items longer than `max_prompt_len` tokens (+bos) drop."""
     kept, dropped = [], 0
     for i, item in enumerate(items):
         if not item.get("prompt") or item.get("answer") in (None, ""):
@@ -108,10 +104,9 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
 
 def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float | None,
                     state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for Tunix's learner, each setting its step's sampling seed first (the learner asks
-    for batch s just before generating for it, also when fast-forwarding on resume); ends after
-    the deadline (the learner then closes and saves), but the first batch always comes (Tunix
-    reads it for the batch size)."""
+    """Batches for Tunix's learner, each setting its step's sampling seed first (batch s is asked
+    for just before generating it, also on resume); ends after the deadline, except the first
+    batch (Tunix reads it for the batch size)."""
     step = 0
     while True:
         if step > 0 and deadline is not None and time.monotonic() >= deadline:
@@ -172,12 +167,9 @@ def run_grpo(
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:
-    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps:
-    each samples `grpo.num_generations` completions per prompt of a batch, scores them with
-    `reward_fns` (default: format + answer) and takes `grpo.num_iterations` optimizer steps on
-    the group-relative advantages, with a KL penalty `grpo.beta` towards a frozen copy of `actor`.
-    `tokenizer`: a SentencePieceProcessor with checked special ids. Checkpoints:
-    `<checkpointing.directory>/actor/<step>`."""
+    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps,
+    rewards `reward_fns` (default: format + answer), KL penalty `grpo.beta` towards a frozen copy.
+    Checkpoints: `<checkpointing.directory>/actor/<step>`."""
     checkpointing = checkpointing or CheckpointSettings()
     checkpoint_dir = checkpointing.directory
     max_steps, num_iterations = grpo.max_steps, grpo.num_iterations
