@@ -259,9 +259,8 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
 
 
 def export_run(loaded: Any, sft: Any, record: Any, step: int | None) -> None:
-    """A run's trained model exported into <run_dir>/export/ and recorded in the manifest
-    (`sft`: train.sft, for the LoRA alpha; `step`: the SFT steps). Skipped, saying so, for other
-    families than Gemma 3 (Tunix has no merge helper for them) and in multi-process runs."""
+    """A run's trained model exported into <run_dir>/export/ and recorded in the manifest;
+    skipped for non-Gemma-3 families (Tunix has no merge helper) and multi-process runs."""
     if multihost.is_multiprocess():  # the weights are spread over processes (docs/MULTIHOST.md)
         log.info("export: skipped in a multi-process run; restore its last checkpoint in a "
                  "1-process run (train.resume_from: <run>/checkpoints/sft) to export")

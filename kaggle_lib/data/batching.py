@@ -130,11 +130,9 @@ def padded_length(longest: int, max_len: int, *, pad_multiple: int = 16,
 def plan_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
                bucketing: bool = True, window_batches: int = 32,
                drop_remainder: bool = True) -> list[np.ndarray]:
-    """Example indices of every batch of one epoch; a pure function of its arguments.
-    Shuffle with ``(seed, epoch)``; with ``bucketing``, sort each window of ``window_batches *
-    batch_size`` examples by length, cut it into batches and shuffle the batch order. Windows
-    (not one global sort) keep batches random samples of nearby lengths and epochs different.
-    Without ``drop_remainder`` the last batch may be short (padded with empty rows)."""
+    """Example indices of every batch of one epoch, a pure function of its arguments. With
+    ``bucketing`` each window of ``window_batches * batch_size`` shuffled examples is sorted by
+    length: windows, not one global sort, keep batches random and epochs different."""
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)

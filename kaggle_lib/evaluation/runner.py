@@ -1,8 +1,6 @@
-"""The one evaluation loop (`evaluate`): a model, items, a prompt style ("zero-shot": the
-trained format; "few-shot": `data.fewshot`) and settings -> scored records in
-`predictions.jsonl`, a scorecard and a metrics line. The notebook (`Evaluations`, what a run keeps
-between its cells) and `python -m kaggle_lib eval` both run through it. Several processes: each
-decodes its rows of every batch, the scored records must agree, and only process 0 writes them.
+"""The one evaluation loop (`evaluate`), for the notebook (`Evaluations`) and `kaggle_lib eval`:
+model, items, prompt style ("zero-shot" or "few-shot") -> scored records, a scorecard, a metrics
+line. Each process decodes its rows of a batch; the records must agree; process 0 writes them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Build the self-contained notebook that is pushed to Kaggle.
 
 `kaggle_lib` and `configs/` of this commit travel inlined in the notebook as a base64 zip
-checked by sha256: one push carries code and notebook together, so what runs is what was
-pushed (a utility script or a wheel in a dataset would be a second artefact to publish, attach
-and keep in step). The cost is notebook size (pure Python: a few hundred kB).
+checked by sha256: what runs is what was pushed (a wheel in a dataset would be a second
+artefact to keep in step), for a few hundred kB of notebook.
 
 Cells, in order: info; install (exact pins of `requirements-kaggle.txt`, `--no-deps` so
 Kaggle's jax/libtpu stay); bundle (extract, import); `parameters`, then papermill's

