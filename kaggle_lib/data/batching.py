@@ -96,10 +96,8 @@ def tokenize_items(tok: TokenizerLike, items: Sequence[Mapping[str, Any]], max_l
     for i, item in enumerate(items):
         missing = [k for k in ("prompt", "reasoning", "answer") if not item.get(k)]
         if missing:
-            raise ValueError(
-                f"item {i} (id {item.get('id')!r}): missing {', '.join(missing)}; SFT items need "
-                "prompt, reasoning and answer"
-            )
+            raise ValueError(f"item {i} (id {item.get('id')!r}): missing {', '.join(missing)}; "
+                             "SFT items need prompt, reasoning and answer")
         prompt = format_prompt(item["prompt"], instruct=instruct)
         target = format_target(item["reasoning"], item["answer"], instruct=instruct)
         full = len(tok.encode(prompt)) + len(tok.encode(target)) + 2
@@ -135,9 +133,8 @@ def plan_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
     length: windows, not one global sort, keep batches random and epochs different."""
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n)
     usable = (n // batch_size) * batch_size if drop_remainder else n
-    order = order[:usable]
+    order = rng.permutation(n)[:usable]
     if not bucketing:
         return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
     window = max(1, window_batches) * batch_size
@@ -213,15 +210,13 @@ class SFTBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(data.tokens) < batch_size and self.drop_remainder:
-            raise ValueError(
-                f"{len(data.tokens)} examples cannot fill one batch of {batch_size}; lower "
-                "batch_size or set drop_remainder=False")
+            raise ValueError(f"{len(data.tokens)} examples cannot fill one batch of {batch_size}; "
+                             "lower batch_size or set drop_remainder=False")
         if not data.tokens:
             raise ValueError("no examples to batch")
         if length_buckets and max(length_buckets) < data.max_len:
-            raise ValueError(
-                f"length_buckets {sorted(length_buckets)} must include a bucket >= max_len "
-                f"{data.max_len}")
+            raise ValueError(f"length_buckets {sorted(length_buckets)} must include a bucket >= "
+                             f"max_len {data.max_len}")
         self.length_buckets = tuple(length_buckets) if length_buckets else None
         self._lengths = data.lengths
         self._plan_cache: tuple[int, list[Any]] | None = None
@@ -303,10 +298,9 @@ class SFTBatches:
 
     def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Batches from global step ``step`` on (forever when ``num_epochs`` is None)."""
-        s = step
-        while self.total_steps is None or s < self.total_steps:
-            yield self.batch_at(s)
-            s += 1
+        while self.total_steps is None or step < self.total_steps:
+            yield self.batch_at(step)
+            step += 1
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.iter_from(0)

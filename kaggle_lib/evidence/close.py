@@ -113,12 +113,10 @@ def headline_metrics(summary: dict[str, Any] | None,
             for key in ("accuracy", "format_exact", "format_approx"):
                 out[f"{which}_{key}"] = overall[key]
             out["eval_items"] = overall.get("n")
-    sft = (train_results or {}).get("sft")
-    if sft:
+    if sft := (train_results or {}).get("sft"):
         for key in ("steps", "loss_first10_mean", "loss_last10_mean"):
             out[f"sft_{key}"] = sft[key]
-    grpo = (train_results or {}).get("grpo")
-    if grpo:
+    if grpo := (train_results or {}).get("grpo"):
         out.update(grpo_steps=grpo.get("steps"), grpo_reward_last=grpo.get("reward_last"))
     return out
 

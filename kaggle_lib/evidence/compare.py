@@ -118,20 +118,17 @@ def _stage_predictions(records: Sequence[Mapping[str, Any]], stage: str,
     return by_id
 
 
-def _run_label(summary: Mapping[str, Any], run_dir: Path, stage: str) -> str:
+def _run_id(summary: Mapping[str, Any], run_dir: Path) -> str:
     meta = summary.get("meta") or {}
-    run_id = meta.get("run_id") if isinstance(meta, dict) else None
-    return f"{run_id or run_dir.name} [{stage}]"
+    return (meta.get("run_id") if isinstance(meta, dict) else None) or run_dir.name
 
 
-def _metric_cell(metric: str, value: float | None) -> str:
-    return fmt_number(value) if metric == "mean_tokens" else fmt_rate(value)
-
-
-def _delta_cell(metric: str, value: float | None) -> str:
-    if metric == "mean_tokens":
-        return "-" if value is None else f"{value:+.1f}"
-    return fmt_rate_delta(value)
+def _metric_cells(metric: str, va: float | None, vb: float | None) -> list[str]:
+    """A, B and delta cells: rates, except mean_tokens (a count)."""
+    delta = diff(va, vb)
+    if metric != "mean_tokens":
+        return [fmt_rate(va), fmt_rate(vb), fmt_rate_delta(delta)]
+    return [fmt_number(va), fmt_number(vb), "-" if delta is None else f"{delta:+.1f}"]
 
 
 def format_comparison(result: CompareResult) -> str:
@@ -141,8 +138,7 @@ def format_comparison(result: CompareResult) -> str:
     rows = [["n", str(a["overall"]["n"]), str(b["overall"]["n"]), ""]]
     for metric in DELTA_METRICS:
         va, vb = a["overall"].get(metric), b["overall"].get(metric)
-        rows.append([metric, _metric_cell(metric, va), _metric_cell(metric, vb),
-                     _delta_cell(metric, diff(va, vb))])
+        rows.append([metric, *_metric_cells(metric, va, vb)])
     parts.append(format_table(["overall", "A", "B", "delta"], rows))
     for key in GROUP_FIELDS:
         ga, gb = a.get(key, {}), b.get(key, {})
@@ -183,8 +179,8 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEF
 
     acc_a, acc_b = card_a["overall"]["accuracy"], card_b["overall"]["accuracy"]
     result = CompareResult(
-        a_label=_run_label(summary_a, a_dir, a_stage),
-        b_label=_run_label(summary_b, b_dir, b_stage),
+        a_label=f"{_run_id(summary_a, a_dir)} [{a_stage}]",
+        b_label=f"{_run_id(summary_b, b_dir)} [{b_stage}]",
         a_scorecard=card_a, b_scorecard=card_b, delta=scorecard_delta(card_a, card_b),
         accuracy_a=acc_a, accuracy_b=acc_b, threshold=threshold,
         # A tiny epsilon so a drop of exactly `threshold` (float noise) does not count.
@@ -204,9 +200,7 @@ def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
         stored = run_dir.resolve().relative_to(evidence_root.resolve()).as_posix()
     except ValueError:
         stored = str(run_dir.resolve())
-    meta = summary.get("meta") or {}
-    record = {"run_id": (meta.get("run_id") if isinstance(meta, dict) else None) or run_dir.name,
-              "path": stored, "accuracy": card["overall"]["accuracy"],
+    record = {"run_id": _run_id(summary, run_dir), "path": stored, "accuracy": card["overall"]["accuracy"],
               "marked_at": datetime.now(UTC).isoformat(timespec="seconds")}
     evidence_root.mkdir(parents=True, exist_ok=True)
     out = evidence_root / BASELINE_FILE

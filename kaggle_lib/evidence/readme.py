@@ -153,8 +153,7 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
 
 
 def write_readme(run_dir: Path) -> Path:
-    """README.md: a plain-words summary of what ran, on what, for how long, with what result,
-    then the details a reviewer checks."""
+    """Write the run's README.md (see the module docstring); returns its path."""
     run_dir = Path(run_dir)
     m = load_manifest(run_dir / MANIFEST)
     lines = _summary_lines(m, run_dir) if m else [

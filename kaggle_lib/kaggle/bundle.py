@@ -277,18 +277,6 @@ def _find_parameters_cell(cells: list[Any], source: str) -> int:
     return tagged[0]
 
 
-def check_parameter_names(notebook: Path, names: list[str]) -> None:
-    """Every parameter the bundle sets must be one the notebook's parameters cell declares
-    (papermill's own inspection of the cell)."""
-    from papermill import inspect_notebook
-
-    declared = inspect_notebook(str(notebook))
-    missing = [name for name in names if name not in declared]
-    if missing:
-        raise BundleError(f"{notebook}: parameters cell does not assign {', '.join(missing)}; "
-                          f"it must define {', '.join(PARAMETER_NAMES)}")
-
-
 def _check_blocking_calls(cells: list[Any], source: str) -> None:
     """A batch session has no stdin: input()/getpass() would hang until the 9-hour limit."""
     for i, cell in enumerate(cells):
@@ -330,6 +318,7 @@ def _info_markdown(info: dict[str, Any]) -> str:
 def build_bundle(opts: BundleOptions) -> Bundle:
     """Validate metadata, notebook, config and pins; write the bundle folder; return it."""
     import nbformat
+    from papermill import inspect_notebook
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
@@ -387,7 +376,12 @@ def build_bundle(opts: BundleOptions) -> Bundle:
 
     # Baked parameters: exactly what the run uses; secrets are never parameters.
     baked = {"config_path": opts.config, "overrides": opts.overrides, "run_name": opts.run_name}
-    check_parameter_names(nb_path, list(baked))
+    # Every baked parameter must be declared by the parameters cell (papermill's inspection).
+    declared = inspect_notebook(str(nb_path))
+    missing = [name for name in baked if name not in declared]
+    if missing:
+        raise BundleError(f"{nb_path}: parameters cell does not assign {', '.join(missing)}; "
+                          f"it must define {', '.join(PARAMETER_NAMES)}")
 
     new = nbformat.v4
     head = [new.new_markdown_cell(_info_markdown(info), metadata={"tags": ["kaggle-bundle-info"]})]
