@@ -8,6 +8,7 @@ and transformers; cached under the GGUF's sha256, written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -51,9 +52,8 @@ def _metadata(reader: Any) -> dict[str, Any]:
 
 
 def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The config.json transformers writes for the model in GGUF metadata: built as
-    transformers' own `Gemma3TextConfig` (rope settings as `rope_parameters` per attention type).
-    """
+    """The config.json transformers writes for the model in GGUF metadata (built as its own
+    `Gemma3TextConfig`)."""
     from transformers import Gemma3TextConfig  # config classes only: no torch needed
 
     arch = meta.get("general.architecture")
@@ -96,16 +96,12 @@ def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, A
 
 
 def sentencepiece_from_gguf(reader: Any) -> bytes:
-    """Serialized SentencePiece `ModelProto` rebuilt from the GGUF vocabulary.
-
-    As Gemma 3's own tokenizer.model: BPE with byte fallback, identity normalizer, no dummy
-    prefix, no whitespace folding. `<unk>` must be UNKNOWN (sentencepiece refuses a model
-    without one); the trainer_spec piece names must be Gemma's (sentencepiece derives
-    bos_id()/eos_id()/pad_id() from them). llama.cpp marks every token HF calls "special" as
-    CONTROL (`<start_of_turn>`, `<unusedN>`, ...), which SentencePiece never matches in text,
-    while HF's tokenizer splits added tokens out of it: those become USER_DEFINED here (not
-    checked against Google's original tokenizer.model, not available offline); only pad/eos/bos
-    stay CONTROL (text "<eos>" must not end a sequence).
+    """Serialized SentencePiece `ModelProto` rebuilt from the GGUF vocabulary, as Gemma 3's own
+    (BPE, byte fallback, identity normalizer). `<unk>` must be UNKNOWN (sentencepiece refuses a
+    model without one); piece names must be Gemma's (bos_id()/eos_id()/pad_id() derive from
+    them). llama.cpp marks every HF "special" token CONTROL, which SentencePiece never matches in
+    text while HF splits them out: those become USER_DEFINED (unchecked against Google's file,
+    not available offline); only pad/eos/bos stay CONTROL (text "<eos>" must not end a sequence).
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
@@ -151,16 +147,11 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     return model.SerializeToString()
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        return {key: f.get_slice(key).get_shape() for key in f.keys()}
-
-
 def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a converted directory (files, format version, sizes, tensor and parameter counts,
     special ids); returns its `conversion.json` or raises `ConversionError`."""
+    from safetensors import safe_open
+
     from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
 
     d = Path(path)
@@ -179,7 +170,8 @@ def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         size = (d / name).stat().st_size
         if size != info["bytes"]:
             raise ConversionError(f"{d / name}: size {size} bytes, recorded {info['bytes']}")
-    shapes = _safetensors_header(d / "model.safetensors")
+    with safe_open(str(d / "model.safetensors"), framework="numpy") as f:
+        shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
     n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
     if len(shapes) != record.get("tensor_count") or n_params != record.get("parameter_count"):
         raise ConversionError(f"{d / 'model.safetensors'}: {len(shapes)} tensors / {n_params} "
@@ -250,11 +242,9 @@ def convert_gemma3_270m(cache_root: str | os.PathLike[str]) -> Path:
     sha = src.EXPECTED_SHA256
     final = root / f"gemma3-270m-{sha[:12]}"
     if final.exists():
-        try:
+        with contextlib.suppress(ConversionError):  # rebuilt below
             validate_converted_dir(final)
             return final
-        except ConversionError:
-            pass  # Rebuilt below.
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         # assemble() checks the sha256 of the reassembled file.
@@ -267,11 +257,9 @@ def convert_gemma3_270m(cache_root: str | os.PathLike[str]) -> Path:
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=root))
             os.replace(final, stale / "old")
             shutil.rmtree(stale, ignore_errors=True)
-        try:
+        # OSError: another process finished the same conversion first; use it if valid.
+        with contextlib.suppress(OSError):
             os.replace(out, final)
-        except OSError:
-            # Another process finished the same conversion first; use its result if valid.
-            validate_converted_dir(final)
         validate_converted_dir(final)
         return final
     finally:
