@@ -204,22 +204,21 @@ class ExportResult:
         def rel(p: Path) -> str:
             return str(p.resolve().relative_to(Path(run_dir).resolve()))
 
-        return {HF_DIR: {"path": rel(self.hf_dir), "format": "hf-safetensors", "step": step,
-                         "max_logit_diff": self.hf_max_logit_diff, "tolerance": self.tolerance},
-                ORBAX_DIR: {"path": rel(self.orbax_dir), "format": "orbax-gemma3-upstream",
-                            "step": step, "max_logit_diff": self.orbax_max_logit_diff,
-                            "tolerance": self.tolerance}}
+        return {name: {"path": rel(path), "format": fmt, "step": step, "max_logit_diff": diff,
+                       "tolerance": self.tolerance}
+                for name, path, fmt, diff in (
+                    (HF_DIR, self.hf_dir, "hf-safetensors", self.hf_max_logit_diff),
+                    (ORBAX_DIR, self.orbax_dir, "orbax-gemma3-upstream",
+                     self.orbax_max_logit_diff))}
 
 
 def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
                  eos_ids: Sequence[int] = (1,), check_tokens: np.ndarray | None = None,
                  tolerance: float | None = None) -> ExportResult:
-    """Both exports under `out_dir` (hf/, orbax/), each loaded back in float32 with Tunix's own
-    loaders and compared on `check_tokens` with a reference, raising ExportError beyond the
-    tolerance. Reference and default tolerance: for float32 models the in-memory (LoRA) model
-    itself and LOGITS_TOLERANCE; for bfloat16 models a float32 copy of the merged weights and
-    1% of the largest logit (bfloat16 rounding of the saved weights; a wrong layout is off by
-    far more)."""
+    """Both exports under `out_dir` (hf/, orbax/), loaded back in float32 by Tunix's loaders and
+    compared on `check_tokens` with the in-memory model (float32) or a float32 merged copy
+    (bfloat16 models: tolerance 1% of the largest logit, for the weights' rounding; a wrong
+    layout is off by far more); ExportError beyond the tolerance."""
     config = _gemma3_config(model)
     out_dir = Path(out_dir)
     hf_dir = save_hf_safetensors(model, out_dir / HF_DIR, tokenizer=tokenizer, alpha=alpha,

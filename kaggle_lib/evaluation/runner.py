@@ -126,9 +126,8 @@ def summary_of(records: Mapping[str, Sequence[Mapping[str, Any]]],
 
 def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
                    generations: list[Any] | None) -> list[Any] | None:
-    """The evaluation's own outputs for the sample questions when sampling would only repeat
-    them (default questions, greedy, the eval's token budget): greedy decoding does not depend
-    on the other rows of a batch (tests/integration/test_generation.py)."""
+    """The eval's own outputs for the default sample questions when sampling is greedy with the
+    eval's budget: greedy rows are independent (tests/integration/test_generation.py)."""
     if generations is None or sample.prompts or sample.temperature != 0.0 \
             or sample.max_new_tokens != eval_max_new_tokens:
         return None
@@ -136,9 +135,8 @@ def reused_samples(sample: SampleSection, eval_max_new_tokens: int,
 
 
 class Evaluations:
-    """A run's evaluations and samples between the notebook's cells: the eval items (picked on
-    first use), each stage's records and generations, the samples, and the Generator that the
-    zero-shot evaluations and the samples share (new weights reuse its compilations)."""
+    """A run's eval items, records, generations and samples between the notebook's cells, and the
+    Generator that zero-shot evaluations and samples share (new weights reuse its compilations)."""
 
     def __init__(self, config: RunConfig, record: RunRecord) -> None:
         self.config, self.record = config, record
@@ -163,8 +161,8 @@ class Evaluations:
                                                     for i in self.items[:SAMPLE_ITEMS]]
 
     def shared_generator(self, loaded: LoadedModel, mesh: Any = None) -> Any:
-        """The zero-shot Generator, rebuilt only for another model (e.g. LoRA added): its prompt
-        budget covers the eval items and the sample questions, its token budget both."""
+        """The zero-shot Generator for eval items and sample questions; rebuilt only for another
+        model (e.g. LoRA added)."""
         cfg = self.config
         max_new = max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens)
         if self.generator is None or not self.generator.serves(loaded.model, max_new):
@@ -174,8 +172,8 @@ class Evaluations:
         return self.generator
 
     def enabled(self, stage: str) -> bool:
-        """Whether the config asks for this evaluation and its samples: eval.baseline turns
-        both baselines off, eval.fewshot_baseline the few-shot one."""
+        """Whether the config asks for this evaluation and its samples (eval.baseline and
+        eval.fewshot_baseline)."""
         if stage not in STAGES:
             raise ValueError(f"the evaluation stage must be one of {STAGES}, got {stage!r}")
         cfg = self.config.eval
@@ -241,8 +239,7 @@ class Evaluations:
 
 def write_predictions(path: str | Path, records: Iterable[Mapping[str, Any]], *,
                       stage: str | None = None, append: bool = False) -> Path:
-    """Write records as JSON lines. `stage` stamps every record (the input is not modified);
-    `append=True` adds to an existing file (e.g. trained after baseline)."""
+    """Write records as JSON lines, each stamped with `stage` when given (a copy)."""
     if stage is not None and stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     path = Path(path)

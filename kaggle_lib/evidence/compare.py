@@ -200,7 +200,8 @@ def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
         stored = run_dir.resolve().relative_to(evidence_root.resolve()).as_posix()
     except ValueError:
         stored = str(run_dir.resolve())
-    record = {"run_id": _run_id(summary, run_dir), "path": stored, "accuracy": card["overall"]["accuracy"],
+    record = {"run_id": _run_id(summary, run_dir), "path": stored,
+              "accuracy": card["overall"]["accuracy"],
               "marked_at": datetime.now(UTC).isoformat(timespec="seconds")}
     evidence_root.mkdir(parents=True, exist_ok=True)
     out = evidence_root / BASELINE_FILE

@@ -307,14 +307,6 @@ def fill_template(name: str, values: dict[str, str]) -> str:
     return _FILLED_LINE.sub(lambda m: f"{m['name']} = {values[m['name']]}", text).rstrip("\n")
 
 
-def _info_markdown(info: dict[str, Any]) -> str:
-    dirty = " (uncommitted changes were bundled)" if info["git"].get("dirty") else ""
-    return (f"**Built by `kaggle_lib` bundle** from commit `{info['git']['sha']}`{dirty}, "
-            f"config `{info['config']}`. The package travels inside this notebook; the next cells "
-            "install exact pins (keeping Kaggle's jax/libtpu) and unpack it. Edit the repository, "
-            "not this notebook.")
-
-
 def build_bundle(opts: BundleOptions) -> Bundle:
     """Validate metadata, notebook, config and pins; write the bundle folder; return it."""
     import nbformat
@@ -384,7 +376,12 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                           f"it must define {', '.join(PARAMETER_NAMES)}")
 
     new = nbformat.v4
-    head = [new.new_markdown_cell(_info_markdown(info), metadata={"tags": ["kaggle-bundle-info"]})]
+    dirty = " (uncommitted changes were bundled)" if git.get("dirty") else ""
+    markdown = (f"**Built by `kaggle_lib` bundle** from commit `{git['sha']}`{dirty}, config "
+                f"`{opts.config}`. The package travels inside this notebook; the next cells "
+                "install exact pins (keeping Kaggle's jax/libtpu) and unpack it. Edit the "
+                "repository, not this notebook.")
+    head = [new.new_markdown_cell(markdown, metadata={"tags": ["kaggle-bundle-info"]})]
     if not opts.skip_install:
         # pformat writes Python literals (True/None), unlike json.dumps.
         install = fill_template("install_cell.py", {

@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(KaggleLibError, FloatingPointError):
-    """The loss (or the weights after the update) became NaN/inf at `step`; that step and every
-    later one were never checkpointed."""
+    """The loss or updated weights became NaN/inf at `step`; no later checkpoint exists."""
 
     hint = ("Lower train.sft.learning_rate, keep max_grad_norm set, check the data for empty "
             "responses; the last good checkpoint is listed below and `resume: auto` continues "
