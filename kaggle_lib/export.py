@@ -1,13 +1,10 @@
-"""Exports of a trained Gemma 3, LoRA merged into the base weights, as
+"""Exports of a trained Gemma 3, LoRA merged, each loaded back and its logits compared with the
+trained model's (`export_model`):
 
-* HF safetensors (+ config.json, generation_config.json, tokenizer.model): loads in our loader,
-  Tunix's `create_model_from_safe_tensors` and transformers' `Gemma3ForCausalLM`. The merge is
-  Tunix's `save_lora_merged_model_as_safetensors`, fed a float32 base written from memory (its
-  loader reads safetensors with numpy, which has no bfloat16): float32 unless asked for bfloat16.
-* an Orbax checkpoint in the upstream Gemma 3 layout (`models.kaggle_format`, Kaggle's
-  `google/gemma-3/flax`), what a Kaggle Model holds; merged in memory by `models.lora_merge`.
-
-Both are loaded back and their logits compared with the trained model's (`export_model`).
+* HF safetensors (+ config, tokenizer), loadable by our loader, Tunix and transformers; merged by
+  Tunix's `save_lora_merged_model_as_safetensors` from a float32 base (its loader reads
+  safetensors with numpy, which has no bfloat16).
+* an Orbax checkpoint in the upstream layout (`models.kaggle_format`), what a Kaggle Model holds.
 """
 
 from __future__ import annotations
@@ -213,8 +210,8 @@ class ExportResult:
 
 
 def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
-                 eos_ids: Sequence[int] = (1,), check_tokens: np.ndarray | None = None,
-                 tolerance: float | None = None) -> ExportResult:
+                 eos_ids: Sequence[int] = (1,),
+                 check_tokens: np.ndarray | None = None) -> ExportResult:
     """Both exports under `out_dir` (hf/, orbax/), loaded back in float32 by Tunix's loaders and
     compared on `check_tokens` with the in-memory model (float32) or a float32 merged copy
     (bfloat16 models: tolerance 1% of the largest logit, for the weights' rounding; a wrong
@@ -238,7 +235,6 @@ def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alph
             reference = forward_logits(ref_model, check_tokens)
             del ref_model
             tol = 0.01 * max(1.0, float(np.abs(reference).max()))
-        tol = tol if tolerance is None else tolerance
         hf_model = params_safetensors.create_model_from_safe_tensors(str(hf_dir), f32,
                                                                      dtype=jnp.float32)
         hf_diff = max_abs_diff(forward_logits(hf_model, check_tokens), reference)

@@ -1,10 +1,7 @@
-"""Closing a run record, whichever way the run ends: environment details, checkpoint list,
-secret scan, README and the index line.
-
-`finalize` is the notebook's last stage, `close_failed` runs when a stage raises in the kernel,
-`close_after_kernel` is the papermill runner's, after the kernel has gone (also when it died or
-never started). Each ends with the secret scan (`evidence.scan`): a hit fails the run with
-`SecretLeakError`, and failure_analysis.md names each file that was redacted or removed.
+"""Closing a run record, whichever way it ends (`finalize`: the notebook's last stage;
+`close_failed`: a stage raised; `close_after_kernel`: papermill's runner, also when the kernel
+died): env info, checkpoint list, README, index line, and the secret scan, whose hit fails the
+run with `SecretLeakError` and is named in failure_analysis.md.
 """
 
 from __future__ import annotations
