@@ -8,11 +8,9 @@ Batch layout (numpy, right-padded with the pad id)::
     segment_mask  int32[B, T]  1 on every real token: the padding mask positions and the causal
                                mask must be built from (from input_mask they would hide the prompt).
     segment_ids   int32[B, T]  packing only: 1, 2, 3 ... per example in its row, 0 on padding.
-Bucketing (default): sorting by length inside shuffled windows keeps padding low (`padding_stats`)
-with one example per row. ``packing=True`` fills every ``max_len`` row with whole examples
-(first-fit decreasing over the shuffled epoch); `kaggle_lib.training.sft.model_inputs` then builds
-per-example positions and attention, so each example's loss is its unpacked loss
-(tests/unit/test_training_packing.py); one shape, one compilation.
+Bucketing (default): sorting by length inside shuffled windows keeps padding low. ``packing``
+fills every ``max_len`` row with whole examples (first-fit decreasing); `training.sft.model_inputs`
+keeps each example's loss its unpacked loss (tests/unit/test_training_packing.py); one shape.
 Determinism: epoch ``e``'s batches are a pure function of ``(seed, e)``; step ``s`` is batch
 ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (``batch_at``, ``iter_from``). Tunix
 0.1.7's PeftTrainer, resuming at step K, skips the first K batches itself: hand it

@@ -1,14 +1,11 @@
 """Supervised fine-tuning on Tunix's PeftTrainer: LoRA (qwix) or full weights.
 
-Tunix owns the step, the Orbax checkpoints (restored from the run's checkpoint directory) and
-skipping trained batches on resume; this module adds the schedule, the loss, per-step metrics,
-the non-finite guard and the wall-clock stop. Guarantees (tests/integration/test_training_sft.py,
-tests/unit/test_training_nan.py):
-- Same seed, same data -> same losses, on one device or any (fsdp, tp) mesh, in any process.
-- A run killed after checkpoint K and restarted continues at step K + 1 with an uninterrupted
-  run's losses (checkpoints: every `checkpoint_every` steps, on stopping, first step of a run).
-- A NaN/inf loss or weight raises `NonFiniteLossError` naming the step; no checkpoint of that
-  step or any later one exists.
+Tunix owns the step, the Orbax checkpoints and skipping trained batches on resume; this module
+adds the schedule, the loss, per-step metrics, the non-finite guard and the wall-clock stop.
+Guarantees (tests/integration/test_training_sft.py, tests/unit/test_training_nan.py): same seed
+and data -> same losses on any mesh or process count; a run killed after checkpoint K resumes at
+K + 1 with an uninterrupted run's losses; a NaN/inf loss or weight raises `NonFiniteLossError`
+and no checkpoint of that step or a later one exists.
 """
 
 from __future__ import annotations
