@@ -147,11 +147,16 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     return model.SerializeToString()
 
 
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {key: f.get_slice(key).get_shape() for key in f.keys()}
+
+
 def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a converted directory (files, format version, sizes, tensor and parameter counts,
     special ids); returns its `conversion.json` or raises `ConversionError`."""
-    from safetensors import safe_open
-
     from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
 
     d = Path(path)
@@ -170,8 +175,7 @@ def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         size = (d / name).stat().st_size
         if size != info["bytes"]:
             raise ConversionError(f"{d / name}: size {size} bytes, recorded {info['bytes']}")
-    with safe_open(str(d / "model.safetensors"), framework="numpy") as f:
-        shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+    shapes = _safetensors_header(d / "model.safetensors")
     n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
     if len(shapes) != record.get("tensor_count") or n_params != record.get("parameter_count"):
         raise ConversionError(f"{d / 'model.safetensors'}: {len(shapes)} tensors / {n_params} "
