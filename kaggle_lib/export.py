@@ -60,8 +60,7 @@ def _gemma3_config(model: nnx.Module) -> g3.ModelConfig:
 
 def hf_config(config: g3.ModelConfig, *, eos_ids: Sequence[int] = (1,), dtype: str = "float32") -> dict[str, Any]:
     """The config.json transformers writes for a Tunix Gemma3 config (inverse of
-    `models.hf_compat.tunix_config_from_hf`): built as transformers' own `Gemma3TextConfig`, so
-    its names, defaults and rope layout (`rope_parameters` per attention type) are transformers'."""
+    `models.hf_compat.tunix_config_from_hf`), built as transformers' own `Gemma3TextConfig`."""
     from transformers import Gemma3TextConfig  # config classes only: no torch needed
 
     if config.vision_config is not None:
@@ -160,8 +159,7 @@ def save_hf_safetensors(model: nnx.Module, out_dir: str | Path, *, tokenizer: An
 
 def save_orbax(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any = None,
                alpha: float | None = None) -> Path:
-    """Write the (LoRA-merged) model as an upstream-layout Orbax checkpoint in `out_dir`
-    (plus tokenizer.model), loadable by `tunix.models.gemma3.params.create_model_from_checkpoint`."""
+    """Write the (LoRA-merged) model as an upstream-layout Orbax checkpoint (+ tokenizer.model)."""
     _gemma3_config(model)
     if lora_rank(model) is not None and alpha is None:
         raise ExportError("the model has LoRA params: pass alpha (train.sft.lora.alpha) to merge them")

@@ -87,9 +87,8 @@ class TokenizedSet:
 
 def tokenize_items(tok: TokenizerLike, items: Sequence[Mapping[str, Any]], max_len: int, *,
                    instruct: bool, drop_truncated: bool = False) -> TokenizedSet:
-    """Tokenize training items (``prompt``, ``reasoning``, ``answer``) with the shared template.
-    Overlong examples are truncated and counted; those with no target token left (all of them
-    with ``drop_truncated``) are dropped: compute but no loss."""
+    """Tokenize training items with the shared template. Overlong ones are truncated; those with
+    no target token left (all with ``drop_truncated``) are dropped: compute but no loss."""
     out = TokenizedSet(tokens=[], loss_masks=[], ids=[], max_len=max_len)
     for i, item in enumerate(items):
         missing = [k for k in ("prompt", "reasoning", "answer") if not item.get(k)]
@@ -172,8 +171,7 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[np.n
 def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, seed: int,
                       epoch: int) -> list[list[np.ndarray]]:
     """Rows of example indices for every batch of one packed epoch, a pure function of its
-    arguments: shuffle with ``(seed, epoch)``, `pack_rows`, shuffle the rows, cut into batches;
-    a last partial batch's rows wait for another epoch (whose shuffle puts others there)."""
+    arguments; a last partial batch's rows wait for another epoch's shuffle."""
     rng = np.random.default_rng([seed, epoch])
     rows = pack_rows(lengths, rng.permutation(len(lengths)), row_len)
     rows = [rows[i] for i in rng.permutation(len(rows))]
@@ -183,8 +181,7 @@ def plan_packed_epoch(lengths: np.ndarray, batch_size: int, row_len: int, *, see
 
 @dataclass(eq=False, repr=False)
 class SFTBatches:
-    """Deterministic, re-iterable, seeded SFT batches (see the module docstring).
-    ``num_epochs=None`` iterates forever (let the trainer's ``max_steps`` stop it)."""
+    """Deterministic, re-iterable SFT batches (module docstring); endless if ``num_epochs=None``."""
 
     data: TokenizedSet
     batch_size: int
@@ -315,9 +312,8 @@ def packed_padding_fraction(batches: SFTBatches) -> float:
 def padding_stats(lengths: Sequence[int] | np.ndarray, batch_size: int, max_len: int, *,
                   seed: int = 0, epochs: int = 1, window_batches: int = 32, pad_multiple: int = 16,
                   length_buckets: Sequence[int] | None = None) -> dict[str, Any]:
-    """Fraction of padded tokens over ``epochs`` epochs for random batches padded to ``max_len``
-    (``fixed``) or to their longest row (``random_dynamic``), and for ``bucketed`` batches;
-    ``shapes_*`` counts distinct padded lengths (XLA compilations of the train step)."""
+    """Fraction of padded tokens of ``fixed``, ``random_dynamic`` and ``bucketed`` batches;
+    ``shapes_*``: distinct padded lengths (XLA compilations of the train step)."""
     lens = np.minimum(np.asarray(lengths, dtype=np.int64), max_len)
     out: dict[str, Any] = {"examples": len(lens), "batch_size": batch_size, "max_len": max_len}
     for name, bucketing, fixed in (("fixed", False, True), ("random_dynamic", False, False),

@@ -91,8 +91,7 @@ class Evaluation:
 def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: str,
              max_new_tokens: int, batch_size: int, predictions: Path, style: str = "zero-shot",
              append: bool = False, mesh: Any = None, generator: Any = None) -> Evaluation:
-    """Generate greedily for every item in the prompt `style`, score each output as `stage`, and
-    write the records to `predictions` (added with `append`); a `generator` given is reused."""
+    """Generate greedily for every item in the prompt `style`, score, write to `predictions`."""
     prompts = render_prompts([i["prompt"] for i in items], style=style,
                              instruct=loaded.spec.instruct)
     generator = generator or make_generator(loaded, prompts, max_new_tokens, mesh)
@@ -161,8 +160,7 @@ class Evaluations:
                                                     for i in self.items[:SAMPLE_ITEMS]]
 
     def shared_generator(self, loaded: LoadedModel, mesh: Any = None) -> Any:
-        """The zero-shot Generator for eval items and sample questions; rebuilt only for another
-        model (e.g. LoRA added)."""
+        """The zero-shot Generator of eval items and samples; rebuilt only for another model."""
         cfg = self.config
         max_new = max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens)
         if self.generator is None or not self.generator.serves(loaded.model, max_new):
@@ -172,8 +170,7 @@ class Evaluations:
         return self.generator
 
     def enabled(self, stage: str) -> bool:
-        """Whether the config asks for this evaluation and its samples (eval.baseline and
-        eval.fewshot_baseline)."""
+        """Whether the config asks for this evaluation and its samples."""
         if stage not in STAGES:
             raise ValueError(f"the evaluation stage must be one of {STAGES}, got {stage!r}")
         cfg = self.config.eval
@@ -183,8 +180,7 @@ class Evaluations:
         return False
 
     def evaluate(self, loaded: LoadedModel, stage: str, mesh: Any = None) -> Evaluation | None:
-        """Evaluate `stage` (baseline_fewshot with the few-shot prompt) on the eval items, when
-        `enabled`: predictions.jsonl, a metrics line and eval_summary.json."""
+        """Evaluate `stage` on the eval items when `enabled`; write records and the summary."""
         if not self.enabled(stage):
             return None
         style = "few-shot" if stage == "baseline_fewshot" else "zero-shot"

@@ -35,8 +35,7 @@ def tree_digest(directory: Path) -> tuple[str, int, int]:
 
 
 def checkpoint_listing(run_dir: Path) -> list[dict[str, Any]]:
-    """Every saved checkpoint step and every export: path (relative to the run directory),
-    step, file count, bytes and a sha256 over the tree."""
+    """Every checkpoint step and export: relative path, step, files, bytes, tree sha256."""
     run_dir = Path(run_dir)
     entries: list[dict[str, Any]] = []
 
@@ -169,10 +168,8 @@ def close_failed(record: RunRecord, run_id: str,
 
 def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,
                        seconds: float) -> dict[str, Any]:
-    """Finish the record after papermill returns, whatever happened inside the kernel: a failure
-    the kernel could not record (kernel died, cell timeout, error before `start_run`) goes to
-    the stage that was running; env info and checkpoints.json if the kernel did not write them;
-    the secret scan covers the executed notebook too. Returns the final manifest."""
+    """Finish the record after papermill returns; a failure the kernel could not record (it died,
+    timed out) goes to the running stage. Returns the final manifest."""
     record = RunRecord(run_dir)
     manifest = record.read_manifest()
     if error is not None and manifest.get("status") != "failed":

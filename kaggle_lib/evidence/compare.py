@@ -191,8 +191,7 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEF
 
 
 def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
-    """Record scoreable `run_dir` as the baseline in `evidence_root/baseline.json` (relative to
-    `evidence_root` when under it, so the evidence tree can move)."""
+    """Record `run_dir` as the baseline in `evidence_root/baseline.json` (relative when under)."""
     run_dir, evidence_root = Path(run_dir), Path(evidence_root)
     summary, _ = load_run_scores(run_dir)
     card = _stage_scorecard(summary, "trained", run_dir)

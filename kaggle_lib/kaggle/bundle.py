@@ -297,8 +297,7 @@ _FILLED_LINE = re.compile(r"^(?P<name>_KL_\w+)(?:: [^=]+)? = .*  # filled in by 
 
 
 def fill_template(name: str, values: dict[str, str]) -> str:
-    """Text of `templates/<name>` with each marked line set to `NAME = values[NAME]` (Python
-    source). Every marked line must get a value and every value a line."""
+    """Text of `templates/<name>`, each marked line set to `NAME = values[NAME]` (all, exactly)."""
     text = (TEMPLATES_DIR / name).read_text(encoding="utf-8")
     marked = _FILLED_LINE.findall(text)
     if sorted(marked) != sorted(values):

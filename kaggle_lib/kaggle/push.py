@@ -297,8 +297,7 @@ def _safe_target(dest: Path, name: str) -> Path:
 
 def fetch_outputs(api: Any, owner: str, slug: str, version: int, dest: Path,
                   labels: tuple[str, ...]) -> list[str]:
-    """Download every output file of one version (and its log) into dest; return names.
-    `labels`: version-label forms to try, preferred first (a 404 moves to the next form)."""
+    """Download every output file of one version (and its log) into dest; return names."""
     import requests
     from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 

@@ -52,8 +52,7 @@ def _metadata(reader: Any) -> dict[str, Any]:
 
 
 def hf_config_from_gguf(meta: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The config.json transformers writes for the model in GGUF metadata (built as its own
-    `Gemma3TextConfig`)."""
+    """The config.json transformers writes for the model in GGUF metadata."""
     from transformers import Gemma3TextConfig  # config classes only: no torch needed
 
     arch = meta.get("general.architecture")

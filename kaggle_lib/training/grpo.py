@@ -167,8 +167,7 @@ def run_grpo(
     on_record: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> GrpoResult:
-    """GRPO-train `actor` in place (LoRA weights when it has them) for `grpo.max_steps` steps,
-    rewards `reward_fns` (default: format + answer), KL penalty `grpo.beta` towards a frozen copy.
+    """GRPO-train `actor` in place for `grpo.max_steps` steps, KL penalty towards a frozen copy.
     Checkpoints: `<checkpointing.directory>/actor/<step>`."""
     checkpointing = checkpointing or CheckpointSettings()
     checkpoint_dir = checkpointing.directory

@@ -92,9 +92,8 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, target_modules: st
 
 
 def packed_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Positions that restart at 0 with each example of a packed row, and the causal attention
-    mask [B, T, T] that keeps each example to itself (`segment_ids`: 1, 2, ... per example, 0 on
-    padding; see kaggle_lib.data.batching). Padding attends to nothing and carries no loss."""
+    """Positions restarting at 0 with each example of a packed row, and the causal mask [B, T, T]
+    keeping each example to itself; padding (segment id 0) attends to nothing."""
     length = segment_ids.shape[-1]
     index = jnp.arange(length, dtype=jnp.int32)
     starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
@@ -106,8 +105,7 @@ def packed_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Ar
 
 
 def model_inputs(batch: dict[str, Any], pad_id: int = 0) -> dict[str, Any]:
-    """Positions and causal attention mask from the padding mask (Tunix's own helpers), or from
-    the segment ids of a packed batch."""
+    """Positions and causal mask from the padding mask (Tunix) or a packed batch's segment ids."""
     tokens = batch["input_tokens"]
     if "segment_ids" in batch:
         positions, mask = packed_positions_and_mask(jnp.asarray(batch["segment_ids"]))
@@ -132,9 +130,8 @@ def _loss_with_chunk(chunk_size: int) -> Callable[..., Any]:
 
 
 class GuardedPeftTrainer(CheckedPeftTrainer):
-    """Tunix's PeftTrainer plus a non-finite guard that never lets a bad step be checkpointed:
-    each dispatched step's loss and weights flag (`compat.trainer`) is checked once ready, and
-    waited for before a step that will be saved and at the end."""
+    """Tunix's PeftTrainer plus a non-finite guard: each step's loss and weights flag is checked
+    once ready, and waited for before a step that will be saved, so no bad step is saved."""
 
     def __init__(self, *args: Any, checkpoint_every: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
