@@ -44,10 +44,8 @@ def _metadata(reader: Any) -> dict[str, Any]:
     for key, f in reader.fields.items():
         if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "scores", "token_type")):
             continue
-        try:
+        with contextlib.suppress(Exception):  # odd header fields are irrelevant here
             out[key] = f.contents()
-        except Exception:  # noqa: BLE001 - odd header fields are irrelevant here
-            continue
     return out
 
 
@@ -113,27 +111,19 @@ def sentencepiece_from_gguf(reader: Any) -> bytes:
     ids = {name: int(_field(reader, f"tokenizer.ggml.{key}_token_id", default))
            for name, key, default in (("bos", "bos", 2), ("eos", "eos", 1), ("pad", "padding", 0),
                                       ("unk", "unknown", 3))}
-    model = sp_pb2.ModelProto()
-    ts = model.trainer_spec
-    ts.model_type = sp_pb2.TrainerSpec.BPE
-    ts.vocab_size = len(tokens)
-    ts.byte_fallback = True
-    ts.split_digits = True
-    ts.allow_whitespace_only_pieces = True
-    ts.bos_id, ts.eos_id, ts.pad_id, ts.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
-    ts.bos_piece, ts.eos_piece = tokens[ids["bos"]], tokens[ids["eos"]]
-    ts.pad_piece, ts.unk_piece = tokens[ids["pad"]], tokens[ids["unk"]]
-    ns = model.normalizer_spec
-    ns.name = "identity"
-    ns.add_dummy_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))
-    ns.remove_extra_whitespaces = False
-    ns.escape_whitespaces = True
+    model = sp_pb2.ModelProto(
+        trainer_spec=sp_pb2.TrainerSpec(
+            model_type=sp_pb2.TrainerSpec.BPE, vocab_size=len(tokens), byte_fallback=True,
+            split_digits=True, allow_whitespace_only_pieces=True,
+            **{f"{name}_id": i for name, i in ids.items()},
+            **{f"{name}_piece": tokens[i] for name, i in ids.items()}),
+        normalizer_spec=sp_pb2.NormalizerSpec(
+            name="identity", remove_extra_whitespaces=False, escape_whitespaces=True,
+            add_dummy_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))))
     valid_types = set(sp_pb2.ModelProto.SentencePiece.Type.values())
     keep_control = {ids["bos"], ids["eos"], ids["pad"]}
     for i, (piece, score, ttype) in enumerate(zip(tokens, scores, types, strict=True)):
-        p = model.pieces.add()
-        p.piece = piece
-        p.score = float(score)
+        p = model.pieces.add(piece=piece, score=float(score))
         # llama.cpp's token types use sentencepiece's numbering (1 normal .. 6 byte).
         t = int(ttype)
         if t not in valid_types:

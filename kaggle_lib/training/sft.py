@@ -262,8 +262,7 @@ def run_sft(
         # One optimizer step consumes grad_accum_steps batches.
         if tokens_per_step is None:
             return 0
-        first = step_index * accum
-        return sum(tokens_per_step(i) for i in range(first, first + accum))
+        return sum(tokens_per_step(i) for i in range(step_index * accum, (step_index + 1) * accum))
 
     hooks = _StepHooks(on_step, step_tokens, max_wall_time_s, schedule)
     started = time.monotonic()
