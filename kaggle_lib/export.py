@@ -210,10 +210,9 @@ class ExportResult:
 def export_model(model: nnx.Module, out_dir: str | Path, *, tokenizer: Any, alpha: float | None,
                  eos_ids: Sequence[int] = (1,),
                  check_tokens: np.ndarray | None = None) -> ExportResult:
-    """Both exports under `out_dir` (hf/, orbax/), loaded back in float32 by Tunix's loaders and
-    compared on `check_tokens` with the in-memory model (float32) or a float32 merged copy
-    (bfloat16 models: tolerance 1% of the largest logit, for the weights' rounding; a wrong
-    layout is off by far more); ExportError beyond the tolerance."""
+    """Both exports under `out_dir`, loaded back in float32 and compared with the model (float32)
+    or a float32 merged copy (bfloat16: tolerance 1% of the largest logit, for the weights'
+    rounding; a wrong layout is off by far more); ExportError beyond the tolerance."""
     config = _gemma3_config(model)
     out_dir = Path(out_dir)
     hf_dir = save_hf_safetensors(model, out_dir / HF_DIR, tokenizer=tokenizer, alpha=alpha,

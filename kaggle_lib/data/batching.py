@@ -42,9 +42,8 @@ class TokenizerLike(Protocol):
 
 def tokenize_example(tok: TokenizerLike, prompt: str, target: str,
                      max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[bos] + prompt + target + [eos]`` and its loss mask (1 on target ids and the eos), as
-    int32 arrays cut to ``max_len``. Prompt and target are encoded separately: the mask boundary
-    is exact and the prompt tokens are those the sampler will see."""
+    """``[bos] prompt target [eos]`` and its loss mask, cut to ``max_len``. Encoded separately:
+    the mask boundary is exact and the prompt tokens are those the sampler will see."""
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     prompt_ids = list(tok.encode(prompt))
@@ -148,8 +147,7 @@ def plan_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
 
 
 def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[np.ndarray]:
-    """First-fit decreasing: the examples `order` (indices into `lengths`) packed into rows of
-    at most `row_len` tokens, longest first; ties keep their order in `order`."""
+    """First-fit decreasing of examples `order` into rows of <= `row_len` tokens (stable ties)."""
     by_length = order[np.argsort(-lengths[order], kind="stable")]
     rows: list[list[int]] = []
     room: list[int] = []

@@ -151,8 +151,7 @@ def _raw_config_copy(record: RunRecord) -> None:
 
 def close_failed(record: RunRecord, run_id: str,
                  write_eval_summary: Callable[[], object] | None = None) -> None:
-    """What a failed run still leaves: env info, checkpoints, eval summary (the caller's
-    `write_eval_summary`), loss curve, config copy, secret scan, README, index line."""
+    """What a failed run still leaves: env info, eval summary, loss curve, scan, README, index."""
     if not multihost.is_writer():
         return
     _write_environment(record)

@@ -140,8 +140,7 @@ def check_pins_against_lock(pins: dict[str, str], lock: dict[str, str], pins_fil
 
 
 def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
-    """kaggle_lib's requirements (pyproject.toml) that are not pinned, with their specifiers:
-    Kaggle's image must already satisfy them."""
+    """Unpinned requirements of pyproject.toml: Kaggle's image must already satisfy them."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     pyproject = repo_root / "pyproject.toml"

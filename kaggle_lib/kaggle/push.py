@@ -238,9 +238,8 @@ def wait_for_version(fetch_status: Callable[[str, float], tuple[str, str]], *, l
                      poll_s: float = DEFAULT_POLL_S, max_poll_s: float = DEFAULT_MAX_POLL_S,
                      sleep: Callable[[float], None] = time.sleep,
                      clock: Callable[[], float] = time.monotonic) -> StatusResult:
-    """Poll `fetch_status(version_label, http_timeout)` until a terminal status, with backoff.
-    A 404 moves to the next form in `version_labels` (a new version may be unknown for a while);
-    transient errors are retried until the deadline; other HTTP errors end the wait."""
+    """Poll `fetch_status(label, http_timeout)` until a terminal status; a 404 tries the next
+    form in `version_labels`, transient errors retry until the deadline, others end the wait."""
     start = clock()
     deadline, delay, polls, form, last = start + timeout_s, poll_s, 0, 0, "UNKNOWN"
     found: str | None = None

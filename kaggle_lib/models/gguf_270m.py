@@ -144,8 +144,7 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def validate_converted_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a converted directory (files, format version, sizes, tensor and parameter counts,
-    special ids); returns its `conversion.json` or raises `ConversionError`."""
+    """Check a converted directory; returns its `conversion.json` or raises `ConversionError`."""
     from kaggle_lib.models.tokenizer import GEMMA_SPECIAL_IDS, TokenizerError, load_tokenizer
 
     d = Path(path)

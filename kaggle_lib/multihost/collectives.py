@@ -50,9 +50,8 @@ def _start_error(spec: ProcessSpec, detail: str) -> DistributedStartError:
 
 def initialize(spec: ProcessSpec | None = None,
                on_start_failure: Callable[[BaseException], None] | None = None) -> bool:
-    """Join the multi-process run the environment describes; True when there is one. When the
-    others do not arrive in time, `on_start_failure` gets the error and the process exits (jax
-    would abort it, with no record, a few seconds later)."""
+    """Join the environment's multi-process run, if any (True). If the others do not arrive in
+    time, `on_start_failure` records it and we exit (jax would abort, unrecorded, soon after)."""
     spec = spec if spec is not None else env.spec_from_environment()
     if spec is None:
         return False

@@ -104,9 +104,8 @@ def select_prompts(items: Sequence[dict[str, Any]], tokenizer: Any, max_prompt_l
 
 def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float | None,
                     state: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for Tunix's learner, each setting its step's sampling seed first (batch s is asked
-    for just before generating it, also on resume); ends after the deadline, except the first
-    batch (Tunix reads it for the batch size)."""
+    """Batches, each setting its step's sampling seed first (Tunix asks for one just before
+    generating it); ends at the deadline, but not before the first (Tunix reads its size)."""
     step = 0
     while True:
         if step > 0 and deadline is not None and time.monotonic() >= deadline:

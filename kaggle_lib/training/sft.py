@@ -238,11 +238,10 @@ def run_sft(
     on_step: Callable[[dict[str, Any]], None] = lambda record: None,
     on_set_aside: Callable[[checkpoints.SetAside], None] = lambda entry: None,
 ) -> SftResult:
-    """Train `model` in place on `batches` for `sft.max_steps` steps. `batches` must re-iterate
-    from step 0 in a fixed order: on resume Tunix restores the latest checkpoint and skips trained
-    batches (a newest step that does not restore is set aside first). Stops, with a checkpoint,
-    after `max_wall_time_s`. `validation_batches`: mean loss before step 1 and every
-    `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
+    """Train `model` in place for `sft.max_steps` steps. `batches` must re-iterate from step 0 in
+    a fixed order: on resume Tunix restores the latest checkpoint and skips trained batches.
+    Stops, with a checkpoint, after `max_wall_time_s`. `validation_batches`: mean loss before
+    step 1 and every `sft.validate_every` steps, as "sft_validation" records to `on_step`."""
     checkpointing = checkpointing or CheckpointSettings()
     max_steps, accum = sft.max_steps, sft.grad_accum_steps
     schedule = lr_schedule(sft.learning_rate, max_steps, sft.warmup_steps, sft.lr_schedule)
