@@ -196,11 +196,9 @@ class ExportResult:
     tolerance: float
 
     def to_manifest(self, run_dir: Path, step: int | None) -> dict[str, Any]:
-        def rel(p: Path) -> str:
-            return str(p.resolve().relative_to(Path(run_dir).resolve()))
-
-        return {name: {"path": rel(path), "format": fmt, "step": step, "max_logit_diff": diff,
-                       "tolerance": self.tolerance}
+        root = Path(run_dir).resolve()
+        return {name: {"path": str(path.resolve().relative_to(root)), "format": fmt,
+                       "step": step, "max_logit_diff": diff, "tolerance": self.tolerance}
                 for name, path, fmt, diff in (
                     (HF_DIR, self.hf_dir, "hf-safetensors", self.hf_max_logit_diff),
                     (ORBAX_DIR, self.orbax_dir, "orbax-gemma3-upstream",

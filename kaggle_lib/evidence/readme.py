@@ -1,6 +1,5 @@
-"""README.md of a run: what ran, on what, for how long, with what result, in plain words, then
-the details a reviewer checks. A manifest that does not validate (a failure is never lost to a
-schema error) gets a README that says so and points to failure_analysis.md."""
+"""README.md of a run: what ran, on what, for how long, with what result, then the details a
+reviewer checks; for a manifest that does not validate, a pointer to failure_analysis.md."""
 
 from __future__ import annotations
 
@@ -175,9 +174,8 @@ def write_readme(run_dir: Path) -> Path:
         ("checkpoints.json", "saved checkpoints and exports with sha256"),
         ("failure_analysis.md", "stage, error, last good checkpoint, what to do"),
     ]
-    lines += ["", "## Files", ""]
-    lines += [f"- `{name}`: {text}" for name, text in described if name in present]
-    lines.append("")
+    lines += ["", "## Files", "",
+              *(f"- `{name}`: {text}" for name, text in described if name in present), ""]
     path = run_dir / "README.md"
     path.write_text(auth.redact("\n".join(lines)))
     return path

@@ -99,9 +99,8 @@ def initialize(spec: ProcessSpec | None = None,
 
 
 def _preload_failure_record() -> None:
-    """Import matplotlib (a failed run's loss plot) ahead: when a peer dies, jax aborts the
-    survivors a few seconds after the watchdog notices (6 s after a kill in one test run), and
-    the import can take longer on a loaded machine."""
+    """Import matplotlib (a failed run's loss plot) ahead: jax aborts survivors of a dead peer
+    soon after the watchdog notices (6 s in one test run); the import can take longer."""
     with contextlib.suppress(Exception):  # only a head start; the record imports it again
         import matplotlib.figure  # noqa: F401
 

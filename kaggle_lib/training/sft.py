@@ -169,10 +169,8 @@ class _StepHooks(StageHooks):
         self.on_step, self.tokens_per_step = on_step, tokens_per_step
         self.max_wall_time_s, self.schedule = max_wall_time_s, schedule
         self.started = time.monotonic()
-        # When each optimizer step was dispatched, and when training ended: step k took
-        # dispatch(k + 1) - dispatch(k) (the last one: end - dispatch(k)). Tunix calls
-        # on_train_step_end a step late, and for the last step only after close() work, so
-        # the time between those calls is not the step's.
+        # Step k took dispatch(k + 1) - dispatch(k) (the last: end - dispatch(k)): Tunix calls
+        # on_train_step_end a step late (the last after close() work), so not its interval.
         self.dispatched: dict[int, float] = {}
         self.ended: float | None = None
         self.stopped_for_time, self.eval_batches = False, 0
