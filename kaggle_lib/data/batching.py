@@ -12,11 +12,10 @@ Bucketing (default): sorting by length inside shuffled windows keeps padding low
 fills every ``max_len`` row with whole examples (first-fit decreasing); `training.sft.model_inputs`
 keeps each example's loss its unpacked loss (tests/unit/test_training_packing.py); one shape.
 Determinism: epoch ``e``'s batches are a pure function of ``(seed, e)``; step ``s`` is batch
-``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` (``batch_at``, ``iter_from``). Tunix
-0.1.7's PeftTrainer, resuming at step K, skips the first K batches itself: hand it
-``iter_from(0)`` (or the object), not ``iter_from(K)``. Each padded length T is one more XLA
-compilation: ``pad_multiple`` bounds them at ``max_len / pad_multiple``, ``length_buckets``
-(e.g. ``(128, 256, 512)``) to a few, at the price of some padding.
+``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. Tunix 0.1.7's PeftTrainer skips the
+first K batches itself on resume: hand it ``iter_from(0)``, not ``iter_from(K)``. Each padded
+length T is one more XLA compilation: ``pad_multiple`` bounds them at ``max_len / pad_multiple``,
+``length_buckets`` (e.g. ``(128, 256, 512)``) to a few, at the price of some padding.
 """
 
 from __future__ import annotations
