@@ -219,9 +219,8 @@ class SFTBatches:
     @property
     def steps_per_epoch(self) -> int:
         if self.packing:
-            # First-fit decreasing decides on lengths only, so every epoch packs the same row
-            # shapes (equal-length examples trade places); epochs differ by which examples fill
-            # them and by the row shuffle into batches.
+            # First-fit decreasing decides on lengths only: every epoch packs the same row shapes
+            # (epochs differ by which examples fill them and by the row shuffle into batches).
             return len(self._plan(0))
         n = len(self._lengths)
         return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)

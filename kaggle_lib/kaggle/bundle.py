@@ -317,8 +317,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     meta_path = folder / METADATA_FILE
     meta = load_metadata(meta_path)
     if opts.owner:
-        _, slug = split_id(str(meta.get("id", "")))
-        meta["id"] = f"{opts.owner}/{slug}"
+        meta["id"] = f"{opts.owner}/{split_id(str(meta.get('id', '')))[1]}"
     warnings = validate_metadata(meta, source=str(meta_path), folder=folder)
     if meta.get("kernel_type") != "notebook" or meta.get("language") != "python":
         raise MetadataError(f"{meta_path}: kernel_type must be 'notebook' and language 'python' "
