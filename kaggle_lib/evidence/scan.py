@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kaggle_lib import auth
 from kaggle_lib.errors import KaggleLibError
@@ -57,6 +58,28 @@ def secret_values(extra: Iterable[str] = ()) -> set[str]:
     for value in values:
         auth.register_secret(value)
     return set(auth.registered_secrets())
+
+
+def leaves(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(path, text) of every key and scalar in a nested value, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{where}.{key}", key
+            yield from leaves(value, f"{where}.{key}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from leaves(value, f"{where}[{i}]")
+    elif node is not None:
+        yield where, node
+
+
+def secret_holders(named: Iterable[tuple[str, Any]]) -> list[str]:
+    """The names (never the values) of the (name, value) pairs whose text holds a known secret
+    value (`secret_values`, 8 characters or more) or a token-shaped string."""
+    known = [v for v in secret_values() if len(v) >= 8]
+    return [name for name, value in named
+            if any(v in str(value) for v in known)
+            or any(p.search(str(value)) for p in auth.TOKEN_PATTERNS)]
 
 
 def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None) -> list[str]:
