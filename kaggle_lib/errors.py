@@ -158,9 +158,9 @@ def disk_problem(error: BaseException) -> bool:
 
 
 def free_space(path: str | Path) -> str:
-    """"<n> free of <total> on the disk holding <path>" (its nearest existing folder)."""
+    """"<n> free of <total> on the disk holding <folder>", the nearest existing one of `path`."""
     where = Path(path)
-    while not where.exists() and where != where.parent:
+    while not where.is_dir() and where != where.parent:
         where = where.parent
     try:
         usage = shutil.disk_usage(where)

@@ -29,14 +29,19 @@ def refuse_secrets_in_paths(config_path: str | Path, run_dir: str | Path | None,
                             config: RunConfig | None) -> None:
     """SecretInPathError, before anything is written, when the config path, the run directory,
     the run name or a value of the config (data paths, evidence.root, ...) holds a secret."""
+    from kaggle_lib.config import ConfigError, read_yaml
+
     named = [("the config path", config_path), ("the run directory", run_dir or ""),
              ("the run name", run_name)]
-    if config is not None:
-        named += [(f"config key {key.lstrip('.')!r}", value)
-                  for key, value in scan.leaves(config.to_dict(), "")]
+    try:  # a config that did not load is checked as written: its error would quote the value
+        tree = config.to_dict() if config is not None else read_yaml(config_path)
+    except ConfigError:
+        tree = {}
+    named += [(f"config key {key.lstrip('.')!r}", value) for key, value in scan.leaves(tree, "")]
     holders = scan.secret_holders(named)
     if holders:
-        raise SecretInPathError(f"refusing to start: {', '.join(holders)} holds a secret value or a "
+        raise SecretInPathError(f"refusing to start: {', '.join(holders)} "
+                                f"{'holds' if len(holders) == 1 else 'hold'} a secret value or a "
                                 "token-shaped string (not shown); nothing was written")
 
 
