@@ -41,7 +41,7 @@ ATTEMPTS = "attempts"
 KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS, "processes")
 # Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
 RECORD_NAMES = frozenset({
-    MANIFEST, MANIFEST + ".tmp", METRICS, FAILURE, "executed.ipynb", "config.yaml",
+    MANIFEST, METRICS, FAILURE, "executed.ipynb", "config.yaml",
     "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
     "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
 })
@@ -90,7 +90,7 @@ def write_atomically(path: Path, text: str) -> Path:
     path and the free space."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         return tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -193,7 +193,8 @@ class RunRecord:
         attempts = list(old.get("attempts") or [])
         if not leftovers:
             return {"attempt": len(attempts) + 1, "attempts": attempts}
-        foreign = sorted(p.name for p in leftovers if p.name not in RECORD_NAMES)
+        # <name>.tmp: a `write_atomically` cut short by a kill
+        foreign = sorted(p.name for p in leftovers if p.name.removesuffix(".tmp") not in RECORD_NAMES)
         if not self.manifest_path.is_file() and foreign:
             # Not a run directory (e.g. --run-dir . by mistake): moving its files would be wrong.
             raise ValueError(
