@@ -70,23 +70,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _split_lines(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-    """(index entries, (line number, text) of every line that is not one)."""
+def _split_lines(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, bytes]]]:
+    """(index entries, (line number, bytes) of every line that is not one)."""
     entries: list[dict[str, Any]] = []
-    rejected: list[tuple[int, str]] = []
+    rejected: list[tuple[int, bytes]] = []
     if not path.is_file():
         return entries, rejected
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             value = None
         if isinstance(value, dict) and value.get("run_id"):
             entries.append(value)
         else:
-            rejected.append((lineno, line))
+            rejected.append((lineno, raw))
     return entries, rejected
 
 
@@ -107,14 +107,15 @@ def append_index(run_dir: Path) -> Path:
             seen = seen or same
         if not seen:
             entries.append(entry)
-        if rejected:
-            kept = path.with_name(REJECTED_NAME)
-            with kept.open("a") as fh:
-                fh.writelines(line + "\n" for _, line in rejected)
-            log.warning(f"warning: {path}: line(s) {', '.join(str(n) for n, _ in rejected)} are "
-                        f"not index entries (a merge conflict, a write cut short?); moved to {kept}")
         tmp: Path | None = None
         try:
+            if rejected:  # kept before the index is rewritten without them
+                kept = path.with_name(REJECTED_NAME)
+                with kept.open("ab") as out:
+                    out.writelines(raw + b"\n" for _, raw in rejected)
+                log.warning(f"warning: {path}: line(s) {', '.join(str(n) for n, _ in rejected)} "
+                            "are not index entries (a merge conflict, a write cut short?); moved "
+                            f"to {kept}")
             with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp", delete=False) as fh:
                 tmp = Path(fh.name)
