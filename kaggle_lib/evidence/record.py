@@ -84,13 +84,13 @@ def last_good_checkpoint(run_dir: Path) -> str | None:
     return best[1] if best else None
 
 
-def write_atomically(path: Path, text: str) -> Path:
-    """Write `text` to `path` through `<path>.tmp` and a rename, so a write cut short (a full
-    disk) never replaces a good file; on failure the .tmp is removed and a DiskError names the
-    path and the free space."""
+def write_atomically(path: Path, text: str, errors: str = "strict") -> Path:
+    """Write `text` (UTF-8, `errors` as in str.encode) to `path` through `<path>.tmp` and a
+    rename, so a write cut short (a full disk) never replaces a good file; on failure the .tmp
+    is removed and a DiskError names the path and the free space."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors=errors)
         return tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from kaggle_lib import auth
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evidence.record import ATTEMPTS
+from kaggle_lib.evidence.record import ATTEMPTS, write_atomically
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log",
                  ".html", ".py", ".cfg", ".toml", ".ini"}
@@ -96,10 +96,10 @@ def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None
         if not path.is_file():
             continue
         if path.suffix in TEXT_SUFFIXES:
-            text = path.read_text(errors="surrogateescape")
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
             cleaned = auth.redact(text)
             if cleaned != text:
-                path.write_text(cleaned, errors="surrogateescape")
+                write_atomically(path, cleaned, errors="surrogateescape")
                 hits.append(str(path))
         elif path.stat().st_size <= BINARY_SCAN_LIMIT:
             data = path.read_bytes()
