@@ -16,13 +16,13 @@ import os
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kaggle_lib import eval_cli, logs, package
+from kaggle_lib import auth, eval_cli, logs, package
 from kaggle_lib.evaluation.scoring import fmt_rate, format_scorecard_table
 from kaggle_lib.evidence import compare
 from kaggle_lib.kaggle import bundle, push
@@ -39,37 +39,20 @@ _REFUSAL = ("secrets are never passed as papermill parameters (they would be sto
             "executed notebook). Export HF_TOKEN (or KAGGLE_API_TOKEN, WANDB_API_KEY) instead.")
 
 
-def _leaves(node: Any, where: str) -> Iterator[tuple[str, Any]]:
-    """(parameter path, text) of every key and scalar in a parameter value, at any depth."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield f"{where}.{key}", key
-            yield from _leaves(value, f"{where}.{key}")
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            yield from _leaves(value, f"{where}[{i}]")
-    elif node is not None:
-        yield where, node
-
-
 def refuse_secrets(params: dict[str, Any]) -> None:
     """SystemExit, naming the parameter path and never the value, for any parameter whose name
     looks like a credential or whose value (at any depth) holds a known secret value (the
     variables of `auth.SECRET_ENV_VARS`, the usual credential files) or a token-shaped string."""
-    from kaggle_lib import auth
     from kaggle_lib.evidence import scan
 
-    known = [v for v in scan.secret_values() if len(v) >= 8]
     for name in params:
         if any(w in str(name).lower() for w in _SECRET_WORDS):
             raise SystemExit(f"refusing parameter {name!r}: its name looks like a credential; "
                              + _REFUSAL)
     for name, value in params.items():
-        for where, leaf in _leaves(value, str(name)):
-            text = str(leaf)
-            if any(v in text for v in known) or any(p.search(text) for p in auth.TOKEN_PATTERNS):
-                raise SystemExit(f"refusing parameter {where!r}: it holds a secret value or a "
-                                 "token-shaped string; " + _REFUSAL)
+        for where in scan.secret_holders(scan.leaves(value, str(name))):
+            raise SystemExit(f"refusing parameter {where!r}: it holds a secret value or a "
+                             "token-shaped string; " + _REFUSAL)
 
 
 def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
@@ -135,10 +118,20 @@ def resolve_paths(params: dict[str, Any], config: str | None, run_dir: str) -> t
 def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from papermill.iorw import LocalHandler, papermill_io
 
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
+    from kaggle_lib.errors import DiskError, check_writable
     from kaggle_lib.evidence import close, start
+
+    class AtomicNotebookHandler(LocalHandler):
+        """papermill's writer of this run's executed.ipynb: every save (after each cell) goes
+        through a temporary file and a rename, so a full disk keeps the last good save instead
+        of leaving a notebook cut short (papermill's LocalHandler writes in place)."""
+
+        def write(self, buf: str, path: str) -> None:
+            evidence.write_atomically(Path(path), buf)
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -147,30 +140,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_name:
         overrides = {**overrides, "run_name": run_name}
     env = runtime.detect_environment()
+    try:
+        cfg = load_config(config_path, overrides)
+    except ConfigError:  # the kernel records the error; the run still gets a directory
+        cfg = None
+    try:  # before anything is written: a secret in a path would name files after it
+        start.refuse_secrets_in_paths(config_path, run_dir, run_name, cfg)
+    except start.SecretInPathError as exc:
+        raise SystemExit(f"{exc}. {exc.hint}") from None
     # Several processes (docs/MULTIHOST.md): process 0's runner chooses the run dir and owns the
     # record; the others' kernels learn the dir from process 0 and tell their runners.
     process_id = multihost.runner_process_id()
     if run_dir is None and not process_id:
-        try:
-            cfg = load_config(config_path, overrides)
-        except ConfigError:  # the kernel records the error; the run still gets a directory
-            cfg = None
         run_dir = start.new_run_dir(config_path, cfg, env.working_dir)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
-    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
+    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb; a full or
+    # read-only disk is refused before that.
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
-    if not process_id:
-        try:
+    try:
+        if run_dir is not None:
+            check_writable(run_dir)
+        if not process_id:
             attempt = evidence.RunRecord(run_dir).prepare_attempt(
                 run_dir.name, run_name, str(config_path))["attempt"]
-        except ValueError as exc:  # not a run directory
-            raise SystemExit(f"refusing --run-dir: {exc}") from None
+    except DiskError as exc:
+        raise SystemExit(f"refusing to start: {exc}. {exc.hint}") from None
+    except ValueError as exc:  # not a run directory
+        raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
         output = multihost.follower_scratch_notebook(process_id)
     else:
         output = run_dir / "executed.ipynb"
+        papermill_io.register(str(output), AtomicNotebookHandler())
     parameters = {"config_path": str(config_path), "overrides": params.get("overrides") or {},
                   "run_name": run_name, "run_dir": str(run_dir or "")}
     # The kernel runs in the caller's directory (relative paths inside the config mean the same
@@ -198,7 +199,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0
-    manifest = close.close_after_kernel(run_dir, output, error, seconds)
+    try:
+        manifest = close.close_after_kernel(run_dir, output, error, seconds)
+    except DiskError as exc:
+        log.info(f"[kaggle_lib] the run {'failed' if error else 'ended'} and its record could not "
+                 f"be closed: {exc}\n[kaggle_lib] {exc.hint}")
+        if error is not None:
+            log.info(f"[kaggle_lib] the run's own error: {type(error).__name__}: "
+                     f"{auth.redact(str(error))[:500]}")
+        return 1
     status = manifest.get("status")
     log.info(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":

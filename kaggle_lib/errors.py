@@ -7,7 +7,13 @@ Every error class of the package subclasses `KaggleLibError` and keeps its built
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 DEFAULT_HINT = "Read the traceback below; the stage and the error say where it broke."
@@ -45,6 +51,8 @@ _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 def hint_for(error: BaseException) -> str:
     """What to do next about `error` (out-of-memory is recognised by its message too)."""
     kind = type(error).__name__
+    if disk_problem(error):  # before the OOM markers: Orbax says RESOURCE_EXHAUSTED for both
+        return DiskError.hint
     if kind != "DeadKernelError" and any(m in str(error) for m in _OOM_MARKERS):
         return OOM_HINT
     if isinstance(error, KaggleLibError):
@@ -112,3 +120,96 @@ def format_validation_error(errors: Any, header: str | None = None, *, model: An
             lines.append(line)
     body = [bullet + line for line in lines]
     return "\n".join(body if header is None else [header, *body])
+
+
+class DiskError(KaggleLibError, OSError):
+    """A run's files cannot be written: the disk is full or the directory is read-only. The
+    message names the path and the free space there."""
+
+    hint = ("Free space on that disk (earlier runs' checkpoints/ and export/ are the big files), "
+            "make the directory writable, or give a --run-dir on another disk; then re-run in the "
+            "same directory: training resumes from the last good checkpoint.")
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno n]"
+        return str(self.strerror)
+
+
+# errno -> what it means for a run's files; a message holding one of the texts means the same
+# (Orbax/TensorStore report a full disk as `RESOURCE_EXHAUSTED ... [OS error 28: No space left on
+# device]`, not as an OSError).
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+_DISK_MARKERS = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)}
+_QUOTED_PATH = re.compile(r"""["'](/[^"'\n]+)["']""")
+
+
+def _disk_errno(error: BaseException) -> int | None:
+    for exc in (error, error.__cause__, error.__context__):
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc.errno
+    text = str(error)
+    return next((code for marker, code in _DISK_MARKERS.items() if marker in text), None)
+
+
+def disk_problem(error: BaseException) -> bool:
+    """Whether `error` says a file could not be written for lack of space or permission."""
+    return isinstance(error, DiskError) or _disk_errno(error) is not None
+
+
+def free_space(path: str | Path) -> str:
+    """"<n> free of <total> on the disk holding <folder>", the nearest existing one of `path`."""
+    where = Path(path)
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as exc:
+        return f"free space unknown ({exc.strerror or exc})"
+    return f"{_size(usage.free)} free of {_size(usage.total)} on the disk holding {where}"
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def as_disk_error(error: BaseException, path: str | Path) -> DiskError | None:
+    """`error` as a DiskError naming the file (its own, else one quoted in its message, else
+    `path`) and the free space there; None when it is not a disk problem."""
+    if isinstance(error, DiskError):
+        return error
+    code = _disk_errno(error)
+    if code is None:
+        return None
+    own = getattr(error, "filename", None)
+    quoted = _QUOTED_PATH.search(str(error))
+    target = own or (quoted.group(1) if quoted else None) or path
+    verb = "cannot access" if code in (errno.EACCES, errno.EPERM) else "cannot write"
+    return DiskError(code, f"{verb} {target}: {DISK_ERRNOS[code]} ({free_space(target)})")
+
+
+MIN_FREE_BYTES = 16 * 2**20  # below this a run could not even write its record
+
+
+def check_writable(directory: str | Path) -> None:
+    """DiskError, before a run moves or writes anything, when `directory` cannot be created or
+    written or its disk has less than MIN_FREE_BYTES free."""
+    directory = Path(directory)
+    probe = directory / f".kaggle_lib-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as fh:
+            fh.write(b"\0" * 4096)
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise as_disk_error(exc, directory) or exc from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    if shutil.disk_usage(directory).free < MIN_FREE_BYTES:
+        raise DiskError(errno.ENOSPC, f"refusing to start in {directory}: the disk is full "
+                        f"({free_space(directory)}; a run needs at least {_size(MIN_FREE_BYTES)})")

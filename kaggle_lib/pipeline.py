@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_lib import auth, compat, evidence, logs, multihost, runtime
 from kaggle_lib.config import RunConfig, load_config
+from kaggle_lib.errors import DiskError, as_disk_error
 from kaggle_lib.evaluation import runner, scoring
 from kaggle_lib.evidence import close, start
 from kaggle_lib.models import build
@@ -71,15 +72,20 @@ def stage(name: str) -> Callable[[F], F]:
                 raise RuntimeError(f"not running {label}: the run already failed in stage "
                                    f"{run.failed_stage} (see {run.run_dir / evidence.FAILURE})")
             started = time.monotonic()
-            run.record.stage(label, "running")
             try:
+                run.record.stage(label, "running")
                 result = fn(run, *args, **kwargs)
             except BaseException as exc:
-                multihost.await_peer_verdict(exc)  # a dead peer is named, not its symptom
-                multihost.mark_failed(label, exc)  # the other processes stop too
-                _fail(run, label, exc, time.monotonic() - started)
-                log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(exc).__name__}: "
-                      f"{auth.redact(str(exc))}\n[kaggle_lib] record: {run.run_dir}")
+                # A full or read-only disk (an OSError, or Orbax's RESOURCE_EXHAUSTED) is named
+                # with its path and the free space there.
+                error = as_disk_error(exc, run.run_dir) or exc
+                multihost.await_peer_verdict(error)  # a dead peer is named, not its symptom
+                multihost.mark_failed(label, error)  # the other processes stop too
+                _fail(run, label, error, time.monotonic() - started)
+                log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(error).__name__}: "
+                      f"{auth.redact(str(error))}\n[kaggle_lib] record: {run.run_dir}")
+                if error is not exc:
+                    raise error from exc
                 raise
             run.record.stage(label, "succeeded", time.monotonic() - started)
             return result
@@ -92,8 +98,12 @@ def stage(name: str) -> Callable[[F], F]:
 def _fail(run: Run, label: str, error: BaseException, seconds: float | None = None) -> None:
     """Stage `label` failed: so says the record, closed as failed (never masking the error)."""
     run.failed_stage = label
-    run.record.stage(label, "failed", seconds)
-    run.record.fail(label, error, checkpoint=run.last_checkpoint)
+    try:
+        run.record.stage(label, "failed", seconds)
+        run.record.fail(label, error, checkpoint=run.last_checkpoint)
+    except DiskError as unwritten:  # the stage's own error is the one raised
+        log.info(f"[kaggle_lib] the failure could not be recorded in full: {unwritten}")
+        return
     if isinstance(error, multihost.PeerProcessError):
         run.record.update_manifest(failure={"dead_processes": error.dead_processes})
     try:

@@ -22,10 +22,11 @@ from kaggle_lib.evidence.record import (
     last_good_checkpoint,
     make_record,
     utc_now,
+    write_atomically,
 )
 
 __all__ = [
     "FAILURE", "MANIFEST", "METRICS", "ManifestError", "RunManifest", "RunRecord", "hash_text",
     "kaggle_identity", "last_good_checkpoint", "make_record", "make_run_id", "manifest_errors",
-    "read_manifest", "utc_now",
+    "read_manifest", "utc_now", "write_atomically",
 ]

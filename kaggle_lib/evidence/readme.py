@@ -10,7 +10,7 @@ from kaggle_lib import auth, jsonl
 from kaggle_lib.evidence.identity import TRACKED_PACKAGES
 from kaggle_lib.evidence.manifest import MANIFEST, RunManifest, load_manifest
 from kaggle_lib.evidence.plots import curve
-from kaggle_lib.evidence.record import METRICS
+from kaggle_lib.evidence.record import METRICS, write_atomically
 
 
 def _pct(value: Any) -> str:
@@ -176,7 +176,5 @@ def write_readme(run_dir: Path) -> Path:
     ]
     lines += ["", "## Files", "",
               *(f"- `{name}`: {text}" for name, text in described if name in present), ""]
-    path = run_dir / "README.md"
-    path.write_text(auth.redact("\n".join(lines)))
-    return path
+    return write_atomically(run_dir / "README.md", auth.redact("\n".join(lines)))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_lib import auth, jsonl, logs, multihost
+from kaggle_lib.errors import as_disk_error
 from kaggle_lib.evidence.failure import failure_analysis
 from kaggle_lib.evidence.identity import git_info, host_info, load_average, package_versions
 from kaggle_lib.evidence.manifest import (
@@ -40,7 +41,7 @@ ATTEMPTS = "attempts"
 KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS, "processes")
 # Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
 RECORD_NAMES = frozenset({
-    MANIFEST, MANIFEST + ".tmp", METRICS, FAILURE, "executed.ipynb", "config.yaml",
+    MANIFEST, METRICS, FAILURE, "executed.ipynb", "config.yaml",
     "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
     "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
 })
@@ -81,6 +82,19 @@ def last_good_checkpoint(run_dir: Path) -> str | None:
             key = (step_dir.stat().st_mtime, str(step_dir))
             best = key if best is None or key > best else best
     return best[1] if best else None
+
+
+def write_atomically(path: Path, text: str, errors: str = "strict") -> Path:
+    """Write `text` (UTF-8, `errors` as in str.encode) to `path` through `<path>.tmp` and a
+    rename, so a write cut short (a full disk) never replaces a good file; on failure the .tmp
+    is removed and a DiskError names the path and the free space."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", errors=errors)
+        return tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise as_disk_error(exc, path) or exc from exc
 
 
 def _attempt_summary(n: int, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -132,17 +146,14 @@ class RunRecord:
         return manifest
 
     def _write_json(self, path: Path, payload: Any) -> Path:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-        return tmp.replace(path)
+        return write_atomically(path, json.dumps(payload, indent=2, sort_keys=False, default=str)
+                                + "\n")
 
     def write_json(self, name: str, payload: Any) -> Path:
         return self._write_json(self.run_dir / name, payload)
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.run_dir / name
-        path.write_text(text)
-        return path
+        return write_atomically(self.run_dir / name, text)
 
     def start(self, run_id: str, run_name: str, config_path: str) -> None:
         """Begin this attempt with a fresh manifest; an earlier attempt's files first go to
@@ -182,7 +193,8 @@ class RunRecord:
         attempts = list(old.get("attempts") or [])
         if not leftovers:
             return {"attempt": len(attempts) + 1, "attempts": attempts}
-        foreign = sorted(p.name for p in leftovers if p.name not in RECORD_NAMES)
+        # <name>.tmp: a `write_atomically` cut short by a kill
+        foreign = sorted(p.name for p in leftovers if p.name.removesuffix(".tmp") not in RECORD_NAMES)
         if not self.manifest_path.is_file() and foreign:
             # Not a run directory (e.g. --run-dir . by mistake): moving its files would be wrong.
             raise ValueError(
@@ -208,7 +220,10 @@ class RunRecord:
                     packages=package_versions())
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        jsonl.append(self.run_dir / METRICS, record, default=float)
+        try:
+            jsonl.append(self.run_dir / METRICS, record, default=float)
+        except OSError as exc:
+            raise as_disk_error(exc, self.run_dir / METRICS) or exc from exc
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return jsonl.read(self.run_dir / METRICS)
@@ -236,10 +251,14 @@ class RunRecord:
         if manifest.get("status") == "failed" and (self.run_dir / FAILURE).is_file():
             return
         checkpoint = checkpoint or last_good_checkpoint(self.run_dir)
-        self.write_text(FAILURE, auth.redact(failure_analysis(
-            run_id=manifest.get("run_id") or self.run_dir.name, stage=stage, error=error,
-            checkpoint=checkpoint, recent_metrics=self.read_metrics()[-5:],
-            set_aside=manifest.get("checkpoints_set_aside") or [], details=details)))
+        unwritten: OSError | None = None
+        try:
+            self.write_text(FAILURE, auth.redact(failure_analysis(
+                run_id=manifest.get("run_id") or self.run_dir.name, stage=stage, error=error,
+                checkpoint=checkpoint, recent_metrics=self.read_metrics()[-5:],
+                set_aside=manifest.get("checkpoints_set_aside") or [], details=details)))
+        except OSError as exc:  # a full disk: the smaller manifest may still fit; raised below
+            unwritten = exc
         fields: dict[str, Any] = {}
         if not manifest.get("run_id"):  # nothing recorded yet: the notebook never started
             fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
@@ -256,6 +275,8 @@ class RunRecord:
             merged = self._merged(fields)
             merged["schema_errors"] = manifest_errors(merged)
             self._write_json(self.manifest_path, merged)
+        if unwritten is not None:
+            raise unwritten
 
     def succeed(self, **fields: Any) -> None:
         self.update_manifest(status="succeeded", **self._closing(self.read_manifest()), **fields)

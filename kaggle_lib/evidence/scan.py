@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kaggle_lib import auth
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evidence.record import ATTEMPTS
+from kaggle_lib.evidence.record import ATTEMPTS, write_atomically
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".ipynb", ".csv", ".log",
                  ".html", ".py", ".cfg", ".toml", ".ini"}
@@ -59,6 +60,28 @@ def secret_values(extra: Iterable[str] = ()) -> set[str]:
     return set(auth.registered_secrets())
 
 
+def leaves(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(path, text) of every key and scalar in a nested value, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{where}.{key}", key
+            yield from leaves(value, f"{where}.{key}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from leaves(value, f"{where}[{i}]")
+    elif node is not None:
+        yield where, node
+
+
+def secret_holders(named: Iterable[tuple[str, Any]]) -> list[str]:
+    """The names (never the values) of the (name, value) pairs whose text holds a known secret
+    value (`secret_values`, 8 characters or more) or a token-shaped string."""
+    known = [v for v in secret_values() if len(v) >= 8]
+    return [name for name, value in named
+            if any(v in str(value) for v in known)
+            or any(p.search(str(value)) for p in auth.TOKEN_PATTERNS)]
+
+
 def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None) -> list[str]:
     """Clean secret values / token-shaped strings out of `paths`; return the files that had any.
 
@@ -73,10 +96,10 @@ def scan_for_secrets(paths: Iterable[Path], extra_values: set[str] | None = None
         if not path.is_file():
             continue
         if path.suffix in TEXT_SUFFIXES:
-            text = path.read_text(errors="surrogateescape")
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
             cleaned = auth.redact(text)
             if cleaned != text:
-                path.write_text(cleaned, errors="surrogateescape")
+                write_atomically(path, cleaned, errors="surrogateescape")
                 hits.append(str(path))
         elif path.stat().st_size <= BINARY_SCAN_LIMIT:
             data = path.read_bytes()

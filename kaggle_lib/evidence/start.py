@@ -8,11 +8,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_lib import multihost, runtime
+from kaggle_lib.errors import KaggleLibError, check_writable
+from kaggle_lib.evidence import scan
 from kaggle_lib.evidence.identity import hash_text, make_run_id
 from kaggle_lib.evidence.record import RunRecord, make_record
 
 if TYPE_CHECKING:
     from kaggle_lib.config import RunConfig
+
+
+class SecretInPathError(KaggleLibError, ValueError):
+    """A path or the run name holds a secret value; the message names which, never the value."""
+
+    hint = ("A secret value (HF token, Kaggle key) or a token-shaped string is part of a path or "
+            "the run name; it would land in file names, the manifest and the notebook. Choose "
+            "names without it: secrets are read from the environment or Kaggle Secrets only.")
+
+
+def refuse_secrets_in_paths(config_path: str | Path, run_dir: str | Path | None, run_name: str,
+                            config: RunConfig | None) -> None:
+    """SecretInPathError, before anything is written, when the config path, the run directory,
+    the run name or a value of the config (data paths, evidence.root, ...) holds a secret."""
+    from kaggle_lib.config import ConfigError, read_yaml
+
+    named = [("the config path", config_path), ("the run directory", run_dir or ""),
+             ("the run name", run_name)]
+    try:  # a config that did not load is checked as written: its error would quote the value
+        tree = config.to_dict() if config is not None else read_yaml(config_path)
+    except ConfigError:
+        tree = {}
+    named += [(f"config key {key.lstrip('.')!r}", value) for key, value in scan.leaves(tree, "")]
+    holders = scan.secret_holders(named)
+    if holders:
+        raise SecretInPathError(f"refusing to start: {', '.join(holders)} "
+                                f"{'holds' if len(holders) == 1 else 'hold'} a secret value or a "
+                                "token-shaped string (not shown); nothing was written")
 
 
 def new_run_dir(config_path: str | Path, config: RunConfig | None, working_dir: Path) -> Path:
@@ -34,9 +64,12 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
     """The run's record, started in `run_dir` (absolute: Orbax refuses relative checkpoint paths)
     or a new directory, process 0's on every process; an earlier attempt's files go to
     attempts/<n>/ (`RunRecord.start`)."""
+    refuse_secrets_in_paths(config_path, run_dir, run_name, config)
     directory = (Path(run_dir).expanduser().absolute() if run_dir
                  else new_run_dir(config_path, config, working_dir))
     directory = join_processes(directory, config)
+    if multihost.is_writer():  # a full or read-only disk is named before an attempt moves
+        check_writable(directory)
     record = make_record(directory)
     record.start(directory.name, run_name or "", config_path)
     return record

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from test_model_sources import hf_cache
 
+from kaggle_lib import auth
 from tests.fakes.loopback import loopback_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,3 +104,55 @@ def test_missing_secret_fails_in_auth_naming_it(tmp_path: Path) -> None:
     analysis = (run_dir / "failure_analysis.md").read_text()
     assert "HF_TOKEN" in analysis and "Add-ons -> Secrets" in analysis
     assert "load_model" not in manifest["stages"]
+
+
+KAGGLE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # legacy Kaggle key: 32 hex, not token-shaped
+
+
+@pytest.mark.parametrize(("var", "value"), [("HF_TOKEN", TOKEN), ("KAGGLE_KEY", KAGGLE_KEY)])
+def test_a_secret_in_the_run_dir_is_refused_before_anything_is_written(
+        tmp_path: Path, var: str, value: str) -> None:
+    """Issue 28 point 8: the runner refuses it without echoing it; no directory is made."""
+    env = {k: v for k, v in os.environ.items() if k not in auth.SECRET_ENV_VARS}
+    env.update({var: value, "KAGGLE_CONFIG_DIR": str(tmp_path / "no-kaggle"),
+                "HF_TOKEN_PATH": str(tmp_path / "no-hf-token"),
+                "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])})
+    result = subprocess.run(
+        [sys.executable, "-m", "kaggle_lib", "run", "--config", str(REPO / "configs" / "cpu_tiny.yaml"),
+         "--run-dir", str(tmp_path / "x" / f"run-{value}"), "--kernel", "no-such-kernel-for-tests"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "refusing to start: the run directory holds a secret value" in output
+    assert value not in output and "Traceback" not in output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("where", ["run_dir", "run_name", "data path", "config path"])
+def test_the_kernel_refuses_a_secret_in_a_path_before_anything_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The notebook under plain papermill (Kaggle): start_run is the first writer."""
+    from kaggle_lib import pipeline
+    from kaggle_lib.evidence import start
+
+    # Registered secrets are process-global: this test's go with it.
+    monkeypatch.setattr(auth, "_secret_values", set(auth.registered_secrets()))
+    monkeypatch.setenv("KAGGLE_KEY", KAGGLE_KEY)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
+    config = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
+    if where == "data path":
+        config["data"]["train"] = f"jsonl:/data/{KAGGLE_KEY}.jsonl"
+    folder = tmp_path / (f"configs-{KAGGLE_KEY}" if where == "config path" else "configs")
+    folder.mkdir()
+    (folder / "c.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "runs" / (f"r-{KAGGLE_KEY}" if where == "run_dir" else "r")
+    with pytest.raises(start.SecretInPathError) as raised:
+        pipeline.start_run(str(folder / "c.yaml"), run_dir=str(run_dir),
+                           run_name=f"n-{KAGGLE_KEY}" if where == "run_name" else "")
+    named = {"run_dir": "the run directory", "run_name": "the run name",
+             "data path": "config key 'data.train'", "config path": "the config path"}[where]
+    assert str(raised.value).startswith(f"refusing to start: {named}")
+    assert "a secret value or a token-shaped string (not shown)" in str(raised.value)
+    assert KAGGLE_KEY not in str(raised.value)
+    assert not (tmp_path / "runs").exists()
