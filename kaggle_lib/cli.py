@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -138,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
-    from kaggle_lib.evidence import close, start
+    from kaggle_lib.evidence import close, lock, start
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -158,6 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = start.new_run_dir(config_path, cfg, env.working_dir)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if not process_id:  # process 0's runner holds the run dir until it exits
+        os.environ.pop(lock.LOCK_ENV, None)  # a lock is its kernel's to share, never a runner's
+        try:
+            held = lock.lock_run_dir(run_dir)
+        except lock.RunDirBusy as exc:
+            raise SystemExit(f"refusing --run-dir: {exc}") from None
+        atexit.register(held.release)
+        os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
