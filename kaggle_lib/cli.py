@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
@@ -165,7 +164,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             held = lock.lock_run_dir(run_dir)
         except lock.RunDirBusy as exc:
             raise SystemExit(f"refusing --run-dir: {exc}") from None
-        atexit.register(held.release)
         os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
     # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.

@@ -15,6 +15,7 @@ from Kaggle). It is taken over, and a record its holder left `running` is closed
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import fcntl
@@ -137,6 +138,7 @@ def lock_run_dir(run_dir: Path) -> RunDirLock | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(mine).encode(), 0)
     _held[path] = held
+    atexit.register(held.release)  # on any exit that runs Python's exit; flock frees the rest
     try:
         if _status(path.parent) == "running":
             _close_interrupted(path.parent, previous)
