@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.pop(lock.LOCK_ENV, None)  # a lock is its kernel's to share, never a runner's
         try:
             held = lock.lock_run_dir(run_dir)
-        except lock.RunDirBusy as exc:
+        except (lock.RunDirBusy, OSError) as exc:  # OSError: e.g. a read-only directory
             raise SystemExit(f"refusing --run-dir: {exc}") from None
         os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
