@@ -104,7 +104,7 @@ def _holder(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def describe_holder(holder: dict[str, Any]) -> str:
+def _describe(holder: dict[str, Any]) -> str:
     command = f", command `{holder['command']}`" if holder.get("command") else ""
     return (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started "
             f"{holder.get('started_at', '?')}{command}")
@@ -124,13 +124,13 @@ def lock_run_dir(run_dir: Path) -> RunDirLock | None:
         holder = _holder(path)
         if holder.get("token") and holder["token"] == os.environ.get(LOCK_ENV):
             return None
-        raise RunDirBusy(f"run directory {run_dir} is held by another run ({describe_holder(holder)});"
+        raise RunDirBusy(f"run directory {run_dir} is held by another run ({_describe(holder)});"
                          " nothing in it was changed")
     previous = _holder(path)
     if previous:
         why = ("its process no longer exists" if previous.get("host") == platform.node()
                else "it was taken on another host")
-        log.warning(f"[kaggle_lib] taking over the stale lock {path} ({describe_holder(previous)}): "
+        log.warning(f"[kaggle_lib] taking over the stale lock {path} ({_describe(previous)}): "
                     f"{why}")
     held = RunDirLock(path, fd, uuid.uuid4().hex)
     mine = {"host": platform.node(), "pid": os.getpid(), "started_at": utc_now(),
@@ -170,7 +170,7 @@ def _close_interrupted(run_dir: Path, holder: dict[str, Any]) -> None:
     stage = running[-1] if running else "notebook"
     if running:
         record.stage(stage, "failed")
-    who = f" ({describe_holder(holder)})" if holder else ""
+    who = f" ({_describe(holder)})" if holder else ""
     record.fail(stage, WriterGone(f"the process that wrote this record{who} no longer exists; "
                                   "it ended without closing the record"), status="interrupted")
     write_readme(run_dir)
