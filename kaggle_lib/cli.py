@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
     from kaggle_lib.errors import DiskError, check_writable
-    from kaggle_lib.evidence import close, start
+    from kaggle_lib.evidence import close, lock, start
 
     class AtomicNotebookHandler(LocalHandler):
         """papermill's writer of this run's executed.ipynb: every save (after each cell) goes
@@ -160,12 +160,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if run_dir is not None:
             check_writable(run_dir)
-        if not process_id:
+        if not process_id:  # process 0's runner holds the run dir until it exits
+            os.environ.pop(lock.LOCK_ENV, None)  # a lock is its kernel's to share, not a runner's
+            held = lock.lock_run_dir(run_dir)
+            os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
             attempt = evidence.RunRecord(run_dir).prepare_attempt(
                 run_dir.name, run_name, str(config_path))["attempt"]
     except DiskError as exc:
         raise SystemExit(f"refusing to start: {exc}. {exc.hint}") from None
-    except ValueError as exc:  # not a run directory
+    except (ValueError, lock.RunDirBusy, OSError) as exc:  # not a run dir, held, unlockable
         raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
         output = multihost.follower_scratch_notebook(process_id)

@@ -18,6 +18,7 @@ from typing import Any
 from kaggle_lib import logs
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.evaluation.runner import PREDICTIONS, SUMMARY
+from kaggle_lib.evidence.lock import close_if_writer_gone
 
 log = logs.get_logger(__name__)
 
@@ -121,6 +122,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
         raise EvalError(f"--model {model!r} is not allowed; allowed: {', '.join(MODELS)}")
     # Absolute once, here: Orbax needs absolute paths and the outputs name where they went.
     run_dir, data = Path(run_dir).absolute(), Path(data).absolute()
+    close_if_writer_gone(run_dir)
     config = read_run_config(run_dir)
     # The base weights need no checkpoint; trained ones need the run's latest SFT step.
     root, step = latest_sft_checkpoint(run_dir, config) if model == "trained" else (None, None)

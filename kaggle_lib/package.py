@@ -22,7 +22,7 @@ from typing import Any
 
 from kaggle_lib import auth, evidence, logs
 from kaggle_lib.errors import KaggleLibError
-from kaggle_lib.evidence import scan
+from kaggle_lib.evidence import lock, scan
 from kaggle_lib.hashing import sha256_hex
 
 log = logs.get_logger(__name__)
@@ -45,7 +45,8 @@ def package_files(run_dir: Path, *, with_checkpoints: bool = False,
             if not wanted}
     return [path.relative_to(run_dir) for path in sorted(run_dir.rglob("*"))
             if path.is_file() and path.relative_to(run_dir).parts[0] not in skip
-            and not path.name.endswith(".tmp") and path.name not in (PACKAGE_MANIFEST, SUMS)]
+            and not path.name.endswith(".tmp")
+            and path.name not in (PACKAGE_MANIFEST, SUMS, evidence.LOCK)]
 
 
 def build_package(run_dir: str | Path, out: str | Path | None = None, *,
@@ -56,6 +57,7 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
     if not manifest_path.is_file():
         raise PackageError(f"{run_dir}: no {evidence.MANIFEST}; not a run directory "
                            "(expected evidence/runs/<run_id>/)")
+    lock.close_if_writer_gone(run_dir)
     files = package_files(run_dir, with_checkpoints=with_checkpoints, with_exports=with_exports)
     hits = scan.scan_for_secrets([run_dir / f for f in files])
     if hits:

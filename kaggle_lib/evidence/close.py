@@ -16,6 +16,7 @@ from typing import Any
 from kaggle_lib import auth, multihost
 from kaggle_lib.evidence.identity import env_info
 from kaggle_lib.evidence.index import append_index, index_path
+from kaggle_lib.evidence.lock import release_run_dir
 from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
@@ -137,6 +138,7 @@ def finalize(record: RunRecord, status: str) -> None:
         record.succeed()
     write_readme(record.run_dir)
     append_index(record.run_dir)
+    release_run_dir(record.run_dir)
 
 
 def _raw_config_copy(record: RunRecord) -> None:
@@ -154,15 +156,18 @@ def close_failed(record: RunRecord, run_id: str,
     """What a failed run still leaves: env info, eval summary, loss curve, scan, README, index."""
     if not multihost.is_writer():
         return
-    _write_environment(record)
-    _raw_config_copy(record)
-    if write_eval_summary is not None:
-        write_eval_summary()
-    if record.read_metrics():
-        plot_loss(record, run_id)
-    _scan_and_record(record)
-    write_readme(record.run_dir)
-    append_index(record.run_dir)
+    try:
+        _write_environment(record)
+        _raw_config_copy(record)
+        if write_eval_summary is not None:
+            write_eval_summary()
+        if record.read_metrics():
+            plot_loss(record, run_id)
+        _scan_and_record(record)
+        write_readme(record.run_dir)
+        append_index(record.run_dir)
+    finally:
+        release_run_dir(record.run_dir)
 
 
 def close_after_kernel(run_dir: Path, notebook: Path | None, error: BaseException | None,

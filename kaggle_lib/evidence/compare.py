@@ -26,6 +26,7 @@ from kaggle_lib.evaluation.scoring import (
     format_table,
     scorecard_delta,
 )
+from kaggle_lib.evidence.lock import close_if_writer_gone
 
 log = logs.get_logger(__name__)
 BASELINE_FILE = "baseline.json"
@@ -66,6 +67,7 @@ def load_run_scores(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CompareError(f"run directory not found: {run_dir}")
+    close_if_writer_gone(run_dir)
     summary_path, predictions_path = run_dir / SUMMARY_FILE, run_dir / PREDICTIONS_FILE
     missing = [p.name for p in (summary_path, predictions_path) if not p.is_file()]
     if missing:

@@ -169,15 +169,17 @@ Metric = bool | int | float | str | None
 class RunManifest(_Section):
     """Identity, code, config, versions, devices, times, status, stage timings and headline
     metrics of one run. While status is 'running' the closing fields may be missing;
-    'succeeded' and 'failed' require ended_at, duration_s and stages; 'succeeded' also
-    config_hash, devices, model and metrics, and no failed stage; 'failed' requires failure."""
+    'succeeded', 'failed' and 'interrupted' require ended_at, duration_s and stages; 'succeeded'
+    also config_hash, devices, model and metrics, and no failed stage; 'failed' and
+    'interrupted' (closed by a later command: the process that wrote it was gone) require
+    failure."""
 
     model_config = ConfigDict(extra="allow", strict=True, title="kaggle_lib run manifest")
 
     schema_version: Literal[1]
     run_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")]
     run_name: str | None = None
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed", "interrupted"]
     config_path: str
     config_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     config_resolved: dict[str, Any] | None = None

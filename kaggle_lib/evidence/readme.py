@@ -68,7 +68,8 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
         text += " and **succeeded**."
     elif m.failure:
         first = m.failure.message.strip().splitlines()[:1]
-        text += (f" and **failed** in stage `{m.failure.stage}` with "
+        verb = "was **interrupted**" if m.status == "interrupted" else "**failed**"
+        text += (f" and {verb} in stage `{m.failure.stage}` with "
                  f"`{m.failure.error_type}`" + (f": {first[0]}" if first else "") + ".")
     else:
         text += f"; its status is **{m.status}** (the record was not closed)."
@@ -99,7 +100,7 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
     summary = plain_summary(m, curve(metrics, "sft", "loss"),
                             curve(metrics, "sft_validation", "val_loss"))
     lines = [f"# Run {m.run_id}", "", summary, ""]
-    if m.status == "failed":
+    if m.failure:
         lines += ["See [`failure_analysis.md`](failure_analysis.md) for what went wrong, the last "
                   "good checkpoint and what to do next.", ""]
     packages = m.packages.model_dump(by_alias=True)

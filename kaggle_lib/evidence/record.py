@@ -33,12 +33,13 @@ from kaggle_lib.evidence.manifest import (
 
 METRICS = "metrics.jsonl"
 FAILURE = "failure_analysis.md"
+LOCK = "run.lock"  # held by the run writing the directory (evidence.lock)
 # Earlier attempts of a run re-run in its own directory: attempts/<n>/ holds attempt n's files.
 ATTEMPTS = "attempts"
-# What a new attempt keeps in place: the checkpoints it resumes from, the earlier attempts, and
-# the other processes' logs of a multi-process run (they may start before process 0 archives;
-# their log lines carry times, and each notebook there is the latest attempt's).
-KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS, "processes")
+# What a new attempt keeps in place: the checkpoints it resumes from, the earlier attempts, the
+# other processes' logs of a multi-process run (they may start before process 0 archives;
+# their log lines carry times, and each notebook there is the latest attempt's), and its lock.
+KEPT_ACROSS_ATTEMPTS = ("checkpoints", ATTEMPTS, "processes", LOCK)
 # Files and folders a run writes at the top of its directory (besides KEPT_ACROSS_ATTEMPTS).
 RECORD_NAMES = frozenset({
     MANIFEST, METRICS, FAILURE, "executed.ipynb", "config.yaml",
@@ -240,15 +241,16 @@ class RunRecord:
                 "host": {**(manifest.get("host") or {}), "load_average_end": load_average()}}
 
     def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
-             details: str = "") -> None:
-        """Mark the run failed and write failure_analysis.md (idempotent: first failure wins).
+             details: str = "", status: str = "failed") -> None:
+        """Mark the run failed (or `interrupted`: its writer is gone) and write
+        failure_analysis.md (idempotent: first failure wins).
 
         Works on any directory, even one whose notebook never started (identity fields are
         filled in), and never loses the failure: if the merged manifest breaks the schema it is
         written anyway with the violations under `schema_errors`.
         """
         manifest = self.read_manifest()
-        if manifest.get("status") == "failed" and (self.run_dir / FAILURE).is_file():
+        if manifest.get("status") in ("failed", "interrupted") and (self.run_dir / FAILURE).is_file():
             return
         checkpoint = checkpoint or last_good_checkpoint(self.run_dir)
         unwritten: OSError | None = None
@@ -264,7 +266,7 @@ class RunRecord:
             fields.update(self._identity(self.run_dir.name, "", manifest.get("config_path", "")))
             manifest = {**fields, **manifest}
         kind = type(error).__name__
-        fields.update(status="failed", stages=manifest.get("stages") or {},
+        fields.update(status=status, stages=manifest.get("stages") or {},
                       failure={"stage": stage, "error_type": kind,
                                "message": auth.redact(str(error) or kind)[:2000],
                                "last_good_checkpoint": checkpoint},
@@ -325,8 +327,8 @@ class ProcessLogRecord(RunRecord):
         return []
 
     def fail(self, stage: str, error: BaseException, *, checkpoint: str | None = None,
-             details: str = "") -> None:
-        self._manifest["status"] = "failed"
+             details: str = "", status: str = "failed") -> None:
+        self._manifest["status"] = status
         self._log("failure", {"stage": stage, "error_type": type(error).__name__,
                               "message": str(error)[:2000]})
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))

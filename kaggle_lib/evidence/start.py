@@ -11,6 +11,7 @@ from kaggle_lib import multihost, runtime
 from kaggle_lib.errors import KaggleLibError, check_writable
 from kaggle_lib.evidence import scan
 from kaggle_lib.evidence.identity import hash_text, make_run_id
+from kaggle_lib.evidence.lock import lock_run_dir
 from kaggle_lib.evidence.record import RunRecord, make_record
 
 if TYPE_CHECKING:
@@ -62,14 +63,16 @@ def new_run_dir(config_path: str | Path, config: RunConfig | None, working_dir: 
 def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *,
                 run_name: str = "", run_dir: str = "") -> Any:
     """The run's record, started in `run_dir` (absolute: Orbax refuses relative checkpoint paths)
-    or a new directory, process 0's on every process; an earlier attempt's files go to
-    attempts/<n>/ (`RunRecord.start`)."""
+    or a new directory, process 0's on every process; process 0 holds the directory's lock
+    (unless its runner does) before an earlier attempt's files go to attempts/<n>/
+    (`RunRecord.start`)."""
     refuse_secrets_in_paths(config_path, run_dir, run_name, config)
     directory = (Path(run_dir).expanduser().absolute() if run_dir
                  else new_run_dir(config_path, config, working_dir))
     directory = join_processes(directory, config)
     if multihost.is_writer():  # a full or read-only disk is named before an attempt moves
         check_writable(directory)
+        lock_run_dir(directory)  # released when the record closes (close.finalize, close_failed)
     record = make_record(directory)
     record.start(directory.name, run_name or "", config_path)
     return record
