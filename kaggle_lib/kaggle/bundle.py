@@ -4,8 +4,8 @@
 checked by sha256: what runs is what was pushed (a wheel in a dataset would be a second
 artefact to keep in step), for a few hundred kB of notebook.
 
-Cells, in order: info; install (exact pins of `requirements-kaggle.txt`, `--no-deps` so
-Kaggle's jax/libtpu stay); bundle (extract, import); `parameters`, then papermill's
+Cells, in order: info; install (the tested jax stack, `jax[tpu]` at the lock's version, unless
+`stack="image"`; then the exact pins of `requirements-kaggle.txt` with `--no-deps`); bundle (extract, import); `parameters`, then papermill's
 `injected-parameters`; resolve (config paths inside the bundle); the notebook's own cells.
 Install, bundle and resolve are the .py files in `templates/`, filled in by `fill_template`.
 """
@@ -46,11 +46,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = "requirements-kaggle.txt"
 BUILD_INFO = "kaggle_lib/_build_info.json"  # only inside the bundle, never in the repository
 LOCK_FILE = "requirements.lock"
+TESTED_VERSIONS = "kaggle_lib/compat/tested_versions.json"
 DEFAULT_CONFIG = "configs/tpu_gemma3_1b.yaml"
-# Kaggle's TPU image pairs these with its TPU runtime; nothing we install may replace them.
-KEEP_PACKAGES = ("jax", "jaxlib", "libtpu")
-# Printed by the install cell: what the image's training stack actually is.
-REPORT_PACKAGES = ("jax", "jaxlib", "libtpu", "flax", "google-tunix", "qwix")
+# The jax stack the install cell puts at the tested versions (kaggle_lib/compat/
+# tested_versions.json); libtpu comes with `jax[tpu]==<jax>`. chex is not among them: nothing in
+# requirements.lock needs it, so the tests never ran one.
+STACK_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "qwix", "google-tunix")
+STACKS = ("lock", "image")
+# pip extra of jax per config device: what brings that accelerator's plugin (jax's setup.py).
+JAX_EXTRAS = {"tpu": "tpu", "gpu": "cuda12"}
 PARAMETER_NAMES = ("config_path", "overrides", "run_name", "run_dir")
 # Inlined zip above this size gets a warning: the notebook editor gets slow.
 SIZE_WARN_BYTES = 2 * 1024 * 1024
@@ -78,6 +82,7 @@ class BundleOptions:
     run_name: str = ""
     owner: str | None = None  # replaces the owner part of the metadata id
     skip_install: bool = False
+    stack: str = "lock"  # "image": keep the image's jax stack (STACKS)
     repo_root: Path = REPO_ROOT
 
 
@@ -110,13 +115,24 @@ def read_pins(path: Path) -> dict[str, str]:
             raise BundleError(f"{path}:{lineno}: {line!r} is not an exact pin; allowed: "
                               "'name==version' (installed with --no-deps, so it must be exact)")
         name, version = match.groups()
-        if normalize(name) in KEEP_PACKAGES or normalize(name).startswith("libtpu"):
-            raise BundleError(f"{path}:{lineno}: {name} must not be pinned: Kaggle's preinstalled "
-                              "jax/jaxlib/libtpu match its TPU runtime and must stay")
+        if normalize(name) in STACK_PACKAGES or normalize(name).startswith("libtpu"):
+            raise BundleError(f"{path}:{lineno}: {name} must not be pinned here: the install cell "
+                              f"installs the jax stack ({', '.join(STACK_PACKAGES)}, libtpu via "
+                              "jax[tpu]) at kaggle_lib/compat/tested_versions.json's versions")
         pins[name] = version
-    if not pins:
-        raise BundleError(f"{path}: no pins; it must pin at least google-tunix")
     return pins
+
+
+def tested_stack(repo_root: Path = REPO_ROOT) -> dict[str, str]:
+    """{package: tested version} of STACK_PACKAGES from the bundled kaggle_lib/compat/
+    tested_versions.json: the table the compat version guard checks against."""
+    path = repo_root / TESTED_VERSIONS
+    table = json.loads(path.read_text())
+    missing = [name for name in STACK_PACKAGES if name not in table]
+    if missing:
+        raise BundleError(f"{path}: no tested version of {', '.join(missing)}; regenerate it "
+                          "with `make tested-versions`")
+    return {name: table[name]["version"] for name in STACK_PACKAGES}
 
 
 def read_lock(path: Path) -> dict[str, str]:
@@ -148,7 +164,8 @@ def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
     if pyproject.is_file():
         data = tomllib.loads(pyproject.read_text())
         deps = data.get("project", {}).get("dependencies", [])
-    pinned = {normalize(n) for n in pins}
+    # The stack is installed (or, with stack "image", checked by kaggle_lib.compat instead).
+    pinned = {normalize(n) for n in pins} | set(STACK_PACKAGES)
     out: list[str] = []
     for i, dep in enumerate(deps):
         try:
@@ -323,6 +340,9 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         raise MetadataError(f"{meta_path}: kernel_type must be 'notebook' and language 'python' "
                             "for the kaggle_lib bundle")
 
+    if opts.stack not in STACKS:
+        raise BundleError(f"--stack {opts.stack!r}: allowed: {', '.join(STACKS)} (lock: install "
+                          "the tested jax stack; image: keep the Kaggle image's)")
     pins_file = repo / PINS_FILE
     pins = read_pins(pins_file)
     check_pins_against_lock(pins, read_lock(repo / LOCK_FILE), pins_file)
@@ -355,7 +375,8 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         "kernel_id": meta["id"], "git": git, "config": opts.config, "config_hash": facts["hash"],
         "device": facts["device"], "overrides": opts.overrides, "run_name": opts.run_name,
         "zip_sha256": sha256_hex(archive), "zip_compression": "bzip2", "zip_bytes": len(archive),
-        "pins": pins, "install_cell": not opts.skip_install,
+        "pins": pins, "install_cell": not opts.skip_install, "stack": opts.stack,
+        "tested_stack": tested_stack(repo),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
     }
@@ -376,16 +397,17 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     dirty = " (uncommitted changes were bundled)" if git.get("dirty") else ""
     markdown = (f"**Built by `kaggle_lib` bundle** from commit `{git['sha']}`{dirty}, config "
                 f"`{opts.config}`. The package travels inside this notebook; the next cells "
-                "install exact pins (keeping Kaggle's jax/libtpu) and unpack it. Edit the "
+                "install the tested jax stack and exact pins, then unpack it. Edit the "
                 "repository, not this notebook.")
     head = [new.new_markdown_cell(markdown, metadata={"tags": ["kaggle-bundle-info"]})]
     if not opts.skip_install:
         # pformat writes Python literals (True/None), unlike json.dumps.
         install = fill_template("install_cell.py", {
+            "_KL_STACK_MODE": repr(opts.stack),
+            "_KL_STACK": pprint.pformat(info["tested_stack"], width=96),
+            "_KL_JAX_EXTRA": repr(JAX_EXTRAS.get(facts["device"], "")),
             "_KL_PINS": pprint.pformat(pins, width=96),
-            "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96),
-            "_KL_KEEP": pprint.pformat(KEEP_PACKAGES),
-            "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
+            "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96)})
         head.append(new.new_code_cell(install, metadata={"tags": ["kaggle-install"]}))
     b64 = base64.b64encode(archive).decode()
     chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))

@@ -379,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
         bundle = build_bundle(BundleOptions(
             path=args.path, out_dir=args.out, config=args.config,
             overrides=_parse_set(args.overrides), run_name=args.run_name, owner=owner,
-            skip_install=args.skip_install, repo_root=args.repo_root))
+            skip_install=args.skip_install, stack=args.stack, repo_root=args.repo_root))
         for warning in bundle.warnings:
             _log(f"warning: {warning}")
         info = bundle.info
