@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lock (default): install the jax stack the tests ran (jax[tpu] at "
                              "requirements.lock's jax, flax, optax, orbax, qwix, tunix) and fail "
                              "on any difference; image: keep the Kaggle image's, with warnings")
+    push_p.add_argument("--continue-from", metavar="OWNER/SLUG/vN",
+                        help="train on from version N's newest SFT checkpoint: attaches its "
+                             "outputs (kernel_sources) and bakes train.resume_from; fetch them "
+                             "first with --version N --wait (docs/KAGGLE.md)")
     push_p.add_argument("--dry-run", action="store_true",
                         help="validate and build the bundle only; no credentials, no network")
     push_p.add_argument("--wait", action="store_true",

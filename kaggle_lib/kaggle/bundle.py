@@ -71,6 +71,56 @@ class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
 
 
+_CONTINUE_RE = re.compile(r"^([A-Za-z0-9][\w-]*)/([A-Za-z0-9][\w.-]*)/v([0-9]+)$")
+KAGGLE_INPUT = "/kaggle/input"
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """`push --continue-from OWNER/SLUG/vN`: the SFT checkpoints in version N's fetched outputs
+    that the new run resumes from. Kaggle attaches a kernel source as its latest version's
+    outputs (kernel_sources takes no version), so `outputs_bundle_sha256` (version N's
+    evidence/kaggle_bundle.json) lets the notebook check that what is mounted is version N's."""
+
+    kernel_id: str
+    version: int
+    run_id: str
+    checkpoints: str  # relative to the outputs: evidence/runs/<run_id>/checkpoints/sft
+    step: int  # its newest complete step (the run sets aside any that do not restore)
+    outputs_bundle_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def find_continuation(spec: str, evidence_dir: Path) -> Continuation:
+    """Version N's outputs as `push --version N --wait` fetched them into `evidence_dir`."""
+    match = _CONTINUE_RE.match(spec)
+    if not match:
+        raise BundleError(f"--continue-from {spec!r}: expected OWNER/SLUG/vN, e.g. "
+                          "me/gemma-tunix-reasoning/v7")
+    owner, slug, version = match[1], match[2], int(match[3])
+    outputs = evidence_dir / slug / f"v{version}"
+    bundle_info = outputs / "evidence" / "kaggle_bundle.json"
+    if not bundle_info.is_file():
+        raise BundleError(f"--continue-from {spec}: {bundle_info} not found; fetch version "
+                          f"{version}'s outputs first: python -m kaggle_lib push --version "
+                          f"{version} --wait --evidence-dir {evidence_dir}")
+    from kaggle_lib.training.checkpoints import complete_steps
+
+    found = [(max(steps), root) for root in sorted(outputs.glob("**/checkpoints/sft"))
+             if (steps := complete_steps(root))]
+    if not found:
+        raise BundleError(f"--continue-from {spec}: no complete SFT checkpoint step under "
+                          f"{outputs} (**/checkpoints/sft/<step> with model_params and "
+                          "optimizer_state); that version saved none to continue from")
+    step, root = max(found)
+    rel = root.relative_to(outputs)
+    return Continuation(kernel_id=f"{owner}/{slug}", version=version, run_id=rel.parts[-3],
+                        checkpoints=rel.as_posix(), step=step,
+                        outputs_bundle_sha256=sha256_hex(bundle_info.read_bytes()))
+
+
 @dataclasses.dataclass
 class BundleOptions:
     """What to build. Paths in `config` are relative to `repo_root`."""
@@ -83,6 +133,7 @@ class BundleOptions:
     owner: str | None = None  # replaces the owner part of the metadata id
     skip_install: bool = False
     stack: str = "lock"  # "image": keep the image's jax stack (STACKS)
+    continue_from: Continuation | None = None  # push --continue-from
     repo_root: Path = REPO_ROOT
 
 
@@ -351,7 +402,19 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                           "internet for pip; set it true (or build with --skip-install on an image "
                           "that already has the pins)")
 
-    facts = _check_config(repo, opts.config, opts.overrides)
+    overrides = dict(opts.overrides)
+    if opts.continue_from:
+        cont = opts.continue_from
+        if "train.resume_from" in overrides:
+            raise BundleError("--continue-from and --set train.resume_from both name the "
+                              "checkpoints to resume from; give one")
+        # Where Kaggle mounts a kernel's outputs; the resolve cell finds them if it is elsewhere.
+        overrides["train.resume_from"] = (f"{KAGGLE_INPUT}/{split_id(cont.kernel_id)[1]}/"
+                                          f"{cont.checkpoints}")
+        sources = list(meta.get("kernel_sources") or [])
+        meta["kernel_sources"] = sources + [cont.kernel_id] * (cont.kernel_id not in sources)
+        validate_metadata(meta, source=f"{meta_path} (with --continue-from)", folder=folder)
+    facts = _check_config(repo, opts.config, overrides)
     warnings += _check_device(meta, facts["device"], str(meta_path))
     warnings += _model_source_warning(meta, facts)
 
@@ -373,10 +436,11 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     archive = make_archive(repo, {BUILD_INFO: json.dumps(build_info, indent=2).encode()})
     info = {
         "kernel_id": meta["id"], "git": git, "config": opts.config, "config_hash": facts["hash"],
-        "device": facts["device"], "overrides": opts.overrides, "run_name": opts.run_name,
+        "device": facts["device"], "overrides": overrides, "run_name": opts.run_name,
         "zip_sha256": sha256_hex(archive), "zip_compression": "bzip2", "zip_bytes": len(archive),
         "pins": pins, "install_cell": not opts.skip_install, "stack": opts.stack,
         "tested_stack": tested_stack(repo),
+        "continues_from": opts.continue_from.to_dict() if opts.continue_from else None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
     }
@@ -385,7 +449,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                         "files that do not belong in kaggle_lib/")
 
     # Baked parameters: exactly what the run uses; secrets are never parameters.
-    baked = {"config_path": opts.config, "overrides": opts.overrides, "run_name": opts.run_name}
+    baked = {"config_path": opts.config, "overrides": overrides, "run_name": opts.run_name}
     # Every baked parameter must be declared by the parameters cell (papermill's inspection).
     declared = inspect_notebook(str(nb_path))
     missing = [name for name in baked if name not in declared]
