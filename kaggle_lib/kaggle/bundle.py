@@ -78,8 +78,8 @@ KAGGLE_INPUT = "/kaggle/input"
 @dataclasses.dataclass(frozen=True)
 class Continuation:
     """`push --continue-from OWNER/SLUG/vN`: the SFT checkpoints in version N's fetched outputs
-    that the new run resumes from. Kaggle attaches a kernel source as its latest version's
-    outputs (kernel_sources takes no version), so `outputs_bundle_sha256` (version N's
+    that the new run resumes from. Whether Kaggle mounts version N of a kernel source (and of the
+    kernel itself) only a real push shows, so `outputs_bundle_sha256` (version N's
     evidence/kaggle_bundle.json) lets the notebook check that what is mounted is version N's."""
 
     kernel_id: str
@@ -411,8 +411,11 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         # Where Kaggle mounts a kernel's outputs; the resolve cell finds them if it is elsewhere.
         overrides["train.resume_from"] = (f"{KAGGLE_INPUT}/{split_id(cont.kernel_id)[1]}/"
                                           f"{cont.checkpoints}")
+        # owner/slug/N: kaggle 2.2.4 validate_kernel_string accepts a version and kernels_push
+        # sends kernel_sources as they are (kernel_data_sources); the notebook checks what came.
+        source = f"{cont.kernel_id}/{cont.version}"
         sources = list(meta.get("kernel_sources") or [])
-        meta["kernel_sources"] = sources + [cont.kernel_id] * (cont.kernel_id not in sources)
+        meta["kernel_sources"] = sources + [source] * (source not in sources)
         validate_metadata(meta, source=f"{meta_path} (with --continue-from)", folder=folder)
     facts = _check_config(repo, opts.config, overrides)
     warnings += _check_device(meta, facts["device"], str(meta_path))

@@ -374,3 +374,48 @@ def test_cell_templates_are_filled_completely(repo: Path, tmp_path: Path) -> Non
         "bundle_cell.py", "install_cell.py", "resolve_cell.py"]
     with pytest.raises(BundleError, match="lines to fill are"):
         fill_template("install_cell.py", {"_KL_PINS": "{}"})
+
+
+def test_continued_bundle_resumes_from_the_mounted_outputs_of_that_version(
+        repo: Path, tmp_path: Path) -> None:
+    """On Kaggle: train.resume_from points at version 7's checkpoints wherever they are mounted
+    under /kaggle/input; outputs of another version (Kaggle attaches the latest) stop the run
+    naming both bundle-info digests."""
+    from kaggle_lib.kaggle.bundle import find_continuation
+    from tests.integration.test_kaggle_push import checkpoint_outputs
+
+    fetched = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7"
+    mounted = tmp_path / "root" / "kaggle" / "input" / "notebooks" / "gemma-tunix-reasoning"
+    for name, content in checkpoint_outputs().items():
+        for base in (fetched, mounted):
+            (base / name).parent.mkdir(parents=True, exist_ok=True)
+            (base / name).write_bytes(content)
+    cont = find_continuation("tester/gemma-tunix-reasoning/v7", tmp_path / "evidence")
+    nb = nbformat.read(str(_build(repo, tmp_path, config="configs/cpu_standin.yaml",
+                                  continue_from=cont).notebook), as_version=4)
+    (tmp_path / "nb.py").write_text("\n\n".join(
+        c.source for c in nb.cells
+        if c.cell_type == "code" and "kaggle-install" not in c.metadata.get("tags", [])))
+    work = tmp_path / "root" / "kaggle" / "working"
+    work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(KAGGLE_KERNEL_RUN_TYPE="Batch", KAGGLE_LIB_KAGGLE_ROOT=str(tmp_path / "root"),
+               TMPDIR=str(tmp_path))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(tmp_path / "nb.py")], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((work / "standin.json").read_text())["overrides"]
+    assert resumed == {"train.resume_from": str(mounted / cont.checkpoints)}
+    assert "continuing tester/gemma-tunix-reasoning v7: run r1" in proc.stdout
+
+    latest = b'{"zip_sha256": "v9"}\n'
+    (mounted / "evidence" / "kaggle_bundle.json").write_bytes(latest)
+    proc = run()
+    assert proc.returncode != 0
+    assert (f"are not version 7's (evidence/kaggle_bundle.json sha256 "
+            f"{hashlib.sha256(latest).hexdigest()}, version 7's "
+            f"{cont.outputs_bundle_sha256})") in proc.stderr

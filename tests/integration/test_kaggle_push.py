@@ -544,7 +544,7 @@ def test_continue_from_attaches_version_7_outputs_and_bakes_the_resume(
     assert proc.returncode == 0, proc.stderr
 
     (saved,) = srv.pushed
-    assert saved["kernelDataSources"] == ["tester/gemma-tunix-reasoning"]
+    assert saved["kernelDataSources"] == ["tester/gemma-tunix-reasoning/7"]
     cells = json.loads(saved["text"])["cells"]
     injected = next(c["source"] for c in cells
                     if "injected-parameters" in c["metadata"].get("tags", []))

@@ -67,8 +67,8 @@ def _kl_resolve_config(path):
 
 def _kl_continue(overrides):
     """push --continue-from: train.resume_from -> the checkpoints in version N's outputs,
-    wherever Kaggle mounted them under /kaggle/input (<slug>/ or deeper). Kaggle attaches a
-    kernel source's latest version, so the mounted evidence/kaggle_bundle.json must be N's."""
+    wherever Kaggle mounted them under /kaggle/input (<slug>/ or deeper); the mounted
+    evidence/kaggle_bundle.json must be version N's (not, say, the kernel's latest)."""
     cont = _KL_BUNDLE.get("continues_from")
     if not cont:
         return overrides
@@ -86,7 +86,7 @@ def _kl_continue(overrides):
         raise RuntimeError(f"--continue-from {label}: the outputs mounted at {outputs} are not "
                            f"version {cont['version']}'s (evidence/kaggle_bundle.json sha256 "
                            f"{digest}, version {cont['version']}'s {cont['outputs_bundle_sha256']})"
-                           f": Kaggle attaches a kernel's latest version; continue from that one")
+                           f"; continue from the version that is mounted, or see docs/KAGGLE.md")
     print(f"continuing {label}: run {cont['run_id']}, checkpoints {found[0]}, newest complete "
           f"step {cont['step']}")
     return dict(overrides, **{"train.resume_from": str(found[0])})
