@@ -5,8 +5,9 @@ checked by sha256: what runs is what was pushed (a wheel in a dataset would be a
 artefact to keep in step), for a few hundred kB of notebook.
 
 Cells, in order: info; install (the tested jax stack, `jax[tpu]` at the lock's version, unless
-`stack="image"`; then the exact pins of `requirements-kaggle.txt` with `--no-deps`); bundle (extract, import); `parameters`, then papermill's
-`injected-parameters`; resolve (config paths inside the bundle); the notebook's own cells.
+`stack="image"`; then the exact pins of `requirements-kaggle.txt` with `--no-deps`); bundle
+(extract, import); `parameters`, then papermill's `injected-parameters`; resolve (config paths
+inside the bundle, `--continue-from` checkpoints under /kaggle/input); the notebook's own cells.
 Install, bundle and resolve are the .py files in `templates/`, filled in by `fill_template`.
 """
 
