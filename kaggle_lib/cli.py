@@ -390,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     push_p.add_argument("--out", type=Path, help="bundle folder (default: build/kaggle/<slug>)")
     push_p.add_argument("--skip-install", action="store_true",
                         help="leave out the pip install cell (images that already have the pins)")
+    push_p.add_argument("--stack", choices=bundle.STACKS, default="lock",
+                        help="lock (default): install the jax stack the tests ran (jax[tpu] at "
+                             "requirements.lock's jax, flax, optax, orbax, qwix, tunix) and fail "
+                             "on any difference; image: keep the Kaggle image's, with warnings")
+    push_p.add_argument("--continue-from", metavar="OWNER/SLUG/vN",
+                        help="train on from version N's newest SFT checkpoint: attaches its "
+                             "outputs (kernel_sources) and bakes train.resume_from; fetch them "
+                             "first with --version N --wait (docs/KAGGLE.md)")
     push_p.add_argument("--dry-run", action="store_true",
                         help="validate and build the bundle only; no credentials, no network")
     push_p.add_argument("--wait", action="store_true",

@@ -163,6 +163,19 @@ class SetAsideCheckpoint(_Section):
     reason: str
 
 
+class ContinuedFrom(_Section):
+    """The checkpoints this run was seeded from (train.resume_from; on Kaggle, `push
+    --continue-from`): the run they belong to and, after a push, its kernel and version."""
+
+    checkpoints: str
+    step: Annotated[int, Field(ge=0)] = Field(description="Their newest complete step when "
+                                               "copied; training resumes from the newest that "
+                                               "restores (checkpoints_set_aside lists others).")
+    run_id: str | None = None
+    kernel_id: str | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
 Metric = bool | int | float | str | None
 
 
@@ -204,6 +217,7 @@ class RunManifest(_Section):
     attempts: list[Attempt] = Field(default_factory=list,
                                     description="Earlier attempts of this run, oldest first.")
     checkpoints_set_aside: list[SetAsideCheckpoint] = Field(default_factory=list)
+    continued_from: ContinuedFrom | None = None
     prepared_by_runner: bool = Field(False, description="Set by `python -m kaggle_lib run` "
                                      "before the kernel starts; start_run then keeps this fresh "
                                      "manifest instead of archiving it.")

@@ -4,9 +4,10 @@
 checked by sha256: what runs is what was pushed (a wheel in a dataset would be a second
 artefact to keep in step), for a few hundred kB of notebook.
 
-Cells, in order: info; install (exact pins of `requirements-kaggle.txt`, `--no-deps` so
-Kaggle's jax/libtpu stay); bundle (extract, import); `parameters`, then papermill's
-`injected-parameters`; resolve (config paths inside the bundle); the notebook's own cells.
+Cells, in order: info; install (the tested jax stack, `jax[tpu]` at the lock's version, unless
+`stack="image"`; then the exact pins of `requirements-kaggle.txt` with `--no-deps`); bundle
+(extract, import); `parameters`, then papermill's `injected-parameters`; resolve (config paths
+inside the bundle, `--continue-from` checkpoints under /kaggle/input); the notebook's own cells.
 Install, bundle and resolve are the .py files in `templates/`, filled in by `fill_template`.
 """
 
@@ -46,11 +47,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = "requirements-kaggle.txt"
 BUILD_INFO = "kaggle_lib/_build_info.json"  # only inside the bundle, never in the repository
 LOCK_FILE = "requirements.lock"
+TESTED_VERSIONS = "kaggle_lib/compat/tested_versions.json"
 DEFAULT_CONFIG = "configs/tpu_gemma3_1b.yaml"
-# Kaggle's TPU image pairs these with its TPU runtime; nothing we install may replace them.
-KEEP_PACKAGES = ("jax", "jaxlib", "libtpu")
-# Printed by the install cell: what the image's training stack actually is.
-REPORT_PACKAGES = ("jax", "jaxlib", "libtpu", "flax", "google-tunix", "qwix")
+# The jax stack the install cell puts at the tested versions (kaggle_lib/compat/
+# tested_versions.json); libtpu comes with `jax[tpu]==<jax>`. chex is not among them: nothing in
+# requirements.lock needs it, so the tests never ran one.
+STACK_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "qwix", "google-tunix")
+STACKS = ("lock", "image")
+# pip extra of jax per config device: what brings that accelerator's plugin (jax's setup.py).
+JAX_EXTRAS = {"tpu": "tpu", "gpu": "cuda12"}
 PARAMETER_NAMES = ("config_path", "overrides", "run_name", "run_dir")
 # Inlined zip above this size gets a warning: the notebook editor gets slow.
 SIZE_WARN_BYTES = 2 * 1024 * 1024
@@ -67,6 +72,56 @@ class BundleError(KaggleLibError, ValueError):
     """The bundle cannot be built; the message names the file, the field and what is allowed."""
 
 
+_CONTINUE_RE = re.compile(r"^([A-Za-z0-9][\w-]*)/([A-Za-z0-9][\w.-]*)/v([0-9]+)$")
+KAGGLE_INPUT = "/kaggle/input"
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """`push --continue-from OWNER/SLUG/vN`: the SFT checkpoints in version N's fetched outputs
+    that the new run resumes from. Whether Kaggle mounts version N of a kernel source (and of the
+    kernel itself) only a real push shows, so `outputs_bundle_sha256` (version N's
+    evidence/kaggle_bundle.json) lets the notebook check that what is mounted is version N's."""
+
+    kernel_id: str
+    version: int
+    run_id: str
+    checkpoints: str  # relative to the outputs: evidence/runs/<run_id>/checkpoints/sft
+    step: int  # its newest complete step (the run sets aside any that do not restore)
+    outputs_bundle_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def find_continuation(spec: str, evidence_dir: Path) -> Continuation:
+    """Version N's outputs as `push --version N --wait` fetched them into `evidence_dir`."""
+    match = _CONTINUE_RE.match(spec)
+    if not match:
+        raise BundleError(f"--continue-from {spec!r}: expected OWNER/SLUG/vN, e.g. "
+                          "me/gemma-tunix-reasoning/v7")
+    owner, slug, version = match[1], match[2], int(match[3])
+    outputs = evidence_dir / slug / f"v{version}"
+    bundle_info = outputs / "evidence" / "kaggle_bundle.json"
+    if not bundle_info.is_file():
+        raise BundleError(f"--continue-from {spec}: {bundle_info} not found; fetch version "
+                          f"{version}'s outputs first: python -m kaggle_lib push --version "
+                          f"{version} --wait --evidence-dir {evidence_dir}")
+    from kaggle_lib.training.checkpoints import complete_steps
+
+    found = [(max(steps), root) for root in sorted(outputs.glob("**/checkpoints/sft"))
+             if (steps := complete_steps(root))]
+    if not found:
+        raise BundleError(f"--continue-from {spec}: no complete SFT checkpoint step under "
+                          f"{outputs} (**/checkpoints/sft/<step> with model_params and "
+                          "optimizer_state); that version saved none to continue from")
+    step, root = max(found)
+    rel = root.relative_to(outputs)
+    return Continuation(kernel_id=f"{owner}/{slug}", version=version, run_id=rel.parts[-3],
+                        checkpoints=rel.as_posix(), step=step,
+                        outputs_bundle_sha256=sha256_hex(bundle_info.read_bytes()))
+
+
 @dataclasses.dataclass
 class BundleOptions:
     """What to build. Paths in `config` are relative to `repo_root`."""
@@ -78,6 +133,8 @@ class BundleOptions:
     run_name: str = ""
     owner: str | None = None  # replaces the owner part of the metadata id
     skip_install: bool = False
+    stack: str = "lock"  # "image": keep the image's jax stack (STACKS)
+    continue_from: Continuation | None = None  # push --continue-from
     repo_root: Path = REPO_ROOT
 
 
@@ -110,13 +167,24 @@ def read_pins(path: Path) -> dict[str, str]:
             raise BundleError(f"{path}:{lineno}: {line!r} is not an exact pin; allowed: "
                               "'name==version' (installed with --no-deps, so it must be exact)")
         name, version = match.groups()
-        if normalize(name) in KEEP_PACKAGES or normalize(name).startswith("libtpu"):
-            raise BundleError(f"{path}:{lineno}: {name} must not be pinned: Kaggle's preinstalled "
-                              "jax/jaxlib/libtpu match its TPU runtime and must stay")
+        if normalize(name) in STACK_PACKAGES or normalize(name).startswith("libtpu"):
+            raise BundleError(f"{path}:{lineno}: {name} must not be pinned here: the install cell "
+                              f"installs the jax stack ({', '.join(STACK_PACKAGES)}, libtpu via "
+                              "jax[tpu]) at kaggle_lib/compat/tested_versions.json's versions")
         pins[name] = version
-    if not pins:
-        raise BundleError(f"{path}: no pins; it must pin at least google-tunix")
     return pins
+
+
+def tested_stack(repo_root: Path = REPO_ROOT) -> dict[str, str]:
+    """{package: tested version} of STACK_PACKAGES from the bundled kaggle_lib/compat/
+    tested_versions.json: the table the compat version guard checks against."""
+    path = repo_root / TESTED_VERSIONS
+    table = json.loads(path.read_text())
+    missing = [name for name in STACK_PACKAGES if name not in table]
+    if missing:
+        raise BundleError(f"{path}: no tested version of {', '.join(missing)}; regenerate it "
+                          "with `make tested-versions`")
+    return {name: table[name]["version"] for name in STACK_PACKAGES}
 
 
 def read_lock(path: Path) -> dict[str, str]:
@@ -148,7 +216,8 @@ def required_preinstalled(repo_root: Path, pins: dict[str, str]) -> list[str]:
     if pyproject.is_file():
         data = tomllib.loads(pyproject.read_text())
         deps = data.get("project", {}).get("dependencies", [])
-    pinned = {normalize(n) for n in pins}
+    # The stack is installed (or, with stack "image", checked by kaggle_lib.compat instead).
+    pinned = {normalize(n) for n in pins} | set(STACK_PACKAGES)
     out: list[str] = []
     for i, dep in enumerate(deps):
         try:
@@ -323,6 +392,9 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         raise MetadataError(f"{meta_path}: kernel_type must be 'notebook' and language 'python' "
                             "for the kaggle_lib bundle")
 
+    if opts.stack not in STACKS:
+        raise BundleError(f"--stack {opts.stack!r}: allowed: {', '.join(STACKS)} (lock: install "
+                          "the tested jax stack; image: keep the Kaggle image's)")
     pins_file = repo / PINS_FILE
     pins = read_pins(pins_file)
     check_pins_against_lock(pins, read_lock(repo / LOCK_FILE), pins_file)
@@ -331,7 +403,22 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                           "internet for pip; set it true (or build with --skip-install on an image "
                           "that already has the pins)")
 
-    facts = _check_config(repo, opts.config, opts.overrides)
+    overrides = dict(opts.overrides)
+    if opts.continue_from:
+        cont = opts.continue_from
+        if "train.resume_from" in overrides:
+            raise BundleError("--continue-from and --set train.resume_from both name the "
+                              "checkpoints to resume from; give one")
+        # Where Kaggle mounts a kernel's outputs; the resolve cell finds them if it is elsewhere.
+        overrides["train.resume_from"] = (f"{KAGGLE_INPUT}/{split_id(cont.kernel_id)[1]}/"
+                                          f"{cont.checkpoints}")
+        # owner/slug/N: kaggle 2.2.4 validate_kernel_string accepts a version and kernels_push
+        # sends kernel_sources as they are (kernel_data_sources); the notebook checks what came.
+        source = f"{cont.kernel_id}/{cont.version}"
+        sources = list(meta.get("kernel_sources") or [])
+        meta["kernel_sources"] = sources + [source] * (source not in sources)
+        validate_metadata(meta, source=f"{meta_path} (with --continue-from)", folder=folder)
+    facts = _check_config(repo, opts.config, overrides)
     warnings += _check_device(meta, facts["device"], str(meta_path))
     warnings += _model_source_warning(meta, facts)
 
@@ -353,9 +440,11 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     archive = make_archive(repo, {BUILD_INFO: json.dumps(build_info, indent=2).encode()})
     info = {
         "kernel_id": meta["id"], "git": git, "config": opts.config, "config_hash": facts["hash"],
-        "device": facts["device"], "overrides": opts.overrides, "run_name": opts.run_name,
+        "device": facts["device"], "overrides": overrides, "run_name": opts.run_name,
         "zip_sha256": sha256_hex(archive), "zip_compression": "bzip2", "zip_bytes": len(archive),
-        "pins": pins, "install_cell": not opts.skip_install,
+        "pins": pins, "install_cell": not opts.skip_install, "stack": opts.stack,
+        "tested_stack": tested_stack(repo),
+        "continues_from": opts.continue_from.to_dict() if opts.continue_from else None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
     }
@@ -364,7 +453,7 @@ def build_bundle(opts: BundleOptions) -> Bundle:
                         "files that do not belong in kaggle_lib/")
 
     # Baked parameters: exactly what the run uses; secrets are never parameters.
-    baked = {"config_path": opts.config, "overrides": opts.overrides, "run_name": opts.run_name}
+    baked = {"config_path": opts.config, "overrides": overrides, "run_name": opts.run_name}
     # Every baked parameter must be declared by the parameters cell (papermill's inspection).
     declared = inspect_notebook(str(nb_path))
     missing = [name for name in baked if name not in declared]
@@ -376,16 +465,17 @@ def build_bundle(opts: BundleOptions) -> Bundle:
     dirty = " (uncommitted changes were bundled)" if git.get("dirty") else ""
     markdown = (f"**Built by `kaggle_lib` bundle** from commit `{git['sha']}`{dirty}, config "
                 f"`{opts.config}`. The package travels inside this notebook; the next cells "
-                "install exact pins (keeping Kaggle's jax/libtpu) and unpack it. Edit the "
+                "install the tested jax stack and exact pins, then unpack it. Edit the "
                 "repository, not this notebook.")
     head = [new.new_markdown_cell(markdown, metadata={"tags": ["kaggle-bundle-info"]})]
     if not opts.skip_install:
         # pformat writes Python literals (True/None), unlike json.dumps.
         install = fill_template("install_cell.py", {
+            "_KL_STACK_MODE": repr(opts.stack),
+            "_KL_STACK": pprint.pformat(info["tested_stack"], width=96),
+            "_KL_JAX_EXTRA": repr(JAX_EXTRAS.get(facts["device"], "")),
             "_KL_PINS": pprint.pformat(pins, width=96),
-            "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96),
-            "_KL_KEEP": pprint.pformat(KEEP_PACKAGES),
-            "_KL_REPORT": pprint.pformat(REPORT_PACKAGES)})
+            "_KL_REQUIRED": pprint.pformat(required_preinstalled(repo, pins), width=96)})
         head.append(new.new_code_cell(install, metadata={"tags": ["kaggle-install"]}))
     b64 = base64.b64encode(archive).decode()
     chunks = "\n".join(f'    "{b64[i:i + _B64_LINE]}"' for i in range(0, len(b64), _B64_LINE))

@@ -31,6 +31,7 @@ from kaggle_lib.kaggle.bundle import (
     BundleError,
     BundleOptions,
     build_bundle,
+    find_continuation,
 )
 from kaggle_lib.kaggle.metadata import MetadataError, load_metadata, split_id, validate_metadata
 
@@ -379,7 +380,9 @@ def _run(args: argparse.Namespace) -> int:
         bundle = build_bundle(BundleOptions(
             path=args.path, out_dir=args.out, config=args.config,
             overrides=_parse_set(args.overrides), run_name=args.run_name, owner=owner,
-            skip_install=args.skip_install, repo_root=args.repo_root))
+            skip_install=args.skip_install, stack=args.stack, repo_root=args.repo_root,
+            continue_from=(find_continuation(args.continue_from, args.evidence_dir)
+                           if args.continue_from else None)))
         for warning in bundle.warnings:
             _log(f"warning: {warning}")
         info = bundle.info

@@ -6,8 +6,11 @@ the configured stages in order under one wall-clock budget.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -97,6 +100,19 @@ def _seed_from_previous(resume_from: str, target: Path) -> int | None:
     return steps[-1]
 
 
+def continued_from(resume_from: str, step: int) -> dict[str, Any]:
+    """The manifest's `continued_from`: the run owning the checkpoints (its run_manifest.json two
+    folders up), and the kernel version `push --continue-from` baked into the bundle info."""
+    out: dict[str, Any] = {"checkpoints": resume_from, "step": step}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        manifest = json.loads((Path(resume_from).parents[1] / "run_manifest.json").read_text())
+        out["run_id"] = manifest["run_id"]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        cont = json.loads(Path(os.environ["KAGGLE_LIB_BUNDLE_INFO"]).read_text())["continues_from"]
+        out.update(run_id=cont["run_id"], kernel_id=cont["kernel_id"], version=cont["version"])
+    return out
+
+
 def record_set_aside(record: RunRecord, stage: str) -> Callable[[checkpoints.SetAside], None]:
     """A callback that lists a checkpoint step moved aside in the manifest at once (so that a
     failing run records it too); failure_analysis.md reads the list from there."""
@@ -162,6 +178,8 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
         if cfg.train.resume_from:
             step = _seed_from_previous(cfg.train.resume_from, ckpt_dir)
             log.info(f"resume: continuing from step {step} of {cfg.train.resume_from}")
+            inputs.record.update_manifest(continued_from=continued_from(cfg.train.resume_from,
+                                                                        step))
     multihost.barrier("sft_checkpoints_ready")
 
     def on_step(record: dict[str, Any]) -> None:

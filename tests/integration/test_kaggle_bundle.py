@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +23,7 @@ from kaggle_lib.kaggle.bundle import (
     BundleOptions,
     build_bundle,
     read_pins,
+    tested_stack,
 )
 from kaggle_lib.kaggle.metadata import MetadataError
 from tests.fakes.fake_kaggle_server import (
@@ -32,6 +34,9 @@ from tests.fakes.fake_kaggle_server import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# Install cells run here must never install into the test environment: no index, no config.
+_NO_PIP_INDEX = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
+                 "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
 
 
 @pytest.fixture()
@@ -109,16 +114,20 @@ def test_bundle_zip_is_deterministic(repo: Path, tmp_path: Path) -> None:
     assert _build(repo, tmp_path, out_dir=tmp_path / "b").info["zip_sha256"] == first
 
 
-def test_install_cell_pins_with_no_deps_and_keeps_jax(repo: Path, tmp_path: Path) -> None:
+def test_install_cell_installs_the_tested_stack_then_pins_with_no_deps(
+        repo: Path, tmp_path: Path) -> None:
     nb = nbformat.read(str(_build(repo, tmp_path).notebook), as_version=4)
     install = nb.cells[2].source
     assert '"--no-deps"' in install
-    assert "'google-tunix': '0.1.7'" in install
-    assert "_KL_KEEP = ('jax', 'jaxlib', 'libtpu')" in install
+    assert "_KL_STACK_MODE = 'lock'" in install and "_KL_JAX_EXTRA = 'tpu'" in install
+    baked = next(n.value for n in ast.parse(install).body
+                 if isinstance(n, ast.AnnAssign | ast.Assign) and "_KL_STACK" in ast.unparse(n)
+                 and "_KL_STACK_MODE" not in ast.unparse(n))
+    assert ast.literal_eval(baked) == tested_stack(repo)
+    assert "'gguf': '0.19.0'" in install
     ast.parse(install)
     pins = read_pins(REPO / "requirements-kaggle.txt")
-    assert pins["google-tunix"] == "0.1.7"
-    assert not {"jax", "jaxlib", "libtpu"} & set(pins)
+    assert not {"jax", "jaxlib", "libtpu", "flax", "google-tunix", "qwix"} & set(pins)
 
 
 def _install_cell_of(bundle) -> str:
@@ -135,28 +144,65 @@ def test_install_cell_checks_version_ranges_and_names_both_versions(
     pyproject = repo / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace(
         '"nbformat",', '"nbformat>=999", "kaggle-lib-absent-package>=1",'))
-    source = _install_cell_of(_build(repo, tmp_path))
-    assert "'nbformat>=999'" in source and "'google-tunix==0.1.7'" not in source  # pins apart
+    source = _install_cell_of(_build(repo, tmp_path, config="configs/cpu_standin.yaml"))
+    assert "'nbformat>=999'" in source and "'gguf==0.19.0'" not in source  # pins apart
     (tmp_path / "cell.py").write_text(source)
     proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=_NO_PIP_INDEX)
     assert proc.returncode != 0
     assert (f"nbformat: kaggle_lib needs nbformat>=999, this image has {md.version('nbformat')}"
             in proc.stderr)
     assert "kaggle-lib-absent-package: kaggle_lib needs kaggle-lib-absent-package>=1, this " \
            "image has none" in proc.stderr
-    # The training stack's versions are printed before the check.
-    assert f"jax {md.version('jax')} jaxlib {md.version('jaxlib')} libtpu None " \
-           f"flax {md.version('flax')} google-tunix 0.1.7" in proc.stdout
+    # The jax stack is printed, installed next to the lock's, before the check.
+    assert re.search(rf"^  flax +{re.escape(md.version('flax'))} +0\.12\.8$", proc.stdout, re.M)
 
 
 def test_install_cell_passes_on_an_image_that_meets_the_requirements(
         repo: Path, tmp_path: Path) -> None:
-    (tmp_path / "cell.py").write_text(_install_cell_of(_build(repo, tmp_path)))
+    bundle = _build(repo, tmp_path, config="configs/cpu_standin.yaml")
+    (tmp_path / "cell.py").write_text(_install_cell_of(bundle))
     proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=_NO_PIP_INDEX)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "'google-tunix': '0.1.7'" in proc.stdout.splitlines()[-1]
+    assert "'gguf': '0.19.0'" in proc.stdout.splitlines()[-1]
+
+
+def _fake_distribution(folder: Path, name: str, version: str) -> Path:
+    """A dist-info that importlib.metadata finds before site-packages (put `folder` first on
+    PYTHONPATH): an image with another version of `name`, nothing installed."""
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return folder
+
+
+def test_stack_image_keeps_the_image_stack_and_lock_refuses_it(
+        repo: Path, tmp_path: Path) -> None:
+    """An image with flax 9.9.9: the default stops naming both versions (pip cannot reach an
+    index here, so nothing is installed); --stack image prints it and goes on."""
+    env = dict(_NO_PIP_INDEX, PYTHONPATH=str(_fake_distribution(tmp_path / "image", "flax",
+                                                                 "9.9.9")))
+    for stack in ("lock", "image"):
+        bundle = _build(repo, tmp_path, config="configs/cpu_standin.yaml", stack=stack,
+                        out_dir=tmp_path / stack)
+        assert bundle.info["stack"] == stack
+        (tmp_path / "cell.py").write_text(_install_cell_of(bundle))
+        proc = subprocess.run([sys.executable, "cell.py"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env=env)
+        if stack == "lock":
+            assert proc.returncode != 0
+            assert "installing the tested jax stack: flax==0.12.8" in proc.stdout
+            assert "flax: installed 9.9.9, requirements.lock has 0.12.8" in proc.stderr
+        else:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert re.search(r"^  flax +9\.9\.9 +0\.12\.8$", proc.stdout, re.M)
+            assert "stack: image - kaggle_lib.compat warns" in proc.stdout
+
+
+def test_unknown_stack_is_refused(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"--stack 'newest': allowed: lock, image"):
+        _build(repo, tmp_path, stack="newest")
 
 
 @pytest.mark.parametrize("config", ["configs/tpu_gemma3_1b.yaml", "configs/tpu_gemma2_2b.yaml"])
@@ -232,14 +278,14 @@ def test_pins_must_be_exact_and_leave_jax_alone(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"requirements-kaggle.txt:2: 'google-tunix>=0.1.7' "
                                           "is not an exact pin"):
         read_pins(pins)
-    pins.write_text("google-tunix==0.1.7\njax==0.6.2\n")
-    with pytest.raises(BundleError, match="jax must not be pinned"):
+    pins.write_text("gguf==0.19.0\njax==0.6.2\n")
+    with pytest.raises(BundleError, match="jax must not be pinned here"):
         read_pins(pins)
 
 
 def test_pins_must_match_the_lock(repo: Path, tmp_path: Path) -> None:
-    (repo / "requirements-kaggle.txt").write_text("google-tunix==0.1.6\n")
-    with pytest.raises(BundleError, match=r"google-tunix==0.1.6 \(lock has 0.1.7\)"):
+    (repo / "requirements-kaggle.txt").write_text("gguf==0.18.0\n")
+    with pytest.raises(BundleError, match=r"gguf==0.18.0 \(lock has 0.19.0\)"):
         _build(repo, tmp_path)
 
 
@@ -328,3 +374,48 @@ def test_cell_templates_are_filled_completely(repo: Path, tmp_path: Path) -> Non
         "bundle_cell.py", "install_cell.py", "resolve_cell.py"]
     with pytest.raises(BundleError, match="lines to fill are"):
         fill_template("install_cell.py", {"_KL_PINS": "{}"})
+
+
+def test_continued_bundle_resumes_from_the_mounted_outputs_of_that_version(
+        repo: Path, tmp_path: Path) -> None:
+    """On Kaggle: train.resume_from points at version 7's checkpoints wherever they are mounted
+    under /kaggle/input; outputs of another version (Kaggle attaches the latest) stop the run
+    naming both bundle-info digests."""
+    from kaggle_lib.kaggle.bundle import find_continuation
+    from tests.integration.test_kaggle_push import checkpoint_outputs
+
+    fetched = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7"
+    mounted = tmp_path / "root" / "kaggle" / "input" / "notebooks" / "gemma-tunix-reasoning"
+    for name, content in checkpoint_outputs().items():
+        for base in (fetched, mounted):
+            (base / name).parent.mkdir(parents=True, exist_ok=True)
+            (base / name).write_bytes(content)
+    cont = find_continuation("tester/gemma-tunix-reasoning/v7", tmp_path / "evidence")
+    nb = nbformat.read(str(_build(repo, tmp_path, config="configs/cpu_standin.yaml",
+                                  continue_from=cont).notebook), as_version=4)
+    (tmp_path / "nb.py").write_text("\n\n".join(
+        c.source for c in nb.cells
+        if c.cell_type == "code" and "kaggle-install" not in c.metadata.get("tags", [])))
+    work = tmp_path / "root" / "kaggle" / "working"
+    work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(KAGGLE_KERNEL_RUN_TYPE="Batch", KAGGLE_LIB_KAGGLE_ROOT=str(tmp_path / "root"),
+               TMPDIR=str(tmp_path))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(tmp_path / "nb.py")], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((work / "standin.json").read_text())["overrides"]
+    assert resumed == {"train.resume_from": str(mounted / cont.checkpoints)}
+    assert "continuing tester/gemma-tunix-reasoning v7: run r1" in proc.stdout
+
+    latest = b'{"zip_sha256": "v9"}\n'
+    (mounted / "evidence" / "kaggle_bundle.json").write_bytes(latest)
+    proc = run()
+    assert proc.returncode != 0
+    assert (f"are not version 7's (evidence/kaggle_bundle.json sha256 "
+            f"{hashlib.sha256(latest).hexdigest()}, version 7's "
+            f"{cont.outputs_bundle_sha256})") in proc.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,9 @@ IMAGE = Path(__file__).resolve().parents[1] / "fakes" / "fake_kaggle_image"
 FAKE_HF_TOKEN = "hf_FAKEkaggleSecretForTests0123456789"
 
 
-@pytest.mark.slow
-def test_bundle_runs_like_on_kaggle_on_cpu_tiny(tmp_path: Path) -> None:
+def _build_like_push(tmp_path: Path, env: dict[str, str]) -> Path:
+    """The notebook `push` would send for cpu_tiny (a dry run builds exactly that)."""
     bundle_dir = tmp_path / "bundle"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAGGLE_", "HF_", "HUGGING", "HTTP_PROXY", "http_proxy"))}
-    env["HOME"] = str(tmp_path / "home")
     build = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "kaggle_push.py"), "--path", str(REPO),
          "--dry-run", "--config", "configs/cpu_tiny.yaml", "--run-name", "kaggle-like",
@@ -39,6 +37,43 @@ def test_bundle_runs_like_on_kaggle_on_cpu_tiny(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stdout + build.stderr
     (notebook,) = bundle_dir.glob("*.ipynb")
+    return notebook
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    """No Kaggle or HF settings; and pip, should the install cell call it, reaches no index, so
+    it can never change the test environment."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KAGGLE_", "HF_", "HUGGING", "HTTP_PROXY", "http_proxy", "PIP_"))}
+    env.update(HOME=str(tmp_path / "home"), PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull)
+    return env
+
+
+def test_a_stack_other_than_the_locks_stops_the_install_cell(tmp_path: Path) -> None:
+    """The image has flax 9.9.9 (a dist-info first on the path) and pip reaches no index: the
+    pushed notebook stops in its install cell, naming flax and both versions."""
+    env = _clean_env(tmp_path)
+    notebook = _build_like_push(tmp_path, env)
+    image = tmp_path / "image" / "flax-9.9.9.dist-info"
+    image.mkdir(parents=True)
+    (image / "METADATA").write_text("Metadata-Version: 2.1\nName: flax\nVersion: 9.9.9\n")
+    env.update(PYTHONPATH=str(image.parent), KAGGLE_KERNEL_RUN_TYPE="Batch", JAX_PLATFORMS="cpu")
+    out_nb = tmp_path / "executed.ipynb"
+    run = subprocess.run(
+        [sys.executable, "-m", "papermill", str(notebook), str(out_nb), "-k", "python3",
+         "--cwd", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "flax: installed 9.9.9, requirements.lock has 0.12.8" in out_nb.read_text()
+    cells = {c["metadata"]["tags"][0]: c for c in json.loads(out_nb.read_text())["cells"]
+             if c["metadata"].get("tags")}
+    assert cells["kaggle-bundle"]["execution_count"] is None  # stopped before the bundle cell
+
+
+@pytest.mark.slow
+def test_bundle_runs_like_on_kaggle_on_cpu_tiny(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    notebook = _build_like_push(tmp_path, env)
+    bundle_dir = notebook.parent
 
     root = tmp_path / "root"
     working = root / "kaggle" / "working"
@@ -89,3 +124,40 @@ def test_bundle_runs_like_on_kaggle_on_cpu_tiny(tmp_path: Path) -> None:
     for path in working.rglob("*"):
         if path.is_file():
             assert FAKE_HF_TOKEN not in path.read_text(errors="replace"), path
+
+
+def test_a_run_continues_from_a_fetched_output_directory(tmp_path: Path) -> None:
+    """Locally, what `push --continue-from` bakes: version 7 (cpu_tiny, 2 steps) leaves its
+    outputs; fetched, find_continuation picks its checkpoints and a new run trained from them
+    does steps 3-4 only and names the run it continued in its manifest."""
+    from kaggle_lib import jsonl, pipeline
+    from kaggle_lib.kaggle.bundle import find_continuation
+
+    config = str(REPO / "configs" / "cpu_tiny.yaml")
+
+    def train(run_dir: Path, **overrides: object) -> dict:
+        run = pipeline.start_run(config, overrides={"train.checkpoint_every": 2, **overrides},
+                                 run_dir=str(run_dir))
+        pipeline.authenticate(run)
+        pipeline.load_model(run)
+        pipeline.train(run)
+        pipeline.finish(run)
+        return json.loads((run_dir / "run_manifest.json").read_text())
+
+    working = tmp_path / "v7" / "working"  # /kaggle/working of version 7
+    first = train(working / "evidence" / "runs" / "r1", **{"train.sft.max_steps": 2})
+    assert first["status"] == "succeeded"
+    (working / "evidence" / "kaggle_bundle.json").write_text("{}")
+    fetched = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7"
+    shutil.copytree(working, fetched)  # what `push --version 7 --wait` downloads
+
+    cont = find_continuation("tester/gemma-tunix-reasoning/v7", tmp_path / "evidence")
+    assert (cont.run_id, cont.step) == ("r1", 2)
+    second_dir = tmp_path / "v8" / "evidence" / "runs" / "r2"
+    second = train(second_dir, **{"train.sft.max_steps": 4,
+                                  "train.resume_from": str(fetched / cont.checkpoints)})
+    assert second["status"] == "succeeded"
+    assert second["continued_from"] == {"checkpoints": str(fetched / cont.checkpoints),
+                                        "step": 2, "run_id": first["run_id"]}
+    steps = [r["step"] for r in jsonl.read(second_dir / "metrics.jsonl") if r.get("stage") == "sft"]
+    assert steps == [3, 4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -515,3 +516,62 @@ def test_retry_after_is_honoured_on_5xx_but_capped() -> None:
     assert policy.get_retry_after(HTTPResponse(body=b"", headers={"Retry-After": "2"},
                                                status=500)) == 2
     assert policy.total == 3 and not policy.is_retry("POST", 404, has_retry_after=False)
+
+
+def checkpoint_outputs(run: str = "r1", steps: tuple[int, ...] = (2, 4)) -> dict[str, bytes]:
+    """Output files of a version that saved SFT checkpoints: each step as Orbax finalises it
+    (its _CHECKPOINT_METADATA lists the two items Tunix writes), plus the bundle info."""
+    handler = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
+    metadata = json.dumps({"item_handlers": {"model_params": handler,
+                                             "optimizer_state": handler}}).encode()
+    files = {"evidence/kaggle_bundle.json": b'{"zip_sha256": "v7"}\n'}
+    for step in steps:
+        base = f"evidence/runs/{run}/checkpoints/sft/{step}"
+        files |= {f"{base}/_CHECKPOINT_METADATA": metadata,
+                  f"{base}/model_params/_METADATA": b"{}", f"{base}/optimizer_state/_METADATA": b"{}"}
+    return files
+
+
+def test_continue_from_attaches_version_7_outputs_and_bakes_the_resume(
+        tmp_path: Path, repo: Path) -> None:
+    """v7 runs and its outputs are fetched; the continuing push (v8) attaches them as a kernel
+    source, bakes train.resume_from at their mounted checkpoints and records v7 and its run."""
+    outputs = checkpoint_outputs()
+    proc, _ = _push(tmp_path, repo, Scenario(version=7, outputs=outputs), "--wait")
+    assert proc.returncode == 0, proc.stderr
+    proc, srv = _push(tmp_path, repo, Scenario(version=8), "--continue-from",
+                      "tester/gemma-tunix-reasoning/v7")
+    assert proc.returncode == 0, proc.stderr
+
+    (saved,) = srv.pushed
+    assert saved["kernelDataSources"] == ["tester/gemma-tunix-reasoning/7"]
+    cells = json.loads(saved["text"])["cells"]
+    injected = next(c["source"] for c in cells
+                    if "injected-parameters" in c["metadata"].get("tags", []))
+    checkpoints = "evidence/runs/r1/checkpoints/sft"
+    assert (f'overrides = {{"train.resume_from": "/kaggle/input/gemma-tunix-reasoning/'
+            f'{checkpoints}"}}' in injected)
+    record = json.loads((tmp_path / "evidence" / "gemma-tunix-reasoning" / "v8" / "push.json")
+                        .read_text())
+    assert record["bundle"]["continues_from"] == {
+        "kernel_id": "tester/gemma-tunix-reasoning", "version": 7, "run_id": "r1",
+        "checkpoints": checkpoints, "step": 4, "outputs_bundle_sha256": hashlib.sha256(
+            outputs["evidence/kaggle_bundle.json"]).hexdigest()}
+
+
+def test_continue_from_needs_the_fetched_outputs_and_a_checkpoint(
+        tmp_path: Path, repo: Path) -> None:
+    proc, srv = _push(tmp_path, repo, Scenario(version=8), "--continue-from",
+                      "tester/gemma-tunix-reasoning/v7")
+    assert proc.returncode == 2 and not srv.pushed
+    assert "gemma-tunix-reasoning/v7/evidence/kaggle_bundle.json not found; fetch version 7's " \
+           "outputs first: python -m kaggle_lib push --version 7 --wait" in proc.stderr
+    fetched = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7"
+    (fetched / "evidence").mkdir(parents=True)
+    (fetched / "evidence" / "kaggle_bundle.json").write_text("{}")
+    proc, srv = _push(tmp_path, repo, Scenario(version=8), "--continue-from",
+                      "tester/gemma-tunix-reasoning/v7")
+    assert proc.returncode == 2 and not srv.pushed
+    assert "no complete SFT checkpoint step under" in proc.stderr
+    proc, _ = _push(tmp_path, repo, Scenario(), "--continue-from", "gemma-tunix-reasoning")
+    assert proc.returncode == 2 and "expected OWNER/SLUG/vN" in proc.stderr

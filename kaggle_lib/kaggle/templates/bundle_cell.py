@@ -65,5 +65,32 @@ def _kl_resolve_config(path):
                             f"bundled configs: {shipped}")
 
 
+def _kl_continue(overrides):
+    """push --continue-from: train.resume_from -> the checkpoints in version N's outputs,
+    wherever Kaggle mounted them under /kaggle/input (<slug>/ or deeper); the mounted
+    evidence/kaggle_bundle.json must be version N's (not, say, the kernel's latest)."""
+    cont = _KL_BUNDLE.get("continues_from")
+    if not cont:
+        return overrides
+    input_dir = detect_environment().input_dir
+    found = [p for depth in range(1, 4) for p in sorted((input_dir or Path("/nonexistent"))
+             .glob("*/" * depth + cont["checkpoints"])) if p.is_dir()]
+    label = f"{cont['kernel_id']} v{cont['version']}"
+    if not found:
+        raise FileNotFoundError(f"--continue-from {label}: {cont['checkpoints']} is not under "
+                                f"{input_dir}; is {cont['kernel_id']} attached (kernel_sources)?")
+    outputs = Path(str(found[0])[:-len(cont["checkpoints"])])
+    mounted = outputs / "evidence" / "kaggle_bundle.json"
+    digest = hashlib.sha256(mounted.read_bytes()).hexdigest() if mounted.is_file() else "none"
+    if digest != cont["outputs_bundle_sha256"]:
+        raise RuntimeError(f"--continue-from {label}: the outputs mounted at {outputs} are not "
+                           f"version {cont['version']}'s (evidence/kaggle_bundle.json sha256 "
+                           f"{digest}, version {cont['version']}'s {cont['outputs_bundle_sha256']})"
+                           f"; continue from the version that is mounted, or see docs/KAGGLE.md")
+    print(f"continuing {label}: run {cont['run_id']}, checkpoints {found[0]}, newest complete "
+          f"step {cont['step']}")
+    return dict(overrides, **{"train.resume_from": str(found[0])})
+
+
 print(f"kaggle_lib from {_KL_ROOT} | commit {_KL_BUNDLE['git']['sha']}"
       f"{' (dirty)' if _KL_BUNDLE['git'].get('dirty') else ''} | config {_KL_BUNDLE['config']}")
