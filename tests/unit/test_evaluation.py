@@ -422,13 +422,6 @@ def _eval_item(item_id: str, prompt: str) -> dict:
     return _item(id=item_id, prompt=prompt, difficulty="easy")
 
 
-@pytest.fixture(scope="module")
-def tiny_loaded():  # type: ignore[no-untyped-def]
-    from kaggle_lib.models import loader
-
-    return loader.load_model("gemma3-tiny", source="random")
-
-
 def test_a_prompt_over_the_limit_is_dropped_counted_and_never_sizes_the_generator(
         tiny_loaded, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     from kaggle_lib.evaluation import runner
