@@ -17,6 +17,7 @@ REASONING_START = "<reasoning>"
 REASONING_END = "</reasoning>"
 ANSWER_START = "<answer>"
 ANSWER_END = "</answer>"
+FORMAT_TAGS = (ANSWER_START, ANSWER_END, REASONING_START, REASONING_END)
 
 # Stop markers the sampler may leave at the end of a decoded output.
 _STOP_MARKERS = ("<end_of_turn>", "<eos>")
@@ -48,6 +49,13 @@ _EXACT = re.compile(r"<reasoning>(.*?)</reasoning>\s*<answer>(.*?)</answer>", re
 # The four lenient tags (any case, whitespace inside the brackets): the format reward counts them.
 TAG_PATTERNS = (_REASONING_OPEN, _REASONING_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
 _APPROX = re.compile(".*?".join(tag.pattern for tag in TAG_PATTERNS), re.IGNORECASE | re.DOTALL)
+
+
+def format_tag_in(text: str) -> str | None:
+    """The first format tag in `text` (as written, in any case and spacing), or None: an answer
+    or reasoning holding one could never be read back, as `parse_output` splits at it."""
+    found = _ANY_TAG.search(text)
+    return found.group() if found else None
 
 
 def _strip_stop_markers(text: str) -> str:

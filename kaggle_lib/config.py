@@ -238,6 +238,10 @@ class SampleSection(_Section):
 
 class EvalSection(_Section):
     max_new_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    max_prompt_tokens: int = Field(1024, ge=8, le=MAX_TOKENS, description=(
+        "Longest eval prompt, in tokens with bos, as asked (zero-shot or few-shot): longer items "
+        "are dropped and counted (console, manifest data.eval_dropped_long, README). With "
+        "max_new_tokens it bounds the Generator's buffers, so one huge prompt cannot size them."))
     batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     baseline: bool = True
     # Issue 14: also ask the untrained model with kaggle_lib.data.fewshot's prompt.

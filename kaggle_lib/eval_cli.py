@@ -161,15 +161,22 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     log.info(f"eval: {config.model.name} + {what} loaded in {time.monotonic() - started:.1f} s; "
              f"{len(items)} items from {data}")
     out_dir = run_dir / "eval" / name
-    result = runner.evaluate(loaded, items, stage=stage, max_new_tokens=max_new, batch_size=batch,
-                             predictions=out_dir / PREDICTIONS, mesh=mesh, style=style)
+    try:
+        result = runner.evaluate(loaded, items, stage=stage, max_new_tokens=max_new,
+                                 max_prompt_tokens=config.eval.max_prompt_tokens, batch_size=batch,
+                                 predictions=out_dir / PREDICTIONS, source=str(data), mesh=mesh,
+                                 style=style)
+    except DataError as exc:
+        raise EvalError(f"bad data: {exc}") from None
     timing = {k: v for k, v in result.metrics().items()
               if k in ("seconds", "generated_tokens", "tokens_per_s")}
     meta = {"run_id": manifest.get("run_id", run_dir.name), "eval_data": str(data),
             "model": config.model.name, "model_weights": model, "stage": stage, "prompt": style,
             "checkpoint": loaded.info.get("checkpoint"), "checkpoint_step": step,
-            "restored": restored, "items": len(items), "limit": limit, "max_new_tokens": max_new,
-            "batch_size": batch, "decoding": "greedy", **timing, "out_dir": str(out_dir)}
+            "restored": restored, "items": len(result.records),
+            "items_dropped_long": len(result.dropped),
+            "max_prompt_tokens": config.eval.max_prompt_tokens, "limit": limit,
+            "max_new_tokens": max_new, "batch_size": batch, "decoding": "greedy", **timing, "out_dir": str(out_dir)}
     summary = runner.summary_of({stage: result.records}, meta)
     runner.write_summary(out_dir / SUMMARY, summary)
     return summary

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from kaggle_lib import jsonl
+from kaggle_lib.answer_format import FORMAT_TAGS, format_tag_in
 from kaggle_lib.data_spec import BUILTIN_SPLITS, DataError
 from kaggle_lib.errors import format_validation_error
 
@@ -110,6 +111,13 @@ def validate_item(item: Any, *, where: str, require_reasoning: bool = False) -> 
         first = min(errors, key=lambda e: e["type"] != "missing")  # missing fields first
         raise DataError(f"{where}: " + format_validation_error(
             [first], explain=explain, bullet=""))
+    # The prompt format wraps reasoning and answer in these tags: one inside them would make
+    # an eval item unscorable and teach a training target a broken format.
+    for name in ("answer", "reasoning"):
+        if name in item and (tag := format_tag_in(item[name])):
+            raise DataError(f"{where}: field {name!r} holds the format tag {tag!r}; answers and "
+                            f"reasoning must not contain {', '.join(FORMAT_TAGS)} (in any case): "
+                            "the prompt format adds them")
     return dict(item)
 
 

@@ -18,6 +18,7 @@ from kaggle_lib.answer_format import first_answer_only
 from kaggle_lib.data.fewshot import format_fewshot_prompt
 from kaggle_lib.data.sources import pick_eval_items
 from kaggle_lib.data.template import format_prompt
+from kaggle_lib.data_spec import DataError
 from kaggle_lib.evaluation.scoring import STAGES, score_item, scorecard, summarize
 
 if TYPE_CHECKING:
@@ -41,13 +42,20 @@ def render_prompts(questions: Iterable[str], *, style: str, instruct: bool) -> l
     return [PROMPT_STYLES[style](q, instruct=instruct) for q in questions]
 
 
+def prompt_tokens(loaded: LoadedModel, prompt: str) -> int:
+    """The prompt's length as the Generator feeds it (the sampler prepends bos)."""
+    return len(loaded.tokenizer.encode(prompt)) + 1
+
+
 def make_generator(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: int,
-                   mesh: Any = None) -> Any:
-    """A `generation.Generator` whose prompt budget fits the longest of `prompts`."""
+                   max_prompt_tokens: int, mesh: Any = None) -> Any:
+    """A `generation.Generator` whose prompt budget fits the longest of `prompts` that is within
+    `max_prompt_tokens`: its buffers never exceed the configured limit, whatever the prompts."""
     from kaggle_lib.generation import Generator  # imports jax
 
-    longest = max(len(loaded.tokenizer.encode(p)) + 1 for p in prompts)
-    return Generator(loaded.model, loaded.tokenizer, loaded.eos_ids, max_prompt_len=longest,
+    fitting = [n for p in prompts if (n := prompt_tokens(loaded, p)) <= max_prompt_tokens]
+    return Generator(loaded.model, loaded.tokenizer, loaded.eos_ids,
+                     max_prompt_len=max(fitting, default=max_prompt_tokens),
                      max_new_tokens=max_new_tokens, mesh=mesh)
 
 
@@ -78,23 +86,42 @@ class Evaluation:
     records: list[dict[str, Any]]
     generations: list[Any]
     seconds: float
+    dropped: list[str]  # ids of the items whose prompt was over eval.max_prompt_tokens
 
     def metrics(self) -> dict[str, Any]:
-        """The `metrics.jsonl` line: items, decode time and speed, the overall scorecard."""
+        """The `metrics.jsonl` line: items (and those dropped as too long), decode time and
+        speed, the overall scorecard."""
         tokens = sum(g.n_tokens for g in self.generations)
         return {"stage": f"eval_{self.stage}", "items": len(self.records),
+                "items_dropped_long": len(self.dropped),
                 "seconds": round(self.seconds, 2), "generated_tokens": tokens,
                 "tokens_per_s": round(tokens / self.seconds, 2) if self.seconds > 0 else None,
                 **scorecard(self.records)["overall"]}
 
 
 def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: str,
-             max_new_tokens: int, batch_size: int, predictions: Path, style: str = "zero-shot",
-             append: bool = False, mesh: Any = None, generator: Any = None) -> Evaluation:
-    """Generate greedily for every item in the prompt `style`, score, write to `predictions`."""
+             max_new_tokens: int, max_prompt_tokens: int, batch_size: int, predictions: Path,
+             source: str, style: str = "zero-shot", append: bool = False, mesh: Any = None,
+             generator: Any = None) -> Evaluation:
+    """Generate greedily for every item in the prompt `style`, score, write to `predictions`.
+    Items whose prompt is over `max_prompt_tokens` are dropped and counted; none left is a
+    DataError naming `source` (the data file or spec)."""
     prompts = render_prompts([i["prompt"] for i in items], style=style,
                              instruct=loaded.spec.instruct)
-    generator = generator or make_generator(loaded, prompts, max_new_tokens, mesh)
+    fits = [prompt_tokens(loaded, p) <= max_prompt_tokens for p in prompts]
+    dropped = [str(item["id"]) for item, fit in zip(items, fits, strict=True) if not fit]
+    if len(dropped) == len(items):
+        raise DataError(f"{source}: all {len(items)} eval items have {style} prompts longer than "
+                        f"eval.max_prompt_tokens ({max_prompt_tokens} tokens); nothing to "
+                        "evaluate: shorten the prompts or raise eval.max_prompt_tokens")
+    if dropped:
+        log.info(f"[{stage}] {len(dropped)} of {len(items)} items dropped: {style} prompt longer "
+                 f"than eval.max_prompt_tokens ({max_prompt_tokens} tokens): "
+                 + ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else ""))
+        items = [item for item, fit in zip(items, fits, strict=True) if fit]
+        prompts = [prompt for prompt, fit in zip(prompts, fits, strict=True) if fit]
+    generator = generator or make_generator(loaded, prompts, max_new_tokens, max_prompt_tokens,
+                                            mesh)
     started = time.monotonic()
     gens = generate_with_progress(generator, prompts, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, desc=f"eval {stage}")
@@ -113,7 +140,7 @@ def evaluate(loaded: LoadedModel, items: Sequence[Mapping[str, Any]], *, stage: 
     overall = scorecard(records)["overall"]
     log.info(f"[{stage}] {len(items)} items in {seconds:.1f} s: accuracy {overall['accuracy']:.3f}, "
              f"format exact {overall['format_exact']:.3f}, approx {overall['format_approx']:.3f}")
-    return Evaluation(stage, records, gens, seconds)
+    return Evaluation(stage, records, gens, seconds, dropped)
 
 
 def summary_of(records: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -143,6 +170,7 @@ class Evaluations:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.generations: dict[str, list[Any]] = {}
         self.samples: dict[str, list[tuple[str, Any]]] = {}
+        self.dropped: dict[str, list[str]] = {}  # stage -> ids over eval.max_prompt_tokens
         self.generator: Any = None
 
     @property
@@ -154,19 +182,42 @@ class Evaluations:
             self.record.update_manifest(data={"eval": data.eval, "eval_sources": sources})
         return self._items
 
-    def questions(self) -> list[str]:
-        """The sample questions: sample.prompts, else the first eval items'."""
-        return list(self.config.sample.prompts) or [i["prompt"]
-                                                    for i in self.items[:SAMPLE_ITEMS]]
+    def questions(self, loaded: LoadedModel) -> list[str]:
+        """The sample questions: sample.prompts, else the first eval items' that the zero-shot
+        evaluation keeps (so samples may reuse its outputs). A sample prompt over
+        eval.max_prompt_tokens is a ConfigError naming it."""
+        from kaggle_lib.config import ConfigError
+
+        limit = self.config.eval.max_prompt_tokens
+
+        def fits(question: str) -> bool:
+            prompt = render_prompts([question], style="zero-shot", instruct=loaded.spec.instruct)
+            return prompt_tokens(loaded, prompt[0]) <= limit
+
+        for i, question in enumerate(self.config.sample.prompts):
+            if not fits(question):
+                raise ConfigError(f"sample.prompts[{i}] is longer than eval.max_prompt_tokens "
+                                  f"({limit} tokens as a prompt); shorten it or raise the limit")
+        if self.config.sample.prompts:
+            return list(self.config.sample.prompts)
+        questions: list[str] = []
+        for item in self.items:
+            if len(questions) == SAMPLE_ITEMS:
+                break
+            if fits(item["prompt"]):
+                questions.append(item["prompt"])
+        return questions
 
     def shared_generator(self, loaded: LoadedModel, mesh: Any = None) -> Any:
-        """The zero-shot Generator of eval items and samples; rebuilt only for another model."""
+        """The zero-shot Generator of eval items and samples; rebuilt only for another model.
+        Sized by the longest prompt within eval.max_prompt_tokens (longer ones are dropped)."""
         cfg = self.config
         max_new = max(cfg.eval.max_new_tokens, cfg.sample.max_new_tokens)
         if self.generator is None or not self.generator.serves(loaded.model, max_new):
-            questions = [i["prompt"] for i in self.items] + self.questions()
+            questions = [i["prompt"] for i in self.items] + self.questions(loaded)
             self.generator = make_generator(loaded, render_prompts(
-                questions, style="zero-shot", instruct=loaded.spec.instruct), max_new, mesh)
+                questions, style="zero-shot", instruct=loaded.spec.instruct), max_new,
+                cfg.eval.max_prompt_tokens, mesh)
         return self.generator
 
     def enabled(self, stage: str) -> bool:
@@ -188,10 +239,17 @@ class Evaluations:
         generator = self.shared_generator(loaded, mesh) if style == "zero-shot" else None
         cfg = self.config.eval
         result = evaluate(loaded, self.items, stage=stage, style=style,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                          predictions=self.record.run_dir / PREDICTIONS, append=True, mesh=mesh,
+                          max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
+                          batch_size=cfg.batch_size, predictions=self.record.run_dir / PREDICTIONS,
+                          source=f"data.eval {self.config.data.eval!r}", append=True, mesh=mesh,
                           generator=generator)
         self.records[stage], self.generations[stage] = result.records, result.generations
+        self.dropped[stage] = result.dropped
+        ids = sorted({i for dropped in self.dropped.values() for i in dropped})
+        self.record.update_manifest(data={
+            "eval_max_prompt_tokens": cfg.max_prompt_tokens,
+            "eval_dropped_long": {name: len(dropped) for name, dropped in self.dropped.items()},
+            "eval_dropped_ids": ids[:20]})
         self.record.log_metrics(result.metrics())
         self.write_summary()
         return result
@@ -201,7 +259,7 @@ class Evaluations:
         if not self.enabled(which):
             return
         cfg = self.config.sample
-        questions = self.questions()
+        questions = self.questions(loaded)
         gens = reused_samples(cfg, self.config.eval.max_new_tokens, self.generations.get(which))
         if gens is None:
             generator = self.shared_generator(loaded, mesh)

@@ -90,6 +90,28 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
     return text
 
 
+def _data_lines(m: RunManifest) -> list[str]:
+    """What the run trained and evaluated on, with the items dropped as too long."""
+    data = (m.model_extra or {}).get("data") or {}
+    cfg = m.config_resolved or {}
+    lines = []
+    if "examples" in data:
+        lines.append(f"- training: {data.get('train_items')} items -> {data['examples']} "
+                     f"examples; **{data.get('dropped', 0)} dropped** as longer than "
+                     f"data.max_seq_len ({data.get('max_len')} tokens)")
+    if "grpo_prompts" in data:
+        lines.append(f"- GRPO: {data['grpo_prompts']} prompts; **{data.get('grpo_dropped_long', 0)}"
+                     f" dropped** as longer than train.grpo.max_prompt_len "
+                     f"({((cfg.get('train') or {}).get('grpo') or {}).get('max_prompt_len')} tokens)")
+    if "eval_dropped_long" in data:
+        counts = ", ".join(f"{n} in {stage}" for stage, n in data["eval_dropped_long"].items())
+        ids = data.get("eval_dropped_ids") or []
+        lines.append(f"- evaluation: items dropped as longer than eval.max_prompt_tokens "
+                     f"({data.get('eval_max_prompt_tokens')} tokens): {counts}"
+                     + (f" (ids: {', '.join(f'`{i}`' for i in ids)})" if ids else ""))
+    return ["", "## Data", "", *lines] if lines else []
+
+
 def _load(values: list[float] | None) -> str:
     return " / ".join(f"{v:.2f}" for v in values) if values else "unknown"
 
@@ -136,6 +158,7 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
         lines += ["", "Checkpoints set aside because they did not restore: "
                   + "; ".join(f"`{e.stage}` step {e.step} ({e.reason})"
                               for e in m.checkpoints_set_aside)]
+    lines += _data_lines(m)
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {k} | {v.status} | {'' if v.seconds is None else v.seconds} |"
               for k, v in (m.stages or {}).items()]

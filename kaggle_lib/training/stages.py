@@ -32,6 +32,7 @@ from kaggle_lib.data.batching import (
 )
 from kaggle_lib.data.datasets import normalize_text
 from kaggle_lib.data.sources import load_items, load_sources
+from kaggle_lib.data_spec import DataError
 from kaggle_lib.evidence import RunRecord, plots
 from kaggle_lib.models import build
 from kaggle_lib.models.loader import LoadedModel
@@ -142,9 +143,16 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
     sft = cfg.train.sft
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     # An example cut before its answer would teach the model to stop mid-reasoning: drop it
-    # (the count is in the manifest's data.n_dropped).
+    # (counted in the manifest's data.dropped, the console and the run's README).
     tokenized = tokenize_items(loaded.tokenizer, items, cfg.data.max_seq_len,
                                instruct=loaded.spec.instruct, drop_truncated=True)
+    # Recorded at once: also when nothing is left to train on.
+    inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items),
+                                        "train_sources": sources, **tokenized.summary()})
+    if not tokenized.tokens:
+        raise DataError(f"data.train {cfg.data.train!r}: all {len(items)} training items are "
+                        f"longer than data.max_seq_len ({cfg.data.max_seq_len} tokens); nothing "
+                        "to train on: raise data.max_seq_len or use shorter items")
     buckets = tuple(cfg.data.length_buckets or length_buckets(cfg.data.max_seq_len))
     # Several processes: each builds only its rows; the global batch is assembled on devices.
     rows = multihost.local_rows(sft.batch_size, mesh) if multihost.is_multiprocess() else None
@@ -152,18 +160,18 @@ def run_sft_stage(inputs: StageInputs, max_wall_time_s: float | None = None) -> 
                          pad_id=loaded.tokenizer.pad_id(), rows=rows, packing=cfg.data.packing)
     padding = padding_stats(tokenized.lengths, sft.batch_size, cfg.data.max_seq_len,
                             seed=cfg.seed, length_buckets=buckets)
-    stats = {**tokenized.summary(), "tokens_sha256": data_fingerprint(tokenized),
+    stats = {"tokens_sha256": data_fingerprint(tokenized),
              "length_buckets": list(buckets), "padding_fraction_fixed": round(padding["fixed"], 4),
              "padding_fraction_bucketed": round(padding["bucketed"], 4)}
     if cfg.data.packing:
         stats["padding_fraction_packed"] = round(packed_padding_fraction(batches), 4)
-    inputs.record.update_manifest(data={"train": cfg.data.train, "train_items": len(items),
-                                        "train_sources": sources, **stats})
-    log.info(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples; padding "
-          f"{padding['fixed']:.1%} (pad to max_len) -> {padding['bucketed']:.1%} (length buckets "
-          f"{list(buckets)})" + (f"; packed: {stats['padding_fraction_packed']:.1%}, "
-                                 f"{batches.steps_per_epoch} steps per epoch"
-                                 if cfg.data.packing else ""))
+    inputs.record.update_manifest(data=stats)
+    log.info(f"data: {len(items)} training items -> {len(tokenized.tokens)} examples "
+             f"({tokenized.n_dropped} dropped: longer than data.max_seq_len "
+             f"{cfg.data.max_seq_len} tokens); padding {padding['fixed']:.1%} (pad to max_len) "
+             f"-> {padding['bucketed']:.1%} (length buckets {list(buckets)})"
+             + (f"; packed: {stats['padding_fraction_packed']:.1%}, "
+                f"{batches.steps_per_epoch} steps per epoch" if cfg.data.packing else ""))
 
     validation = validation_batches(inputs, items, buckets, rows)
 
@@ -259,6 +267,10 @@ def run_grpo_stage(inputs: StageInputs, max_wall_time_s: float | None = None) ->
     items, sources = load_sources(cfg.data.train, limit=cfg.data.train_limit)
     prompts, dropped = select_prompts(items, loaded.tokenizer, grpo.max_prompt_len,
                                       instruct=loaded.spec.instruct)
+    if not prompts:
+        raise DataError(f"data.train {cfg.data.train!r}: all {len(items)} prompts are longer "
+                        f"than train.grpo.max_prompt_len ({grpo.max_prompt_len} tokens); nothing "
+                        "to train on: raise train.grpo.max_prompt_len or use shorter items")
     log.info(f"grpo: {len(prompts)} prompts ({dropped} longer than max_prompt_len "
           f"{grpo.max_prompt_len} dropped); {grpo.batch_size} x {grpo.num_generations} "
           f"rollouts of up to {grpo.max_new_tokens} tokens per step")

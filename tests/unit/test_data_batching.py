@@ -186,3 +186,66 @@ def test_padding_stats_bucketing_beats_random_batching_on_shipped_data() -> None
         real += int(b["segment_mask"].sum())
         padded += b["segment_mask"].size
     assert abs((1 - real / padded) - stats["bucketed"]) < 1e-9
+
+
+# ------------------------------------------------------------ training stages: too-long items
+
+
+def _stage_inputs(tmp_path, loaded, reasonings: list[str], train: dict | None = None):  # type: ignore[no-untyped-def]
+    from kaggle_lib import evidence
+    from kaggle_lib.config import validate_config
+    from kaggle_lib.data.datasets import write_jsonl
+    from kaggle_lib.training.stages import StageInputs
+
+    data = write_jsonl(tmp_path / "train.jsonl", [
+        {"id": f"t{i}", "section": "math", "category": "arithmetic", "difficulty": "easy",
+         "prompt": "What is 2 + 3?", "answer": "5", "reasoning": reasoning}
+        for i, reasoning in enumerate(reasonings)])
+    config = validate_config({"model": {"name": "gemma3-tiny", "source": "random"},
+                              "data": {"train": f"jsonl:{data}", "max_seq_len": 64},
+                              "train": train or {"sft": {"batch_size": 1}}})
+    record = evidence.RunRecord(tmp_path / "run")
+    record.start("run", "demo", "configs/cpu_tiny.yaml")
+    return StageInputs(config, loaded, None, record.run_dir, record), data  # type: ignore[arg-type]
+
+
+def test_sft_with_every_item_too_long_fails_naming_the_data(tmp_path, tiny_loaded) -> None:  # type: ignore[no-untyped-def]
+    from kaggle_lib.data_spec import DataError
+    from kaggle_lib.training.stages import run_sft_stage
+
+    inputs, data = _stage_inputs(tmp_path, tiny_loaded, ["2 + 3 = 5. " * 40] * 2)
+    with pytest.raises(DataError, match=rf"data.train 'jsonl:{data}': all 2 training items are "
+                                        r"longer than data.max_seq_len \(64 tokens\)"):
+        run_sft_stage(inputs)
+    manifest_data = inputs.record.read_manifest()["data"]  # recorded although nothing is left
+    assert manifest_data["train_items"] == 2 and manifest_data["dropped"] == 2
+
+
+def test_sft_says_how_many_items_it_dropped(tmp_path, tiny_loaded, caplog,  # type: ignore[no-untyped-def]
+                                            monkeypatch) -> None:
+    from kaggle_lib.training import stages
+
+    class Stop(Exception):
+        pass
+
+    def stop(self: object) -> None:  # the next step after the data is read: LoRA, then training
+        raise Stop
+
+    monkeypatch.setattr(stages.StageInputs, "add_lora", stop)
+    inputs, _ = _stage_inputs(tmp_path, tiny_loaded, ["2 + 3 = 5."] * 3 + ["2 + 3 = 5. " * 40])
+    with caplog.at_level("INFO"), pytest.raises(Stop):
+        stages.run_sft_stage(inputs)
+    assert "4 training items -> 3 examples (1 dropped: longer than data.max_seq_len 64 " \
+        "tokens)" in caplog.text
+    assert inputs.record.read_manifest()["data"]["dropped"] == 1
+
+
+def test_grpo_with_every_prompt_too_long_fails_naming_the_data(tmp_path, tiny_loaded) -> None:  # type: ignore[no-untyped-def]
+    from kaggle_lib.data_spec import DataError
+    from kaggle_lib.training.stages import run_grpo_stage
+
+    inputs, data = _stage_inputs(tmp_path, tiny_loaded, ["2 + 3 = 5."] * 2,
+                                 {"stages": ["grpo"], "grpo": {"max_prompt_len": 8}})
+    with pytest.raises(DataError, match=rf"data.train 'jsonl:{data}': all 2 prompts are longer "
+                                        r"than train.grpo.max_prompt_len \(8 tokens\)"):
+        run_grpo_stage(inputs)

@@ -293,3 +293,27 @@ def test_non_utf8_data_file_names_file_and_line(tmp_path: Path) -> None:
                      .encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 text"):
         load_items(f"jsonl:{path}")
+
+
+@pytest.mark.parametrize(("field", "value", "tag"), [
+    ("answer", "<answer>5</answer>", "<answer>"),
+    ("answer", "5</answer>", "</answer>"),
+    ("reasoning", "2 + 3 = 5.< /Reasoning>", "< /Reasoning>"),
+    ("reasoning", "Think <reasoning> first. 2 + 3 = 5.", "<reasoning>"),
+])
+def test_format_tag_in_answer_or_reasoning_is_refused_with_file_line_field(
+        tmp_path: Path, field: str, value: str, tag: str) -> None:
+    tagged = {**GOOD, "id": "a-2", "reasoning": "2 + 3 = 5.", field: value}
+    path = _write_lines(tmp_path / "tagged.jsonl", [{**GOOD, "reasoning": "2 + 3 = 5."}, tagged])
+    with pytest.raises(DataError, match=rf"tagged.jsonl:2: field '{field}' holds the format tag "
+                                        rf"'{tag}'.*must not contain <answer>, </answer>"):
+        load_items(f"jsonl:{path}")
+
+
+def test_format_tag_in_a_mapped_record_is_refused_naming_the_record() -> None:
+    from kaggle_lib.data.datasets import validate_items
+
+    with pytest.raises(DataError, match=r"hf:x@train: item 1: field 'answer' holds the format tag"):
+        validate_items([GOOD, {**GOOD, "id": "a-2", "answer": "<ANSWER>5"}], source="hf:x@train")
+    # A question may mention the tags: only answers and reasoning are read back through them.
+    assert validate_items([{**GOOD, "prompt": "What does <answer> mark?"}], source="s")

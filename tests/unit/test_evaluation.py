@@ -410,3 +410,81 @@ def test_generate_with_progress_batches_and_reports(capsys) -> None:  # type: ig
     assert generator.calls == [(["a", "bb"], 2), (["ccc"], 2)]
     err = capsys.readouterr().err
     assert "unit" in err and "3/3" in err and "tokens_per_s" in err
+
+
+# --------------------------------------------------------------------------- prompt limit
+
+# ~1 MB: tokenized once per pass (~0.6 s); sizing a Generator to it would need gigabytes.
+HUGE_PROMPT = "What is 2 + 3? " * 70_000
+
+
+def _eval_item(item_id: str, prompt: str) -> dict:
+    return _item(id=item_id, prompt=prompt, difficulty="easy")
+
+
+def test_a_prompt_over_the_limit_is_dropped_counted_and_never_sizes_the_generator(
+        tiny_loaded, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from kaggle_lib.evaluation import runner
+
+    items = [_eval_item("short-1", "What is 2 + 3?"), _eval_item("huge", HUGE_PROMPT),
+             _eval_item("short-2", "Tom has 2 apples and buys 3. How many now?")]
+    generator = _CountingGenerator()
+    with caplog.at_level("INFO"):
+        result = runner.evaluate(tiny_loaded, items, stage="baseline", max_new_tokens=4,
+                                 max_prompt_tokens=64, batch_size=2,
+                                 predictions=tmp_path / "p.jsonl", source="jsonl:huge.jsonl",
+                                 generator=generator)
+    assert result.dropped == ["huge"]
+    assert [r["id"] for r in read_predictions(tmp_path / "p.jsonl")] == ["short-1", "short-2"]
+    assert [len(prompts) for prompts, _ in generator.calls] == [2]  # the huge one never fed
+    assert result.metrics()["items"] == 2 and result.metrics()["items_dropped_long"] == 1
+    assert "1 of 3 items dropped: zero-shot prompt longer than eval.max_prompt_tokens (64 " \
+        "tokens): huge" in caplog.text
+    # The Generator is sized by the longest prompt within the limit, never by the huge one.
+    prompts = runner.render_prompts([i["prompt"] for i in items], style="zero-shot",
+                                    instruct=False)
+    longest_kept = max(runner.prompt_tokens(tiny_loaded, p) for p in (prompts[0], prompts[2]))
+    sized = runner.make_generator(tiny_loaded, prompts, 4, 64)
+    assert longest_kept <= sized.max_prompt_len <= 64
+    assert sized.sampler.cache_config.cache_size == sized.max_prompt_len + 4
+
+
+def test_all_items_over_the_limit_fail_naming_the_data(tiny_loaded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kaggle_lib.data_spec import DataError
+    from kaggle_lib.evaluation import runner
+
+    with pytest.raises(DataError, match=r"jsonl:/data/long.jsonl: all 2 eval items have few-shot "
+                                        r"prompts longer than eval.max_prompt_tokens \(64 tokens\)"):
+        runner.evaluate(tiny_loaded, [_eval_item("a", HUGE_PROMPT), _eval_item("b", "x " * 200)],
+                        stage="baseline_fewshot", style="few-shot", max_new_tokens=4,
+                        max_prompt_tokens=64, batch_size=2, predictions=tmp_path / "p.jsonl",
+                        source="jsonl:/data/long.jsonl", generator=_CountingGenerator())
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_run_drops_counts_and_records_long_eval_items(tiny_loaded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Through `Evaluations`, as the notebook runs it: the shared Generator stays within the
+    limit, the samples skip the dropped item, the manifest counts it per stage."""
+    from kaggle_lib import evidence
+    from kaggle_lib.config import validate_config
+    from kaggle_lib.data.datasets import write_jsonl
+    from kaggle_lib.evaluation import runner
+
+    data = write_jsonl(tmp_path / "eval.jsonl", [
+        _eval_item("huge", HUGE_PROMPT), _eval_item("s1", "What is 2 + 3?"), _eval_item("s2", "What is 4 + 1?")])
+    config = validate_config({"model": {"name": "gemma3-tiny", "source": "random"},
+                              "data": {"eval": f"jsonl:{data}"},
+                              "eval": {"max_prompt_tokens": 64, "max_new_tokens": 4,
+                                       "batch_size": 2, "fewshot_baseline": False},
+                              "sample": {"max_new_tokens": 4}})
+    record = evidence.RunRecord(tmp_path / "run")
+    record.start("run", "demo", "configs/cpu_tiny.yaml")
+    evals = runner.Evaluations(config, record)
+    result = evals.evaluate(tiny_loaded, "baseline")
+    assert result is not None and [r["id"] for r in result.records] == ["s1", "s2"]
+    assert evals.generator.max_prompt_len <= 64
+    assert evals.questions(tiny_loaded) == ["What is 2 + 3?", "What is 4 + 1?"]
+    data_record = record.read_manifest()["data"]
+    assert data_record["eval_dropped_long"] == {"baseline": 1}
+    assert data_record["eval_dropped_ids"] == ["huge"]
+    assert data_record["eval_max_prompt_tokens"] == 64

@@ -284,6 +284,23 @@ def test_readme_says_what_ran_and_how_it_ended(tmp_path: Path) -> None:
     assert "failure_analysis.md" in text and "| train | succeeded | 2.5 |" in text
 
 
+def test_readme_counts_the_items_dropped_as_too_long(tmp_path: Path) -> None:
+    record = complete(started(tmp_path / "runs" / "r1"))
+    record.update_manifest(
+        config_resolved={"train": {"stages": ["sft", "grpo"], "grpo": {"max_prompt_len": 128}}},
+        data={"train_items": 10, "examples": 7, "dropped": 3, "max_len": 256,
+              "grpo_prompts": 9, "grpo_dropped_long": 1, "eval_max_prompt_tokens": 1024,
+              "eval_dropped_long": {"baseline": 1, "trained": 1}, "eval_dropped_ids": ["huge-1"]})
+    record.succeed()
+    text = readme.write_readme(record.run_dir).read_text()
+    assert ("- training: 10 items -> 7 examples; **3 dropped** as longer than data.max_seq_len "
+            "(256 tokens)") in text
+    assert "- GRPO: 9 prompts; **1 dropped** as longer than train.grpo.max_prompt_len (128 " \
+        "tokens)" in text
+    assert ("- evaluation: items dropped as longer than eval.max_prompt_tokens (1024 tokens): "
+            "1 in baseline, 1 in trained (ids: `huge-1`)") in text
+
+
 def test_index_has_one_line_per_run_and_updates_it(tmp_path: Path) -> None:
     runs = tmp_path / "evidence" / "runs"
     a = started(runs / "run-a")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -78,7 +79,17 @@ def test_committed_runs_give_the_same_readme_and_index_line(tmp_path: Path) -> N
         source = manifest_path.parent
         copy = tmp_path / "evidence" / "runs" / source.name
         shutil.copytree(source, copy)
-        assert readme.write_readme(copy).read_text() == (source / "README.md").read_text()
+        text = readme.write_readme(copy).read_text()
+        # The Data section (issue 28) is new: the rest must read as it was committed.
+        data = json.loads(manifest_path.read_text()).get("data") or {}
+        section = re.search(r"\n## Data\n\n(?:- .*\n)+", text)
+        assert (section is not None) == ("examples" in data), source.name
+        if section:
+            assert (f"{data['train_items']} items -> {data['examples']} examples; "
+                    f"**{data['dropped']} dropped** as longer than data.max_seq_len "
+                    f"({data['max_len']} tokens)") in section.group()
+            text = text.replace(section.group(), "")
+        assert text == (source / "README.md").read_text()
         line = [e for e in committed_index if e["run_id"] == source.name][-1]
         assert run_index.index_entry(copy) == {"attempt": 1, **line}
 
