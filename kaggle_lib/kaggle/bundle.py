@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import tomllib
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -357,6 +358,9 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         "zip_sha256": sha256_hex(archive), "zip_compression": "bzip2", "zip_bytes": len(archive),
         "pins": pins, "install_cell": not opts.skip_install,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # Names this push, not the code (zip_sha256 does that): the run writes it back in
+        # evidence/kaggle_bundle.json, which proves that fetched outputs are this push's.
+        "push_id": uuid.uuid4().hex,
         "python": sys.version.split()[0],
     }
     if len(archive) > SIZE_WARN_BYTES:
