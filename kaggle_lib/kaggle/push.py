@@ -436,6 +436,8 @@ def run_push(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.poll_interval <= 0 or args.max_poll_interval <= 0:
         raise BundleError("--timeout, --poll-interval and --max-poll-interval must be positive")
+    if args.push_id and args.version is None:
+        raise BundleError("--push-id goes with --version (a new push makes its own push id)")
     owner = args.owner or os.environ.get("KAGGLE_USERNAME") or None
     bundle: Bundle | None = None
     if args.version is None:
@@ -591,7 +593,7 @@ def outputs_push_id_problem(outputs: Path, expected: tuple[str | None, str]) -> 
 def _fetch_verified(api: Any, record: dict[str, Any], dest: Path, labels: tuple[str, ...],
                     expected: tuple[str | None, str]) -> str | None:
     """Download the outputs into <dest>.unverified/, move them into dest only when they carry
-    this version's push id, and write push.json; return the verification problem, if any.
+    this version's push id, and write push.json; return why they stay aside, if they do.
     A failed download raises PushFailure (unless the run failed: its message matters more)."""
     owner, slug = split_id(record["kernel_id"])
     staging = _unverified(dest)
@@ -603,7 +605,7 @@ def _fetch_verified(api: Any, record: dict[str, Any], dest: Path, labels: tuple[
         _write_record(dest, record)
         if record["status"] in TERMINAL_OK:
             raise
-        return None
+        return str(exc)
     problem = outputs_push_id_problem(staging, expected)
     if problem:
         record.update(outputs_unverified=str(staging), verification_error=problem)
