@@ -76,8 +76,8 @@ class Scenario:
     label_form: str = "v"
     max_source_bytes: int = 1_000_000
     status_hangs: bool = False  # status calls never answer
-    # Injected failures, consumed in order: {"ListKernelSessionOutput" | "download": [429,
-    # 503, "reset", ...]}. 429/503 carry `Retry-After: retry_after`.
+    # Injected failures, consumed in order: {"ListKernelSessionOutput" | "IntrospectToken" |
+    # "download": [429, 503, "reset", ...]}. 429/503 carry `Retry-After: retry_after`.
     failures: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     retry_after: str = "1"
 
@@ -283,7 +283,8 @@ class FakeKaggleServer:
                 if method == "GetKernelSessionStatus" and fake.scenario.status_hangs:
                     fake._released.wait()  # never answers while the test runs
                     return None
-                if method == "ListKernelSessionOutput" and self._fail(method):
+                if method in ("ListKernelSessionOutput", "IntrospectToken") \
+                        and self._fail(method):
                     return None
                 if path.startswith("/api/v1/"):
                     code, payload = fake._api(path[len("/api/v1/"):], body, self.headers)

@@ -465,6 +465,17 @@ def test_valid_api_token_is_used_beside_a_key(tmp_path: Path, repo: Path) -> Non
     assert "warning" not in proc.stdout and _record(tmp_path)["credentials"] == "KAGGLE_API_TOKEN"
 
 
+def test_token_that_cannot_be_checked_is_not_called_refused(tmp_path: Path, repo: Path) -> None:
+    """Kaggle failing while the client checks the token is not an expired token: no fallback
+    to the key, no push, and the message says what happened."""
+    sc = Scenario(failures={"IntrospectToken": [503] * 4})
+    proc, srv = _push(tmp_path, repo, sc, env={"KAGGLE_API_TOKEN": sc.api_token})
+    assert proc.returncode == 1
+    assert "could not check the access token from KAGGLE_API_TOKEN with Kaggle: HTTP 503" in \
+        proc.stderr
+    assert "refused" not in proc.stdout and srv.pushed == []
+
+
 def test_expired_token_file_is_refused_naming_it(tmp_path: Path, repo: Path) -> None:
     """A token file cannot be taken out of kagglesdk's reach: refuse before pushing."""
     sc = Scenario()
