@@ -36,8 +36,8 @@ RETIRED_SHAPES = {"nvidiateslap100": ("NvidiaTeslaP100", "NvidiaTeslaT4"),
                   "tpuv232": ("TpuV232", "CPU (no accelerator)"),
                   "tpuv2256": ("TpuV2256", "CPU (no accelerator)")}
 # "An internal admin-only pool" (kaggle-cli PR 1198, which dropped it from the user docs).
-# Refused, not warned: a user's push cannot get it, only another machine chosen by the server
-# (PR 1192: admin-gated shapes are swapped silently) or a refusal; what to use instead.
+# Refused, not warned: a user's push would at best get another machine chosen by the server
+# (PR 1192: admin-gated shapes can be swapped silently); mapped to what to use instead.
 ADMIN_ONLY_SHAPES = {"nvidiateslat4highmem": ("NvidiaTeslaT4Highmem", "NvidiaTeslaT4")}
 
 SLUG_MIN = 5
@@ -197,8 +197,8 @@ class KernelMetadata(BaseModel):
         if key in ADMIN_ONLY_SHAPES:
             name, replacement = ADMIN_ONLY_SHAPES[key]
             raise _Problem(f"machine_shape = {shape!r}: {name} is an internal admin-only pool "
-                           "(kaggle-cli PR 1198); a push from a user account would run on "
-                           f"whatever the server substitutes. Use {replacement!r} (GPU T4 x2)")
+                           "(kaggle-cli PR 1198), not for user accounts: the server would at "
+                           f"best substitute another machine. Use {replacement!r} (GPU T4 x2)")
         if shape is not None and shape not in CURRENT_SHAPES:
             raise _Problem(f"machine_shape = {shape!r}: not a machine shape kaggle-cli documents; "
                            f"allowed: {', '.join(CURRENT_SHAPES)}")
