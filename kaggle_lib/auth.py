@@ -1,9 +1,9 @@
 """Credentials through their own libraries, and redaction of every secret.
 
 Hugging Face token: huggingface_hub's lookup, else on Kaggle the secret labelled `HF_TOKEN`.
-Kaggle credentials: kagglehub's lookup, named but never read out. Values are registered for
-redaction the moment they are read; never printed, logged, written to evidence or passed to
-papermill.
+Kaggle credentials: kagglehub's lookup before the kaggle client authenticates, then the
+client's own `auth_method`; named, never read out. Values are registered for redaction the
+moment they are read; never printed, logged, written to evidence or passed to papermill.
 """
 
 from __future__ import annotations
@@ -161,12 +161,23 @@ def resolve_hf_token(on_kaggle: bool, *, required: bool = False) -> Token:
     return Token(None, "none")
 
 
+def kaggle_access_token_source() -> str | None:
+    """Where kagglesdk finds an access token, named (never read out): KAGGLE_API_TOKEN (a token
+    or a file path), ~/.kaggle/access_token; None without one. kagglesdk sends it as a bearer
+    from every client built without a token of its own, whichever credentials authenticated."""
+    from kagglesdk.kaggle_env import get_access_token_from_env
+
+    token, source = get_access_token_from_env()
+    if not token:
+        return None
+    return {"access_token": "~/.kaggle/access_token"}.get(source, source or "API token")
+
+
 def kaggle_credentials_source() -> str | None:
     """Which Kaggle credentials kagglehub would use (named, never read out), or None: an API
     token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then KAGGLE_USERNAME + KAGGLE_KEY, then
     kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle (malformed: none)."""
     from kagglehub.config import get_kaggle_credentials
-    from kagglesdk.kaggle_env import get_access_token_from_env
 
     try:
         credentials = get_kaggle_credentials()
@@ -175,11 +186,24 @@ def kaggle_credentials_source() -> str | None:
     if credentials is None:
         return None
     if credentials.api_key:
-        _, source = get_access_token_from_env()
-        return {"access_token": "~/.kaggle/access_token"}.get(source, source or "API token")
+        return kaggle_access_token_source() or "API token"
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
     return "kaggle.json"
+
+
+def kaggle_authenticated_source(auth_method: str | None, config_file: str) -> str:
+    """Name the credentials the kaggle client authenticated with, from its `auth_method`
+    (ACCESS_TOKEN, LEGACY_API_KEY, OAUTH) and the kaggle.json it reads."""
+    if auth_method == "ACCESS_TOKEN":
+        return kaggle_access_token_source() or "an access token"
+    if auth_method == "LEGACY_API_KEY":
+        if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+            return "KAGGLE_USERNAME/KAGGLE_KEY"
+        return f"kaggle.json ({config_file})"
+    if auth_method == "OAUTH":
+        return "OAuth credentials (`kaggle auth login`)"
+    return "the kaggle client's own configuration"
 
 
 def register_environment_secrets() -> None:

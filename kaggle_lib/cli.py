@@ -406,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seconds to wait with --wait (default {push.DEFAULT_TIMEOUT_S:g})")
     push_p.add_argument("--version", type=int, default=None,
                         help="do not push: wait for / fetch this existing version")
+    push_p.add_argument("--push-id",
+                        help="with --version: the push id that version was pushed with (the "
+                             "push prints it); default: the one in its push.json. Outputs "
+                             "that do not carry it are kept aside in v<N>.unverified/")
     push_p.add_argument("--evidence-dir", type=Path,
                         default=bundle.REPO_ROOT / "evidence" / "kaggle",
                         help="outputs go to <dir>/<slug>/v<N>/ (default evidence/kaggle)")

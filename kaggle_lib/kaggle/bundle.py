@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import tomllib
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -446,6 +447,9 @@ def build_bundle(opts: BundleOptions) -> Bundle:
         "tested_stack": tested_stack(repo),
         "continues_from": opts.continue_from.to_dict() if opts.continue_from else None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # Names this push, not the code (zip_sha256 does that): the run writes it back in
+        # evidence/kaggle_bundle.json, which proves that fetched outputs are this push's.
+        "push_id": uuid.uuid4().hex,
         "python": sys.version.split()[0],
     }
     if len(archive) > SIZE_WARN_BYTES:

@@ -25,18 +25,20 @@ LIST_KEYS = ("dataset_sources", "competition_sources", "kernel_sources", "model_
              "keywords")
 
 TPU_SHAPE = "TpuV5E8"
-# Accelerators kaggle-cli's docs/kernels.md lists ("available as of Sep 2026"); some are only
-# for specific competitions or admins. The server decides; we refuse only what is not listed.
-CURRENT_SHAPES = ("TpuV5E8", "TpuV6E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem",
-                  "NvidiaTeslaA100", "NvidiaL4", "NvidiaL4X1", "NvidiaH100", "NvidiaRtxPro6000")
-# Listed in the Feb 2026 docs (and kagglesdk's ApiSaveKernelRequest docstring) but dropped from
-# the Sep 2026 list: accepted with a warning.
-DROPPED_SHAPES = ("NvidiaTeslaP100",)
-# TPU v3/v2 shapes: Kaggle retired those TPUs; what the server runs instead (kaggle-cli's
-# retired-accelerator warning).
-RETIRED_SHAPES = {"tpuv38": ("TpuV38", "TpuV5E8"), "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
+# Accelerators kaggle-cli's docs/kernels.md lists for users (Sep 2026, after PRs 1192 and 1198);
+# some are only for specific competitions. The server decides; we refuse what is not listed.
+CURRENT_SHAPES = ("TpuV5E8", "TpuV6E8", "NvidiaTeslaT4", "NvidiaTeslaA100", "NvidiaL4",
+                  "NvidiaL4X1", "NvidiaH100", "NvidiaRtxPro6000")
+# Retired: the server silently runs the replacement instead (kaggle-cli PR 1192, whose push
+# warning names these replacements). Matched like kaggle-cli: case and spaces ignored.
+RETIRED_SHAPES = {"nvidiateslap100": ("NvidiaTeslaP100", "NvidiaTeslaT4"),
+                  "tpuv38": ("TpuV38", "TpuV5E8"), "tpu1vmv38": ("Tpu1VmV38", "TpuV5E8"),
                   "tpuv232": ("TpuV232", "CPU (no accelerator)"),
                   "tpuv2256": ("TpuV2256", "CPU (no accelerator)")}
+# "An internal admin-only pool" (kaggle-cli PR 1198, which dropped it from the user docs).
+# Refused, not warned: a user's push would at best get another machine chosen by the server
+# (PR 1192: admin-gated shapes can be swapped silently); mapped to what to use instead.
+ADMIN_ONLY_SHAPES = {"nvidiateslat4highmem": ("NvidiaTeslaT4Highmem", "NvidiaTeslaT4")}
 
 SLUG_MIN = 5
 TITLE_MIN = 5
@@ -185,13 +187,21 @@ class KernelMetadata(BaseModel):
     @field_validator("machine_shape")
     @classmethod
     def _documented_shape(cls, shape: str | None) -> str | None:
-        if shape is not None and shape.strip().lower() in RETIRED_SHAPES:
-            name, replacement = RETIRED_SHAPES[shape.strip().lower()]
+        key = shape.strip().lower() if shape is not None else None
+        if key in RETIRED_SHAPES:
+            name, replacement = RETIRED_SHAPES[key]
+            advice = (f"use {replacement!r}" if replacement in CURRENT_SHAPES else
+                      f"use {TPU_SHAPE!r} for a TPU v5e-8, or no accelerator for CPU")
             raise _Problem(f"machine_shape = {shape!r}: {name} is retired; the server would run "
-                           f"{replacement} instead. Use {TPU_SHAPE!r} for a TPU v5e-8")
-        if shape is not None and shape not in CURRENT_SHAPES + DROPPED_SHAPES:
+                           f"{replacement} instead (kaggle-cli PR 1192); {advice}")
+        if key in ADMIN_ONLY_SHAPES:
+            name, replacement = ADMIN_ONLY_SHAPES[key]
+            raise _Problem(f"machine_shape = {shape!r}: {name} is an internal admin-only pool "
+                           "(kaggle-cli PR 1198), not for user accounts: the server would at "
+                           f"best substitute another machine. Use {replacement!r} (GPU T4 x2)")
+        if shape is not None and shape not in CURRENT_SHAPES:
             raise _Problem(f"machine_shape = {shape!r}: not a machine shape kaggle-cli documents; "
-                           f"allowed: {', '.join(CURRENT_SHAPES + DROPPED_SHAPES)}")
+                           f"allowed: {', '.join(CURRENT_SHAPES)}")
         return shape
 
 
@@ -256,9 +266,6 @@ def _warnings(meta: KernelMetadata) -> list[str]:
         # the image of the kernel's first version (reproducible); docs/KAGGLE.md says how to move.
         warnings.append("docker_image_pinning_type is not set; set 'original' (reproducible) or "
                         "'latest'")
-    if meta.machine_shape in DROPPED_SHAPES:
-        warnings.append(f"machine_shape = {meta.machine_shape!r} is no longer in kaggle-cli's "
-                        "list of accelerators (Sep 2026); the server may run another one")
     if meta.enable_internet is None:
         # The client defaults it to true; say it explicitly so the file documents the session.
         warnings.append("enable_internet is not set (the client defaults it to true)")

@@ -3,8 +3,13 @@
 The `kaggle` CLI exits 0 on a rejected push and on a run ending in ERROR, and `kernels
 status`/`output` ask for the latest version, not the one pushed: so this module calls the client
 library (kagglesdk requests carrying `version_label`) and checks every response itself.
-Exit codes: 0 done; 1 credentials, push rejected, run ERROR/cancelled, timeout, download failed;
-2 invalid input (metadata, notebook, config, pins, arguments).
+Every push carries a fresh push id in its bundle info; fetched outputs count as the version's
+only when their `evidence/kaggle_bundle.json` carries the same id (else they stay in
+`v<N>.unverified/`).
+Exit codes: 0 done (also a push answered without a version number: recorded as
+QUEUED_UNKNOWN); 1 credentials, push rejected, run ERROR/cancelled, timeout, download failed,
+outputs not proven to be the version's; 2 invalid input (metadata, notebook, config, pins,
+arguments).
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from kaggle_lib import auth, logs
-from kaggle_lib.compat.kaggle_client import http_session
+from kaggle_lib.compat.kaggle_client import client_authentication, http_session
 from kaggle_lib.errors import KaggleLibError
 from kaggle_lib.kaggle.bundle import (
     MAX_SENT_BYTES,
@@ -52,6 +58,11 @@ OUTPUT_RETRIES = 6
 MAX_RETRY_AFTER_S = 120.0
 OUTPUT_HTTP_TIMEOUT_S = (30.0, 600.0)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Written by the bundle cell (templates/bundle_cell.py) as the run starts: the bundle info,
+# push id included, of the notebook that actually ran.
+BUNDLE_INFO_OUTPUT = "evidence/kaggle_bundle.json"
+# What a push record keeps when the version is fetched later (--version).
+PUSH_FACTS = ("bundle", "url", "pushed_at", "invalid_sources")
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found. Provide one of: KAGGLE_API_TOKEN (a token, or the path of a "
@@ -77,7 +88,7 @@ class WaitTimeout(PushFailure):
 @dataclasses.dataclass
 class PushResult:
     kernel_id: str
-    version: int
+    version: int | None  # None: the server answered without one (the version may be queued)
     url: str
     # Sources the server could not attach; the version is queued and runs without them.
     invalid_sources: dict[str, list[str]] = dataclasses.field(default_factory=dict)
@@ -102,24 +113,79 @@ def _log(msg: str) -> None:
     log.info(f"[kaggle] {msg}")
 
 
-def connect() -> Any:
+class Connection(NamedTuple):
+    api: Any  # kaggle.api, authenticated
+    credentials: str  # which credentials authenticated, named (never their value)
+    warnings: list[str]
+
+
+def _authenticate(api: Any) -> BaseException | None:
+    """`api.authenticate()` as `import kaggle` runs it (on failure it prints help and exits);
+    returns what it raised, which the import swallows."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            api.authenticate()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - returned to the caller
+        return exc
+    return None
+
+
+def _drop_refused_token(api: Any, token_source: str, authenticated: bool,
+                        method: str | None) -> str:
+    """The client skipped (or failed on) an access token that Kaggle refused, but kagglesdk
+    still sends one from the environment as a bearer whenever a client is built without a
+    token of its own (`KaggleHttpClient._try_fill_auth`), as on the legacy-key path: every
+    call would get HTTP 401. KAGGLE_API_TOKEN is removed from this process's environment (the
+    client already fell back to the credentials beside it, so the push goes ahead with those);
+    a token file cannot be taken out of the environment, so it is refused. Returns the warning."""
+    if token_source == "KAGGLE_API_TOKEN":
+        os.environ.pop("KAGGLE_API_TOKEN")
+        if not authenticated:
+            _authenticate(api)  # the other credentials, now that the token is gone
+        return ("KAGGLE_API_TOKEN was refused by Kaggle (expired or revoked); it is ignored "
+                "for this push (removed from the environment of every client built). Renew it "
+                "or delete it (in CI: the KAGGLE_API_TOKEN repository secret)")
+    warning = f"the access token in {token_source} was refused by Kaggle (expired or revoked)"
+    if method == "OAUTH":  # kagglesdk is given the OAuth token and never reads the file
+        return warning
+    raise CredentialsError(f"{warning}, and kagglesdk would still send it with every request "
+                           f"(HTTP 401) instead of any other credentials. Remove {token_source} "
+                           "or replace it with a new token from https://www.kaggle.com/settings/api")
+
+
+def connect() -> Connection:
     """Check credentials, then import the kaggle client (it authenticates on import; it also
-    reads `kaggle auth login` OAuth and $XDG_CONFIG_HOME/kaggle, which kagglehub does not)."""
-    source = auth.kaggle_credentials_source()
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):  # on failure kaggle prints its help text
+    reads `kaggle auth login` OAuth and $XDG_CONFIG_HOME/kaggle, which kagglehub does not), and
+    make every client built afterwards send the credentials that authenticated."""
+    expected = auth.kaggle_credentials_source()
+    with contextlib.redirect_stdout(io.StringIO()):  # on failure kaggle prints its help text
         import kaggle  # kaggle 2.x catches its own authentication errors on import
     api = kaggle.api
-    authenticated = getattr(api, "_authenticated", False)
-    if source is None:
-        if not authenticated:
-            raise CredentialsError(NO_CREDENTIALS)
-        source = "the kaggle client's own configuration"
+    authenticated, method, config_file = client_authentication(api)
+    token_source = auth.kaggle_access_token_source()
+    if token_source and not authenticated:
+        # The import swallowed why: a refused token (401, or inactive with nothing else to
+        # fall back on) is dropped below; Kaggle unreachable or failing is not a refusal.
+        error = _authenticate(api)
+        if error is not None and not isinstance(error, SystemExit) \
+                and _http_status(error) != 401:
+            raise CredentialsError(f"could not check the access token from {token_source} with "
+                                   f"Kaggle: {_describe_http(error)}")
+        authenticated, method, config_file = client_authentication(api)
+    warnings: list[str] = []
+    if token_source and method != "ACCESS_TOKEN":
+        warnings.append(_drop_refused_token(api, token_source, authenticated, method))
+        authenticated, method, config_file = client_authentication(api)
+    for warning in warnings:
+        _log(f"warning: {warning}")
     if not authenticated:
+        if expected is None:
+            raise CredentialsError(NO_CREDENTIALS)
         raise CredentialsError(f"the kaggle client could not authenticate with the credentials "
-                               f"from {source} (refused, malformed, or Kaggle unreachable)")
+                               f"from {expected} (refused, malformed, or Kaggle unreachable)")
+    source = auth.kaggle_authenticated_source(method, config_file)
     _log(f"authenticated with credentials from {source}")
-    return api
+    return Connection(api, source, warnings)
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -204,15 +270,12 @@ def push_bundle(api: Any, bundle_dir: Path, kernel_id: str) -> PushResult:
     invalid = {f"{kind}_sources": list(getattr(response, f"invalid_{kind}_sources") or [])
                for kind in ("model", "dataset", "kernel", "competition")}
     invalid = {k: v for k, v in invalid.items() if v}
-    if not response.version_number:
-        raise PushFailure(f"push of {kernel_id}: the server returned no version number "
-                          f"(url {response.url!r}); cannot follow this version")
     if response.invalid_tags:
         _log(f"warning: keywords not accepted by Kaggle: {list(response.invalid_tags)}")
     # The server creates and queues the version anyway (kaggle-cli prints these as warnings),
     # so the caller reports and records it instead of abandoning a run that spends TPU quota.
-    return PushResult(kernel_id=kernel_id, version=int(response.version_number),
-                      url=response.url or "", invalid_sources=invalid)
+    return PushResult(kernel_id=kernel_id, url=response.url or "", invalid_sources=invalid,
+                      version=int(response.version_number) if response.version_number else None)
 
 
 def _request(request: Any, owner: str, slug: str, label: str) -> Any:
@@ -374,6 +437,8 @@ def run_push(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.poll_interval <= 0 or args.max_poll_interval <= 0:
         raise BundleError("--timeout, --poll-interval and --max-poll-interval must be positive")
+    if args.push_id and args.version is None:
+        raise BundleError("--push-id goes with --version (a new push makes its own push id)")
     owner = args.owner or os.environ.get("KAGGLE_USERNAME") or None
     bundle: Bundle | None = None
     if args.version is None:
@@ -409,22 +474,42 @@ def _run(args: argparse.Namespace) -> int:
         raise BundleError(f"kernel id {kernel_id!r} has the placeholder owner; pass --owner "
                           "or set KAGGLE_USERNAME to your Kaggle username")
 
-    api = connect()
-    record: dict[str, Any] = {"kernel_id": kernel_id, "bundle": bundle.info if bundle else None}
+    connection = connect()
+    api = connection.api
+    record: dict[str, Any] = {"kernel_id": kernel_id, "bundle": bundle.info if bundle else None,
+                              "credentials": connection.credentials}
+    warnings = list(connection.warnings)
     if bundle is not None:
+        push_id = bundle.info["push_id"]
         result = push_bundle(api, bundle.dir, kernel_id)
-        _log(f"pushed {kernel_id} version {result.version}: {result.url}")
-        version = result.version
-        record.update(version=version, url=result.url, pushed_at=time.time())
+        record.update(version=result.version, url=result.url, pushed_at=time.time())
         if result.invalid_sources:
             record["invalid_sources"] = result.invalid_sources
-            _log(f"warning: version {version} is queued without {result.invalid_sources}: "
+            _log(f"warning: version {result.version} is queued without {result.invalid_sources}: "
                  "Kaggle could not attach them. For Gemma models accept the licence on the "
                  "model's Kaggle page with the pushing account and check the versions exist; "
                  f"cancel the run on {result.url or 'kaggle.com'} if it cannot work without them")
+        if result.version is None:
+            # kaggle-cli's `kernels_push_cli` prints "Kernel version successfully pushed" for
+            # this answer: the version is queued, but cannot be followed without its number.
+            warnings.append(f"the server returned no version number for the push of {kernel_id}; "
+                            "the version is probably queued (the kaggle CLI reports success). "
+                            f"Find its number on {result.url or 'kaggle.com'} and fetch it with "
+                            f"--version N --push-id {push_id}")
+            _log(f"warning: {warnings[-1]}")
+            _write_record(args.evidence_dir / slug / f"queued-{push_id}",
+                          dict(record, status="QUEUED_UNKNOWN", warnings=warnings))
+            return 0
+        _log(f"pushed {kernel_id} version {result.version}: {result.url} (push id {push_id})")
+        version = result.version
     else:
         version = int(args.version)
+        # Keep what the push recorded for this version (bundle and push id, url).
+        pushed = _read_record(args.evidence_dir / slug / f"v{version}")
         record.update(version=version, url=None)
+        record.update({key: pushed[key] for key in PUSH_FACTS if pushed.get(key) is not None})
+    if warnings:
+        record["warnings"] = warnings
     dest = args.evidence_dir / slug / f"v{version}"
     if not args.wait:
         _write_record(dest, dict(record, status="PUSHED"))
@@ -432,6 +517,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     label = f"{kernel_id} v{version}"
+    expected = _expected_push_id(args.push_id, record, dest)
+    if expected[0] is None:
+        _log(f"warning: {label} has no push id ({expected[1]}): its outputs cannot be proven to "
+             f"be this version's and will be kept aside in {_unverified(dest)}")
     try:
         status = wait_for_version(
             lambda form, http_timeout: get_status(api, kernel_owner, slug, form, http_timeout),
@@ -445,20 +534,92 @@ def _run(args: argparse.Namespace) -> int:
                   version_label=status.version_label)
     labels = (status.version_label, *[v for v in version_labels(version)
                                       if v != status.version_label])
-    try:
-        files = fetch_outputs(api, kernel_owner, slug, version, dest, labels)
-    except PushFailure as exc:
-        if status.status in TERMINAL_OK:
-            _write_record(dest, dict(record, fetch_error=str(exc)))
-            raise
-        files = []  # the run already failed; its error message matters more
-        record["fetch_error"] = str(exc)
-    record["files"] = files
-    _write_record(dest, record)
+    problem = _fetch_verified(api, record, dest, labels, expected)
     if status.status not in TERMINAL_OK:
         what = "was cancelled" if status.status.startswith("CANCEL") else "failed"
+        where = f"kept aside in {_unverified(dest)} ({problem})" if problem else f"in {dest}"
         raise PushFailure(f"{label} {what} ({status.status}): "
                           f"{status.failure_message or 'no failure message'}; "
-                          f"log and outputs in {dest}")
-    _log(f"{label} COMPLETE; {len(files)} file(s) in {dest}")
+                          f"log and outputs {where}")
+    if problem:
+        raise PushFailure(f"{label}: {problem}")
+    _log(f"{label} COMPLETE; {len(record['files'])} file(s) in {dest}, push id "
+         f"{expected[0]} confirmed by the outputs' {BUNDLE_INFO_OUTPUT}")
     return 0
+
+
+def _read_record(dest: Path) -> dict[str, Any]:
+    path = dest / "push.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); move it away to fetch again") from None
+
+
+def _unverified(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".unverified")
+
+
+def _expected_push_id(flag: str | None, record: dict[str, Any],
+                      dest: Path) -> tuple[str | None, str]:
+    """(the push id this version was pushed with, a phrase saying where that comes from)."""
+    if flag:
+        return flag, f"--push-id is {flag!r}"
+    path = dest / "push.json"
+    recorded = (record.get("bundle") or {}).get("push_id")
+    if recorded:
+        return recorded, f"the push record {path} has push_id {recorded!r}"
+    held = "has no push_id" if path.is_file() else "does not exist"
+    return None, f"the push record {path} {held} and no --push-id was given"
+
+
+def outputs_push_id_problem(outputs: Path, expected: tuple[str | None, str]) -> str | None:
+    """None when the outputs' bundle info (written by the bundle cell as the run starts) names
+    the push id this version was pushed with; else the mismatch, naming both values."""
+    path = outputs / BUNDLE_INFO_OUTPUT
+    try:
+        info = json.loads(path.read_text())
+        found = info.get("push_id") if isinstance(info, dict) else None
+        seen = f"has push_id {found!r}" if found else "has no push_id"
+    except FileNotFoundError:
+        found, seen = None, "is missing"
+    except (OSError, ValueError):
+        found, seen = None, "is not readable JSON"
+    if expected[0] and found == expected[0]:
+        return None
+    return (f"the outputs are not proven to be this version's: {BUNDLE_INFO_OUTPUT} in the "
+            f"outputs {seen}; {expected[1]}")
+
+
+def _fetch_verified(api: Any, record: dict[str, Any], dest: Path, labels: tuple[str, ...],
+                    expected: tuple[str | None, str]) -> str | None:
+    """Download the outputs into <dest>.unverified/, move them into dest only when they carry
+    this version's push id, and write push.json; return why they stay aside, if they do.
+    A failed download raises PushFailure (unless the run failed: its message matters more)."""
+    owner, slug = split_id(record["kernel_id"])
+    staging = _unverified(dest)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        record["files"] = fetch_outputs(api, owner, slug, record["version"], staging, labels)
+    except PushFailure as exc:
+        record.update(files=[], fetch_error=str(exc), outputs_unverified=str(staging))
+        _write_record(dest, record)
+        if record["status"] in TERMINAL_OK:
+            raise
+        return str(exc)
+    problem = outputs_push_id_problem(staging, expected)
+    if problem:
+        record.update(outputs_unverified=str(staging), verification_error=problem)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            target = dest / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+        staging.rmdir()
+        record["outputs_push_id"] = expected[0]
+    _write_record(dest, record)
+    return problem

@@ -16,10 +16,21 @@ Where it is pessimistic, and why (docs/KAGGLE.md, "Facts the code relies on"):
   a status call can stall without answering (kagglesdk sends without a timeout).
 - the secrets endpoint answers like Kaggle's: `wasSuccessful: false` for a label that is not
   attached (kaggle_secrets raises BackendError), 401 for a bad JWE (CredentialError).
+- credentials: Basic auth with the legacy key, or a bearer that must be `api_token`; any other
+  bearer (an expired or revoked token) gets 401 "Unauthenticated". `IntrospectToken` answers
+  `active: false` for such a token, so kaggle 2.2.4's `authenticate` falls back to the legacy
+  key (auth_method LEGACY_API_KEY) while kagglesdk keeps sending the token from the environment
+  (`KaggleHttpClient._try_fill_auth`): every later call gets 401. With
+  `introspect_refuses_bad_bearer` the introspection request itself, which carries the same
+  bearer, gets 401 and `import kaggle` ends unauthenticated (its `_introspect_token` re-raises
+  401). Which of the two the real service does is not known; both are tested.
+- a run writes the pushed notebook's bundle info to `evidence/kaggle_bundle.json`, as the bundle
+  cell does (`runs_pushed_bundle`); a push can be answered without a version number.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import dataclasses
 import json
@@ -40,12 +51,19 @@ class Scenario:
 
     username: str = "tester"
     key: str = "fake-kaggle-key-0123456789"
+    api_token: str = "KGAT_fakevalidtoken0123456789abcdef"
+    introspect_refuses_bad_bearer: bool = False
     version: int = 3
     statuses: list[Any] = dataclasses.field(
         default_factory=lambda: ["QUEUED", "RUNNING", "COMPLETE"])
     # What a status request for any other version (or none) gets: the previous run.
     previous_status: str = "COMPLETE"
     push_error: str | None = None
+    push_without_version: bool = False  # SaveKernel answers with no versionNumber
+    # The version's run writes the pushed notebook's bundle info (push id included) to
+    # evidence/kaggle_bundle.json; False: the outputs are exactly `outputs` (e.g. another
+    # version's, as when the server ignores the version label).
+    runs_pushed_bundle: bool = True
     push_http_status: int | None = None
     invalid_model_sources: list[str] = dataclasses.field(default_factory=list)
     outputs: dict[str, bytes] = dataclasses.field(default_factory=dict)
@@ -58,8 +76,8 @@ class Scenario:
     label_form: str = "v"
     max_source_bytes: int = 1_000_000
     status_hangs: bool = False  # status calls never answer
-    # Injected failures, consumed in order: {"ListKernelSessionOutput" | "download": [429,
-    # 503, "reset", ...]}. 429/503 carry `Retry-After: retry_after`.
+    # Injected failures, consumed in order: {"ListKernelSessionOutput" | "IntrospectToken" |
+    # "download": [429, 503, "reset", ...]}. 429/503 carry `Retry-After: retry_after`.
     failures: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     retry_after: str = "1"
 
@@ -140,12 +158,28 @@ class FakeKaggleServer:
         if auth.startswith("Basic "):
             user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
             return user == self.scenario.username and key == self.scenario.key
-        return auth == f"Bearer {self.scenario.key}"
+        return auth == f"Bearer {self.scenario.api_token}"
+
+    def _run_writes_bundle_info(self, notebook_text: str) -> None:
+        """What the pushed bundle cell writes as the run starts: its `_KL_BUNDLE`."""
+        cells = json.loads(notebook_text or "{}").get("cells", [])
+        source = next((c["source"] for c in cells
+                       if "kaggle-bundle" in c.get("metadata", {}).get("tags", [])), None)
+        if source is None:
+            return
+        info = next(ast.literal_eval(node.value) for node in ast.parse(source).body
+                    if isinstance(node, ast.Assign)
+                    and getattr(node.targets[0], "id", None) == "_KL_BUNDLE")
+        self.scenario.outputs = {**self.scenario.outputs,
+                                 "evidence/kaggle_bundle.json": json.dumps(info).encode()}
 
     def _api(self, method: str, body: dict[str, Any], headers: Any) -> tuple[int, dict[str, Any]]:
         sc = self.scenario
         if method == "security.OAuthService/IntrospectToken":
-            ok = body.get("token") == sc.key
+            bearer = (headers.get("Authorization") or "").startswith("Bearer ")
+            if bearer and sc.introspect_refuses_bad_bearer and not self._authorized(headers):
+                return 401, {"code": 401, "message": "Unauthenticated"}
+            ok = body.get("token") == sc.api_token
             return 200, {"active": ok, "username": sc.username if ok else ""}
         if not self._authorized(headers):
             return 401, {"code": 401, "message": "Unauthenticated"}
@@ -159,10 +193,15 @@ class FakeKaggleServer:
                              "megabytes in size"}
             if sc.push_error:
                 return 200, {"error": sc.push_error}
+            if sc.runs_pushed_bundle:
+                self._run_writes_bundle_info(str(body.get("text", "")))
             slug = body.get("slug", "")
-            return 200, {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}",
-                         "versionNumber": sc.version, "kernelId": 42,
-                         "invalidModelSources": sc.invalid_model_sources}
+            answer = {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}",
+                      "versionNumber": sc.version, "kernelId": 42,
+                      "invalidModelSources": sc.invalid_model_sources}
+            if sc.push_without_version:
+                del answer["versionNumber"]
+            return 200, answer
         if method == "kernels.KernelsApiService/GetKernelSessionStatus":
             if self._label_status(body.get("versionLabel")) == "missing":
                 return 404, {"code": 404, "message": "Not found"}
@@ -211,6 +250,8 @@ class FakeKaggleServer:
                     fake.calls.append({"method": self.command,
                                        "path": urlsplit(self.path).path, "body": body,
                                        "auth": bool(self.headers.get("Authorization")),
+                                       "auth_scheme": (self.headers.get("Authorization")
+                                                       or " ").split(" ")[0],
                                        "time": time.monotonic()})
                     return len(fake.calls) <= fake.max_requests
 
@@ -242,7 +283,8 @@ class FakeKaggleServer:
                 if method == "GetKernelSessionStatus" and fake.scenario.status_hangs:
                     fake._released.wait()  # never answers while the test runs
                     return None
-                if method == "ListKernelSessionOutput" and self._fail(method):
+                if method in ("ListKernelSessionOutput", "IntrospectToken") \
+                        and self._fail(method):
                     return None
                 if path.startswith("/api/v1/"):
                     code, payload = fake._api(path[len("/api/v1/"):], body, self.headers)

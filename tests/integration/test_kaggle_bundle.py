@@ -109,9 +109,17 @@ def test_bundle_layout_parameters_and_package(repo: Path, tmp_path: Path) -> Non
     assert written["zip_sha256"] == bundle.info["zip_sha256"]
 
 
-def test_bundle_zip_is_deterministic(repo: Path, tmp_path: Path) -> None:
-    first = _build(repo, tmp_path, out_dir=tmp_path / "a").info["zip_sha256"]
-    assert _build(repo, tmp_path, out_dir=tmp_path / "b").info["zip_sha256"] == first
+def test_bundle_zip_is_deterministic_and_each_build_has_a_fresh_push_id(
+        repo: Path, tmp_path: Path) -> None:
+    """The same code pushed twice: same zip sha256 (names the code), two push ids (name the
+    pushes), each in the notebook's bundle info that the run writes back."""
+    first, second = (_build(repo, tmp_path, out_dir=tmp_path / name) for name in ("a", "b"))
+    assert first.info["zip_sha256"] == second.info["zip_sha256"]
+    assert first.info["push_id"] != second.info["push_id"]
+    for bundle in (first, second):
+        assert f"'push_id': '{bundle.info['push_id']}'" in bundle.notebook.read_text()
+        assert json.loads((bundle.dir / "bundle.json").read_text())["push_id"] == \
+            bundle.info["push_id"]
 
 
 def test_install_cell_installs_the_tested_stack_then_pins_with_no_deps(

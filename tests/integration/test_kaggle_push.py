@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,8 +27,10 @@ SCRIPT = REPO / "scripts" / "kaggle_push.py"
 OUTPUTS = {
     "evidence/runs/r1/manifest.json": b'{"status": "complete"}',
     "evidence/runs/r1/metrics.jsonl": b'{"step": 1, "loss": 2.5}\n',
-    "evidence/kaggle_bundle.json": b"{}",
 }
+BUNDLE_INFO = "evidence/kaggle_bundle.json"  # the fake's run writes it from the pushed notebook
+SERVED = len(OUTPUTS) + 1
+DEST = ("evidence", "gemma-tunix-reasoning", "v3")
 
 
 @pytest.fixture()
@@ -55,15 +58,19 @@ def _run(args: list[str], env_extra: dict[str, str], timeout: float = 60):
 
 
 def _push(tmp_path: Path, repo: Path, sc: Scenario, *extra: str, credentials: bool = True,
-          timeout_s: str = "10"):
+          timeout_s: str = "10", env: dict[str, str] | None = None):
     home = _home(tmp_path, sc, credentials)
     with FakeKaggleServer(sc, max_lifetime_s=60) as srv:
         proc = _run(["--path", str(repo), "--repo-root", str(repo),
                      "--config", "configs/tpu_standin.yaml", "--out", str(tmp_path / "bundle"),
                      "--evidence-dir", str(tmp_path / "evidence"), "--timeout", timeout_s,
                      "--poll-interval", "0.02", "--max-poll-interval", "0.05", *extra],
-                    {**srv.client_env(), "HOME": str(home)})
+                    {**srv.client_env(), "HOME": str(home), **(env or {})})
     return proc, srv
+
+
+def _record(tmp_path: Path, *parts: str) -> dict:
+    return json.loads(tmp_path.joinpath(*(parts or DEST), "push.json").read_text())
 
 
 def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
@@ -90,9 +97,9 @@ def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
     assert {c["body"]["versionLabel"] for c in srv.calls_to("ListKernelSessionOutput")} == {"v3"}
     assert all(c["auth"] for c in srv.calls if c["path"].startswith("/api/"))
     downloads = [c for c in srv.calls if c["method"] == "GET"]
-    assert len(downloads) == 3 and not any(c["auth"] for c in downloads)  # no creds to file URLs
+    assert len(downloads) == SERVED and not any(c["auth"] for c in downloads)  # no creds to URLs
 
-    dest = tmp_path / "evidence" / "gemma-tunix-reasoning" / "v3"
+    dest = tmp_path.joinpath(*DEST)
     for name, content in OUTPUTS.items():
         assert (dest / name).read_bytes() == content
     assert "hello from the fake kernel" in (dest / "gemma-tunix-reasoning.log").read_text()
@@ -100,7 +107,13 @@ def test_push_wait_fetch_complete(tmp_path: Path, repo: Path) -> None:
     assert record["status"] == "COMPLETE" and record["version"] == 3
     assert record["version_label"] == "v3"
     assert record["bundle"]["zip_sha256"] and sorted(record["files"]) == sorted(
-        [*OUTPUTS, "gemma-tunix-reasoning.log"])
+        [*OUTPUTS, BUNDLE_INFO, "gemma-tunix-reasoning.log"])
+    # The outputs are this push's: the run wrote back the push id the bundle carried.
+    push_id = record["bundle"]["push_id"]
+    assert json.loads((dest / BUNDLE_INFO).read_text())["push_id"] == push_id
+    assert record["outputs_push_id"] == push_id and f"push id {push_id} confirmed" in proc.stdout
+    assert record["credentials"].startswith("kaggle.json (")
+    assert not dest.with_name("v3.unverified").exists()
     everything = proc.stdout + proc.stderr + "".join(
         p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
         and "home" not in p.parts)
@@ -177,8 +190,8 @@ def test_status_call_that_never_answers_ends_at_the_timeout(tmp_path: Path, repo
 
 
 @pytest.mark.parametrize(("failures", "listing_calls", "downloads"), [
-    ({"ListKernelSessionOutput": [429, "reset"]}, 2 + 2, len(OUTPUTS)),
-    ({"download": [503, "reset"]}, 2, 2 + len(OUTPUTS)),
+    ({"ListKernelSessionOutput": [429, "reset"]}, 2 + 2, SERVED),
+    ({"download": [503, "reset"]}, 2, 2 + SERVED),
 ], ids=["listing", "download"])
 def test_listing_and_download_retry_transient_failures(
         tmp_path: Path, repo: Path, failures: dict, listing_calls: int, downloads: int) -> None:
@@ -245,6 +258,20 @@ def test_dry_run_prints_the_size_as_sent_and_fails_above_the_limit(
     assert "allowed: at most 950,000" in proc.stderr
 
 
+def test_kaggle_doc_quotes_no_measured_size_and_names_the_dry_run() -> None:
+    """Bundle sizes change with every commit: docs/KAGGLE.md points at the dry run, whose line
+    the test above checks, and quotes no figure but the limit. (The jax stack's section quotes
+    a dated download size measured by scripts/check_kaggle_stack.py: that is the stack's, not
+    the bundle's.)"""
+    text = (REPO / "docs" / "KAGGLE.md").read_text()
+    stack = text.index("## The jax stack on Kaggle")
+    text = text[:stack] + text[text.index("\n## ", stack + 1):]
+    figures = set(re.findall(r"(\d[\d,.]*)\**\s*(?:bytes|KiB|kB|KB)\b", text))
+    assert figures <= {f"{kp.MAX_SENT_BYTES:,}"}, figures
+    assert "python -m kaggle_lib push --path . --dry-run" in text
+    assert f"`notebook as sent: N bytes (limit {kp.MAX_SENT_BYTES:,}; ...)`" in text
+
+
 def test_fake_refuses_a_source_of_1_mb_like_kaggle(tmp_path: Path, repo: Path) -> None:
     """The fake's limit, through the real client: what an unchecked push would get."""
     import requests
@@ -261,7 +288,7 @@ def test_fake_refuses_a_source_of_1_mb_like_kaggle(tmp_path: Path, repo: Path) -
     code = ("import sys, requests\n"
             f"sys.path.insert(0, {str(REPO)!r})\n"
             "from kaggle_lib.kaggle import push\n"
-            "api = push.connect()\n"
+            "api = push.connect().api\n"
             f"try:\n    api.kernels_push({str(bundle.dir)!r})\n"
             "except requests.HTTPError as e:\n"
             "    print(e.response.status_code, e.response.text); sys.exit(3)\n")
@@ -328,7 +355,7 @@ def test_credentials_only_the_kaggle_client_reads_are_used(tmp_path: Path, repo:
                      "--poll-interval", "0.02", "--max-poll-interval", "0.05", "--wait"],
                     {**srv.client_env(), "HOME": str(home), "XDG_CONFIG_HOME": str(xdg)})
     assert proc.returncode == 0, proc.stderr
-    assert "authenticated with credentials from the kaggle client's own configuration" in proc.stdout
+    assert f"authenticated with credentials from kaggle.json ({cred})" in proc.stdout
     assert srv.pushed and all(c["auth"] for c in srv.calls if c["path"].startswith("/api/"))
 
 
@@ -344,11 +371,126 @@ def test_wrong_credentials_are_refused(tmp_path: Path, repo: Path) -> None:
 
 
 def test_version_flag_follows_an_existing_version(tmp_path: Path, repo: Path) -> None:
-    sc = Scenario(version=7, outputs={"a.txt": b"A"}, statuses=["COMPLETE"])
-    proc, srv = _push(tmp_path, repo, sc, "--version", "7", "--wait")
+    sc = Scenario(version=7, statuses=["COMPLETE"],
+                  outputs={"a.txt": b"A", BUNDLE_INFO: b'{"push_id": "p7"}'})
+    proc, srv = _push(tmp_path, repo, sc, "--version", "7", "--push-id", "p7", "--wait")
     assert proc.returncode == 0, proc.stderr
     assert srv.pushed == []
     assert (tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7" / "a.txt").read_bytes() == b"A"
+
+
+@pytest.mark.parametrize(("served", "seen"), [
+    ({BUNDLE_INFO: b'{"push_id": "an-older-push"}'}, "has push_id 'an-older-push'"),
+    ({}, "is missing"),
+], ids=["another-push", "missing"])
+def test_outputs_not_carrying_the_push_id_are_kept_aside(
+        tmp_path: Path, repo: Path, served: dict, seen: str) -> None:
+    """The server answered with outputs that are not this push's (it ignored the version
+    label, or the run never wrote its bundle info): exit 1 naming both values; the files stay
+    out of v3/."""
+    sc = Scenario(outputs={**OUTPUTS, **served}, statuses=["COMPLETE"], runs_pushed_bundle=False)
+    proc, _ = _push(tmp_path, repo, sc, "--wait")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    record = _record(tmp_path)
+    push_id = record["bundle"]["push_id"]
+    assert f"{BUNDLE_INFO} in the outputs {seen}" in proc.stderr
+    assert f"has push_id {push_id!r}" in proc.stderr
+    dest = tmp_path.joinpath(*DEST)
+    assert sorted(p.name for p in dest.iterdir()) == ["push.json"]
+    aside = dest.with_name("v3.unverified")
+    for name, content in OUTPUTS.items():
+        assert (aside / name).read_bytes() == content
+    assert record["outputs_unverified"] == str(aside) and seen in record["verification_error"]
+
+
+def test_fetch_by_version_checks_the_push_record(tmp_path: Path, repo: Path) -> None:
+    """Push now, fetch later (the CI workflows): the fetch compares with push.json's push id;
+    --push-id names it where there is no record, and a wrong one is refused."""
+    sc = Scenario(outputs=dict(OUTPUTS), statuses=["COMPLETE"])
+    proc, _ = _push(tmp_path, repo, sc)
+    assert proc.returncode == 0, proc.stderr
+    push_id = _record(tmp_path)["bundle"]["push_id"]
+    ran = Scenario(outputs=sc.outputs, statuses=["COMPLETE"])  # what that version wrote
+    proc, srv = _push(tmp_path, repo, ran, "--version", "3", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    assert srv.pushed == [] and f"push id {push_id} confirmed" in proc.stdout
+    record = _record(tmp_path)
+    assert record["bundle"]["push_id"] == push_id and record["status"] == "COMPLETE"
+
+    proc, _ = _push(tmp_path, repo, ran, "--version", "3", "--push-id", "not-it", "--wait")
+    assert proc.returncode == 1
+    assert f"has push_id {push_id!r}; --push-id is 'not-it'" in proc.stderr
+    assert tmp_path.joinpath(*DEST).with_name("v3.unverified").is_dir()
+
+
+def test_push_answered_without_a_version_number_is_recorded_as_queued(
+        tmp_path: Path, repo: Path) -> None:
+    """kaggle-cli reports such a push as a success: exit 0, a warning, and a push.json."""
+    proc, srv = _push(tmp_path, repo, Scenario(push_without_version=True), "--wait")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the server returned no version number" in proc.stdout
+    (record_path,) = (tmp_path / "evidence" / "gemma-tunix-reasoning").glob("queued-*/push.json")
+    record = json.loads(record_path.read_text())
+    push_id = record["bundle"]["push_id"]
+    assert record_path.parent.name == f"queued-{push_id}"
+    assert record["status"] == "QUEUED_UNKNOWN" and record["version"] is None
+    assert f"--version N --push-id {push_id}" in record["warnings"][0]
+    assert record["url"] == "https://www.kaggle.com/code/tester/gemma-tunix-reasoning"
+    assert not srv.calls_to("GetKernelSessionStatus")
+
+
+EXPIRED_TOKEN = "KGAT_expiredtoken00000000000000000"
+
+
+@pytest.mark.parametrize("introspection", ["inactive", "401"])
+def test_expired_api_token_beside_a_valid_key_is_dropped(
+        tmp_path: Path, repo: Path, introspection: str) -> None:
+    """kagglesdk would send the refused KAGGLE_API_TOKEN as a bearer on every call (401) after
+    the client fell back to the legacy key: the push drops it, says so, and uses the key."""
+    sc = Scenario(outputs=dict(OUTPUTS), statuses=["COMPLETE"],
+                  introspect_refuses_bad_bearer=introspection == "401")
+    proc, srv = _push(tmp_path, repo, sc, "--wait", env={"KAGGLE_API_TOKEN": EXPIRED_TOKEN})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning: KAGGLE_API_TOKEN was refused by Kaggle (expired or revoked)" in proc.stdout
+    assert "authenticated with credentials from kaggle.json (" in proc.stdout
+    kernel_calls = [c for c in srv.calls if "KernelsApiService" in c["path"]]
+    assert kernel_calls and {c["auth_scheme"] for c in kernel_calls} == {"Basic"}
+    record = _record(tmp_path)
+    assert record["credentials"].startswith("kaggle.json") and "KAGGLE_API_TOKEN" in \
+        record["warnings"][0]
+    assert EXPIRED_TOKEN not in proc.stdout + proc.stderr + json.dumps(record)
+
+
+def test_valid_api_token_is_used_beside_a_key(tmp_path: Path, repo: Path) -> None:
+    sc = Scenario()
+    proc, srv = _push(tmp_path, repo, sc, env={"KAGGLE_API_TOKEN": sc.api_token})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "authenticated with credentials from KAGGLE_API_TOKEN" in proc.stdout
+    assert {c["auth_scheme"] for c in srv.calls_to("SaveKernel")} == {"Bearer"}
+    assert "warning" not in proc.stdout and _record(tmp_path)["credentials"] == "KAGGLE_API_TOKEN"
+
+
+def test_token_that_cannot_be_checked_is_not_called_refused(tmp_path: Path, repo: Path) -> None:
+    """Kaggle failing while the client checks the token is not an expired token: no fallback
+    to the key, no push, and the message says what happened."""
+    sc = Scenario(failures={"IntrospectToken": [503] * 4})
+    proc, srv = _push(tmp_path, repo, sc, env={"KAGGLE_API_TOKEN": sc.api_token})
+    assert proc.returncode == 1
+    assert "could not check the access token from KAGGLE_API_TOKEN with Kaggle: HTTP 503" in \
+        proc.stderr
+    assert "refused" not in proc.stdout and srv.pushed == []
+
+
+def test_expired_token_file_is_refused_naming_it(tmp_path: Path, repo: Path) -> None:
+    """A token file cannot be taken out of kagglesdk's reach: refuse before pushing."""
+    sc = Scenario()
+    (_home(tmp_path, sc) / ".kaggle" / "access_token").write_text(EXPIRED_TOKEN + "\n")
+    proc, srv = _push(tmp_path, repo, sc)
+    assert proc.returncode == 1
+    assert ("the access token in ~/.kaggle/access_token was refused by Kaggle (expired or "
+            "revoked)") in proc.stderr
+    assert "Remove ~/.kaggle/access_token" in proc.stderr
+    assert srv.pushed == [] and EXPIRED_TOKEN not in proc.stdout + proc.stderr
 
 
 def test_dry_run_needs_no_credentials_and_no_network(tmp_path: Path, repo: Path) -> None:

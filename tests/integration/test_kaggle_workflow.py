@@ -46,12 +46,16 @@ def test_push_does_not_wait_and_records_the_queued_version(tmp_path: Path) -> No
     upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and "evidence/kaggle/" in upload["with"]["path"]
 
-    # Run the recording step's script on a push record like the one kaggle_push.py writes.
-    record = tmp_path / "evidence" / "kaggle" / "gemma-tunix-reasoning" / "v12" / "push.json"
-    record.parent.mkdir(parents=True)
-    record.write_text(json.dumps({"kernel_id": "me/gemma-tunix-reasoning", "version": 12,
-                                  "url": "https://www.kaggle.com/code/me/gemma-tunix-reasoning",
-                                  "status": "PUSHED"}))
+    # Run the recording step's script on push records like the ones kaggle_push.py writes.
+    kernel = tmp_path / "evidence" / "kaggle" / "gemma-tunix-reasoning"
+    url = "https://www.kaggle.com/code/me/gemma-tunix-reasoning"
+    dropped = "KAGGLE_API_TOKEN was refused by Kaggle (expired or revoked)"
+    for folder, version, push_id in (("v12", 12, "p12"), ("queued-p13", None, "p13")):
+        (kernel / folder).mkdir(parents=True)
+        (kernel / folder / "push.json").write_text(json.dumps({
+            "kernel_id": "me/gemma-tunix-reasoning", "version": version, "url": url,
+            "status": "PUSHED" if version else "QUEUED_UNKNOWN", "bundle": {"push_id": push_id},
+            "credentials": "KAGGLE_USERNAME/KAGGLE_KEY", "warnings": [dropped]}))
     script = _step(steps, "Record the queued version")["run"].replace(".venv/bin/python",
                                                                      sys.executable)
     summary = tmp_path / "summary.md"
@@ -61,7 +65,10 @@ def test_push_does_not_wait_and_records_the_queued_version(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     text = summary.read_text()
     assert "me/gemma-tunix-reasoning** version **12**" in text
-    assert "`kaggle-fetch` workflow with version `12`" in text
+    assert "`kaggle-fetch` workflow with version `12` and push_id `p12`" in text
+    assert "push id `p13`; the server returned no version number: find it on " + url in text
+    assert f"**Warning**: {dropped}" in text
+    assert "Authenticated with KAGGLE_USERNAME/KAGGLE_KEY" in text
 
 
 def test_fetch_is_manual_with_a_version_and_keeps_the_evidence() -> None:
@@ -77,6 +84,53 @@ def test_fetch_is_manual_with_a_version_and_keeps_the_evidence() -> None:
     upload = next(s for s in job["steps"]
                   if str(s.get("uses", "")).startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and "evidence/kaggle/" in upload["with"]["path"]
+
+
+def _run_fetch_step(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """The fetch step's script with a stand-in .venv/bin/python that records its arguments."""
+    (job,) = _load(FETCH)["jobs"].values()
+    step = _step(job["steps"], "--wait")
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\n')
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "TIMEOUT_MAX": step["env"]["TIMEOUT_MAX"], "VERSION": "7",
+           "PUSH_ID": "p7", **env}
+    proc = subprocess.run(["bash", "-c", step["run"]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    args = python.with_name("args")
+    return proc, args.read_text() if args.is_file() else ""
+
+
+def test_fetch_timeout_is_capped_below_the_job_limit(tmp_path: Path) -> None:
+    """A wait longer than the job would have the job killed before push.json says TIMEOUT."""
+    wf = _load(FETCH)
+    (job,) = wf["jobs"].values()
+    cap = int(_step(job["steps"], "--wait")["env"]["TIMEOUT_MAX"])
+    assert cap + 30 * 60 <= job["timeout-minutes"] * 60  # room for set-up, downloads, upload
+    description = _triggers(wf)["workflow_dispatch"]["inputs"]["timeout"]["description"]
+    assert f"at most {cap}" in description and "340-minute job limit" in description
+
+    proc, args = _run_fetch_step(tmp_path, TIMEOUT="99999")
+    assert proc.returncode == 0, proc.stderr
+    assert f"--timeout {cap}" in args and "--version 7 --push-id p7 --wait" in args
+    assert f"::warning::input timeout=99999 s is cut to {cap} s" in proc.stdout
+    proc, args = _run_fetch_step(tmp_path, TIMEOUT="600")
+    assert "--timeout 600" in args and "::warning::" not in proc.stdout
+    (tmp_path / ".venv" / "bin" / "args").unlink()
+    proc, args = _run_fetch_step(tmp_path, TIMEOUT="9h")
+    assert proc.returncode == 2 and args == ""
+    assert "::error::input timeout='9h': must be whole seconds" in proc.stdout
+
+
+def test_fetch_needs_the_push_id_and_passes_it() -> None:
+    wf = _load(FETCH)
+    push_id = _triggers(wf)["workflow_dispatch"]["inputs"]["push_id"]
+    assert push_id["required"] is True
+    (job,) = wf["jobs"].values()
+    step = _step(job["steps"], "--wait")
+    assert step["env"]["PUSH_ID"] == "${{ inputs.push_id }}"  # never pasted into the script
+    assert '--push-id "$PUSH_ID"' in step["run"]
 
 
 def test_secrets_reach_only_the_kaggle_step_as_environment() -> None:

@@ -66,11 +66,14 @@ def test_malformed_model_sources_are_rejected(source: object) -> None:
 
 
 @pytest.mark.parametrize(("shape", "replacement"), [
+    ("NvidiaTeslaP100", "NvidiaTeslaT4"), (" nvidiateslap100 ", "NvidiaTeslaT4"),
     ("TpuV38", "TpuV5E8"), ("Tpu1VmV38", "TpuV5E8"), (" tpu1vmv38 ", "TpuV5E8"),
-    ("TpuV232", "CPU")])
+    ("TpuV232", "CPU"), ("TpuV2256", "CPU")])
 def test_retired_shapes_are_rejected_naming_the_replacement(shape: str, replacement: str) -> None:
-    msg = _error(standin_metadata(machine_shape=shape))
-    assert "is retired" in msg and replacement in msg
+    """kaggle-cli PR 1192: the server silently runs the replacement instead."""
+    gpu = "nvidia" in shape.lower()
+    msg = _error(standin_metadata(machine_shape=shape, enable_gpu=gpu, enable_tpu=not gpu))
+    assert "is retired; the server would run " + replacement in msg and "PR 1192" in msg
 
 
 def test_unknown_shape_lists_allowed() -> None:
@@ -79,7 +82,7 @@ def test_unknown_shape_lists_allowed() -> None:
 
 
 @pytest.mark.parametrize("shape", ["TpuV6E8", "NvidiaL4", "NvidiaL4X1", "NvidiaH100",
-                                   "NvidiaRtxPro6000", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100"])
+                                   "NvidiaRtxPro6000", "NvidiaTeslaT4", "NvidiaTeslaA100"])
 def test_shapes_kaggle_cli_documents_are_accepted(shape: str) -> None:
     """kaggle-cli docs/kernels.md (Sep 2026) lists these accelerators."""
     tpu = shape.startswith("Tpu")
@@ -87,12 +90,15 @@ def test_shapes_kaggle_cli_documents_are_accepted(shape: str) -> None:
                                               enable_gpu=not tpu)) == []
 
 
-def test_p100_is_accepted_with_a_warning_and_undocumented_gpu_is_refused() -> None:
-    warnings = validate_metadata(standin_metadata(machine_shape="NvidiaTeslaP100",
-                                                  enable_tpu=False, enable_gpu=True))
-    assert any("NvidiaTeslaP100" in w and "no longer" in w for w in warnings)
+def test_admin_only_t4_highmem_and_undocumented_gpu_are_refused() -> None:
+    """kaggle-cli PR 1198: NvidiaTeslaT4Highmem is an internal admin-only pool."""
+    msg = _error(standin_metadata(machine_shape="NvidiaTeslaT4Highmem", enable_tpu=False,
+                                  enable_gpu=True))
+    assert "NvidiaTeslaT4Highmem is an internal admin-only pool (kaggle-cli PR 1198)" in msg
+    assert "Use 'NvidiaTeslaT4'" in msg
     msg = _error(standin_metadata(machine_shape="Gpu", enable_tpu=False, enable_gpu=True))
     assert "'Gpu': not a machine shape kaggle-cli documents" in msg
+    assert "NvidiaTeslaT4Highmem" not in msg and "NvidiaTeslaP100" not in msg  # not offered
 
 
 def test_image_pinning_is_original_in_the_shipped_metadata_and_warned_when_unset() -> None:
