@@ -698,7 +698,9 @@ def test_continue_from_attaches_version_7_outputs_and_bakes_the_resume(
     assert record["bundle"]["continues_from"] == {
         "kernel_id": "tester/gemma-tunix-reasoning", "version": 7, "run_id": "r1",
         "checkpoints": checkpoints, "step": 4, "outputs_bundle_sha256": hashlib.sha256(
-            outputs["evidence/kaggle_bundle.json"]).hexdigest()}
+            # the fake's run writes the pushed version's own bundle info over the given one
+            (tmp_path / "evidence" / "gemma-tunix-reasoning" / "v7" / "evidence" /
+             "kaggle_bundle.json").read_bytes()).hexdigest()}
 
 
 def test_continue_from_needs_the_fetched_outputs_and_a_checkpoint(
