@@ -178,30 +178,37 @@ def _execute_forwarding_signals(execute: Callable[..., None]) -> tuple[BaseExcep
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = exc
 
-    def signal_kernel(signum: int) -> None:
+    def signal_kernel(signum: int) -> bool:
         for process in kernels:
             if process is not None:
                 process.send_signal(signum)  # a no-op once it has ended
-
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-        signal_kernel(signum if len(received) == 1 else signal.SIGKILL)
+        return bool(kernels)
 
     worker = threading.Thread(target=work, name="papermill", daemon=True)
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # The handler only notes the signal; the loop below acts on it (also on a kernel that
+    # starts after it came).
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         worker.start()
         deadline: float | None = None
+        passed_on = killed = False
         while worker.is_alive():
-            worker.join(0.2)
-            if received and deadline is None:
+            worker.join(0.1)
+            if not received:
+                continue
+            if deadline is None:
                 deadline = time.monotonic() + KERNEL_STOP_WAIT_S
-                log.info(f"[kaggle_lib] {signal.Signals(received[0]).name} received: passed on "
-                         f"to the kernel; waiting up to {KERNEL_STOP_WAIT_S:g} s for it to close "
-                         "the record (again to stop now)")
-            if deadline is not None and time.monotonic() > deadline:
-                signal_kernel(signal.SIGKILL)
-                deadline += KERNEL_STOP_WAIT_S  # papermill notices a dead kernel within seconds
+                log.info(f"[kaggle_lib] {signal.Signals(received[0]).name} received: passing it "
+                         f"on to the kernel; waiting up to {KERNEL_STOP_WAIT_S:g} s for it to "
+                         "close the record (again to stop now)")
+            if not passed_on:
+                passed_on = signal_kernel(received[0])
+            if killed and time.monotonic() > deadline:
+                break  # papermill did not notice the dead kernel: the record is closed anyway
+            if not killed and (len(received) > 1 or time.monotonic() > deadline):
+                killed = signal_kernel(signal.SIGKILL)
+                deadline = time.monotonic() + 10  # papermill notices a dead kernel in ~1 s
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
