@@ -135,9 +135,10 @@ def resolve_paths(params: dict[str, Any], config: str | None, run_dir: str) -> t
     return config_path, chosen["run-dir"]
 
 
-# How long the runner waits, after passing a SIGTERM / SIGINT on to the kernel, for the kernel to
-# stop (training at a step boundary, runtime.STEP_BOUNDARY_WAIT_S), save and close the record;
-# then it kills the kernel and closes the record itself. A second signal stops the wait at once.
+# How long the runner waits (--stop-wait), after passing a SIGTERM / SIGINT on to the kernel, for
+# the kernel to stop (training at a step boundary, runtime.STEP_BOUNDARY_WAIT_S), save and close
+# the record; then it kills the kernel and closes the record itself. 30 s: the tiny and LoRA runs
+# close in a few seconds; a second signal stops the wait at once.
 KERNEL_STOP_WAIT_S = 30.0
 
 
@@ -151,12 +152,12 @@ def _kernel_end(process: Any) -> str:
     return f"the kernel exited with status {code}"
 
 
-def _execute_forwarding_signals(execute: Callable[..., None]) -> tuple[BaseException | None,
-                                                                     str | None, Any]:
+def _execute_forwarding_signals(execute: Callable[..., None], stop_wait: float
+                                ) -> tuple[BaseException | None, str | None, Any]:
     """Run `execute(kernel_manager_class=...)` (papermill) in a worker thread, so that nbclient
     leaves SIGTERM and SIGINT to the runner (it only takes them in the main thread). A signal is
     passed on to the kernel (which papermill starts in its own session, so Ctrl-C does not reach
-    it), which stops and closes the record; after KERNEL_STOP_WAIT_S, or at a second signal, the
+    it), which stops and closes the record; after `stop_wait` seconds, or at a second signal, the
     kernel is killed. Returns (papermill's error, the signal's name or None, the kernel process)."""
     from jupyter_client import AsyncKernelManager
 
@@ -198,9 +199,9 @@ def _execute_forwarding_signals(execute: Callable[..., None]) -> tuple[BaseExcep
             if not received:
                 continue
             if deadline is None:
-                deadline = time.monotonic() + KERNEL_STOP_WAIT_S
+                deadline = time.monotonic() + stop_wait
                 log.info(f"[kaggle_lib] {signal.Signals(received[0]).name} received: passing it "
-                         f"on to the kernel; waiting up to {KERNEL_STOP_WAIT_S:g} s for it to "
+                         f"on to the kernel; waiting up to {stop_wait:g} s for it to "
                          "close the record (again to stop now)")
             if not passed_on:
                 passed_on = signal_kernel(received[0])
@@ -270,7 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     error, stop, kernel = _execute_forwarding_signals(functools.partial(
         papermill.execute_notebook, str(args.notebook), str(output), parameters=parameters,
         kernel_name=args.kernel, log_output=True, progress_bar=False, cwd=os.getcwd(),
-        execution_timeout=args.cell_timeout))
+        execution_timeout=args.cell_timeout), args.stop_wait)
     seconds = time.monotonic() - started
     if type(error).__name__ == "DeadKernelError" and _kernel_end(kernel):
         error = type(error)(f"{error}: {_kernel_end(kernel)}")
@@ -397,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "re-running in one is a new attempt, earlier ones kept under attempts/<n>/")
     run_p.add_argument("--cell-timeout", type=int, default=None,
                        help="seconds a single cell may run before the run fails (default: none)")
+    run_p.add_argument("--stop-wait", type=float, default=KERNEL_STOP_WAIT_S, metavar="SECONDS",
+                       help="after SIGTERM / Ctrl-C, how long the kernel may take to stop, save a "
+                       f"checkpoint and close the record before it is killed (default "
+                       f"{KERNEL_STOP_WAIT_S:g})")
     run_p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="papermill-style parameter (config_path, overrides, run_name, run_dir)")
     run_p.add_argument("-y", "--yaml", action="append", help="papermill-style YAML parameters")

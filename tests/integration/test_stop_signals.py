@@ -30,19 +30,23 @@ TINY = REPO / "configs" / "cpu_tiny.yaml"
 PARAMETERS = '''config_path = ""
 overrides = {}
 run_name = ""
-run_dir = ""
-block = "stage"  # "stage": inside a stage; "between": in a plain cell after start_run'''
+run_dir = ""'''
 SETUP = '''import os
 import signal
 from pathlib import Path
 
 import kaggle_lib as kl
-from kaggle_lib import pipeline'''
+from kaggle_lib import pipeline
+
+# "stage": wait inside a stage; "between": in a plain cell; "deaf": in a stage blocking signals
+block = os.environ["STOP_TEST_BLOCK"]'''
 START = "run = kl.start_run(config_path, overrides=overrides, run_name=run_name, run_dir=run_dir)"
 BLOCK = '''@pipeline.stage("train")
 def train_until_a_signal(run):
     # What the training stage does with each saved step: failure_analysis.md names it.
     run.last_checkpoint = str(run.run_dir / "checkpoints" / "sft" / "2")
+    if block == "deaf":  # as a kernel stuck in native code: the signal never gets to Python
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     wait_for_a_signal()
 
 
@@ -52,7 +56,7 @@ def wait_for_a_signal():
         signal.pause()
 
 
-if block == "stage":
+if block in ("stage", "deaf"):
     train_until_a_signal(run)
 else:
     wait_for_a_signal()'''
@@ -69,9 +73,9 @@ def stub_notebook(where: Path) -> Path:
     return path
 
 
-def env_for(ready: Path) -> dict[str, str]:
+def env_for(ready: Path, block: str = "stage") -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "STOP_TEST_READY": str(ready),
-           "JAX_PLATFORMS": "cpu"}
+           "STOP_TEST_BLOCK": block, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     return env
 
@@ -119,8 +123,8 @@ def test_sigterm_to_the_kernel_under_plain_papermill_closes_the_record(
     papermill = subprocess.Popen(
         [sys.executable, "-m", "papermill", str(stub_notebook(tmp_path)),
          str(tmp_path / "out.ipynb"), "-k", "python3", "-p", "config_path", str(TINY),
-         "-p", "run_dir", str(run_dir), "-p", "block", block],
-        cwd=tmp_path, env=env_for(ready), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "-p", "run_dir", str(run_dir)],
+        cwd=tmp_path, env=env_for(ready, block), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     os.kill(wait_until_ready(papermill, ready), signal.SIGTERM)
     out, err = papermill.communicate(timeout=120)
@@ -138,11 +142,12 @@ def test_sigterm_to_the_kernel_under_plain_papermill_closes_the_record(
         assert "DeadKernelError" in err
 
 
-def start_runner(tmp_path: Path, run_dir: Path, ready: Path) -> subprocess.Popen:
+def start_runner(tmp_path: Path, run_dir: Path, ready: Path, *extra: str,
+                 block: str = "stage") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "kaggle_lib", "run", "--notebook", str(stub_notebook(tmp_path)),
-         "--kernel", "python3", "--config", str(TINY), "--run-dir", str(run_dir)],
-        cwd=tmp_path, env=env_for(ready), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "--kernel", "python3", "--config", str(TINY), "--run-dir", str(run_dir), *extra],
+        cwd=tmp_path, env=env_for(ready, block), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
 
 
@@ -163,6 +168,23 @@ def test_a_signal_to_the_runner_closes_the_record_and_ends_in_one_line(
                                                    "runner failed"), err[-2000:]
     assert_closed(run_dir, stage="train", error_type="Interrupted", says=f"{signum.name} received")
     with pytest.raises(ProcessLookupError):  # the kernel is gone too
+        os.kill(kernel, 0)
+
+
+def test_a_kernel_that_does_not_stop_is_killed_and_the_runner_closes_the_record(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "deaf"
+    ready = tmp_path / "ready"
+    runner = start_runner(tmp_path, run_dir, ready, "--stop-wait", "1", block="deaf")
+    kernel = wait_until_ready(runner, ready)
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 143, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert_closed(run_dir, stage="train", error_type="Interrupted",
+                  says="SIGTERM received by the runner; the kernel did not close the run record "
+                       "(the kernel was killed by SIGKILL)")
+    with pytest.raises(ProcessLookupError):
         os.kill(kernel, 0)
 
 
