@@ -44,8 +44,8 @@ def test_sigterm_during_sft_stops_at_the_next_step_boundary_and_saves_that_step(
 
     overrides = {"train.sft.max_steps": 8, "train.sft.warmup_steps": 0,
                  # A stop between two interval saves: the step it stops at is saved all the same.
-                 "train.checkpoint_every": 100, "data.train_limit": 32, "data.max_seq_len": 128,
-                 "data.length_buckets": [128], "evidence.tensorboard": False}  # one compilation
+                 "train.checkpoint_every": 100, "data.train_limit": 64, "data.max_seq_len": 256,
+                 "data.length_buckets": [256], "evidence.tensorboard": False}  # one compilation
     before = signal.getsignal(signal.SIGTERM)
     run = pipeline.start_run(CONFIG, overrides=overrides, run_dir=str(tmp_path / "runs" / "stop"))
     pipeline.load_model(run)
@@ -138,6 +138,28 @@ def test_a_loop_at_its_step_boundary_is_not_cut_and_raises_afterwards(
             assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no deadline left
         with pytest.raises(Interrupted, match="SIGTERM received; SFT stopped after step 3"):
             runtime.raise_if_stopped("SFT stopped after step 3")
+    with runtime.closing_record():
+        pass
+
+
+def test_grpo_hands_out_no_rollout_batch_after_a_stop_signal(open_run: pipeline.Run) -> None:
+    """GRPO's step boundary is the next rollout batch: the stream ends there, Tunix closes the
+    learner (which saves its last step) and run_grpo raises Interrupted."""
+    from types import SimpleNamespace
+
+    from kaggle_lib.training import grpo
+
+    batches = grpo.PromptBatches([grpo.Prompt(f"q{i}", str(i)) for i in range(8)], batch_size=2)
+    state = {"stopped_for_time": False}
+    with runtime.stage_signals(), runtime.stop_at_step_boundary():
+        stream = grpo._rollout_stream(batches, SimpleNamespace(seed=0), None, state)  # noqa: SLF001
+        next(stream), next(stream)  # two steps' batches
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert list(stream) == []
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # at the boundary: no deadline
+        assert not state["stopped_for_time"]
+        with pytest.raises(Interrupted, match="SIGTERM received"):
+            runtime.raise_if_stopped("GRPO stopped after step 2")
     with runtime.closing_record():
         pass
 
