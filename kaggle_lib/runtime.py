@@ -217,12 +217,13 @@ def _main_thread() -> bool:
 
 
 def _default_action(signum: int, frame: Any) -> None:
-    """What the signal does without us: SIGINT raises KeyboardInterrupt, SIGTERM ends the
-    process (re-sent with the default disposition, so its parent sees "killed by SIGTERM")."""
+    """What the signal does without us: SIGINT raises KeyboardInterrupt; SIGTERM goes to the
+    handler from before the run (by default the process ends: its parent sees the signal)."""
     if signum == signal.SIGINT:
         signal.default_int_handler(signum, frame)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    if signal.getsignal(signum) is _on_stop_signal:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
