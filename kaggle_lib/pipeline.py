@@ -127,12 +127,12 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     loaded = config if isinstance(config, RunConfig) else None
     run = Run(record=start.open_record(config_path, loaded, env.working_dir, run_name=run_name,
                                        run_dir=run_dir))
+    runtime.watch_stop_signals(functools.partial(_fail, run, "notebook"))  # the record exists
     run.record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
         **evidence.kaggle_identity(env.on_kaggle),
     })
     multihost.on_peer_failure(functools.partial(_record_peer_failure, run))
-    runtime.watch_stop_signals(functools.partial(_fail, run, "notebook"))
     _configure(run, config, env)
     return run
 
