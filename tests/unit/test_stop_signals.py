@@ -21,15 +21,18 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml")
 
 
 @pytest.fixture(autouse=True)
-def sigterm_fails_the_test_not_the_session():
-    """Without kaggle_lib's handler a SIGTERM would end the whole pytest process."""
+def unhandled_signals_fail_the_test_not_the_session():
+    """Without kaggle_lib's handlers a SIGTERM would end the pytest process and a SIGINT (a
+    KeyboardInterrupt) its session."""
 
     def unhandled(signum: int, frame: object) -> None:
-        raise AssertionError("SIGTERM reached the test process: kaggle_lib did not handle it")
+        raise AssertionError(f"{signal.Signals(signum).name} reached the test process: "
+                             "kaggle_lib did not handle it")
 
-    previous = signal.signal(signal.SIGTERM, unhandled)
+    previous = {s: signal.signal(s, unhandled) for s in (signal.SIGTERM, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def manifest(run_dir: Path) -> dict:
