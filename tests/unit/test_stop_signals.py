@@ -1,7 +1,7 @@
 """Stop signals in the kernel, in process (issue 28, point 2): training stops at its next step
 boundary and saves that step, a stage fails with `Interrupted` naming the signal, signals wait
 while the record closes, and Ctrl-C of a command is one line. Through papermill and the runner:
-tests/integration/test_stop_signals.py."""
+tests/integration/test_stop_signals_papermill.py."""
 
 from __future__ import annotations
 
