@@ -173,6 +173,10 @@ def test_ctrl_c_in_a_command_is_one_line(monkeypatch: pytest.MonkeyPatch,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli.compare, "compare_runs", interrupted)
-    assert cli.main(["compare", "a", "b"]) == 130
+    try:
+        code = cli.main(["compare", "a", "b"])
+    except KeyboardInterrupt:  # (caught here: it would end the pytest session)
+        pytest.fail("Ctrl-C left main() as a KeyboardInterrupt traceback")
+    assert code == 130
     err = capsys.readouterr().err
     assert err == "[kaggle_lib] compare: interrupted (Ctrl-C)\n"
