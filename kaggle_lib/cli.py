@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +118,95 @@ def resolve_paths(params: dict[str, Any], config: str | None, run_dir: str) -> t
     return config_path, chosen["run-dir"]
 
 
+# How long the runner waits (--stop-wait), after passing a SIGTERM / SIGINT on to the kernel, for
+# the kernel to stop (training at a step boundary, runtime.STEP_BOUNDARY_WAIT_S), save and close
+# the record; then it kills the kernel and closes the record itself. 30 s: the tiny and LoRA runs
+# close in a few seconds; a second signal stops the wait at once.
+KERNEL_STOP_WAIT_S = 30.0
+
+
+def _kernel_end(process: Any) -> str:
+    """How the kernel process ended, in words ("" while it runs or when unknown)."""
+    code = getattr(process, "returncode", None)
+    if code is None:
+        return ""
+    if code < 0:
+        return f"the kernel was killed by {signal.Signals(-code).name}"
+    return f"the kernel exited with status {code}"
+
+
+def _execute_forwarding_signals(execute: Callable[..., None], stop_wait: float
+                                ) -> tuple[BaseException | None, str | None, Any]:
+    """Run `execute(kernel_manager_class=...)` (papermill) in a worker thread, so that nbclient
+    leaves SIGTERM and SIGINT to the runner (it only takes them in the main thread). A signal is
+    passed on to the kernel (which papermill starts in its own session, so Ctrl-C does not reach
+    it), which stops and closes the record; after `stop_wait` seconds, or at a second signal, the
+    kernel is killed. Returns (papermill's error, the signal's name or None, the kernel process)."""
+    from jupyter_client import AsyncKernelManager
+
+    kernels: list[Any] = []
+
+    class WatchedKernelManager(AsyncKernelManager):  # type: ignore[misc]
+        """Remembers its kernel process: to pass signals on and to say how it ended."""
+
+        async def start_kernel(self, **kwargs: Any) -> None:
+            await super().start_kernel(**kwargs)
+            kernels.append(getattr(self.provisioner, "process", None))
+
+    outcome: dict[str, BaseException] = {}
+    received: list[int] = []
+
+    def work() -> None:
+        try:
+            execute(kernel_manager_class=WatchedKernelManager)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    def signal_kernel(signum: int) -> bool:
+        for process in kernels:
+            if process is not None:
+                process.send_signal(signum)  # a no-op once it has ended
+        return bool(kernels)
+
+    worker = threading.Thread(target=work, name="papermill", daemon=True)
+    # The handler only notes the signal; the loop below acts on it (also on a kernel that
+    # starts after it came).
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.start()
+        deadline: float | None = None
+        passed_on = killed = False
+        while worker.is_alive():
+            worker.join(0.1)
+            if not received:
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + stop_wait
+                log.info(f"[kaggle_lib] {signal.Signals(received[0]).name} received: passing it "
+                         f"on to the kernel; waiting up to {stop_wait:g} s for it to "
+                         "close the record (again to stop now)")
+            if not passed_on:
+                passed_on = signal_kernel(received[0])
+            if killed and time.monotonic() > deadline:
+                break  # papermill did not notice the dead kernel: the record is closed anyway
+            if not killed and (len(received) > 1 or time.monotonic() > deadline):
+                killed = signal_kernel(signal.SIGKILL)
+                deadline = time.monotonic() + 10  # papermill notices a dead kernel in ~1 s
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop = signal.Signals(received[0]).name if received else None
+    return outcome.get("error"), stop, kernels[0] if kernels else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import papermill
-    from papermill.exceptions import PapermillExecutionError
     from papermill.iorw import LocalHandler, papermill_io
 
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
-    from kaggle_lib.errors import DiskError, check_writable
+    from kaggle_lib.errors import DiskError, Interrupted, check_writable
     from kaggle_lib.evidence import close, lock, start
 
     class AtomicNotebookHandler(LocalHandler):
@@ -185,23 +269,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info(f"[kaggle_lib] running {args.notebook} -> {output} (attempt {attempt})")
     started = time.monotonic()
-    error: BaseException | None = None
-    try:
-        papermill.execute_notebook(
-            str(args.notebook), str(output), parameters=parameters, kernel_name=args.kernel,
-            log_output=True, progress_bar=False, cwd=os.getcwd(),
-            execution_timeout=args.cell_timeout,
-        )
-    except PapermillExecutionError as exc:
-        error = exc
-    except Exception as exc:  # DeadKernelError (OOM), missing kernel, ...
-        error = exc
+    # papermill's errors: PapermillExecutionError (a cell raised), DeadKernelError (the kernel
+    # died: out of memory, a kill), a missing kernel, ...
+    error, stop, kernel = _execute_forwarding_signals(functools.partial(
+        papermill.execute_notebook, str(args.notebook), str(output), parameters=parameters,
+        kernel_name=args.kernel, log_output=True, progress_bar=False, cwd=os.getcwd(),
+        execution_timeout=args.cell_timeout), args.stop_wait)
     seconds = time.monotonic() - started
+    if type(error).__name__ == "DeadKernelError" and _kernel_end(kernel):
+        error = type(error)(f"{error}: {_kernel_end(kernel)}")
     if process_id:  # not process 0: its notebook and log are under processes/<id>/, no record
         output = multihost.place_follower_notebook(output, process_id)
         log.info(f"[kaggle_lib] process {process_id} {'failed' if error else 'finished'} in "
               f"{seconds:.1f} s -> {output}")
         return 1 if error else 0
+    if stop and evidence.RunRecord(run_dir).read_manifest().get("status") == "running":
+        # The kernel did not close the record (it was killed, or it never got the signal).
+        error = Interrupted(f"{stop} received by the runner; the kernel did not close the run "
+                            f"record ({_kernel_end(kernel) or 'it was still running'})")
     try:
         manifest = close.close_after_kernel(run_dir, output, error, seconds)
     except DiskError as exc:
@@ -212,6 +297,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                      f"{auth.redact(str(error))[:500]}")
         return 1
     status = manifest.get("status")
+    if stop:  # one line, not papermill's traceback; the record says the rest
+        print(f"[kaggle_lib] stopped by {stop}: run {manifest.get('run_id')} {status} after "
+              f"{seconds:.1f} s -> {run_dir}", file=sys.stderr)
+        return 128 + signal.Signals[stop].value
     log.info(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
     if status != "succeeded":
         failure = manifest.get("failure") or {}
@@ -320,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "re-running in one is a new attempt, earlier ones kept under attempts/<n>/")
     run_p.add_argument("--cell-timeout", type=int, default=None,
                        help="seconds a single cell may run before the run fails (default: none)")
+    run_p.add_argument("--stop-wait", type=float, default=KERNEL_STOP_WAIT_S, metavar="SECONDS",
+                       help="after SIGTERM / Ctrl-C, how long the kernel may take to stop, save a "
+                       f"checkpoint and close the record before it is killed (default "
+                       f"{KERNEL_STOP_WAIT_S:g})")
     run_p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="papermill-style parameter (config_path, overrides, run_name, run_dir)")
     run_p.add_argument("-y", "--yaml", action="append", help="papermill-style YAML parameters")
@@ -431,4 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (`run` closes its record first)
+        print(f"[kaggle_lib] {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT.value

@@ -1,7 +1,8 @@
 """The one base of kaggle_lib's errors: each carries what the user should do next.
 
 Every error class of the package subclasses `KaggleLibError` and keeps its builtin base too
-(`class MeshError(KaggleLibError, ValueError)`), so `except ValueError` still catches it.
+(`class MeshError(KaggleLibError, ValueError)`), so `except ValueError` still catches it; only
+`Interrupted` (a stop signal) is a KeyboardInterrupt instead, with a hint of its own.
 `hint` is read into failure_analysis.md; a class sets it once, one raise may override it.
 """
 
@@ -30,14 +31,28 @@ class KaggleLibError(Exception):
             self.hint = hint
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGINT) ended the run. A KeyboardInterrupt, not an Exception, so
+    that no `except Exception` on the way swallows it; the message names the signal."""
+
+    hint = ("The run was stopped by the signal named above: on Kaggle the session ended (its time "
+            "limit, or it was cancelled), locally Ctrl-C or `kill`. Re-run in the same run "
+            "directory to resume from the last good checkpoint (`train.resume: auto`), and set "
+            "train.max_wall_time below the session limit so that training stops by itself, "
+            "with a checkpoint, before the session ends.")
+
+
 # Errors of other libraries that reach a run: they cannot carry our hint, so it is kept here.
 OOM_HINT = ("If the message says RESOURCE_EXHAUSTED, the device ran out of memory: reduce batch "
             "size or max_seq_len, use LoRA, or shard over more devices.")
 FOREIGN_HINTS = {
     "PapermillExecutionError": "A notebook cell raised before the run record could note it; the "
     "cell and the error are above and in executed.ipynb.",
-    "DeadKernelError": "The notebook kernel died, usually out of host memory: reduce "
-    "data.max_seq_len or the batch size, or use LoRA.",
+    # The runner adds how the kernel ended to the message when it can tell (`kernel_end`).
+    "DeadKernelError": "The notebook kernel died without closing the run record. Killed by "
+    "SIGKILL: the host's out-of-memory killer does that (then reduce data.max_seq_len or the "
+    "batch size, or use LoRA), and so do `kill -9` and the end of a session. Another signal or an "
+    "exit status: something ended the kernel or it crashed in native code; see executed.ipynb.",
     "XlaRuntimeError": OOM_HINT,
     "TimeoutError": "The run hit its time limit; resume from the last checkpoint with `resume: auto` "
     "(set train.max_wall_time below the session limit so training stops cleanly with a checkpoint).",
@@ -55,7 +70,7 @@ def hint_for(error: BaseException) -> str:
         return DiskError.hint
     if kind != "DeadKernelError" and any(m in str(error) for m in _OOM_MARKERS):
         return OOM_HINT
-    if isinstance(error, KaggleLibError):
+    if isinstance(error, KaggleLibError | Interrupted):
         return error.hint
     return FOREIGN_HINTS.get(kind, DEFAULT_HINT)
 

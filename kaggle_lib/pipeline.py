@@ -2,7 +2,9 @@
 authenticate, load_model, evaluate("baseline"), sample("baseline"), evaluate("baseline_fewshot"),
 train, evaluate("trained"), sample("trained"), export_model, finish. Each records its status and
 duration in the manifest; one that raises first fails the run and writes failure_analysis.md,
-so papermill stops with the record already complete.
+so papermill stops with the record already complete. So does a stop signal (SIGTERM, SIGINT):
+it raises `Interrupted` in the running stage, after training has saved a checkpoint at its next
+step boundary (`runtime.STEP_BOUNDARY_WAIT_S`); between stages the record is closed at once.
 """
 
 from __future__ import annotations
@@ -72,21 +74,24 @@ def stage(name: str) -> Callable[[F], F]:
                 raise RuntimeError(f"not running {label}: the run already failed in stage "
                                    f"{run.failed_stage} (see {run.run_dir / evidence.FAILURE})")
             started = time.monotonic()
-            try:
-                run.record.stage(label, "running")
-                result = fn(run, *args, **kwargs)
-            except BaseException as exc:
-                # A full or read-only disk (an OSError, or Orbax's RESOURCE_EXHAUSTED) is named
-                # with its path and the free space there.
-                error = as_disk_error(exc, run.run_dir) or exc
-                multihost.await_peer_verdict(error)  # a dead peer is named, not its symptom
-                multihost.mark_failed(label, error)  # the other processes stop too
-                _fail(run, label, error, time.monotonic() - started)
-                log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(error).__name__}: "
-                      f"{auth.redact(str(error))}\n[kaggle_lib] record: {run.run_dir}")
-                if error is not exc:
-                    raise error from exc
-                raise
+            # SIGTERM / SIGINT raise Interrupted in the stage (training stops at a step boundary
+            # first), which fails the run like any error; handled until the record is closed.
+            with runtime.stage_signals():
+                try:
+                    run.record.stage(label, "running")
+                    result = fn(run, *args, **kwargs)
+                except BaseException as exc:
+                    # A full or read-only disk (an OSError, or Orbax's RESOURCE_EXHAUSTED) is
+                    # named with its path and the free space there.
+                    error = as_disk_error(exc, run.run_dir) or exc
+                    multihost.await_peer_verdict(error)  # a dead peer is named, not its symptom
+                    multihost.mark_failed(label, error)  # the other processes stop too
+                    _fail(run, label, error, time.monotonic() - started)
+                    log.info(f"\n[kaggle_lib] stage '{label}' failed: {type(error).__name__}: "
+                             f"{auth.redact(str(error))}\n[kaggle_lib] record: {run.run_dir}")
+                    if error is not exc:
+                        raise error from exc
+                    raise
             run.record.stage(label, "succeeded", time.monotonic() - started)
             return result
 
@@ -96,21 +101,23 @@ def stage(name: str) -> Callable[[F], F]:
 
 
 def _fail(run: Run, label: str, error: BaseException, seconds: float | None = None) -> None:
-    """Stage `label` failed: so says the record, closed as failed (never masking the error)."""
+    """Stage `label` failed: so says the record, closed as failed (never masking the error).
+    Stop signals wait while it is written (the first comes first in the manifest)."""
     run.failed_stage = label
-    try:
-        run.record.stage(label, "failed", seconds)
-        run.record.fail(label, error, checkpoint=run.last_checkpoint)
-    except DiskError as unwritten:  # the stage's own error is the one raised
-        log.info(f"[kaggle_lib] the failure could not be recorded in full: {unwritten}")
-        return
-    if isinstance(error, multihost.PeerProcessError):
-        run.record.update_manifest(failure={"dead_processes": error.dead_processes})
-    try:
-        close.close_failed(run.record, run.run_dir.name, write_eval_summary=run.evals.write_summary
-                           if run.evals and run.evals.records else None)
-    except Exception as exc:  # noqa: BLE001
-        log.info(f"[kaggle_lib] could not complete the failed run's record: {exc}")
+    with runtime.closing_record():
+        try:
+            run.record.stage(label, "failed", seconds)
+            run.record.fail(label, error, checkpoint=run.last_checkpoint)
+        except DiskError as unwritten:  # the stage's own error is the one raised
+            log.info(f"[kaggle_lib] the failure could not be recorded in full: {unwritten}")
+            return
+        if isinstance(error, multihost.PeerProcessError):
+            run.record.update_manifest(failure={"dead_processes": error.dead_processes})
+        try:
+            close.close_failed(run.record, run.run_dir.name, write_eval_summary=run.evals.write_summary
+                               if run.evals and run.evals.records else None)
+        except Exception as exc:  # noqa: BLE001
+            log.info(f"[kaggle_lib] could not complete the failed run's record: {exc}")
 
 
 def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_name: str = "",
@@ -130,6 +137,7 @@ def start_run(config_path: str, *, overrides: dict[str, Any] | None = None, run_
     loaded = config if isinstance(config, RunConfig) else None
     run = Run(record=start.open_record(config_path, loaded, env.working_dir, run_name=run_name,
                                        run_dir=run_dir))
+    runtime.watch_stop_signals(functools.partial(_fail, run, "notebook"))  # the record exists
     run.record.update_manifest(environment={
         "on_kaggle": env.on_kaggle, "run_type": env.run_type, "working_dir": str(env.working_dir),
         **evidence.kaggle_identity(env.on_kaggle),
@@ -224,6 +232,7 @@ def finish(run: Run) -> None:
         log.info(scoring.format_scorecard_table(summary))
     headline = close.headline_metrics(summary, run.train_results)
     run.record.update_manifest(metrics=headline)
-    close.finalize(run.record, status="succeeded")
+    with runtime.closing_record():
+        close.finalize(run.record, status="succeeded")
     multihost.mark_done()
     log.info(json.dumps(headline, indent=2))

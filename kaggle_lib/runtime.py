@@ -2,20 +2,26 @@
 
 Platform flags must be in the environment before jax initialises its backends, so
 `configure_platform` runs before the first `import jax` of a run; `describe_devices` asks jax.
+How the process stops: SIGTERM and SIGINT while a run is open (`watch_stop_signals`) end it with
+`Interrupted` and a closed record; training first gets to its next step boundary and saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kaggle_lib.compat.jax_backends import backends_initialised
-from kaggle_lib.errors import KaggleLibError
+from kaggle_lib.errors import Interrupted, KaggleLibError
 
 # Tests (and the Kaggle-like local run) point this at a temporary directory that stands in
 # for "/", so that /kaggle/working becomes $KAGGLE_LIB_KAGGLE_ROOT/kaggle/working.
@@ -179,3 +185,151 @@ def banner(env: Environment, devices: dict[str, Any], flags: dict[str, Any]) -> 
         lines.append("  note    : jax was already initialised; platform flags could not apply")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ stop signals (docs/KAGGLE.md)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long a training loop may take to reach its next step boundary (where it stops and saves a
+# checkpoint) before the stop interrupts the step in flight. The tightest sender known is
+# jupyter_client's shutdown, which papermill and nbclient use: SIGINT, then SIGTERM 2.5 s later,
+# SIGKILL 5 s after the first (shutdown_wait_time 5.0); `docker stop` allows 10 s. 2 s leaves
+# about 3 s of the tightest for the checkpoint write and the closing of the record.
+STEP_BOUNDARY_WAIT_S = 2.0
+
+
+@dataclasses.dataclass
+class _StopState:
+    open: bool = False  # a run record is open (watch_stop_signals .. closing_record)
+    closing: bool = False  # its closing files are being written: signals wait
+    received: str | None = None  # the first stop signal received while it was open
+    stages: int = 0  # stages running: a stop raises Interrupted in them
+    training: bool = False  # a training loop polls stop_requested() instead
+    on_idle: Callable[[Interrupted], None] | None = None  # closes the record between stages
+    saved_sigterm: Any = signal.SIG_DFL
+
+
+_stop = _StopState()
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _default_action(signum: int, frame: Any) -> None:
+    """What the signal does without us: SIGINT raises KeyboardInterrupt; SIGTERM goes to the
+    handler from before the run (by default the process ends: its parent sees the signal)."""
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)
+    if signal.getsignal(signum) is _on_stop_signal:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # A Python handler runs in the main thread between two bytecodes: it only sets state or
+    # raises, except between stages (an idle kernel), where nothing of ours is mid-write.
+    name = signal.Signals(signum).name
+    if not _stop.open:
+        _default_action(signum, frame)
+        return
+    if _stop.received or _stop.closing:
+        return  # a repeat (jupyter_client follows SIGINT with SIGTERM) while the stop is recorded
+    _stop.received = name
+    if _stop.training:
+        signal.signal(signal.SIGALRM, _on_step_boundary_deadline)
+        signal.setitimer(signal.ITIMER_REAL, STEP_BOUNDARY_WAIT_S)
+        return
+    if _stop.stages:
+        raise Interrupted(f"{name} received; the run stopped here (see the traceback)")
+    if _stop.on_idle is not None:
+        _stop.on_idle(Interrupted(f"{name} received between two stages of the notebook"))
+    _default_action(signum, frame)
+
+
+def _on_step_boundary_deadline(signum: int, frame: Any) -> None:
+    if _stop.training:
+        _stop.training = False
+        raise Interrupted(f"{_stop.received} received; training did not reach a step boundary "
+                          f"within {STEP_BOUNDARY_WAIT_S:g} s and was stopped mid-step (no "
+                          "checkpoint of that step)")
+
+
+def watch_stop_signals(on_idle: Callable[[Interrupted], None]) -> None:
+    """A run record is open: from now until `closing_record`, SIGTERM and SIGINT end the run
+    with `Interrupted` (stages raise it; `on_idle` closes the record between stages). Only the
+    main thread can set handlers; elsewhere signals keep their default action."""
+    if not _main_thread():
+        return
+    if not _stop.open:
+        _stop.saved_sigterm = signal.signal(signal.SIGTERM, _on_stop_signal)
+    _stop.open, _stop.closing, _stop.received, _stop.on_idle = True, False, None, on_idle
+
+
+@contextlib.contextmanager
+def stage_signals() -> Iterator[None]:
+    """A stage runs: a stop signal raises Interrupted in it. SIGINT is taken here, per stage:
+    ipykernel sets its own SIGINT handler around each cell."""
+    if not (_stop.open and _main_thread()):
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_stop_signal)
+    _stop.stages += 1
+    try:
+        yield
+    finally:
+        _stop.stages -= 1
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def closing_record() -> Iterator[None]:
+    """The record's closing files are written in here; signals wait until they are, then
+    SIGTERM has its earlier handler back (the run is over)."""
+    if not _stop.open:
+        yield
+        return
+    _stop.closing = True
+    try:
+        yield
+    finally:
+        _stop.open, _stop.closing, _stop.on_idle = False, False, None
+        if _main_thread():
+            signal.signal(signal.SIGTERM, _stop.saved_sigterm)
+
+
+@contextlib.contextmanager
+def stop_at_step_boundary() -> Iterator[None]:
+    """A training loop runs in here and polls `stop_requested()` at each step boundary: a stop
+    signal does not raise but waits up to STEP_BOUNDARY_WAIT_S for the loop to get there (it
+    calls `at_step_boundary`, stops and saves a checkpoint), then raises Interrupted mid-step."""
+    if not (_stop.open and _main_thread()):
+        yield
+        return
+    previous_alarm = signal.getsignal(signal.SIGALRM)
+    _stop.training = True
+    try:
+        yield
+    finally:
+        _stop.training = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
+
+
+def stop_requested() -> str | None:
+    """The name of the stop signal received while a run is open (None: carry on)."""
+    return _stop.received if _stop.open else None
+
+
+def at_step_boundary() -> None:
+    """The training loop acts on the stop at a step boundary: the deadline no longer applies
+    (the checkpoint write that follows is not cut)."""
+    _stop.training = False
+    if _main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def raise_if_stopped(what: str) -> None:
+    """Raise Interrupted ("<signal> received; <what>") if a stop signal came during the run."""
+    if name := stop_requested():
+        raise Interrupted(f"{name} received; {what}")

@@ -3,7 +3,8 @@
 The actor is the SFT-trained model; the KL reference a frozen copy of it. Batch order and each
 step's sampling seed are pure functions of (seed, step), so a resumed run (Tunix restores
 `checkpoints/grpo/actor/<step>`) continues exactly. Once the wall-clock budget is spent no
-rollouts are handed out and Tunix closes the learner, which saves the last step.
+rollouts are handed out and Tunix closes the learner, which saves the last step; so it is after
+a stop signal (SIGTERM, SIGINT), and then `Interrupted` is raised.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tunix.rl import rl_cluster as rl
 from tunix.rl.grpo.grpo_learner import GRPOConfig, GRPOLearner
 from tunix.rl.rollout.base_rollout import RolloutConfig
 
+from kaggle_lib import runtime
 from kaggle_lib.compat.lora_backward import lora_matmul_gradients
 from kaggle_lib.config import GrpoSection
 from kaggle_lib.data.template import format_prompt
@@ -108,6 +110,9 @@ def _rollout_stream(batches: PromptBatches, rollout_config: Any, deadline: float
     generating it); ends at the deadline, but not before the first (Tunix reads its size)."""
     step = 0
     while True:
+        if step > 0 and runtime.stop_requested():  # a stop signal: the same clean end
+            runtime.at_step_boundary()
+            return
         if step > 0 and deadline is not None and time.monotonic() >= deadline:
             state["stopped_for_time"] = True
             return
@@ -231,12 +236,14 @@ def run_grpo(
                              rollout_config, deadline, state)
     # Tunix's learner checks max_steps only after a step: a finished run must not start one.
     if start_step < max_steps:
-        with mesh, lora_matmul_gradients():
+        with mesh, lora_matmul_gradients(), runtime.stop_at_step_boundary():
             learner.train(stream)
     else:
         cluster.close()
     steps_done = cluster.actor_trainer.train_steps // num_iterations
     last = checkpoints.latest_complete_step(actor_dir)
+    runtime.raise_if_stopped(f"GRPO stopped after step {steps_done} of {max_steps}; newest "
+                             f"complete checkpoint: actor step {last}")
     return GrpoResult(
         steps_done=steps_done, start_step=start_step,
         stopped_reason="max_wall_time" if state["stopped_for_time"] else "max_steps",

@@ -5,7 +5,8 @@ adds the schedule, the loss, per-step metrics, the non-finite guard and the wall
 Guarantees (tests/integration/test_training_sft.py, tests/unit/test_training_nan.py): same seed
 and data -> same losses on any mesh or process count; a run killed after checkpoint K resumes at
 K + 1 with an uninterrupted run's losses; a NaN/inf loss or weight raises `NonFiniteLossError`
-and no checkpoint of that step or a later one exists.
+and no checkpoint of that step or a later one exists; a stop signal (SIGTERM, SIGINT) dispatches
+no further step, saves the last one and raises `Interrupted` (tests/unit/test_stop_signals.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flax import nnx
 from tunix.sft import utils as sft_utils
 from tunix.sft.peft_trainer import TrainingConfig
 
+from kaggle_lib import runtime
 from kaggle_lib.compat.lora_backward import lora_matmul_gradients
 from kaggle_lib.compat.trainer import CheckedPeftTrainer
 from kaggle_lib.config import SftSection
@@ -141,6 +143,10 @@ class GuardedPeftTrainer(CheckedPeftTrainer):
     def on_train_step_dispatched(self, step: int, loss: jax.Array, params_finite: jax.Array,
                                  completes_step: bool) -> None:
         self._pending_checks.append((step, loss, params_finite))
+        if completes_step and runtime.stop_requested():
+            # A stop signal: no step after this one is dispatched; close() saves this one.
+            runtime.at_step_boundary()
+            self.config.max_steps = min(self.config.max_steps, step)
         # Wait before a step that will be saved: step-interval saves, plus Orbax's save of the
         # first step of a fresh run.
         self.check_finite(wait=completes_step and self.config.checkpoint_root_directory is not None
@@ -277,18 +283,22 @@ def run_sft(
         trainer.with_gen_model_input_fn(functools.partial(model_inputs, pad_id=pad_id))
         trainer.with_training_hooks(hooks)
         try:
-            trainer.train(batches, validation_batches)
+            with runtime.stop_at_step_boundary():
+                trainer.train(batches, validation_batches)
         except BaseException:
             # Let pending async saves (all of good steps) finish; the failing step is never saved.
             trainer.checkpoint_manager.close()
             trainer.metrics_logger.close()
             raise
         steps_done = trainer.train_steps
+    last_saved = checkpoints.latest_complete_step(checkpoint_dir)
+    runtime.raise_if_stopped(f"SFT stopped after step {steps_done} of {max_steps}; newest "
+                             f"complete checkpoint: step {last_saved}")
     reason = ("max_wall_time" if hooks.stopped_for_time
               else "max_steps" if steps_done >= max_steps else "data_exhausted")
     return SftResult(
         steps_done=steps_done, start_step=start_step, stopped_reason=reason,
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
-        last_checkpoint_step=checkpoints.latest_complete_step(checkpoint_dir),
+        last_checkpoint_step=last_saved,
         seconds=time.monotonic() - started,
         set_aside=[entry.to_dict() for entry in set_aside], validation=list(hooks.validation))

@@ -346,7 +346,7 @@ def test_kernel_death_is_recorded_against_the_running_stage(tmp_path: Path) -> N
     assert m["notebook_wall_seconds"] == 123.4 and evidence.manifest_errors(m) == []
     for name in ("env_info.txt", "checkpoints.json", "README.md", evidence.FAILURE):
         assert (record.run_dir / name).is_file(), name
-    assert "out of host memory" in (record.run_dir / evidence.FAILURE).read_text()
+    assert "out-of-memory killer" in (record.run_dir / evidence.FAILURE).read_text()
     assert run_index.read_index(run_index.index_path(record.run_dir))[0]["failed_stage"] == "train"
 
 
