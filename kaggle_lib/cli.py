@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
-    from kaggle_lib.evidence import close, start
+    from kaggle_lib.evidence import close, readme, start
 
     params = _parse_params(args.param or [], args.yaml or [])
     config_path, run_dir = resolve_paths(params, args.config, args.run_dir)
@@ -150,22 +150,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Several processes (docs/MULTIHOST.md): process 0's runner chooses the run dir and owns the
     # record; the others' kernels learn the dir from process 0 and tell their runners.
     process_id = multihost.runner_process_id()
-    if run_dir is None and not process_id:
+    cfg = None
+    if not process_id:
         try:
             cfg = load_config(config_path, overrides)
         except ConfigError:  # the kernel records the error; the run still gets a directory
-            cfg = None
+            pass
+    if run_dir is None and not process_id:
         run_dir = start.new_run_dir(config_path, cfg, env.working_dir)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
-    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb.
+    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb (unless the
+    # config changed what the earlier attempt's checkpoints depend on).
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
     if not process_id:
         try:
             attempt = evidence.RunRecord(run_dir).prepare_attempt(
-                run_dir.name, run_name, str(config_path))["attempt"]
-        except ValueError as exc:  # not a run directory
+                run_dir.name, run_name, str(config_path), cfg)["attempt"]
+        except ValueError as exc:  # not a run directory, or a config change refused
             raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
         output = multihost.follower_scratch_notebook(process_id)
@@ -201,6 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = close.close_after_kernel(run_dir, output, error, seconds)
     status = manifest.get("status")
     log.info(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
+    cfg_train = (manifest.get("config_resolved") or {}).get("train") or {}
+    for name, done in (manifest.get("training") or {}).items():
+        if early := readme.stopped_early(name, done or {}, cfg_train):
+            log.info(f"[kaggle_lib] note: {early} (see README.md)")
     if status != "succeeded":
         failure = manifest.get("failure") or {}
         log.info(f"[kaggle_lib] failed in stage '{failure.get('stage')}': {failure.get('error_type')}: "

@@ -33,12 +33,12 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
                 run_name: str = "", run_dir: str = "") -> Any:
     """The run's record, started in `run_dir` (absolute: Orbax refuses relative checkpoint paths)
     or a new directory, process 0's on every process; an earlier attempt's files go to
-    attempts/<n>/ (`RunRecord.start`)."""
+    attempts/<n>/ (`RunRecord.start`), unless `config` changes what its checkpoints depend on."""
     directory = (Path(run_dir).expanduser().absolute() if run_dir
                  else new_run_dir(config_path, config, working_dir))
     directory = join_processes(directory, config)
     record = make_record(directory)
-    record.start(directory.name, run_name or "", config_path)
+    record.start(directory.name, run_name or "", config_path, config)
     return record
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kaggle_lib.config import ConfigError, RunConfig, load_config, parse_duration
+from kaggle_lib.config import ConfigError, RunConfig, config_changes, load_config, parse_duration
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))  # configs/ablations/ too
@@ -190,3 +190,38 @@ def test_non_utf8_config_and_non_mapping_overrides_are_config_errors(tmp_path: P
         load_config(path)
     with pytest.raises(ConfigError, match="overrides must be a mapping"):
         load_config(write(tmp_path, BASE), ["train.sft.max_steps=3"])  # type: ignore[arg-type]
+
+
+TINY = CONFIG_DIR / "cpu_tiny.yaml"
+
+
+@pytest.mark.parametrize(("overrides", "resumable"), [
+    ({"train.sft.lora.rank": 8}, False), ({"train.sft.mode": "full"}, False),
+    ({"model.name": "gemma3-270m"}, False), ({"train.sft.optimizer": "adafactor"}, False),
+    ({"train.sft.learning_rate": 0.01}, False), ({"seed": 1}, False),
+    ({"data.train_limit": 128}, False), ({"data.max_seq_len": 128}, False),
+    ({"train.sft.batch_size": 4}, False), ({"train.grpo.num_generations": 2}, False),
+    ({"train.sft.max_steps": 9}, True), ({"train.grpo.max_steps": 9}, True),
+    ({"eval.batch_size": 2}, True), ({"data.eval_limit": 2}, True),
+    ({"train.max_wall_time": "1h"}, True), ({"evidence.root": "elsewhere"}, True),
+    ({"train.checkpoint_every": 1}, True), ({"run_name": "other"}, True),
+    ({"train.stages": ["sft", "grpo"]}, True),
+], ids=lambda value: str(value))
+def test_a_config_change_is_classed_by_whether_checkpoints_survive_it(
+        overrides: dict, resumable: bool) -> None:
+    [change] = config_changes(load_config(TINY).to_dict(), load_config(TINY, overrides))
+    [(key, value)] = overrides.items()
+    assert (change.key, change.new, change.resumable) == (key, value, resumable)
+
+
+def test_config_change_notes_say_what_else_changes() -> None:
+    old = load_config(TINY, {"train.stages": ["sft", "grpo"]}).to_dict()
+    [stages] = config_changes(old, load_config(TINY))
+    assert not stages.resumable and stages.note == "a stage removed or reordered"
+    [steps] = config_changes(old, load_config(TINY, {"train.stages": ["sft", "grpo"],
+                                                      "train.sft.max_steps": 8}))
+    assert steps.describe() == ("train.sft.max_steps: 4 -> 8 (also changes the learning-rate "
+                                "schedule, which decays over max_steps)")
+    # An older config.yaml without keys added since is read with their defaults: no change.
+    trimmed = {**old, "train": {k: v for k, v in old["train"].items() if k != "remat"}}
+    assert config_changes(trimmed, load_config(TINY, {"train.stages": ["sft", "grpo"]})) == []
