@@ -284,6 +284,19 @@ def test_readme_says_what_ran_and_how_it_ended(tmp_path: Path) -> None:
     assert "failure_analysis.md" in text and "| train | succeeded | 2.5 |" in text
 
 
+def test_readme_says_training_stopped_early_for_max_wall_time(tmp_path: Path) -> None:
+    record = complete(started(tmp_path / "runs" / "r1"))
+    record.update_manifest(training={"sft": {"steps": 2, "stopped_reason": "max_wall_time"}},
+                           config_resolved={"train": {"stages": ["sft"], "max_wall_time": "0s",
+                                                      "sft": {"max_steps": 4}}})
+    record.succeed()
+    text = readme.write_readme(record.run_dir).read_text()
+    assert "**succeeded**. **Training stopped early**: sft stopped early at step 2 of 4: " \
+        "train.max_wall_time (0s) ran out;" in text
+    record.update_manifest(training={"sft": {"steps": 4, "stopped_reason": "max_steps"}})
+    assert "stopped early" not in readme.write_readme(record.run_dir).read_text()
+
+
 def test_index_has_one_line_per_run_and_updates_it(tmp_path: Path) -> None:
     runs = tmp_path / "evidence" / "runs"
     a = started(runs / "run-a")
