@@ -75,8 +75,9 @@ class StageInputs:
     def add_lora(self) -> None:
         """The run's LoRA adapters on the model (`models.build.add_lora`: none in full-weights
         mode, and none added twice: several processes add them before sharding)."""
+        source = self.record.read_manifest().get("config_path") or "the run's config"
         self.loaded.model = build.add_lora(self.loaded.model, build.lora_settings(self.config),
-                                           seed=self.config.seed, mesh=self.mesh)
+                                           seed=self.config.seed, mesh=self.mesh, source=source)
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:

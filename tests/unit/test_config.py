@@ -225,3 +225,17 @@ def test_config_change_notes_say_what_else_changes() -> None:
     # An older config.yaml without keys added since is read with their defaults: no change.
     trimmed = {**old, "train": {k: v for k, v in old["train"].items() if k != "remat"}}
     assert config_changes(trimmed, load_config(TINY, {"train.stages": ["sft", "grpo"]})) == []
+
+
+def test_a_lora_rank_above_the_smallest_adapted_dimension_is_refused_at_model_build() -> None:
+    from kaggle_lib.config import LoraSection
+    from kaggle_lib.models import build
+    from tests import training_helpers as th
+
+    model = th.build_model(th.tiny_config())  # embed_dim 64: q_einsum maps 64 -> 4 x 16
+    with pytest.raises(ConfigError) as raised:
+        build.add_lora(model, LoraSection(rank=65), seed=0, source="configs/x.yaml")
+    message = str(raised.value)
+    assert message.startswith("invalid config configs/x.yaml:\n  train.sft.lora.rank = 65: ")
+    assert "more than 64, the smallest input or output size of a weight it adapts" in message
+    assert message.endswith("train.sft.lora.target_modules: 1..64")
