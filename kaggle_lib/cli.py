@@ -76,7 +76,18 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
     from kaggle_lib.config import UniqueKeyLoader
 
     params: dict[str, Any] = {}
-    for text in yamls:
+    given: dict[str, str] = {}  # parameter name -> the flag that gave it first
+
+    def take(name: Any, value: Any, flag: str) -> None:
+        # papermill keeps the last of two values silently (a second -y 'overrides: ...' would
+        # drop the first one's overrides): refused, naming both flags.
+        if str(name) in given:
+            raise SystemExit(f"parameter {str(name)!r} given twice ({given[str(name)]} and "
+                             f"{flag}); give it once (all overrides in one mapping)")
+        given[str(name)] = flag
+        params[name] = value
+
+    for i, text in enumerate(yamls, 1):
         try:
             # Our loader refuses a key given twice (papermill's -y keeps the last one).
             loaded = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
@@ -84,12 +95,13 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
             raise SystemExit(f"-y is not valid YAML: {str(exc)[:200]}") from None
         if not isinstance(loaded, dict):
             raise SystemExit(f"-y expects a YAML mapping, got {type(loaded).__name__}")
-        params.update(loaded)
+        for name, value in loaded.items():
+            take(name, value, f"-y #{i}")
     for name, value in pairs:
         try:
-            params[name] = yaml.safe_load(value) if value else value  # papermill's -p typing
+            take(name, yaml.safe_load(value) if value else value, f"-p {name}")  # papermill's typing
         except yaml.YAMLError:
-            params[name] = value
+            take(name, value, f"-p {name}")
     refuse_secrets(params)
     unknown = set(params) - set(NOTEBOOK_PARAMETERS)
     if unknown:

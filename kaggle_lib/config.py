@@ -8,7 +8,7 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -290,6 +290,16 @@ class RunConfig(_Section):
         return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
+def _override_paths(overrides: Mapping[Any, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted key of every value `overrides` sets ('train.sft.max_steps' for
+    {'train.sft.max_steps': 2} and for {'train': {'sft': {'max_steps': 2}}} alike)."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            yield from _override_paths(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
 def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
     """Merge overrides into a raw config tree. Keys may be dotted ('train.sft.max_steps')."""
     overrides = {} if overrides is None else overrides
@@ -297,6 +307,11 @@ def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
         raise ConfigError(
             f"overrides must be a mapping of config keys to values, e.g. "
             f"{{'train.sft.max_steps': 10}}; got {type(overrides).__name__} {shorten(overrides)}")
+    paths = list(_override_paths(overrides))
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ConfigError(f"overrides: {', '.join(twice)} given twice (as a dotted key and inside "
+                          "a nested mapping); give each key once")
     merged = copy.deepcopy(tree)
     for key, value in overrides.items():
         if not isinstance(key, str) or not key:

@@ -159,6 +159,14 @@ def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path) -> None:
     assert "first given on line 6" in message
 
 
+def test_an_override_given_as_a_dotted_key_and_nested_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"^overrides: train.sft.max_steps given twice"):
+        load_config(path, {"train.sft.max_steps": 2, "train": {"sft": {"max_steps": 3}}})
+    assert load_config(path, {"train.sft.max_steps": 2, "train": {"sft": {"batch_size": 2}}}
+                       ).train.sft.max_steps == 2
+
+
 def test_data_spec_and_lora_regex_are_checked_before_any_model_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, {**BASE, "data": {"train": "csv:/x.csv"}}))
