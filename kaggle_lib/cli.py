@@ -234,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summary = eval_cli.evaluate_run(
             args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, model=args.model,
-            few_shot=args.few_shot)
+            few_shot=args.few_shot, overwrite=args.overwrite)
     except eval_cli.EvalError as exc:
         log.error(f"eval: error: {exc}")
         return 2
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
     eval_p.add_argument("--out-name", help="output folder name under <run>/eval/ (default: the "
                         "data file stem, plus -baseline or -baseline_fewshot for --model base)")
+    eval_p.add_argument("--overwrite", action="store_true", help="replace the results an earlier "
+                        "eval left in that folder (default: refuse, naming them)")
     eval_p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     eval_p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     eval_p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
