@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     pkg_p = sub.add_parser("package", description=package.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     pkg_p.add_argument("--run-dir", type=Path, help="evidence/runs/<run_id>")
-    pkg_p.add_argument("--out", type=Path, help="zip path (default: <run_dir>.zip)")
+    pkg_p.add_argument("--out", type=Path, help="zip path, or an existing directory to write "
+                       "<run_id>.zip into (default: <run_id>.zip next to the run directory)")
     pkg_p.add_argument("--with-checkpoints", action="store_true", help="include checkpoints/")
     pkg_p.add_argument("--with-exports", action="store_true", help="include export/")
     pkg_p.add_argument("--verify", type=Path, metavar="ZIP", help="check a package's checksums")
