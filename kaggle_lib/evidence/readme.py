@@ -86,17 +86,17 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
             f"({m.started_at} to {m.ended_at or 'unfinished'} UTC)")
     if m.status == "succeeded":
         text += " and **succeeded**."
-    if early := _early_stops(m):
-        # A planned stop (train.max_wall_time): the run closes normally, so it can still succeed.
-        text += (" **Training stopped early**: " + "; ".join(early) + "; later stages used the "
-                 "model as trained so far, and a re-run in this run directory resumes from its "
-                 "last checkpoint.")
     elif m.failure:
         first = m.failure.message.strip().splitlines()[:1]
         text += (f" and **failed** in stage `{m.failure.stage}` with "
                  f"`{m.failure.error_type}`" + (f": {first[0]}" if first else "") + ".")
     else:
         text += f"; its status is **{m.status}** (the record was not closed)."
+    if early := _early_stops(m):
+        # A planned stop (train.max_wall_time): the run closes normally, so it can still succeed.
+        text += (" **Training stopped early**: " + "; ".join(early) + "; later stages used the "
+                 "model as trained so far, and a re-run in this run directory resumes from its "
+                 "last checkpoint.")
     if "trained_accuracy" in metrics or "baseline_accuracy" in metrics:
         n = metrics.get("eval_items")
         items = f" on {n} held-out items" if n else ""
