@@ -31,13 +31,14 @@ def _duration_text(seconds: Any) -> str:
 def stopped_early(name: str, done: Mapping[str, Any], cfg_train: Mapping[str, Any]) -> str | None:
     """'sft stopped early at step 2 of 4: train.max_wall_time (0s) ran out' when training stage
     `name` (its manifest entry `training.<name>`, `done`) ended before its max_steps; else None."""
-    reason = done.get("stopped_reason")
-    if reason not in ("max_wall_time", "data_exhausted"):
+    reason, steps = done.get("stopped_reason"), done.get("steps")
+    planned = (cfg_train.get(name) or {}).get("max_steps", "?")
+    reached = isinstance(steps, int) and isinstance(planned, int) and steps >= planned
+    if reason not in ("max_wall_time", "data_exhausted") or reached:
         return None
     why = (f"train.max_wall_time ({cfg_train.get('max_wall_time')}) ran out"
            if reason == "max_wall_time" else "its training data ran out")
-    planned = (cfg_train.get(name) or {}).get("max_steps", "?")
-    return f"{name} stopped early at step {done.get('steps')} of {planned}: {why}"
+    return f"{name} stopped early at step {steps} of {planned}: {why}"
 
 
 def _early_stops(m: RunManifest) -> list[str]:
