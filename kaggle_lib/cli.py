@@ -62,7 +62,18 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
     from kaggle_lib.config import UniqueKeyLoader
 
     params: dict[str, Any] = {}
-    for text in yamls:
+    given: dict[str, str] = {}  # parameter name -> the flag that gave it first
+
+    def take(name: Any, value: Any, flag: str) -> None:
+        # papermill keeps the last of two values silently (a second -y 'overrides: ...' would
+        # drop the first one's overrides): refused, naming both flags.
+        if str(name) in given:
+            raise SystemExit(f"parameter {str(name)!r} given twice ({given[str(name)]} and "
+                             f"{flag}); give it once (all overrides in one mapping)")
+        given[str(name)] = flag
+        params[name] = value
+
+    for i, text in enumerate(yamls, 1):
         try:
             # Our loader refuses a key given twice (papermill's -y keeps the last one).
             loaded = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
@@ -70,12 +81,13 @@ def _parse_params(pairs: list[list[str]], yamls: list[str]) -> dict[str, Any]:
             raise SystemExit(f"-y is not valid YAML: {str(exc)[:200]}") from None
         if not isinstance(loaded, dict):
             raise SystemExit(f"-y expects a YAML mapping, got {type(loaded).__name__}")
-        params.update(loaded)
+        for name, value in loaded.items():
+            take(name, value, f"-y #{i}")
     for name, value in pairs:
         try:
-            params[name] = yaml.safe_load(value) if value else value  # papermill's -p typing
+            take(name, yaml.safe_load(value) if value else value, f"-p {name}")  # papermill's typing
         except yaml.YAMLError:
-            params[name] = value
+            take(name, value, f"-p {name}")
     refuse_secrets(params)
     unknown = set(params) - set(NOTEBOOK_PARAMETERS)
     if unknown:
@@ -207,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kaggle_lib import evidence, multihost, runtime
     from kaggle_lib.config import ConfigError, load_config
     from kaggle_lib.errors import DiskError, Interrupted, check_writable
-    from kaggle_lib.evidence import close, lock, start
+    from kaggle_lib.evidence import close, lock, readme, start
 
     class AtomicNotebookHandler(LocalHandler):
         """papermill's writer of this run's executed.ipynb: every save (after each cell) goes
@@ -238,8 +250,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_dir is None and not process_id:
         run_dir = start.new_run_dir(config_path, cfg, env.working_dir)
     # A re-run in an existing directory is a new attempt: the earlier one's files go to
-    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb; a full or
-    # read-only disk is refused before that.
+    # attempts/<n>/ now, before papermill writes this attempt's executed.ipynb (unless the
+    # config changed what the earlier attempt's checkpoints depend on); a full or read-only
+    # disk is refused before that.
     attempt: Any = "of process 0"  # only process 0's runner manages attempts
     try:
         if run_dir is not None:
@@ -249,10 +262,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             held = lock.lock_run_dir(run_dir)
             os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
             attempt = evidence.RunRecord(run_dir).prepare_attempt(
-                run_dir.name, run_name, str(config_path))["attempt"]
+                run_dir.name, run_name, str(config_path), cfg)["attempt"]
     except DiskError as exc:
         raise SystemExit(f"refusing to start: {exc}. {exc.hint}") from None
-    except (ValueError, lock.RunDirBusy, OSError) as exc:  # not a run dir, held, unlockable
+    except (ValueError, lock.RunDirBusy, OSError) as exc:  # not a run dir, config change, held
         raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
         output = multihost.follower_scratch_notebook(process_id)
@@ -302,6 +315,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{seconds:.1f} s -> {run_dir}", file=sys.stderr)
         return 128 + signal.Signals[stop].value
     log.info(f"[kaggle_lib] run {manifest.get('run_id')} {status} in {seconds:.1f} s -> {run_dir}")
+    cfg_train = (manifest.get("config_resolved") or {}).get("train") or {}
+    for name, done in (manifest.get("training") or {}).items():
+        if early := readme.stopped_early(name, done or {}, cfg_train):
+            log.info(f"[kaggle_lib] note: {early} (see README.md)")
     if status != "succeeded":
         failure = manifest.get("failure") or {}
         log.info(f"[kaggle_lib] failed in stage '{failure.get('stage')}': {failure.get('error_type')}: "
@@ -316,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summary = eval_cli.evaluate_run(
             args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, model=args.model,
-            few_shot=args.few_shot)
+            few_shot=args.few_shot, overwrite=args.overwrite)
     except eval_cli.EvalError as exc:
         log.error(f"eval: error: {exc}")
         return 2
@@ -432,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask with the few-shot prompt (kaggle_lib.data.fewshot)")
     eval_p.add_argument("--out-name", help="output folder name under <run>/eval/ (default: the "
                         "data file stem, plus -baseline or -baseline_fewshot for --model base)")
+    eval_p.add_argument("--overwrite", action="store_true", help="replace the results an earlier "
+                        "eval left in that folder (default: refuse, naming them)")
     eval_p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
     eval_p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     eval_p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
@@ -453,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     pkg_p = sub.add_parser("package", description=package.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     pkg_p.add_argument("--run-dir", type=Path, help="evidence/runs/<run_id>")
-    pkg_p.add_argument("--out", type=Path, help="zip path (default: <run_dir>.zip)")
+    pkg_p.add_argument("--out", type=Path, help="zip path, or an existing directory to write "
+                       "<run_id>.zip into (default: <run_id>.zip next to the run directory)")
     pkg_p.add_argument("--with-checkpoints", action="store_true", help="include checkpoints/")
     pkg_p.add_argument("--with-exports", action="store_true", help="include export/")
     pkg_p.add_argument("--verify", type=Path, metavar="ZIP", help="check a package's checksums")

@@ -5,9 +5,10 @@ so a run fails before any model work."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -293,6 +294,16 @@ class RunConfig(_Section):
         return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
+def _override_paths(overrides: Mapping[Any, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted key of every value `overrides` sets ('train.sft.max_steps' for
+    {'train.sft.max_steps': 2} and for {'train': {'sft': {'max_steps': 2}}} alike)."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            yield from _override_paths(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
 def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
     """Merge overrides into a raw config tree. Keys may be dotted ('train.sft.max_steps')."""
     overrides = {} if overrides is None else overrides
@@ -300,6 +311,11 @@ def apply_overrides(tree: dict[str, Any], overrides: Any) -> dict[str, Any]:
         raise ConfigError(
             f"overrides must be a mapping of config keys to values, e.g. "
             f"{{'train.sft.max_steps': 10}}; got {type(overrides).__name__} {shorten(overrides)}")
+    paths = list(_override_paths(overrides))
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ConfigError(f"overrides: {', '.join(twice)} given twice (as a dotted key and inside "
+                          "a nested mapping); give each key once")
     merged = copy.deepcopy(tree)
     for key, value in overrides.items():
         if not isinstance(key, str) or not key:
@@ -395,3 +411,77 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     config = validate_config(tree, source)
     check_files(config, source)
     return config
+
+
+# A re-run in a run directory resumes its checkpoints. A change to one of these keys would make
+# them another run's (what a checkpoint holds: model, LoRA, mode, optimizer; or which examples
+# step k trained on: seed, training data, batch and sequence shape), so it is refused while
+# checkpoints exist; every other key may change between attempts (the change is listed).
+_SHAPES_CHECKPOINTS = ("model", "seed", "data.train", "data.train_limit", "data.max_seq_len",
+                       "data.length_buckets", "data.packing", "train.sft", "train.grpo")
+_RESHAPES_NOTHING = ("model.gated", "train.sft.max_steps", "train.sft.validate_every",
+                     "train.sft.loss_chunk_size", "train.grpo.max_steps")
+_SCHEDULE_NOTE = "also changes the learning-rate schedule, which decays over max_steps"
+
+
+class ConfigChangeError(KaggleLibError, ValueError):
+    """A re-run's config differs from the earlier attempt's in keys that shape its checkpoints."""
+
+    hint = ("Use a new run directory for this config (train.resume_from may start it from the "
+            "old checkpoints' weights only if the model and LoRA keys are unchanged), or delete "
+            "the run directory's checkpoints/ to start this run over.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChange:
+    """One key whose value differs between an earlier attempt's config and this one's."""
+
+    key: str
+    old: Any
+    new: Any
+    resumable: bool  # False: the earlier attempt's checkpoints do not continue under the new value
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"{self.key}: {shorten(self.old)} -> {shorten(self.new)}" + (
+            f" ({self.note})" if self.note else "")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(old: Mapping[str, Any], new: RunConfig) -> list[ConfigChange]:
+    """Each key whose value differs between `old` (an earlier attempt's resolved config, e.g. its
+    config.yaml) and `new`, in the new config's key order, classed resumable or not. `old` is
+    validated first when it still is a valid config, so keys added since default alike."""
+    try:
+        old = validate_config(dict(old)).to_dict()
+    except ConfigError:
+        pass  # written by another kaggle_lib version: compared as it is
+    before, after = _flatten(old), _flatten(new.to_dict())
+    changes = []
+    for key in [*after, *(k for k in before if k not in after)]:
+        was, now = before.get(key), after.get(key)
+        if was == now:
+            continue
+        if key == "train.stages":
+            appended = isinstance(was, list) and now[:len(was)] == was
+            note = (f"stage(s) {', '.join(now[len(was):])} appended" if appended
+                    else "a stage removed or reordered")
+            changes.append(ConfigChange(key, was, now, appended, note))
+            continue
+        changes.append(ConfigChange(
+            key, was, now, not _under(key, _SHAPES_CHECKPOINTS) or _under(key, _RESHAPES_NOTHING),
+            _SCHEDULE_NOTE if key.endswith(".max_steps") else ""))
+    return changes

@@ -4,12 +4,14 @@
 the untrained weights it started from, stage "baseline" ("baseline_fewshot" with `--few-shot`).
 The model is rebuilt as the run built it (`models.build`, the run's `config.yaml`, its pinned HF
 commit, LoRA with its seed); items go through the notebook's loop (`evaluation.runner`) into
-`<run>/eval/<name>/`. The last line printed is one JSON object (`final_line`).
+`<run>/eval/<name>/`, which must not hold an earlier evaluation's results unless `--overwrite`.
+The last line printed is one JSON object (`final_line`).
 Exit status: 0 done; 2 for a missing run directory, config or checkpoint, or bad data.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -108,12 +110,31 @@ def load_run_model(config: Any, checkpoint: tuple[Path, int] | None, revision: s
     return loaded, mesh
 
 
+def refuse_earlier_results(out_dir: Path) -> None:
+    """EvalError, naming what an earlier eval left in `out_dir`, when it holds results."""
+    found = [p.name for p in (out_dir / PREDICTIONS, out_dir / SUMMARY) if p.exists()]
+    if not found:
+        return
+    try:
+        meta = json.loads((out_dir / SUMMARY).read_text()).get("meta") or {}
+        step = meta.get("checkpoint_step")
+        what = (f" of the {meta.get('model_weights')} model (stage {meta.get('stage')}"
+                + (f", checkpoint step {step}" if step is not None else "")
+                + f") on {meta.get('eval_data')}")
+    except (OSError, ValueError, AttributeError):
+        what = ""
+    raise EvalError(f"{out_dir} already holds an earlier evaluation's results{what} "
+                    f"({', '.join(found)}); choose another --out-name, or pass --overwrite to "
+                    "replace them")
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None = None,
                  limit: int | None = None, max_new_tokens: int | None = None,
                  batch_size: int | None = None, model: str = "trained",
-                 few_shot: bool = False) -> dict[str, Any]:
+                 few_shot: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate the run's latest SFT checkpoint (`model="trained"`) or its untrained weights
-    (`model="base"`) on `data`; returns the written summary."""
+    (`model="base"`) on `data`; returns the written summary. Results already in the output
+    folder are an EvalError unless `overwrite`."""
     from kaggle_lib import evidence
     from kaggle_lib.data.datasets import DataError, load_jsonl
     from kaggle_lib.evaluation import runner
@@ -140,6 +161,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     name = out_name if out_name is not None else default_name
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise EvalError(f"--out-name {name!r} is not allowed; use letters, digits, '_', '-', '.'")
+    out_dir = run_dir / "eval" / name
+    if not overwrite:
+        refuse_earlier_results(out_dir)
     max_new = max_new_tokens if max_new_tokens is not None else config.eval.max_new_tokens
     batch = batch_size if batch_size is not None else config.eval.batch_size
     if max_new < 1 or batch < 1:

@@ -10,7 +10,9 @@ verification, and the upload of an export to Kaggle Models through kagglehub.
 The zip holds `<run_id>/...` with `PACKAGE_MANIFEST.json` (identity, status, metrics, every
 file with bytes and sha256) and `SHA256SUMS` (for `sha256sum -c`). Entries are sorted and dated
 1980-01-01: the same record gives the same bytes. Weights (checkpoints/, export/) only when asked
-for. A secret found by the scan first is redacted and refuses the package.
+for; never an earlier package saved inside the run directory. A secret found by the scan first is
+redacted and refuses the package. A run still `running` is refused; a failed or interrupted one
+is packaged with a warning, its status in PACKAGE_MANIFEST.json. `--out` may be a directory.
 """
 
 from __future__ import annotations
@@ -37,34 +39,57 @@ class PackageError(KaggleLibError, RuntimeError):
     """A run directory that cannot be packaged, or a package that does not verify."""
 
 
+def _is_package(path: Path) -> bool:
+    """Whether `path` is a zip this module wrote (an earlier package saved inside the run)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("/" + PACKAGE_MANIFEST) for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def package_files(run_dir: Path, *, with_checkpoints: bool = False,
                   with_exports: bool = False) -> list[Path]:
-    """The files that go into the zip, relative to the run directory, sorted."""
+    """The files that go into the zip, relative to the run directory, sorted; never a package
+    (an earlier `--out` inside the run directory)."""
     run_dir = Path(run_dir)
     skip = {name for name, wanted in (("checkpoints", with_checkpoints), ("export", with_exports))
             if not wanted}
     return [path.relative_to(run_dir) for path in sorted(run_dir.rglob("*"))
             if path.is_file() and path.relative_to(run_dir).parts[0] not in skip
             and not path.name.endswith(".tmp")
-            and path.name not in (PACKAGE_MANIFEST, SUMS, evidence.LOCK)]
+            and path.name not in (PACKAGE_MANIFEST, SUMS, evidence.LOCK)
+            and not (path.suffix == ".zip" and _is_package(path))]
 
 
 def build_package(run_dir: str | Path, out: str | Path | None = None, *,
                   with_checkpoints: bool = False, with_exports: bool = False) -> Path:
-    """Write the zip (default `<run_dir>.zip` next to the run directory); returns its path."""
+    """Write the zip (default `<run_id>.zip` next to the run directory; `out` an existing
+    directory: `<out>/<run_id>.zip`); returns its path. A run still running is refused; one that
+    did not succeed is packaged with a warning (its status is in PACKAGE_MANIFEST.json)."""
     run_dir = Path(run_dir)
     manifest_path = run_dir / evidence.MANIFEST
     if not manifest_path.is_file():
         raise PackageError(f"{run_dir}: no {evidence.MANIFEST}; not a run directory "
                            "(expected evidence/runs/<run_id>/)")
     lock.close_if_writer_gone(run_dir)
+    run_manifest = evidence.read_manifest(manifest_path)
+    run_id = str(run_manifest.get("run_id") or run_dir.name)
+    status = run_manifest.get("status")
+    if status == "running":
+        raise PackageError(f"run {run_id} is still running ({manifest_path} says status "
+                           "'running'): its files are still changing; package it once it ends")
+    if status != "succeeded":
+        failure = run_manifest.get("failure") or {}
+        where = (f" in stage {failure.get('stage')} ({failure.get('error_type')})"
+                 if failure else "")
+        log.warning(f"package: WARNING: run {run_id} did not succeed: status {status!r}{where}; "
+                    f"packaging it anyway, with status {status!r} in {PACKAGE_MANIFEST}")
     files = package_files(run_dir, with_checkpoints=with_checkpoints, with_exports=with_exports)
     hits = scan.scan_for_secrets([run_dir / f for f in files])
     if hits:
         raise PackageError(f"secret values were found and redacted in {hits}; check them, then "
                            "package again")
-    run_manifest = evidence.read_manifest(manifest_path)
-    run_id = str(run_manifest.get("run_id") or run_dir.name)
     entries = []
     for rel in files:
         data = (run_dir / rel).read_bytes()
@@ -78,14 +103,22 @@ def build_package(run_dir: str | Path, out: str | Path | None = None, *,
     }
     sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
     out = Path(out) if out else run_dir.parent / f"{run_id}.zip"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for rel in files:
-            _add(zf, f"{run_id}/{rel.as_posix()}", (run_dir / rel).read_bytes())
-        _add(zf, f"{run_id}/{PACKAGE_MANIFEST}", (json.dumps(package_manifest, indent=2) + "\n").encode())
-        _add(zf, f"{run_id}/{SUMS}", sums.encode())
-    tmp.replace(out)
+    if out.is_dir():
+        out = out / f"{run_id}.zip"
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for rel in files:
+                _add(zf, f"{run_id}/{rel.as_posix()}", (run_dir / rel).read_bytes())
+            _add(zf, f"{run_id}/{PACKAGE_MANIFEST}",
+                 (json.dumps(package_manifest, indent=2) + "\n").encode())
+            _add(zf, f"{run_id}/{SUMS}", sums.encode())
+        tmp.replace(out)
+    except OSError as exc:
+        raise PackageError(f"cannot write the package {out}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # written and renamed, or cut short: never left behind
     return out
 
 

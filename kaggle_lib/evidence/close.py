@@ -20,7 +20,7 @@ from kaggle_lib.evidence.lock import release_run_dir
 from kaggle_lib.evidence.manifest import ManifestError
 from kaggle_lib.evidence.plots import plot_loss
 from kaggle_lib.evidence.readme import write_readme
-from kaggle_lib.evidence.record import FAILURE, RunRecord
+from kaggle_lib.evidence.record import FAILURE, RAW_CONFIG_MARK, RunRecord
 from kaggle_lib.evidence.scan import SecretLeakError, removed_files, scan_files, scan_for_secrets
 from kaggle_lib.hashing import sha256_hex
 
@@ -147,8 +147,8 @@ def _raw_config_copy(record: RunRecord) -> None:
         return
     source = Path(str(record.read_manifest().get("config_path") or ""))
     if source.is_file():
-        record.write_text("config.yaml", "# The config as given (it did not load; see "
-                          "failure_analysis.md)\n" + auth.redact(source.read_text(errors="replace")))
+        record.write_text("config.yaml", f"{RAW_CONFIG_MARK}; see failure_analysis.md)\n"
+                          + auth.redact(source.read_text(errors="replace")))
 
 
 def close_failed(record: RunRecord, run_id: str,

@@ -27,6 +27,7 @@ from kaggle_lib.evaluation.scoring import (
     scorecard_delta,
 )
 from kaggle_lib.evidence.lock import close_if_writer_gone
+from kaggle_lib.evidence.manifest import MANIFEST
 
 log = logs.get_logger(__name__)
 BASELINE_FILE = "baseline.json"
@@ -193,9 +194,20 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, *, threshold: float = DEF
 
 
 def mark_baseline(run_dir: str | Path, evidence_root: str | Path) -> Path:
-    """Record `run_dir` as the baseline in `evidence_root/baseline.json` (relative when under)."""
+    """Record `run_dir` as the baseline in `evidence_root/baseline.json` (relative when under).
+    A run whose manifest says it did not succeed (failed, interrupted, still running) is refused:
+    a gate against scores that are partial or still changing would mislead."""
     run_dir, evidence_root = Path(run_dir), Path(evidence_root)
     summary, _ = load_run_scores(run_dir)
+    manifest_path = run_dir / MANIFEST
+    manifest = _read_json(manifest_path) if manifest_path.is_file() else None
+    status = manifest.get("status") if isinstance(manifest, dict) else None
+    if manifest is not None and status != "succeeded":
+        raise CompareError(f"refusing to mark {run_dir} as the baseline: {manifest_path} says "
+                           f"status {status!r}; a baseline must be a run that succeeded")
+    if manifest is None:
+        log.warning(f"compare: warning: {run_dir} has no {MANIFEST}; marking it as the baseline "
+                    "without knowing whether the run succeeded")
     card = _stage_scorecard(summary, "trained", run_dir)
     try:
         stored = run_dir.resolve().relative_to(evidence_root.resolve()).as_posix()

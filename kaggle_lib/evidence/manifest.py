@@ -176,6 +176,23 @@ class ContinuedFrom(_Section):
     version: Annotated[int, Field(ge=1)] | None = None
 
 
+class ConfigChangeEntry(_Section):
+    key: str = Field(description="Dotted config key, e.g. train.sft.max_steps.")
+    old: Any = None
+    new: Any = None
+    resumable: bool = Field(description="false: the earlier attempt's checkpoints do not continue "
+                            "under the new value (allowed only when there were none).")
+    note: str = ""
+
+
+class ConfigChanges(_Section):
+    """How this attempt's resolved config differs from the earlier attempt's."""
+
+    compared_with: str = Field(description="The earlier config.yaml, relative to the run dir.")
+    checkpoints: bool = Field(description="Whether checkpoints to resume from existed.")
+    changes: list[ConfigChangeEntry]
+
+
 Metric = bool | int | float | str | None
 
 
@@ -218,6 +235,8 @@ class RunManifest(_Section):
                                     description="Earlier attempts of this run, oldest first.")
     checkpoints_set_aside: list[SetAsideCheckpoint] = Field(default_factory=list)
     continued_from: ContinuedFrom | None = None
+    config_changes: ConfigChanges | None = Field(None, description="Set on a re-run in a run "
+                                                 "directory whose earlier attempt's config loaded.")
     prepared_by_runner: bool = Field(False, description="Set by `python -m kaggle_lib run` "
                                      "before the kernel starts; start_run then keeps this fresh "
                                      "manifest instead of archiving it.")

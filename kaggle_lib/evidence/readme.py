@@ -3,6 +3,7 @@ reviewer checks; for a manifest that does not validate, a pointer to failure_ana
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,26 @@ def _duration_text(seconds: Any) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def stopped_early(name: str, done: Mapping[str, Any], cfg_train: Mapping[str, Any]) -> str | None:
+    """'sft stopped early at step 2 of 4: train.max_wall_time (0s) ran out' when training stage
+    `name` (its manifest entry `training.<name>`, `done`) ended before its max_steps; else None."""
+    reason, steps = done.get("stopped_reason"), done.get("steps")
+    planned = (cfg_train.get(name) or {}).get("max_steps", "?")
+    reached = isinstance(steps, int) and isinstance(planned, int) and steps >= planned
+    if reason not in ("max_wall_time", "data_exhausted") or reached:
+        return None
+    why = (f"train.max_wall_time ({cfg_train.get('max_wall_time')}) ran out"
+           if reason == "max_wall_time" else "its training data ran out")
+    return f"{name} stopped early at step {steps} of {planned}: {why}"
+
+
+def _early_stops(m: RunManifest) -> list[str]:
+    training = (m.model_extra or {}).get("training") or {}
+    cfg_train = (m.config_resolved or {}).get("train") or {}
+    stops = (stopped_early(name, done or {}, cfg_train) for name, done in training.items())
+    return [text for text in stops if text]
 
 
 def _training_text(m: RunManifest) -> str:
@@ -73,6 +94,11 @@ def plain_summary(m: RunManifest, losses: list[tuple[int, float]] | None = None,
                  f"`{m.failure.error_type}`" + (f": {first[0]}" if first else "") + ".")
     else:
         text += f"; its status is **{m.status}** (the record was not closed)."
+    if early := _early_stops(m):
+        # A planned stop (train.max_wall_time): the run closes normally, so it can still succeed.
+        text += (" **Training stopped early**: " + "; ".join(early) + "; later stages used the "
+                 "model as trained so far, and a re-run in this run directory resumes from its "
+                 "last checkpoint.")
     if "trained_accuracy" in metrics or "baseline_accuracy" in metrics:
         n = metrics.get("eval_items")
         items = f" on {n} held-out items" if n else ""
@@ -154,6 +180,12 @@ def _summary_lines(m: RunManifest, run_dir: Path) -> list[str]:
                    if a.failure and a.failure.error_type else "")
             lines.append(f"- attempt {a.n}: {a.status}{why} "
                          f"({a.started_at} to {a.ended_at}), files in `{a.path}/`")
+        if m.config_changes:
+            changed = m.config_changes.changes
+            lines += ["", f"Config changes against `{m.config_changes.compared_with}`: "
+                      + ("; ".join(f"`{c.key}` {c.old!r} -> {c.new!r}"
+                                    + (f" ({c.note})" if c.note else "") for c in changed)
+                         if changed else "none") + "."]
     if m.checkpoints_set_aside:
         lines += ["", "Checkpoints set aside because they did not restore: "
                   + "; ".join(f"`{e.stage}` step {e.step} ({e.reason})"

@@ -16,7 +16,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kaggle_lib import auth, jsonl, logs, multihost
+from kaggle_lib.config import ConfigChangeError, RunConfig, config_changes
 from kaggle_lib.errors import as_disk_error
 from kaggle_lib.evidence.failure import failure_analysis
 from kaggle_lib.evidence.identity import git_info, host_info, load_average, package_versions
@@ -46,6 +49,8 @@ RECORD_NAMES = frozenset({
     "env_info.txt", "training_log.txt", "loss.png", "eval_summary.json", "predictions.jsonl",
     "samples.md", "checkpoints.json", "README.md", "tensorboard", "export", "eval",
 })
+# The first line of config.yaml when the config did not load (`close`: the file as given).
+RAW_CONFIG_MARK = "# The config as given (it did not load"
 log = logs.get_logger(__name__)
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -156,32 +161,97 @@ class RunRecord:
     def write_text(self, name: str, text: str) -> Path:
         return write_atomically(self.run_dir / name, text)
 
-    def start(self, run_id: str, run_name: str, config_path: str) -> None:
+    def start(self, run_id: str, run_name: str, config_path: str,
+              config: RunConfig | None = None) -> None:
         """Begin this attempt with a fresh manifest; an earlier attempt's files first go to
-        attempts/<n>/, unless the runner already did that (`prepare_attempt`)."""
+        attempts/<n>/, unless the runner already did that (`prepare_attempt`). `config`: this
+        attempt's, checked against the earlier attempt's first (`check_config_change`)."""
         try:
             manifest = self.read_manifest()
         except ValueError:
             manifest = {}
         if not (manifest.get("prepared_by_runner") and not manifest.get("stages")):
-            manifest = self.archive_previous_attempt()
+            manifest = self._archive_checked(config)
         self._fresh_manifest(run_id, run_name, config_path, manifest)
 
-    def prepare_attempt(self, run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
+    def prepare_attempt(self, run_id: str, run_name: str, config_path: str,
+                        config: RunConfig | None = None) -> dict[str, Any]:
         """The runner's part, before papermill writes executed.ipynb: earlier files to
         attempts/<n>/, and a fresh manifest marked so that `start` in the kernel keeps it."""
-        attempts = self.archive_previous_attempt()
-        return self._fresh_manifest(run_id, run_name, config_path, attempts,
+        return self._fresh_manifest(run_id, run_name, config_path, self._archive_checked(config),
                                     prepared_by_runner=True)
 
     def _fresh_manifest(self, run_id: str, run_name: str, config_path: str,
                         attempts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        changes = {"config_changes": attempts["config_changes"]} \
+            if attempts.get("config_changes") else {}
         fresh = {**self._identity(run_id, run_name, config_path),
                  "attempt": attempts.get("attempt", 1), "attempts": attempts.get("attempts", []),
-                 **extra}
+                 **changes, **extra}
         validate_manifest(fresh, str(self.manifest_path))
         self._write_json(self.manifest_path, fresh)
         return fresh
+
+    def _archive_checked(self, config: RunConfig | None) -> dict[str, Any]:
+        """`check_config_change`, then `archive_previous_attempt`, with the changes added."""
+        changes = self.check_config_change(config)
+        archived = self.archive_previous_attempt()
+        if changes is not None:
+            if changes["compared_with"] == "config.yaml":  # the attempt just archived
+                changes["compared_with"] = f"{ATTEMPTS}/{archived['attempt'] - 1}/config.yaml"
+            archived["config_changes"] = changes
+        return archived
+
+    def earlier_config(self) -> tuple[Path, dict[str, Any]] | None:
+        """(path, tree) of the newest earlier attempt's resolved config.yaml: the one at the top
+        (the attempt about to be archived), else under attempts/<n>/, newest first; None when
+        no attempt's config loaded."""
+        archive = self.run_dir / ATTEMPTS
+        numbered = sorted((p for p in archive.iterdir() if p.name.isdigit()),
+                          key=lambda p: -int(p.name)) if archive.is_dir() else []
+        for folder in (self.run_dir, *numbered):
+            path = folder / "config.yaml"
+            try:
+                text = path.read_text()
+                tree = yaml.safe_load(text)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            if isinstance(tree, dict) and not text.startswith(RAW_CONFIG_MARK):
+                return path, tree
+        return None
+
+    def holds_checkpoints(self) -> bool:
+        """Whether checkpoints/<stage>/ (GRPO's <stage>/actor/) holds a step to resume from."""
+        root = self.run_dir / "checkpoints"
+        return any(p.name.isdigit() for pattern in ("*/*", "*/actor/*") for p in root.glob(pattern))
+
+    def check_config_change(self, config: RunConfig | None) -> dict[str, Any] | None:
+        """Compare `config` with the earlier attempt's (`earlier_config`) before anything moves:
+        with checkpoints to resume, a change to a key that shapes them (`config.config_changes`)
+        raises ConfigChangeError naming each key, old and new value; without checkpoints every
+        change is allowed. Returns the manifest's `config_changes` (None: nothing to compare)."""
+        earlier = self.earlier_config() if config is not None else None
+        if earlier is None:
+            return None
+        path, tree = earlier
+        changes = config_changes(tree, config)  # type: ignore[arg-type]  # not None here
+        checkpoints = self.holds_checkpoints()
+        refused = [c for c in changes if not c.resumable]
+        if refused and checkpoints:
+            raise ConfigChangeError(
+                f"run directory {self.run_dir} holds checkpoints of an earlier attempt whose "
+                f"config ({path}) differs from this one in {len(refused)} key(s) that shape "
+                "them (they would not restore, or would continue another run):\n  "
+                + "\n  ".join(c.describe() for c in refused)
+                + f"\nNothing was moved. Use a new run directory for this config, or delete "
+                f"{self.run_dir / 'checkpoints'} to start this run over.")
+        for change in changes:
+            log.info("[kaggle_lib] config changed since the earlier attempt: %s",
+                     change.describe())
+        return {"compared_with": path.relative_to(self.run_dir).as_posix(),
+                "checkpoints": checkpoints,
+                "changes": [{"key": c.key, "old": c.old, "new": c.new, "resumable": c.resumable,
+                             "note": c.note} for c in changes]}
 
     def archive_previous_attempt(self) -> dict[str, Any]:
         """Move every file of an earlier attempt (all but checkpoints/ and attempts/) into
@@ -212,6 +282,25 @@ class RunRecord:
         log.info("[kaggle_lib] attempt %d of this run moved to %s; this is attempt %d",
                  n, target, n + 1)
         return {"attempt": n + 1, "attempts": attempts}
+
+    def relist_moved_checkpoint(self, source: Path, target: Path, reason: str) -> None:
+        """A checkpoint step moved from `source` to `target` (set aside: it did not restore):
+        earlier attempts' checkpoints.json entries for it now give where it is, and why."""
+        try:
+            before, after = (Path(p).relative_to(self.run_dir).as_posix() for p in (source, target))
+        except ValueError:  # not under this run directory: no listing names it
+            return
+        for listing in sorted((self.run_dir / ATTEMPTS).glob("*/checkpoints.json")):
+            try:
+                entries = json.loads(listing.read_text())
+            except (OSError, ValueError):
+                continue  # an unreadable listing is that attempt's evidence: left as it is
+            moved = [e for e in entries if isinstance(e, dict) and e.get("path") == before] \
+                if isinstance(entries, list) else []
+            for entry in moved:
+                entry.update(path=after, moved_from=before, set_aside=reason)
+            if moved:
+                self._write_json(listing, entries)
 
     @staticmethod
     def _identity(run_id: str, run_name: str, config_path: str) -> dict[str, Any]:
@@ -303,12 +392,16 @@ class ProcessLogRecord(RunRecord):
     def read_manifest(self) -> dict[str, Any]:
         return dict(self._manifest)
 
-    def start(self, run_id: str, run_name: str, config_path: str) -> None:
+    def start(self, run_id: str, run_name: str, config_path: str,
+              config: RunConfig | None = None) -> None:
         # Process 0 moves earlier attempts aside; here only this process's log starts.
         self.update_manifest(**self._identity(run_id, run_name, config_path))
 
     def archive_previous_attempt(self) -> dict[str, Any]:
         raise RuntimeError("only process 0 archives a run directory's earlier attempts")
+
+    def relist_moved_checkpoint(self, source: Path, target: Path, reason: str) -> None:
+        pass  # process 0 rewrites the listings
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         self._manifest = self._merged(fields)

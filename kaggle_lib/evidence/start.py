@@ -65,7 +65,7 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
     """The run's record, started in `run_dir` (absolute: Orbax refuses relative checkpoint paths)
     or a new directory, process 0's on every process; process 0 holds the directory's lock
     (unless its runner does) before an earlier attempt's files go to attempts/<n>/
-    (`RunRecord.start`)."""
+    (`RunRecord.start`), unless `config` changes what its checkpoints depend on."""
     refuse_secrets_in_paths(config_path, run_dir, run_name, config)
     directory = (Path(run_dir).expanduser().absolute() if run_dir
                  else new_run_dir(config_path, config, working_dir))
@@ -74,7 +74,7 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
         check_writable(directory)
         lock_run_dir(directory)  # released when the record closes (close.finalize, close_failed)
     record = make_record(directory)
-    record.start(directory.name, run_name or "", config_path)
+    record.start(directory.name, run_name or "", config_path, config)
     return record
 
 

@@ -6,11 +6,13 @@ inside the functions, as in `models.loader`.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_lib import logs, multihost
+from kaggle_lib.config import ConfigError
 from kaggle_lib.models import loader, preflight, registry
 
 if TYPE_CHECKING:
@@ -32,18 +34,49 @@ def lora_settings(config: RunConfig) -> LoraSection | None:
     return config.train.sft.lora if config.train.sft.mode == "lora" else None
 
 
-def add_lora(model: Any, lora: LoraSection | None, *, seed: int, mesh: Any = None) -> Any:
+def add_lora(model: Any, lora: LoraSection | None, *, seed: int, mesh: Any = None,
+             source: str = "the run's config") -> Any:
     """`model` with seeded LoRA adapters (`training.sft.apply_lora`, over `mesh` when given: the
     same on every process and rebuild), or `model` itself for full weights (`lora` None) or when
-    it has them already (Tunix's `is_lora_enabled`, as its PeftTrainer asks)."""
+    it has them already (Tunix's `is_lora_enabled`, as its PeftTrainer asks). A rank above the
+    smallest dimension of an adapted weight is a ConfigError naming `source` (the config file)."""
     from tunix.sft.utils import is_lora_enabled
 
     from kaggle_lib.training.sft import apply_lora
 
     if lora is None or is_lora_enabled(model):
         return model
-    return apply_lora(model, rank=lora.rank, alpha=lora.alpha, target_modules=lora.target_modules,
-                      seed=seed, mesh=mesh)
+    wrapped = apply_lora(model, rank=lora.rank, alpha=lora.alpha,
+                         target_modules=lora.target_modules, seed=seed, mesh=mesh)
+    limit, where = lora_rank_limit(wrapped, lora.rank)
+    if lora.rank > limit:
+        raise ConfigError(
+            f"invalid config {source}:\n  train.sft.lora.rank = {lora.rank}: more than {limit}, "
+            f"the smallest input or output size of a weight it adapts ({where}); an update of "
+            f"that weight has rank <= {limit} whatever the adapter's, so the extra rank only adds "
+            f"parameters. Allowed for this model and train.sft.lora.target_modules: 1..{limit}")
+    return wrapped
+
+
+def lora_rank_limit(model: Any, rank: int) -> tuple[int, str]:
+    """(the largest rank a LoRA update of every adapted weight can have, the path of the weight
+    that sets it): qwix's adapter of weight w is w_lora_a [*batch, *inputs, rank] and w_lora_b
+    [*batch, rank, *outputs], so w holds batch x inputs x outputs values."""
+    from flax import nnx
+
+    limit, where = None, ""
+    for path, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module):
+            continue
+        for attr in [a for a in vars(node) if a.endswith("_lora_a")]:
+            name = attr.removesuffix("_lora_a")
+            with_inputs = math.prod(getattr(node, attr).shape) // rank
+            with_outputs = math.prod(getattr(node, name + "_lora_b").shape) // rank
+            batch = max(1, with_inputs * with_outputs // math.prod(getattr(node, name).shape))
+            size = min(with_inputs, with_outputs) // batch
+            if limit is None or size < limit:
+                limit, where = size, ".".join(map(str, (*path, name)))
+    return (rank if limit is None else limit), where
 
 
 def restore(model: Any, root: Path, step: int) -> str:

@@ -294,8 +294,9 @@ def run_sft(
     last_saved = checkpoints.latest_complete_step(checkpoint_dir)
     runtime.raise_if_stopped(f"SFT stopped after step {steps_done} of {max_steps}; newest "
                              f"complete checkpoint: step {last_saved}")
-    reason = ("max_wall_time" if hooks.stopped_for_time
-              else "max_steps" if steps_done >= max_steps else "data_exhausted")
+    # The wall-time stop may land on the last step (the hook sees each step late): not early.
+    reason = ("max_steps" if steps_done >= max_steps
+              else "max_wall_time" if hooks.stopped_for_time else "data_exhausted")
     return SftResult(
         steps_done=steps_done, start_step=start_step, stopped_reason=reason,
         losses=list(hooks.losses), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,

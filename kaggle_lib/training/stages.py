@@ -33,7 +33,7 @@ from kaggle_lib.data.batching import (
 from kaggle_lib.data.datasets import normalize_text
 from kaggle_lib.data.sources import load_items, load_sources
 from kaggle_lib.data_spec import DataError
-from kaggle_lib.evidence import RunRecord, plots
+from kaggle_lib.evidence import RunRecord, plots, readme
 from kaggle_lib.models import build
 from kaggle_lib.models.loader import LoadedModel
 from kaggle_lib.training import checkpoints
@@ -79,8 +79,9 @@ class StageInputs:
     def add_lora(self) -> None:
         """The run's LoRA adapters on the model (`models.build.add_lora`: none in full-weights
         mode, and none added twice: several processes add them before sharding)."""
+        source = self.record.read_manifest().get("config_path") or "the run's config"
         self.loaded.model = build.add_lora(self.loaded.model, build.lora_settings(self.config),
-                                           seed=self.config.seed, mesh=self.mesh)
+                                           seed=self.config.seed, mesh=self.mesh, source=source)
 
 
 def _seed_from_previous(resume_from: str, target: Path) -> int | None:
@@ -116,12 +117,15 @@ def continued_from(resume_from: str, step: int) -> dict[str, Any]:
 
 def record_set_aside(record: RunRecord, stage: str) -> Callable[[checkpoints.SetAside], None]:
     """A callback that lists a checkpoint step moved aside in the manifest at once (so that a
-    failing run records it too); failure_analysis.md reads the list from there."""
+    failing run records it too; failure_analysis.md reads the list from there) and in earlier
+    attempts' checkpoints.json, which listed it where it was."""
 
     def note(entry: checkpoints.SetAside) -> None:
         listed = list(record.read_manifest().get("checkpoints_set_aside") or [])
         listed.append({"stage": stage, **entry.to_dict()})
         record.update_manifest(checkpoints_set_aside=listed)
+        target = Path(entry.path)  # <root>/corrupt/<step>[-n]
+        record.relist_moved_checkpoint(target.parent.parent / str(entry.step), target, entry.reason)
         log.info(f"checkpoint {stage} step {entry.step} set aside to {entry.path}: {entry.reason}")
 
     return note
@@ -346,5 +350,8 @@ def run_stages(inputs: StageInputs) -> dict[str, Any]:
         results[name] = STAGES[name](inputs, max_wall_time_s=remaining())
         log.info(f"{name}: {results[name]}")
         inputs.record.update_manifest(training={name: results[name]})
+        if early := readme.stopped_early(name, results[name], inputs.config.train.model_dump()):
+            log.warning(f"[kaggle_lib] {early}; the run goes on with the model trained so far "
+                        "(a re-run in this run directory resumes from the last checkpoint)")
     plots.plot_loss(inputs.record, inputs.run_dir.name)
     return results

@@ -83,6 +83,13 @@ def test_eval_restores_the_trained_model(finished_run: Path, tmp_path: Path) -> 
                           "--out-name", "first2", "--limit", "2"]) == 0
     first2 = runner.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)
     assert [r["output"] for r in first2] == [r["output"] for r in records[:2]]
+    # The same --out-name again replaces the earlier results only with --overwrite.
+    again = ["eval", "--run-dir", str(finished_run), "--data", str(data), "--out-name", "first2",
+             "--limit", "1"]
+    assert cli.main(again) == 2
+    assert len(runner.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)) == 2
+    assert cli.main([*again, "--overwrite"]) == 0
+    assert len(runner.read_predictions(finished_run / "eval" / "first2" / eval_cli.PREDICTIONS)) == 1
 
 
 def test_eval_and_the_run_write_identical_predictions(finished_run: Path, tmp_path: Path) -> None:
@@ -129,6 +136,28 @@ def test_clear_errors(finished_run: Path, tmp_path: Path,
     assert cli.main(["eval", "--run-dir", str(finished_run)]) == 2  # --data is required
     capsys.readouterr()
     assert not (finished_run / "eval" / "good").exists()
+
+
+def test_an_earlier_evaluation_in_the_output_folder_is_refused_before_the_model_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kaggle_lib.config import load_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(load_config(CONFIG).to_yaml())
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, [{"id": "a", "section": "math", "category": "arithmetic",
+                        "difficulty": "easy", "prompt": "1+1?", "answer": "2"}])
+    earlier = run_dir / "eval" / "items-baseline"
+    earlier.mkdir(parents=True)
+    summary = {"meta": {"model_weights": "base", "stage": "baseline", "checkpoint_step": None,
+                        "eval_data": str(data)}}
+    (earlier / eval_cli.SUMMARY).write_text(json.dumps(summary))
+    _fails(["--run-dir", str(run_dir), "--data", str(data), "--model", "base"], capsys,
+           f"{earlier} already holds an earlier evaluation's results of the base model (stage "
+           f"baseline) on {data} (eval_summary.json); choose another "
+           "--out-name, or pass --overwrite to replace them")
+    assert json.loads((earlier / eval_cli.SUMMARY).read_text()) == summary
 
 
 def test_module_entry_point_routes_to_eval(tmp_path: Path) -> None:

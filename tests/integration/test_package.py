@@ -123,6 +123,50 @@ def test_package_refuses_a_record_with_a_secret(run_dir: Path, tmp_path: Path) -
     assert package.verify_package(package.build_package(run_dir, tmp_path / "x.zip")) == []
 
 
+def test_out_may_be_an_existing_directory_and_a_package_inside_the_run_is_left_out(
+        run_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "packages"
+    folder.mkdir()
+    out = package.build_package(run_dir, folder)
+    assert out == folder / f"{run_dir.name}.zip" and package.verify_package(out) == []
+    # --out inside the run directory, twice: the second zip does not hold the first.
+    first = package.build_package(run_dir, run_dir / "run.zip")
+    second = package.build_package(run_dir, run_dir / "again.zip")
+    with zipfile.ZipFile(second) as zf:
+        names = {n.split("/", 1)[1] for n in zf.namelist()}
+    assert "run.zip" not in names and "again.zip" not in names
+    assert second.read_bytes() == first.read_bytes() == out.read_bytes()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_failed_write_names_the_path_and_leaves_no_tmp(run_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(package, "_add", full_disk)
+    with pytest.raises(package.PackageError,
+                       match=r"cannot write the package .*x\.zip: No space left on device"):
+        package.build_package(run_dir, tmp_path / "x.zip")
+    assert list(tmp_path.iterdir()) == [tmp_path / "runs"]
+
+
+def test_a_running_run_is_refused_and_a_failed_one_packaged_with_a_warning(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = evidence.RunRecord(run_dir)
+    record.update_manifest(status="running", ended_at=None, duration_s=None)
+    assert cli.main(["package", "--run-dir", str(run_dir), "--out", str(tmp_path / "r.zip")]) == 1
+    assert "is still running" in capsys.readouterr().err
+    assert not (tmp_path / "r.zip").exists()
+    record.fail("train", RuntimeError("boom"))
+    assert cli.main(["package", "--run-dir", str(run_dir), "--out", str(tmp_path / "f.zip")]) == 0
+    assert ("WARNING: run 20260101T000000Z-abcdef12 did not succeed: status 'failed' in stage "
+            "train (RuntimeError)") in capsys.readouterr().err
+    with zipfile.ZipFile(tmp_path / "f.zip") as zf:
+        inside = json.loads(zf.read(f"{run_dir.name}/{package.PACKAGE_MANIFEST}"))
+    assert inside["status"] == "failed"
+
+
 def test_cli_package_and_verify(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.zip"
     result = subprocess.run(

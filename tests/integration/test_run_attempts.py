@@ -25,8 +25,8 @@ import psutil
 import pytest
 import yaml
 
-from kaggle_lib import evidence, jsonl, pipeline
-from kaggle_lib.config import ConfigError
+from kaggle_lib import cli, evidence, jsonl, pipeline
+from kaggle_lib.config import ConfigChangeError, ConfigError, load_config
 from kaggle_lib.evidence import close, readme
 from kaggle_lib.evidence import index as run_index
 
@@ -183,6 +183,78 @@ def test_start_run_records_a_non_utf8_config_and_non_mapping_overrides(tmp_path:
         pipeline.start_run(str(TINY), overrides=["train.sft.max_steps", 3],  # type: ignore[arg-type]
                            run_dir=str(run_dir))
     assert manifest(run_dir)["failure"]["error_type"] == "ConfigError"
+
+
+def attempt_with_config(run_dir: Path, checkpoint: bool = True, **overrides: object) -> None:
+    """A killed attempt as the config stage leaves it (a resolved config.yaml), with or without
+    a checkpoint step to resume."""
+    record = evidence.RunRecord(run_dir)
+    record.start(run_dir.name, "demo", str(TINY))
+    record.write_text("config.yaml", load_config(TINY, overrides).to_yaml())
+    record.fail("train", RuntimeError("killed"))
+    if checkpoint:
+        (run_dir / "checkpoints" / "sft" / "2").mkdir(parents=True)
+
+
+def tree(run_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() if p.is_file() else b""
+            for p in sorted(run_dir.rglob("*"))}
+
+
+def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_anything_moves(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    attempt_with_config(run_dir)
+    before = tree(run_dir)
+    rank_and_steps = {"train.sft.lora.rank": 8, "train.sft.max_steps": 6}
+    with pytest.raises(ConfigChangeError) as raised:  # the kernel under plain papermill
+        pipeline.start_run(str(TINY), overrides=rank_and_steps, run_dir=str(run_dir))
+    message = str(raised.value)
+    assert "train.sft.lora.rank: 4 -> 8" in message and "max_steps" not in message
+    assert f"delete {run_dir / 'checkpoints'}" in message and "new run directory" in message
+    assert tree(run_dir) == before
+    with pytest.raises(SystemExit) as exited:  # `python -m kaggle_lib run`, before papermill
+        cli.main(["run", "--config", str(TINY), "--run-dir", str(run_dir),
+                  "-y", "overrides: {train.sft.lora.rank: 8}"])
+    assert str(exited.value.code).startswith("refusing --run-dir: ")
+    assert "train.sft.lora.rank: 4 -> 8" in str(exited.value.code)
+    assert tree(run_dir) == before
+
+
+def test_a_rerun_may_change_the_step_count_and_the_manifest_lists_each_change(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    attempt_with_config(run_dir)
+    record = evidence.RunRecord(run_dir)
+    record.prepare_attempt(run_dir.name, "", str(TINY), load_config(  # the runner
+        TINY, {"train.sft.max_steps": 6, "eval.batch_size": 2, "train.stages": ["sft", "grpo"]}))
+    record.start(run_dir.name, "demo", str(TINY))  # then the kernel: the list is kept
+    m = manifest(run_dir)
+    assert m["attempt"] == 2 and evidence.manifest_errors(m) == []
+    changes = m["config_changes"]
+    assert changes["compared_with"] == "attempts/1/config.yaml" and changes["checkpoints"]
+    by_key = {c["key"]: c for c in changes["changes"]}
+    assert list(by_key) == ["train.stages", "train.sft.max_steps", "eval.batch_size"]
+    assert (by_key["train.sft.max_steps"]["old"], by_key["train.sft.max_steps"]["new"]) == (4, 6)
+    assert "learning-rate schedule" in by_key["train.sft.max_steps"]["note"]
+    assert by_key["train.stages"]["note"] == "stage(s) grpo appended"
+    readme.write_readme(run_dir)
+    assert ("Config changes against `attempts/1/config.yaml`: `train.stages` ['sft'] -> "
+            "['sft', 'grpo'] (stage(s) grpo appended)") in (run_dir / "README.md").read_text()
+
+
+def test_without_checkpoints_any_change_is_allowed_against_the_last_config_that_loaded(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    attempt_with_config(run_dir, checkpoint=False)
+    evidence.RunRecord(run_dir).start(run_dir.name, "demo", str(TINY))  # attempt 2: no config
+    (run_dir / "config.yaml").write_text(f"{evidence.record.RAW_CONFIG_MARK}; see ...)\ncolour: blue\n")
+    evidence.RunRecord(run_dir).start(run_dir.name, "demo", str(TINY),
+                                      load_config(TINY, {"train.sft.lora.rank": 8}))
+    changes = manifest(run_dir)["config_changes"]
+    assert changes["compared_with"] == "attempts/1/config.yaml" and not changes["checkpoints"]
+    assert [(c["key"], c["old"], c["new"], c["resumable"]) for c in changes["changes"]] == [
+        ("train.sft.lora.rank", 4, 8, False)]
 
 
 def run_without_kernel(cwd: Path, config: str, run_dir: str | None) -> subprocess.CompletedProcess[str]:

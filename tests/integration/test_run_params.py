@@ -56,6 +56,15 @@ def test_a_key_given_twice_in_yaml_parameters_is_refused() -> None:
     assert "duplicate key 'run_name' on line 2 (first given on line 1)" in message
 
 
+def test_a_parameter_given_by_two_flags_is_refused_not_overwritten() -> None:
+    # papermill would keep only the second mapping: the first -y's overrides lost silently.
+    message = refused([], ["overrides: {train.sft.max_steps: 2}", "overrides: {eval.batch_size: 2}"])
+    assert message == ("parameter 'overrides' given twice (-y #1 and -y #2); give it once (all "
+                       "overrides in one mapping)")
+    assert "(-y #1 and -p run_name)" in refused([["run_name", "b"]], ["run_name: a"])
+    assert "(-p run_name and -p run_name)" in refused([["run_name", "a"], ["run_name", "b"]])
+
+
 def test_the_one_secret_list_covers_wandb_for_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "WANDB_API_KEY" in auth.SECRET_ENV_VARS
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)

@@ -127,6 +127,25 @@ def test_max_wall_time_stops_cleanly_with_a_checkpoint(base_model: Any, tmp_path
     assert jax.device_count() == 8
 
 
+def test_the_run_log_says_a_stage_stopped_early_for_max_wall_time(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from kaggle_lib import evidence
+    from kaggle_lib.config import load_config
+    from kaggle_lib.training import stages
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "cpu_tiny.yaml"
+    record = evidence.RunRecord(tmp_path / "runs" / "r1")
+    record.start("r1", "demo", str(tiny))
+    config = load_config(tiny, {"train.max_wall_time": "0s"})
+    inputs = stages.StageInputs(config=config, loaded=None, mesh=None,  # type: ignore[arg-type]
+                                run_dir=record.run_dir, record=record)
+    stopped = {"steps": 2, "stopped_reason": "max_wall_time"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(stages.STAGES, "sft", lambda inputs, max_wall_time_s: stopped)
+        stages.run_stages(inputs)
+    assert "sft stopped early at step 2 of 4: train.max_wall_time (0s) ran out" in caplog.text
+
+
 def test_step_times_are_each_steps_own_including_the_last(
     base_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,6 +117,28 @@ def test_no_restorable_step_stops_naming_each_and_the_record_says_so(
     assert record.read_manifest()["failure"]["last_good_checkpoint"] is None
 
 
+def test_a_step_set_aside_is_relisted_in_earlier_attempts_checkpoint_listings(tmp_path: Path) -> None:
+    import json
+
+    from kaggle_lib.evidence import close
+    from kaggle_lib.training.stages import record_set_aside
+
+    run_dir = tmp_path / "run"
+    record = evidence.RunRecord(run_dir)
+    record.start("run", "demo", "configs/cpu_tiny.yaml")
+    for step in (2, 4):
+        (run_dir / "checkpoints" / "sft" / str(step) / "model_params").mkdir(parents=True)
+    record.write_json("checkpoints.json", close.checkpoint_listing(run_dir))
+    record.start("run", "demo", "configs/cpu_tiny.yaml")  # attempt 2: attempt 1's listing kept
+    entry = checkpoints.set_aside(run_dir / "checkpoints" / "sft", 4, "does not restore: x")
+    record_set_aside(record, "sft")(entry)
+    listed = json.loads((run_dir / "attempts" / "1" / "checkpoints.json").read_text())
+    assert [(e["path"], e.get("moved_from"), e.get("set_aside")) for e in listed] == [
+        ("checkpoints/sft/2", None, None),
+        ("checkpoints/sft/corrupt/4", "checkpoints/sft/4", "does not restore: x")]
+    assert all((run_dir / e["path"]).is_dir() for e in listed)
+
+
 def test_empty_and_unfinished_step_directories_are_never_picked(
         trained: tuple[Path, dict[int, float]], tmp_path: Path) -> None:
     from kaggle_lib.training.stages import _seed_from_previous

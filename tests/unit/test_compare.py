@@ -178,6 +178,20 @@ def test_mark_and_compare_to_baseline(tmp_path: Path) -> None:
     assert not compare_to_baseline(good, evidence).regressed
 
 
+@pytest.mark.parametrize("status", ["failed", "running"])
+def test_a_run_that_did_not_succeed_cannot_be_marked_the_baseline(
+        tmp_path: Path, status: str, capsys: pytest.CaptureFixture[str]) -> None:
+    evidence = tmp_path / "evidence"
+    run = make_run(evidence / "runs", "r", ALL)
+    (run / "run_manifest.json").write_text(json.dumps({"status": status}))
+    assert cli.main(["compare", "--mark-baseline", str(run), "--evidence-root", str(evidence)]) == 2
+    assert (f"refusing to mark {run} as the baseline: {run / 'run_manifest.json'} says status "
+            f"'{status}'; a baseline must be a run that succeeded") in capsys.readouterr().err
+    assert not (evidence / "baseline.json").exists()
+    (run / "run_manifest.json").write_text(json.dumps({"status": "succeeded"}))
+    assert cli.main(["compare", "--mark-baseline", str(run), "--evidence-root", str(evidence)]) == 0
+
+
 def test_plot_category_accuracy(tmp_path: Path) -> None:
     a = make_run(tmp_path, "a", ALL, baseline_ok={1})
     b = make_run(tmp_path, "b", {0, 1})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kaggle_lib.config import ConfigError, RunConfig, load_config, parse_duration
+from kaggle_lib.config import ConfigError, RunConfig, config_changes, load_config, parse_duration
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))  # configs/ablations/ too
@@ -159,6 +159,14 @@ def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path) -> None:
     assert "first given on line 6" in message
 
 
+def test_an_override_given_as_a_dotted_key_and_nested_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"^overrides: train.sft.max_steps given twice"):
+        load_config(path, {"train.sft.max_steps": 2, "train": {"sft": {"max_steps": 3}}})
+    assert load_config(path, {"train.sft.max_steps": 2, "train": {"sft": {"batch_size": 2}}}
+                       ).train.sft.max_steps == 2
+
+
 def test_data_spec_and_lora_regex_are_checked_before_any_model_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, {**BASE, "data": {"train": "csv:/x.csv"}}))
@@ -190,3 +198,52 @@ def test_non_utf8_config_and_non_mapping_overrides_are_config_errors(tmp_path: P
         load_config(path)
     with pytest.raises(ConfigError, match="overrides must be a mapping"):
         load_config(write(tmp_path, BASE), ["train.sft.max_steps=3"])  # type: ignore[arg-type]
+
+
+TINY = CONFIG_DIR / "cpu_tiny.yaml"
+
+
+@pytest.mark.parametrize(("overrides", "resumable"), [
+    ({"train.sft.lora.rank": 8}, False), ({"train.sft.mode": "full"}, False),
+    ({"model.name": "gemma3-270m"}, False), ({"train.sft.optimizer": "adafactor"}, False),
+    ({"train.sft.learning_rate": 0.01}, False), ({"seed": 1}, False),
+    ({"data.train_limit": 128}, False), ({"data.max_seq_len": 128}, False),
+    ({"train.sft.batch_size": 4}, False), ({"train.grpo.num_generations": 2}, False),
+    ({"train.sft.max_steps": 9}, True), ({"train.grpo.max_steps": 9}, True),
+    ({"eval.batch_size": 2}, True), ({"data.eval_limit": 2}, True),
+    ({"train.max_wall_time": "1h"}, True), ({"evidence.root": "elsewhere"}, True),
+    ({"train.checkpoint_every": 1}, True), ({"run_name": "other"}, True),
+    ({"train.stages": ["sft", "grpo"]}, True),
+], ids=lambda value: str(value))
+def test_a_config_change_is_classed_by_whether_checkpoints_survive_it(
+        overrides: dict, resumable: bool) -> None:
+    [change] = config_changes(load_config(TINY).to_dict(), load_config(TINY, overrides))
+    [(key, value)] = overrides.items()
+    assert (change.key, change.new, change.resumable) == (key, value, resumable)
+
+
+def test_config_change_notes_say_what_else_changes() -> None:
+    old = load_config(TINY, {"train.stages": ["sft", "grpo"]}).to_dict()
+    [stages] = config_changes(old, load_config(TINY))
+    assert not stages.resumable and stages.note == "a stage removed or reordered"
+    [steps] = config_changes(old, load_config(TINY, {"train.stages": ["sft", "grpo"],
+                                                      "train.sft.max_steps": 8}))
+    assert steps.describe() == ("train.sft.max_steps: 4 -> 8 (also changes the learning-rate "
+                                "schedule, which decays over max_steps)")
+    # An older config.yaml without keys added since is read with their defaults: no change.
+    trimmed = {**old, "train": {k: v for k, v in old["train"].items() if k != "remat"}}
+    assert config_changes(trimmed, load_config(TINY, {"train.stages": ["sft", "grpo"]})) == []
+
+
+def test_a_lora_rank_above_the_smallest_adapted_dimension_is_refused_at_model_build() -> None:
+    from kaggle_lib.config import LoraSection
+    from kaggle_lib.models import build
+    from tests import training_helpers as th
+
+    model = th.build_model(th.tiny_config())  # embed_dim 64: q_einsum maps 64 -> 4 x 16
+    with pytest.raises(ConfigError) as raised:
+        build.add_lora(model, LoraSection(rank=65), seed=0, source="configs/x.yaml")
+    message = str(raised.value)
+    assert message.startswith("invalid config configs/x.yaml:\n  train.sft.lora.rank = 65: ")
+    assert "more than 64, the smallest input or output size of a weight it adapts" in message
+    assert message.endswith("train.sft.lora.target_modules: 1..64")

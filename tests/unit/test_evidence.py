@@ -301,6 +301,20 @@ def test_readme_counts_the_items_dropped_as_too_long(tmp_path: Path) -> None:
             "1 in baseline, 1 in trained (ids: `huge-1`)") in text
 
 
+def test_readme_says_training_stopped_early_for_max_wall_time(tmp_path: Path) -> None:
+    record = complete(started(tmp_path / "runs" / "r1"))
+    record.update_manifest(training={"sft": {"steps": 2, "stopped_reason": "max_wall_time"}},
+                           config_resolved={"train": {"stages": ["sft"], "max_wall_time": "0s",
+                                                      "sft": {"max_steps": 4}}})
+    record.succeed()
+    text = readme.write_readme(record.run_dir).read_text()
+    assert "**succeeded**. **Training stopped early**: sft stopped early at step 2 of 4: " \
+        "train.max_wall_time (0s) ran out;" in text
+    for reason in ("max_steps", "max_wall_time"):  # the last step reached: not early
+        record.update_manifest(training={"sft": {"steps": 4, "stopped_reason": reason}})
+        assert "stopped early" not in readme.write_readme(record.run_dir).read_text()
+
+
 def test_index_has_one_line_per_run_and_updates_it(tmp_path: Path) -> None:
     runs = tmp_path / "evidence" / "runs"
     a = started(runs / "run-a")
