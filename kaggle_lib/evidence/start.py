@@ -11,7 +11,7 @@ from kaggle_lib import multihost, runtime
 from kaggle_lib.errors import KaggleLibError, check_writable
 from kaggle_lib.evidence import scan
 from kaggle_lib.evidence.identity import hash_text, make_run_id
-from kaggle_lib.evidence.lock import lock_run_dir
+from kaggle_lib.evidence.lock import lock_run_dir, release_run_dir
 from kaggle_lib.evidence.record import RunRecord, make_record
 
 if TYPE_CHECKING:
@@ -74,7 +74,11 @@ def open_record(config_path: str, config: RunConfig | None, working_dir: Path, *
         check_writable(directory)
         lock_run_dir(directory)  # released when the record closes (close.finalize, close_failed)
     record = make_record(directory)
-    record.start(directory.name, run_name or "", config_path, config)
+    try:
+        record.start(directory.name, run_name or "", config_path, config)
+    except BaseException:  # e.g. a refused config change: nothing moved, the dir is free again
+        release_run_dir(directory)
+        raise
     return record
 
 
