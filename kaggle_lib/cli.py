@@ -263,9 +263,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             os.environ[lock.LOCK_ENV] = held.token  # its kernel works under this lock
             attempt = evidence.RunRecord(run_dir).prepare_attempt(
                 run_dir.name, run_name, str(config_path), cfg)["attempt"]
-    except DiskError as exc:
-        raise SystemExit(f"refusing to start: {exc}. {exc.hint}") from None
     except (ValueError, lock.RunDirBusy, OSError) as exc:  # not a run dir, config change, held
+        if run_dir is not None:  # refused: the directory is left as it was, lock file included
+            lock.release_run_dir(run_dir)
+        if isinstance(exc, DiskError):
+            raise SystemExit(f"refusing to start: {exc}. {exc.hint}") from None
         raise SystemExit(f"refusing --run-dir: {exc}") from None
     if process_id:
         output = multihost.follower_scratch_notebook(process_id)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from kaggle_lib import auth, cli, evidence, package
+from kaggle_lib.evidence import lock
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,8 +155,10 @@ def test_a_failed_write_names_the_path_and_leaves_no_tmp(run_dir: Path, tmp_path
 def test_a_running_run_is_refused_and_a_failed_one_packaged_with_a_warning(
         run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record = evidence.RunRecord(run_dir)
-    record.update_manifest(status="running", ended_at=None, duration_s=None)
-    assert cli.main(["package", "--run-dir", str(run_dir), "--out", str(tmp_path / "r.zip")]) == 1
+    with lock.lock_run_dir(run_dir):  # a live writer (a gone one's: closed as interrupted)
+        record.update_manifest(status="running", ended_at=None, duration_s=None)
+        assert cli.main(["package", "--run-dir", str(run_dir), "--out",
+                         str(tmp_path / "r.zip")]) == 1
     assert "is still running" in capsys.readouterr().err
     assert not (tmp_path / "r.zip").exists()
     record.fail("train", RuntimeError("boom"))

@@ -10,6 +10,7 @@ import pytest
 from kaggle_lib import cli
 from kaggle_lib.evaluation.runner import write_predictions, write_summary
 from kaggle_lib.evaluation.scoring import score_item, summarize
+from kaggle_lib.evidence import lock
 from kaggle_lib.evidence.compare import (
     CompareError,
     compare_runs,
@@ -183,8 +184,10 @@ def test_a_run_that_did_not_succeed_cannot_be_marked_the_baseline(
         tmp_path: Path, status: str, capsys: pytest.CaptureFixture[str]) -> None:
     evidence = tmp_path / "evidence"
     run = make_run(evidence / "runs", "r", ALL)
-    (run / "run_manifest.json").write_text(json.dumps({"status": status}))
-    assert cli.main(["compare", "--mark-baseline", str(run), "--evidence-root", str(evidence)]) == 2
+    with lock.lock_run_dir(run):  # a live writer (a gone one's record is closed as interrupted)
+        (run / "run_manifest.json").write_text(json.dumps({"status": status}))
+        assert cli.main(["compare", "--mark-baseline", str(run), "--evidence-root",
+                         str(evidence)]) == 2
     assert (f"refusing to mark {run} as the baseline: {run / 'run_manifest.json'} says status "
             f"'{status}'; a baseline must be a run that succeeded") in capsys.readouterr().err
     assert not (evidence / "baseline.json").exists()
