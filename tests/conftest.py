@@ -30,3 +30,19 @@ def tiny_loaded() -> Any:
     from kaggle_lib.models import loader
 
     return loader.load_model("gemma3-tiny", source="random")
+
+
+@pytest.fixture
+def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Registered secrets are process-global: restore them after the test; no real credential
+    file or secret environment variable is read."""
+    from kaggle_lib import auth
+
+    saved = set(auth._secret_values)  # noqa: SLF001
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
+    for var in auth.SECRET_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    yield
+    auth._secret_values.clear()  # noqa: SLF001
+    auth._secret_values.update(saved)  # noqa: SLF001

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kaggle_lib import auth, cli, errors, evidence, pipeline
+from kaggle_lib import cli, errors, evidence, pipeline
 from kaggle_lib.evidence import index as run_index
 from kaggle_lib.evidence import start
 
@@ -27,16 +27,7 @@ TINY = REPO / "configs" / "cpu_tiny.yaml"
 NO_KERNEL = "no-such-kernel-for-tests"
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    saved = set(auth._secret_values)  # noqa: SLF001
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    for var in auth.SECRET_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    yield
-    auth._secret_values.clear()  # noqa: SLF001
-    auth._secret_values.update(saved)  # noqa: SLF001
+pytestmark = pytest.mark.usefixtures("clean_secrets")  # tests/conftest.py
 
 
 class _CutFile:

@@ -23,17 +23,7 @@ COMMITTED_MANIFESTS = sorted((REPO / "evidence" / "runs").rglob(evidence.MANIFES
 TOKEN = "hf_" + "Qx7" * 12
 
 
-@pytest.fixture(autouse=True)
-def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Registered secrets are process-global: restore them; no real credential file is read."""
-    saved = set(auth._secret_values)  # noqa: SLF001
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-    for var in auth.SECRET_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    yield
-    auth._secret_values.clear()  # noqa: SLF001
-    auth._secret_values.update(saved)  # noqa: SLF001
+pytestmark = pytest.mark.usefixtures("clean_secrets")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------- manifest
