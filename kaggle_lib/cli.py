@@ -335,7 +335,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summary = eval_cli.evaluate_run(
             args.run_dir, args.data, out_name=args.out_name, limit=args.limit,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, model=args.model,
-            few_shot=args.few_shot, overwrite=args.overwrite)
+            few_shot=args.few_shot, overwrite=args.overwrite, step=args.step)
     except eval_cli.EvalError as exc:
         log.error(f"eval: error: {exc}")
         return 2
@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("--overwrite", action="store_true", help="replace the results an earlier "
                         "eval left in that folder (default: refuse, naming them)")
     eval_p.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    eval_p.add_argument("--step", type=int, default=None,
+                        help="the SFT checkpoint step to evaluate (default: the latest complete "
+                             "one); scores a learning curve from one run's checkpoints")
     eval_p.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     eval_p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     eval_p.set_defaults(func=cmd_eval, parser=eval_p)

@@ -1,7 +1,8 @@
 """`python -m kaggle_lib eval` (options: `cli.py`): evaluate a finished run's model on a jsonl.
 
-`--model trained` (default): the run's latest SFT checkpoint, stage "trained"; `--model base`:
-the untrained weights it started from, stage "baseline" ("baseline_fewshot" with `--few-shot`).
+`--model trained` (default): the run's latest SFT checkpoint (`--step N`: that one, e.g. for a
+learning curve), stage "trained"; `--model base`: the untrained weights it started from, stage
+"baseline" ("baseline_fewshot" with `--few-shot`).
 The model is rebuilt as the run built it (`models.build`, the run's `config.yaml`, its pinned HF
 commit, LoRA with its seed); items go through the notebook's loop (`evaluation.runner`) into
 `<run>/eval/<name>/`, which must not hold an earlier evaluation's results unless `--overwrite`.
@@ -60,8 +61,9 @@ def read_run_config(run_dir: Path) -> Any:
         raise EvalError(str(exc)) from None
 
 
-def latest_sft_checkpoint(run_dir: Path, config: Any) -> tuple[Path, int]:
-    """(checkpoint root, latest committed step) of the run's SFT stage."""
+def sft_checkpoint(run_dir: Path, config: Any, step: int | None = None) -> tuple[Path, int]:
+    """(checkpoint root, step) of the run's SFT stage: `step`, which must be a complete one
+    (a learning curve scores several), or the latest complete step."""
     stages = list(config.train.stages)
     if "sft" not in stages:
         raise EvalError(f"the run's train.stages is {stages}: there is no SFT checkpoint to load")
@@ -73,6 +75,13 @@ def latest_sft_checkpoint(run_dir: Path, config: Any) -> tuple[Path, int]:
 
     # Orbax refuses relative paths ("Checkpoint path should be absolute").
     root = Path(run_dir).absolute() / "checkpoints" / "sft"
+    if step is not None:
+        complete = checkpoints.complete_steps(root)
+        if step not in complete:
+            raise EvalError(f"--step {step}: no complete SFT checkpoint of that step under {root}; "
+                            f"complete steps: {complete or 'none'} (train.checkpoint_every and "
+                            "train.keep_checkpoints decide which are kept)")
+        return root, step
     step = checkpoints.latest_complete_step(root)
     if step is None:
         raise EvalError(f"no complete SFT checkpoint under {root} (a complete step is finalised "
@@ -131,9 +140,10 @@ def refuse_earlier_results(out_dir: Path) -> None:
 def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None = None,
                  limit: int | None = None, max_new_tokens: int | None = None,
                  batch_size: int | None = None, model: str = "trained",
-                 few_shot: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate the run's latest SFT checkpoint (`model="trained"`) or its untrained weights
-    (`model="base"`) on `data`; returns the written summary. Results already in the output
+                 few_shot: bool = False, overwrite: bool = False,
+                 step: int | None = None) -> dict[str, Any]:
+    """Evaluate the run's SFT checkpoint `step` (default: the latest; `model="trained"`) or its
+    untrained weights (`model="base"`) on `data`; returns the written summary. Results already in the output
     folder are an EvalError unless `overwrite`."""
     from kaggle_lib import evidence
     from kaggle_lib.data.datasets import DataError, load_jsonl
@@ -145,8 +155,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out_name: str | None 
     run_dir, data = Path(run_dir).absolute(), Path(data).absolute()
     close_if_writer_gone(run_dir)
     config = read_run_config(run_dir)
-    # The base weights need no checkpoint; trained ones need the run's latest SFT step.
-    root, step = latest_sft_checkpoint(run_dir, config) if model == "trained" else (None, None)
+    if step is not None and model != "trained":
+        raise EvalError(f"--step {step} names a checkpoint; it goes with --model trained only")
+    # The base weights need no checkpoint; trained ones need an SFT step (default: the latest).
+    root, step = sft_checkpoint(run_dir, config, step) if model == "trained" else (None, None)
     stage = "trained" if model == "trained" else ("baseline_fewshot" if few_shot else "baseline")
     style = "few-shot" if few_shot else "zero-shot"
     if limit is not None and limit < 1:

@@ -236,3 +236,21 @@ def test_run_record_holds_zero_and_few_shot_baselines(finished_run: Path) -> Non
         summary["trained"]["overall"]["accuracy"] - reference)
     manifest = json.loads((finished_run / "run_manifest.json").read_text())
     assert "baseline_fewshot_accuracy" in manifest["metrics"]
+
+
+def test_eval_step_scores_an_earlier_checkpoint(finished_run: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # A learning curve scores several checkpoints of one run: --step picks one (cpu_tiny keeps
+    # steps 2 and 4); a step that is not a complete checkpoint is refused, naming those that are.
+    trained = _by_stage(finished_run, "trained")
+    data = tmp_path / "two.jsonl"
+    write_jsonl(data, [{k: trained[i][k] for k in scoring.ITEM_FIELDS} for i in sorted(trained)[:2]])
+    _fails(["--run-dir", str(finished_run), "--data", str(data), "--step", "3"], capsys,
+           "--step 3: no complete SFT checkpoint of that step")
+    _fails(["--run-dir", str(finished_run), "--data", str(data), "--step", "2", "--model", "base"],
+           capsys, "goes with --model trained only")
+    assert cli.main(["eval", "--run-dir", str(finished_run), "--data", str(data), "--step", "2",
+                     "--out-name", "step2"]) == 0
+    meta = json.loads((finished_run / "eval" / "step2" / eval_cli.SUMMARY).read_text())["meta"]
+    assert meta["checkpoint_step"] == 2 and meta["restored"] == "lora"
+    assert meta["checkpoint"].endswith("/sft/2")
