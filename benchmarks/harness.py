@@ -9,6 +9,10 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
   Tunix's interleaved per shape; ours at 1024 tokens with `train.remat: decoder`): real and
   padded tokens/s, median step time, compile time, the child's peak RSS; "oom" (with the compiled size) for a shape whose compiled memory exceeds
   the free RAM, without running it.
+- Peak RSS at exact lengths (benchmarks/sft_rss.py; synthetic rows of exactly the shape's
+  length, each run in its own process): 4x1024 with `train.remat: decoder` (the setting long
+  rows ship with) next to 4x2048 with it and without it, losses and step times side by side;
+  a run whose compiled step exceeds the free RAM is reported "oom" without running.
 - The default config's own figures: seconds per SFT step (ours at 4x256 on the shipped data:
   batch 4, loss chunk 256, LoRA r16, float32; the default's reasoning-gym rows reach 384 tokens,
   so its steps are longer: its run record has them) and seconds per 96-item evaluation with the
@@ -25,8 +29,8 @@ Writes `<out>/<UTC time>-<host kind>/bench.json` and `bench.md` with:
   default config) and with `data.packing`; the summary's `sft_real_tok_s_ours` and `mfu` are the faster one's (`sft_ours_setting`).
 - `summary` with fixed keys (SUMMARY_KEYS).
 
-`--quick` (development): 3 SFT steps at 4x256 only, 1 generation repeat with 16 new tokens,
-a 16-item evaluation. Figures on a loaded machine move: bench.json records the load average
+`--quick` (development): 3 SFT steps at 4x256 only, no exact-length RSS runs, 1 generation
+repeat with 16 new tokens, a 16-item evaluation. Figures on a loaded machine move: bench.json records the load average
 before and after; compare only figures taken in the same run.
 """
 
@@ -51,9 +55,11 @@ for path in (REPO_ROOT, BENCH_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import sft_rss  # noqa: E402
+
 SUMMARY_KEYS = (
     "sft_real_tok_s_ours", "sft_real_tok_s_tunix_4x256", "sft_real_tok_s_ratio_vs_tunix_4x256",
-    "sft_4x1024_peak_rss_gb", "gen_b8_tok_s_ours", "gen_b8_tok_s_transformers",
+    "sft_4x1024_peak_rss_gb", "sft_4x2048_peak_rss_gb", "gen_b8_tok_s_ours", "gen_b8_tok_s_transformers",
     "gen_b8_ratio_vs_transformers", "gen_tokens_identical", "mfu",
 )
 # (batch, length, steps): the long shapes take fewer steps (a 4x1024 step is ~4x a 4x256 one);
@@ -162,15 +168,22 @@ def best_ours_4x256(sft: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: r["real_tok_s"], default={})
 
 
+def exact_length_rss(rss: list[dict[str, Any]], batch: int, length: int) -> float | None:
+    """Peak RSS GiB of the exact-length run at this shape with the shipped long-row setting
+    (`train.remat: decoder`); None when it did not run to the end."""
+    row = next((r for r in rss if (r.get("batch"), r.get("length"), r.get("policy"))
+                == (batch, length, "decoder")), {})
+    return row.get("peak_rss_gib") if row.get("status") == "ok" else None
+
+
 def summary(sft: list[dict[str, Any]], generation: dict[str, Any],
-            peak: dict[str, Any]) -> dict[str, Any]:
+            peak: dict[str, Any], rss: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     def find(impl: str, batch: int, length: int) -> dict[str, Any]:
         return next((r for r in sft if (r.get("impl"), r.get("batch"), r.get("length"))
                      == (impl, batch, length)), {})
 
     ours = best_ours_4x256(sft)
     tunix = find("tunix", 4, 256)
-    big = find("ours", 4, 1024)
     rows = {(r["impl"], r["batch"]): r for r in generation.get("rows", [])}
     gen_ours = rows.get(("ours", 8), {}).get("tok_s_median")
     gen_hf = rows.get(("transformers", 8), {}).get("tok_s_median")
@@ -184,7 +197,10 @@ def summary(sft: list[dict[str, Any]], generation: dict[str, Any],
         "sft_real_tok_s_ours": ours.get("real_tok_s"),
         "sft_real_tok_s_tunix_4x256": tunix.get("real_tok_s"),
         "sft_real_tok_s_ratio_vs_tunix_4x256": ratio(ours.get("real_tok_s"), tunix.get("real_tok_s")),
-        "sft_4x1024_peak_rss_gb": big.get("peak_rss_gb") if big.get("status") == "ok" else None,
+        # Rows of exactly 1024 / 2048 tokens (sft_rss.py); the shipped data's 4x1024 batches
+        # fill 512-token buckets, so its SFT row is not the figure.
+        "sft_4x1024_peak_rss_gb": exact_length_rss(rss or [], 4, 1024),
+        "sft_4x2048_peak_rss_gb": exact_length_rss(rss or [], 4, 2048),
         "gen_b8_tok_s_ours": gen_ours,
         "gen_b8_tok_s_transformers": gen_hf,
         "gen_b8_ratio_vs_transformers": ratio(gen_ours, gen_hf),
@@ -226,6 +242,10 @@ def render_markdown(bench: dict[str, Any]) -> str:
             f"{_fmt(r.get('median_step_s'))} | {_fmt(r.get('compile_s'))} | "
             f"{_fmt(r.get('peak_rss_gb'))} | {_fmt(r.get('compiled_gb'))} | "
             f"{_fmt(r.get('free_ram_gb'))} |")
+    lines += ["", "## Peak RSS at exact lengths (LoRA r16, Gemma 3 270M, float32, synthetic rows)",
+              "", "Every row exactly the shape's length, half of it carrying loss "
+              "(benchmarks/sft_rss.py); each run in its own process.", "",
+              sft_rss.render_table(bench.get("rss", []))]
     default = bench["default_config"]
     lines += ["", "## Default config (configs/cpu_gemma3_270m.yaml)", "",
               f"- seconds per SFT step (median, 4x256): {_fmt(default.get('sft_step_s'))}",
@@ -265,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="SFT steps per configuration (default: as in SFT_SHAPES)")
     parser.add_argument("--worker", choices=["peak", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--eval-items", type=int, default=EVAL_ITEMS)
-    parser.add_argument("--parts", default="sft,cache,eval,gen",
-                        help="comma-separated subset of sft,cache,eval,gen (the rest is skipped)")
+    parser.add_argument("--parts", default="sft,rss,cache,eval,gen",
+                        help="comma-separated subset of sft,rss,cache,eval,gen (the rest is "
+                             "skipped)")
     parser.add_argument("--shapes", default=None,
                         help="SFT shapes to run, e.g. 4x256 (default: all of SFT_SHAPES)")
     args = parser.parse_args(argv)
@@ -306,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             sft.append({"impl": impl, "batch": batch, "length": length, **_child(
                 [str(BENCH_DIR / "sft_speed.py"), "--impl", impl, "--batch", str(batch),
                  "--length", str(length), "--steps", str(steps), *remat], timeout=3600)})
+    # Peak RSS at exact lengths: 4x1024 as shipped next to 4x2048 with and without remat.
+    rss = [{"batch": batch, "length": length, "policy": policy, **_child(
+        sft_rss.run_args(batch, length, policy, 2, "lora"), timeout=3600)}
+        for batch, length, policy in (sft_rss.parse_runs(sft_rss.DEFAULT_RUNS)
+                                      if "rss" in parts and not args.quick else [])]
     # The persistent compilation cache (on by default in runs, runtime.configure_platform):
     # the default config's first step from a cold cache, then from the cache it filled.
     startup: dict[str, Any] = {}
@@ -339,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "sft_steps": {f"{b}x{n}": k for b, n, k in shapes},
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "peak": peak, "sft": sft, "generation": generation,
+        "peak": peak, "sft": sft, "rss": rss, "generation": generation,
         "evaluation": evaluation,
         "compilation_cache": {
             which: {"seconds_to_first_step": r.get("seconds_to_first_step"),
@@ -354,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_to_first_step": ours_default.get("seconds_to_first_step"),
         },
     }
-    bench["summary"] = summary(sft, generation, peak)
+    bench["summary"] = summary(sft, generation, peak, rss)
     bench["sft_ours_setting"] = best_ours_4x256(sft).get("impl")
     (out_dir / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     (out_dir / "bench.md").write_text(render_markdown(bench))
