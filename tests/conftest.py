@@ -7,6 +7,7 @@ before jax initialises, so it is set here, at import time of the first conftest.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,3 +47,38 @@ def clean_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     yield
     auth._secret_values.clear()  # noqa: SLF001
     auth._secret_values.update(saved)  # noqa: SLF001
+
+
+# Fake secrets in the shared run's environment: found by auth, used for nothing, shown nowhere.
+FAKE_HF_TOKEN = "hf_" + "FakeTokenForEvidenceTests0123456789"
+FAKE_KAGGLE_KEY = "5eb1c0ffee5eb1c0ffee5eb1c0ffee00"  # legacy-key shape: 32 hex
+
+
+@pytest.fixture(scope="session")
+def tiny_notebook_run(tmp_path_factory: pytest.TempPathFactory
+                      ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One whole cpu_tiny run through papermill (`python -m kaggle_lib run`, one CPU device as
+    `make run` has), shared by every test that only reads its record (test_notebook_run,
+    test_evidence_run, test_eval_cli on a copy): a run costs about a minute on 2 cores.
+
+    configs/cpu_tiny.yaml plus a validation loss on held-out reasoning-gym problems every 2
+    steps, with fake secrets in the environment. Tests that write into a run copy it first.
+    Returns (run directory `<tmp>/runs/tiny-run`, the runner's completed process).
+    """
+    import yaml
+
+    root = tmp_path_factory.mktemp("tiny_notebook_run")
+    run_dir = root / "runs" / "tiny-run"
+    tree = yaml.safe_load((REPO_ROOT / "configs" / "cpu_tiny.yaml").read_text())
+    tree["data"].update(validation="rg:wide_sft@1", validation_limit=16)
+    tree["train"]["sft"]["validate_every"] = 2
+    config = root / "cpu_tiny_validation.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_KEY": FAKE_KAGGLE_KEY}
+    env.pop("XLA_FLAGS", None)  # one CPU device, as `make run` has
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "kaggle_lib", "run", "--config", str(config), "--run-dir", str(run_dir)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    return run_dir, result
