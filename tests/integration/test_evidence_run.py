@@ -21,7 +21,6 @@ import yaml
 from kaggle_lib import evidence
 from kaggle_lib.evidence import close
 from kaggle_lib.evidence import index as run_index
-from tests.conftest import FAKE_HF_TOKEN, FAKE_KAGGLE_KEY
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +53,7 @@ def assert_absent(directory: Path, *values: str) -> None:
 def tiny(tiny_notebook_run: tuple[Path, subprocess.CompletedProcess[str]]
          ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """tests/conftest.py's shared cpu_tiny run (with validation every 2 steps and the fake
-    secrets below in its environment); these tests only read it."""
+    `run_secrets` in its environment); these tests only read it."""
     return tiny_notebook_run
 
 
@@ -81,12 +80,13 @@ def test_every_record_file_exists_and_the_manifest_validates(tiny) -> None:
     assert m["auth"]["hf_token_source"] == "env:HF_TOKEN"  # found, used for nothing, shown nowhere
 
 
-def test_fake_secrets_appear_nowhere(tiny) -> None:
+def test_fake_secrets_appear_nowhere(tiny, run_secrets: dict[str, str]) -> None:
     run_dir, result = tiny
-    assert_absent(run_dir, FAKE_HF_TOKEN, FAKE_KAGGLE_KEY)
-    assert FAKE_HF_TOKEN not in result.stdout + result.stderr
+    hf_token = run_secrets["HF_TOKEN"]
+    assert_absent(run_dir, hf_token, run_secrets["KAGGLE_KEY"])
+    assert hf_token not in result.stdout + result.stderr
     nb = nbformat.read(run_dir / "executed.ipynb", as_version=4)
-    assert FAKE_HF_TOKEN not in json.dumps(nb)
+    assert hf_token not in json.dumps(nb)
 
 
 def test_checkpoints_json_lists_steps_with_checksums_that_verify(tiny) -> None:
