@@ -2,8 +2,8 @@
 
 Tiny random Gemma 1/2/3 models (sliding window 8 for Gemma 2/3): greedy decoding with a KV cache,
 left padding and batch padding must give exactly the tokens of `greedy_reference_batch`, which
-re-runs the whole sequence at every step. The real Gemma 3 270M must give exactly transformers'
-greedy tokens (stored), which transformers computed the same way.
+re-runs the whole sequence at every step. The real Gemma 3 270M must give exactly the greedy
+tokens transformers wrote for each prompt alone (stored in tests/fixtures/reference/).
 """
 
 from __future__ import annotations
@@ -240,11 +240,11 @@ def gemma3_270m() -> Any:
 @pytest.mark.slow
 def test_real_270m_greedy_matches_transformers(gemma3_270m: Any) -> None:
     """The one real-270M exactness test: the Generator (KV cache, the four prompts of different
-    lengths left-padded into one batch) writes, token for token, the greedy continuation that
-    transformers computed on the whole sequence at every step, for every committed prompt. It
-    stands for both the full-recompute comparison this test made (the sampler's cache and
-    padding on the real model) and test_gguf_270m's greedy one (the converted weights decode
-    like transformers'), without recomputing the sequence 32 times."""
+    lengths left-padded into one batch) writes, token for token, the 32-token greedy
+    continuation transformers wrote for each committed prompt alone, unpadded (float32, eager
+    attention). It stands for both the full-recompute comparison this test made (any slip of
+    the cache or the padding on the real model changes tokens) and test_gguf_270m's greedy one
+    (the converted weights decode like transformers'), and needs no reference computed here."""
     model, tokenizer = gemma3_270m.model, gemma3_270m.tokenizer
     reference = json.loads(REF_270M.read_text())
     assert reference["greedy_new_tokens"] == NEW_TOKENS
