@@ -1,4 +1,5 @@
-"""`python -m kaggle_lib eval` on a real finished run (configs/cpu_tiny.yaml, in process)."""
+"""`python -m kaggle_lib eval` (in process) on a real finished run (configs/cpu_tiny.yaml through
+`python -m kaggle_lib run`, shared: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -21,22 +22,14 @@ CONFIG = REPO_ROOT / "configs" / "cpu_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The notebook's stages, in order, on a fresh run directory."""
-    from kaggle_lib import pipeline
-
-    run_dir = tmp_path_factory.mktemp("eval_cli") / "run"
-    run = pipeline.start_run(str(CONFIG), run_dir=str(run_dir))
-    pipeline.authenticate(run)
-    pipeline.load_model(run)
-    pipeline.evaluate(run, "baseline")
-    pipeline.sample(run, "baseline")
-    pipeline.evaluate(run, "baseline_fewshot")
-    pipeline.train(run)
-    pipeline.evaluate(run, "trained")
-    pipeline.sample(run, "trained")
-    pipeline.export_model(run)
-    pipeline.finish(run)
+def finished_run(tiny_notebook_run: tuple[Path, subprocess.CompletedProcess[str]],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tests/conftest.py's shared cpu_tiny run (the notebook's stages through
+    `python -m kaggle_lib run`): these tests write eval/ folders into it."""
+    shared, result = tiny_notebook_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path_factory.mktemp("eval_cli") / shared.name
+    shutil.copytree(shared, run_dir)
     assert json.loads((run_dir / "run_manifest.json").read_text())["status"] == "succeeded"
     return run_dir
 

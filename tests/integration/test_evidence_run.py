@@ -1,8 +1,8 @@
 """Whole runs through papermill (`python -m kaggle_lib run`): the record a real cpu_tiny run
 leaves, with fake secrets in its environment, and a gated model whose hub refuses the token.
 
-One successful run (~60-90 s on 2 cores) is shared by the module; the refused-token run stops in
-load_model (~20 s).
+One successful run (~60-90 s on 2 cores, tests/conftest.py's `tiny_notebook_run`) is shared with
+test_notebook_run and test_eval_cli; the refused-token run stops in load_model (~20 s).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from kaggle_lib.evidence import index as run_index
 from tests.fakes.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_HF_TOKEN = "hf_" + "FakeTokenForEvidenceTests0123456789"
-FAKE_KAGGLE_KEY = "5eb1c0ffee5eb1c0ffee5eb1c0ffee00"  # legacy-key shape: 32 hex
 RECORD = ["executed.ipynb", "config.yaml", "run_manifest.json", "env_info.txt", "training_log.txt",
           "metrics.jsonl", "loss.png", "eval_summary.json", "predictions.jsonl", "samples.md",
           "checkpoints.json", "README.md"]
@@ -52,17 +50,11 @@ def assert_absent(directory: Path, *values: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    root = tmp_path_factory.mktemp("evidence")
-    run_dir = root / "runs" / "tiny-run"
-    # cpu_tiny plus a validation loss on held-out reasoning-gym problems every 2 steps.
-    tree = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
-    tree["data"].update(validation="rg:wide_sft@1", validation_limit=16)
-    tree["train"]["sft"]["validate_every"] = 2
-    config = root / "cpu_tiny_validation.yaml"
-    config.write_text(yaml.safe_dump(tree))
-    result = run_cli(config, run_dir, {"HF_TOKEN": FAKE_HF_TOKEN, "KAGGLE_KEY": FAKE_KAGGLE_KEY})
-    return run_dir, result
+def tiny(tiny_notebook_run: tuple[Path, subprocess.CompletedProcess[str]]
+         ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """tests/conftest.py's shared cpu_tiny run (with validation every 2 steps and the fake
+    `run_secrets` in its environment); these tests only read it."""
+    return tiny_notebook_run
 
 
 def test_every_record_file_exists_and_the_manifest_validates(tiny) -> None:
@@ -88,12 +80,13 @@ def test_every_record_file_exists_and_the_manifest_validates(tiny) -> None:
     assert m["auth"]["hf_token_source"] == "env:HF_TOKEN"  # found, used for nothing, shown nowhere
 
 
-def test_fake_secrets_appear_nowhere(tiny) -> None:
+def test_fake_secrets_appear_nowhere(tiny, run_secrets: dict[str, str]) -> None:
     run_dir, result = tiny
-    assert_absent(run_dir, FAKE_HF_TOKEN, FAKE_KAGGLE_KEY)
-    assert FAKE_HF_TOKEN not in result.stdout + result.stderr
+    hf_token = run_secrets["HF_TOKEN"]
+    assert_absent(run_dir, hf_token, run_secrets["KAGGLE_KEY"])
+    assert hf_token not in result.stdout + result.stderr
     nb = nbformat.read(run_dir / "executed.ipynb", as_version=4)
-    assert FAKE_HF_TOKEN not in json.dumps(nb)
+    assert hf_token not in json.dumps(nb)
 
 
 def test_checkpoints_json_lists_steps_with_checksums_that_verify(tiny) -> None:

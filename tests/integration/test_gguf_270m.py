@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -308,25 +307,6 @@ def test_real_tokenizer(converted_270m: Path, reference_270m: dict) -> None:
         assert tok.decode(item["ids"]) == item["text"]
 
 
-def _next_logits_fn(model):
-    """jit: logits at position `idx` of a right-padded sequence (full recompute, no cache)."""
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def next_logits(state, tokens, idx):
-        m = nnx.merge(graphdef, state)
-        length = tokens.shape[1]
-        mask = jnp.tril(jnp.ones((length, length), bool))[None]
-        m(tokens, jnp.arange(length)[None], None, mask, output_hidden_states=True)
-        # Project only the one row we need: the full [L, 262144] logits would dominate.
-        hidden = nnx.pop(m, nnx.Intermediate)["all_hidden_states"].get_value()[-1]
-        return m.embedder.decode(jnp.take(hidden[0], idx, axis=0))
-
-    return lambda tokens, idx: np.asarray(next_logits(state, tokens, idx))
-
-
 @pytest.mark.slow
 def test_real_tunix_logits_match_transformers(tunix_270m, reference_270m: dict) -> None:
     from flax import nnx
@@ -350,25 +330,5 @@ def test_real_tunix_logits_match_transformers(tunix_270m, reference_270m: dict) 
     assert worst <= TOP64_TOLERANCE
 
 
-# Greedy decoding costs ~0.3 s a token on 2 cores: two prompts (prose and code) keep the
-# test near 20 s; the logits test above covers every committed prompt.
-GREEDY_PROMPTS = ("The capital of France is", "def fibonacci(n):")
-
-
-@pytest.mark.slow
-def test_real_tunix_greedy_matches_transformers(tunix_270m, reference_270m: dict) -> None:
-    next_logits = _next_logits_fn(tunix_270m)
-    n_new = reference_270m["greedy_new_tokens"]
-    items = [p for p in reference_270m["prompts"] if p["text"] in GREEDY_PROMPTS]
-    assert len(items) == len(GREEDY_PROMPTS)
-    for item in items:
-        ids = list(item["ids"])
-        size = 8 * -(-(len(ids) + n_new) // 8)  # few distinct shapes -> few compilations
-        tokens = np.zeros((1, size), np.int32)
-        tokens[0, : len(ids)] = ids
-        out: list[int] = []
-        for n in range(len(ids), len(ids) + n_new):
-            token = int(np.argmax(next_logits(jnp.asarray(tokens), n - 1)))
-            out.append(token)
-            tokens[0, n] = token
-        assert out == item["greedy_ids"], (item["text"], out)
+# Greedy decoding of every committed prompt against transformers' tokens: with the Generator, in
+# test_generation.py::test_real_270m_greedy_matches_transformers (the one real-270M greedy test).

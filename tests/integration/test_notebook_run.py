@@ -1,4 +1,5 @@
-"""The notebook through papermill, headless: one real cpu_tiny run, and runs that must fail early.
+"""The notebook through papermill, headless: one real cpu_tiny run (shared, tests/conftest.py), and
+runs that must fail early.
 
 Each failing config must stop before any model is loaded and still leave a run record with
 status `failed` and a failure_analysis.md that names the problem.
@@ -36,10 +37,11 @@ def manifest(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    result = run_notebook(REPO / "configs" / "cpu_tiny.yaml", run_dir)
-    return run_dir, result
+def tiny_run(tiny_notebook_run: tuple[Path, subprocess.CompletedProcess[str]]
+             ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """tests/conftest.py's shared cpu_tiny run (plus a validation loss, which these checks leave
+    aside: its metrics are stage `sft_validation`); these tests only read it."""
+    return tiny_notebook_run
 
 
 def test_cpu_tiny_end_to_end(tiny_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

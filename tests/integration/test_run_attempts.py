@@ -38,11 +38,10 @@ PREVIOUS_FILES = ("executed.ipynb", "failure_analysis.md", "metrics.jsonl", "pre
                   "training_log.txt", "run_manifest.json")
 
 
-def cli_env(cache: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           # Compiled programs shared by the three runs (no change in numerics; saves minutes).
-           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def cli_env() -> dict[str, str]:
+    # The session's compilation cache (tests/conftest.py) comes along: the three runs, and the
+    # other cpu_tiny runs of the session, share their compiled programs (no change in numerics).
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("XLA_FLAGS", None)  # one CPU device, as `make run` has
     return env
 
@@ -262,7 +261,7 @@ def run_without_kernel(cwd: Path, config: str, run_dir: str | None) -> subproces
     return subprocess.run(
         [sys.executable, "-m", "kaggle_lib", "run", "--config", config, *where,
          "--kernel", "no-such-kernel-for-tests"],
-        cwd=cwd, env=cli_env(cwd / "cache"), capture_output=True, text=True, timeout=300)
+        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_rerun_without_a_kernel_reports_its_own_error(tmp_path: Path) -> None:
@@ -325,7 +324,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     work = tmp_path_factory.mktemp("caller")  # the caller's directory, not the repository
     write_config(work / "cfg")
-    env = cli_env(work / "jax_cache")
+    env = cli_env()
     run = [sys.executable, "-m", "kaggle_lib", "run"]
 
     reference = subprocess.run(run + ["-p", "config_path", "cfg/tiny.yaml", "-p", "run_dir",
